@@ -1,0 +1,149 @@
+"""The transformers backend: padded batches of the reward model, run in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from service.model.checkpoint import checkpoint_hash, load_reward_model, model_name
+from service.model.encoding import EncodedSample, encode
+from service.model.formatting import FormattedSample
+from service.model.probe import Probe, probe_sample, read_probe, verify_probe, write_probe
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def set_pixel_bounds(processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
+    """Override the checkpoint's image-processor pixel bounds (the score depends on resolution)."""
+    image_processor = processor.image_processor
+    if min_pixels is not None:
+        image_processor.size["shortest_edge"] = min_pixels
+        image_processor.min_pixels = min_pixels
+    if max_pixels is not None:
+        image_processor.size["longest_edge"] = max_pixels
+        image_processor.max_pixels = max_pixels
+
+
+def pixel_bounds(processor: Any) -> tuple[int, int]:
+    size = processor.image_processor.size
+    return int(size["shortest_edge"]), int(size["longest_edge"])
+
+
+class TransformersBackend:
+    """Qwen2.5-VL reward model in transformers; batches sorted by length and cut by a token budget."""
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        dtype: str = "float32",
+        device: str = "auto",
+        max_batch_size: int = 16,
+        max_batch_tokens: int = 16384,
+        padding_side: Literal["left", "right"] = "right",
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+    ):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
+        self.model_dir = Path(model_dir)
+        self.dtype = dtype
+        self.device = resolve_device(device)
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.padding_side = padding_side
+        self.model, self.processor = load_reward_model(self.model_dir, DTYPES[dtype], self.device)
+        set_pixel_bounds(self.processor, min_pixels, max_pixels)
+        # One worker: the model runs one batch at a time, never on the event loop.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlreward-hf")
+
+    def encode(self, sample: FormattedSample) -> EncodedSample:
+        """Tokenise and preprocess one sample (its token count is then known)."""
+        return encode(sample, self.processor)
+
+    def plan_batches(self, lengths: list[int]) -> list[list[int]]:
+        """Group sample indices into batches: sorted by length, each within size and token budget."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for index in order:
+            padded = lengths[index] * (len(current) + 1)  # sorted ascending: this one is the longest
+            if current and (len(current) >= self.max_batch_size or padded > self.max_batch_tokens):
+                batches.append(current)
+                current = []
+            current.append(index)
+        if current:
+            batches.append(current)
+        return batches
+
+    def score_encoded_sync(self, encoded: list[EncodedSample]) -> list[float]:
+        """Score encoded samples in planned batches; results in input order."""
+        scores: list[float] = [0.0] * len(encoded)
+        for batch in self.plan_batches([e.num_tokens for e in encoded]):
+            values = self.model.score_batch([encoded[i] for i in batch], self.padding_side)
+            for index, value in zip(batch, values, strict=True):
+                scores[index] = value
+        return scores
+
+    def score_sync(self, samples: list[FormattedSample]) -> list[float]:
+        """Blocking scoring of formatted samples (offline tools; the service uses :meth:`score`)."""
+        return self.score_encoded_sync([self.encode(s) for s in samples])
+
+    async def score(self, samples: list[FormattedSample]) -> list[float]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.score_sync, samples)
+
+    def score_request_sample(self, sample: dict) -> float:
+        """Score one sample given in the HTTP JSON shape (inline images only)."""
+        from service.media import MediaPolicy
+        from service.prepare import prepare_sample
+        from service.schemas import Sample
+
+        formatted = prepare_sample(Sample.model_validate(sample), self.processor, MediaPolicy())
+        return self.score_sync([formatted])[0]
+
+    def check_probe(self) -> float | None:
+        """Score the checkpoint's probe; raise ProbeMismatch when off. None when there is no probe."""
+        probe = read_probe(self.model_dir)
+        if probe is None:
+            return None
+        actual = self.score_request_sample(probe.sample)
+        verify_probe(probe, actual, self.dtype)
+        return actual
+
+    def stamp_probe(self) -> Probe:
+        """Score the standard probe sample with this backend and store it in the checkpoint."""
+        sample = probe_sample()
+        probe = Probe(sample=sample, score=self.score_request_sample(sample), dtype=self.dtype, device=self.device)
+        write_probe(self.model_dir, probe)
+        return probe
+
+    def info(self) -> dict[str, Any]:
+        min_pixels, max_pixels = pixel_bounds(self.processor)
+        return {
+            "model": model_name(self.model_dir),
+            "backend": self.name,
+            "dtype": self.dtype,
+            "device": self.device,
+            "checkpoint_hash": checkpoint_hash(self.model_dir),
+            "min_pixels": min_pixels,
+            "max_pixels": max_pixels,
+        }
+
+    def health(self) -> bool:
+        return not self._executor._shutdown
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,133 @@
+"""Image references -> decoded, size-checked RGB images.
+
+A reference is a data URI, an http(s) URL (when enabled), a file path (``file://``, ``/`` or ``./``;
+only under the media root) or bare base64. Images are checked against byte and pixel caps before
+their pixels are decoded, so a decompression bomb is refused from its header alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+# The formats we decode; anything else is 415.
+ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
+
+
+class MediaError(Exception):
+    """A client's image could not be used. Carries the HTTP status and error type of DESIGN.md."""
+
+    def __init__(self, message: str, *, status: int = 400, type: str = "invalid_request", param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.type = type
+        self.param = param
+
+    def at(self, param: str) -> MediaError:
+        """The same error, located at a request field (``items[3].images[0]``)."""
+        return MediaError(self.message, status=self.status, type=self.type, param=param)
+
+
+@dataclass(frozen=True)
+class MediaPolicy:
+    """What image references are accepted and how large they may be."""
+
+    max_image_bytes: int = 20 * 1024 * 1024
+    """Largest encoded image, in bytes."""
+    max_image_pixels: int = 40_000_000
+    """Largest width*height, checked from the header before decoding."""
+    media_root: Path | None = None
+    """Folder that file references must lie under; None disables file references."""
+    allow_urls: bool = False
+    """Whether http(s) references are fetched."""
+
+
+def _decode_base64(data: str) -> bytes:
+    try:
+        return base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise MediaError(f"image is not valid base64: {exc}") from exc
+
+
+def read_image_bytes(ref: str, policy: MediaPolicy) -> bytes:
+    """Fetch the encoded bytes an image reference points to."""
+    if ref.startswith("data:"):
+        header, sep, payload = ref.partition(",")
+        if not sep or ";base64" not in header:
+            raise MediaError("data URI must be of the form data:image/<type>;base64,<data>")
+        raw = _decode_base64(payload)
+    elif ref.startswith(("http://", "https://")):
+        if not policy.allow_urls:
+            raise MediaError("image URLs are disabled on this server (send a data URI or base64)")
+        raise MediaError("image URL fetching is not available in this build", status=501, type="not_implemented")
+    elif ref.startswith(("file://", "/", "./")):
+        raw = _read_file(ref.removeprefix("file://"), policy)
+    else:
+        raw = _decode_base64(ref)
+    if len(raw) > policy.max_image_bytes:
+        raise MediaError(
+            f"image is {len(raw)} bytes; the limit is {policy.max_image_bytes}", status=413, type="too_large"
+        )
+    return raw
+
+
+def _read_file(path_text: str, policy: MediaPolicy) -> bytes:
+    if policy.media_root is None:
+        raise MediaError("file paths are disabled on this server (send a data URI or base64)")
+    root = policy.media_root.resolve()
+    path = Path(path_text)
+    path = (path if path.is_absolute() else root / path).resolve()
+    if not path.is_relative_to(root):
+        raise MediaError("image path is outside the media root")
+    if not path.is_file():
+        raise MediaError(f"image file not found: {path_text}")
+    size = path.stat().st_size
+    if size > policy.max_image_bytes:
+        raise MediaError(f"image is {size} bytes; the limit is {policy.max_image_bytes}", status=413, type="too_large")
+    return path.read_bytes()
+
+
+def decode_image(raw: bytes, policy: MediaPolicy) -> Image.Image:
+    """Decode image bytes into RGB, refusing unknown formats and oversized images before decoding."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(raw))
+        except Image.DecompressionBombError as exc:
+            raise MediaError(str(exc), status=413, type="too_large") from exc
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise MediaError("image could not be decoded (not a PNG, JPEG, WEBP, GIF or BMP?)") from exc
+        if image.format not in ALLOWED_FORMATS:
+            raise MediaError(f"unsupported image format {image.format}", status=415, type="unsupported_media")
+        width, height = image.size
+        if width * height > policy.max_image_pixels:
+            raise MediaError(
+                f"image is {width}x{height} = {width * height} pixels; the limit is {policy.max_image_pixels}",
+                status=413,
+                type="too_large",
+            )
+        try:
+            image.seek(0)  # GIF: first frame
+            image.load()
+            return image.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise MediaError(f"image could not be decoded: {exc}") from exc
+
+
+def load_image(ref: str, policy: MediaPolicy) -> Image.Image:
+    """Resolve and decode one image reference."""
+    return decode_image(read_image_bytes(ref, policy), policy)
+
+
+def image_to_data_uri(image: Image.Image) -> str:
+    """Encode an image as a PNG data URI (lossless, so it decodes to the same pixels)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

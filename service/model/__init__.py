@@ -1,0 +1,1 @@
+"""The reward-model contract: formatting, encoding, the model, and the checkpoint layout."""

@@ -1,0 +1,216 @@
+"""The checkpoint contract: how a reward model is laid out on disk, saved and loaded.
+
+A reward checkpoint is a Hugging Face directory with
+- ``config.json``: a Qwen2.5-VL config, ``architectures: ["Qwen2_5_VLForSequenceClassification"]``,
+  ``num_labels: 1``;
+- safetensors weights: the backbone under the names transformers writes for
+  ``Qwen2_5_VLForConditionalGeneration`` (old ``model.layers.*``/``visual.*`` or new
+  ``model.language_model.*``/``model.visual.*``; both load) and the head as
+  ``language_model.score.weight`` (+ optional ``language_model.score.bias``), the names vLLM loads;
+- tokenizer, chat template and image-processor files;
+- ``vlreward_probe.json`` (see :mod:`service.model.probe`).
+Loading refuses a checkpoint whose head is missing or whose weights do not all fit the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REWARD_ARCHITECTURE = "Qwen2_5_VLForSequenceClassification"
+BASE_ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
+HEAD_WEIGHT = "language_model.score.weight"
+HEAD_BIAS = "language_model.score.bias"
+WEIGHTS_NAME = "model.safetensors"
+MAX_SHARD_SIZE = "5GB"
+# Files that hold weights or the config; everything else in a checkpoint directory (tokenizer,
+# chat template, processor, probe) is carried over verbatim by conversions.
+_WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.pt")
+
+
+class CheckpointError(ValueError):
+    """The directory does not satisfy the checkpoint contract; the message says what is wrong."""
+
+
+def module_key(checkpoint_key: str) -> str | None:
+    """Map a checkpoint tensor name to the reward model's parameter name (None: not used)."""
+    if checkpoint_key == HEAD_WEIGHT:
+        return "score.weight"
+    if checkpoint_key == HEAD_BIAS:
+        return "score.bias"
+    if checkpoint_key.startswith("lm_head."):
+        return None  # the generation head is not part of a reward model
+    if checkpoint_key.startswith("visual."):
+        return "model." + checkpoint_key
+    if checkpoint_key.startswith(("model.visual.", "model.language_model.")):
+        return checkpoint_key
+    if checkpoint_key.startswith("model."):
+        return "model.language_model." + checkpoint_key.removeprefix("model.")
+    return checkpoint_key  # unknown: reported as unexpected by the loader
+
+
+def checkpoint_key(module_key_: str) -> str:
+    """Map a reward-model parameter name to its name on disk (what save_pretrained writes + the head)."""
+    if module_key_.startswith("score."):
+        return "language_model." + module_key_
+    if module_key_.startswith("model.visual."):
+        return module_key_.removeprefix("model.")
+    if module_key_.startswith("model.language_model."):
+        return "model." + module_key_.removeprefix("model.language_model.")
+    return module_key_
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The safetensors files of a directory (sharded or not), in a stable order."""
+    index = directory / f"{WEIGHTS_NAME}.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [directory / n for n in names]
+    files = sorted(p for p in directory.glob("*.safetensors") if p.name != "value_head.safetensors")
+    if not files:
+        raise CheckpointError(f"{directory}: no safetensors weights found")
+    return files
+
+
+def read_checkpoint_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint under their on-disk names."""
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for path in weight_files(directory):
+        tensors.update(load_file(path))
+    return tensors
+
+
+def read_config(directory: str | Path) -> Any:
+    """The Qwen2.5-VL config of a checkpoint or base directory."""
+    from transformers import Qwen2_5_VLConfig
+
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise CheckpointError(f"{directory}: no config.json (not a model directory)")
+    config = Qwen2_5_VLConfig.from_pretrained(directory)
+    if config.text_config.pad_token_id is None:
+        # Batches larger than one need the pad id on the text config (not only the top level).
+        config.text_config.pad_token_id = config.text_config.eos_token_id
+    return config
+
+
+def build_model(config: Any, head_bias: bool, device: str | torch.device = "cpu") -> Any:
+    """An uninitialised reward model (weights are loaded right after, so no random init is run)."""
+    from transformers.initialization import no_init_weights
+
+    from service.model.reward_model import Qwen2_5_VLRewardModel
+
+    with no_init_weights(), torch.device(device):
+        return Qwen2_5_VLRewardModel(config, head_bias=head_bias)
+
+
+def load_weights(model: Any, tensors: dict[str, torch.Tensor], source: Path, allow_missing_head: bool = False) -> None:
+    """Load on-disk tensors into the model; refuse missing or unexpected weights by name."""
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        key = module_key(name)
+        if key is not None:
+            state[key] = tensor
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not (allow_missing_head and k.startswith("score."))]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} weights missing (e.g. {', '.join(checkpoint_key(k) for k in missing[:5])})")
+    if result.unexpected_keys:
+        unexpected = [k for k in tensors if module_key(k) in set(result.unexpected_keys)]
+        problems.append(f"{len(unexpected)} unexpected weights (e.g. {', '.join(unexpected[:5])})")
+    if problems:
+        raise CheckpointError(f"{source}: weights do not match the model: " + "; ".join(problems))
+
+
+def load_reward_model(
+    directory: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> tuple[Any, Any]:
+    """Load a reward checkpoint and its processor. Refuses a missing head or any weight mismatch."""
+    from transformers import AutoProcessor
+
+    directory = Path(directory)
+    config = read_config(directory)
+    architectures = config.architectures or []
+    if REWARD_ARCHITECTURE not in architectures:
+        raise CheckpointError(
+            f"{directory}: config architectures are {architectures}, not [{REWARD_ARCHITECTURE!r}] "
+            "(a base model? convert it with `vlreward convert` or train a head first)"
+        )
+    tensors = read_checkpoint_tensors(directory)
+    if HEAD_WEIGHT not in tensors:
+        raise CheckpointError(f"{directory}: the reward head is missing (no tensor named {HEAD_WEIGHT!r})")
+    model = build_model(config, head_bias=HEAD_BIAS in tensors, device=device)
+    load_weights(model, tensors, directory)
+    model.to(dtype=dtype).eval()
+    processor = AutoProcessor.from_pretrained(directory)
+    return model, processor
+
+
+def save_reward_model(model: Any, processor: Any, directory: str | Path) -> Path:
+    """Write a model + processor as a reward checkpoint (weights in the model's dtype)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {checkpoint_key(k): v.detach().contiguous() for k, v in model.state_dict().items()}
+    write_weights(state, directory)
+    write_reward_config(model.config, directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def write_weights(state: dict[str, torch.Tensor], directory: Path) -> None:
+    """Write tensors (on-disk names) as safetensors, sharded like transformers does for big models."""
+    from huggingface_hub import save_torch_state_dict
+
+    for stale in directory.glob("*.safetensors*"):
+        stale.unlink()
+    save_torch_state_dict(state, directory, max_shard_size=MAX_SHARD_SIZE)
+
+
+def write_reward_config(config: Any, directory: Path) -> None:
+    """Write config.json with the reward architecture and a single label."""
+    data = config.to_dict()
+    data["architectures"] = [REWARD_ARCHITECTURE]
+    data["num_labels"] = 1
+    data["id2label"] = {"0": "LABEL_0"}
+    data["label2id"] = {"LABEL_0": 0}
+    (directory / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def copy_support_files(source: Path, destination: Path) -> None:
+    """Copy tokenizer, chat-template and processor files (everything but weights and config)."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if not path.is_file() or path.name == "config.json":
+            continue
+        if any(path.match(pattern) for pattern in _WEIGHT_FILE_PATTERNS):
+            continue
+        shutil.copy2(path, destination / path.name)
+
+
+def checkpoint_hash(directory: str | Path) -> str:
+    """A short content hash of the weights and config (for /info and evaluation outputs)."""
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    for path in [directory / "config.json", *weight_files(directory)]:
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def model_name(directory: str | Path) -> str:
+    """A display name for a checkpoint: its folder name."""
+    return _SAFE_NAME.sub("-", Path(directory).resolve().name) or "model"

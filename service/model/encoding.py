@@ -1,0 +1,75 @@
+"""FormattedSample -> tensors for the transformers model, one sample at a time, then padded batches.
+
+Each sample is run through the checkpoint's processor once (tokens, image patches, grid sizes and
+the token-type ids that M-RoPE needs); :func:`collate` pads any mix of them into one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from service.model.formatting import FormattedSample
+
+
+@dataclass
+class EncodedSample:
+    """One sample's model inputs, unpadded."""
+
+    input_ids: torch.Tensor
+    """Token ids, shape [L], image pads expanded."""
+    mm_token_type_ids: torch.Tensor
+    """0 for text, 1 for image tokens, shape [L]; needed for the 3-D (M-RoPE) positions."""
+    pixel_values: torch.Tensor | None
+    """Flattened image patches of all images, shape [patches, dim], or None for text-only."""
+    image_grid_thw: torch.Tensor | None
+    """(t, h, w) patch grid per image, shape [images, 3]."""
+
+    @property
+    def num_tokens(self) -> int:
+        """Sequence length including the expanded image tokens."""
+        return int(self.input_ids.shape[0])
+
+    @property
+    def num_images(self) -> int:
+        return 0 if self.image_grid_thw is None else int(self.image_grid_thw.shape[0])
+
+
+def encode(formatted: FormattedSample, processor: Any) -> EncodedSample:
+    """Tokenise the text and preprocess the images (resized into the processor's pixel bounds)."""
+    batch = processor(
+        text=[formatted.text],
+        images=formatted.images or None,
+        return_tensors="pt",
+        return_mm_token_type_ids=True,
+    )
+    return EncodedSample(
+        input_ids=batch["input_ids"][0],
+        mm_token_type_ids=batch["mm_token_type_ids"][0],
+        pixel_values=batch.get("pixel_values"),
+        image_grid_thw=batch.get("image_grid_thw"),
+    )
+
+
+def collate(
+    samples: list[EncodedSample], pad_token_id: int, padding_side: Literal["left", "right"] = "right"
+) -> dict[str, torch.Tensor]:
+    """Pad samples into one batch: input_ids, attention_mask, mm_token_type_ids (+ image tensors)."""
+    length = max(s.num_tokens for s in samples)
+    input_ids = torch.full((len(samples), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
+    token_types = torch.zeros((len(samples), length), dtype=torch.int)
+    for row, sample in enumerate(samples):
+        n = sample.num_tokens
+        cols = slice(length - n, length) if padding_side == "left" else slice(0, n)
+        input_ids[row, cols] = sample.input_ids
+        attention_mask[row, cols] = 1
+        token_types[row, cols] = sample.mm_token_type_ids
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": token_types}
+    with_images = [s for s in samples if s.pixel_values is not None]
+    if with_images:
+        batch["pixel_values"] = torch.cat([s.pixel_values for s in with_images])
+        batch["image_grid_thw"] = torch.cat([s.image_grid_thw for s in with_images])
+    return batch

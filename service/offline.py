@@ -1,0 +1,65 @@
+"""Offline scoring of a JSONL file of Samples (``vlreward score``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from service.backends.base import Backend
+from service.media import MediaError, MediaPolicy
+from service.prepare import prepare_sample
+from service.schemas import Sample
+
+
+class InputError(ValueError):
+    """A line of the input file is not a valid Sample; the message names the line."""
+
+
+def read_samples(path: Path) -> list[Sample]:
+    """Parse every non-empty line of a JSONL file as a Sample."""
+    samples = []
+    with path.open() as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                samples.append(Sample.model_validate_json(line))
+            except ValidationError as exc:
+                raise InputError(f"{path}:{number}: {exc}") from exc
+    return samples
+
+
+def score_file(backend: Backend, input_path: Path, output_path: Path, batch_size: int = 16) -> int:
+    """Score each line of ``input_path`` and write ``{"score"[, "id"]}`` lines in input order.
+
+    Image paths are resolved relative to the input file's folder. Returns the number of samples.
+    """
+    samples = read_samples(input_path)
+    policy = MediaPolicy(media_root=input_path.resolve().parent)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+
+    async def run() -> list[float]:
+        scores: list[float] = []
+        with tqdm(total=len(samples), desc="scoring", unit="sample") as progress:
+            for start in range(0, len(samples), batch_size):
+                chunk = samples[start : start + batch_size]
+                formatted = []
+                for offset, sample in enumerate(chunk):
+                    try:
+                        formatted.append(prepare_sample(sample, backend.processor, policy))
+                    except MediaError as exc:
+                        raise InputError(f"{input_path}: sample {start + offset} ({exc.param}): {exc.message}") from exc
+                scores += await backend.score(formatted)
+                progress.update(len(chunk))
+        return scores
+
+    scores = asyncio.run(run())
+    with output_path.open("w") as out:
+        for sample, score in zip(samples, scores, strict=True):
+            record = {"id": sample.id, "score": score} if sample.id is not None else {"score": score}
+            out.write(json.dumps(record) + "\n")
+    return len(samples)

@@ -1,0 +1,31 @@
+"""Shared fixtures: a tiny base model and a tiny reward checkpoint, built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import build_reward_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.base_model import build_base_model
+
+    return build_base_model(tmp_path_factory.mktemp("models") / "tiny-base", size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_reward(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A reward checkpoint with a random head and a non-zero bias (0.25)."""
+    return build_reward_checkpoint(tiny_base, tmp_path_factory.mktemp("models") / "tiny-reward", bias=0.25)
+
+
+@pytest.fixture(scope="session")
+def hf_backend(tiny_reward: Path):
+    from service.backends.transformers import TransformersBackend
+
+    torch.manual_seed(0)
+    return TransformersBackend(tiny_reward, dtype="float32", device="cpu")

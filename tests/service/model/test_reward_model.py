@@ -1,0 +1,86 @@
+"""Scores are independent of batching and padding, and depend on the images and their order."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.media import MediaPolicy
+from service.prepare import prepare_sample
+from service.schemas import Sample
+from tests.helpers import shape_image, uri
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def mixed_samples(hf_backend):
+    """Different lengths and 0, 1 and 2 images of different sizes."""
+    samples = [
+        Sample(prompt="Hi", response="Hello there."),
+        Sample(prompt="What colour is the circle?", response="Red.", image=uri(shape_image("red"))),
+        Sample(
+            prompt="Compare the two pictures and describe how the shapes and colours differ, in detail.",
+            response="The first shows a blue square; the second a green circle. " * 3,
+            images=[uri(shape_image("blue", "square", (140, 84))), uri(shape_image("green", size=(56, 56)))],
+        ),
+        Sample(prompt="Is it yellow?", response="No", system="Answer briefly.", image=uri(shape_image("yellow"))),
+        Sample(prompt="Count to five.", response="one two three four five"),
+    ]
+    return [prepare_sample(s, hf_backend.processor, MediaPolicy()) for s in samples]
+
+
+def test_score_alone_equals_score_in_padded_mixed_batch(hf_backend, mixed_samples):
+    encoded = [hf_backend.encode(s) for s in mixed_samples]
+    alone = [hf_backend.model.score_batch([e])[0] for e in encoded]
+    together = hf_backend.model.score_batch(encoded, padding_side="right")
+    assert len({e.num_tokens for e in encoded}) >= 4  # really mixed lengths
+    for a, b in zip(alone, together, strict=True):
+        assert abs(a - b) <= TOLERANCE
+
+
+def test_left_and_right_padding_give_the_same_scores(hf_backend, mixed_samples):
+    encoded = [hf_backend.encode(s) for s in mixed_samples]
+    right = hf_backend.model.score_batch(encoded, padding_side="right")
+    left = hf_backend.model.score_batch(encoded, padding_side="left")
+    for a, b in zip(right, left, strict=True):
+        assert abs(a - b) <= TOLERANCE
+
+
+def test_backend_planned_batches_keep_input_order(hf_backend, mixed_samples):
+    encoded = [hf_backend.encode(s) for s in mixed_samples]
+    alone = [hf_backend.model.score_batch([e])[0] for e in encoded]
+    planned = hf_backend.score_sync(list(reversed(mixed_samples)))
+    for a, b in zip(reversed(alone), planned, strict=True):
+        assert abs(a - b) <= TOLERANCE
+
+
+def _score(backend, sample: Sample) -> float:
+    return backend.score_sync([prepare_sample(sample, backend.processor, MediaPolicy())])[0]
+
+
+def test_the_image_changes_the_score(hf_backend):
+    red = Sample(prompt="What colour is the circle?", response="Red.", image=uri(shape_image("red")))
+    blue = Sample(prompt="What colour is the circle?", response="Red.", image=uri(shape_image("blue")))
+    assert abs(_score(hf_backend, red) - _score(hf_backend, blue)) > 1e-4
+
+
+def test_swapping_two_images_changes_the_score(hf_backend):
+    a, b = uri(shape_image("red")), uri(shape_image("green", "square"))
+    first = Sample(prompt="Describe both.", response="A red circle, then a green square.", images=[a, b])
+    swapped = Sample(prompt="Describe both.", response="A red circle, then a green square.", images=[b, a])
+    assert abs(_score(hf_backend, first) - _score(hf_backend, swapped)) > 1e-4
+
+
+def test_plan_batches_respects_size_and_token_budget(hf_backend):
+    backend = hf_backend
+    saved = backend.max_batch_size, backend.max_batch_tokens
+    try:
+        backend.max_batch_size, backend.max_batch_tokens = 3, 100
+        batches = backend.plan_batches([10, 50, 20, 30, 40, 10, 5])
+        assert sorted(i for b in batches for i in b) == list(range(7))
+        lengths = [10, 50, 20, 30, 40, 10, 5]
+        for batch in batches:
+            assert len(batch) <= 3
+            assert len(batch) == 1 or max(lengths[i] for i in batch) * len(batch) <= 100
+    finally:
+        backend.max_batch_size, backend.max_batch_tokens = saved
