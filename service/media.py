@@ -10,11 +10,16 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+
+# Bare base64 of a JPEG starts with "/9j/": a "/"-string made only of base64 characters is base64,
+# anything else starting with "/" (a "." or "-" in a file name, say) is a path. `file://` is explicit.
+_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/=\s]+")
 
 # The formats we decode; anything else is 415.
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
@@ -67,7 +72,7 @@ def read_image_bytes(ref: str, policy: MediaPolicy) -> bytes:
         if not policy.allow_urls:
             raise MediaError("image URLs are disabled on this server (send a data URI or base64)")
         raise MediaError("image URL fetching is not available in this build", status=501, type="not_implemented")
-    elif ref.startswith(("file://", "/", "./")):
+    elif ref.startswith(("file://", "./")) or (ref.startswith("/") and not _BASE64_TEXT.fullmatch(ref)):
         raw = _read_file(ref.removeprefix("file://"), policy)
     else:
         raw = _decode_base64(ref)

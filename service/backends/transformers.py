@@ -26,13 +26,14 @@ def resolve_device(device: str) -> str:
 
 def set_pixel_bounds(processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
     """Override the checkpoint's image-processor pixel bounds (the score depends on resolution)."""
-    image_processor = processor.image_processor
+    from transformers.image_utils import SizeDict
+
+    size = {k: v for k, v in dict(processor.image_processor.size).items() if v is not None}
     if min_pixels is not None:
-        image_processor.size["shortest_edge"] = min_pixels
-        image_processor.min_pixels = min_pixels
+        size["shortest_edge"] = min_pixels
     if max_pixels is not None:
-        image_processor.size["longest_edge"] = max_pixels
-        image_processor.max_pixels = max_pixels
+        size["longest_edge"] = max_pixels
+    processor.image_processor.size = SizeDict(**size)
 
 
 def pixel_bounds(processor: Any) -> tuple[int, int]:

@@ -1,0 +1,104 @@
+"""Image references: decoding, formats, caps checked before decoding, and path confinement."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import time
+import zlib
+
+import pytest
+from PIL import Image
+
+from service.media import MediaError, MediaPolicy, load_image
+from tests.helpers import shape_image, uri
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A small PNG whose header claims width x height pixels (the pixel data is never there)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+def test_data_uri_and_bare_base64_decode_to_the_same_pixels():
+    image = shape_image("green")
+    raw = _png_bytes(image)
+    from_uri = load_image(uri(image), MediaPolicy())
+    from_b64 = load_image(base64.b64encode(raw).decode(), MediaPolicy())
+    assert from_uri.tobytes() == from_b64.tobytes() == image.tobytes()
+
+
+def test_malformed_base64_is_a_400():
+    with pytest.raises(MediaError) as error:
+        load_image("data:image/png;base64,@@@not-base64@@@", MediaPolicy())
+    assert error.value.status == 400 and "base64" in error.value.message
+
+
+def test_truncated_png_is_a_400():
+    raw = _png_bytes(shape_image())
+    with pytest.raises(MediaError) as error:
+        load_image(base64.b64encode(raw[: len(raw) // 2]).decode(), MediaPolicy())
+    assert error.value.status == 400
+
+
+def test_decompression_bomb_is_refused_from_its_header_quickly():
+    started = time.perf_counter()
+    with pytest.raises(MediaError) as error:
+        load_image(base64.b64encode(bomb_png()).decode(), MediaPolicy())
+    assert time.perf_counter() - started < 0.2
+    assert error.value.status == 413 and error.value.type == "too_large"
+
+
+def test_unsupported_format_is_a_415():
+    buffer = io.BytesIO()
+    shape_image().save(buffer, format="TIFF")
+    with pytest.raises(MediaError) as error:
+        load_image(base64.b64encode(buffer.getvalue()).decode(), MediaPolicy())
+    assert error.value.status == 415
+
+
+def test_byte_cap_is_a_413():
+    with pytest.raises(MediaError) as error:
+        load_image(uri(shape_image()), MediaPolicy(max_image_bytes=100))
+    assert error.value.status == 413
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "GIF", "BMP"])
+def test_other_allowed_formats_decode_to_rgb(fmt):
+    buffer = io.BytesIO()
+    shape_image().save(buffer, format=fmt)
+    image = load_image(base64.b64encode(buffer.getvalue()).decode(), MediaPolicy())
+    assert image.mode == "RGB" and image.size == (84, 84)
+
+
+def test_file_paths_are_off_by_default_and_confined_to_the_media_root(tmp_path):
+    shape_image().save(tmp_path / "a.png")
+    with pytest.raises(MediaError, match="disabled"):
+        load_image(str(tmp_path / "a.png"), MediaPolicy())
+    root = tmp_path / "root"
+    root.mkdir()
+    shape_image().save(root / "b.png")
+    policy = MediaPolicy(media_root=root)
+    assert load_image("./b.png", policy).size == (84, 84)
+    assert load_image(f"file://{root / 'b.png'}", policy).size == (84, 84)
+    for outside in ["./../a.png", str(tmp_path / "a.png"), "file:///etc/passwd"]:
+        with pytest.raises(MediaError, match="outside the media root"):
+            load_image(outside, policy)
+
+
+def test_urls_are_refused_when_disabled():
+    with pytest.raises(MediaError, match="disabled"):
+        load_image("https://example.com/a.png", MediaPolicy())

@@ -1,0 +1,91 @@
+"""`vlreward score`: a JSONL of samples in, one score per line out, in order."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.media import MediaPolicy
+from service.offline import InputError, read_samples, score_file
+from service.prepare import prepare_sample
+from tests.helpers import COLOURS, shape_image, uri
+
+VLREWARD = str(Path(sys.executable).parent / "vlreward")
+
+
+def _write_inputs(folder: Path, n: int = 20) -> Path:
+    (folder / "images").mkdir(parents=True)
+    colours = list(COLOURS)
+    lines = []
+    for i in range(n):
+        colour = colours[i % len(colours)]
+        sample: dict = {"id": f"s{i}", "prompt": f"What colour is shape {i}?", "response": f"It is {colour}."}
+        if i % 4 == 1:  # a relative file path
+            name = f"images/{i}.png"
+            shape_image(colour, "square").save(folder / name)
+            sample["images"] = ["./" + name]
+        elif i % 4 == 2:  # a data URI
+            sample["image"] = uri(shape_image(colour))
+        elif i % 4 == 3:  # two images, messages form
+            sample = {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": uri(shape_image(colour))}},
+                            {"type": "image_url", "image_url": {"url": uri(shape_image("red", size=(56, 112)))}},
+                            {"type": "text", "text": "Same colour?"},
+                        ],
+                    },
+                    {"role": "assistant", "content": "No." * (i % 5 + 1)},
+                ]
+            }
+        lines.append(json.dumps(sample))
+    path = folder / "in.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _direct_scores(backend, path: Path) -> list[float]:
+    policy = MediaPolicy(media_root=path.parent)
+    return [backend.score_sync([prepare_sample(s, backend.processor, policy)])[0] for s in read_samples(path)]
+
+
+def test_vlreward_score_writes_twenty_scores_in_order_equal_to_the_backend(hf_backend, tiny_reward, tmp_path):
+    inputs = _write_inputs(tmp_path)
+    outputs = tmp_path / "out.jsonl"
+    command = [VLREWARD, "score", "--model", str(tiny_reward), "--input", str(inputs), "--output", str(outputs)]
+    subprocess.run([*command, "--batch-size", "6"], check=True)
+    records = [json.loads(line) for line in outputs.read_text().splitlines()]
+    assert len(records) == 20
+    expected = _direct_scores(hf_backend, inputs)
+    for i, (record, score) in enumerate(zip(records, expected, strict=True)):
+        if i % 4 != 3:
+            assert record["id"] == f"s{i}"
+        assert abs(record["score"] - score) <= 1e-5
+
+
+def test_score_file_in_process_matches_and_rejects_bad_lines(hf_backend, tmp_path):
+    inputs = _write_inputs(tmp_path, n=6)
+    outputs = tmp_path / "out.jsonl"
+    assert score_file(hf_backend, inputs, outputs, batch_size=4) == 6
+    scores = [json.loads(line)["score"] for line in outputs.read_text().splitlines()]
+    assert all(abs(a - b) <= 1e-5 for a, b in zip(scores, _direct_scores(hf_backend, inputs), strict=True))
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n" + json.dumps({"prompt": "no response"}) + "\n")
+    with pytest.raises(InputError, match="bad.jsonl:2"):
+        score_file(hf_backend, bad, outputs)
+
+
+def test_score_file_refuses_paths_outside_the_input_folder(hf_backend, tmp_path):
+    shape_image().save(tmp_path / "outside.png")
+    (tmp_path / "data").mkdir()
+    inputs = tmp_path / "data" / "in.jsonl"
+    inputs.write_text(json.dumps({"prompt": "p", "response": "r", "image": "./../outside.png"}) + "\n")
+    with pytest.raises(InputError, match="outside the media root"):
+        score_file(hf_backend, inputs, tmp_path / "out.jsonl")
