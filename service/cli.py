@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from service.settings import Settings
 
 app = typer.Typer(help="vlreward: train, evaluate and serve multimodal reward models.", no_args_is_help=True)
 
@@ -45,3 +48,45 @@ def convert(
     convert_skywork(source, destination)
     probe = TransformersBackend(destination, device=probe_device).stamp_probe()
     typer.echo(f"converted {source} -> {destination} (probe score {probe.score:.6f})", err=True)
+
+
+# Builds the embedded default model into a directory; set by the training CLI, which owns the recipe.
+default_model_builder: Callable[[Path], None] | None = None
+
+
+def resolve_model(settings: Settings) -> Path:
+    """The checkpoint to serve: ``--model`` or the embedded default (built on first start if absent)."""
+    if settings.model is not None:
+        return settings.model
+    path = settings.default_model_dir()
+    if not (path / "config.json").is_file():
+        if default_model_builder is None:
+            raise typer.BadParameter("no --model given and no default-model builder is installed")
+        typer.echo(f"building the embedded default model in {path} (first start only)", err=True)
+        default_model_builder(path)
+    return path
+
+
+@app.command()
+def serve(
+    model: Annotated[Path | None, typer.Option(help="Checkpoint; default: the embedded model.")] = None,
+    backend: Annotated[str | None, typer.Option(help="hf or vllm.")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:N].")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Samples per forward pass.")] = None,
+    max_batch_tokens: Annotated[int | None, typer.Option(help="Padded tokens per pass.")] = None,
+    max_wait_ms: Annotated[float | None, typer.Option(help="Wait for a batch to fill.")] = None,
+    max_queue: Annotated[int | None, typer.Option(help="Queued samples before 429.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Tokens per sample.")] = None,
+    api_key_file: Annotated[Path | None, typer.Option(help="One API key per line.")] = None,
+    log_json: Annotated[bool | None, typer.Option(help="JSON access log.")] = None,
+) -> None:
+    """Serve /score, /rank and /get_reward over HTTP. Every setting also reads VLREWARD_<NAME>."""
+    from service.server import run
+
+    overrides = {k: v for k, v in locals().items() if v is not None and k != "run"}
+    settings = Settings(**overrides)
+    settings = settings.model_copy(update={"model": resolve_model(settings)})
+    raise typer.Exit(run(settings))

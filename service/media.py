@@ -10,12 +10,17 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import ipaddress
 import re
+import socket
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+
+from service.errors import APIError
 
 # Bare base64 of a JPEG starts with "/9j/": a "/"-string made only of base64 characters is base64,
 # anything else starting with "/" (a "." or "-" in a file name, say) is a path. `file://` is explicit.
@@ -25,19 +30,8 @@ _BASE64_TEXT = re.compile(r"[A-Za-z0-9+/=\s]+")
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
 
 
-class MediaError(Exception):
-    """A client's image could not be used. Carries the HTTP status and error type of DESIGN.md."""
-
-    def __init__(self, message: str, *, status: int = 400, type: str = "invalid_request", param: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.type = type
-        self.param = param
-
-    def at(self, param: str) -> MediaError:
-        """The same error, located at a request field (``items[3].images[0]``)."""
-        return MediaError(self.message, status=self.status, type=self.type, param=param)
+class MediaError(APIError):
+    """A client's image could not be used (400 undecodable, 413 too large, 415 unsupported format)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +46,13 @@ class MediaPolicy:
     """Folder that file references must lie under; None disables file references."""
     allow_urls: bool = False
     """Whether http(s) references are fetched."""
+    url_hosts: frozenset[str] = frozenset()
+    """Host names URLs may point to (and their subdomains); empty allows any public host."""
+    url_allow_private: bool = False
+    """Allow private, loopback and link-local addresses (tests with a loopback server only)."""
+    url_timeout_s: float = 10.0
+    """Timeout of one download, redirects included."""
+    max_redirects: int = 3
 
 
 def _decode_base64(data: str) -> bytes:
@@ -71,7 +72,7 @@ def read_image_bytes(ref: str, policy: MediaPolicy) -> bytes:
     elif ref.startswith(("http://", "https://")):
         if not policy.allow_urls:
             raise MediaError("image URLs are disabled on this server (send a data URI or base64)")
-        raise MediaError("image URL fetching is not available in this build", status=501, type="not_implemented")
+        return fetch_url(ref, policy)
     elif ref.startswith(("file://", "./")) or (ref.startswith("/") and not _BASE64_TEXT.fullmatch(ref)):
         raw = _read_file(ref.removeprefix("file://"), policy)
     else:
@@ -136,3 +137,69 @@ def image_to_data_uri(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _check_host(host: str, policy: MediaPolicy) -> None:
+    if policy.url_hosts and not any(host == h or host.endswith("." + h) for h in policy.url_hosts):
+        raise MediaError(f"image host {host!r} is not in the allow-list")
+
+
+def resolve_public_address(host: str, port: int, policy: MediaPolicy) -> str:
+    """Resolve a host and refuse private, loopback, link-local, metadata and other non-public addresses."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise MediaError(f"image host {host!r} does not resolve") from exc
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    if not policy.url_allow_private:
+        for address in addresses:
+            mapped = getattr(address, "ipv4_mapped", None) or address
+            if not mapped.is_global or mapped.is_multicast:
+                raise MediaError(f"image URL resolves to a non-public address ({address}); refused")
+    return str(addresses[0])
+
+
+def fetch_url(url: str, policy: MediaPolicy) -> bytes:
+    """Download an image over http(s): allow-list, public addresses only (checked after DNS resolution
+    and again for every redirect, and the connection is pinned to the checked address), timeout, byte cap."""
+    import httpx
+
+    deadline = time.monotonic() + policy.url_timeout_s
+    with httpx.Client(follow_redirects=False, trust_env=False) as client:
+        for _ in range(policy.max_redirects + 1):
+            parsed = httpx.URL(url)
+            if parsed.scheme not in ("http", "https") or not parsed.host:
+                raise MediaError(f"unsupported image URL {url!r}")
+            host = parsed.host.lower()
+            _check_host(host, policy)
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+            address = resolve_public_address(host, port, policy)
+            pinned = parsed.copy_with(host=address)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MediaError("image download timed out", status=400)
+            headers = {"Host": parsed.netloc.decode()}
+            extensions = {"sni_hostname": host} if parsed.scheme == "https" else {}
+            try:
+                with client.stream("GET", pinned, headers=headers, extensions=extensions, timeout=remaining) as reply:
+                    if reply.is_redirect:
+                        url = str(parsed.join(reply.headers.get("location", "")))
+                        continue
+                    if reply.status_code != 200:
+                        raise MediaError(f"image URL answered HTTP {reply.status_code}")
+                    return _read_capped(reply, policy.max_image_bytes)
+            except httpx.TimeoutException as exc:
+                raise MediaError("image download timed out") from exc
+            except httpx.HTTPError as exc:
+                raise MediaError(f"image download failed: {exc}") from exc
+    raise MediaError(f"image URL redirected more than {policy.max_redirects} times")
+
+
+def _read_capped(reply, limit: int) -> bytes:
+    chunks, total = [], 0
+    for chunk in reply.iter_bytes():
+        total += len(chunk)
+        if total > limit:
+            raise MediaError(f"image is over {limit} bytes", status=413, type="too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,20 +1,186 @@
-"""Sample -> FormattedSample: decode its images (media) and apply the chat template (formatting)."""
+"""Sample -> model input: decode images (media), apply the chat template (formatting), encode, check limits.
+
+Runs in a worker thread (image decoding and preprocessing are CPU work). Every error is an
+:class:`~service.errors.APIError` located at the request field it concerns.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
+from PIL import Image
+
+from service.errors import APIError, too_large
 from service.media import MediaError, MediaPolicy, load_image
-from service.model.formatting import FormattedSample, format_sample
-from service.schemas import Sample
+from service.model.formatting import FormattedSample, FormattingError, format_sample, format_templated
+from service.schemas import Sample, TextPart
+
+Truncate = Literal["none", "prompt_left"]
 
 
-def prepare_sample(sample: Sample, processor: Any, policy: MediaPolicy, param_prefix: str = "") -> FormattedSample:
-    """Decode the sample's images in order and format it; MediaErrors name the failing field."""
+@dataclass(frozen=True)
+class Limits:
+    """Per-sample limits."""
+
+    max_tokens: int = 8192
+    max_images: int = 8
+
+
+def load_images(
+    refs: list[str], params: list[str], policy: MediaPolicy, max_images: int, owner: str | None
+) -> list[Image.Image]:
+    """Decode a sample's images in order. ``params`` are the images' field paths, ``owner`` the sample's."""
+    if len(refs) > max_images:
+        raise too_large(f"{len(refs)} images; the limit is {max_images} per sample", param=owner)
     images = []
-    for ref, param in zip(sample.image_refs(), sample.image_params(), strict=True):
+    for ref, param in zip(refs, params, strict=True):
         try:
             images.append(load_image(ref, policy))
         except MediaError as exc:
-            raise exc.at(param_prefix + param) from exc
+            raise exc.at(param) from exc
+    return images
+
+
+def _located(params: list[str], prefix: str) -> list[str]:
+    return [f"{prefix}.{p}" if prefix else p for p in params]
+
+
+def prepare_sample(
+    sample: Sample, processor: Any, policy: MediaPolicy, param_prefix: str = "", max_images: int = 1 << 30
+) -> FormattedSample:
+    """Decode the sample's images in order and format it."""
+    params = _located(sample.image_params(), param_prefix)
+    images = load_images(sample.image_refs(), params, policy, max_images, param_prefix or None)
     return format_sample(sample, images, processor)
+
+
+def _text_slots(sample: Sample) -> list[tuple[int | None, int | None]]:
+    """Where prompt text lives, earliest first: (message, part) pairs; (None, None) is `prompt`."""
+    if sample.messages is None:
+        return [(None, None)]
+    slots: list[tuple[int | None, int | None]] = []
+    for m, message in enumerate(sample.messages[:-1]):
+        if message.role == "system":
+            continue
+        if isinstance(message.content, str):
+            slots.append((m, None))
+        else:
+            slots += [(m, p) for p, part in enumerate(message.content) if isinstance(part, TextPart)]
+    return slots
+
+
+def _get_text(sample: Sample, slot: tuple[int | None, int | None]) -> str:
+    m, p = slot
+    if m is None:
+        return sample.prompt or ""
+    content = sample.messages[m].content
+    return content if p is None else content[p].text
+
+
+def _with_text(sample: Sample, slot: tuple[int | None, int | None], text: str) -> Sample:
+    m, p = slot
+    if m is None:
+        return sample.model_copy(update={"prompt": text})
+    messages = [message.model_copy(deep=True) for message in sample.messages]
+    if p is None:
+        messages[m].content = text
+    else:
+        messages[m].content[p].text = text
+    return sample.model_copy(update={"messages": messages})
+
+
+def truncate_prompt_left(sample: Sample, excess: int, tokenizer: Any) -> Sample | None:
+    """Drop ``excess`` tokens of prompt text from the left (earliest turns first); never the response.
+
+    Returns None when the prompt text is too short to absorb the excess.
+    """
+    for slot in _text_slots(sample):
+        if excess <= 0:
+            break
+        ids = tokenizer(_get_text(sample, slot), add_special_tokens=False)["input_ids"]
+        cut = min(excess, len(ids))
+        sample = _with_text(sample, slot, tokenizer.decode(ids[cut:]))
+        excess -= cut
+    return sample if excess <= 0 else None
+
+
+def encode_within_limit(
+    backend: Any, sample: Sample, images: list, limits: Limits, truncate: Truncate, param: str
+) -> Any:
+    """Format and encode, applying the token limit (cut the prompt from the left when asked)."""
+    encoded = backend.encode(format_sample(sample, images, backend.processor))
+    for _ in range(4):  # re-tokenising cut text can shift a token or two; converge in a few rounds
+        if encoded.num_tokens <= limits.max_tokens:
+            return encoded
+        if truncate != "prompt_left":
+            break
+        shorter = truncate_prompt_left(sample, encoded.num_tokens - limits.max_tokens, backend.processor.tokenizer)
+        if shorter is None:
+            break
+        sample = shorter
+        encoded = backend.encode(format_sample(sample, images, backend.processor))
+    raise too_large(
+        f"sample has {encoded.num_tokens} tokens (images included); the limit is {limits.max_tokens}"
+        + ("" if truncate == "prompt_left" else " (truncate: prompt_left cuts the prompt to fit)"),
+        param=param,
+    )
+
+
+def prepare_item(backend: Any, sample: Sample, policy: MediaPolicy, limits: Limits, truncate: Truncate, param: str):
+    """One /score item -> encoded model input."""
+    params = _located(sample.image_params(), param)
+    images = load_images(sample.image_refs(), params, policy, limits.max_images, param)
+    return encode_within_limit(backend, sample, images, limits, truncate, param)
+
+
+def prepare_items(
+    backend: Any, samples: list[Sample], policy: MediaPolicy, limits: Limits, truncate: Truncate, collect_errors: bool
+) -> tuple[list[Any | None], list[tuple[int, APIError]]]:
+    """All /score items; with ``collect_errors`` a bad item becomes None plus an error, else it raises."""
+    encoded: list[Any | None] = []
+    errors: list[tuple[int, APIError]] = []
+    for index, sample in enumerate(samples):
+        try:
+            encoded.append(prepare_item(backend, sample, policy, limits, truncate, f"items[{index}]"))
+        except APIError as exc:
+            if not collect_errors:
+                raise
+            encoded.append(None)
+            errors.append((index, exc))
+    return encoded, errors
+
+
+def prepare_rank(backend: Any, candidates: list[Sample], policy: MediaPolicy, limits: Limits) -> list[Any]:
+    """/rank: candidates share prompt and images, so the images are decoded and preprocessed once."""
+    first = candidates[0]
+    images = load_images(first.image_refs(), first.image_params(), policy, limits.max_images, None)
+    formatted = [format_sample(candidate, images, backend.processor) for candidate in candidates]
+    encoded = backend.encode_shared(formatted)
+    for index, item in enumerate(encoded):
+        if item.num_tokens > limits.max_tokens:
+            raise too_large(
+                f"prompt + response has {item.num_tokens} tokens; the limit is {limits.max_tokens}",
+                param=f"responses[{index}]",
+            )
+    return encoded
+
+
+def prepare_templated(
+    backend: Any, queries: list[str], image_refs: list[list[str]] | None, policy: MediaPolicy, limits: Limits
+) -> list[Any]:
+    """/get_reward: already chat-templated text (+ images per query) -> encoded model input."""
+    encoded = []
+    for index, query in enumerate(queries):
+        refs = image_refs[index] if image_refs is not None else []
+        params = [f"images[{index}][{i}]" for i in range(len(refs))]
+        images = load_images(refs, params, policy, limits.max_images, f"images[{index}]")
+        try:
+            formatted = format_templated(query, images)
+        except FormattingError as exc:
+            raise APIError(str(exc), param=f"query[{index}]") from exc
+        item = backend.encode(formatted)
+        if item.num_tokens > limits.max_tokens:
+            raise too_large(f"query has {item.num_tokens} tokens; the limit is {limits.max_tokens}", f"query[{index}]")
+        encoded.append(item)
+    return encoded

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -104,3 +104,118 @@ class Sample(_Strict):
                     if isinstance(part, ImagePart)
                 ]
         return params
+
+
+# ---------------------------------------------------------------------------------------------------
+# HTTP requests and responses
+
+
+class ScoreRequest(_Strict):
+    """POST /score."""
+
+    items: list[Sample] = Field(description="Samples to score; scores come back in this order.")
+    timeout_s: float | None = Field(None, gt=0, description="Deadline for the whole request (504 after it).")
+    on_error: Literal["fail", "null"] = Field(
+        "fail", description="`null`: a bad item gets a null score and an `errors` entry instead of failing the request."
+    )
+    truncate: Literal["none", "prompt_left"] = Field(
+        "none", description="`prompt_left`: cut the prompt from the left to fit the token limit (never the response)."
+    )
+
+
+class ItemError(BaseModel):
+    """Why one item got a null score (with ``on_error: "null"``)."""
+
+    index: int
+    type: str
+    message: str
+    param: str | None = None
+
+
+class Usage(BaseModel):
+    input_tokens: int = Field(description="Tokens scored, image tokens included.")
+    images: int
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    scores: list[float | None]
+    usage: Usage
+    errors: list[ItemError] | None = None
+
+
+class RankRequest(_Strict):
+    """POST /rank: one prompt (+ images), several responses."""
+
+    prompt: str | None = None
+    messages: list[Message] | None = Field(None, description="The conversation without the final assistant turn.")
+    images: list[str] | None = None
+    image: str | None = None
+    system: str | None = None
+    responses: list[str] = Field(min_length=1)
+    top_k: int | None = Field(None, ge=1)
+    timeout_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> RankRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of `prompt` or `messages`")
+        if self.messages is not None:
+            if any(v is not None for v in (self.images, self.image, self.system)):
+                raise ValueError("with `messages`, put images and the system prompt inside the messages")
+            if not self.messages or self.messages[-1].role == "assistant":
+                raise ValueError("`messages` must not end with an assistant turn: the responses are the candidates")
+        if self.image is not None and self.images is not None:
+            raise ValueError("give `image` or `images`, not both")
+        return self
+
+    def candidates(self) -> list[Sample]:
+        """One Sample per response."""
+        if self.messages is not None:
+            return [Sample(messages=[*self.messages, Message(role="assistant", content=r)]) for r in self.responses]
+        return [
+            Sample(prompt=self.prompt, response=r, images=self.images, image=self.image, system=self.system)
+            for r in self.responses
+        ]
+
+
+class RankResponse(BaseModel):
+    model: str
+    scores: list[float]
+    ranking: list[int] = Field(description="Response indices best to worst (cut to top_k); ties keep input order.")
+    best: int
+    usage: Usage
+
+
+class GetRewardRequest(BaseModel):
+    """POST /get_reward: OpenRLHF's remote reward protocol (+ optional images per query)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    query: list[str] = Field(description="Chat-templated texts (prompt + response), special tokens included.")
+    prompts: list[str] | None = None
+    labels: list[Any] | None = None
+    images: list[list[str]] | None = Field(None, description="Image references per query (extension).")
+    timeout_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _images_per_query(self) -> GetRewardRequest:
+        if self.images is not None and len(self.images) != len(self.query):
+            raise ValueError(f"`images` has {len(self.images)} entries for {len(self.query)} queries")
+        return self
+
+
+class GetRewardResponse(BaseModel):
+    rewards: list[float]
+    scores: list[float]
+    extra_logs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -45,3 +45,62 @@ def build_reward_checkpoint(base_dir: Path, out_dir: Path, bias: float | None = 
     save_reward_model(model, processor, out_dir)
     TransformersBackend(out_dir, device="cpu").stamp_probe()
     return out_dir
+
+
+class LiveServer:
+    """The real app under a real uvicorn server on a loopback port, in a background thread."""
+
+    def __init__(self, backend=None, **settings):
+        import socket
+
+        from service.settings import Settings
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.settings = Settings(host="127.0.0.1", port=self.port, **settings)
+        self.backend = backend
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        import threading
+        import time
+
+        import httpx
+        import uvicorn
+
+        from service.app import create_app
+
+        self.app = create_app(self.settings, self.backend)
+        self.state = self.app.state.service
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.state.failure:
+                raise RuntimeError(self.state.failure)
+            time.sleep(0.05)
+        raise TimeoutError("server did not become ready")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample of the live /metrics output."""
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(self.url + "/metrics").text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0

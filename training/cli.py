@@ -7,7 +7,11 @@ from typing import Annotated
 
 import typer
 
+import service.cli
 from service.cli import app
+from training.default_model import build_default_model
+
+service.cli.default_model_builder = build_default_model
 
 
 @app.command("bootstrap-base")

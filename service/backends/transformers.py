@@ -9,8 +9,9 @@ from typing import Any, Literal
 
 import torch
 
+from service.batching import plan_batches
 from service.model.checkpoint import checkpoint_hash, load_reward_model, model_name
-from service.model.encoding import EncodedSample, encode
+from service.model.encoding import EncodedSample, encode, encode_shared
 from service.model.formatting import FormattedSample
 from service.model.probe import Probe, probe_sample, read_probe, verify_probe, write_probe
 
@@ -74,20 +75,13 @@ class TransformersBackend:
         """Tokenise and preprocess one sample (its token count is then known)."""
         return encode(sample, self.processor)
 
+    def encode_shared(self, samples: list[FormattedSample]) -> list[EncodedSample]:
+        """Encode candidates that share their images, preprocessing the images once."""
+        return encode_shared(samples, self.processor)
+
     def plan_batches(self, lengths: list[int]) -> list[list[int]]:
         """Group sample indices into batches: sorted by length, each within size and token budget."""
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-        batches: list[list[int]] = []
-        current: list[int] = []
-        for index in order:
-            padded = lengths[index] * (len(current) + 1)  # sorted ascending: this one is the longest
-            if current and (len(current) >= self.max_batch_size or padded > self.max_batch_tokens):
-                batches.append(current)
-                current = []
-            current.append(index)
-        if current:
-            batches.append(current)
-        return batches
+        return plan_batches(lengths, self.max_batch_size, self.max_batch_tokens)
 
     def score_encoded_sync(self, encoded: list[EncodedSample]) -> list[float]:
         """Score encoded samples in planned batches; results in input order."""
@@ -106,6 +100,11 @@ class TransformersBackend:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.score_sync, samples)
 
+    async def run_batch(self, batch: list[EncodedSample]) -> list[float]:
+        """One forward pass over an already-formed batch (the service's batcher forms them)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.model.score_batch, batch, self.padding_side)
+
     def score_request_sample(self, sample: dict) -> float:
         """Score one sample given in the HTTP JSON shape (inline images only)."""
         from service.media import MediaPolicy
@@ -123,6 +122,13 @@ class TransformersBackend:
         actual = self.score_request_sample(probe.sample)
         verify_probe(probe, actual, self.dtype)
         return actual
+
+    def warm_up(self) -> float | None:
+        """One real forward pass before serving; scores and verifies the probe when there is one."""
+        score = self.check_probe()
+        if score is None:
+            self.score_request_sample({"prompt": "warm-up", "response": "ok"})
+        return score
 
     def stamp_probe(self) -> Probe:
         """Score the standard probe sample with this backend and store it in the checkpoint."""

@@ -53,6 +53,40 @@ def encode(formatted: FormattedSample, processor: Any) -> EncodedSample:
     )
 
 
+def encode_shared(samples: list[FormattedSample], processor: Any) -> list[EncodedSample]:
+    """Encode samples that carry the same images (a /rank request): the images are preprocessed once.
+
+    Gives exactly what :func:`encode` gives for each sample; only the image work is shared.
+    """
+    if not samples:
+        return []
+    first = encode(samples[0], processor)
+    if first.image_grid_thw is None:
+        return [first] + [encode(s, processor) for s in samples[1:]]
+    tokenizer = processor.tokenizer
+    image_token_id = processor.image_token_id
+    merge = processor.image_processor.merge_size**2
+    counts = [int(n) for n in (first.image_grid_thw.prod(-1) // merge)]
+    encoded = [first]
+    for sample in samples[1:]:
+        pieces = sample.text.split(processor.image_token)
+        if len(pieces) != len(counts) + 1:
+            raise ValueError("encode_shared: samples do not carry the same number of images")
+        expanded = pieces[0] + "".join(
+            processor.image_token * n + piece for n, piece in zip(counts, pieces[1:], strict=True)
+        )
+        ids = torch.tensor(tokenizer(expanded, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        encoded.append(
+            EncodedSample(
+                input_ids=ids,
+                mm_token_type_ids=(ids == image_token_id).to(first.mm_token_type_ids.dtype),
+                pixel_values=first.pixel_values,
+                image_grid_thw=first.image_grid_thw,
+            )
+        )
+    return encoded
+
+
 def collate(
     samples: list[EncodedSample], pad_token_id: int, padding_side: Literal["left", "right"] = "right"
 ) -> dict[str, torch.Tensor]:

@@ -1,0 +1,243 @@
+"""Dynamic batching: samples from concurrent requests share forward passes.
+
+One background task owns the queue (as in text-embeddings-inference): requests append their samples
+and await a future; the task waits up to ``max_wait`` for a batch to fill, takes what is pending,
+sorts it by length and cuts it into batches within ``max_batch_size`` and ``max_batch_tokens`` so
+padding stays small. Admission is bounded (``max_queue`` samples, then :class:`Overloaded`), every
+request has a deadline (:class:`DeadlineExceeded`), and samples of a request that was cancelled (client
+gone, deadline passed) are dropped when the next batch is cut, and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from service.metrics import Metrics
+
+log = logging.getLogger("vlreward.batching")
+
+
+class Sized(Protocol):
+    """What the batcher needs of a sample: its token count."""
+
+    @property
+    def num_tokens(self) -> int: ...
+
+
+class Overloaded(Exception):
+    """The queue is full; retry after ``retry_after`` seconds."""
+
+    def __init__(self, queued: int, limit: int, retry_after: int = 1):
+        super().__init__(f"server overloaded: {queued} samples queued (limit {limit}); retry later")
+        self.retry_after = retry_after
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before all its samples were scored."""
+
+
+def plan_batches(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Group indices into batches sorted by length, each within the size and padded-token budget.
+
+    A single sample longer than the budget still gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        padded = lengths[index] * (len(current) + 1)  # ascending order: this one is the longest
+        if current and (len(current) >= max_batch_size or padded > max_batch_tokens):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass
+class BatchResult:
+    """Scores of one request plus where its time went."""
+
+    scores: list[float]
+    queue_ms: float
+    inference_ms: float
+
+
+@dataclass
+class _Job:
+    """One request's samples and the future its handler awaits."""
+
+    items: Sequence[Sized]
+    future: asyncio.Future
+    deadline: float
+    enqueued: float = field(default_factory=time.monotonic)
+    results: list[float | None] = field(default_factory=list)
+    remaining: int = 0
+    cancelled: bool = False
+    first_start: float | None = None
+    last_end: float | None = None
+
+    def __post_init__(self) -> None:
+        self.results = [None] * len(self.items)
+        self.remaining = len(self.items)
+
+
+@dataclass
+class _Entry:
+    job: _Job
+    index: int
+
+    @property
+    def tokens(self) -> int:
+        return self.job.items[self.index].num_tokens
+
+    @property
+    def item(self) -> Sized:
+        return self.job.items[self.index]
+
+
+class Batcher:
+    """Forms batches across requests and runs them through ``run_batch`` one at a time."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list], Awaitable[list[float]]],
+        metrics: Metrics,
+        max_batch_size: int = 32,
+        max_batch_tokens: int = 16384,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 2048,
+    ):
+        self.run_batch = run_batch
+        self.metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait_s = max_wait_ms / 1000
+        self.max_queue = max_queue
+        self._pending: deque[_Entry] = deque()
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="vlreward-batcher")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def healthy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def submit(self, items: Sequence[Sized], timeout_s: float) -> BatchResult:
+        """Queue a request's samples and wait for their scores (in order)."""
+        if not items:
+            return BatchResult([], 0.0, 0.0)
+        if len(self._pending) + len(items) > self.max_queue:
+            self.metrics.rejected.labels(reason="overloaded").inc()
+            raise Overloaded(len(self._pending), self.max_queue)
+        job = _Job(
+            items=items, future=asyncio.get_running_loop().create_future(), deadline=time.monotonic() + timeout_s
+        )
+        self._pending.extend(_Entry(job, i) for i in range(len(items)))
+        self.metrics.queue_depth.set(len(self._pending))
+        self._arrived.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(job.future), timeout=timeout_s)
+        except asyncio.TimeoutError as exc:
+            job.cancelled = True
+            self.metrics.rejected.labels(reason="timeout").inc()
+            raise DeadlineExceeded(f"request did not finish within {timeout_s:g} s") from exc
+        except asyncio.CancelledError:
+            job.cancelled = True
+            self.metrics.rejected.labels(reason="cancelled").inc()
+            raise
+        start = job.first_start or job.enqueued
+        return BatchResult(
+            scores=job.future.result(),
+            queue_ms=(start - job.enqueued) * 1000,
+            inference_ms=((job.last_end or start) - start) * 1000,
+        )
+
+    async def _wait_to_fill(self) -> None:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.max_wait_s
+        while len(self._pending) < self.max_batch_size:
+            remaining = until - loop.time()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    def _take_pending(self) -> list[_Entry]:
+        """Everything queued whose request is still waiting; dropped entries are counted."""
+        now = time.monotonic()
+        taken, dropped = [], 0
+        while self._pending:
+            entry = self._pending.popleft()
+            if entry.job.cancelled or entry.job.future.done() or entry.job.deadline < now:
+                dropped += 1
+            else:
+                taken.append(entry)
+        self.metrics.queue_depth.set(0)
+        if dropped:
+            self.metrics.rejected.labels(reason="dropped_from_queue").inc(dropped)
+        return taken
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._pending:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            await self._wait_to_fill()
+            entries = self._take_pending()
+            plan = plan_batches([e.tokens for e in entries], self.max_batch_size, self.max_batch_tokens)
+            for indices in plan:
+                batch = [entries[i] for i in indices if not entries[i].job.cancelled]
+                if batch:
+                    await self._run(batch)
+
+    async def _run(self, batch: list[_Entry]) -> None:
+        start = time.monotonic()
+        for entry in batch:
+            self.metrics.queue_wait.observe(start - entry.job.enqueued)
+            if entry.job.first_start is None:
+                entry.job.first_start = start
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.batch_tokens.observe(max(e.tokens for e in batch) * len(batch))
+        try:
+            scores = await self.run_batch([e.item for e in batch])
+        except Exception as exc:  # the engine failed: every request in the batch gets the error
+            log.exception("batch of %d failed", len(batch))
+            for entry in batch:
+                if not entry.job.future.done():
+                    entry.job.future.set_exception(exc)
+            return
+        end = time.monotonic()
+        self.metrics.inference_duration.observe(end - start)
+        for entry, score in zip(batch, scores, strict=True):
+            job = entry.job
+            job.results[entry.index] = score
+            job.remaining -= 1
+            job.last_end = end
+            if job.remaining == 0 and not job.future.done():
+                job.future.set_result(job.results)

@@ -1,0 +1,65 @@
+"""Prometheus metrics (prefix ``vlreward_``). Each app gets its own registry so tests can run several."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+_SCORE_BUCKETS = (-10.0, -5.0, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
+
+
+class Metrics:
+    """The service's metrics, named as in DESIGN.md."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "vlreward_requests", "HTTP requests by endpoint and status code.", ["endpoint", "status"], registry=r
+        )
+        self.request_duration = Histogram(
+            "vlreward_request_duration_seconds",
+            "End-to-end request latency.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "vlreward_queue_wait_seconds",
+            "Time a sample waited before its batch started.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "vlreward_inference_duration_seconds", "Forward-pass time per batch.", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "vlreward_batch_size",
+            "Samples per forward pass (transformers backend).",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_tokens = Histogram(
+            "vlreward_batch_tokens",
+            "Padded tokens per forward pass (transformers backend).",
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("vlreward_queue_depth", "Samples waiting for a batch.", registry=r)
+        self.inflight = Gauge("vlreward_inflight_requests", "Scoring requests being handled.", registry=r)
+        self.samples = Counter("vlreward_samples", "Samples scored.", ["endpoint"], registry=r)
+        self.input_tokens = Counter("vlreward_input_tokens", "Input tokens scored, image tokens included.", registry=r)
+        self.images = Counter("vlreward_images", "Images scored.", registry=r)
+        self.rejected = Counter("vlreward_rejected", "Requests or samples refused, by reason.", ["reason"], registry=r)
+        self.score = Histogram(
+            "vlreward_score", "Returned rewards (for drift panels).", buckets=_SCORE_BUCKETS, registry=r
+        )
+        self.ready = Gauge("vlreward_ready", "1 when the model is loaded, warmed and its probe passed.", registry=r)
+        self.model_info = Gauge(
+            "vlreward_model_info",
+            "The served model (value always 1).",
+            ["model", "backend", "dtype", "device"],
+            registry=r,
+        )

@@ -1,0 +1,83 @@
+"""Run the app under uvicorn with Kubernetes-friendly shutdown.
+
+SIGTERM starts a drain instead of an immediate stop: /ready turns 503, new scoring requests get 503
+``draining``, in-flight requests finish (up to ``drain_timeout_s``), then the process exits 0. A model
+that fails to load or an engine that dies makes the process exit 1, so the orchestrator restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from types import FrameType
+
+import uvicorn
+
+from service.app import create_app
+from service.lifecycle import ServiceState
+from service.settings import Settings
+
+log = logging.getLogger("vlreward")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server whose SIGTERM drains in-flight requests first and whose exit code reflects failures."""
+
+    def __init__(self, config: uvicorn.Config, state: ServiceState):
+        super().__init__(config)
+        self.state = state
+        self.exit_code = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        state.on_fatal = self._fatal
+
+    async def serve(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def _fatal(self, reason: str) -> None:
+        log.error("exiting: %s", reason)
+        self.exit_code = 1
+        self.should_exit = True
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not uvicorn's handler: it re-raises the signal after shutdown, which would make the exit code 143.
+        if sig == signal.SIGTERM and not self.state.draining and self._loop is not None:
+            log.info("SIGTERM: draining %d in-flight requests", self.state.inflight)
+            self.state.begin_drain()
+            self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain()))
+            return
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.state.settings.drain_timeout_s
+        while self.state.inflight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.state.inflight:
+            log.warning("drain timeout: %d requests still in flight", self.state.inflight)
+        self.should_exit = True
+
+
+def run(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s" if settings.log_json else "%(levelname)s %(message)s")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=not settings.log_json,
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+    )
+    server = DrainingServer(config, app.state.service)
+    server.run()
+    return server.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(run(Settings()))

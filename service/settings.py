@@ -1,0 +1,68 @@
+"""All service settings: one pydantic-settings object, environment prefix ``VLREWARD_``, mirrored by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Each field reads ``VLREWARD_<NAME>`` from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="VLREWARD_", extra="ignore", protected_namespaces=())
+
+    # Model and engine
+    model: Path | None = Field(None, description="Reward checkpoint directory; default: the embedded model.")
+    backend: str = Field("hf", description="Scoring backend: hf (transformers) or vllm.")
+    dtype: str = Field("float32", description="float32, bfloat16 or float16.")
+    device: str = Field("auto", description="auto, cpu or cuda[:N].")
+    home: Path = Field(Path("~/.cache/vlreward").expanduser(), description="Where the embedded model is kept.")
+
+    # HTTP
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, description="Port to bind.")
+    api_keys: str = Field("", description="Comma-separated API keys; empty means no auth.")
+    api_key_file: Path | None = Field(None, description="File with one API key per line.")
+    log_json: bool = Field(False, description="One JSON log line per request.")
+
+    # Batching and admission
+    max_batch_tokens: int = Field(16384, description="Padded tokens per forward pass (transformers backend).")
+    max_batch_size: int = Field(32, description="Samples per forward pass.")
+    max_wait_ms: float = Field(5.0, description="How long a batch waits to fill before it runs.")
+    max_queue: int = Field(2048, description="Samples waiting at most; beyond it requests get 429.")
+    request_timeout_s: float = Field(60.0, description="Default per-request deadline (504 after it).")
+    drain_timeout_s: float = Field(30.0, description="After SIGTERM, how long in-flight requests may take.")
+
+    # Limits
+    max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest request body.")
+    max_items: int = Field(256, description="Items per /score and queries per /get_reward.")
+    max_responses: int = Field(64, description="Responses per /rank.")
+    max_tokens: int = Field(8192, description="Tokens per sample, image tokens included.")
+    max_images: int = Field(8, description="Images per sample.")
+    max_image_pixels: int = Field(40_000_000, description="width*height of an image, checked before decoding.")
+    max_image_bytes: int = Field(20 * 1024 * 1024, description="Encoded size of one image.")
+    min_pixels: int | None = Field(None, description="Override the checkpoint's minimum pixels per image.")
+    max_pixels: int | None = Field(None, description="Override the checkpoint's maximum pixels per image.")
+
+    # Media sources
+    allow_urls: bool = Field(False, description="Fetch http(s) image URLs.")
+    url_allowlist: str = Field("", description="Comma-separated host names URLs may point to (empty: any).")
+    url_allow_private: bool = Field(False, description="Allow private/loopback addresses (tests only).")
+    url_timeout_s: float = Field(10.0, description="Timeout for one image download.")
+    media_root: Path | None = Field(None, description="Folder file references may point into; unset disables them.")
+
+    def api_key_set(self) -> frozenset[str]:
+        """The accepted API keys from ``api_keys`` and ``api_key_file``."""
+        keys = {k.strip() for k in self.api_keys.split(",") if k.strip()}
+        if self.api_key_file is not None:
+            keys |= {line.strip() for line in self.api_key_file.read_text().splitlines() if line.strip()}
+        return frozenset(keys)
+
+    def url_hosts(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.url_allowlist.split(",") if h.strip())
+
+    def default_model_dir(self) -> Path:
+        """Where the embedded default model lives."""
+        return self.home.expanduser() / "models" / "default"
