@@ -102,3 +102,51 @@ def test_file_paths_are_off_by_default_and_confined_to_the_media_root(tmp_path):
 def test_urls_are_refused_when_disabled():
     with pytest.raises(MediaError, match="disabled"):
         load_image("https://example.com/a.png", MediaPolicy())
+
+
+def url_policy(**overrides) -> MediaPolicy:
+    return MediaPolicy(allow_urls=True, url_allow_private=True, **overrides)
+
+
+def test_url_is_fetched_from_an_allowed_host(url_server):
+    image = load_image(url_server + "/red.png", url_policy(url_hosts=frozenset({"127.0.0.1"})))
+    assert image.tobytes() == shape_image("red").tobytes()
+
+
+def test_url_to_a_host_outside_the_allow_list_is_refused(url_server):
+    with pytest.raises(MediaError, match="allow-list"):
+        load_image(url_server + "/red.png", url_policy(url_hosts=frozenset({"images.example.com"})))
+
+
+def test_redirects_are_checked_again(url_server):
+    port = url_server.rsplit(":", 1)[1]
+    policy = url_policy(url_hosts=frozenset({"127.0.0.1"}))
+    assert load_image(f"{url_server}/redirect?to=/red.png", policy).size == (84, 84)
+    with pytest.raises(MediaError, match="allow-list"):
+        load_image(f"{url_server}/redirect?to=http://localhost:{port}/red.png", policy)
+
+
+def test_redirect_to_a_private_address_is_refused_when_private_is_not_allowed(url_server, monkeypatch):
+    # The first hop is allowed through a private-address exemption for this loopback server only;
+    # the redirect target (the metadata address) must be refused before any connection.
+    import service.media as media
+
+    real = media.resolve_public_address
+    calls = []
+
+    def first_hop_exempt(host, port, policy):
+        calls.append(host)
+        if len(calls) == 1:
+            return real(host, port, MediaPolicy(url_allow_private=True))
+        return real(host, port, policy)
+
+    monkeypatch.setattr(media, "resolve_public_address", first_hop_exempt)
+    with pytest.raises(MediaError, match="non-public"):
+        load_image(f"{url_server}/redirect?to=http://169.254.169.254/latest", MediaPolicy(allow_urls=True))
+    assert calls == ["127.0.0.1", "169.254.169.254"]
+
+
+def test_url_download_over_the_byte_cap_is_413(url_server):
+    with pytest.raises(MediaError) as error:
+        load_image(url_server + "/big", url_policy(max_image_bytes=100_000))
+    assert error.value.status == 413
