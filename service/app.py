@@ -200,11 +200,18 @@ def _record(
     return Usage(input_tokens=tokens, images=images)
 
 
-async def _score_encoded(request: Request, state: ServiceState, encoded: list, timeout_s: float | None, started: float):
+async def _score_encoded(
+    request: Request,
+    state: ServiceState,
+    encoded: list,
+    timeout_s: float | None,
+    started: float,
+    grouped: bool = False,
+):
     timeout = (timeout_s or state.settings.request_timeout_s) - (time.monotonic() - started)
     if timeout <= 0:
         raise DeadlineExceeded("request deadline passed while preparing its inputs")
-    return await _until_disconnect(request, state.batcher.submit(encoded, timeout))
+    return await _until_disconnect(request, state.batcher.submit(encoded, timeout, grouped=grouped))
 
 
 # -- the app -------------------------------------------------------------------------------------------
@@ -336,7 +343,7 @@ def create_app(settings: Settings, backend: Any | None = None) -> FastAPI:
             encoded = await run_in_threadpool(
                 prepare_rank, state.backend, body.candidates(), state.media_policy, state.limits
             )
-            result = await _score_encoded(request, state, encoded, body.timeout_s, started)
+            result = await _score_encoded(request, state, encoded, body.timeout_s, started, grouped=True)
             usage = _record(request, response, state, "/rank", encoded, result)
             ranking = sorted(range(len(result.scores)), key=lambda i: (-result.scores[i], i))
             return RankResponse(

@@ -78,6 +78,8 @@ class _Job:
     items: Sequence[Sized]
     future: asyncio.Future
     deadline: float
+    grouped: bool = False
+    """Run as one unit through ``run_group`` (candidates sharing a prefix), not mixed into batches."""
     enqueued: float = field(default_factory=time.monotonic)
     results: list[float | None] = field(default_factory=list)
     remaining: int = 0
@@ -111,12 +113,14 @@ class Batcher:
         self,
         run_batch: Callable[[list], Awaitable[list[float]]],
         metrics: Metrics,
+        run_group: Callable[[list], Awaitable[list[float]]] | None = None,
         max_batch_size: int = 32,
         max_batch_tokens: int = 16384,
         max_wait_ms: float = 5.0,
         max_queue: int = 2048,
     ):
         self.run_batch = run_batch
+        self.run_group = run_group
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -144,8 +148,12 @@ class Batcher:
     def healthy(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def submit(self, items: Sequence[Sized], timeout_s: float) -> BatchResult:
-        """Queue a request's samples and wait for their scores (in order)."""
+    async def submit(self, items: Sequence[Sized], timeout_s: float, grouped: bool = False) -> BatchResult:
+        """Queue a request's samples and wait for their scores (in order).
+
+        ``grouped``: the samples share a prefix (a /rank request) and run together through ``run_group``
+        when the backend has one.
+        """
         if not items:
             return BatchResult([], 0.0, 0.0)
         if len(self._pending) + len(items) > self.max_queue:
@@ -209,14 +217,21 @@ class Batcher:
                 await self._arrived.wait()
                 continue
             await self._wait_to_fill()
-            entries = self._take_pending()
+            taken = self._take_pending()
+            groups: dict[int, list[_Entry]] = {}
+            for entry in taken:
+                if entry.job.grouped:
+                    groups.setdefault(id(entry.job), []).append(entry)
+            entries = [e for e in taken if not e.job.grouped]
             plan = plan_batches([e.tokens for e in entries], self.max_batch_size, self.max_batch_tokens)
-            for indices in plan:
-                batch = [entries[i] for i in indices if not entries[i].job.cancelled]
+            work = [(self.run_group, group) for group in groups.values()]
+            work += [(self.run_batch, [entries[i] for i in indices]) for indices in plan]
+            for runner, batch in work:
+                batch = [e for e in batch if not e.job.cancelled]
                 if batch:
-                    await self._run(batch)
+                    await self._run(batch, runner)
 
-    async def _run(self, batch: list[_Entry]) -> None:
+    async def _run(self, batch: list[_Entry], runner: Callable[[list], Awaitable[list[float]]]) -> None:
         start = time.monotonic()
         for entry in batch:
             self.metrics.queue_wait.observe(start - entry.job.enqueued)
@@ -225,7 +240,7 @@ class Batcher:
         self.metrics.batch_size.observe(len(batch))
         self.metrics.batch_tokens.observe(max(e.tokens for e in batch) * len(batch))
         try:
-            scores = await self.run_batch([e.item for e in batch])
+            scores = await runner([e.item for e in batch])
         except Exception as exc:  # the engine failed: every request in the batch gets the error
             log.exception("batch of %d failed", len(batch))
             for entry in batch:

@@ -81,6 +81,7 @@ class ServiceState:
             self.batcher = Batcher(
                 self.backend.run_batch,
                 self.metrics,
+                run_group=getattr(self.backend, "run_shared_prefix", None),
                 max_batch_size=settings.max_batch_size,
                 max_batch_tokens=settings.max_batch_tokens,
                 max_wait_ms=settings.max_wait_ms,

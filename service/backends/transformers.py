@@ -114,6 +114,11 @@ class TransformersBackend:
         formatted = prepare_sample(Sample.model_validate(sample), self.processor, MediaPolicy())
         return self.score_sync([formatted])[0]
 
+    async def run_shared_prefix(self, batch: list[EncodedSample]) -> list[float]:
+        """Candidates of one /rank request: the shared prompt + images run once (see loadtest/rank_prefix.py)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.model.score_shared_prefix, batch)
+
     def check_probe(self) -> float | None:
         """Score the checkpoint's probe; raise ProbeMismatch when off. None when there is no probe."""
         probe = read_probe(self.model_dir)

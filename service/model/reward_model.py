@@ -91,3 +91,68 @@ class Qwen2_5_VLRewardModel(nn.Module):
         batch = collate(samples, self.config.text_config.pad_token_id, padding_side)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         return self(**batch).float().cpu().tolist()
+
+    @torch.inference_mode()
+    def score_shared_prefix(self, samples: list[EncodedSample]) -> list[float]:
+        """Score candidates that share a prefix (prompt + images) by running the prefix once.
+
+        The prefix's key/value cache is computed once and every candidate's remaining tokens continue
+        from it, so the vision tower and the prompt run once instead of once per candidate. Gives the
+        same scores as :meth:`score_batch` (within float tolerance).
+        """
+        prefix_len = shared_prefix_length([s.input_ids for s in samples])
+        first = samples[0]
+        if first.image_grid_thw is not None and int(first.mm_token_type_ids[prefix_len:].sum()) != 0:
+            return self.score_batch(samples)  # images after the shared part: nothing to share safely
+        prefix_len = min(prefix_len, min(s.num_tokens for s in samples) - 1)  # every candidate keeps >= 1 token
+        if prefix_len <= 0:
+            return self.score_batch(samples)
+        device = self.device
+        prefix_ids = first.input_ids[:prefix_len].unsqueeze(0).to(device)
+        prefix_types = first.mm_token_type_ids[:prefix_len].unsqueeze(0).to(device)
+        prefix_mask = torch.ones_like(prefix_ids)
+        grid = None if first.image_grid_thw is None else first.image_grid_thw.to(device)
+        prefix_positions = self.position_ids(prefix_ids, prefix_mask, prefix_types, grid)
+        pixels = None if first.pixel_values is None else first.pixel_values.to(device, self.dtype)
+        out = self.model(
+            input_ids=prefix_ids,
+            attention_mask=prefix_mask,
+            position_ids=prefix_positions,
+            pixel_values=pixels,
+            image_grid_thw=grid,
+            use_cache=True,
+        )
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(len(samples))
+        suffixes = [s.input_ids[prefix_len:] for s in samples]
+        width = max(len(s) for s in suffixes)
+        pad_id = self.config.text_config.pad_token_id
+        suffix_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+        suffix_mask = torch.zeros((len(samples), width), dtype=torch.long)
+        for row, suffix in enumerate(suffixes):
+            suffix_ids[row, : len(suffix)] = suffix
+            suffix_mask[row, : len(suffix)] = 1
+        start = int(prefix_positions.max()) + 1  # text after the prefix continues after its largest position
+        positions = (start + torch.arange(width)).view(1, 1, -1).expand(3, len(samples), -1)
+        mask = torch.cat([torch.ones((len(samples), prefix_len), dtype=torch.long), suffix_mask], dim=1)
+        hidden = self.model(
+            input_ids=suffix_ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        rows = torch.arange(len(samples), device=device)
+        last = (suffix_mask.sum(-1) - 1).to(device)
+        return self.score(hidden[rows, last]).squeeze(-1).float().cpu().tolist()
+
+
+def shared_prefix_length(sequences: list[torch.Tensor]) -> int:
+    """Length of the longest common prefix of token sequences."""
+    length = min(len(s) for s in sequences)
+    first = sequences[0]
+    for other in sequences[1:]:
+        differ = (first[:length] != other[:length]).nonzero()
+        if len(differ):
+            length = int(differ[0])
+    return length

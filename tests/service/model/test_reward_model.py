@@ -84,3 +84,29 @@ def test_plan_batches_respects_size_and_token_budget(hf_backend):
             assert len(batch) == 1 or max(lengths[i] for i in batch) * len(batch) <= 100
     finally:
         backend.max_batch_size, backend.max_batch_tokens = saved
+
+
+@pytest.mark.parametrize("images", [0, 1, 2])
+def test_shared_prefix_scoring_equals_full_batch_scoring(hf_backend, images):
+    from service.prepare import Limits, prepare_rank
+    from service.schemas import RankRequest
+
+    refs = [uri(shape_image(c, size=(112, 84))) for c in ("red", "blue")][:images]
+    request = RankRequest(
+        prompt="What is shown?", images=refs or None, responses=["A.", "A circle, red.", "A.", "Wait, " * 6]
+    )
+    encoded = prepare_rank(hf_backend, request.candidates(), MediaPolicy(), Limits(max_tokens=4096))
+    full = hf_backend.model.score_batch(encoded)
+    shared = hf_backend.model.score_shared_prefix(encoded)
+    assert abs(full[0] - full[2]) <= TOLERANCE  # identical responses
+    for a, b in zip(full, shared, strict=True):
+        assert abs(a - b) <= TOLERANCE
+
+
+def test_shared_prefix_length():
+    import torch
+
+    from service.model.reward_model import shared_prefix_length
+
+    assert shared_prefix_length([torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 5]), torch.tensor([1, 2, 3])]) == 2
+    assert shared_prefix_length([torch.tensor([1, 2]), torch.tensor([1, 2])]) == 2

@@ -1,0 +1,1 @@
+"""Load generators and benchmarks. Each prints its command, a table, and writes JSON + PNG."""
