@@ -30,3 +30,76 @@ def bootstrap_base(
 
 
 __all__ = ["app"]
+
+
+@app.command()
+def bootstrap(
+    home: Annotated[Path | None, typer.Option(help="VLREWARD_HOME; the model goes to HOME/models/default.")] = None,
+    recipe: Annotated[str, typer.Option(help="Recipe name or YAML file.")] = "tiny",
+) -> None:
+    """Build the tiny base, generate synthetic data, train the two-stage recipe, export the default model."""
+    from service.settings import Settings
+    from training.bootstrap import bootstrap as run_bootstrap
+
+    settings = Settings(**({"home": home} if home else {}))
+    run_bootstrap(settings.default_model_dir(), recipe=recipe)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Dataset folder (records.jsonl + images/).")],
+    output: Annotated[Path, typer.Option(help="Run folder: checkpoints, history.jsonl.")],
+    recipe: Annotated[str, typer.Option(help="paper, tiny, or a YAML file.")] = "tiny",
+    base: Annotated[Path | None, typer.Option(help="Base model directory (overrides the recipe's).")] = None,
+    heldout: Annotated[Path | None, typer.Option(help="Held-out dataset folder for evaluations.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Checkpoint folder to resume from.")] = None,
+) -> None:
+    """Train a reward model (run under `accelerate launch` / `torchrun` for several processes)."""
+    from training.config import load_recipe
+    from training.model import reward_model_from_base
+    from training.trainer import RewardTrainer
+
+    config = load_recipe(recipe)
+    base_dir = base or Path(config.base_model)
+    if str(base_dir) in ("tiny", "bench"):
+        from training.base_model import build_base_model
+
+        base_dir = build_base_model(output / "base", size=str(base_dir))
+    model, processor = reward_model_from_base(base_dir, seed=config.seed)
+    trainer = RewardTrainer(config, model, processor, data, output, heldout_dir=heldout)
+    trainer.train(resume_from=resume)
+    (output / "base_model.txt").write_text(str(base_dir) + "\n")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="A checkpoint folder of a training run.")],
+    output: Annotated[Path, typer.Option(help="The reward checkpoint to write.")],
+    base: Annotated[Path | None, typer.Option(help="Base model directory (default: the run's).")] = None,
+) -> None:
+    """Export a training checkpoint into the vlreward checkpoint contract, with its probe."""
+    from training.export import export_checkpoint
+
+    base_dir = base or Path((checkpoint.parent / "base_model.txt").read_text().strip())
+    probe = export_checkpoint(base_dir, checkpoint, output)
+    typer.echo(f"exported {checkpoint} -> {output} (probe score {probe.score:.6f})", err=True)
+
+
+@app.command("eval")
+def evaluate(
+    benchmark: Annotated[str, typer.Option(help="synthetic")],
+    output: Annotated[Path, typer.Option(help="Folder for results.json, results.md, predictions.jsonl, PNG.")],
+    model: Annotated[Path | None, typer.Option(help="Reward checkpoint directory.")] = None,
+    backend: Annotated[str, typer.Option(help="hf")] = "hf",
+) -> None:
+    """Evaluate a reward model; prints the table and writes it as JSON, markdown and PNG."""
+    from service.backends import create_backend
+    from service.settings import Settings
+    from training.evaluate import evaluate_synthetic
+
+    if benchmark != "synthetic":
+        raise typer.BadParameter("only the synthetic benchmark is available so far")
+    model_dir = model or Settings().default_model_dir()
+    engine = create_backend(backend, str(model_dir), device="auto")
+    evaluate_synthetic(engine, model_dir, output)
+    typer.echo((output / "results.md").read_text())

@@ -10,7 +10,8 @@ from pathlib import Path
 def build_default_model(destination: Path) -> Path:
     """Tiny base + a seeded random head, saved in the checkpoint contract with its probe.
 
-    (The training issue replaces the random head with the `tiny` recipe trained on synthetic data.)
+    `vlreward bootstrap` trains the real default model (tiny recipe on synthetic data); it becomes the
+    embedded default once it reaches its accuracy targets (see the training issue's note).
     """
     from service.backends.transformers import TransformersBackend
     from service.model.checkpoint import save_reward_model

@@ -27,3 +27,49 @@ def reward_model_from_base(
         if model.score.bias is not None:
             model.score.bias.zero_()
     return model, AutoProcessor.from_pretrained(base_dir)
+
+
+# Parameter-name prefixes of the parts the recipe freezes or trains.
+VISION_ENCODER_PREFIXES = ("model.visual.patch_embed.", "model.visual.blocks.")
+PARTS = {
+    "vision encoder": VISION_ENCODER_PREFIXES,
+    "merger": ("model.visual.merger.",),
+    "language model": ("model.language_model.",),
+    "head": ("score.",),
+}
+
+
+def freeze_vision_encoder(model: Any) -> None:
+    """Freeze the patch embedding and the vision blocks (the paper's recipe); the rest stays trainable."""
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(not name.startswith(VISION_ENCODER_PREFIXES))
+
+
+def parameter_report(model: Any) -> dict[str, dict[str, int]]:
+    """Trainable and total parameters per part."""
+    report = {part: {"trainable": 0, "total": 0} for part in PARTS}
+    for name, parameter in model.named_parameters():
+        part = next((p for p, prefixes in PARTS.items() if name.startswith(prefixes)), None)
+        if part is None:
+            continue
+        report[part]["total"] += parameter.numel()
+        if parameter.requires_grad:
+            report[part]["trainable"] += parameter.numel()
+    return report
+
+
+def parameter_groups(model: Any, learning_rate: float, multipliers: dict[str, float]) -> list[dict]:
+    """Optimiser parameter groups: trainable parameters per part, each with its learning rate."""
+    groups: dict[str, list] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        part = next((p for p, prefixes in PARTS.items() if name.startswith(prefixes)), "other")
+        groups.setdefault(part, []).append(parameter)
+    unknown = set(multipliers) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown parts in lr_multipliers: {sorted(unknown)} (parts: {', '.join(PARTS)})")
+    return [
+        {"params": params, "lr": learning_rate * multipliers.get(part, 1.0), "name": part}
+        for part, params in groups.items()
+    ]

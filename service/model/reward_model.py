@@ -29,6 +29,10 @@ class Qwen2_5_VLRewardModel(nn.Module):
         self.config = config
         self.model = Qwen2_5_VLModel(config)
         self.score = nn.Linear(config.text_config.hidden_size, 1, bias=head_bias)
+        self.vision_in_every_step = False
+        """Training across processes: run the vision tower on a dummy image when a batch has none, so
+        every rank uses the same parameters each step (ZeRO-3/FSDP hang otherwise; DDP reports unused
+        parameters). The dummy's output is multiplied by zero: scores do not change."""
 
     @property
     def device(self) -> torch.device:
@@ -81,7 +85,18 @@ class Qwen2_5_VLRewardModel(nn.Module):
     ) -> torch.Tensor:
         """Raw rewards, shape [batch]."""
         hidden = self.hidden_states(input_ids, attention_mask, mm_token_type_ids, pixel_values, image_grid_thw)
+        if pixel_values is None and self.vision_in_every_step and self.training:
+            hidden = hidden + 0.0 * self._dummy_vision_output()
         return self.score(hidden).squeeze(-1)
+
+    def _dummy_vision_output(self) -> torch.Tensor:
+        vision = self.config.vision_config
+        merge = vision.spatial_merge_size
+        patch_dim = 3 * vision.temporal_patch_size * vision.patch_size**2
+        pixels = torch.zeros((merge * merge, patch_dim), device=self.device, dtype=self.dtype)
+        grid = torch.tensor([[1, merge, merge]], device=self.device)
+        features = self.model.get_image_features(pixels, grid, return_dict=True).pooler_output
+        return torch.cat(list(features)).sum()
 
     @torch.inference_mode()
     def score_batch(

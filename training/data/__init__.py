@@ -1,0 +1,1 @@
+"""Preference data: the record schema, source converters, cleaning and the synthetic generator."""

@@ -1,0 +1,99 @@
+"""One preference pair, stored as a JSONL line plus image files beside it (loadable with `datasets`).
+
+A record holds the conversation *before* the judged turn, the images of its first user turn (paths
+relative to the dataset folder), and the chosen and rejected responses. :meth:`PreferenceRecord.sample`
+turns it into the Sample every part of vlreward scores, so training and serving format identically.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from service.schemas import Message, Sample
+
+RECORDS_FILE = "records.jsonl"
+IMAGES_DIR = "images"
+
+
+class Turn(BaseModel):
+    """A text-only turn of the conversation before the judged response."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class PreferenceRecord(BaseModel):
+    """One preference pair."""
+
+    id: str
+    source: str = Field(description="Where the pair came from (synthetic, rlaif-v, llava-critic, skywork-80k, ...).")
+    category: str = Field(description="hallucination, reasoning, general, text, ... (for per-category metrics).")
+    images: list[str] = Field(default_factory=list, description="Image paths relative to the dataset folder.")
+    conversation: list[Turn] = Field(description="Turns before the judged one; ends with a user turn.")
+    chosen: str
+    rejected: str
+    tie: bool = False
+    margin: float | None = None
+    scores: dict[str, float] | None = None
+    meta: dict[str, Any] = Field(default_factory=dict, description="Generator or source details.")
+
+    @property
+    def prompt(self) -> str:
+        """The last user turn's text."""
+        return next(t.content for t in reversed(self.conversation) if t.role == "user")
+
+    def sample(self, response: str, root: Path | str | None = None, images: list[str] | None = None) -> Sample:
+        """The conversation + ``response`` as a Sample; the images go at the start of the first user turn."""
+        refs = images if images is not None else self.images
+        if root is not None:
+            refs = [str(Path(root) / ref) for ref in refs]
+        messages: list[Message] = []
+        placed = False
+        for turn in self.conversation:
+            if turn.role == "user" and not placed:
+                parts: list[dict] = [{"type": "image_url", "image_url": {"url": ref}} for ref in refs]
+                parts.append({"type": "text", "text": turn.content})
+                messages.append(Message.model_validate({"role": "user", "content": parts}))
+                placed = True
+            else:
+                messages.append(Message(role=turn.role, content=turn.content))
+        messages.append(Message(role="assistant", content=response))
+        return Sample(messages=messages)
+
+    def text_key(self) -> str:
+        """Normalised text of the pair (for duplicate detection)."""
+        parts = [t.content for t in self.conversation] + [self.chosen, self.rejected]
+        return "\x1f".join(" ".join(p.lower().split()) for p in parts)
+
+
+def write_records(records: Iterable[PreferenceRecord], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RECORDS_FILE
+    with path.open("w") as handle:
+        for record in records:
+            handle.write(record.model_dump_json(exclude_defaults=False) + "\n")
+    return path
+
+
+def read_records(folder_or_file: Path) -> Iterator[PreferenceRecord]:
+    path = folder_or_file / RECORDS_FILE if folder_or_file.is_dir() else folder_or_file
+    with path.open() as handle:
+        for line in handle:
+            if line.strip():
+                yield PreferenceRecord.model_validate_json(line)
+
+
+def load_hf_dataset(folder: Path):
+    """The records as a `datasets.Dataset` (image paths stay relative to ``folder``)."""
+    from datasets import load_dataset
+
+    return load_dataset("json", data_files=str(folder / RECORDS_FILE), split="train")
+
+
+def dump_json(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True)

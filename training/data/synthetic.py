@@ -1,0 +1,286 @@
+"""Seeded synthetic preference data whose right answer depends on the image.
+
+Categories follow VL-RewardBench:
+- *hallucination*: the rejected response names a colour, shape, count or position the image does not
+  have (held-out items also carry a counterfactual image that matches the rejected response);
+- *reasoning*: bar charts (which bar is tallest) and simple geometry (which shape is bigger), the
+  paper's Figure 3 style;
+- *general*: a concise correct answer vs. a verbose, self-repeating one (the paper's "Wait, ..." loop);
+plus *text*-only pairs for stage 2. Sized so a tiny model learns it in minutes: it demonstrates the
+pipeline end to end; it is not a test of intelligence. Train and held-out never share an item.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from training.data.schema import IMAGES_DIR, PreferenceRecord, Turn, write_records
+
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 70),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+    "purple": (140, 50, 180),
+    "orange": (245, 140, 30),
+}
+SHAPES = ("circle", "square", "triangle")
+SIZE = 84
+CATEGORIES = ("hallucination", "reasoning", "general")
+
+
+@dataclass
+class Item:
+    """One generated pair before it is written: images are drawn lazily by ``draw``."""
+
+    key: tuple
+    category: str
+    subtype: str
+    prompt: str
+    chosen: str
+    rejected: str
+    draw: list[Callable[[], Image.Image]]
+    counter: Callable[[], Image.Image] | None = None
+
+
+def _canvas(width: int = SIZE, height: int = SIZE) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+    image = Image.new("RGB", (width, height), (255, 255, 255))
+    return image, ImageDraw.Draw(image)
+
+
+def _shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], colour: str) -> None:
+    fill = COLOURS[colour]
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        x0, y0, x1, y1 = box
+        draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=fill)
+
+
+def _one_shape(shape: str, colour: str, cx: int, cy: int, r: int) -> Callable[[], Image.Image]:
+    def draw() -> Image.Image:
+        image, pen = _canvas()
+        _shape(pen, shape, (cx - r, cy - r, cx + r, cy + r), colour)
+        return image
+
+    return draw
+
+
+def _other(rng: random.Random, options, value):
+    return rng.choice([o for o in options if o != value])
+
+
+def _hallucination(rng: random.Random) -> Item:
+    subtype = rng.choice(("colour", "shape", "position", "count"))
+    colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
+    r = rng.randint(14, 22)
+    cx, cy = rng.randint(r + 2, SIZE - r - 2), rng.randint(r + 2, SIZE - r - 2)
+    if subtype == "colour":
+        wrong = _other(rng, list(COLOURS), colour)
+        return Item(
+            ("h-colour", colour, shape, cx, cy, r), "hallucination", subtype,
+            f"What color is the {shape}?", f"The {shape} is {colour}.", f"The {shape} is {wrong}.",
+            [_one_shape(shape, colour, cx, cy, r)], _one_shape(shape, wrong, cx, cy, r),
+        )  # fmt: skip
+    if subtype == "shape":
+        wrong = _other(rng, SHAPES, shape)
+        return Item(
+            ("h-shape", colour, shape, cx, cy, r), "hallucination", subtype,
+            "What shape is in the picture?", f"It is a {colour} {shape}.", f"It is a {colour} {wrong}.",
+            [_one_shape(shape, colour, cx, cy, r)], _one_shape(wrong, colour, cx, cy, r),
+        )  # fmt: skip
+    if subtype == "position":
+        side = rng.choice(("left", "right"))
+        wrong = "right" if side == "left" else "left"
+        r = rng.randint(12, 16)
+        x = rng.randint(r + 2, SIZE // 2 - r - 4)
+        mirrored = SIZE - x
+        cx, other_x = (x, mirrored) if side == "left" else (mirrored, x)
+        return Item(
+            ("h-position", colour, shape, cx, cy, r), "hallucination", subtype,
+            f"Is the {shape} on the left or on the right?", f"The {shape} is on the {side}.",
+            f"The {shape} is on the {wrong}.",
+            [_one_shape(shape, colour, cx, cy, r)], _one_shape(shape, colour, other_x, cy, r),
+        )  # fmt: skip
+    count = rng.randint(1, 3)
+    wrong = _other(rng, [1, 2, 3], count)
+    slots = [(20, 20), (64, 20), (20, 64), (64, 64), (42, 42)]
+    chosen_slots = rng.sample(slots, 3)
+
+    def draw_count(n: int) -> Callable[[], Image.Image]:
+        def draw() -> Image.Image:
+            image, pen = _canvas()
+            for x, y in chosen_slots[:n]:
+                _shape(pen, shape, (x - 11, y - 11, x + 11, y + 11), colour)
+            return image
+
+        return draw
+
+    words = {1: "one", 2: "two", 3: "three"}
+    noun = lambda n: shape if n == 1 else shape + "s"  # noqa: E731
+    return Item(
+        ("h-count", colour, shape, count, tuple(chosen_slots)), "hallucination", "count",
+        f"How many {shape}s are there?", f"There is {words[count]} {noun(count)}." if count == 1
+        else f"There are {words[count]} {noun(count)}.",
+        f"There is {words[wrong]} {noun(wrong)}." if wrong == 1 else f"There are {words[wrong]} {noun(wrong)}.",
+        [draw_count(count)], draw_count(wrong),
+    )  # fmt: skip
+
+
+def _reasoning(rng: random.Random) -> Item:
+    if rng.random() < 0.6:
+        n = rng.choice((2, 3))
+        colours = rng.sample(list(COLOURS), n)
+        heights = rng.sample(range(20, 76, 4), n)
+        tallest = colours[heights.index(max(heights))]
+        wrong = _other(rng, colours, tallest)
+
+        def draw() -> Image.Image:
+            image, pen = _canvas()
+            width = 60 // n
+            for i, (colour, height) in enumerate(zip(colours, heights, strict=True)):
+                x0 = 8 + i * (width + 6)
+                pen.rectangle((x0, SIZE - 4 - height, x0 + width, SIZE - 4), fill=COLOURS[colour])
+            return image
+
+        return Item(
+            ("r-bars", tuple(colours), tuple(heights)), "reasoning", "bars",
+            "The chart shows bars. Which bar is the tallest?",
+            f"Comparing the heights, the {tallest} bar is the tallest.",
+            f"Comparing the heights, the {wrong} bar is the tallest.", [draw],
+        )  # fmt: skip
+    colour_a, colour_b = rng.sample(list(COLOURS), 2)
+    big, small = rng.randint(18, 24), rng.randint(7, 12)
+    circle_bigger = rng.random() < 0.5
+    r_circle, r_square = (big, small) if circle_bigger else (small, big)
+    circle_left = rng.random() < 0.5
+
+    def draw_geometry() -> Image.Image:
+        image, pen = _canvas()
+        cx_circle, cx_square = (22, 62) if circle_left else (62, 22)
+        _shape(pen, "circle", (cx_circle - r_circle, 42 - r_circle, cx_circle + r_circle, 42 + r_circle), colour_a)
+        _shape(pen, "square", (cx_square - r_square, 42 - r_square, cx_square + r_square, 42 + r_square), colour_b)
+        return image
+
+    answer, wrong = ("circle", "square") if circle_bigger else ("square", "circle")
+    return Item(
+        ("r-geometry", colour_a, colour_b, r_circle, r_square, circle_left), "reasoning", "geometry",
+        "Which shape has the larger area, the circle or the square?",
+        f"The {answer} is larger, so the {answer} has the larger area.",
+        f"The {wrong} is larger, so the {wrong} has the larger area.", [draw_geometry],
+    )  # fmt: skip
+
+
+_FILLERS = (
+    "Wait, let me check again.",
+    "Wait, let me think about it once more.",
+    "Hmm, wait, I should look again.",
+)
+
+
+def _verbose(rng: random.Random, answer: str) -> str:
+    loop = rng.choice(_FILLERS)
+    return " ".join([answer] + [loop, answer] * rng.randint(3, 6))
+
+
+def _general(rng: random.Random) -> Item:
+    colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
+    r = rng.randint(14, 22)
+    cx, cy = rng.randint(r + 2, SIZE - r - 2), rng.randint(r + 2, SIZE - r - 2)
+    prompt = rng.choice(("Describe the picture briefly.", "What do you see?", "Give a short caption."))
+    answer = f"A {colour} {shape} on a white background."
+    return Item(
+        ("g", colour, shape, cx, cy, r, prompt), "general", "concise",
+        prompt, answer, _verbose(rng, answer), [_one_shape(shape, colour, cx, cy, r)],
+    )  # fmt: skip
+
+
+_WORDS = ("apple", "river", "stone", "cloud", "green", "seven", "table", "music", "light", "paper")
+
+
+def _text(rng: random.Random) -> Item:
+    if rng.random() < 0.5:
+        word = rng.choice(_WORDS)
+        wrong = _other(rng, _WORDS, word)
+        return Item(
+            ("t-repeat", word, wrong), "text", "repeat",
+            f"Repeat the word {word}.", f"{word}", f"{wrong}", [],
+        )  # fmt: skip
+    word = rng.choice(_WORDS)
+    answer = f"The word is {word}."
+    return Item(
+        ("t-concise", word, rng.randint(0, 10**6)), "text", "concise",
+        f"Say the word {word} once.", answer, _verbose(rng, answer), [],
+    )  # fmt: skip
+
+
+GENERATORS = {"hallucination": _hallucination, "reasoning": _reasoning, "general": _general, "text": _text}
+
+
+def generate(
+    out_dir: Path,
+    per_category: dict[str, int],
+    seed: int,
+    split: str,
+    exclude: set[tuple] | None = None,
+    counterfactuals: bool = False,
+) -> tuple[list[PreferenceRecord], set[tuple]]:
+    """Write ``per_category`` pairs (and their images) into ``out_dir``; items in ``exclude`` are skipped.
+
+    Returns the records and the keys used. Chosen/rejected positions are what they are: the model sees
+    each separately, so there is no position bias to balance.
+    """
+    rng = random.Random(f"{seed}-{split}")
+    exclude = exclude or set()
+    images_dir = out_dir / IMAGES_DIR
+    images_dir.mkdir(parents=True, exist_ok=True)
+    records, keys = [], set()
+    for category, count in per_category.items():
+        made = 0
+        while made < count:
+            item = GENERATORS[category](rng)
+            if item.key in exclude or item.key in keys:
+                continue
+            keys.add(item.key)
+            record_id = f"{split}-{category}-{made:05d}"
+            paths = []
+            for index, draw in enumerate(item.draw):
+                relative = f"{IMAGES_DIR}/{record_id}-{index}.png"
+                draw().save(out_dir / relative)
+                paths.append(relative)
+            meta = {"subtype": item.subtype, "split": split}
+            if counterfactuals and item.counter is not None:
+                meta["counter_image"] = f"{IMAGES_DIR}/{record_id}-counter.png"
+                item.counter().save(out_dir / meta["counter_image"])
+            records.append(
+                PreferenceRecord(
+                    id=record_id,
+                    source="synthetic",
+                    category=category,
+                    images=paths,
+                    conversation=[Turn(role="user", content=item.prompt)],
+                    chosen=item.chosen,
+                    rejected=item.rejected,
+                    meta=meta,
+                )
+            )
+            made += 1
+    write_records(records, out_dir)
+    return records, keys
+
+
+def build_synthetic(
+    out_dir: Path, train_per_category: dict[str, int], heldout_per_category: dict[str, int], seed: int = 0
+) -> tuple[Path, Path]:
+    """Held-out first (with counterfactual images), then a train split that shares no item with it."""
+    heldout_dir, train_dir = out_dir / "heldout", out_dir / "train"
+    _, heldout_keys = generate(heldout_dir, heldout_per_category, seed, "heldout", counterfactuals=True)
+    generate(train_dir, train_per_category, seed, "train", exclude=heldout_keys)
+    return train_dir, heldout_dir

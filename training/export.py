@@ -1,0 +1,46 @@
+"""Export a trained model into the checkpoint contract, with its start-up probe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file
+
+from service.model.checkpoint import save_reward_model
+from service.model.probe import Probe
+from training.model import reward_model_from_base
+
+TRAINING_INFO_FILE = "vlreward_training.json"
+
+
+def export_model(model: Any, processor: Any, output_dir: Path, info: dict | None = None) -> Probe:
+    """Save in the contract, then score the probe with the transformers backend and store it."""
+    from service.backends.transformers import TransformersBackend
+
+    output_dir = Path(output_dir)
+    was_training = model.training
+    model.eval()
+    save_reward_model(model, processor, output_dir)
+    model.train(was_training)
+    if info is not None:
+        (output_dir / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return TransformersBackend(output_dir, device="cpu").stamp_probe()
+
+
+def export_checkpoint(base_dir: Path, checkpoint_dir: Path, output_dir: Path) -> Probe:
+    """A trainer checkpoint (accelerate state) + its base model directory -> reward checkpoint."""
+    model, processor = reward_model_from_base(base_dir, head_bias=False)
+    state = load_file(Path(checkpoint_dir) / "model.safetensors")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{checkpoint_dir}: checkpoint does not match the base model "
+            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+    info_path = Path(checkpoint_dir) / "trainer_state.json"
+    info = {"checkpoint": str(checkpoint_dir), "base_model": str(base_dir)}
+    if info_path.is_file():
+        info["trainer_state"] = json.loads(info_path.read_text())
+    return export_model(model, processor, output_dir, info)

@@ -1,0 +1,267 @@
+"""Two-stage pairwise reward-model training on accelerate (one process, DDP, FSDP or DeepSpeed alike).
+
+Reads top to bottom: build the model (vision encoder frozen), build the data, compute the loss
+``-log σ(s⁺ − s⁻)`` with chosen and rejected in one forward, log, evaluate, checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+from transformers import get_scheduler
+
+from service.model.encoding import EncodedSample
+from training.collator import PairCollator, PairDataset
+from training.config import StageConfig, TrainConfig
+from training.data.schema import PreferenceRecord, read_records
+from training.model import freeze_vision_encoder, parameter_groups, parameter_report
+
+STATE_FILE = "trainer_state.json"
+
+
+def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry loss of the paper: mean of -log sigmoid(s_chosen - s_rejected)."""
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+@dataclass
+class Progress:
+    """Where training is; saved with every checkpoint so a resumed run continues the same curve."""
+
+    stage: int = 0
+    epoch: int = 0
+    batch: int = 0
+    """Batches of the current epoch already done."""
+    global_step: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def evaluate_pairs(model: Any, pairs: list[tuple[EncodedSample, EncodedSample]], batch_size: int = 16) -> list[tuple]:
+    """(chosen score, rejected score) per pair, in eval mode."""
+    was_training = model.training
+    model.eval()
+    scores = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        values = model.score_batch([c for c, _ in chunk] + [r for _, r in chunk])
+        scores += list(zip(values[: len(chunk)], values[len(chunk) :], strict=True))
+    model.train(was_training)
+    return scores
+
+
+def accuracy_table(records: list[PreferenceRecord], scores: list[tuple]) -> dict[str, Any]:
+    """Accuracy (strictly higher chosen score; ties are wrong) overall and per category, and mean margin."""
+    by_category: dict[str, list[bool]] = {}
+    for record, (chosen, rejected) in zip(records, scores, strict=True):
+        by_category.setdefault(record.category, []).append(chosen > rejected)
+    correct = [c for values in by_category.values() for c in values]
+    return {
+        "n": len(correct),
+        "overall": sum(correct) / max(1, len(correct)),
+        "categories": {k: sum(v) / len(v) for k, v in sorted(by_category.items())},
+        "mean_margin": sum(c - r for c, r in scores) / max(1, len(scores)),
+    }
+
+
+class RewardTrainer:
+    """Trains a reward model through the stages of a recipe."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: Any,
+        processor: Any,
+        train_dir: Path,
+        output_dir: Path,
+        heldout_dir: Path | None = None,
+        accelerator: Accelerator | None = None,
+        show_progress: bool = True,
+    ):
+        self.config = config
+        self.processor = processor
+        self.train_dir = Path(train_dir)
+        self.output_dir = Path(output_dir)
+        self.heldout_dir = heldout_dir
+        self.show_progress = show_progress
+        self.accelerator = accelerator or Accelerator(
+            cpu=not torch.cuda.is_available(),  # torchrun on CPUs: gloo data parallel, not N lone runs
+            mixed_precision="bf16" if config.bf16 else "no",
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+        )
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        set_seed(config.seed)
+
+        # Model: the paper's recipe freezes the vision encoder and trains merger, language model, head.
+        freeze_vision_encoder(model)
+        model.vision_in_every_step = self.accelerator.num_processes > 1
+        if config.gradient_checkpointing:
+            model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        self.model = self.accelerator.prepare(model)
+        self.report = parameter_report(self.unwrapped)
+        self.log(
+            "trainable parameters: "
+            + ", ".join(f"{part} {c['trainable']:,}/{c['total']:,}" for part, c in self.report.items())
+        )
+
+        # Data: every pair encoded once with the service's own formatting and encoding.
+        records = list(read_records(self.train_dir))
+        self.train_data = PairDataset(records, self.train_dir, processor)
+        self.collator = PairCollator(self.unwrapped.config.text_config.pad_token_id)
+        self.heldout: tuple[list[PreferenceRecord], list] | None = None
+        if heldout_dir is not None:
+            held = [r for r in read_records(Path(heldout_dir))][: config.eval_pairs]
+            dataset = PairDataset(held, Path(heldout_dir), processor)
+            self.heldout = (held, [dataset[i] for i in range(len(held))])
+
+    @property
+    def unwrapped(self) -> Any:
+        return self.accelerator.unwrap_model(self.model)
+
+    def log(self, message: str) -> None:
+        if self.accelerator.is_main_process and self.show_progress:
+            tqdm.write(message)
+
+    # -- the loop ---------------------------------------------------------------------------------------
+
+    def _epoch_indices(self, stage_index: int, epoch: int, indices: list[int]) -> list[int]:
+        generator = torch.Generator().manual_seed(self.config.seed * 1000 + stage_index * 100 + epoch)
+        return [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+
+    def _stage_plan(self, stage: StageConfig) -> tuple[list[int], int, int]:
+        """(record indices of the stage, batches per epoch, total optimiser steps)."""
+        # Stage 1 trains on pairs with images; stages with include_text add the text-only pairs.
+        indices = [i for i, r in enumerate(self.train_data.records) if r.images or stage.include_text]
+        per_step = self.config.batch_size * self.accelerator.num_processes
+        batches = math.ceil(len(indices) / per_step)
+        steps = math.ceil(batches * stage.epochs / self.config.gradient_accumulation_steps)
+        if stage.max_steps is not None:
+            steps = min(steps, stage.max_steps)
+        return indices, batches, steps
+
+    def train(self, resume_from: Path | None = None) -> Progress:
+        progress = Progress()
+        if resume_from is not None:
+            progress = Progress(**json.loads((Path(resume_from) / STATE_FILE).read_text()))
+        for stage_index, stage in enumerate(self.config.stages):
+            if stage_index < progress.stage:
+                continue
+            self._train_stage(stage_index, stage, progress, resume_from if stage_index == progress.stage else None)
+            progress.stage, progress.epoch, progress.batch = stage_index + 1, 0, 0
+            if self.heldout is not None:
+                metrics = self.evaluate()
+                progress.history.append({"step": progress.global_step, "stage": stage.name, "eval": metrics})
+                self.log(f"[{stage.name}] held-out accuracy {metrics['overall']:.3f} {metrics['categories']}")
+            resume_from = None
+        self.save_checkpoint(progress, self.output_dir / "checkpoint-final")
+        return progress
+
+    def _train_stage(self, stage_index: int, stage: StageConfig, progress: Progress, resume: Path | None) -> None:
+        config, accelerator = self.config, self.accelerator
+        indices, batches_per_epoch, total_steps = self._stage_plan(stage)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        groups = parameter_groups(self.unwrapped, stage.learning_rate, config.lr_multipliers)
+        optimizer = torch.optim.AdamW(groups, lr=stage.learning_rate, weight_decay=config.weight_decay)
+        scheduler = get_scheduler(
+            stage.schedule, optimizer, num_warmup_steps=stage.warmup_steps, num_training_steps=max(1, total_steps)
+        )
+        # A stage's checkpoint holds its own optimiser and scheduler only (accelerate keeps a list).
+        accelerator._optimizers.clear()
+        accelerator._schedulers.clear()
+        optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+        if resume is not None:
+            accelerator.load_state(str(resume))
+        stage_start_step = progress.global_step - (
+            (progress.epoch * batches_per_epoch + progress.batch) // config.gradient_accumulation_steps
+        )
+        bar = tqdm(
+            total=total_steps,
+            initial=progress.global_step - stage_start_step,
+            desc=stage.name,
+            disable=not (accelerator.is_main_process and self.show_progress),
+            unit="step",
+        )
+        window: list[tuple[float, float]] = []
+        started = time.monotonic()
+        epochs = math.ceil(stage.epochs)
+        for epoch in range(progress.epoch, epochs):
+            order = self._epoch_indices(stage_index, epoch, indices)
+            loader = accelerator.prepare(
+                DataLoader(
+                    Subset(self.train_data, order),
+                    batch_size=config.batch_size,
+                    shuffle=False,
+                    collate_fn=self.collator,
+                )
+            )
+            skip = progress.batch if epoch == progress.epoch else 0
+            if skip:
+                loader = accelerator.skip_first_batches(loader, skip)
+            for batch_number, batch in enumerate(loader, start=skip):
+                if progress.global_step - stage_start_step >= total_steps:
+                    break
+                n = int(batch.pop("num_pairs"))
+                with accelerator.accumulate(self.model):
+                    scores = self.model(**batch)
+                    loss = pairwise_loss(scores[:n], scores[n:])
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and config.max_grad_norm:
+                        accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                progress.epoch, progress.batch = epoch, batch_number + 1
+                # Averaged over all processes, so one- and multi-process runs log the same curve.
+                correct = (scores[:n] > scores[n:]).float().mean()
+                pair_stats = accelerator.reduce(torch.stack([loss.detach(), correct]), reduction="mean")
+                window.append((pair_stats[0].item(), pair_stats[1].item()))
+                if not accelerator.sync_gradients:
+                    continue
+                progress.global_step += 1
+                bar.update(1)
+                if progress.global_step % config.log_every == 0:
+                    entry = {
+                        "step": progress.global_step,
+                        "stage": stage.name,
+                        "loss": sum(v[0] for v in window) / len(window),
+                        "accuracy": sum(v[1] for v in window) / len(window),
+                        "lr": scheduler.get_last_lr()[0],
+                        "seconds": round(time.monotonic() - started, 2),
+                    }
+                    progress.history.append(entry)
+                    bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['accuracy']:.2f}")
+                    window = []
+                if config.eval_every and progress.global_step % config.eval_every == 0 and self.heldout:
+                    progress.history.append({"step": progress.global_step, "eval": self.evaluate()})
+                if config.save_every and progress.global_step % config.save_every == 0:
+                    self.save_checkpoint(progress, self.output_dir / f"checkpoint-{progress.global_step}")
+            if progress.global_step - stage_start_step >= total_steps:
+                break
+        bar.close()
+
+    def evaluate(self) -> dict[str, Any]:
+        """Held-out accuracy per category and mean margin."""
+        records, pairs = self.heldout
+        return accuracy_table(records, evaluate_pairs(self.unwrapped, pairs))
+
+    def save_checkpoint(self, progress: Progress, directory: Path) -> None:
+        """Model, optimiser, scheduler and RNG states (accelerate) plus where training stands."""
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(directory))
+        if self.accelerator.is_main_process:
+            (directory / STATE_FILE).write_text(json.dumps(progress.__dict__, indent=1) + "\n")
+            with (self.output_dir / "history.jsonl").open("w") as handle:
+                for entry in progress.history:
+                    handle.write(json.dumps(entry) + "\n")
