@@ -103,3 +103,53 @@ def evaluate(
     engine = create_backend(backend, str(model_dir), device="auto")
     evaluate_synthetic(engine, model_dir, output)
     typer.echo((output / "results.md").read_text())
+
+
+data_app = typer.Typer(help="Preference data: synthetic generation, source conversion, cleaning.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("synthetic")
+def data_synthetic(
+    output: Annotated[Path, typer.Option(help="Folder; gets train/ and heldout/.")],
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+) -> None:
+    """Generate the synthetic preference set (the default model's data)."""
+    from training.bootstrap import HELDOUT_PER_CATEGORY, TRAIN_PER_CATEGORY
+    from training.data.synthetic import build_synthetic
+
+    train_dir, heldout_dir = build_synthetic(output, TRAIN_PER_CATEGORY, HELDOUT_PER_CATEGORY, seed=seed)
+    typer.echo(f"wrote {train_dir} and {heldout_dir}", err=True)
+
+
+@data_app.command("convert")
+def data_convert(
+    source: Annotated[str, typer.Option(help="llava-critic, rlaif-v or skywork-80k.")],
+    input: Annotated[Path, typer.Option("--input", help="JSONL, JSON or parquet file in the source's layout.")],
+    output: Annotated[Path, typer.Option(help="Dataset folder to write (records.jsonl + images/).")],
+    images: Annotated[Path | None, typer.Option(help="Folder the rows' relative image paths point into.")] = None,
+) -> None:
+    """Convert a public source's rows into preference records."""
+    from training.data.schema import write_records
+    from training.data.sources import convert
+
+    records = convert(source, input, output, images_root=images)
+    write_records(records, output)
+    typer.echo(f"{source}: {len(records)} records -> {output}", err=True)
+
+
+@data_app.command("clean")
+def data_clean(
+    input: Annotated[Path, typer.Option("--input", help="Dataset folder.")],
+    output: Annotated[Path, typer.Option(help="Dataset folder for the kept records (images stay in --input).")],
+    near_threshold: Annotated[float, typer.Option(help="MinHash Jaccard threshold for near duplicates.")] = 0.85,
+) -> None:
+    """Drop ties, exact duplicates and near duplicates; print each step's counts."""
+    from training.data.cleaning import clean
+    from training.data.schema import read_records, write_records
+
+    kept, reports = clean(list(read_records(input)), input, near_threshold)
+    for report in reports:
+        typer.echo(f"{report.step}: {report.count_in} -> {report.count_out} (removed {report.removed})")
+    records = [r.model_copy(update={"images": [str((input / p).resolve()) for p in r.images]}) for r in kept]
+    write_records(records, output)
