@@ -396,13 +396,12 @@ def create_app(settings: Settings, backend: Any | None = None) -> FastAPI:
         facts = dict(state.backend.info())
         facts["chat_template_hash"] = hashlib.sha256(template.encode()).hexdigest()[:16]
         facts["version"] = VERSION
-        facts["limits"] = {
+        facts["limits"] = {"max_tokens": state.limits.max_tokens} | {
             name: getattr(settings, name)
             for name in (
                 "max_body_bytes",
                 "max_items",
                 "max_responses",
-                "max_tokens",
                 "max_images",
                 "max_image_pixels",
                 "max_image_bytes",

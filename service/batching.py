@@ -114,6 +114,7 @@ class Batcher:
         run_batch: Callable[[list], Awaitable[list[float]]],
         metrics: Metrics,
         run_group: Callable[[list], Awaitable[list[float]]] | None = None,
+        passthrough: bool = False,
         max_batch_size: int = 32,
         max_batch_tokens: int = 16384,
         max_wait_ms: float = 5.0,
@@ -121,6 +122,10 @@ class Batcher:
     ):
         self.run_batch = run_batch
         self.run_group = run_group
+        self.passthrough = passthrough
+        """Hand each request straight to ``run_batch`` (an engine that batches itself, like vLLM);
+        admission, deadlines and cancellation still apply."""
+        self._passthrough_samples = 0
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -132,10 +137,10 @@ class Batcher:
 
     @property
     def queued(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + self._passthrough_samples
 
     def start(self) -> None:
-        if self._task is None:
+        if self._task is None and not self.passthrough:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="vlreward-batcher")
 
     async def close(self) -> None:
@@ -146,7 +151,7 @@ class Batcher:
             self._task = None
 
     def healthy(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self.passthrough or (self._task is not None and not self._task.done())
 
     async def submit(self, items: Sequence[Sized], timeout_s: float, grouped: bool = False) -> BatchResult:
         """Queue a request's samples and wait for their scores (in order).
@@ -156,9 +161,11 @@ class Batcher:
         """
         if not items:
             return BatchResult([], 0.0, 0.0)
-        if len(self._pending) + len(items) > self.max_queue:
+        if self.queued + len(items) > self.max_queue:
             self.metrics.rejected.labels(reason="overloaded").inc()
-            raise Overloaded(len(self._pending), self.max_queue)
+            raise Overloaded(self.queued, self.max_queue)
+        if self.passthrough:
+            return await self._submit_passthrough(items, timeout_s)
         job = _Job(
             items=items, future=asyncio.get_running_loop().create_future(), deadline=time.monotonic() + timeout_s
         )
@@ -181,6 +188,25 @@ class Batcher:
             queue_ms=(start - job.enqueued) * 1000,
             inference_ms=((job.last_end or start) - start) * 1000,
         )
+
+    async def _submit_passthrough(self, items: Sequence[Sized], timeout_s: float) -> BatchResult:
+        self._passthrough_samples += len(items)
+        self.metrics.queue_depth.set(self.queued)
+        started = time.monotonic()
+        try:
+            scores = await asyncio.wait_for(self.run_batch(list(items)), timeout=timeout_s)
+        except asyncio.TimeoutError as exc:
+            self.metrics.rejected.labels(reason="timeout").inc()
+            raise DeadlineExceeded(f"request did not finish within {timeout_s:g} s") from exc
+        except asyncio.CancelledError:
+            self.metrics.rejected.labels(reason="cancelled").inc()
+            raise
+        finally:
+            self._passthrough_samples -= len(items)
+            self.metrics.queue_depth.set(self.queued)
+        elapsed = time.monotonic() - started
+        self.metrics.inference_duration.observe(elapsed)
+        return BatchResult(scores=scores, queue_ms=0.0, inference_ms=elapsed * 1000)
 
     async def _wait_to_fill(self) -> None:
         loop = asyncio.get_running_loop()

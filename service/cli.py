@@ -24,10 +24,11 @@ def score(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
 ) -> None:
     """Score a JSONL file of samples offline (images as data URIs or paths relative to the file)."""
-    from service.backends import create_backend
+    from service.backends import backend_options, create_backend
     from service.offline import score_file
 
-    engine = create_backend(backend, str(model), dtype=dtype, device=device, max_batch_size=batch_size)
+    settings = Settings(backend=backend, dtype=dtype, device=device, max_batch_size=batch_size)
+    engine = create_backend(backend, str(model), **backend_options(settings))
     count = score_file(engine, input, output, batch_size=batch_size)
     typer.echo(f"wrote {count} scores to {output}", err=True)
 

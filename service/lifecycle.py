@@ -48,6 +48,7 @@ class ServiceState:
             url_timeout_s=settings.url_timeout_s,
         )
         self._task: asyncio.Task | None = None
+        self._watchdog: asyncio.Task | None = None
         self._owns_backend = backend is None
 
     # -- start and stop -------------------------------------------------------------------------------
@@ -64,39 +65,44 @@ class ServiceState:
         settings = self.settings
         try:
             if self.backend is None:
-                from service.backends import create_backend
+                from service.backends import backend_options, create_backend
 
                 log.info("loading %s with the %s backend", settings.model, settings.backend)
                 self.backend = await asyncio.to_thread(
-                    create_backend,
-                    settings.backend,
-                    str(settings.model),
-                    dtype=settings.dtype,
-                    device=settings.device,
-                    max_batch_size=settings.max_batch_size,
-                    max_batch_tokens=settings.max_batch_tokens,
-                    min_pixels=settings.min_pixels,
-                    max_pixels=settings.max_pixels,
+                    create_backend, settings.backend, str(settings.model), **backend_options(settings)
                 )
+            engine_limit = getattr(self.backend, "max_tokens", None)
+            if engine_limit is not None and engine_limit < self.limits.max_tokens:
+                log.info("token limit lowered to the engine's context length, %d", engine_limit)
+                self.limits = Limits(max_tokens=engine_limit, max_images=self.limits.max_images)
             self.batcher = Batcher(
                 self.backend.run_batch,
                 self.metrics,
                 run_group=getattr(self.backend, "run_shared_prefix", None),
+                passthrough=self.backend.name == "vllm",  # the engine batches continuously itself
                 max_batch_size=settings.max_batch_size,
                 max_batch_tokens=settings.max_batch_tokens,
                 max_wait_ms=settings.max_wait_ms,
                 max_queue=settings.max_queue,
             )
             self.batcher.start()
-            probe_score = await asyncio.to_thread(self.backend.warm_up)
+            probe_score = await self.backend.warm_up()
             info = self.backend.info()
             self.metrics.model_info.labels(info["model"], info["backend"], info["dtype"], info["device"]).set(1)
             self.ready = True
             self.metrics.ready.set(1)
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch_engine(), name="vlreward-watchdog")
             log.info("ready: %s (probe %s)", info["model"], "none" if probe_score is None else f"{probe_score:.6f}")
         except Exception as exc:  # a model that cannot load or fails its probe must never serve
             log.exception("start-up failed")
             self.fail(f"start-up failed: {exc}")
+
+    async def _watch_engine(self, interval_s: float = 0.5) -> None:
+        """An engine that dies while serving makes the service fail (and the process exit non-zero)."""
+        while self.failure is None:
+            await asyncio.sleep(interval_s)
+            if not self.backend.health():
+                self.fail("the scoring engine died")
 
     def fail(self, reason: str) -> None:
         """The service can no longer serve: /ready and /health turn 503 and the runner exits non-zero."""
@@ -112,8 +118,9 @@ class ServiceState:
         self.metrics.ready.set(0)
 
     async def stop(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        for task in (self._task, self._watchdog):
+            if task is not None and not task.done():
+                task.cancel()
         if self.batcher is not None:
             await self.batcher.close()
         if self.backend is not None and self._owns_backend:

@@ -40,7 +40,10 @@ class DrainingServer(uvicorn.Server):
     def _fatal(self, reason: str) -> None:
         log.error("exiting: %s", reason)
         self.exit_code = 1
-        self.should_exit = True
+        if self._loop is None:
+            self.should_exit = True
+        else:  # keep answering /ready with 503 for a moment, so probes see the failure, then exit
+            self._loop.call_later(1.0, setattr, self, "should_exit", True)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not uvicorn's handler: it re-raises the signal after shutdown, which would make the exit code 143.

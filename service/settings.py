@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     url_timeout_s: float = Field(10.0, description="Timeout for one image download.")
     media_root: Path | None = Field(None, description="Folder file references may point into; unset disables them.")
 
+    # vLLM engine (backend "vllm"); unset values get defaults chosen for the device
+    vllm_max_model_len: int | None = Field(None, description="Longest sequence (default 16384 GPU / 4096 CPU).")
+    vllm_gpu_memory_utilization: float | None = Field(
+        None, description="Share of GPU memory (on CPU: of host memory) for weights + KV cache (0.9 GPU / 0.2 CPU)."
+    )
+    vllm_tensor_parallel_size: int = Field(1, description="GPUs per replica.")
+    vllm_max_num_seqs: int | None = Field(None, description="Sequences per engine step.")
+    vllm_max_num_batched_tokens: int | None = Field(None, description="Tokens per engine step.")
+    vllm_enable_prefix_caching: bool = Field(True, description="Reuse KV of shared prefixes (/rank, system prompts).")
+    vllm_enforce_eager: bool | None = Field(None, description="Skip CUDA graphs (default: on for CPU).")
+
     def api_key_set(self) -> frozenset[str]:
         """The accepted API keys from ``api_keys`` and ``api_key_file``."""
         keys = {k.strip() for k in self.api_keys.split(",") if k.strip()}

@@ -18,6 +18,22 @@ class Backend(Protocol):
         """Raw rewards, one per sample, in order."""
         ...
 
+    def encode(self, sample: FormattedSample) -> Any:
+        """The backend's input for one sample; has ``num_tokens`` and ``num_images`` (for limits)."""
+        ...
+
+    def encode_shared(self, samples: list[FormattedSample]) -> list[Any]:
+        """Inputs of candidates that share prompt and images (a /rank request)."""
+        ...
+
+    async def run_batch(self, batch: list[Any]) -> list[float]:
+        """Score encoded inputs; cancelling the call abandons them."""
+        ...
+
+    async def warm_up(self) -> float | None:
+        """One real request before serving; verifies the checkpoint's probe (returns its score)."""
+        ...
+
     def info(self) -> dict[str, Any]:
         """Static facts for /info: model, backend, dtype, device, pixel bounds."""
         ...

