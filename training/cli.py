@@ -87,22 +87,61 @@ def export(
 
 @app.command("eval")
 def evaluate(
-    benchmark: Annotated[str, typer.Option(help="synthetic")],
+    benchmark: Annotated[str, typer.Option(help="vl-rewardbench, rewardbench, mm-rewardbench or synthetic.")],
     output: Annotated[Path, typer.Option(help="Folder for results.json, results.md, predictions.jsonl, PNG.")],
-    model: Annotated[Path | None, typer.Option(help="Reward checkpoint directory.")] = None,
-    backend: Annotated[str, typer.Option(help="hf")] = "hf",
+    data: Annotated[Path | None, typer.Option(help="Benchmark file or folder (not for synthetic).")] = None,
+    model: Annotated[Path | None, typer.Option(help="Reward checkpoint directory (in-process scoring).")] = None,
+    url: Annotated[str | None, typer.Option(help="A running vlreward server instead of --model.")] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key for --url.")] = None,
+    backend: Annotated[str, typer.Option(help="hf or vllm (with --model).")] = "hf",
+    predictions: Annotated[Path | None, typer.Option(help="Recompute the tables from saved predictions.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N pairs only.")] = None,
 ) -> None:
-    """Evaluate a reward model; prints the table and writes it as JSON, markdown and PNG."""
-    from service.backends import create_backend
-    from service.settings import Settings
-    from training.evaluate import evaluate_synthetic
+    """Evaluate a reward model; prints the table and writes it as JSON, markdown and PNG. Resumable."""
+    from training.evaluate import evaluate_synthetic, recompute, run_benchmark
 
-    if benchmark != "synthetic":
-        raise typer.BadParameter("only the synthetic benchmark is available so far")
-    model_dir = model or Settings().default_model_dir()
-    engine = create_backend(backend, str(model_dir), device="auto")
-    evaluate_synthetic(engine, model_dir, output)
+    if predictions is not None:
+        recompute(benchmark, predictions, output)
+    elif benchmark == "synthetic":
+        from service.backends import backend_options, create_backend
+        from service.settings import Settings
+
+        model_dir = model or Settings().default_model_dir()
+        settings = Settings(backend=backend)
+        evaluate_synthetic(create_backend(backend, str(model_dir), **backend_options(settings)), model_dir, output)
+    else:
+        if data is None:
+            raise typer.BadParameter("--data is required for this benchmark")
+        if (model is None) == (url is None):
+            raise typer.BadParameter("give exactly one of --model or --url")
+        score, label, digest = _scorer(model, url, api_key, backend)
+        run_benchmark(benchmark, data, output, score, label, digest, limit=limit)
     typer.echo((output / "results.md").read_text())
+
+
+def _scorer(model: Path | None, url: str | None, api_key: str | None, backend: str):
+    """(score a list of Sample dicts, model label, checkpoint hash) in-process or through a server."""
+    if url is not None:
+        from service.client import RewardClient
+
+        client = RewardClient(url, api_key=api_key)
+        info = client.info()
+        return (lambda samples: client.score(samples).scores), info["model"], info.get("checkpoint_hash")
+    from service.backends import backend_options, create_backend
+    from service.media import MediaPolicy
+    from service.model.checkpoint import checkpoint_hash, model_name
+    from service.prepare import prepare_sample
+    from service.schemas import Sample
+    from service.settings import Settings
+
+    engine = create_backend(backend, str(model), **backend_options(Settings(backend=backend)))
+    policy = MediaPolicy()
+
+    def score(samples: list[dict]) -> list[float]:
+        formatted = [prepare_sample(Sample.model_validate(s), engine.processor, policy) for s in samples]
+        return engine.score_sync(formatted)
+
+    return score, model_name(model), checkpoint_hash(model)
 
 
 data_app = typer.Typer(help="Preference data: synthetic generation, source conversion, cleaning.", no_args_is_help=True)
@@ -153,3 +192,34 @@ def data_clean(
         typer.echo(f"{report.step}: {report.count_in} -> {report.count_out} (removed {report.removed})")
     records = [r.model_copy(update={"images": [str((input / p).resolve()) for p in r.images]}) for r in kept]
     write_records(records, output)
+
+
+@app.command()
+def pairs(
+    input: Annotated[Path, typer.Option("--input", help="JSONL of /rank bodies (+ optional id).")],
+    output: Annotated[Path, typer.Option(help="JSONL of preference pairs for DPO/MPO.")],
+    model: Annotated[Path | None, typer.Option(help="Reward checkpoint (in-process).")] = None,
+    url: Annotated[str | None, typer.Option(help="A running vlreward server instead of --model.")] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key for --url.")] = None,
+    strategy: Annotated[str, typer.Option(help="best-worst or all-above-margin.")] = "best-worst",
+    margin: Annotated[float, typer.Option(help="Minimum score difference of a pair.")] = 0.0,
+) -> None:
+    """Score sampled responses and write preference pairs (prompt, chosen, rejected, images, scores)."""
+    import json
+
+    from service.schemas import RankRequest
+    from training.pairs import build_pairs, write_pairs
+
+    if (model is None) == (url is None):
+        raise typer.BadParameter("give exactly one of --model or --url")
+    score, _, _ = _scorer(model, url, api_key, "hf")
+
+    def rank(row: dict) -> list[float]:
+        body = {k: v for k, v in row.items() if k != "id"}
+        candidates = RankRequest.model_validate(body).candidates()
+        return score([c.model_dump(exclude_none=True) for c in candidates])
+
+    rows = [json.loads(line) for line in input.read_text().splitlines() if line.strip()]
+    built = build_pairs(rows, rank, strategy, margin)
+    write_pairs(built, output)
+    typer.echo(f"{len(built)} pairs from {len(rows)} prompts -> {output}", err=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,46 +59,60 @@ def accuracy_tables(categories: list[str], scores: list[tuple[float, float]]) ->
     }
 
 
-def write_results(output_dir: Path, results: dict[str, Any], predictions: list[dict]) -> None:
-    """results.json, results.md (the table), predictions.jsonl and results.png."""
+def _table_columns(results: dict[str, Any]) -> list[tuple[str, float]]:
+    """(label, value) cells of the headline table, in the benchmark paper's layout."""
+    from training.benchmarks import COLUMNS
+
+    categories = results["categories"]
+    names = [n for n in COLUMNS.get(results["benchmark"], []) if n in categories]
+    names += [n for n in sorted(categories) if n not in names]
+    cells = [(n, categories[n]) for n in names]
+    if results["benchmark"] == "rewardbench":
+        cells.append(("Avg", results["macro"]))
+        if "weighted_2_2_2_2_1" in results:
+            cells.append(("Avg 2/2/2/2/1", results["weighted_2_2_2_2_1"]))
+    else:
+        cells += [("Overall", results["overall"]), ("Macro", results["macro"])]
+    return cells
+
+
+def write_results(output_dir: Path, results: dict[str, Any]) -> None:
+    """results.json, results.md (the table) and results.png."""
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    with (output_dir / "predictions.jsonl").open("w") as handle:
-        for row in predictions:
-            handle.write(json.dumps(row) + "\n")
-    names = list(results["categories"])
+    cells = _table_columns(results)
     lines = [
         f"# {results['benchmark']} — {results['model']}",
         "",
-        "| " + " | ".join([*names, "Overall", "Macro"]) + " |",
-        "|" + "---|" * (len(names) + 2),
-        "| "
-        + " | ".join(f"{100 * results['categories'][n]:.1f}" for n in names)
-        + f" | {100 * results['overall']:.1f} | {100 * results['macro']:.1f} |",
+        "| " + " | ".join(label for label, _ in cells) + " |",
+        "|" + "---|" * len(cells),
+        "| " + " | ".join(f"{100 * value:.1f}" for _, value in cells) + " |",
         "",
         f"{results['n']} pairs; ties (counted wrong): {results.get('ties', 0)}.",
     ]
+    for name, value in results.get("subsets", {}).items():
+        lines.append(f"- {name}: {100 * value:.1f}")
     for key, value in results.items():
         if key.startswith("extra_"):
             lines.append(f"{key.removeprefix('extra_').replace('_', ' ')}: {value}")
     (output_dir / "results.md").write_text("\n".join(lines) + "\n")
-    _plot(results, output_dir / "results.png")
+    _plot(cells, f"{results['benchmark']}: {results['model']}", output_dir / "results.png")
 
 
-def _plot(results: dict[str, Any], path: Path) -> None:
+def _plot(cells: list[tuple[str, float]], title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [*results["categories"], "Overall", "Macro"]
-    values = [*(100 * v for v in results["categories"].values()), 100 * results["overall"], 100 * results["macro"]]
+    names = [label for label, _ in cells]
+    values = [100 * value for _, value in cells]
     figure, axis = plt.subplots(figsize=(max(4, 1.2 * len(names)), 3.5))
-    bars = axis.bar(names, values, color=["#4c72b0"] * (len(names) - 2) + ["#dd8452", "#55a868"])
+    bars = axis.bar(names, values, color="#4c72b0")
     axis.bar_label(bars, fmt="%.1f", fontsize=8)
     axis.set_ylim(0, 105)
     axis.set_ylabel("pairwise accuracy (%)")
-    axis.set_title(f"{results['benchmark']}: {results['model']}", fontsize=9)
+    axis.set_title(title, fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -123,6 +138,77 @@ def evaluate_synthetic(backend: Any, model_dir: Path, output_dir: Path, seed: in
         **accuracy_tables([r.category for r in records], scores),
     }
     results["extra_image_swap_hallucination"] = sum(r > c for c, r in swapped) / max(1, len(swapped))
-    predictions = [{"id": r.id, "scores": [c, rj]} for r, (c, rj) in zip(records, scores, strict=True)]
-    write_results(output_dir, results, predictions)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with (output_dir / PREDICTIONS_FILE).open("w") as handle:
+        for record, (chosen, rejected) in zip(records, scores, strict=True):
+            row = {"id": record.id, "scores": [chosen, rejected], "category": record.category, "preferred": 0}
+            handle.write(json.dumps(row) + "\n")
+    write_results(output_dir, results)
+    return results
+
+
+PREDICTIONS_FILE = "predictions.jsonl"
+
+
+def read_predictions(path: Path) -> dict[str, dict]:
+    """Saved per-item rows by id (a partial file from an interrupted run is fine)."""
+    rows = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by an interruption
+                continue
+            rows[row["id"]] = row
+    return rows
+
+
+def run_benchmark(
+    benchmark: str,
+    data: Path,
+    output_dir: Path,
+    score_samples: Callable[[list[dict]], list[float]],
+    model: str,
+    checkpoint: str | None,
+    limit: int | None = None,
+    batch_pairs: int = 16,
+) -> dict[str, Any]:
+    """Score a benchmark's pairs (resuming from saved predictions), then write its tables."""
+    from training.benchmarks import load_pairs, tables
+
+    pairs = load_pairs(benchmark, data)[:limit]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / PREDICTIONS_FILE
+    done = read_predictions(path)
+    todo = [p for p in pairs if p.id not in done]
+    with path.open("a") as handle, tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc=benchmark) as bar:
+        for start in range(0, len(todo), batch_pairs):
+            chunk = todo[start : start + batch_pairs]
+            values = score_samples([sample for pair in chunk for sample in pair.samples()])
+            for index, pair in enumerate(chunk):
+                row = {"id": pair.id, "scores": values[2 * index : 2 * index + 2], "category": pair.category,
+                       "preferred": pair.preferred, "subset": pair.subset}  # fmt: skip
+                done[pair.id] = row
+                handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            bar.update(len(chunk))
+    results = tables(benchmark, pairs, {p.id: done[p.id]["scores"] for p in pairs})
+    results = {"benchmark": benchmark, "model": model, "checkpoint_hash": checkpoint, **results}
+    write_results(output_dir, results)
+    return results
+
+
+def recompute(benchmark: str, predictions: Path, output_dir: Path, model: str = "predictions") -> dict[str, Any]:
+    """All tables again from saved per-item scores; no model needed."""
+    from training.benchmarks import EvalPair, tables
+
+    rows = list(read_predictions(predictions).values())
+    pairs = [
+        EvalPair(id=r["id"], category=r["category"], prompt="", responses=("", ""), preferred=r.get("preferred", 0),
+                 subset=r.get("subset"))
+        for r in rows
+    ]  # fmt: skip
+    results = {"benchmark": benchmark, "model": model, "checkpoint_hash": None}
+    results |= tables(benchmark, pairs, {r["id"]: r["scores"] for r in rows})
+    write_results(output_dir, results)
     return results

@@ -1,0 +1,94 @@
+"""`vlreward eval` on a benchmark fixture: in-process and through a server agree, resume, recompute; `pairs`."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from tests.helpers import LiveServer, shape_image, uri
+from tests.training.test_benchmarks import vl_parquet
+from training.cli import app
+from training.evaluate import run_benchmark
+from training.pairs import select_pairs
+
+
+def _invoke(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_in_process_and_server_evaluation_give_identical_tables(tiny_reward, hf_backend, tmp_path):
+    data = vl_parquet(tmp_path)
+    _invoke("eval", "--benchmark", "vl-rewardbench", "--data", str(data), "--model", str(tiny_reward),
+            "--output", str(tmp_path / "local"))  # fmt: skip
+    with LiveServer(hf_backend) as server:
+        _invoke("eval", "--benchmark", "vl-rewardbench", "--data", str(data), "--url", server.url,
+                "--output", str(tmp_path / "remote"))  # fmt: skip
+    local = json.loads((tmp_path / "local" / "results.json").read_text())
+    remote = json.loads((tmp_path / "remote" / "results.json").read_text())
+    for key in ("n", "overall", "macro", "categories", "ties", "checkpoint_hash", "model"):
+        assert local[key] == remote[key], key
+    assert (
+        "| General | Hallucination | Reasoning | Overall | Macro |" in (tmp_path / "local" / "results.md").read_text()
+    )
+
+
+def test_an_interrupted_run_resumes_without_rescoring_and_gives_the_same_table(tiny_reward, hf_backend, tmp_path):
+    from service.media import MediaPolicy
+    from service.prepare import prepare_sample
+    from service.schemas import Sample
+
+    data = vl_parquet(tmp_path)
+    scored = []
+
+    def score(samples):
+        scored.append(len(samples))
+        formatted = [prepare_sample(Sample.model_validate(s), hf_backend.processor, MediaPolicy()) for s in samples]
+        return hf_backend.score_sync(formatted)
+
+    full = run_benchmark("vl-rewardbench", data, tmp_path / "full", score, "m", None, batch_pairs=2)
+    scored.clear()
+    run_benchmark("vl-rewardbench", data, tmp_path / "resumed", score, "m", None, limit=3, batch_pairs=2)
+    with (tmp_path / "resumed" / "predictions.jsonl").open("a") as handle:
+        handle.write('{"id": "cut-off line')  # an interruption mid-write
+    resumed = run_benchmark("vl-rewardbench", data, tmp_path / "resumed", score, "m", None, batch_pairs=2)
+    assert sum(scored) == 2 * 7  # 3 pairs, then only the remaining 4: each pair scored once
+    for key in ("overall", "macro", "categories"):
+        assert resumed[key] == full[key]
+
+    recomputed = tmp_path / "recomputed"
+    _invoke("eval", "--benchmark", "vl-rewardbench", "--predictions", str(tmp_path / "full" / "predictions.jsonl"),
+            "--output", str(recomputed))  # fmt: skip
+    again = json.loads((recomputed / "results.json").read_text())
+    assert (again["overall"], again["macro"], again["categories"]) == (
+        full["overall"],
+        full["macro"],
+        full["categories"],
+    )
+
+
+def test_select_pairs_strategies_on_known_scores():
+    scores = [0.1, 2.0, -1.0, 1.9]
+    assert select_pairs(scores, "best-worst") == [(1, 2)]
+    assert select_pairs(scores, "best-worst", margin=5.0) == []
+    assert select_pairs(scores, "all-above-margin", margin=1.0) == [(1, 2), (3, 2), (1, 0), (3, 0), (0, 2)]
+
+
+def test_pairs_command_writes_rows_trl_dpo_reads(tiny_reward, hf_backend, tmp_path):
+    from datasets import load_dataset
+
+    image = uri(shape_image("red"))
+    rows = [{"id": "p1", "prompt": "Colour?", "images": [image], "responses": ["Red.", "Blue.", "Green circle."]},
+            {"id": "p2", "prompt": "Say hi.", "responses": ["Hi!", "Hello there, friend."]}]  # fmt: skip
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _invoke("pairs", "--input", str(inputs), "--output", str(tmp_path / "pairs.jsonl"), "--model", str(tiny_reward))
+    written = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert [w["id"] for w in written] == ["p1", "p2"]
+    for pair, row in zip(written, rows, strict=True):
+        assert pair["chosen_score"] > pair["rejected_score"]
+        assert pair["chosen"] in row["responses"] and pair["rejected"] in row["responses"]
+    dataset = load_dataset("json", data_files=str(tmp_path / "pairs.jsonl"), split="train")
+    assert {"prompt", "chosen", "rejected", "images"} <= set(dataset.column_names)
