@@ -8,23 +8,16 @@ import torch
 from PIL import Image, ImageDraw
 
 from service.media import image_to_data_uri
+from training.data.synthetic import COLOURS, draw_shape
 
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 60),
-    "blue": (30, 60, 220),
-    "yellow": (230, 210, 30),
-    "purple": (130, 40, 170),
-    "orange": (240, 140, 20),
-}
+__all__ = ["COLOURS", "LiveServer", "build_reward_checkpoint", "shape_image", "uri"]
 
 
 def shape_image(colour: str = "red", shape: str = "circle", size: tuple[int, int] = (84, 84)) -> Image.Image:
-    """One coloured circle or square on white."""
+    """One coloured circle, square or triangle on white (drawn like the synthetic data)."""
     image = Image.new("RGB", size, (255, 255, 255))
-    draw = ImageDraw.Draw(image)
     box = (size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4)
-    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=COLOURS[colour])
+    draw_shape(ImageDraw.Draw(image), shape, box, colour)
     return image
 
 

@@ -12,6 +12,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Qwen2's special tokens, in Qwen's order (their ids follow the learned vocabulary).
 QWEN_SPECIAL_TOKENS = [
@@ -166,30 +167,17 @@ def build_tokenizer(vocab_size: int, seed: int = 0):
     )
 
 
-def build_base_model(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Write a self-contained Qwen2.5-VL base directory (``Qwen2_5_VLForConditionalGeneration``)."""
-    import torch
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
+def base_config(dims: BaseSize, vocab_size: int, ids: dict[str, int]) -> Any:
+    """The Qwen2.5-VL config of a generated base model (``ids``: the special tokens' ids)."""
+    from transformers import Qwen2_5_VLConfig
 
-    dims = SIZES[size]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    tokenizer = build_tokenizer(dims.vocab_size, seed=seed)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     head_dim = dims.hidden_size // dims.num_heads
     # M-RoPE splits half the rotary dimension into (temporal, height, width) sections, like 7B's 16/24/24.
     half = head_dim // 2
     mrope_section = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
-    config = Qwen2_5_VLConfig(
+    return Qwen2_5_VLConfig(
         text_config={
-            "vocab_size": len(tokenizer),
+            "vocab_size": vocab_size,
             "hidden_size": dims.hidden_size,
             "intermediate_size": dims.intermediate_size,
             "num_hidden_layers": dims.num_layers,
@@ -218,6 +206,25 @@ def build_base_model(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> 
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,
     )
+
+
+def build_base_model(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Write a self-contained Qwen2.5-VL base directory (``Qwen2_5_VLForConditionalGeneration``)."""
+    import torch
+    from transformers import (
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    dims = SIZES[size]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = build_tokenizer(dims.vocab_size, seed=seed)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    config = base_config(dims, len(tokenizer), ids)
     config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
 
     torch.manual_seed(seed)

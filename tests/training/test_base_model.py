@@ -48,26 +48,10 @@ def test_tiny_base_loads_in_transformers_without_missing_weights(tiny_base):
 
 
 def test_bench_size_has_tens_of_millions_of_parameters():
-    from training.base_model import build_base_model  # noqa: F401  (size table is what is checked)
+    from training.base_model import base_config
 
     dims = SIZES["bench"]
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": dims.vocab_size,
-            "hidden_size": dims.hidden_size,
-            "intermediate_size": dims.intermediate_size,
-            "num_hidden_layers": dims.num_layers,
-            "num_attention_heads": dims.num_heads,
-            "num_key_value_heads": dims.num_kv_heads,
-        },
-        vision_config={
-            "depth": dims.vision_depth,
-            "hidden_size": dims.vision_hidden,
-            "intermediate_size": dims.vision_intermediate,
-            "num_heads": dims.vision_heads,
-            "out_hidden_size": dims.hidden_size,
-        },
-    )
+    config = base_config(dims, dims.vocab_size, {token: i for i, token in enumerate(QWEN_SPECIAL_TOKENS)})
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(config)
     parameters = sum(p.numel() for p in model.parameters())

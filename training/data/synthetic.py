@@ -53,7 +53,7 @@ def _canvas(width: int = SIZE, height: int = SIZE) -> tuple[Image.Image, ImageDr
     return image, ImageDraw.Draw(image)
 
 
-def _shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], colour: str) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], colour: str) -> None:
     fill = COLOURS[colour]
     if shape == "circle":
         draw.ellipse(box, fill=fill)
@@ -67,7 +67,7 @@ def _shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int]
 def _one_shape(shape: str, colour: str, cx: int, cy: int, r: int) -> Callable[[], Image.Image]:
     def draw() -> Image.Image:
         image, pen = _canvas()
-        _shape(pen, shape, (cx - r, cy - r, cx + r, cy + r), colour)
+        draw_shape(pen, shape, (cx - r, cy - r, cx + r, cy + r), colour)
         return image
 
     return draw
@@ -118,7 +118,7 @@ def _hallucination(rng: random.Random) -> Item:
         def draw() -> Image.Image:
             image, pen = _canvas()
             for x, y in chosen_slots[:n]:
-                _shape(pen, shape, (x - 11, y - 11, x + 11, y + 11), colour)
+                draw_shape(pen, shape, (x - 11, y - 11, x + 11, y + 11), colour)
             return image
 
         return draw
@@ -165,8 +165,8 @@ def _reasoning(rng: random.Random) -> Item:
     def draw_geometry() -> Image.Image:
         image, pen = _canvas()
         cx_circle, cx_square = (22, 62) if circle_left else (62, 22)
-        _shape(pen, "circle", (cx_circle - r_circle, 42 - r_circle, cx_circle + r_circle, 42 + r_circle), colour_a)
-        _shape(pen, "square", (cx_square - r_square, 42 - r_square, cx_square + r_square, 42 + r_square), colour_b)
+        draw_shape(pen, "circle", (cx_circle - r_circle, 42 - r_circle, cx_circle + r_circle, 42 + r_circle), colour_a)
+        draw_shape(pen, "square", (cx_square - r_square, 42 - r_square, cx_square + r_square, 42 + r_square), colour_b)
         return image
 
     answer, wrong = ("circle", "square") if circle_bigger else ("square", "circle")
