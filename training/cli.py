@@ -182,14 +182,32 @@ def data_clean(
     input: Annotated[Path, typer.Option("--input", help="Dataset folder.")],
     output: Annotated[Path, typer.Option(help="Dataset folder for the kept records (images stay in --input).")],
     near_threshold: Annotated[float, typer.Option(help="MinHash Jaccard threshold for near duplicates.")] = 0.85,
+    surrogate_model: Annotated[Path | None, typer.Option(help="Reward model that scores every pair.")] = None,
+    low_percentile: Annotated[float, typer.Option(help="Flag chosen scores at or below this percentile.")] = 10.0,
+    margin_percentile: Annotated[float, typer.Option(help="Flag margins at or below this percentile.")] = 10.0,
+    regenerate_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint for new chosen.")] = None,
+    regenerate_model: Annotated[str, typer.Option(help="Model name at that endpoint.")] = "default",
 ) -> None:
-    """Drop ties, exact duplicates and near duplicates; print each step's counts."""
-    from training.data.cleaning import clean
+    """Drop ties, exact and near duplicates; optionally flag (and regenerate) weak pairs. Prints counts."""
+    from training.data.cleaning import clean, regenerate_chosen, score_pairs, surrogate_flags, write_flags
     from training.data.schema import read_records, write_records
 
     kept, reports = clean(list(read_records(input)), input, near_threshold)
     for report in reports:
         typer.echo(f"{report.step}: {report.count_in} -> {report.count_out} (removed {report.removed})")
+    if surrogate_model is not None:
+        from service.backends import create_backend
+
+        backend = create_backend("hf", str(surrogate_model), device="auto")
+        kept, flags = surrogate_flags(kept, score_pairs(backend, kept, input), low_percentile, margin_percentile)
+        write_flags(flags, output / "regenerate.jsonl")
+        typer.echo(f"surrogate: {len(flags)} of {len(kept)} pairs flagged -> {output / 'regenerate.jsonl'}")
+        if regenerate_url is not None:
+            flagged = {f.id for f in flags}
+            fresh = {r.id: r for r in regenerate_chosen([r for r in kept if r.id in flagged], input, regenerate_url,
+                                                         regenerate_model)}  # fmt: skip
+            kept = [fresh.get(r.id, r) for r in kept]
+            typer.echo(f"regenerated {len(fresh)} chosen responses via {regenerate_url}")
     records = [r.model_copy(update={"images": [str((input / p).resolve()) for p in r.images]}) for r in kept]
     write_records(records, output)
 

@@ -39,3 +39,85 @@ def test_planted_duplicates_near_duplicates_and_ties_are_removed(tmp_path):
     assert [r.id for r in kept] == ["a", "a-other-image", "b", "c"]
     assert [(r.count_in, r.count_out) for r in reports] == [(8, 6), (6, 5), (5, 4)]  # ties, exact, near
     assert [r.removed for r in reports] == [2, 1, 1]
+
+
+def test_surrogate_stage_flags_exactly_the_planted_low_score_and_low_margin_pairs(tmp_path):
+    import json
+
+    from training.data.cleaning import surrogate_flags, write_flags
+
+    records, scores = [], []
+    for source in ("rlaif-v", "llava-critic"):
+        for k in range(10):
+            records.append(_record(f"{source}-{k}", f"q{k}", f"good {k}", f"bad {k}"))
+            records[-1] = records[-1].model_copy(update={"source": source})
+            scores.append((2.0 + 0.1 * k, 0.0 - 0.1 * k))  # chosen 2.0..2.9, margins 2.0..3.8
+        scores[-10 + 3] = (-5.0, -9.0)  # planted: low chosen score (margin 4.0, not small)
+        scores[-10 + 7] = (2.75, 2.7)  # planted: small margin (chosen score ordinary)
+    scored, flags = surrogate_flags(records, scores, low_percentile=10, margin_percentile=10)
+    assert {(f.id, tuple(f.reasons)) for f in flags} == {
+        ("rlaif-v-3", ("low_chosen_score",)), ("rlaif-v-7", ("small_margin",)),
+        ("llava-critic-3", ("low_chosen_score",)), ("llava-critic-7", ("small_margin",)),
+    }  # fmt: skip
+    assert scored[3].scores == {"chosen": -5.0, "rejected": -9.0} and scored[3].margin == 4.0
+    write_flags(flags, tmp_path / "regenerate.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "regenerate.jsonl").read_text().splitlines()]
+    assert {line["id"] for line in lines} == {f.id for f in flags}
+
+
+def test_surrogate_scores_come_from_the_service_backend(hf_backend, tmp_path):
+    from service.media import MediaPolicy
+    from service.prepare import prepare_sample
+    from training.data.cleaning import score_pairs
+
+    (tmp_path / "images").mkdir()
+    shape_image("green").save(tmp_path / "images" / "g.png")
+    records = [_record("x", "Colour?", "Green.", "Red.", "images/g.png"), _record("y", "Hi", "Hello", "Go away")]
+    scores = score_pairs(hf_backend, records, tmp_path)
+    policy = MediaPolicy(media_root=tmp_path)
+    for record, (chosen, rejected) in zip(records, scores, strict=True):
+        direct = [hf_backend.score_sync([prepare_sample(record.sample(r, root=tmp_path), hf_backend.processor, policy)])[0]
+                  for r in (record.chosen, record.rejected)]  # fmt: skip
+        assert abs(direct[0] - chosen) <= 1e-5 and abs(direct[1] - rejected) <= 1e-5
+
+
+def test_flagged_chosen_responses_are_regenerated_through_an_openai_compatible_endpoint(tmp_path):
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from training.data.cleaning import regenerate_chosen
+
+    received = []
+
+    class Chat(BaseHTTPRequestHandler):  # a loopback stand-in for an OpenAI-compatible chat server
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            received.append((self.path, self.headers.get("authorization"), body))
+            images = sum(p.get("type") == "image_url" for m in body["messages"] if isinstance(m["content"], list)
+                         for p in m["content"])  # fmt: skip
+            reply = json.dumps(
+                {"choices": [{"message": {"role": "assistant", "content": f"new answer ({images} images)"}}]}
+            )
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(reply.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Chat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "images").mkdir()
+    shape_image("red").save(tmp_path / "images" / "r.png")
+    record = _record("x", "Describe.", "old answer", "worse", "images/r.png")
+    try:
+        (fresh,) = regenerate_chosen([record], tmp_path, f"http://127.0.0.1:{server.server_address[1]}", "judge", "k")
+    finally:
+        server.shutdown()
+    assert fresh.chosen == "new answer (1 images)" and fresh.meta["regenerated_from"] == "old answer"
+    assert fresh.rejected == "worse"
+    path, auth, body = received[0]
+    assert path == "/v1/chat/completions" and auth == "Bearer k" and body["model"] == "judge"
+    assert body["messages"][-1]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
