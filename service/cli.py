@@ -83,6 +83,14 @@ def serve(
     max_tokens: Annotated[int | None, typer.Option(help="Tokens per sample.")] = None,
     api_key_file: Annotated[Path | None, typer.Option(help="One API key per line.")] = None,
     log_json: Annotated[bool | None, typer.Option(help="JSON access log.")] = None,
+    max_images: Annotated[int | None, typer.Option(help="Images per sample (vLLM: per prompt).")] = None,
+    vllm_max_model_len: Annotated[int | None, typer.Option(help="vLLM context length.")] = None,
+    vllm_gpu_memory_utilization: Annotated[float | None, typer.Option(help="vLLM memory share.")] = None,
+    vllm_tensor_parallel_size: Annotated[int | None, typer.Option(help="vLLM GPUs per replica.")] = None,
+    vllm_max_num_seqs: Annotated[int | None, typer.Option(help="vLLM sequences per step.")] = None,
+    vllm_max_num_batched_tokens: Annotated[int | None, typer.Option(help="vLLM tokens per step.")] = None,
+    vllm_enable_prefix_caching: Annotated[bool | None, typer.Option(help="vLLM prefix caching.")] = None,
+    vllm_enforce_eager: Annotated[bool | None, typer.Option(help="vLLM without CUDA graphs.")] = None,
 ) -> None:
     """Serve /score, /rank and /get_reward over HTTP. Every setting also reads VLREWARD_<NAME>."""
     from service.server import run
