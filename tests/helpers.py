@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from service.media import image_to_data_uri
 from training.data.synthetic import COLOURS, draw_shape
 
-__all__ = ["COLOURS", "LiveServer", "build_reward_checkpoint", "shape_image", "uri"]
+__all__ = ["COLOURS", "LiveServer", "build_reward_checkpoint", "free_port", "shape_image", "uri", "wait_ready"]
 
 
 def shape_image(colour: str = "red", shape: str = "circle", size: tuple[int, int] = (84, 84)) -> Image.Image:
@@ -97,3 +97,30 @@ class LiveServer:
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                     return sample.value
         return 0.0
+
+
+def free_port() -> int:
+    """A free loopback port."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_ready(url: str, process, seconds: float = 300) -> None:
+    """Poll ``url/ready`` until 200; fail if the server process exits first."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "server exited during start-up"
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("server did not become ready")

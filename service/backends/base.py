@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from service.model.checkpoint import checkpoint_hash, model_name
+from service.model.encoding import pixel_bounds
 from service.model.formatting import FormattedSample
+
+
+def backend_facts(name: str, model_dir: Path, dtype: str, device: str, processor: Any) -> dict[str, Any]:
+    """What /info, metrics and evaluations report about a loaded backend (computed once, at load)."""
+    min_pixels, max_pixels = pixel_bounds(processor)
+    return {
+        "model": model_name(model_dir),
+        "backend": name,
+        "dtype": dtype,
+        "device": device,
+        "checkpoint_hash": checkpoint_hash(model_dir),
+        "min_pixels": min_pixels,
+        "max_pixels": max_pixels,
+    }
 
 
 @runtime_checkable

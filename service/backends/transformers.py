@@ -9,9 +9,10 @@ from typing import Any, Literal
 
 import torch
 
+from service.backends.base import backend_facts
 from service.batching import plan_batches
-from service.model.checkpoint import checkpoint_hash, load_reward_model, model_name
-from service.model.encoding import EncodedSample, encode, encode_shared
+from service.model.checkpoint import load_reward_model
+from service.model.encoding import EncodedSample, encode, encode_shared, set_pixel_bounds
 from service.model.formatting import FormattedSample
 from service.model.probe import Probe, probe_sample, read_probe, verify_probe, write_probe
 
@@ -23,23 +24,6 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
-
-
-def set_pixel_bounds(processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
-    """Override the checkpoint's image-processor pixel bounds (the score depends on resolution)."""
-    from transformers.image_utils import SizeDict
-
-    size = {k: v for k, v in dict(processor.image_processor.size).items() if v is not None}
-    if min_pixels is not None:
-        size["shortest_edge"] = min_pixels
-    if max_pixels is not None:
-        size["longest_edge"] = max_pixels
-    processor.image_processor.size = SizeDict(**size)
-
-
-def pixel_bounds(processor: Any) -> tuple[int, int]:
-    size = processor.image_processor.size
-    return int(size["shortest_edge"]), int(size["longest_edge"])
 
 
 class TransformersBackend:
@@ -68,6 +52,7 @@ class TransformersBackend:
         self.padding_side = padding_side
         self.model, self.processor = load_reward_model(self.model_dir, DTYPES[dtype], self.device)
         set_pixel_bounds(self.processor, min_pixels, max_pixels)
+        self._facts = backend_facts(self.name, self.model_dir, dtype, self.device, self.processor)
         # One worker: the model runs one batch at a time, never on the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlreward-hf")
 
@@ -147,16 +132,7 @@ class TransformersBackend:
         return probe
 
     def info(self) -> dict[str, Any]:
-        min_pixels, max_pixels = pixel_bounds(self.processor)
-        return {
-            "model": model_name(self.model_dir),
-            "backend": self.name,
-            "dtype": self.dtype,
-            "device": self.device,
-            "checkpoint_hash": checkpoint_hash(self.model_dir),
-            "min_pixels": min_pixels,
-            "max_pixels": max_pixels,
-        }
+        return dict(self._facts)
 
     def health(self) -> bool:
         return not self._executor._shutdown

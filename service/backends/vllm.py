@@ -19,8 +19,6 @@ from service.model.checkpoint import (
     HEAD_WEIGHT,
     REWARD_ARCHITECTURE,
     CheckpointError,
-    checkpoint_hash,
-    model_name,
     read_config,
     weight_files,
 )
@@ -91,7 +89,8 @@ class VLLMBackend:
         from vllm.config import PoolerConfig
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from service.backends.transformers import pixel_bounds, set_pixel_bounds
+        from service.backends.base import backend_facts
+        from service.model.encoding import pixel_bounds, set_pixel_bounds
 
         self.model_dir = Path(model_dir)
         require_reward_head(self.model_dir)
@@ -101,6 +100,7 @@ class VLLMBackend:
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
         set_pixel_bounds(self.processor, min_pixels, max_pixels)
         self.min_pixels, self.max_pixels = pixel_bounds(self.processor)
+        self._facts = backend_facts(self.name, self.model_dir, dtype, self.device, self.processor)
         settings = engine or EngineSettings()
         args = AsyncEngineArgs(
             model=str(self.model_dir),
@@ -195,15 +195,7 @@ class VLLMBackend:
         return score
 
     def info(self) -> dict[str, Any]:
-        return {
-            "model": model_name(self.model_dir),
-            "backend": self.name,
-            "dtype": self.dtype,
-            "device": self.device,
-            "checkpoint_hash": checkpoint_hash(self.model_dir),
-            "min_pixels": self.min_pixels,
-            "max_pixels": self.max_pixels,
-        }
+        return dict(self._facts)
 
     def health(self) -> bool:
         return not self.engine.errored

@@ -37,6 +37,23 @@ class EncodedSample:
         return 0 if self.image_grid_thw is None else int(self.image_grid_thw.shape[0])
 
 
+def set_pixel_bounds(processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
+    """Override the checkpoint's image-processor pixel bounds (the score depends on resolution)."""
+    from transformers.image_utils import SizeDict
+
+    size = {k: v for k, v in dict(processor.image_processor.size).items() if v is not None}
+    if min_pixels is not None:
+        size["shortest_edge"] = min_pixels
+    if max_pixels is not None:
+        size["longest_edge"] = max_pixels
+    processor.image_processor.size = SizeDict(**size)
+
+
+def pixel_bounds(processor: Any) -> tuple[int, int]:
+    size = processor.image_processor.size
+    return int(size["shortest_edge"]), int(size["longest_edge"])
+
+
 def encode(formatted: FormattedSample, processor: Any) -> EncodedSample:
     """Tokenise the text and preprocess the images (resized into the processor's pixel bounds)."""
     batch = processor(

@@ -19,7 +19,7 @@ from service.backends.transformers import TransformersBackend
 from service.media import MediaPolicy
 from service.prepare import prepare_sample
 from service.schemas import Sample
-from tests.helpers import LiveServer, shape_image, uri
+from tests.helpers import LiveServer, free_port, shape_image, uri, wait_ready
 
 VLREWARD = str(Path(sys.executable).parent / "vlreward")
 
@@ -64,33 +64,14 @@ def test_a_client_that_disconnects_has_its_queued_samples_dropped(hf_backend):
         assert httpx.post(live.url + "/score", json={"items": [{"prompt": "a", "response": "b"}]}).status_code == 200
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_ready(url: str, process: subprocess.Popen, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "server exited during start-up"
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("server did not become ready")
-
-
 def test_sigterm_during_load_completes_every_accepted_request_then_exits_0(tmp_path):
     """`vlreward serve` with no --model: builds the embedded default model, serves, drains on SIGTERM."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "VLREWARD_HOME": str(tmp_path / "home"), "VLREWARD_MAX_WAIT_MS": "150"}
     process = subprocess.Popen([VLREWARD, "serve", "--port", str(port)], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process)
+        wait_ready(url, process)
         samples = [{"prompt": f"q{i}", "response": "yes " * (i % 5 + 1), "image": uri(shape_image())} for i in range(6)]
         results: list[tuple[float, float, int | None, list | None]] = []
         stop = threading.Event()
@@ -141,7 +122,7 @@ def test_sigterm_during_load_completes_every_accepted_request_then_exits_0(tmp_p
 
 
 def test_a_checkpoint_without_head_makes_serve_exit_1(tiny_base):
-    port = _free_port()
+    port = free_port()
     result = subprocess.run(
         [VLREWARD, "serve", "--model", str(tiny_base), "--port", str(port)], capture_output=True, text=True, timeout=120
     )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
 import yaml
 
+from tests.helpers import free_port
 from training.data.synthetic import build_synthetic
 
 RECIPE = {
@@ -18,12 +18,6 @@ RECIPE = {
     "num_threads": 1,
     "stages": [{"name": "stage2", "learning_rate": 1e-3, "max_steps": 3, "epochs": 10, "include_text": True}],
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _losses(run_dir) -> list[float]:
@@ -44,7 +38,7 @@ def test_two_process_stage2_with_text_only_batches_matches_one_process(tiny_base
         command += ["--output", str(output), "--base", str(tiny_base)]
         if processes > 1:
             launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
-            launcher += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+            launcher += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
             command = launcher + command
         result = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from service.media import MediaPolicy
 from service.model.checkpoint import HEAD_BIAS, HEAD_WEIGHT, CheckpointError
 from service.prepare import prepare_sample
 from service.schemas import Sample
-from tests.helpers import COLOURS, LiveServer, shape_image, uri
+from tests.helpers import COLOURS, LiveServer, free_port, shape_image, uri, wait_ready
 
 VLREWARD = str(Path(sys.executable).parent / "vlreward")
 TOLERANCE = 1e-4
@@ -129,29 +128,16 @@ def test_checkpoint_without_head_is_refused_before_the_engine_starts(tiny_reward
         VLLMBackend(broken)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_engine_death_turns_ready_503_and_exits_non_zero(tiny_reward):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "VLREWARD_VLLM_GPU_MEMORY_UTILIZATION": "0.2"}
     process = subprocess.Popen(
         [VLREWARD, "serve", "--backend", "vllm", "--model", str(tiny_reward), "--port", str(port)], env=env
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert process.poll() is None, "server exited during start-up"
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_ready(url, process)
+        deadline = time.monotonic() + 120
         engines = [
             p
             for p in psutil.Process(process.pid).children(recursive=True)
