@@ -5,9 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from service.media import MediaPolicy
 from service.model.checkpoint import checkpoint_hash, model_name
 from service.model.encoding import pixel_bounds
 from service.model.formatting import FormattedSample
+from service.model.probe import read_probe, verify_probe
+from service.prepare import prepare_sample
+from service.schemas import Sample
+
+WARM_UP_SAMPLE = {"prompt": "warm-up", "response": "ok"}
 
 
 def backend_facts(name: str, model_dir: Path, dtype: str, device: str, processor: Any) -> dict[str, Any]:
@@ -62,3 +68,16 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Release threads, processes and memory."""
         ...
+
+
+async def probe_warm_up(backend: Any) -> float | None:
+    """One real request through ``backend.score``: the checkpoint's probe (verified; its score is
+    returned) or, without a probe, a fixed text sample (None is returned)."""
+    probe = read_probe(backend.model_dir)
+    sample = probe.sample if probe else WARM_UP_SAMPLE
+    formatted = prepare_sample(Sample.model_validate(sample), backend.processor, MediaPolicy())
+    score = (await backend.score([formatted]))[0]
+    if probe is None:
+        return None
+    verify_probe(probe, score, backend.dtype)
+    return score

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import torch
 
-from service.backends.base import backend_facts
+from service.backends.base import backend_facts, probe_warm_up
 from service.batching import plan_batches
 from service.model.checkpoint import load_reward_model
 from service.model.encoding import EncodedSample, encode, encode_shared, set_pixel_bounds
@@ -113,16 +113,9 @@ class TransformersBackend:
         verify_probe(probe, actual, self.dtype)
         return actual
 
-    def _warm_up_sync(self) -> float | None:
-        score = self.check_probe()
-        if score is None:
-            self.score_request_sample({"prompt": "warm-up", "response": "ok"})
-        return score
-
     async def warm_up(self) -> float | None:
-        """One real forward pass before serving; scores and verifies the probe when there is one."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._warm_up_sync)
+        """One real forward pass before serving; verifies the checkpoint's probe when it has one."""
+        return await probe_warm_up(self)
 
     def stamp_probe(self) -> Probe:
         """Score the standard probe sample with this backend and store it in the checkpoint."""

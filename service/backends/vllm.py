@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.backends.base import backend_facts, probe_warm_up
 from service.model.checkpoint import (
     HEAD_WEIGHT,
     REWARD_ARCHITECTURE,
@@ -23,7 +24,6 @@ from service.model.checkpoint import (
     weight_files,
 )
 from service.model.formatting import FormattedSample
-from service.model.probe import Probe, read_probe, verify_probe
 
 
 @dataclass
@@ -89,7 +89,6 @@ class VLLMBackend:
         from vllm.config import PoolerConfig
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from service.backends.base import backend_facts
         from service.model.encoding import pixel_bounds, set_pixel_bounds
 
         self.model_dir = Path(model_dir)
@@ -180,19 +179,8 @@ class VLLMBackend:
         return asyncio.run(self.score(samples))
 
     async def warm_up(self) -> float | None:
-        """One real request; scores and verifies the checkpoint's probe when it has one."""
-        from service.media import MediaPolicy
-        from service.prepare import prepare_sample
-        from service.schemas import Sample
-
-        probe: Probe | None = read_probe(self.model_dir)
-        sample = probe.sample if probe else {"prompt": "warm-up", "response": "ok"}
-        formatted = prepare_sample(Sample.model_validate(sample), self.processor, MediaPolicy())
-        score = (await self.score([formatted]))[0]
-        if probe is None:
-            return None
-        verify_probe(probe, score, self.dtype)
-        return score
+        """One real request before serving; verifies the checkpoint's probe when it has one."""
+        return await probe_warm_up(self)
 
     def info(self) -> dict[str, Any]:
         return dict(self._facts)
