@@ -72,6 +72,10 @@ class BaseSize:
     vision_intermediate: int
     min_pixels: int
     max_pixels: int
+    rope_theta: float = 1000000.0
+    """Qwen2.5-VL's 1e6 rotates the height/width sections of M-RoPE by at most 0.03 rad per image row or
+    column at head_dim 64: a 2-layer model cannot tell left from right in a 3x3-token image. The tiny base
+    uses 100 (measured: left/right pairs alone 0.70 -> 1.00 held-out after 3,000 steps)."""
 
 
 # head_dim = hidden / heads = 64 in both: vLLM's CPU attention rejects smaller head sizes.
@@ -89,6 +93,7 @@ SIZES: dict[str, BaseSize] = {
         vision_intermediate=64,
         min_pixels=4 * 28 * 28,
         max_pixels=64 * 28 * 28,
+        rope_theta=100.0,
     ),
     "bench": BaseSize(
         vocab_size=2048,
@@ -185,7 +190,7 @@ def base_config(dims: BaseSize, vocab_size: int, ids: dict[str, int]) -> Any:
             "num_key_value_heads": dims.num_kv_heads,
             "max_position_embeddings": 32768,
             "max_window_layers": dims.num_layers,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope_section},
+            "rope_parameters": {"rope_type": "default", "rope_theta": dims.rope_theta, "mrope_section": mrope_section},
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
