@@ -1,13 +1,18 @@
 """Seeded synthetic preference data whose right answer depends on the image.
 
 Categories follow VL-RewardBench:
-- *hallucination*: the rejected response names a colour, shape, count or position the image does not
-  have (held-out items also carry a counterfactual image that matches the rejected response);
-- *reasoning*: bar charts (which bar is tallest) and simple geometry (which shape is bigger), the
-  paper's Figure 3 style;
+- *hallucination*: the rejected response names a colour or a count the image does not have; held-out
+  items also carry a counterfactual image that matches the rejected response;
+- *reasoning*: bar charts (which bar is tallest) and simple geometry (which of two shapes is larger),
+  the paper's Figure 3 style, with coarse differences and colour-named answers;
 - *general*: a concise correct answer vs. a verbose, self-repeating one (the paper's "Wait, ..." loop);
-plus *text*-only pairs for stage 2. Sized so a tiny model learns it in minutes: it demonstrates the
-pipeline end to end; it is not a test of intelligence. Train and held-out never share an item.
+plus *text*-only pairs for stage 2. Sized so a tiny model learns it in minutes from 3x3 image tokens:
+it demonstrates the pipeline end to end; it is not a test of intelligence. Shape-name and position
+hallucinations are left out: with a frozen random vision encoder and 3x3 image tokens, neither was
+learned inside the 5-minute budget, and mixed in they held every other subtype back (one-thread runs:
+hallucination 0.52 after 5,000 steps with shape and left/right pairs in, 0.875 after 4,000 without;
+the bootstrap recipe with "colour on the left/right" pairs: those at 0.54, hallucination 0.64 overall).
+Train and held-out never share an item.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ COLOURS = {
 SHAPES = ("circle", "square", "triangle")
 SIZE = 84
 CATEGORIES = ("hallucination", "reasoning", "general")
+HALLUCINATION_SUBTYPES = ("colour", "count")
 
 
 @dataclass
@@ -78,7 +84,7 @@ def _other(rng: random.Random, options, value):
 
 
 def _hallucination(rng: random.Random) -> Item:
-    subtype = rng.choice(("colour", "shape", "position", "count"))
+    subtype = rng.choice(HALLUCINATION_SUBTYPES)
     colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
     r = rng.randint(14, 22)
     cx, cy = rng.randint(r + 2, SIZE - r - 2), rng.randint(r + 2, SIZE - r - 2)
@@ -88,26 +94,6 @@ def _hallucination(rng: random.Random) -> Item:
             ("h-colour", colour, shape, cx, cy, r), "hallucination", subtype,
             f"What color is the {shape}?", f"The {shape} is {colour}.", f"The {shape} is {wrong}.",
             [_one_shape(shape, colour, cx, cy, r)], _one_shape(shape, wrong, cx, cy, r),
-        )  # fmt: skip
-    if subtype == "shape":
-        wrong = _other(rng, SHAPES, shape)
-        return Item(
-            ("h-shape", colour, shape, cx, cy, r), "hallucination", subtype,
-            "What shape is in the picture?", f"It is a {colour} {shape}.", f"It is a {colour} {wrong}.",
-            [_one_shape(shape, colour, cx, cy, r)], _one_shape(wrong, colour, cx, cy, r),
-        )  # fmt: skip
-    if subtype == "position":
-        side = rng.choice(("left", "right"))
-        wrong = "right" if side == "left" else "left"
-        r = rng.randint(12, 16)
-        x = rng.randint(r + 2, SIZE // 2 - r - 4)
-        mirrored = SIZE - x
-        cx, other_x = (x, mirrored) if side == "left" else (mirrored, x)
-        return Item(
-            ("h-position", colour, shape, cx, cy, r), "hallucination", subtype,
-            f"Is the {shape} on the left or on the right?", f"The {shape} is on the {side}.",
-            f"The {shape} is on the {wrong}.",
-            [_one_shape(shape, colour, cx, cy, r)], _one_shape(shape, colour, other_x, cy, r),
         )  # fmt: skip
     count = rng.randint(1, 3)
     wrong = _other(rng, [1, 2, 3], count)
@@ -135,11 +121,15 @@ def _hallucination(rng: random.Random) -> Item:
 
 
 def _reasoning(rng: random.Random) -> Item:
+    """Answers name a colour, and the comparison is coarse (a tall bar vs. short ones, a big shape vs. a
+    small one): a tiny model can learn to read it from 3x3 image tokens in minutes."""
     if rng.random() < 0.6:
         n = rng.choice((2, 3))
         colours = rng.sample(list(COLOURS), n)
-        heights = rng.sample(range(20, 76, 4), n)
-        tallest = colours[heights.index(max(heights))]
+        heights = [rng.randrange(16, 44, 4) for _ in range(n)]
+        tallest_index = rng.randrange(n)
+        heights[tallest_index] = rng.randrange(64, 80, 4)
+        tallest = colours[tallest_index]
         wrong = _other(rng, colours, tallest)
 
         def draw() -> Image.Image:
@@ -156,23 +146,24 @@ def _reasoning(rng: random.Random) -> Item:
             f"Comparing the heights, the {tallest} bar is the tallest.",
             f"Comparing the heights, the {wrong} bar is the tallest.", [draw],
         )  # fmt: skip
-    colour_a, colour_b = rng.sample(list(COLOURS), 2)
-    big, small = rng.randint(18, 24), rng.randint(7, 12)
-    circle_bigger = rng.random() < 0.5
-    r_circle, r_square = (big, small) if circle_bigger else (small, big)
-    circle_left = rng.random() < 0.5
+    (colour_a, colour_b), (shape_a, shape_b) = rng.sample(list(COLOURS), 2), rng.choices(SHAPES, k=2)
+    big, small = rng.randint(18, 22), rng.randint(6, 10)
+    a_bigger = rng.random() < 0.5
+    r_a, r_b = (big, small) if a_bigger else (small, big)
+    a_left = rng.random() < 0.5
 
     def draw_geometry() -> Image.Image:
         image, pen = _canvas()
-        cx_circle, cx_square = (22, 62) if circle_left else (62, 22)
-        draw_shape(pen, "circle", (cx_circle - r_circle, 42 - r_circle, cx_circle + r_circle, 42 + r_circle), colour_a)
-        draw_shape(pen, "square", (cx_square - r_square, 42 - r_square, cx_square + r_square, 42 + r_square), colour_b)
+        x_a, x_b = (22, 62) if a_left else (62, 22)
+        draw_shape(pen, shape_a, (x_a - r_a, 42 - r_a, x_a + r_a, 42 + r_a), colour_a)
+        draw_shape(pen, shape_b, (x_b - r_b, 42 - r_b, x_b + r_b, 42 + r_b), colour_b)
         return image
 
-    answer, wrong = ("circle", "square") if circle_bigger else ("square", "circle")
+    name_a, name_b = f"{colour_a} {shape_a}", f"{colour_b} {shape_b}"
+    answer, wrong = (name_a, name_b) if a_bigger else (name_b, name_a)
     return Item(
-        ("r-geometry", colour_a, colour_b, r_circle, r_square, circle_left), "reasoning", "geometry",
-        "Which shape has the larger area, the circle or the square?",
+        ("r-geometry", name_a, name_b, r_a, r_b, a_left), "reasoning", "geometry",
+        f"Which shape has the larger area, the {name_a} or the {name_b}?",
         f"The {answer} is larger, so the {answer} has the larger area.",
         f"The {wrong} is larger, so the {wrong} has the larger area.", [draw_geometry],
     )  # fmt: skip
@@ -187,7 +178,7 @@ _FILLERS = (
 
 def _verbose(rng: random.Random, answer: str) -> str:
     loop = rng.choice(_FILLERS)
-    return " ".join([answer] + [loop, answer] * rng.randint(3, 6))
+    return " ".join([answer] + [loop, answer] * rng.randint(2, 4))
 
 
 def _general(rng: random.Random) -> Item:

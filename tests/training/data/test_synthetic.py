@@ -7,7 +7,7 @@ import hashlib
 from PIL import Image
 
 from training.data.schema import load_hf_dataset, read_records
-from training.data.synthetic import build_synthetic
+from training.data.synthetic import HALLUCINATION_SUBTYPES, build_synthetic
 
 SIZES = {"hallucination": 40, "reasoning": 20, "general": 10, "text": 10}
 HELD = {"hallucination": 20, "reasoning": 10, "general": 5}
@@ -35,7 +35,8 @@ def test_every_category_and_subtype_is_present_and_pairs_differ(tmp_path):
     records = list(read_records(train_dir))
     assert {r.category for r in records} == set(SIZES)
     subtypes = {r.meta["subtype"] for r in records if r.category == "hallucination"}
-    assert subtypes == {"colour", "shape", "position", "count"}
+    assert subtypes == set(HALLUCINATION_SUBTYPES) == {"colour", "count"}
+    assert {r.meta["subtype"] for r in records if r.category == "reasoning"} == {"bars", "geometry"}
     assert all(r.chosen != r.rejected for r in records)
     assert all(not r.images for r in records if r.category == "text")
     assert all(r.images for r in records if r.category != "text")
