@@ -50,8 +50,8 @@ class PreferenceRecord(BaseModel):
     def sample(self, response: str, root: Path | str | None = None, images: list[str] | None = None) -> Sample:
         """The conversation + ``response`` as a Sample; the images go at the start of the first user turn."""
         refs = images if images is not None else self.images
-        if root is not None:
-            refs = [str(Path(root) / ref) for ref in refs]
+        if root is not None:  # explicit file:// + absolute path: a relative one could read as base64
+            refs = [f"file://{(Path(root) / ref).resolve()}" for ref in refs]
         messages: list[Message] = []
         placed = False
         for turn in self.conversation:
