@@ -11,7 +11,7 @@ EXTRAS ?= dev,vllm
 $(VENV)/.installed: pyproject.toml requirements/overrides.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	test -x $(UV) || $(PY) -m pip install -q uv
-	$(UV) pip install --python $(PY) --override requirements/overrides.txt -e ".[$(EXTRAS)]"
+	$(UV) pip install --compile-bytecode --python $(PY) --override requirements/overrides.txt -e ".[$(EXTRAS)]"
 	touch $@
 
 dev: $(VENV)/.installed
