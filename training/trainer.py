@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,11 @@ class RewardTrainer:
         model.train()
         self.model = self.accelerator.prepare(model)
         self.report = parameter_report(self.unwrapped)
+        mode = self.accelerator.distributed_type.value
+        self.log(f"distributed: {mode}, {self.accelerator.num_processes} process(es)")
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and mode == "MULTI_CPU":
+            # accelerate (1.15) enables FSDP only for MULTI_GPU/NPU/XPU/...; on CPUs the run is plain DDP.
+            self.log("warning: FSDP needs accelerators in accelerate; on CPUs this run is data parallel (DDP)")
         self.log(
             "trainable parameters: "
             + ", ".join(f"{part} {c['trainable']:,}/{c['total']:,}" for part, c in self.report.items())
