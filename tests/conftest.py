@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import build_reward_checkpoint
+from tests.helpers import VLREWARD, build_reward_checkpoint
+
+
+@dataclass(frozen=True)
+class DefaultHome:
+    """A VLREWARD_HOME whose default model `vlreward bootstrap` built, and how long that took."""
+
+    home: Path
+    seconds: float
+    log: str
+
+    @property
+    def model(self) -> Path:
+        return self.home / "models" / "default"
+
+
+@pytest.fixture(scope="session")
+def default_home(tmp_path_factory: pytest.TempPathFactory) -> DefaultHome:
+    """`vlreward bootstrap` exactly as a user runs it, once per session (the slowest fixture: minutes)."""
+    home = tmp_path_factory.mktemp("home")
+    started = time.monotonic()
+    done = subprocess.run([VLREWARD, "bootstrap", "--home", str(home)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return DefaultHome(home, time.monotonic() - started, done.stdout + done.stderr)
 
 
 @pytest.fixture(scope="session")

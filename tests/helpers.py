@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -97,6 +98,10 @@ class LiveServer:
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                     return sample.value
         return 0.0
+
+
+# The console script of this environment (subprocess tests run the CLI exactly as users do).
+VLREWARD = str(Path(sys.executable).parent / "vlreward")
 
 
 def free_port() -> int:

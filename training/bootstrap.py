@@ -13,7 +13,7 @@ from tqdm import tqdm
 # The synthetic set of the default model (the held-out split is regenerated from the same seed by
 # `vlreward eval --benchmark synthetic`).
 SYNTHETIC_SEED = 0
-TRAIN_PER_CATEGORY = {"hallucination": 2000, "reasoning": 1000, "general": 500, "text": 500}
+TRAIN_PER_CATEGORY = {"hallucination": 3000, "reasoning": 3000, "general": 300, "text": 500}
 HELDOUT_PER_CATEGORY = {"hallucination": 200, "reasoning": 200, "general": 100}
 
 

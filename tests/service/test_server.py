@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,9 +18,7 @@ from service.backends.transformers import TransformersBackend
 from service.media import MediaPolicy
 from service.prepare import prepare_sample
 from service.schemas import Sample
-from tests.helpers import LiveServer, free_port, shape_image, uri, wait_ready
-
-VLREWARD = str(Path(sys.executable).parent / "vlreward")
+from tests.helpers import VLREWARD, LiveServer, free_port, shape_image, uri, wait_ready
 
 
 def test_burst_over_a_small_queue_gets_429_with_retry_after_then_recovers(hf_backend):
@@ -64,10 +61,10 @@ def test_a_client_that_disconnects_has_its_queued_samples_dropped(hf_backend):
         assert httpx.post(live.url + "/score", json={"items": [{"prompt": "a", "response": "b"}]}).status_code == 200
 
 
-def test_sigterm_during_load_completes_every_accepted_request_then_exits_0(tmp_path):
-    """`vlreward serve` with no --model: builds the embedded default model, serves, drains on SIGTERM."""
+def test_sigterm_during_load_completes_every_accepted_request_then_exits_0(default_home):
+    """`vlreward serve` with no --model serves the embedded default model; drains on SIGTERM."""
     port = free_port()
-    env = {**os.environ, "VLREWARD_HOME": str(tmp_path / "home"), "VLREWARD_MAX_WAIT_MS": "150"}
+    env = {**os.environ, "VLREWARD_HOME": str(default_home.home), "VLREWARD_MAX_WAIT_MS": "150"}
     process = subprocess.Popen([VLREWARD, "serve", "--port", str(port)], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -111,7 +108,7 @@ def test_sigterm_during_load_completes_every_accepted_request_then_exits_0(tmp_p
     in_flight_at_sigterm = [1 for start, end, _ in accepted if start < sigterm_at < end]
     assert in_flight_at_sigterm, "no request was in flight at SIGTERM; the test proved nothing"
 
-    backend = TransformersBackend(tmp_path / "home" / "models" / "default", device="cpu")
+    backend = TransformersBackend(default_home.model, device="cpu")
     expected = [
         backend.score_sync([prepare_sample(Sample.model_validate(s), backend.processor, MediaPolicy())])[0]
         for s in samples
