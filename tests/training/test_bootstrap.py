@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+
+import pytest
 
 from service.model.checkpoint import read_config
 from service.model.probe import read_probe
@@ -24,24 +27,47 @@ def test_bootstrap_builds_the_default_model_within_five_minutes(default_home):
     assert [stage["name"] for stage in info["recipe"]["stages"]] == ["stage1", "stage2"]
 
 
-def test_default_model_meets_its_targets_and_reads_the_image(default_home, tmp_path):
+def _eval_synthetic(model, output, backend: str = "hf") -> str:
+    """`vlreward eval --benchmark synthetic` as a user runs it; returns what it printed."""
+    command = [VLREWARD, "eval", "--benchmark", "synthetic", "--model", str(model), "--output", str(output)]
+    env = {**os.environ, "VLREWARD_VLLM_GPU_MEMORY_UTILIZATION": "0.2"}
+    done = subprocess.run([*command, "--backend", backend], capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _predictions(output) -> dict[str, list[float]]:
+    rows = [json.loads(line) for line in (output / "predictions.jsonl").read_text().splitlines()]
+    return {row["id"]: row["scores"] for row in rows}
+
+
+@pytest.fixture(scope="module")
+def hf_eval(default_home, tmp_path_factory):
+    output = tmp_path_factory.mktemp("eval-hf")
+    return output, _eval_synthetic(default_home.model, output)
+
+
+def test_default_model_meets_its_targets_and_reads_the_image(hf_eval):
     """>= 90% overall and >= 85% per category on the held-out set; with the image swapped for one that
     matches the rejected response, that response wins on >= 90% of hallucination pairs."""
-    command = [
-        VLREWARD,
-        "eval",
-        "--benchmark",
-        "synthetic",
-        "--model",
-        str(default_home.model),
-        "--output",
-        str(tmp_path),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert "Overall" in done.stdout and (tmp_path / "results.png").is_file()
+    output, printed = hf_eval
+    results = json.loads((output / "results.json").read_text())
+    assert "Overall" in printed and (output / "results.png").is_file()
     assert set(results["categories"]) == set(CATEGORIES)
     assert results["overall"] >= 0.90, results
     assert all(results["categories"][name] >= 0.85 for name in CATEGORIES), results
     assert results["extra_image_swap_hallucination"] >= 0.90, results
+
+
+def test_the_trained_default_model_scores_the_same_on_vllm(default_home, hf_eval, tmp_path):
+    """The exported model of a real training run: vLLM's CPU engine gives the transformers scores."""
+    hf_output, _ = hf_eval
+    _eval_synthetic(default_home.model, tmp_path, backend="vllm")
+    on_vllm, on_hf = _predictions(tmp_path), _predictions(hf_output)
+    assert on_vllm.keys() == on_hf.keys() and len(on_hf) == 500
+    worst = max(abs(a - b) for key in on_hf for a, b in zip(on_vllm[key], on_hf[key], strict=True))
+    assert worst <= 1e-4, worst
+    assert (
+        json.loads((tmp_path / "results.json").read_text())["categories"]
+        == json.loads((hf_output / "results.json").read_text())["categories"]
+    )
