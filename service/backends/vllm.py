@@ -123,6 +123,7 @@ class VLLMBackend:
         self.max_tokens = int(self.engine.model_config.max_model_len)
         """The engine's context length: the service's token limit cannot exceed it."""
         self._merge = self.processor.image_processor.merge_size
+        self._sync_loop: asyncio.AbstractEventLoop | None = None
         self._patch = self.processor.image_processor.patch_size
 
     # -- inputs -----------------------------------------------------------------------------------------
@@ -175,8 +176,12 @@ class VLLMBackend:
         return await self.run_batch([self.encode(s) for s in samples])
 
     def score_sync(self, samples: list[FormattedSample]) -> list[float]:
-        """Blocking scoring for offline tools (runs its own event loop)."""
-        return asyncio.run(self.score(samples))
+        """Blocking scoring for offline tools. AsyncLLM binds its output handler to the first event loop
+        that uses it (a second ``asyncio.run`` finds the engine "dead"), so every blocking call runs on
+        one loop kept for the backend's life."""
+        if self._sync_loop is None:
+            self._sync_loop = asyncio.new_event_loop()
+        return self._sync_loop.run_until_complete(self.score(samples))
 
     async def warm_up(self) -> float | None:
         """One real request before serving; verifies the checkpoint's probe when it has one."""
