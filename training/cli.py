@@ -9,9 +9,10 @@ import typer
 
 import service.cli
 from service.cli import app
-from training.default_model import build_default_model
+from training.bootstrap import bootstrap as run_bootstrap
 
-service.cli.default_model_builder = build_default_model
+# `vlreward serve` without --model builds the embedded default model by bootstrapping it.
+service.cli.default_model_builder = run_bootstrap
 
 
 @app.command("bootstrap-base")
@@ -39,7 +40,6 @@ def bootstrap(
 ) -> None:
     """Build the tiny base, generate synthetic data, train the two-stage recipe, export the default model."""
     from service.settings import Settings
-    from training.bootstrap import bootstrap as run_bootstrap
 
     settings = Settings(**({"home": home} if home else {}))
     run_bootstrap(settings.default_model_dir(), recipe=recipe)

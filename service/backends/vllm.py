@@ -123,8 +123,8 @@ class VLLMBackend:
         self.max_tokens = int(self.engine.model_config.max_model_len)
         """The engine's context length: the service's token limit cannot exceed it."""
         self._merge = self.processor.image_processor.merge_size
-        self._sync_loop: asyncio.AbstractEventLoop | None = None
         self._patch = self.processor.image_processor.patch_size
+        self._sync_loop: asyncio.AbstractEventLoop | None = None
 
     # -- inputs -----------------------------------------------------------------------------------------
 

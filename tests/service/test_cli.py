@@ -25,9 +25,9 @@ def test_the_default_model_is_built_on_first_start_only(tiny_reward, tmp_path, m
 
 def test_the_training_cli_installs_bootstrap_as_the_default_model_builder():
     import training.cli  # noqa: F401  (installs the builder)
-    from training.default_model import build_default_model
+    from training.bootstrap import bootstrap
 
-    assert service.cli.default_model_builder is build_default_model
+    assert service.cli.default_model_builder is bootstrap
 
 
 def test_an_explicit_model_is_served_as_given(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,7 @@ import pytest
 from service.media import MediaPolicy
 from service.offline import InputError, read_samples, score_file
 from service.prepare import prepare_sample
-from tests.helpers import COLOURS, shape_image, uri
-
-VLREWARD = str(Path(sys.executable).parent / "vlreward")
+from tests.helpers import COLOURS, VLREWARD, shape_image, uri
 
 
 def _write_inputs(folder: Path, n: int = 20) -> Path:

@@ -6,11 +6,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import psutil
@@ -21,9 +19,8 @@ from service.media import MediaPolicy
 from service.model.checkpoint import HEAD_BIAS, HEAD_WEIGHT, CheckpointError
 from service.prepare import prepare_sample
 from service.schemas import Sample
-from tests.helpers import COLOURS, LiveServer, free_port, shape_image, uri, wait_ready
+from tests.helpers import COLOURS, VLREWARD, LiveServer, free_port, shape_image, uri, wait_ready
 
-VLREWARD = str(Path(sys.executable).parent / "vlreward")
 TOLERANCE = 1e-4
 
 

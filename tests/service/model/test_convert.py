@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,10 +17,9 @@ from service.model.convert import convert_skywork
 from service.model.probe import read_probe
 from service.prepare import prepare_sample
 from service.schemas import Sample
-from tests.helpers import shape_image, uri
+from tests.helpers import VLREWARD, shape_image, uri
 
 BIAS = 0.375
-VLREWARD = str(Path(sys.executable).parent / "vlreward")  # the installed console script
 
 
 @pytest.fixture(scope="module")
