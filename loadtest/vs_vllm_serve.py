@@ -36,7 +36,7 @@ def _free_port() -> int:
 def _samples(n: int = 24) -> list[dict]:
     from PIL import Image, ImageDraw
 
-    from service.media import image_to_data_uri
+    from vlreward.service.media import image_to_data_uri
 
     colours = ["red", "green", "blue", "orange", "purple", "yellow"]
     samples = []
@@ -114,7 +114,7 @@ def main(
     print("command:", " ".join(["python -m loadtest.vs_vllm_serve", *sys.argv[1:]]), flush=True)
     if model is None:
         from tests.helpers import build_reward_checkpoint
-        from training.base_model import build_base_model
+        from vlreward.training.base_model import build_base_model
 
         work = Path(tempfile.mkdtemp(prefix="vs-vllm-"))
         model = build_reward_checkpoint(build_base_model(work / "base"), work / "reward")
@@ -125,7 +125,7 @@ def main(
 
     port = _free_port()
     env = {**os.environ, "VLREWARD_VLLM_GPU_MEMORY_UTILIZATION": "0.2", "VLREWARD_MAX_QUEUE": "100000"}
-    ours = _start([python, "-m", "training", "serve", "--backend", "vllm", "--model", str(model), "--port", str(port)],
+    ours = _start([python, "-m", "vlreward", "serve", "--backend", "vllm", "--model", str(model), "--port", str(port)],
                   f"http://127.0.0.1:{port}/ready", env)  # fmt: skip
     try:
         bodies = [{"items": [s]} for s in chosen]

@@ -23,12 +23,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.batching import BatchResult, DeadlineExceeded, Overloaded
-from service.errors import APIError, too_large
-from service.lifecycle import ServiceState
-from service.metrics import Metrics
-from service.prepare import prepare_items, prepare_rank, prepare_templated
-from service.schemas import (
+from vlreward.service.batching import BatchResult, DeadlineExceeded, Overloaded
+from vlreward.service.errors import APIError, too_large
+from vlreward.service.lifecycle import ServiceState
+from vlreward.service.metrics import Metrics
+from vlreward.service.prepare import prepare_items, prepare_rank, prepare_templated
+from vlreward.service.schemas import (
     ErrorResponse,
     GetRewardRequest,
     GetRewardResponse,
@@ -39,7 +39,7 @@ from service.schemas import (
     ScoreResponse,
     Usage,
 )
-from service.settings import Settings
+from vlreward.service.settings import Settings
 
 access_log = logging.getLogger("vlreward.access")
 SCORING_ENDPOINTS = ("/score", "/rank", "/get_reward")

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from service.metrics import Metrics
+from vlreward.service.metrics import Metrics
 
 log = logging.getLogger("vlreward.batching")
 
@@ -174,7 +174,7 @@ class Batcher:
         self._arrived.set()
         try:
             await asyncio.wait_for(asyncio.shield(job.future), timeout=timeout_s)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             job.cancelled = True
             self.metrics.rejected.labels(reason="timeout").inc()
             raise DeadlineExceeded(f"request did not finish within {timeout_s:g} s") from exc
@@ -195,7 +195,7 @@ class Batcher:
         started = time.monotonic()
         try:
             scores = await asyncio.wait_for(self.run_batch(list(items)), timeout=timeout_s)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             self.metrics.rejected.labels(reason="timeout").inc()
             raise DeadlineExceeded(f"request did not finish within {timeout_s:g} s") from exc
         except asyncio.CancelledError:
@@ -218,7 +218,7 @@ class Batcher:
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
 
     def _take_pending(self) -> list[_Entry]:

@@ -1,4 +1,8 @@
-"""The serving half of the ``vlreward`` command: score, convert (serve arrives with the HTTP service)."""
+"""The service's commands of ``vlreward``: serve, score and convert (assembled by :mod:`vlreward.cli`).
+
+This module imports only typer and the settings, so ``vlreward --help`` works without any extra; each
+command says in one line which extra it needs when that extra is missing.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,23 @@ from typing import Annotated
 
 import typer
 
-from service.settings import Settings
+from vlreward import extras
+from vlreward.service.settings import Settings
 
-app = typer.Typer(help="vlreward: train, evaluate and serve multimodal reward models.", no_args_is_help=True)
+app = typer.Typer()
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one line to stderr; the caller raises the returned exit (status 2, no traceback)."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def require_serve_extra(command: str) -> None:
+    """Stop with one line when the serve extra (torch, transformers, FastAPI, ...) is not installed."""
+    if not extras.installed("serve"):
+        missing = ", ".join(extras.missing("serve"))
+        raise fail(f"`vlreward {command}` needs the serve extra (missing: {missing}): {extras.install_hint('serve')}")
 
 
 @app.command()
@@ -24,8 +42,9 @@ def score(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
 ) -> None:
     """Score a JSONL file of samples offline (images as data URIs or paths relative to the file)."""
-    from service.backends import backend_options, create_backend
-    from service.offline import score_file
+    require_serve_extra("score")
+    from vlreward.service.backends import backend_options, create_backend
+    from vlreward.service.offline import score_file
 
     settings = Settings(backend=backend, dtype=dtype, device=device, max_batch_size=batch_size)
     engine = create_backend(backend, str(model), **backend_options(settings))
@@ -41,8 +60,9 @@ def convert(
     probe_device: Annotated[str, typer.Option(help="Device used to compute the start-up probe.")] = "auto",
 ) -> None:
     """Convert a published reward model into the vlreward checkpoint contract, with a probe."""
-    from service.backends.transformers import TransformersBackend
-    from service.model.convert import SOURCES, convert_skywork
+    require_serve_extra("convert")
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.model.convert import SOURCES, convert_skywork
 
     if from_ not in SOURCES:
         raise typer.BadParameter(f"unknown source layout {from_!r}; choose one of {', '.join(SOURCES)}")
@@ -51,8 +71,9 @@ def convert(
     typer.echo(f"converted {source} -> {destination} (probe score {probe.score:.6f})", err=True)
 
 
-# Builds the embedded default model into a directory; set by the training CLI, which owns the recipe.
-default_model_builder: Callable[[Path], None] | None = None
+# Builds the embedded default model into a directory. Training owns the recipe, so :mod:`vlreward.cli`
+# sets this to training's bootstrap when the train extra is installed; the service never imports training.
+default_model_builder: Callable[[Path], object] | None = None
 
 
 def resolve_model(settings: Settings) -> Path:
@@ -62,7 +83,10 @@ def resolve_model(settings: Settings) -> Path:
     path = settings.default_model_dir()
     if not (path / "config.json").is_file():
         if default_model_builder is None:
-            raise typer.BadParameter("no --model given and no default-model builder is installed")
+            raise fail(
+                f"no --model given and the embedded default model is not built yet ({path}): pass --model DIR "
+                f"(a vlreward checkpoint), or install the train extra to build it ({extras.install_hint('train')})"
+            )
         typer.echo(f"building the embedded default model in {path} (first start only)", err=True)
         default_model_builder(path)
     return path
@@ -93,9 +117,10 @@ def serve(
     vllm_enforce_eager: Annotated[bool | None, typer.Option(help="vLLM without CUDA graphs.")] = None,
 ) -> None:
     """Serve /score, /rank and /get_reward over HTTP. Every setting also reads VLREWARD_<NAME>."""
-    from service.server import run
+    overrides = {k: v for k, v in locals().items() if v is not None}
+    require_serve_extra("serve")
+    from vlreward.service.server import run
 
-    overrides = {k: v for k, v in locals().items() if v is not None and k != "run"}
     settings = Settings(**overrides)
     settings = settings.model_copy(update={"model": resolve_model(settings)})
     raise typer.Exit(run(settings))

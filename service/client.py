@@ -1,6 +1,6 @@
 """A small Python client for a running vlreward server (httpx only; no torch, no transformers).
 
-from service.client import RewardClient
+from vlreward.service.client import RewardClient
 with RewardClient("http://127.0.0.1:8000") as client:
     client.score([{"prompt": "2+2?", "response": "4"}]).scores
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from service.schemas import GetRewardResponse, RankResponse, ScoreResponse
+from vlreward.service.schemas import GetRewardResponse, RankResponse, ScoreResponse
 
 DEFAULT_TIMEOUT_S = 180.0
 

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from service.batching import Batcher
-from service.errors import APIError
-from service.media import MediaPolicy
-from service.metrics import Metrics
-from service.prepare import Limits
-from service.settings import Settings
+from vlreward.service.batching import Batcher
+from vlreward.service.errors import APIError
+from vlreward.service.media import MediaPolicy
+from vlreward.service.metrics import Metrics
+from vlreward.service.prepare import Limits
+from vlreward.service.settings import Settings
 
 log = logging.getLogger("vlreward")
 
@@ -65,7 +65,7 @@ class ServiceState:
         settings = self.settings
         try:
             if self.backend is None:
-                from service.backends import backend_options, create_backend
+                from vlreward.service.backends import backend_options, create_backend
 
                 log.info("loading %s with the %s backend", settings.model, settings.backend)
                 self.backend = await asyncio.to_thread(

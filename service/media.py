@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from service.errors import APIError
+from vlreward.service.errors import APIError
 
 # Bare base64 of a JPEG starts with "/9j/": a "/"-string made only of base64 characters is base64,
 # anything else starting with "/" (a "." or "-" in a file name, say) is a path. `file://` is explicit.

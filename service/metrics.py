@@ -11,7 +11,7 @@ _SCORE_BUCKETS = (-10.0, -5.0, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 
 
 
 class Metrics:
-    """The service's metrics, named as in DESIGN.md."""
+    """The service's metrics (names and labels are a contract: dashboards and alert rules query them)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()

@@ -9,10 +9,10 @@ from pathlib import Path
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from service.backends.base import Backend
-from service.media import MediaError, MediaPolicy
-from service.prepare import prepare_sample
-from service.schemas import Sample
+from vlreward.service.backends.base import Backend
+from vlreward.service.media import MediaError, MediaPolicy
+from vlreward.service.prepare import prepare_sample
+from vlreward.service.schemas import Sample
 
 
 class InputError(ValueError):

@@ -1,7 +1,7 @@
 """Sample -> model input: decode images (media), apply the chat template (formatting), encode, check limits.
 
 Runs in a worker thread (image decoding and preprocessing are CPU work). Every error is an
-:class:`~service.errors.APIError` located at the request field it concerns.
+:class:`~vlreward.service.errors.APIError` located at the request field it concerns.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from service.errors import APIError, too_large
-from service.media import MediaError, MediaPolicy, load_image
-from service.model.formatting import FormattedSample, FormattingError, format_sample, format_templated
-from service.schemas import Sample, TextPart
+from vlreward.service.errors import APIError, too_large
+from vlreward.service.media import MediaError, MediaPolicy, load_image
+from vlreward.service.model.formatting import FormattedSample, FormattingError, format_sample, format_templated
+from vlreward.service.schemas import Sample, TextPart
 
 Truncate = Literal["none", "prompt_left"]
 

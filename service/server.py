@@ -16,9 +16,9 @@ from types import FrameType
 
 import uvicorn
 
-from service.app import create_app
-from service.lifecycle import ServiceState
-from service.settings import Settings
+from vlreward.service.app import create_app
+from vlreward.service.lifecycle import ServiceState
+from vlreward.service.settings import Settings
 
 log = logging.getLogger("vlreward")
 

@@ -38,7 +38,7 @@ def default_home(tmp_path_factory: pytest.TempPathFactory) -> DefaultHome:
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.base_model import build_base_model
+    from vlreward.training.base_model import build_base_model
 
     return build_base_model(tmp_path_factory.mktemp("models") / "tiny-base", size="tiny", seed=0)
 
@@ -51,7 +51,7 @@ def tiny_reward(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="session")
 def hf_backend(tiny_reward: Path):
-    from service.backends.transformers import TransformersBackend
+    from vlreward.service.backends.transformers import TransformersBackend
 
     torch.manual_seed(0)
     return TransformersBackend(tiny_reward, dtype="float32", device="cpu")

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from service.media import image_to_data_uri
-from training.data.synthetic import COLOURS, draw_shape
+from vlreward.service.media import image_to_data_uri
+from vlreward.training.data.synthetic import COLOURS, draw_shape
 
 __all__ = ["COLOURS", "LiveServer", "build_reward_checkpoint", "free_port", "shape_image", "uri", "wait_ready"]
 
@@ -28,9 +28,9 @@ def uri(image: Image.Image) -> str:
 
 def build_reward_checkpoint(base_dir: Path, out_dir: Path, bias: float | None = None, seed: int = 1) -> Path:
     """Base model + random head (+ bias) saved in the checkpoint contract, with a probe."""
-    from service.backends.transformers import TransformersBackend
-    from service.model.checkpoint import save_reward_model
-    from training.model import reward_model_from_base
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.model.checkpoint import save_reward_model
+    from vlreward.training.model import reward_model_from_base
 
     model, processor = reward_model_from_base(base_dir, head_bias=bias is not None, seed=seed)
     if bias is not None:
@@ -47,7 +47,7 @@ class LiveServer:
     def __init__(self, backend=None, **settings):
         import socket
 
-        from service.settings import Settings
+        from vlreward.service.settings import Settings
 
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -63,7 +63,7 @@ class LiveServer:
         import httpx
         import uvicorn
 
-        from service.app import create_app
+        from vlreward.service.app import create_app
 
         self.app = create_app(self.settings, self.backend)
         self.state = self.app.state.service

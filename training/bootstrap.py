@@ -19,12 +19,12 @@ HELDOUT_PER_CATEGORY = {"hallucination": 200, "reasoning": 200, "general": 100}
 
 def bootstrap(destination: Path, recipe: str = "tiny", workdir: Path | None = None) -> dict:
     """Build, train and export the default model into ``destination``; returns the held-out metrics."""
-    from training.base_model import build_base_model
-    from training.config import load_recipe
-    from training.data.synthetic import build_synthetic
-    from training.export import export_model
-    from training.model import reward_model_from_base
-    from training.trainer import RewardTrainer
+    from vlreward.training.base_model import build_base_model
+    from vlreward.training.config import load_recipe
+    from vlreward.training.data.synthetic import build_synthetic
+    from vlreward.training.export import export_model
+    from vlreward.training.model import reward_model_from_base
+    from vlreward.training.trainer import RewardTrainer
 
     started = time.monotonic()
     destination = Path(destination)

@@ -1,4 +1,7 @@
-"""The full ``vlreward`` command: the service's commands plus training's."""
+"""Training's commands of ``vlreward`` (joined to the command by :mod:`vlreward.cli` when the train extra is installed).
+
+train, export, bootstrap, bootstrap-base, eval, pairs and ``data synthetic|convert|clean``.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,9 @@ from typing import Annotated
 
 import typer
 
-import service.cli
-from service.cli import app
-from training.bootstrap import bootstrap as run_bootstrap
+from vlreward.training.bootstrap import bootstrap as run_bootstrap
 
-# `vlreward serve` without --model builds the embedded default model by bootstrapping it.
-service.cli.default_model_builder = run_bootstrap
+app = typer.Typer()
 
 
 @app.command("bootstrap-base")
@@ -22,15 +22,12 @@ def bootstrap_base(
     seed: Annotated[int, typer.Option(help="Seed for the tokenizer corpus and the weights.")] = 0,
 ) -> None:
     """Write a self-contained tiny Qwen2.5-VL base model (random weights, no download)."""
-    from training.base_model import SIZES, build_base_model
+    from vlreward.training.base_model import SIZES, build_base_model
 
     if size not in SIZES:
         raise typer.BadParameter(f"size must be one of {', '.join(SIZES)}")
     build_base_model(out_dir, size=size, seed=seed)
     typer.echo(f"wrote {size} base model to {out_dir}", err=True)
-
-
-__all__ = ["app"]
 
 
 @app.command()
@@ -39,7 +36,7 @@ def bootstrap(
     recipe: Annotated[str, typer.Option(help="Recipe name or YAML file.")] = "tiny",
 ) -> None:
     """Build the tiny base, generate synthetic data, train the two-stage recipe, export the default model."""
-    from service.settings import Settings
+    from vlreward.service.settings import Settings
 
     settings = Settings(**({"home": home} if home else {}))
     run_bootstrap(settings.default_model_dir(), recipe=recipe)
@@ -55,14 +52,14 @@ def train(
     resume: Annotated[Path | None, typer.Option(help="Checkpoint folder to resume from.")] = None,
 ) -> None:
     """Train a reward model (run under `accelerate launch` / `torchrun` for several processes)."""
-    from training.config import load_recipe
-    from training.model import reward_model_from_base
-    from training.trainer import RewardTrainer
+    from vlreward.training.config import load_recipe
+    from vlreward.training.model import reward_model_from_base
+    from vlreward.training.trainer import RewardTrainer
 
     config = load_recipe(recipe)
     base_dir = base or Path(config.base_model)
     if str(base_dir) in ("tiny", "bench"):
-        from training.base_model import build_base_model
+        from vlreward.training.base_model import build_base_model
 
         base_dir = build_base_model(output / "base", size=str(base_dir))
     model, processor = reward_model_from_base(base_dir, seed=config.seed)
@@ -78,7 +75,7 @@ def export(
     base: Annotated[Path | None, typer.Option(help="Base model directory (default: the run's).")] = None,
 ) -> None:
     """Export a training checkpoint into the vlreward checkpoint contract, with its probe."""
-    from training.export import export_checkpoint
+    from vlreward.training.export import export_checkpoint
 
     base_dir = base or Path((checkpoint.parent / "base_model.txt").read_text().strip())
     probe = export_checkpoint(base_dir, checkpoint, output)
@@ -98,13 +95,13 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N pairs only.")] = None,
 ) -> None:
     """Evaluate a reward model; prints the table and writes it as JSON, markdown and PNG. Resumable."""
-    from training.evaluate import evaluate_synthetic, recompute, run_benchmark
+    from vlreward.training.evaluate import evaluate_synthetic, recompute, run_benchmark
 
     if predictions is not None:
         recompute(benchmark, predictions, output)
     elif benchmark == "synthetic":
-        from service.backends import backend_options, create_backend
-        from service.settings import Settings
+        from vlreward.service.backends import backend_options, create_backend
+        from vlreward.service.settings import Settings
 
         model_dir = model or Settings().default_model_dir()
         settings = Settings(backend=backend)
@@ -122,17 +119,17 @@ def evaluate(
 def _scorer(model: Path | None, url: str | None, api_key: str | None, backend: str):
     """(score a list of Sample dicts, model label, checkpoint hash) in-process or through a server."""
     if url is not None:
-        from service.client import RewardClient
+        from vlreward.service.client import RewardClient
 
         client = RewardClient(url, api_key=api_key)
         info = client.info()
         return (lambda samples: client.score(samples).scores), info["model"], info.get("checkpoint_hash")
-    from service.backends import backend_options, create_backend
-    from service.media import MediaPolicy
-    from service.model.checkpoint import checkpoint_hash, model_name
-    from service.prepare import prepare_sample
-    from service.schemas import Sample
-    from service.settings import Settings
+    from vlreward.service.backends import backend_options, create_backend
+    from vlreward.service.media import MediaPolicy
+    from vlreward.service.model.checkpoint import checkpoint_hash, model_name
+    from vlreward.service.prepare import prepare_sample
+    from vlreward.service.schemas import Sample
+    from vlreward.service.settings import Settings
 
     engine = create_backend(backend, str(model), **backend_options(Settings(backend=backend)))
     policy = MediaPolicy()
@@ -154,8 +151,8 @@ def data_synthetic(
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
 ) -> None:
     """Generate the synthetic preference set (the default model's data)."""
-    from training.bootstrap import HELDOUT_PER_CATEGORY, TRAIN_PER_CATEGORY
-    from training.data.synthetic import build_synthetic
+    from vlreward.training.bootstrap import HELDOUT_PER_CATEGORY, TRAIN_PER_CATEGORY
+    from vlreward.training.data.synthetic import build_synthetic
 
     train_dir, heldout_dir = build_synthetic(output, TRAIN_PER_CATEGORY, HELDOUT_PER_CATEGORY, seed=seed)
     typer.echo(f"wrote {train_dir} and {heldout_dir}", err=True)
@@ -169,8 +166,8 @@ def data_convert(
     images: Annotated[Path | None, typer.Option(help="Folder the rows' relative image paths point into.")] = None,
 ) -> None:
     """Convert a public source's rows into preference records."""
-    from training.data.schema import write_records
-    from training.data.sources import convert
+    from vlreward.training.data.schema import write_records
+    from vlreward.training.data.sources import convert
 
     records = convert(source, input, output, images_root=images)
     write_records(records, output)
@@ -189,14 +186,14 @@ def data_clean(
     regenerate_model: Annotated[str, typer.Option(help="Model name at that endpoint.")] = "default",
 ) -> None:
     """Drop ties, exact and near duplicates; optionally flag (and regenerate) weak pairs. Prints counts."""
-    from training.data.cleaning import clean, regenerate_chosen, score_pairs, surrogate_flags, write_flags
-    from training.data.schema import read_records, write_records
+    from vlreward.training.data.cleaning import clean, regenerate_chosen, score_pairs, surrogate_flags, write_flags
+    from vlreward.training.data.schema import read_records, write_records
 
     kept, reports = clean(list(read_records(input)), input, near_threshold)
     for report in reports:
         typer.echo(f"{report.step}: {report.count_in} -> {report.count_out} (removed {report.removed})")
     if surrogate_model is not None:
-        from service.backends import create_backend
+        from vlreward.service.backends import create_backend
 
         backend = create_backend("hf", str(surrogate_model), device="auto")
         kept, flags = surrogate_flags(kept, score_pairs(backend, kept, input), low_percentile, margin_percentile)
@@ -225,8 +222,8 @@ def pairs(
     """Score sampled responses and write preference pairs (prompt, chosen, rejected, images, scores)."""
     import json
 
-    from service.schemas import RankRequest
-    from training.pairs import build_pairs, write_pairs
+    from vlreward.service.schemas import RankRequest
+    from vlreward.training.pairs import build_pairs, write_pairs
 
     if (model is None) == (url is None):
         raise typer.BadParameter("give exactly one of --model or --url")

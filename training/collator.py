@@ -1,6 +1,6 @@
 """Preference pairs -> model input: chosen and rejected of every pair in one padded batch.
 
-Formatting and encoding are the service's (``service.model.formatting`` / ``encoding``): a trained
+Formatting and encoding are the service's (``vlreward.service.model.formatting`` / ``encoding``): a trained
 model sees exactly the input it will be served with.
 """
 
@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from service.media import MediaPolicy
-from service.model.encoding import EncodedSample, collate, encode_shared
-from service.prepare import prepare_sample
-from training.data.schema import PreferenceRecord
+from vlreward.service.media import MediaPolicy
+from vlreward.service.model.encoding import EncodedSample, collate, encode_shared
+from vlreward.service.prepare import prepare_sample
+from vlreward.training.data.schema import PreferenceRecord
 
 
 def encode_pair(record: PreferenceRecord, root: Path, processor: Any) -> tuple[EncodedSample, EncodedSample]:

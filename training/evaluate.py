@@ -1,7 +1,7 @@
 """Pairwise evaluation: per-item scores, accuracy tables (markdown + JSON), a PNG per category.
 
 A pair is correct only when the preferred response scores strictly higher; ties count as wrong.
-Output files follow DESIGN.md ("Evaluation outputs").
+Output files: ``results.json``, ``results.md``, ``predictions.jsonl`` and a PNG per category.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from service.media import MediaPolicy
-from service.model.checkpoint import checkpoint_hash, model_name
-from service.prepare import prepare_sample
-from training.data.schema import PreferenceRecord, read_records
+from vlreward.service.media import MediaPolicy
+from vlreward.service.model.checkpoint import checkpoint_hash, model_name
+from vlreward.service.prepare import prepare_sample
+from vlreward.training.data.schema import PreferenceRecord, read_records
 
 
 def score_records(
@@ -61,7 +61,7 @@ def accuracy_tables(categories: list[str], scores: list[tuple[float, float]]) ->
 
 def _table_columns(results: dict[str, Any]) -> list[tuple[str, float]]:
     """(label, value) cells of the headline table, in the benchmark paper's layout."""
-    from training.benchmarks import COLUMNS
+    from vlreward.training.benchmarks import COLUMNS
 
     categories = results["categories"]
     names = [n for n in COLUMNS.get(results["benchmark"], []) if n in categories]
@@ -121,8 +121,8 @@ def _plot(cells: list[tuple[str, float]], title: str, path: Path) -> None:
 def evaluate_synthetic(backend: Any, model_dir: Path, output_dir: Path, seed: int | None = None) -> dict[str, Any]:
     """Our held-out synthetic set (regenerated from its seed): per-category accuracy, plus the image-swap
     check on hallucination pairs (with the image matching the rejected response, is it preferred?)."""
-    from training.bootstrap import HELDOUT_PER_CATEGORY, SYNTHETIC_SEED
-    from training.data.synthetic import generate
+    from vlreward.training.bootstrap import HELDOUT_PER_CATEGORY, SYNTHETIC_SEED
+    from vlreward.training.data.synthetic import generate
 
     with tempfile.TemporaryDirectory(prefix="vlreward-heldout-") as folder:
         root = Path(folder)
@@ -174,7 +174,7 @@ def run_benchmark(
     batch_pairs: int = 16,
 ) -> dict[str, Any]:
     """Score a benchmark's pairs (resuming from saved predictions), then write its tables."""
-    from training.benchmarks import load_pairs, tables
+    from vlreward.training.benchmarks import load_pairs, tables
 
     pairs = load_pairs(benchmark, data)[:limit]
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -200,7 +200,7 @@ def run_benchmark(
 
 def recompute(benchmark: str, predictions: Path, output_dir: Path, model: str = "predictions") -> dict[str, Any]:
     """All tables again from saved per-item scores; no model needed."""
-    from training.benchmarks import EvalPair, tables
+    from vlreward.training.benchmarks import EvalPair, tables
 
     rows = list(read_predictions(predictions).values())
     pairs = [

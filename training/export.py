@@ -8,16 +8,16 @@ from typing import Any
 
 from safetensors.torch import load_file
 
-from service.model.checkpoint import save_reward_model
-from service.model.probe import Probe
-from training.model import reward_model_from_base
+from vlreward.service.model.checkpoint import save_reward_model
+from vlreward.service.model.probe import Probe
+from vlreward.training.model import reward_model_from_base
 
 TRAINING_INFO_FILE = "vlreward_training.json"
 
 
 def export_model(model: Any, processor: Any, output_dir: Path, info: dict | None = None) -> Probe:
     """Save in the contract, then score the probe with the transformers backend and store it."""
-    from service.backends.transformers import TransformersBackend
+    from vlreward.service.backends.transformers import TransformersBackend
 
     output_dir = Path(output_dir)
     was_training = model.training

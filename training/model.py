@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from service.model.checkpoint import build_model, load_weights, read_checkpoint_tensors, read_config
+from vlreward.service.model.checkpoint import build_model, load_weights, read_checkpoint_tensors, read_config
 
 
 def reward_model_from_base(

@@ -22,11 +22,11 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 from transformers import get_scheduler
 
-from service.model.encoding import EncodedSample
-from training.collator import PairCollator, PairDataset
-from training.config import StageConfig, TrainConfig
-from training.data.schema import PreferenceRecord, read_records
-from training.model import freeze_vision_encoder, parameter_groups, parameter_report
+from vlreward.service.model.encoding import EncodedSample
+from vlreward.training.collator import PairCollator, PairDataset
+from vlreward.training.config import StageConfig, TrainConfig
+from vlreward.training.data.schema import PreferenceRecord, read_records
+from vlreward.training.model import freeze_vision_encoder, parameter_groups, parameter_report
 
 STATE_FILE = "trainer_state.json"
 

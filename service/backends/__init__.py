@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from service.backends.base import Backend
+from vlreward.service.backends.base import Backend
 
 if TYPE_CHECKING:
-    from service.settings import Settings
+    from vlreward.service.settings import Settings
 
 BACKENDS = ("hf", "vllm")
 
@@ -15,11 +15,11 @@ BACKENDS = ("hf", "vllm")
 def create_backend(name: str, model_dir: str, **options: Any) -> Backend:
     """Build the named backend around a checkpoint directory."""
     if name == "hf":
-        from service.backends.transformers import TransformersBackend
+        from vlreward.service.backends.transformers import TransformersBackend
 
         return TransformersBackend(model_dir, **options)
     if name == "vllm":
-        from service.backends.vllm import VLLMBackend
+        from vlreward.service.backends.vllm import VLLMBackend
 
         return VLLMBackend(model_dir, **options)
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
@@ -36,7 +36,7 @@ def backend_options(settings: Settings) -> dict[str, Any]:
         "max_pixels": settings.max_pixels,
     }
     if settings.backend == "vllm":
-        from service.backends.vllm import EngineSettings
+        from vlreward.service.backends.vllm import EngineSettings
 
         options["max_images"] = settings.max_images
         options["engine"] = EngineSettings(

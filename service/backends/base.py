@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from service.media import MediaPolicy
-from service.model.checkpoint import checkpoint_hash, model_name
-from service.model.encoding import pixel_bounds
-from service.model.formatting import FormattedSample
-from service.model.probe import read_probe, verify_probe
-from service.prepare import prepare_sample
-from service.schemas import Sample
+from vlreward.service.media import MediaPolicy
+from vlreward.service.model.checkpoint import checkpoint_hash, model_name
+from vlreward.service.model.encoding import pixel_bounds
+from vlreward.service.model.formatting import FormattedSample
+from vlreward.service.model.probe import read_probe, verify_probe
+from vlreward.service.prepare import prepare_sample
+from vlreward.service.schemas import Sample
 
 WARM_UP_SAMPLE = {"prompt": "warm-up", "response": "ok"}
 

@@ -9,12 +9,12 @@ from typing import Any, Literal
 
 import torch
 
-from service.backends.base import backend_facts, probe_warm_up
-from service.batching import plan_batches
-from service.model.checkpoint import load_reward_model
-from service.model.encoding import EncodedSample, encode, encode_shared, set_pixel_bounds
-from service.model.formatting import FormattedSample
-from service.model.probe import Probe, probe_sample, read_probe, verify_probe, write_probe
+from vlreward.service.backends.base import backend_facts, probe_warm_up
+from vlreward.service.batching import plan_batches
+from vlreward.service.model.checkpoint import load_reward_model
+from vlreward.service.model.encoding import EncodedSample, encode, encode_shared, set_pixel_bounds
+from vlreward.service.model.formatting import FormattedSample
+from vlreward.service.model.probe import Probe, probe_sample, read_probe, verify_probe, write_probe
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -92,9 +92,9 @@ class TransformersBackend:
 
     def score_request_sample(self, sample: dict) -> float:
         """Score one sample given in the HTTP JSON shape (inline images only)."""
-        from service.media import MediaPolicy
-        from service.prepare import prepare_sample
-        from service.schemas import Sample
+        from vlreward.service.media import MediaPolicy
+        from vlreward.service.prepare import prepare_sample
+        from vlreward.service.schemas import Sample
 
         formatted = prepare_sample(Sample.model_validate(sample), self.processor, MediaPolicy())
         return self.score_sync([formatted])[0]

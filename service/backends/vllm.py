@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.backends.base import backend_facts, probe_warm_up
-from service.model.checkpoint import (
+from vlreward.service.backends.base import backend_facts, probe_warm_up
+from vlreward.service.model.checkpoint import (
     HEAD_WEIGHT,
     REWARD_ARCHITECTURE,
     CheckpointError,
     read_config,
     weight_files,
 )
-from service.model.formatting import FormattedSample
+from vlreward.service.model.formatting import FormattedSample
 
 
 @dataclass
@@ -89,7 +89,7 @@ class VLLMBackend:
         from vllm.config import PoolerConfig
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from service.model.encoding import pixel_bounds, set_pixel_bounds
+        from vlreward.service.model.encoding import pixel_bounds, set_pixel_bounds
 
         self.model_dir = Path(model_dir)
         require_reward_head(self.model_dir)
@@ -157,7 +157,7 @@ class VLLMBackend:
             prompt["multi_modal_data"] = {"image": item.images}
         from vllm.exceptions import VLLMValidationError
 
-        from service.errors import APIError
+        from vlreward.service.errors import APIError
 
         params = PoolingParams(task="classify", use_activation=False)
         final = None

@@ -8,7 +8,7 @@ A reward checkpoint is a Hugging Face directory with
   ``model.language_model.*``/``model.visual.*``; both load) and the head as
   ``language_model.score.weight`` (+ optional ``language_model.score.bias``), the names vLLM loads;
 - tokenizer, chat template and image-processor files;
-- ``vlreward_probe.json`` (see :mod:`service.model.probe`).
+- ``vlreward_probe.json`` (see :mod:`vlreward.service.model.probe`).
 Loading refuses a checkpoint whose head is missing or whose weights do not all fit the model.
 """
 
@@ -106,7 +106,7 @@ def build_model(config: Any, head_bias: bool, device: str | torch.device = "cpu"
     """An uninitialised reward model (weights are loaded right after, so no random init is run)."""
     from transformers.initialization import no_init_weights
 
-    from service.model.reward_model import Qwen2_5_VLRewardModel
+    from vlreward.service.model.reward_model import Qwen2_5_VLRewardModel
 
     with no_init_weights(), torch.device(device):
         return Qwen2_5_VLRewardModel(config, head_bias=head_bias)

@@ -1,10 +1,10 @@
-"""Import published reward checkpoints into the contract of :mod:`service.model.checkpoint`."""
+"""Import published reward checkpoints into the contract of :mod:`vlreward.service.model.checkpoint`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from service.model.checkpoint import (
+from vlreward.service.model.checkpoint import (
     HEAD_BIAS,
     HEAD_WEIGHT,
     CheckpointError,

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import torch
 
-from service.model.formatting import FormattedSample
+from vlreward.service.model.formatting import FormattedSample
 
 
 @dataclass

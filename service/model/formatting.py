@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from service.schemas import ImagePart, Sample
+from vlreward.service.schemas import ImagePart, Sample
 
 if TYPE_CHECKING:
     from PIL import Image

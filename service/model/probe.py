@@ -33,7 +33,7 @@ def probe_sample() -> dict:
     """A fixed two-image sample; drawn here so that it needs no stored files."""
     from PIL import Image, ImageDraw
 
-    from service.media import image_to_data_uri
+    from vlreward.service.media import image_to_data_uri
 
     first = Image.new("RGB", (96, 64), (20, 40, 160))
     ImageDraw.Draw(first).ellipse((20, 10, 60, 50), fill=(220, 30, 30))

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
 
-from service.model.encoding import EncodedSample, collate
+from vlreward.service.model.encoding import EncodedSample, collate
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

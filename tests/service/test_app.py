@@ -11,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from service.media import MediaPolicy
-from service.model.encoding import encode
-from service.model.formatting import IMAGE_PAD, format_sample
-from service.prepare import prepare_sample
-from service.schemas import Sample
 from tests.helpers import COLOURS, LiveServer, shape_image, uri
+from vlreward.service.media import MediaPolicy
+from vlreward.service.model.encoding import encode
+from vlreward.service.model.formatting import IMAGE_PAD, format_sample
+from vlreward.service.prepare import prepare_sample
+from vlreward.service.schemas import Sample
 
 TOLERANCE = 1e-5
 

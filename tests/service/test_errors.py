@@ -1,4 +1,4 @@
-"""Every error of DESIGN.md, produced for real: status, type and the field it names."""
+"""Every error the HTTP API documents (README, "HTTP API"), produced for real: status, type and the field it names."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import time
 import httpx
 import pytest
 
-from service.model.formatting import IMAGE_PAD
 from tests.helpers import LiveServer, shape_image, uri
 from tests.service.test_media import bomb_png
+from vlreward.service.model.formatting import IMAGE_PAD
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import zlib
 import pytest
 from PIL import Image
 
-from service.media import MediaError, MediaPolicy, load_image
 from tests.helpers import shape_image, uri
+from vlreward.service.media import MediaError, MediaPolicy, load_image
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -129,7 +129,7 @@ def test_redirects_are_checked_again(url_server):
 def test_redirect_to_a_private_address_is_refused_when_private_is_not_allowed(url_server, monkeypatch):
     # The first hop is allowed through a private-address exemption for this loopback server only;
     # the redirect target (the metadata address) must be refused before any connection.
-    import service.media as media
+    import vlreward.service.media as media
 
     real = media.resolve_public_address
     calls = []

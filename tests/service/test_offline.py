@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from service.media import MediaPolicy
-from service.offline import InputError, read_samples, score_file
-from service.prepare import prepare_sample
 from tests.helpers import COLOURS, VLREWARD, shape_image, uri
+from vlreward.service.media import MediaPolicy
+from vlreward.service.offline import InputError, read_samples, score_file
+from vlreward.service.prepare import prepare_sample
 
 
 def _write_inputs(folder: Path, n: int = 20) -> Path:

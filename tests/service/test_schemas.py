@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.schemas import Sample
+from vlreward.service.schemas import Sample
 
 
 def test_prompt_form_image_shorthand_and_list():

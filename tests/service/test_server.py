@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from service.backends.transformers import TransformersBackend
-from service.media import MediaPolicy
-from service.prepare import prepare_sample
-from service.schemas import Sample
 from tests.helpers import VLREWARD, LiveServer, free_port, shape_image, uri, wait_ready
+from vlreward.service.backends.transformers import TransformersBackend
+from vlreward.service.media import MediaPolicy
+from vlreward.service.prepare import prepare_sample
+from vlreward.service.schemas import Sample
 
 
 def test_burst_over_a_small_queue_gets_429_with_retry_after_then_recovers(hf_backend):
@@ -131,7 +131,7 @@ def test_a_checkpoint_without_head_makes_serve_exit_1(tiny_base):
 def test_python_client_returns_typed_results_and_raises_typed_errors(hf_backend, asynchronous):
     import asyncio
 
-    from service.client import AsyncRewardClient, InvalidRequest, RewardClient, Unauthorized
+    from vlreward.service.client import AsyncRewardClient, InvalidRequest, RewardClient, Unauthorized
 
     with LiveServer(hf_backend, api_keys="secret") as live:
         sample = {"prompt": "Colour?", "response": "Red.", "image": uri(shape_image())}
@@ -165,5 +165,5 @@ def test_python_client_returns_typed_results_and_raises_typed_errors(hf_backend,
 
 
 def test_client_module_imports_neither_torch_nor_transformers():
-    code = "import sys, service.client; sys.exit(int('torch' in sys.modules or 'transformers' in sys.modules))"
+    code = "import sys, vlreward.service.client; sys.exit(int('torch' in sys.modules or 'transformers' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

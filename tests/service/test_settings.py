@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.settings import Settings
+from vlreward.service.settings import Settings
 
 
 def test_environment_variables_fill_the_settings(monkeypatch, tmp_path):

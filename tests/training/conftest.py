@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.data.synthetic import build_synthetic
+from vlreward.training.data.synthetic import build_synthetic
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ import torch
 from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from typer.testing import CliRunner
 
-from training.base_model import QWEN_SPECIAL_TOKENS, SIZES
-from training.cli import app
+from vlreward.training.base_model import QWEN_SPECIAL_TOKENS, SIZES
+from vlreward.training.cli import app
 
 
 def _digests(directory):
@@ -48,7 +48,7 @@ def test_tiny_base_loads_in_transformers_without_missing_weights(tiny_base):
 
 
 def test_bench_size_has_tens_of_millions_of_parameters():
-    from training.base_model import base_config
+    from vlreward.training.base_model import base_config
 
     dims = SIZES["bench"]
     config = base_config(dims, dims.vocab_size, {token: i for i, token in enumerate(QWEN_SPECIAL_TOKENS)})

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tests.helpers import shape_image
-from training.benchmarks import load_pairs, tables, vl_rewardbench_category
+from vlreward.training.benchmarks import load_pairs, tables, vl_rewardbench_category
 
 
 def _png(colour: str) -> bytes:

@@ -8,11 +8,11 @@ import subprocess
 
 import pytest
 
-from service.model.checkpoint import read_config
-from service.model.probe import read_probe
 from tests.helpers import VLREWARD
-from training.data.synthetic import CATEGORIES
-from training.export import TRAINING_INFO_FILE
+from vlreward.service.model.checkpoint import read_config
+from vlreward.service.model.probe import read_probe
+from vlreward.training.data.synthetic import CATEGORIES
+from vlreward.training.export import TRAINING_INFO_FILE
 
 BOOTSTRAP_SECONDS = 300  # the budget on this 2-core machine
 

@@ -9,7 +9,7 @@ import sys
 import yaml
 
 from tests.helpers import free_port
-from training.data.synthetic import build_synthetic
+from vlreward.training.data.synthetic import build_synthetic
 
 RECIPE = {
     "name": "ddp-test",
@@ -34,7 +34,7 @@ def test_two_process_stage2_with_text_only_batches_matches_one_process(tiny_base
         recipe = tmp_path / f"recipe-{processes}.yaml"
         recipe.write_text(yaml.safe_dump({**RECIPE, "batch_size": per_device}))
         output = tmp_path / f"run-{processes}"
-        command = ["-m", "training", "train", "--recipe", str(recipe), "--data", str(train_dir)]
+        command = ["-m", "vlreward", "train", "--recipe", str(recipe), "--data", str(train_dir)]
         command += ["--output", str(output), "--base", str(tiny_base)]
         if processes > 1:
             launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)]

@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 
 from tests.helpers import LiveServer, shape_image, uri
 from tests.training.test_benchmarks import vl_parquet
-from training.cli import app
-from training.evaluate import run_benchmark
-from training.pairs import select_pairs
+from vlreward.training.cli import app
+from vlreward.training.evaluate import run_benchmark
+from vlreward.training.pairs import select_pairs
 
 
 def _invoke(*args: str):
@@ -36,9 +36,9 @@ def test_in_process_and_server_evaluation_give_identical_tables(tiny_reward, hf_
 
 
 def test_an_interrupted_run_resumes_without_rescoring_and_gives_the_same_table(tiny_reward, hf_backend, tmp_path):
-    from service.media import MediaPolicy
-    from service.prepare import prepare_sample
-    from service.schemas import Sample
+    from vlreward.service.media import MediaPolicy
+    from vlreward.service.prepare import prepare_sample
+    from vlreward.service.schemas import Sample
 
     data = vl_parquet(tmp_path)
     scored = []

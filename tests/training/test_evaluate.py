@@ -6,8 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
-from training.cli import app
-from training.evaluate import accuracy_tables
+from vlreward.training.cli import app
+from vlreward.training.evaluate import accuracy_tables
 
 
 def test_accuracy_tables_count_ties_as_wrong_and_average_categories():

@@ -8,13 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.backends.transformers import TransformersBackend
-from training.collator import PairDataset
-from training.config import StageConfig, TrainConfig, load_recipe
-from training.data.schema import read_records
-from training.export import export_checkpoint, export_model
-from training.model import VISION_ENCODER_PREFIXES, freeze_vision_encoder, parameter_report, reward_model_from_base
-from training.trainer import RewardTrainer, pairwise_loss
+from vlreward.service.backends.transformers import TransformersBackend
+from vlreward.training.collator import PairDataset
+from vlreward.training.config import StageConfig, TrainConfig, load_recipe
+from vlreward.training.data.schema import read_records
+from vlreward.training.export import export_checkpoint, export_model
+from vlreward.training.model import (
+    VISION_ENCODER_PREFIXES,
+    freeze_vision_encoder,
+    parameter_report,
+    reward_model_from_base,
+)
+from vlreward.training.trainer import RewardTrainer, pairwise_loss
 
 
 def tiny_config(**overrides) -> TrainConfig:

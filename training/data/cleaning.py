@@ -20,7 +20,7 @@ from typing import Any
 
 from datasketch import MinHash, MinHashLSH
 
-from training.data.schema import PreferenceRecord
+from vlreward.training.data.schema import PreferenceRecord
 
 
 @dataclass
@@ -101,7 +101,7 @@ def clean(
 
 def score_pairs(backend: Any, records: list[PreferenceRecord], root: Path) -> list[tuple[float, float]]:
     """(chosen, rejected) scores of every record with a reward model through a service backend."""
-    from training.evaluate import score_records
+    from vlreward.training.evaluate import score_records
 
     return score_records(backend, records, root)
 
@@ -165,7 +165,7 @@ def regenerate_chosen(
     """Ask any OpenAI-compatible chat endpoint for a new chosen response of each flagged record."""
     import httpx
 
-    from service.media import MediaPolicy, read_image_bytes
+    from vlreward.service.media import MediaPolicy, read_image_bytes
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     policy = MediaPolicy(media_root=root)

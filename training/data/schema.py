@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from service.schemas import Message, Sample
+from vlreward.service.schemas import Message, Sample
 
 RECORDS_FILE = "records.jsonl"
 IMAGES_DIR = "images"

@@ -20,7 +20,7 @@ from typing import Any
 
 from PIL import Image
 
-from training.data.schema import IMAGES_DIR, PreferenceRecord, Turn
+from vlreward.training.data.schema import IMAGES_DIR, PreferenceRecord, Turn
 
 _QUESTION = "Question:"
 _FIRST = "The first response:"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from training.data.schema import IMAGES_DIR, PreferenceRecord, Turn, write_records
+from vlreward.training.data.schema import IMAGES_DIR, PreferenceRecord, Turn, write_records
 
 COLOURS = {
     "red": (220, 40, 40),

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from service.backends import create_backend
-from service.media import MediaPolicy
-from service.prepare import prepare_sample
-from service.schemas import Sample
+from vlreward.service.backends import create_backend
+from vlreward.service.media import MediaPolicy
+from vlreward.service.prepare import prepare_sample
+from vlreward.service.schemas import Sample
 
 
 def test_async_score_runs_off_the_event_loop_and_matches_sync(hf_backend):

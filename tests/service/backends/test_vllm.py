@@ -15,18 +15,18 @@ import psutil
 import pytest
 from safetensors.torch import load_file, save_file
 
-from service.media import MediaPolicy
-from service.model.checkpoint import HEAD_BIAS, HEAD_WEIGHT, CheckpointError
-from service.prepare import prepare_sample
-from service.schemas import Sample
 from tests.helpers import COLOURS, VLREWARD, LiveServer, free_port, shape_image, uri, wait_ready
+from vlreward.service.media import MediaPolicy
+from vlreward.service.model.checkpoint import HEAD_BIAS, HEAD_WEIGHT, CheckpointError
+from vlreward.service.prepare import prepare_sample
+from vlreward.service.schemas import Sample
 
 TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
 def vllm_backend(tiny_reward):
-    from service.backends.vllm import EngineSettings, VLLMBackend
+    from vlreward.service.backends.vllm import EngineSettings, VLLMBackend
 
     backend = VLLMBackend(tiny_reward, engine=EngineSettings(gpu_memory_utilization=0.2))
     yield backend
@@ -112,7 +112,7 @@ def test_token_limit_follows_the_engines_context_length(vllm_server):
 
 
 def test_checkpoint_without_head_is_refused_before_the_engine_starts(tiny_reward, tmp_path):
-    from service.backends.vllm import VLLMBackend
+    from vlreward.service.backends.vllm import VLLMBackend
 
     broken = tmp_path / "no-head"
     import shutil

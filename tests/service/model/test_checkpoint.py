@@ -8,9 +8,10 @@ import shutil
 import pytest
 from safetensors.torch import load_file, save_file
 
-from service.backends.transformers import TransformersBackend
-from service.media import MediaPolicy
-from service.model.checkpoint import (
+from tests.helpers import shape_image, uri
+from vlreward.service.backends.transformers import TransformersBackend
+from vlreward.service.media import MediaPolicy
+from vlreward.service.model.checkpoint import (
     HEAD_BIAS,
     HEAD_WEIGHT,
     REWARD_ARCHITECTURE,
@@ -18,10 +19,9 @@ from service.model.checkpoint import (
     load_reward_model,
     save_reward_model,
 )
-from service.model.probe import ProbeMismatch, read_probe
-from service.prepare import prepare_sample
-from service.schemas import Sample
-from tests.helpers import shape_image, uri
+from vlreward.service.model.probe import ProbeMismatch, read_probe
+from vlreward.service.prepare import prepare_sample
+from vlreward.service.schemas import Sample
 
 
 def _samples(processor):

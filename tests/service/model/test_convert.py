@@ -10,14 +10,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from service.backends.transformers import TransformersBackend
-from service.media import MediaPolicy
-from service.model.checkpoint import CheckpointError
-from service.model.convert import convert_skywork
-from service.model.probe import read_probe
-from service.prepare import prepare_sample
-from service.schemas import Sample
 from tests.helpers import VLREWARD, shape_image, uri
+from vlreward.service.backends.transformers import TransformersBackend
+from vlreward.service.media import MediaPolicy
+from vlreward.service.model.checkpoint import CheckpointError
+from vlreward.service.model.convert import convert_skywork
+from vlreward.service.model.probe import read_probe
+from vlreward.service.prepare import prepare_sample
+from vlreward.service.schemas import Sample
 
 BIAS = 0.375
 

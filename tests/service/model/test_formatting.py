@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from service.model.encoding import encode
-from service.model.formatting import IMAGE_PAD, FormattingError, format_sample, format_templated
-from service.schemas import Sample
 from tests.helpers import shape_image, uri
+from vlreward.service.model.encoding import encode
+from vlreward.service.model.formatting import IMAGE_PAD, FormattingError, format_sample, format_templated
+from vlreward.service.schemas import Sample
 
 
 def test_prompt_form_and_messages_form_give_identical_token_ids(hf_backend):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from service.media import MediaPolicy
-from service.prepare import prepare_sample
-from service.schemas import Sample
 from tests.helpers import shape_image, uri
+from vlreward.service.media import MediaPolicy
+from vlreward.service.prepare import prepare_sample
+from vlreward.service.schemas import Sample
 
 TOLERANCE = 1e-5
 
@@ -88,8 +88,8 @@ def test_plan_batches_respects_size_and_token_budget(hf_backend):
 
 @pytest.mark.parametrize("images", [0, 1, 2])
 def test_shared_prefix_scoring_equals_full_batch_scoring(hf_backend, images):
-    from service.prepare import Limits, prepare_rank
-    from service.schemas import RankRequest
+    from vlreward.service.prepare import Limits, prepare_rank
+    from vlreward.service.schemas import RankRequest
 
     refs = [uri(shape_image(c, size=(112, 84))) for c in ("red", "blue")][:images]
     request = RankRequest(
@@ -106,7 +106,7 @@ def test_shared_prefix_scoring_equals_full_batch_scoring(hf_backend, images):
 def test_shared_prefix_length():
     import torch
 
-    from service.model.reward_model import shared_prefix_length
+    from vlreward.service.model.reward_model import shared_prefix_length
 
     assert shared_prefix_length([torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 5]), torch.tensor([1, 2, 3])]) == 2
     assert shared_prefix_length([torch.tensor([1, 2]), torch.tensor([1, 2])]) == 2

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from tests.helpers import shape_image
-from training.data.cleaning import clean
-from training.data.schema import PreferenceRecord, Turn
+from vlreward.training.data.cleaning import clean
+from vlreward.training.data.schema import PreferenceRecord, Turn
 
 
 def _record(id_: str, prompt: str, chosen: str, rejected: str, image: str | None = None, tie: bool = False):
@@ -44,7 +44,7 @@ def test_planted_duplicates_near_duplicates_and_ties_are_removed(tmp_path):
 def test_surrogate_stage_flags_exactly_the_planted_low_score_and_low_margin_pairs(tmp_path):
     import json
 
-    from training.data.cleaning import surrogate_flags, write_flags
+    from vlreward.training.data.cleaning import surrogate_flags, write_flags
 
     records, scores = [], []
     for source in ("rlaif-v", "llava-critic"):
@@ -66,9 +66,9 @@ def test_surrogate_stage_flags_exactly_the_planted_low_score_and_low_margin_pair
 
 
 def test_surrogate_scores_come_from_the_service_backend(hf_backend, tmp_path):
-    from service.media import MediaPolicy
-    from service.prepare import prepare_sample
-    from training.data.cleaning import score_pairs
+    from vlreward.service.media import MediaPolicy
+    from vlreward.service.prepare import prepare_sample
+    from vlreward.training.data.cleaning import score_pairs
 
     (tmp_path / "images").mkdir()
     shape_image("green").save(tmp_path / "images" / "g.png")
@@ -86,7 +86,7 @@ def test_flagged_chosen_responses_are_regenerated_through_an_openai_compatible_e
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from training.data.cleaning import regenerate_chosen
+    from vlreward.training.data.cleaning import regenerate_chosen
 
     received = []
 

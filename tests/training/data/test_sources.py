@@ -9,7 +9,12 @@ import pandas as pd
 import pytest
 
 from tests.helpers import shape_image
-from training.data.sources import ConversionError, convert, parse_llava_critic_prompt, parse_llava_critic_verdict
+from vlreward.training.data.sources import (
+    ConversionError,
+    convert,
+    parse_llava_critic_prompt,
+    parse_llava_critic_verdict,
+)
 
 
 def _png(colour: str) -> bytes:

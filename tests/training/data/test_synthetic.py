@@ -6,8 +6,8 @@ import hashlib
 
 from PIL import Image
 
-from training.data.schema import load_hf_dataset, read_records
-from training.data.synthetic import HALLUCINATION_SUBTYPES, build_synthetic
+from vlreward.training.data.schema import load_hf_dataset, read_records
+from vlreward.training.data.synthetic import HALLUCINATION_SUBTYPES, build_synthetic
 
 SIZES = {"hallucination": 40, "reasoning": 20, "general": 10, "text": 10}
 HELD = {"hallucination": 20, "reasoning": 10, "general": 5}
