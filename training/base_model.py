@@ -213,6 +213,27 @@ def base_config(dims: BaseSize, vocab_size: int, ids: dict[str, int]) -> Any:
     )
 
 
+COLOUR_CHANNEL_SCALE = 3.0
+
+
+def colour_patch_embedding(patch_embed: Any) -> None:
+    """Make the first three channels of the patch embedding each patch's mean R, G and B.
+
+    A random patch embedding hides a patch's colour in random projections of its 1,176 pixel values, so
+    what the frozen encoder passes on depended on the seed, and so did whether the tiny model learned the
+    image tasks in its budget (held-out 0.84 to 0.98 over seeds and machines). A pretrained encoder has
+    colour features; these three channels are the smallest stand-in (scaled to dominate the random ones,
+    whose spread is about 0.7). The other channels stay random.
+    """
+    import torch
+
+    weight = patch_embed.proj.weight  # [embed_dim, 3 colour channels, temporal, patch, patch]
+    with torch.no_grad():
+        for channel in range(3):
+            weight[channel].zero_()
+            weight[channel, channel].fill_(COLOUR_CHANNEL_SCALE / weight[channel, channel].numel())
+
+
 def build_base_model(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     """Write a self-contained Qwen2.5-VL base directory (``Qwen2_5_VLForConditionalGeneration``)."""
     import torch
@@ -234,6 +255,7 @@ def build_base_model(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> 
 
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    colour_patch_embedding(model.model.visual.patch_embed)
     model.save_pretrained(out, safe_serialization=True)
 
     image_processor = Qwen2VLImageProcessor(min_pixels=dims.min_pixels, max_pixels=dims.max_pixels)

@@ -32,12 +32,15 @@ REWARDBENCH_SECTIONS = {
                "donotanswer"],
     "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
 }  # fmt: skip
+# The leaderboard's section weights: EXAMPLE_COUNTS of allenai/reward-bench's rewardbench/constants.py.
+# The xstest pair looks swapped (should-refuse has 154 items, should-respond 250) but these are the
+# weights the official scores are computed with, so the same predictions give the leaderboard's Safety.
 REWARDBENCH_COUNTS = {
     "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28,
     "mt-bench-med": 40, "mt-bench-hard": 37, "llmbar-natural": 100, "llmbar-adver-neighbor": 134,
     "llmbar-adver-GPTInst": 92, "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46,
-    "refusals-dangerous": 100, "refusals-offensive": 100, "xstest-should-refuse": 154,
-    "xstest-should-respond": 250, "donotanswer": 136, "math-prm": 984, "hep-cpp": 164, "hep-go": 164,
+    "refusals-dangerous": 100, "refusals-offensive": 100, "xstest-should-refuse": 250,
+    "xstest-should-respond": 154, "donotanswer": 136, "math-prm": 984, "hep-cpp": 164, "hep-go": 164,
     "hep-java": 164, "hep-js": 164, "hep-python": 164, "hep-rust": 164,
 }  # fmt: skip
 REWARDBENCH_PRIOR_SETS = ("anthropic_helpful", "anthropic_hhh", "shp", "summarize")

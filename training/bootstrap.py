@@ -17,8 +17,14 @@ TRAIN_PER_CATEGORY = {"hallucination": 3000, "reasoning": 3000, "general": 300, 
 HELDOUT_PER_CATEGORY = {"hallucination": 200, "reasoning": 200, "general": 100}
 
 
-def bootstrap(destination: Path, recipe: str = "tiny", workdir: Path | None = None) -> dict:
-    """Build, train and export the default model into ``destination``; returns the held-out metrics."""
+def bootstrap(
+    destination: Path, recipe: str = "tiny", workdir: Path | None = None, seed: int = 0, num_threads: int | None = None
+) -> dict:
+    """Build, train and export the default model into ``destination``; returns the held-out metrics.
+
+    ``seed`` sets the base model's weights, the synthetic data and the recipe's seed together (0 is the
+    embedded default model); ``num_threads`` overrides the recipe's torch threads.
+    """
     from vlreward.training.base_model import build_base_model
     from vlreward.training.config import load_recipe
     from vlreward.training.data.synthetic import build_synthetic
@@ -32,13 +38,16 @@ def bootstrap(destination: Path, recipe: str = "tiny", workdir: Path | None = No
     work = Path(workdir or tempfile.mkdtemp(prefix=".bootstrap-", dir=destination.parent))
     try:
         tqdm.write("[1/4] building the tiny base model")
-        base = build_base_model(work / "base", size="tiny", seed=0)
+        base = build_base_model(work / "base", size="tiny", seed=seed)
         tqdm.write("[2/4] generating synthetic preference data")
         train_dir, heldout_dir = build_synthetic(
-            work / "data", TRAIN_PER_CATEGORY, HELDOUT_PER_CATEGORY, seed=SYNTHETIC_SEED
+            work / "data", TRAIN_PER_CATEGORY, HELDOUT_PER_CATEGORY, seed=SYNTHETIC_SEED + seed
         )
         tqdm.write(f"[3/4] training with the {recipe!r} recipe")
         config = load_recipe(recipe)
+        config.seed = seed
+        if num_threads is not None:
+            config.num_threads = num_threads
         model, processor = reward_model_from_base(base, seed=config.seed)
         trainer = RewardTrainer(config, model, processor, train_dir, work / "run", heldout_dir=heldout_dir)
         progress = trainer.train()

@@ -34,12 +34,14 @@ def bootstrap_base(
 def bootstrap(
     home: Annotated[Path | None, typer.Option(help="VLREWARD_HOME; the model goes to HOME/models/default.")] = None,
     recipe: Annotated[str, typer.Option(help="Recipe name or YAML file.")] = "tiny",
+    seed: Annotated[int, typer.Option(help="Seed of the base weights, the synthetic data and the recipe.")] = 0,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: the recipe's).")] = None,
 ) -> None:
     """Build the tiny base, generate synthetic data, train the two-stage recipe, export the default model."""
     from vlreward.service.settings import Settings
 
     settings = Settings(**({"home": home} if home else {}))
-    run_bootstrap(settings.default_model_dir(), recipe=recipe)
+    run_bootstrap(settings.default_model_dir(), recipe=recipe, seed=seed, num_threads=threads)
 
 
 @app.command()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from tests.helpers import shape_image
-from vlreward.training.benchmarks import load_pairs, tables, vl_rewardbench_category
+from vlreward.training.benchmarks import REWARDBENCH_COUNTS, load_pairs, tables, vl_rewardbench_category
 
 
 def _png(colour: str) -> bytes:
@@ -80,7 +81,7 @@ def test_rewardbench_sections_weight_subsets_by_example_count(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     results = tables("rewardbench", load_pairs("rewardbench", path), scores)
     chat = (0.5 * 100 + 1.0 * 40) / 140
-    safety = (1.0 * 136 + 0.5 * 250) / 386
+    safety = (1.0 * 136 + 0.5 * 154) / 290
     reasoning = (0.5 * 984 + 1.0 * 164) / (984 + 164)
     assert results["categories"] == pytest.approx(
         {"Chat": chat, "Chat Hard": 0.0, "Safety": safety, "Reasoning": reasoning}
@@ -89,6 +90,24 @@ def test_rewardbench_sections_weight_subsets_by_example_count(tmp_path):
     prior = (0.5 + 1.0 + 0.0 + 1.0) / 4
     assert results["prior_sets"] == pytest.approx(prior)
     assert results["weighted_2_2_2_2_1"] == pytest.approx((2 * (chat + safety + reasoning) + prior) / 9)
+
+
+def test_every_rewardbench_weight_is_the_official_leaderboards():
+    upstream = json.loads((Path(__file__).parent / "fixtures" / "rewardbench_example_counts.json").read_text())
+    assert upstream["EXAMPLE_COUNTS"] == REWARDBENCH_COUNTS
+
+
+def test_xstest_subsets_that_disagree_give_the_leaderboards_safety_number(tmp_path):
+    rows, scores = [], {}
+    for subset, right in (("xstest-should-refuse", True), ("xstest-should-respond", False)):
+        item = f"{subset}-0"
+        rows.append({"prompt": "p", "chosen": "c", "rejected": "r", "subset": subset, "id": item,
+                     "chosen_model": "a", "rejected_model": "b"})  # fmt: skip
+        scores[item] = [1.0, 0.0] if right else [0.0, 1.0]
+    path = tmp_path / "rb.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = tables("rewardbench", load_pairs("rewardbench", path), scores)
+    assert results["categories"]["Safety"] == pytest.approx(250 / 404)  # with the subsets' real sizes: 154 / 404
 
 
 def test_mm_rewardbench_folder_with_images_beside_json_and_sub_splits(tmp_path):
