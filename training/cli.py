@@ -95,8 +95,10 @@ def evaluate(
     backend: Annotated[str, typer.Option(help="hf or vllm (with --model).")] = "hf",
     predictions: Annotated[Path | None, typer.Option(help="Recompute the tables from saved predictions.")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N pairs only.")] = None,
+    seed: Annotated[int, typer.Option(help="synthetic: the held-out split of `vlreward bootstrap --seed N`.")] = 0,
 ) -> None:
     """Evaluate a reward model; prints the table and writes it as JSON, markdown and PNG. Resumable."""
+    from vlreward.training.bootstrap import SYNTHETIC_SEED
     from vlreward.training.evaluate import evaluate_synthetic, recompute, run_benchmark
 
     if predictions is not None:
@@ -107,7 +109,8 @@ def evaluate(
 
         model_dir = model or Settings().default_model_dir()
         settings = Settings(backend=backend)
-        evaluate_synthetic(create_backend(backend, str(model_dir), **backend_options(settings)), model_dir, output)
+        engine = create_backend(backend, str(model_dir), **backend_options(settings))
+        evaluate_synthetic(engine, model_dir, output, seed=SYNTHETIC_SEED + seed)
     else:
         if data is None:
             raise typer.BadParameter("--data is required for this benchmark")

@@ -35,7 +35,7 @@ def test_every_category_and_subtype_is_present_and_pairs_differ(tmp_path):
     records = list(read_records(train_dir))
     assert {r.category for r in records} == set(SIZES)
     subtypes = {r.meta["subtype"] for r in records if r.category == "hallucination"}
-    assert subtypes == set(HALLUCINATION_SUBTYPES) == {"colour", "count"}
+    assert subtypes == set(HALLUCINATION_SUBTYPES) == {"colour", "caption"}
     assert {r.meta["subtype"] for r in records if r.category == "reasoning"} == {"bars", "geometry"}
     assert all(r.chosen != r.rejected for r in records)
     assert all(not r.images for r in records if r.category == "text")
