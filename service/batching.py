@@ -1,11 +1,15 @@
-"""Dynamic batching: samples from concurrent requests share forward passes.
+"""How admitted samples reach the backend: a scheduler.
 
-One background task owns the queue (as in text-embeddings-inference): requests append their samples
-and await a future; the task waits up to ``max_wait`` for a batch to fill, takes what is pending,
-sorts it by length and cuts it into batches within ``max_batch_size`` and ``max_batch_tokens`` so
-padding stays small. Admission is bounded (``max_queue`` samples, then :class:`Overloaded`), every
-request has a deadline (:class:`DeadlineExceeded`), and samples of a request that was cancelled (client
-gone, deadline passed) are dropped when the next batch is cut, and counted.
+- :class:`DirectScheduler` hands each request to the backend as it comes, for engines that batch
+  continuously themselves (vLLM).
+- :class:`DynamicBatcher` makes samples from concurrent requests share forward passes (the
+  transformers backend). One background task owns the queue (as in text-embeddings-inference):
+  requests append their samples and await a future; the task waits up to ``max_wait`` for a batch to
+  fill, takes what is pending, sorts it by length and cuts it into batches within ``max_batch_size``
+  and ``max_batch_tokens`` so padding stays small. Samples of a request that was cancelled (client
+  gone, deadline passed) are dropped when the next batch is cut, and counted.
+
+Queue bounds and deadlines are admission's (:mod:`vlreward.service.admission`), not the scheduler's.
 """
 
 from __future__ import annotations
@@ -20,27 +24,47 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from vlreward.service.metrics import Metrics
+from vlreward.service.settings import default
 
 log = logging.getLogger("vlreward.batching")
 
+Runner = Callable[[list], Awaitable[list[float]]]
+"""Scores a list of encoded samples (one forward pass, or one engine call)."""
+
 
 class Sized(Protocol):
-    """What the batcher needs of a sample: its token count."""
+    """What scheduling needs of a sample: its token count."""
 
     @property
     def num_tokens(self) -> int: ...
 
 
-class Overloaded(Exception):
-    """The queue is full; retry after ``retry_after`` seconds."""
+@dataclass
+class BatchResult:
+    """Scores of one request plus where its time went."""
 
-    def __init__(self, queued: int, limit: int, retry_after: int = 1):
-        super().__init__(f"server overloaded: {queued} samples queued (limit {limit}); retry later")
-        self.retry_after = retry_after
+    scores: list[float]
+    queue_ms: float
+    inference_ms: float
 
 
-class DeadlineExceeded(Exception):
-    """The request's deadline passed before all its samples were scored."""
+class Scheduler(Protocol):
+    """Runs a request's samples through the backend."""
+
+    @property
+    def queued(self) -> int:
+        """Samples waiting (admission bounds this)."""
+        ...
+
+    def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def healthy(self) -> bool: ...
+
+    async def run(self, items: Sequence[Sized], grouped: bool = False) -> BatchResult:
+        """Scores of ``items`` in order; ``grouped`` items share a prefix and run as one unit."""
+        ...
 
 
 def plan_batches(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int) -> list[list[int]]:
@@ -62,13 +86,40 @@ def plan_batches(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: 
     return batches
 
 
-@dataclass
-class BatchResult:
-    """Scores of one request plus where its time went."""
+class DirectScheduler:
+    """Each request goes straight to the engine, which batches continuously (vLLM)."""
 
-    scores: list[float]
-    queue_ms: float
-    inference_ms: float
+    def __init__(self, run_batch: Runner, run_group: Runner, metrics: Metrics):
+        self.run_batch = run_batch
+        self.run_group = run_group
+        self.metrics = metrics
+        self._in_flight = 0
+
+    @property
+    def queued(self) -> int:
+        return self._in_flight
+
+    def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def healthy(self) -> bool:
+        return True
+
+    async def run(self, items: Sequence[Sized], grouped: bool = False) -> BatchResult:
+        self._in_flight += len(items)
+        self.metrics.queue_depth.set(self._in_flight)
+        started = time.monotonic()
+        try:
+            scores = await (self.run_group if grouped else self.run_batch)(list(items))
+        finally:
+            self._in_flight -= len(items)
+            self.metrics.queue_depth.set(self._in_flight)
+        elapsed = time.monotonic() - started
+        self.metrics.inference_duration.observe(elapsed)
+        return BatchResult(scores=scores, queue_ms=0.0, inference_ms=elapsed * 1000)
 
 
 @dataclass
@@ -77,7 +128,6 @@ class _Job:
 
     items: Sequence[Sized]
     future: asyncio.Future
-    deadline: float
     grouped: bool = False
     """Run as one unit through ``run_group`` (candidates sharing a prefix), not mixed into batches."""
     enqueued: float = field(default_factory=time.monotonic)
@@ -106,41 +156,34 @@ class _Entry:
         return self.job.items[self.index]
 
 
-class Batcher:
+class DynamicBatcher:
     """Forms batches across requests and runs them through ``run_batch`` one at a time."""
 
     def __init__(
         self,
-        run_batch: Callable[[list], Awaitable[list[float]]],
+        run_batch: Runner,
+        run_group: Runner,
         metrics: Metrics,
-        run_group: Callable[[list], Awaitable[list[float]]] | None = None,
-        passthrough: bool = False,
-        max_batch_size: int = 32,
-        max_batch_tokens: int = 16384,
-        max_wait_ms: float = 5.0,
-        max_queue: int = 2048,
+        max_batch_size: int = default("max_batch_size"),
+        max_batch_tokens: int = default("max_batch_tokens"),
+        max_wait_ms: float = default("max_wait_ms"),
     ):
         self.run_batch = run_batch
         self.run_group = run_group
-        self.passthrough = passthrough
-        """Hand each request straight to ``run_batch`` (an engine that batches itself, like vLLM);
-        admission, deadlines and cancellation still apply."""
-        self._passthrough_samples = 0
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_ms / 1000
-        self.max_queue = max_queue
         self._pending: deque[_Entry] = deque()
         self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
 
     @property
     def queued(self) -> int:
-        return len(self._pending) + self._passthrough_samples
+        return len(self._pending)
 
     def start(self) -> None:
-        if self._task is None and not self.passthrough:
+        if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="vlreward-batcher")
 
     async def close(self) -> None:
@@ -151,62 +194,23 @@ class Batcher:
             self._task = None
 
     def healthy(self) -> bool:
-        return self.passthrough or (self._task is not None and not self._task.done())
+        return self._task is not None and not self._task.done()
 
-    async def submit(self, items: Sequence[Sized], timeout_s: float, grouped: bool = False) -> BatchResult:
-        """Queue a request's samples and wait for their scores (in order).
-
-        ``grouped``: the samples share a prefix (a /rank request) and run together through ``run_group``
-        when the backend has one.
-        """
-        if not items:
-            return BatchResult([], 0.0, 0.0)
-        if self.queued + len(items) > self.max_queue:
-            self.metrics.rejected.labels(reason="overloaded").inc()
-            raise Overloaded(self.queued, self.max_queue)
-        if self.passthrough:
-            return await self._submit_passthrough(items, timeout_s)
-        job = _Job(
-            items=items, future=asyncio.get_running_loop().create_future(), deadline=time.monotonic() + timeout_s
-        )
+    async def run(self, items: Sequence[Sized], grouped: bool = False) -> BatchResult:
+        """Queue a request's samples and wait for their scores (in order); cancelling drops them."""
+        job = _Job(items=items, future=asyncio.get_running_loop().create_future(), grouped=grouped)
         self._pending.extend(_Entry(job, i) for i in range(len(items)))
         self.metrics.queue_depth.set(len(self._pending))
         self._arrived.set()
         try:
-            await asyncio.wait_for(asyncio.shield(job.future), timeout=timeout_s)
-        except TimeoutError as exc:
-            job.cancelled = True
-            self.metrics.rejected.labels(reason="timeout").inc()
-            raise DeadlineExceeded(f"request did not finish within {timeout_s:g} s") from exc
+            scores = await asyncio.shield(job.future)
         except asyncio.CancelledError:
             job.cancelled = True
-            self.metrics.rejected.labels(reason="cancelled").inc()
             raise
         start = job.first_start or job.enqueued
         return BatchResult(
-            scores=job.future.result(),
-            queue_ms=(start - job.enqueued) * 1000,
-            inference_ms=((job.last_end or start) - start) * 1000,
+            scores=scores, queue_ms=(start - job.enqueued) * 1000, inference_ms=((job.last_end or start) - start) * 1000
         )
-
-    async def _submit_passthrough(self, items: Sequence[Sized], timeout_s: float) -> BatchResult:
-        self._passthrough_samples += len(items)
-        self.metrics.queue_depth.set(self.queued)
-        started = time.monotonic()
-        try:
-            scores = await asyncio.wait_for(self.run_batch(list(items)), timeout=timeout_s)
-        except TimeoutError as exc:
-            self.metrics.rejected.labels(reason="timeout").inc()
-            raise DeadlineExceeded(f"request did not finish within {timeout_s:g} s") from exc
-        except asyncio.CancelledError:
-            self.metrics.rejected.labels(reason="cancelled").inc()
-            raise
-        finally:
-            self._passthrough_samples -= len(items)
-            self.metrics.queue_depth.set(self.queued)
-        elapsed = time.monotonic() - started
-        self.metrics.inference_duration.observe(elapsed)
-        return BatchResult(scores=scores, queue_ms=0.0, inference_ms=elapsed * 1000)
 
     async def _wait_to_fill(self) -> None:
         loop = asyncio.get_running_loop()
@@ -223,11 +227,10 @@ class Batcher:
 
     def _take_pending(self) -> list[_Entry]:
         """Everything queued whose request is still waiting; dropped entries are counted."""
-        now = time.monotonic()
         taken, dropped = [], 0
         while self._pending:
             entry = self._pending.popleft()
-            if entry.job.cancelled or entry.job.future.done() or entry.job.deadline < now:
+            if entry.job.cancelled or entry.job.future.done():
                 dropped += 1
             else:
                 taken.append(entry)
@@ -257,7 +260,7 @@ class Batcher:
                 if batch:
                     await self._run(batch, runner)
 
-    async def _run(self, batch: list[_Entry], runner: Callable[[list], Awaitable[list[float]]]) -> None:
+    async def _run(self, batch: list[_Entry], runner: Runner) -> None:
         start = time.monotonic()
         for entry in batch:
             self.metrics.queue_wait.observe(start - entry.job.enqueued)

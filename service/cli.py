@@ -6,6 +6,8 @@ command says in one line which extra it needs when that extra is missing.
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -13,7 +15,7 @@ from typing import Annotated
 import typer
 
 from vlreward import extras
-from vlreward.service.settings import Settings
+from vlreward.service.settings import Settings, default, env_name
 
 app = typer.Typer()
 
@@ -22,6 +24,11 @@ def fail(message: str) -> typer.Exit:
     """Print one line to stderr; the caller raises the returned exit (status 2, no traceback)."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(2)
+
+
+def describe(name: str) -> str:
+    """A setting's help text, for the flags of commands other than serve."""
+    return Settings.model_fields[name].description or name
 
 
 def require_serve_extra(command: str) -> None:
@@ -36,18 +43,18 @@ def score(
     model: Annotated[Path, typer.Option(help="Reward checkpoint directory.")],
     input: Annotated[Path, typer.Option("--input", help="JSONL, one Sample per line.")],
     output: Annotated[Path, typer.Option(help="JSONL written with one {'score'} per input line.")],
-    backend: Annotated[str, typer.Option(help="Scoring backend: hf.")] = "hf",
-    batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass.")] = 16,
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    backend: Annotated[str, typer.Option(help=describe("backend"))] = default("backend"),
+    batch_size: Annotated[int, typer.Option(min=1, help=describe("max_batch_size"))] = default("max_batch_size"),
+    dtype: Annotated[str, typer.Option(help=describe("dtype"))] = default("dtype"),
+    device: Annotated[str, typer.Option(help=describe("device"))] = default("device"),
 ) -> None:
     """Score a JSONL file of samples offline (images as data URIs or paths relative to the file)."""
     require_serve_extra("score")
-    from vlreward.service.backends import backend_options, create_backend
+    from vlreward.service.backends import load_backend
     from vlreward.service.offline import score_file
 
     settings = Settings(backend=backend, dtype=dtype, device=device, max_batch_size=batch_size)
-    engine = create_backend(backend, str(model), **backend_options(settings))
+    engine = load_backend(settings, model)
     count = score_file(engine, input, output, batch_size=batch_size)
     typer.echo(f"wrote {count} scores to {output}", err=True)
 
@@ -57,7 +64,7 @@ def convert(
     source: Annotated[Path, typer.Argument(help="Published checkpoint directory.")],
     destination: Annotated[Path, typer.Argument(help="New reward checkpoint directory.")],
     from_: Annotated[str, typer.Option("--from", help="Source layout: skywork.")] = "skywork",
-    probe_device: Annotated[str, typer.Option(help="Device used to compute the start-up probe.")] = "auto",
+    probe_device: Annotated[str, typer.Option(help="Device used to compute the start-up probe.")] = default("device"),
 ) -> None:
     """Convert a published reward model into the vlreward checkpoint contract, with a probe."""
     require_serve_extra("convert")
@@ -92,35 +99,37 @@ def resolve_model(settings: Settings) -> Path:
     return path
 
 
-@app.command()
-def serve(
-    model: Annotated[Path | None, typer.Option(help="Checkpoint; default: the embedded model.")] = None,
-    backend: Annotated[str | None, typer.Option(help="hf or vllm.")] = None,
-    host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:N].")] = None,
-    max_batch_size: Annotated[int | None, typer.Option(help="Samples per forward pass.")] = None,
-    max_batch_tokens: Annotated[int | None, typer.Option(help="Padded tokens per pass.")] = None,
-    max_wait_ms: Annotated[float | None, typer.Option(help="Wait for a batch to fill.")] = None,
-    max_queue: Annotated[int | None, typer.Option(help="Queued samples before 429.")] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Tokens per sample.")] = None,
-    api_key_file: Annotated[Path | None, typer.Option(help="One API key per line.")] = None,
-    log_json: Annotated[bool | None, typer.Option(help="JSON access log.")] = None,
-    max_images: Annotated[int | None, typer.Option(help="Images per sample (vLLM: per prompt).")] = None,
-    vllm_max_model_len: Annotated[int | None, typer.Option(help="vLLM context length.")] = None,
-    vllm_gpu_memory_utilization: Annotated[float | None, typer.Option(help="vLLM memory share.")] = None,
-    vllm_tensor_parallel_size: Annotated[int | None, typer.Option(help="vLLM GPUs per replica.")] = None,
-    vllm_max_num_seqs: Annotated[int | None, typer.Option(help="vLLM sequences per step.")] = None,
-    vllm_max_num_batched_tokens: Annotated[int | None, typer.Option(help="vLLM tokens per step.")] = None,
-    vllm_enable_prefix_caching: Annotated[bool | None, typer.Option(help="vLLM prefix caching.")] = None,
-    vllm_enforce_eager: Annotated[bool | None, typer.Option(help="vLLM without CUDA graphs.")] = None,
-) -> None:
-    """Serve /score, /rank and /get_reward over HTTP. Every setting also reads VLREWARD_<NAME>."""
-    overrides = {k: v for k, v in locals().items() if v is not None}
-    require_serve_extra("serve")
-    from vlreward.service.server import run
+def setting_options(names: list[str] | None = None) -> list[inspect.Parameter]:
+    """One ``--flag`` per setting (all of them, or ``names``), generated from the settings model: the
+    flag's name, type and help come from the field, so a flag cannot drift from its variable. Every
+    option defaults to None: unset flags leave the environment and the model's defaults in force."""
+    options = []
+    for name, field in Settings.model_fields.items():
+        if names is not None and name not in names:
+            continue
+        kinds = [t for t in typing.get_args(field.annotation) if t is not type(None)] or [field.annotation]
+        shown = {None: "unset", "": "empty"}.get(field.default, field.default)
+        help_text = f"{field.description} [env {env_name(name)}; default {shown}]"
+        annotation = Annotated[kinds[0] | None, typer.Option(help=help_text, show_default=False)]
+        options.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
+    return options
 
-    settings = Settings(**overrides)
+
+def with_setting_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command(**settings)`` a signature typer reads: one keyword option per setting."""
+    parameters = setting_options()
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    return command
+
+
+@app.command()
+@with_setting_flags
+def serve(**flags: object) -> None:
+    """Serve /score, /rank and /get_reward over HTTP. Every flag also reads VLREWARD_<NAME>."""
+    require_serve_extra("serve")
+    from vlreward.service.http.server import run
+
+    settings = Settings(**{name: value for name, value in flags.items() if value is not None})
     settings = settings.model_copy(update={"model": resolve_model(settings)})
     raise typer.Exit(run(settings))

@@ -6,10 +6,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
-from vlreward.service.batching import Batcher
-from vlreward.service.errors import APIError
+from vlreward.service.admission import Admission
+from vlreward.service.backends.base import Backend
+from vlreward.service.batching import DirectScheduler, DynamicBatcher, Scheduler
+from vlreward.service.errors import ErrorKind, ServiceError
 from vlreward.service.media import MediaPolicy
 from vlreward.service.metrics import Metrics
 from vlreward.service.prepare import Limits
@@ -18,14 +19,43 @@ from vlreward.service.settings import Settings
 log = logging.getLogger("vlreward")
 
 
-class ServiceState:
-    """Everything the routes share: settings, backend, batcher, metrics and the lifecycle flags."""
+def media_policy(settings: Settings) -> MediaPolicy:
+    """What image references the service accepts, from its settings."""
+    return MediaPolicy(
+        max_image_bytes=settings.max_image_bytes,
+        max_image_pixels=settings.max_image_pixels,
+        media_root=settings.media_root,
+        allow_urls=settings.allow_urls,
+        url_hosts=settings.url_hosts(),
+        url_allow_private=settings.url_allow_private,
+        url_timeout_s=settings.url_timeout_s,
+        max_redirects=settings.url_max_redirects,
+    )
 
-    def __init__(self, settings: Settings, metrics: Metrics, backend: Any | None = None):
+
+def scheduler_for(backend: Backend, settings: Settings, metrics: Metrics) -> Scheduler:
+    """Engines that batch continuously get requests as they come; the others get dynamic batches."""
+    if backend.continuous_batching:
+        return DirectScheduler(backend.run_batch, backend.run_shared_prefix, metrics)
+    return DynamicBatcher(
+        backend.run_batch,
+        backend.run_shared_prefix,
+        metrics,
+        max_batch_size=settings.max_batch_size,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_wait_ms=settings.max_wait_ms,
+    )
+
+
+class ServiceState:
+    """Everything the routes share: settings, backend, admission, metrics and the lifecycle flags."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, backend: Backend | None = None):
         self.settings = settings
         self.metrics = metrics
-        self.backend = backend
-        self.batcher: Batcher | None = None
+        self.backend: Backend | None = backend
+        self.scheduler: Scheduler | None = None
+        self.admission: Admission | None = None
         self.ready = False
         """Loaded, warmed up and the probe passed."""
         self.draining = False
@@ -38,15 +68,7 @@ class ServiceState:
         """Called when the service can no longer serve (the server runner exits non-zero)."""
         self.api_keys = settings.api_key_set()
         self.limits = Limits(max_tokens=settings.max_tokens, max_images=settings.max_images)
-        self.media_policy = MediaPolicy(
-            max_image_bytes=settings.max_image_bytes,
-            max_image_pixels=settings.max_image_pixels,
-            media_root=settings.media_root,
-            allow_urls=settings.allow_urls,
-            url_hosts=settings.url_hosts(),
-            url_allow_private=settings.url_allow_private,
-            url_timeout_s=settings.url_timeout_s,
-        )
+        self.media_policy = media_policy(settings)
         self._task: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
         self._owns_backend = backend is None
@@ -65,29 +87,19 @@ class ServiceState:
         settings = self.settings
         try:
             if self.backend is None:
-                from vlreward.service.backends import backend_options, create_backend
+                from vlreward.service.backends import load_backend
 
                 log.info("loading %s with the %s backend", settings.model, settings.backend)
-                self.backend = await asyncio.to_thread(
-                    create_backend, settings.backend, str(settings.model), **backend_options(settings)
-                )
-            engine_limit = getattr(self.backend, "max_tokens", None)
-            if engine_limit is not None and engine_limit < self.limits.max_tokens:
-                log.info("token limit lowered to the engine's context length, %d", engine_limit)
-                self.limits = Limits(max_tokens=engine_limit, max_images=self.limits.max_images)
-            self.batcher = Batcher(
-                self.backend.run_batch,
-                self.metrics,
-                run_group=getattr(self.backend, "run_shared_prefix", None),
-                passthrough=self.backend.name == "vllm",  # the engine batches continuously itself
-                max_batch_size=settings.max_batch_size,
-                max_batch_tokens=settings.max_batch_tokens,
-                max_wait_ms=settings.max_wait_ms,
-                max_queue=settings.max_queue,
-            )
-            self.batcher.start()
-            probe_score = await self.backend.warm_up()
-            info = self.backend.info()
+                self.backend = await asyncio.to_thread(load_backend, settings)
+            backend = self.backend
+            if backend.max_tokens is not None and backend.max_tokens < self.limits.max_tokens:
+                log.info("token limit lowered to the engine's context length, %d", backend.max_tokens)
+                self.limits = Limits(max_tokens=backend.max_tokens, max_images=self.limits.max_images)
+            self.scheduler = scheduler_for(backend, settings, self.metrics)
+            self.admission = Admission(self.scheduler, self.metrics, settings.max_queue)
+            self.scheduler.start()
+            probe_score = await backend.warm_up()
+            info = backend.info()
             self.metrics.model_info.labels(info["model"], info["backend"], info["dtype"], info["device"]).set(1)
             self.ready = True
             self.metrics.ready.set(1)
@@ -121,25 +133,33 @@ class ServiceState:
         for task in (self._task, self._watchdog):
             if task is not None and not task.done():
                 task.cancel()
-        if self.batcher is not None:
-            await self.batcher.close()
+        if self.scheduler is not None:
+            await self.scheduler.close()
         if self.backend is not None and self._owns_backend:
             await self.backend.close()
 
-    # -- per request ----------------------------------------------------------------------------------
+    # -- health and admission -------------------------------------------------------------------------
 
     def is_ready(self) -> bool:
         return self.ready and not self.draining and self.failure is None
+
+    def unhealthy_reason(self) -> str | None:
+        """Why the process cannot serve any more (None while healthy or still loading)."""
+        if self.failure is not None:
+            return self.failure
+        engine_ok = self.backend is None or self.backend.health()
+        scheduler_ok = self.scheduler is None or self.scheduler.healthy()
+        return None if engine_ok and scheduler_ok else "the scoring engine stopped"
 
     @asynccontextmanager
     async def admitted(self):
         """Admit a scoring request (or refuse it: draining, not ready) and count it as in flight."""
         if self.draining:
             self.metrics.rejected.labels(reason="draining").inc()
-            raise APIError("server is shutting down; retry on another replica", status=503, type="draining")
+            raise ServiceError("server is shutting down; retry on another replica", kind=ErrorKind.DRAINING)
         if not self.ready or self.failure is not None:
             self.metrics.rejected.labels(reason="not_ready").inc()
-            raise APIError(self.failure or "model is still loading", status=503, type="not_ready")
+            raise ServiceError(self.failure or "model is still loading", kind=ErrorKind.NOT_READY)
         self.inflight += 1
         self.metrics.inflight.inc()
         try:

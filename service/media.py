@@ -20,7 +20,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from vlreward.service.errors import APIError
+from vlreward.service.errors import ErrorKind, ServiceError
+from vlreward.service.settings import default
 
 # Bare base64 of a JPEG starts with "/9j/": a "/"-string made only of base64 characters is base64,
 # anything else starting with "/" (a "." or "-" in a file name, say) is a path. `file://` is explicit.
@@ -30,17 +31,18 @@ _BASE64_TEXT = re.compile(r"[A-Za-z0-9+/=\s]+")
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
 
 
-class MediaError(APIError):
-    """A client's image could not be used (400 undecodable, 413 too large, 415 unsupported format)."""
+class MediaError(ServiceError):
+    """A client's image could not be used: undecodable or refused (invalid_request), too large, or in an
+    unsupported format."""
 
 
 @dataclass(frozen=True)
 class MediaPolicy:
     """What image references are accepted and how large they may be."""
 
-    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_bytes: int = default("max_image_bytes")
     """Largest encoded image, in bytes."""
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = default("max_image_pixels")
     """Largest width*height, checked from the header before decoding."""
     media_root: Path | None = None
     """Folder that file references must lie under; None disables file references."""
@@ -50,9 +52,9 @@ class MediaPolicy:
     """Host names URLs may point to (and their subdomains); empty allows any public host."""
     url_allow_private: bool = False
     """Allow private, loopback and link-local addresses (tests with a loopback server only)."""
-    url_timeout_s: float = 10.0
+    url_timeout_s: float = default("url_timeout_s")
     """Timeout of one download, redirects included."""
-    max_redirects: int = 3
+    max_redirects: int = default("url_max_redirects")
 
 
 def _decode_base64(data: str) -> bytes:
@@ -78,9 +80,7 @@ def read_image_bytes(ref: str, policy: MediaPolicy) -> bytes:
     else:
         raw = _decode_base64(ref)
     if len(raw) > policy.max_image_bytes:
-        raise MediaError(
-            f"image is {len(raw)} bytes; the limit is {policy.max_image_bytes}", status=413, type="too_large"
-        )
+        raise MediaError(f"image is {len(raw)} bytes; the limit is {policy.max_image_bytes}", kind=ErrorKind.TOO_LARGE)
     return raw
 
 
@@ -96,7 +96,7 @@ def _read_file(path_text: str, policy: MediaPolicy) -> bytes:
         raise MediaError(f"image file not found: {path_text}")
     size = path.stat().st_size
     if size > policy.max_image_bytes:
-        raise MediaError(f"image is {size} bytes; the limit is {policy.max_image_bytes}", status=413, type="too_large")
+        raise MediaError(f"image is {size} bytes; the limit is {policy.max_image_bytes}", kind=ErrorKind.TOO_LARGE)
     return path.read_bytes()
 
 
@@ -107,17 +107,16 @@ def decode_image(raw: bytes, policy: MediaPolicy) -> Image.Image:
         try:
             image = Image.open(io.BytesIO(raw))
         except Image.DecompressionBombError as exc:
-            raise MediaError(str(exc), status=413, type="too_large") from exc
+            raise MediaError(str(exc), kind=ErrorKind.TOO_LARGE) from exc
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise MediaError("image could not be decoded (not a PNG, JPEG, WEBP, GIF or BMP?)") from exc
         if image.format not in ALLOWED_FORMATS:
-            raise MediaError(f"unsupported image format {image.format}", status=415, type="unsupported_media")
+            raise MediaError(f"unsupported image format {image.format}", kind=ErrorKind.UNSUPPORTED_MEDIA)
         width, height = image.size
         if width * height > policy.max_image_pixels:
             raise MediaError(
                 f"image is {width}x{height} = {width * height} pixels; the limit is {policy.max_image_pixels}",
-                status=413,
-                type="too_large",
+                kind=ErrorKind.TOO_LARGE,
             )
         try:
             image.seek(0)  # GIF: first frame
@@ -177,7 +176,7 @@ def fetch_url(url: str, policy: MediaPolicy) -> bytes:
             pinned = parsed.copy_with(host=address)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise MediaError("image download timed out", status=400)
+                raise MediaError("image download timed out")
             headers = {"Host": parsed.netloc.decode()}
             extensions = {"sni_hostname": host} if parsed.scheme == "https" else {}
             try:
@@ -200,6 +199,6 @@ def _read_capped(reply, limit: int) -> bytes:
     for chunk in reply.iter_bytes():
         total += len(chunk)
         if total > limit:
-            raise MediaError(f"image is over {limit} bytes", status=413, type="too_large")
+            raise MediaError(f"image is over {limit} bytes", kind=ErrorKind.TOO_LARGE)
         chunks.append(chunk)
     return b"".join(chunks)

@@ -1,20 +1,24 @@
 """Sample -> model input: decode images (media), apply the chat template (formatting), encode, check limits.
 
 Runs in a worker thread (image decoding and preprocessing are CPU work). Every error is an
-:class:`~vlreward.service.errors.APIError` located at the request field it concerns.
+:class:`~vlreward.service.errors.ServiceError` located at the request field it concerns.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 
-from vlreward.service.errors import APIError, too_large
+from vlreward.service.errors import ServiceError, too_large
 from vlreward.service.media import MediaError, MediaPolicy, load_image
 from vlreward.service.model.formatting import FormattedSample, FormattingError, format_sample, format_templated
 from vlreward.service.schemas import Sample, TextPart
+from vlreward.service.settings import default
+
+if TYPE_CHECKING:
+    from vlreward.service.backends.base import Backend, EncodedInput
 
 Truncate = Literal["none", "prompt_left"]
 
@@ -23,8 +27,8 @@ Truncate = Literal["none", "prompt_left"]
 class Limits:
     """Per-sample limits."""
 
-    max_tokens: int = 8192
-    max_images: int = 8
+    max_tokens: int = default("max_tokens")
+    max_images: int = default("max_images")
 
 
 def load_images(
@@ -106,8 +110,8 @@ def truncate_prompt_left(sample: Sample, excess: int, tokenizer: Any) -> Sample 
 
 
 def encode_within_limit(
-    backend: Any, sample: Sample, images: list, limits: Limits, truncate: Truncate, param: str
-) -> Any:
+    backend: Backend, sample: Sample, images: list, limits: Limits, truncate: Truncate, param: str
+) -> EncodedInput:
     """Format and encode, applying the token limit (cut the prompt from the left when asked)."""
     encoded = backend.encode(format_sample(sample, images, backend.processor))
     for _ in range(4):  # re-tokenising cut text can shift a token or two; converge in a few rounds
@@ -127,7 +131,7 @@ def encode_within_limit(
     )
 
 
-def prepare_item(backend: Any, sample: Sample, policy: MediaPolicy, limits: Limits, truncate: Truncate, param: str):
+def prepare_item(backend: Backend, sample: Sample, policy: MediaPolicy, limits: Limits, truncate: Truncate, param: str):
     """One /score item -> encoded model input."""
     params = _located(sample.image_params(), param)
     images = load_images(sample.image_refs(), params, policy, limits.max_images, param)
@@ -135,15 +139,20 @@ def prepare_item(backend: Any, sample: Sample, policy: MediaPolicy, limits: Limi
 
 
 def prepare_items(
-    backend: Any, samples: list[Sample], policy: MediaPolicy, limits: Limits, truncate: Truncate, collect_errors: bool
-) -> tuple[list[Any | None], list[tuple[int, APIError]]]:
+    backend: Backend,
+    samples: list[Sample],
+    policy: MediaPolicy,
+    limits: Limits,
+    truncate: Truncate,
+    collect_errors: bool,
+) -> tuple[list[EncodedInput | None], list[tuple[int, ServiceError]]]:
     """All /score items; with ``collect_errors`` a bad item becomes None plus an error, else it raises."""
-    encoded: list[Any | None] = []
-    errors: list[tuple[int, APIError]] = []
+    encoded: list[EncodedInput | None] = []
+    errors: list[tuple[int, ServiceError]] = []
     for index, sample in enumerate(samples):
         try:
             encoded.append(prepare_item(backend, sample, policy, limits, truncate, f"items[{index}]"))
-        except APIError as exc:
+        except ServiceError as exc:
             if not collect_errors:
                 raise
             encoded.append(None)
@@ -151,7 +160,7 @@ def prepare_items(
     return encoded, errors
 
 
-def prepare_rank(backend: Any, candidates: list[Sample], policy: MediaPolicy, limits: Limits) -> list[Any]:
+def prepare_rank(backend: Backend, candidates: list[Sample], policy: MediaPolicy, limits: Limits) -> list[EncodedInput]:
     """/rank: candidates share prompt and images, so the images are decoded and preprocessed once."""
     first = candidates[0]
     images = load_images(first.image_refs(), first.image_params(), policy, limits.max_images, None)
@@ -167,8 +176,8 @@ def prepare_rank(backend: Any, candidates: list[Sample], policy: MediaPolicy, li
 
 
 def prepare_templated(
-    backend: Any, queries: list[str], image_refs: list[list[str]] | None, policy: MediaPolicy, limits: Limits
-) -> list[Any]:
+    backend: Backend, queries: list[str], image_refs: list[list[str]] | None, policy: MediaPolicy, limits: Limits
+) -> list[EncodedInput]:
     """/get_reward: already chat-templated text (+ images per query) -> encoded model input."""
     encoded = []
     for index, query in enumerate(queries):
@@ -178,7 +187,7 @@ def prepare_templated(
         try:
             formatted = format_templated(query, images)
         except FormattingError as exc:
-            raise APIError(str(exc), param=f"query[{index}]") from exc
+            raise ServiceError(str(exc), param=f"query[{index}]") from exc
         item = backend.encode(formatted)
         if item.num_tokens > limits.max_tokens:
             raise too_large(f"query has {item.num_tokens} tokens; the limit is {limits.max_tokens}", f"query[{index}]")

@@ -209,13 +209,3 @@ class GetRewardResponse(BaseModel):
     rewards: list[float]
     scores: list[float]
     extra_logs: dict[str, Any] = Field(default_factory=dict)
-
-
-class ErrorDetail(BaseModel):
-    type: str
-    message: str
-    param: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail

@@ -1,17 +1,29 @@
-"""All service settings: one pydantic-settings object, environment prefix ``VLREWARD_``, mirrored by CLI flags."""
+"""All service settings: one pydantic-settings model, the single source of every knob.
+
+Each field is a name, a type, a default and a help text; from it come the environment variable
+(``VLREWARD_<NAME>``), the ``vlreward serve --<name>`` flag (generated in :mod:`vlreward.service.cli`),
+the limits ``/info`` reports (fields marked with :data:`LIMIT`) and the defaults of the sub-systems
+(media policy, per-sample limits, batching, backends, the vLLM engine), which read them with
+:func:`default`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "VLREWARD_"
+LIMIT = {"limit": True}
+"""``json_schema_extra`` of the settings ``/info`` lists under ``limits``."""
 
 
 class Settings(BaseSettings):
     """Every knob of the service. Each field reads ``VLREWARD_<NAME>`` from the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="VLREWARD_", extra="ignore", protected_namespaces=())
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", protected_namespaces=())
 
     # Model and engine
     model: Path | None = Field(None, description="Reward checkpoint directory; default: the embedded model.")
@@ -23,26 +35,36 @@ class Settings(BaseSettings):
     # HTTP
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, description="Port to bind.")
-    api_keys: str = Field("", description="Comma-separated API keys; empty means no auth.")
+    api_keys: str = Field("", description="Comma-separated API keys; empty means no auth (prefer the file).")
     api_key_file: Path | None = Field(None, description="File with one API key per line.")
     log_json: bool = Field(False, description="One JSON log line per request.")
 
     # Batching and admission
-    max_batch_tokens: int = Field(16384, description="Padded tokens per forward pass (transformers backend).")
-    max_batch_size: int = Field(32, description="Samples per forward pass.")
-    max_wait_ms: float = Field(5.0, description="How long a batch waits to fill before it runs.")
-    max_queue: int = Field(2048, description="Samples waiting at most; beyond it requests get 429.")
-    request_timeout_s: float = Field(60.0, description="Default per-request deadline (504 after it).")
+    max_batch_tokens: int = Field(
+        16384, description="Padded tokens per forward pass (transformers backend).", json_schema_extra=LIMIT
+    )
+    max_batch_size: int = Field(32, description="Samples per forward pass.", json_schema_extra=LIMIT)
+    max_wait_ms: float = Field(
+        5.0, description="How long a batch waits to fill before it runs.", json_schema_extra=LIMIT
+    )
+    max_queue: int = Field(
+        2048, description="Samples waiting at most; beyond it requests get 429.", json_schema_extra=LIMIT
+    )
+    request_timeout_s: float = Field(
+        60.0, description="Default per-request deadline (504 after it).", json_schema_extra=LIMIT
+    )
     drain_timeout_s: float = Field(30.0, description="After SIGTERM, how long in-flight requests may take.")
 
     # Limits
-    max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest request body.")
-    max_items: int = Field(256, description="Items per /score and queries per /get_reward.")
-    max_responses: int = Field(64, description="Responses per /rank.")
-    max_tokens: int = Field(8192, description="Tokens per sample, image tokens included.")
-    max_images: int = Field(8, description="Images per sample.")
-    max_image_pixels: int = Field(40_000_000, description="width*height of an image, checked before decoding.")
-    max_image_bytes: int = Field(20 * 1024 * 1024, description="Encoded size of one image.")
+    max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest request body.", json_schema_extra=LIMIT)
+    max_items: int = Field(256, description="Items per /score and queries per /get_reward.", json_schema_extra=LIMIT)
+    max_responses: int = Field(64, description="Responses per /rank.", json_schema_extra=LIMIT)
+    max_tokens: int = Field(8192, description="Tokens per sample, image tokens included.", json_schema_extra=LIMIT)
+    max_images: int = Field(8, description="Images per sample (vLLM: per prompt).", json_schema_extra=LIMIT)
+    max_image_pixels: int = Field(
+        40_000_000, description="width*height of an image, checked before decoding.", json_schema_extra=LIMIT
+    )
+    max_image_bytes: int = Field(20 * 1024 * 1024, description="Encoded size of one image.", json_schema_extra=LIMIT)
     min_pixels: int | None = Field(None, description="Override the checkpoint's minimum pixels per image.")
     max_pixels: int | None = Field(None, description="Override the checkpoint's maximum pixels per image.")
 
@@ -50,7 +72,8 @@ class Settings(BaseSettings):
     allow_urls: bool = Field(False, description="Fetch http(s) image URLs.")
     url_allowlist: str = Field("", description="Comma-separated host names URLs may point to (empty: any).")
     url_allow_private: bool = Field(False, description="Allow private/loopback addresses (tests only).")
-    url_timeout_s: float = Field(10.0, description="Timeout for one image download.")
+    url_timeout_s: float = Field(10.0, description="Timeout for one image download, redirects included.")
+    url_max_redirects: int = Field(3, description="Redirects one image download may follow.")
     media_root: Path | None = Field(None, description="Folder file references may point into; unset disables them.")
 
     # vLLM engine (backend "vllm"); unset values get defaults chosen for the device
@@ -77,3 +100,22 @@ class Settings(BaseSettings):
     def default_model_dir(self) -> Path:
         """Where the embedded default model lives."""
         return self.home.expanduser() / "models" / "default"
+
+    def limits(self) -> dict[str, Any]:
+        """The settings ``/info`` reports as limits (fields marked :data:`LIMIT`), by name."""
+        return {name: getattr(self, name) for name in limit_names()}
+
+
+def default(name: str) -> Any:
+    """A setting's default, for the sub-systems' own signatures (one declaration, here)."""
+    return Settings.model_fields[name].get_default(call_default_factory=True)
+
+
+def limit_names() -> list[str]:
+    """Names of the settings marked :data:`LIMIT`, in declaration order."""
+    return [name for name, field in Settings.model_fields.items() if field.json_schema_extra == LIMIT]
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting."""
+    return ENV_PREFIX + name.upper()

@@ -63,7 +63,7 @@ class LiveServer:
         import httpx
         import uvicorn
 
-        from vlreward.service.app import create_app
+        from vlreward.service.http.app import create_app
 
         self.app = create_app(self.settings, self.backend)
         self.state = self.app.state.service

@@ -104,13 +104,13 @@ def evaluate(
     if predictions is not None:
         recompute(benchmark, predictions, output)
     elif benchmark == "synthetic":
-        from vlreward.service.backends import backend_options, create_backend
+        from vlreward.service.backends import load_backend
         from vlreward.service.settings import Settings
 
         model_dir = model or Settings().default_model_dir()
-        settings = Settings(backend=backend)
-        engine = create_backend(backend, str(model_dir), **backend_options(settings))
-        evaluate_synthetic(engine, model_dir, output, seed=SYNTHETIC_SEED + seed)
+        evaluate_synthetic(
+            load_backend(Settings(backend=backend), model_dir), model_dir, output, seed=SYNTHETIC_SEED + seed
+        )
     else:
         if data is None:
             raise typer.BadParameter("--data is required for this benchmark")
@@ -129,14 +129,14 @@ def _scorer(model: Path | None, url: str | None, api_key: str | None, backend: s
         client = RewardClient(url, api_key=api_key)
         info = client.info()
         return (lambda samples: client.score(samples).scores), info["model"], info.get("checkpoint_hash")
-    from vlreward.service.backends import backend_options, create_backend
+    from vlreward.service.backends import load_backend
     from vlreward.service.media import MediaPolicy
     from vlreward.service.model.checkpoint import checkpoint_hash, model_name
     from vlreward.service.prepare import prepare_sample
     from vlreward.service.schemas import Sample
     from vlreward.service.settings import Settings
 
-    engine = create_backend(backend, str(model), **backend_options(Settings(backend=backend)))
+    engine = load_backend(Settings(backend=backend), model)
     policy = MediaPolicy()
 
     def score(samples: list[dict]) -> list[float]:
@@ -191,8 +191,9 @@ def data_clean(
     regenerate_model: Annotated[str, typer.Option(help="Model name at that endpoint.")] = "default",
 ) -> None:
     """Drop ties, exact and near duplicates; optionally flag (and regenerate) weak pairs. Prints counts."""
-    from vlreward.training.data.cleaning import clean, regenerate_chosen, score_pairs, surrogate_flags, write_flags
+    from vlreward.training.data.cleaning import clean, regenerate_chosen, surrogate_flags, write_flags
     from vlreward.training.data.schema import read_records, write_records
+    from vlreward.training.evaluate import score_records
 
     kept, reports = clean(list(read_records(input)), input, near_threshold)
     for report in reports:
@@ -201,7 +202,7 @@ def data_clean(
         from vlreward.service.backends import create_backend
 
         backend = create_backend("hf", str(surrogate_model), device="auto")
-        kept, flags = surrogate_flags(kept, score_pairs(backend, kept, input), low_percentile, margin_percentile)
+        kept, flags = surrogate_flags(kept, score_records(backend, kept, input), low_percentile, margin_percentile)
         write_flags(flags, output / "regenerate.jsonl")
         typer.echo(f"surrogate: {len(flags)} of {len(kept)} pairs flagged -> {output / 'regenerate.jsonl'}")
         if regenerate_url is not None:

@@ -10,38 +10,51 @@ import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from vlreward.service.backends.base import Backend
 from vlreward.service.media import MediaPolicy
 from vlreward.service.model.checkpoint import checkpoint_hash, model_name
 from vlreward.service.prepare import prepare_sample
 from vlreward.training.data.schema import PreferenceRecord, read_records
 
+T = TypeVar("T")
 
-def score_records(
-    backend: Any, records: list[PreferenceRecord], root: Path, counterfactual: bool = False, batch_pairs: int = 16
+
+def score_pairs(
+    score: Callable[[list[T]], list[float]], pairs: list[tuple[T, T]], batch_pairs: int = 16, progress: bool = False
 ) -> list[tuple[float, float]]:
-    """(chosen, rejected) scores per record; with ``counterfactual`` the image is swapped for the one
-    matching the rejected response (``meta["counter_image"]``)."""
-    policy = MediaPolicy(media_root=root)
+    """(chosen, rejected) scores of pairs, ``batch_pairs`` pairs per call of ``score`` (both sides in one
+    call). The one pair scorer: evaluation, cleaning's surrogate and the trainer's held-out checks use it."""
     scores: list[tuple[float, float]] = []
-    for start in tqdm(range(0, len(records), batch_pairs), desc="scoring", unit="batch", leave=False):
-        chunk = records[start : start + batch_pairs]
-        formatted = []
-        for record in chunk:
-            images = [record.meta["counter_image"]] if counterfactual else None
-            for response in (record.chosen, record.rejected):
-                sample = record.sample(response, root=root, images=images)
-                formatted.append(prepare_sample(sample, backend.processor, policy))
-        values = backend.score_sync(formatted)
-        scores += [(values[2 * i], values[2 * i + 1]) for i in range(len(chunk))]
+    starts = range(0, len(pairs), batch_pairs)
+    for start in tqdm(starts, desc="scoring", unit="batch", leave=False, disable=not progress):
+        chunk = pairs[start : start + batch_pairs]
+        values = score([c for c, _ in chunk] + [r for _, r in chunk])
+        scores += list(zip(values[: len(chunk)], values[len(chunk) :], strict=True))
     return scores
 
 
-def accuracy_tables(categories: list[str], scores: list[tuple[float, float]]) -> dict[str, Any]:
-    """Overall (micro) accuracy, per-category accuracy, macro mean over categories, and ties."""
+def score_records(
+    backend: Backend, records: list[PreferenceRecord], root: Path, counterfactual: bool = False
+) -> list[tuple[float, float]]:
+    """(chosen, rejected) scores per record through a service backend; with ``counterfactual`` the image
+    is swapped for the one matching the rejected response (``meta["counter_image"]``)."""
+    policy = MediaPolicy(media_root=root)
+
+    def formatted(record: PreferenceRecord, response: str):
+        images = [record.meta["counter_image"]] if counterfactual else None
+        return prepare_sample(record.sample(response, root=root, images=images), backend.processor, policy)
+
+    pairs = [(formatted(r, r.chosen), formatted(r, r.rejected)) for r in records]
+    return score_pairs(backend.score_sync, pairs, progress=True)
+
+
+def pairwise_accuracy(categories: list[str], scores: list[tuple[float, float]]) -> dict[str, Any]:
+    """The one accuracy table: a pair is right only when the chosen response scores strictly higher
+    (ties count as wrong). Overall (micro), per category, macro mean over categories, ties, mean margin."""
     per: dict[str, list[bool]] = {}
     ties = 0
     for category, (chosen, rejected) in zip(categories, scores, strict=True):
@@ -56,6 +69,7 @@ def accuracy_tables(categories: list[str], scores: list[tuple[float, float]]) ->
         "categories": table,
         "category_counts": {name: len(v) for name, v in sorted(per.items())},
         "ties": ties,
+        "mean_margin": sum(c - r for c, r in scores) / max(1, len(scores)),
     }
 
 
@@ -135,7 +149,7 @@ def evaluate_synthetic(backend: Any, model_dir: Path, output_dir: Path, seed: in
         "benchmark": "synthetic",
         "model": model_name(model_dir),
         "checkpoint_hash": checkpoint_hash(model_dir),
-        **accuracy_tables([r.category for r in records], scores),
+        **pairwise_accuracy([r.category for r in records], scores),
     }
     results["extra_image_swap_hallucination"] = sum(r > c for c, r in swapped) / max(1, len(swapped))
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 from transformers import get_scheduler
 
-from vlreward.service.model.encoding import EncodedSample
 from vlreward.training.collator import PairCollator, PairDataset
 from vlreward.training.config import StageConfig, TrainConfig
 from vlreward.training.data.schema import PreferenceRecord, read_records
+from vlreward.training.evaluate import pairwise_accuracy, score_pairs
 from vlreward.training.model import freeze_vision_encoder, parameter_groups, parameter_report
 
 STATE_FILE = "trainer_state.json"
@@ -46,33 +46,6 @@ class Progress:
     """Batches of the current epoch already done."""
     global_step: int = 0
     history: list[dict] = field(default_factory=list)
-
-
-def evaluate_pairs(model: Any, pairs: list[tuple[EncodedSample, EncodedSample]], batch_size: int = 16) -> list[tuple]:
-    """(chosen score, rejected score) per pair, in eval mode."""
-    was_training = model.training
-    model.eval()
-    scores = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        values = model.score_batch([c for c, _ in chunk] + [r for _, r in chunk])
-        scores += list(zip(values[: len(chunk)], values[len(chunk) :], strict=True))
-    model.train(was_training)
-    return scores
-
-
-def accuracy_table(records: list[PreferenceRecord], scores: list[tuple]) -> dict[str, Any]:
-    """Accuracy (strictly higher chosen score; ties are wrong) overall and per category, and mean margin."""
-    by_category: dict[str, list[bool]] = {}
-    for record, (chosen, rejected) in zip(records, scores, strict=True):
-        by_category.setdefault(record.category, []).append(chosen > rejected)
-    correct = [c for values in by_category.values() for c in values]
-    return {
-        "n": len(correct),
-        "overall": sum(correct) / max(1, len(correct)),
-        "categories": {k: sum(v) / len(v) for k, v in sorted(by_category.items())},
-        "mean_margin": sum(c - r for c, r in scores) / max(1, len(scores)),
-    }
 
 
 class RewardTrainer:
@@ -258,9 +231,16 @@ class RewardTrainer:
         bar.close()
 
     def evaluate(self) -> dict[str, Any]:
-        """Held-out accuracy per category and mean margin."""
+        """Held-out accuracy per category and mean margin (the model in eval mode, then back)."""
         records, pairs = self.heldout
-        return accuracy_table(records, evaluate_pairs(self.unwrapped, pairs))
+        model = self.unwrapped
+        was_training = model.training
+        model.eval()
+        try:
+            scores = score_pairs(model.score_batch, pairs)
+        finally:
+            model.train(was_training)
+        return pairwise_accuracy([r.category for r in records], scores)
 
     def save_checkpoint(self, progress: Progress, directory: Path) -> None:
         """Model, optimiser, scheduler and RNG states (accelerate) plus where training stands."""

@@ -30,27 +30,57 @@ def backend_facts(name: str, model_dir: Path, dtype: str, device: str, processor
     }
 
 
+class EncodedInput(Protocol):
+    """A backend's input for one sample, with what limits and scheduling need to know of it."""
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens, image tokens included."""
+        ...
+
+    @property
+    def num_images(self) -> int: ...
+
+
 @runtime_checkable
 class Backend(Protocol):
-    """Scores formatted samples. ``processor`` owns the chat template and the image pixel bounds."""
+    """Scores formatted samples: everything the service, offline scoring and training call on an engine."""
 
     name: str
+    """``hf`` or ``vllm``."""
+    model_dir: Path
+    dtype: str
+    device: str
     processor: Any
+    """Owns the chat template and the image pixel bounds."""
+    max_tokens: int | None
+    """The engine's context length when it has one (the service's token limit cannot exceed it)."""
+    continuous_batching: bool
+    """The engine batches across requests itself: the service hands it each request as it comes
+    instead of forming batches (admission still applies)."""
+
+    def encode(self, sample: FormattedSample) -> EncodedInput:
+        """The backend's input for one sample (its token count is then known)."""
+        ...
+
+    def encode_shared(self, samples: list[FormattedSample]) -> list[EncodedInput]:
+        """Inputs of candidates that share prompt and images (a /rank request), images preprocessed once."""
+        ...
+
+    async def run_batch(self, batch: list[EncodedInput]) -> list[float]:
+        """Score encoded inputs; cancelling the call abandons them."""
+        ...
+
+    async def run_shared_prefix(self, batch: list[EncodedInput]) -> list[float]:
+        """Score candidates that share their prompt and images, computing the shared part once."""
+        ...
 
     async def score(self, samples: list[FormattedSample]) -> list[float]:
         """Raw rewards, one per sample, in order."""
         ...
 
-    def encode(self, sample: FormattedSample) -> Any:
-        """The backend's input for one sample; has ``num_tokens`` and ``num_images`` (for limits)."""
-        ...
-
-    def encode_shared(self, samples: list[FormattedSample]) -> list[Any]:
-        """Inputs of candidates that share prompt and images (a /rank request)."""
-        ...
-
-    async def run_batch(self, batch: list[Any]) -> list[float]:
-        """Score encoded inputs; cancelling the call abandons them."""
+    def score_sync(self, samples: list[FormattedSample]) -> list[float]:
+        """The same, blocking (offline scoring, evaluation, training's tools)."""
         ...
 
     async def warm_up(self) -> float | None:
@@ -58,7 +88,7 @@ class Backend(Protocol):
         ...
 
     def info(self) -> dict[str, Any]:
-        """Static facts for /info: model, backend, dtype, device, pixel bounds."""
+        """Static facts for /info: model, backend, dtype, device, pixel bounds, checkpoint hash."""
         ...
 
     def health(self) -> bool:
@@ -70,7 +100,7 @@ class Backend(Protocol):
         ...
 
 
-async def probe_warm_up(backend: Any) -> float | None:
+async def probe_warm_up(backend: Backend) -> float | None:
     """One real request through ``backend.score``: the checkpoint's probe (verified; its score is
     returned) or, without a probe, a fixed text sample (None is returned)."""
     probe = read_probe(backend.model_dir)

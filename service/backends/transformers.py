@@ -15,6 +15,7 @@ from vlreward.service.model.checkpoint import load_reward_model
 from vlreward.service.model.encoding import EncodedSample, encode, encode_shared, set_pixel_bounds
 from vlreward.service.model.formatting import FormattedSample
 from vlreward.service.model.probe import Probe, probe_sample, read_probe, verify_probe, write_probe
+from vlreward.service.settings import Settings, default
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -30,17 +31,19 @@ class TransformersBackend:
     """Qwen2.5-VL reward model in transformers; batches sorted by length and cut by a token budget."""
 
     name = "hf"
+    max_tokens = None
+    continuous_batching = False
 
     def __init__(
         self,
         model_dir: str | Path,
-        dtype: str = "float32",
-        device: str = "auto",
-        max_batch_size: int = 16,
-        max_batch_tokens: int = 16384,
+        dtype: str = default("dtype"),
+        device: str = default("device"),
+        max_batch_size: int = default("max_batch_size"),
+        max_batch_tokens: int = default("max_batch_tokens"),
         padding_side: Literal["left", "right"] = "right",
-        min_pixels: int | None = None,
-        max_pixels: int | None = None,
+        min_pixels: int | None = default("min_pixels"),
+        max_pixels: int | None = default("max_pixels"),
     ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
@@ -55,6 +58,19 @@ class TransformersBackend:
         self._facts = backend_facts(self.name, self.model_dir, dtype, self.device, self.processor)
         # One worker: the model runs one batch at a time, never on the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlreward-hf")
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, model_dir: Path, settings: Settings) -> TransformersBackend:
+        return cls(
+            model_dir,
+            dtype=settings.dtype,
+            device=settings.device,
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            min_pixels=settings.min_pixels,
+            max_pixels=settings.max_pixels,
+        )
 
     def encode(self, sample: FormattedSample) -> EncodedSample:
         """Tokenise and preprocess one sample (its token count is then known)."""
@@ -128,7 +144,8 @@ class TransformersBackend:
         return dict(self._facts)
 
     def health(self) -> bool:
-        return not self._executor._shutdown
+        return not self._closed
 
     async def close(self) -> None:
+        self._closed = True
         self._executor.shutdown(wait=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +24,27 @@ from vlreward.service.model.checkpoint import (
     weight_files,
 )
 from vlreward.service.model.formatting import FormattedSample
+from vlreward.service.settings import Settings, default
 
 
 @dataclass
 class EngineSettings:
-    """vLLM engine settings (``VLREWARD_VLLM_*``). None means: a default chosen for the device."""
+    """vLLM engine settings (``VLREWARD_VLLM_*``, documented there). None means: a default chosen for
+    the device."""
 
-    max_model_len: int | None = None
-    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = default("vllm_max_model_len")
+    gpu_memory_utilization: float | None = default("vllm_gpu_memory_utilization")
     """On CPU: the share of host memory vLLM reserves for its KV cache."""
-    tensor_parallel_size: int = 1
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    enable_prefix_caching: bool = True
-    enforce_eager: bool | None = None
+    tensor_parallel_size: int = default("vllm_tensor_parallel_size")
+    max_num_seqs: int | None = default("vllm_max_num_seqs")
+    max_num_batched_tokens: int | None = default("vllm_max_num_batched_tokens")
+    enable_prefix_caching: bool = default("vllm_enable_prefix_caching")
+    enforce_eager: bool | None = default("vllm_enforce_eager")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineSettings:
+        """The ``vllm_*`` settings, without their prefix."""
+        return cls(**{f.name: getattr(settings, f"vllm_{f.name}") for f in fields(cls)})
 
 
 @dataclass
@@ -71,17 +78,17 @@ class VLLMBackend:
     """Scores through vLLM's AsyncLLM; results are raw logits of the one-label classifier head."""
 
     name = "vllm"
+    continuous_batching = True
 
     def __init__(
         self,
         model_dir: str | Path,
-        dtype: str = "float32",
-        device: str = "auto",
-        max_images: int = 8,
-        min_pixels: int | None = None,
-        max_pixels: int | None = None,
+        dtype: str = default("dtype"),
+        device: str = default("device"),
+        max_images: int = default("max_images"),
+        min_pixels: int | None = default("min_pixels"),
+        max_pixels: int | None = default("max_pixels"),
         engine: EngineSettings | None = None,
-        **_: Any,
     ):
         import torch
         from transformers import AutoProcessor
@@ -126,6 +133,18 @@ class VLLMBackend:
         self._patch = self.processor.image_processor.patch_size
         self._sync_loop: asyncio.AbstractEventLoop | None = None
 
+    @classmethod
+    def from_settings(cls, model_dir: Path, settings: Settings) -> VLLMBackend:
+        return cls(
+            model_dir,
+            dtype=settings.dtype,
+            device=settings.device,
+            max_images=settings.max_images,
+            min_pixels=settings.min_pixels,
+            max_pixels=settings.max_pixels,
+            engine=EngineSettings.from_settings(settings),
+        )
+
     # -- inputs -----------------------------------------------------------------------------------------
 
     def _image_tokens(self, image: Any) -> int:
@@ -157,7 +176,7 @@ class VLLMBackend:
             prompt["multi_modal_data"] = {"image": item.images}
         from vllm.exceptions import VLLMValidationError
 
-        from vlreward.service.errors import APIError
+        from vlreward.service.errors import ServiceError
 
         params = PoolingParams(task="classify", use_activation=False)
         final = None
@@ -165,12 +184,17 @@ class VLLMBackend:
             async for output in self.engine.encode(prompt, params, request_id=f"vlreward-{uuid.uuid4().hex}"):
                 final = output
         except VLLMValidationError as exc:  # the engine refused the input: the client's mistake, not ours
-            raise APIError(str(exc), status=400, type="invalid_request") from exc
+            raise ServiceError(str(exc)) from exc
         return float(final.outputs.data.reshape(-1)[0])
 
     async def run_batch(self, batch: list[VLLMInput]) -> list[float]:
         """Hand every sample to the engine at once; it batches them continuously. Cancelling aborts them."""
         return list(await asyncio.gather(*(self._score_one(item) for item in batch)))
+
+    async def run_shared_prefix(self, batch: list[VLLMInput]) -> list[float]:
+        """Candidates of one /rank request: handed over together; the engine's prefix cache shares their
+        common prompt and images."""
+        return await self.run_batch(batch)
 
     async def score(self, samples: list[FormattedSample]) -> list[float]:
         return await self.run_batch([self.encode(s) for s in samples])

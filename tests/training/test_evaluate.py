@@ -7,13 +7,13 @@ import json
 from typer.testing import CliRunner
 
 from vlreward.training.cli import app
-from vlreward.training.evaluate import accuracy_tables
+from vlreward.training.evaluate import pairwise_accuracy
 
 
-def test_accuracy_tables_count_ties_as_wrong_and_average_categories():
+def test_pairwise_accuracy_count_ties_as_wrong_and_average_categories():
     categories = ["a", "a", "a", "b", "b"]
     scores = [(1.0, 0.0), (0.0, 1.0), (0.5, 0.5), (2.0, 1.0), (3.0, -1.0)]
-    table = accuracy_tables(categories, scores)
+    table = pairwise_accuracy(categories, scores)
     assert table["categories"] == {"a": 1 / 3, "b": 1.0}
     assert table["overall"] == 3 / 5
     assert table["macro"] == (1 / 3 + 1.0) / 2

@@ -16,7 +16,6 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from datasketch import MinHash, MinHashLSH
 
@@ -97,13 +96,6 @@ def clean(
     records, report = drop_near_duplicates(records, root, near_threshold)
     reports.append(report)
     return records, reports
-
-
-def score_pairs(backend: Any, records: list[PreferenceRecord], root: Path) -> list[tuple[float, float]]:
-    """(chosen, rejected) scores of every record with a reward model through a service backend."""
-    from vlreward.training.evaluate import score_records
-
-    return score_records(backend, records, root)
 
 
 @dataclass

@@ -68,12 +68,12 @@ def test_surrogate_stage_flags_exactly_the_planted_low_score_and_low_margin_pair
 def test_surrogate_scores_come_from_the_service_backend(hf_backend, tmp_path):
     from vlreward.service.media import MediaPolicy
     from vlreward.service.prepare import prepare_sample
-    from vlreward.training.data.cleaning import score_pairs
+    from vlreward.training.evaluate import score_records
 
     (tmp_path / "images").mkdir()
     shape_image("green").save(tmp_path / "images" / "g.png")
     records = [_record("x", "Colour?", "Green.", "Red.", "images/g.png"), _record("y", "Hi", "Hello", "Go away")]
-    scores = score_pairs(hf_backend, records, tmp_path)
+    scores = score_records(hf_backend, records, tmp_path)
     policy = MediaPolicy(media_root=tmp_path)
     for record, (chosen, rejected) in zip(records, scores, strict=True):
         direct = [hf_backend.score_sync([prepare_sample(record.sample(r, root=tmp_path), hf_backend.processor, policy)])[0]

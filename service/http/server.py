@@ -16,7 +16,7 @@ from types import FrameType
 
 import uvicorn
 
-from vlreward.service.app import create_app
+from vlreward.service.http.app import create_app
 from vlreward.service.lifecycle import ServiceState
 from vlreward.service.settings import Settings
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -61,10 +62,12 @@ def test_a_client_that_disconnects_has_its_queued_samples_dropped(hf_backend):
         assert httpx.post(live.url + "/score", json={"items": [{"prompt": "a", "response": "b"}]}).status_code == 200
 
 
-def test_sigterm_during_load_completes_every_accepted_request_then_exits_0(default_home):
-    """`vlreward serve` with no --model serves the embedded default model; drains on SIGTERM."""
+def test_sigterm_during_load_completes_every_accepted_request_then_exits_0(tiny_reward, tmp_path):
+    """`vlreward serve` with no --model serves the default model found in its home; drains on SIGTERM."""
+    home = tmp_path / "home"
+    shutil.copytree(tiny_reward, home / "models" / "default")
     port = free_port()
-    env = {**os.environ, "VLREWARD_HOME": str(default_home.home), "VLREWARD_MAX_WAIT_MS": "150"}
+    env = {**os.environ, "VLREWARD_HOME": str(home), "VLREWARD_MAX_WAIT_MS": "150"}
     process = subprocess.Popen([VLREWARD, "serve", "--port", str(port)], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -108,7 +111,7 @@ def test_sigterm_during_load_completes_every_accepted_request_then_exits_0(defau
     in_flight_at_sigterm = [1 for start, end, _ in accepted if start < sigterm_at < end]
     assert in_flight_at_sigterm, "no request was in flight at SIGTERM; the test proved nothing"
 
-    backend = TransformersBackend(default_home.model, device="cpu")
+    backend = TransformersBackend(home / "models" / "default", device="cpu")
     expected = [
         backend.score_sync([prepare_sample(Sample.model_validate(s), backend.processor, MediaPolicy())])[0]
         for s in samples

@@ -17,6 +17,7 @@ from vlreward.service.model.encoding import encode
 from vlreward.service.model.formatting import IMAGE_PAD, format_sample
 from vlreward.service.prepare import prepare_sample
 from vlreward.service.schemas import Sample
+from vlreward.service.settings import limit_names
 
 TOLERANCE = 1e-5
 
@@ -199,9 +200,14 @@ def test_request_id_is_echoed_and_info_describes_the_model(server):
     info = response.json()
     assert info["backend"] == "hf" and info["dtype"] == "float32" and info["device"] == "cpu"
     assert info["limits"]["max_tokens"] == 400 and len(info["chat_template_hash"]) == 16
+    assert set(info["limits"]) == set(limit_names())
+    assert info["limits"]["max_batch_size"] == server.settings.max_batch_size
     assert info["min_pixels"] == 3136 and info["max_pixels"] == 50176
     assert httpx.get(server.url + "/docs").status_code == 200
-    assert "/score" in httpx.get(server.url + "/openapi.json").json()["paths"]
+    openapi = httpx.get(server.url + "/openapi.json").json()
+    assert "/score" in openapi["paths"]
+    assert "HTTPBearer" in openapi["components"]["securitySchemes"]
+    assert {"401", "413", "429", "503", "504"} <= set(openapi["paths"]["/score"]["post"]["responses"])
 
 
 def test_metrics_pass_promtool_check(server):

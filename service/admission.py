@@ -1,0 +1,49 @@
+"""Admission: which scoring requests are let in, and how long they may take.
+
+Every backend sits behind the same admission: a bound on queued samples (beyond it
+:class:`~vlreward.service.errors.Overloaded`, a 429 with ``Retry-After``), a deadline per request
+(:class:`~vlreward.service.errors.DeadlineExceeded`) and cancellation (a client that goes away has
+its work cancelled; the scheduler drops its samples). How admitted samples reach the backend is the
+scheduler's job (:mod:`vlreward.service.batching`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from vlreward.service.batching import BatchResult, Scheduler, Sized
+from vlreward.service.errors import DeadlineExceeded, Overloaded
+from vlreward.service.metrics import Metrics
+
+
+class Admission:
+    """Bounded, deadline-limited, cancellable access to a scheduler."""
+
+    def __init__(self, scheduler: Scheduler, metrics: Metrics, max_queue: int):
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.max_queue = max_queue
+
+    async def submit(self, items: Sequence[Sized], timeout_s: float, grouped: bool = False) -> BatchResult:
+        """Score a request's samples (in order) within ``timeout_s``, or refuse it when the queue is full.
+
+        ``grouped``: the samples share their prompt and images (a /rank request) and run as one unit.
+        """
+        if not items:
+            return BatchResult([], 0.0, 0.0)
+        if timeout_s <= 0:
+            self.metrics.rejected.labels(reason="timeout").inc()
+            raise DeadlineExceeded("request deadline passed while preparing its inputs")
+        queued = self.scheduler.queued
+        if queued + len(items) > self.max_queue:
+            self.metrics.rejected.labels(reason="overloaded").inc()
+            raise Overloaded(queued, self.max_queue)
+        try:
+            return await asyncio.wait_for(self.scheduler.run(items, grouped), timeout=timeout_s)
+        except TimeoutError as exc:
+            self.metrics.rejected.labels(reason="timeout").inc()
+            raise DeadlineExceeded(f"request did not finish within {timeout_s:g} s") from exc
+        except asyncio.CancelledError:
+            self.metrics.rejected.labels(reason="cancelled").inc()
+            raise

@@ -1,0 +1,46 @@
+"""The FastAPI app, assembled: middleware, error handlers, routes and the lifespan.
+
+Follow a request: route (``scoring_routes``) -> ``scoring`` pipeline -> ``prepare`` (media,
+formatting, encoding, limits) -> ``admission`` -> scheduler (``batching``) -> backend.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from vlreward import __version__
+from vlreward.service.backends.base import Backend
+from vlreward.service.http import operations_routes, scoring_routes
+from vlreward.service.http.errors import install_error_handlers
+from vlreward.service.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from vlreward.service.lifecycle import ServiceState
+from vlreward.service.metrics import Metrics
+from vlreward.service.settings import Settings
+
+
+def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
+    """Build the service around a backend (loaded from ``settings.model`` in the background if None)."""
+    metrics = Metrics()
+    state = ServiceState(settings, metrics, backend)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.start()
+        yield
+        await state.stop()
+
+    app = FastAPI(
+        title="vlreward",
+        version=__version__,
+        description="Scores (prompt, images, response) with a multimodal reward model.",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, log_json=settings.log_json)  # outermost
+    install_error_handlers(app)
+    app.include_router(scoring_routes.router)
+    app.include_router(operations_routes.router)
+    return app

@@ -1,0 +1,75 @@
+"""POST /score, /rank and /get_reward: validate, run the scoring pipeline, shape the response."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from vlreward.service import scoring
+from vlreward.service.http.dependencies import require_api_key, service_state, with_cancellation
+from vlreward.service.http.errors import documented_errors
+from vlreward.service.lifecycle import ServiceState
+from vlreward.service.schemas import (
+    GetRewardRequest,
+    GetRewardResponse,
+    ItemError,
+    RankRequest,
+    RankResponse,
+    ScoreRequest,
+    ScoreResponse,
+    Usage,
+)
+
+router = APIRouter(dependencies=[Depends(require_api_key)], responses=documented_errors())
+
+
+def _account(request: Request, response: Response, scored: scoring.Scored) -> Usage:
+    """Timing headers, the access log's figures, and the usage block."""
+    response.headers["x-queue-time-ms"] = f"{scored.queue_ms:.3f}"
+    response.headers["x-inference-time-ms"] = f"{scored.inference_ms:.3f}"
+    request.state.samples, request.state.tokens = scored.samples, scored.input_tokens
+    request.state.queue_ms, request.state.inference_ms = scored.queue_ms, scored.inference_ms
+    return Usage(input_tokens=scored.input_tokens, images=scored.images)
+
+
+@router.post("/score", response_model=ScoreResponse, response_model_exclude_none=True)
+@with_cancellation
+async def score(
+    body: ScoreRequest, request: Request, response: Response, state: ServiceState = Depends(service_state)
+) -> ScoreResponse:
+    """Score samples; scores come back in item order."""
+    scored = await scoring.score_items(state, body)
+    errors = [ItemError(index=i, type=e.kind, message=e.message, param=e.param) for i, e in scored.errors]
+    return ScoreResponse(
+        model=state.backend.info()["model"],
+        scores=scored.scores,
+        usage=_account(request, response, scored),
+        errors=errors or None,
+    )
+
+
+@router.post("/rank", response_model=RankResponse)
+@with_cancellation
+async def rank(
+    body: RankRequest, request: Request, response: Response, state: ServiceState = Depends(service_state)
+) -> RankResponse:
+    """Score several responses to one prompt and rank them (best first; ties keep input order)."""
+    scored = await scoring.rank(state, body)
+    ranking = sorted(range(len(scored.scores)), key=lambda i: (-scored.scores[i], i))
+    return RankResponse(
+        model=state.backend.info()["model"],
+        scores=scored.scores,
+        ranking=ranking[: body.top_k] if body.top_k else ranking,
+        best=ranking[0],
+        usage=_account(request, response, scored),
+    )
+
+
+@router.post("/get_reward", response_model=GetRewardResponse)
+@with_cancellation
+async def get_reward(
+    body: GetRewardRequest, request: Request, response: Response, state: ServiceState = Depends(service_state)
+) -> GetRewardResponse:
+    """OpenRLHF's remote reward protocol: chat-templated queries in, raw rewards out."""
+    scored = await scoring.score_templated(state, body)
+    _account(request, response, scored)
+    return GetRewardResponse(rewards=scored.scores, scores=scored.scores, extra_logs={})

@@ -1,0 +1,101 @@
+"""The scoring pipeline behind every scoring route (no HTTP here):
+admit -> prepare in a worker thread (media, formatting, encoding, limits) -> schedule -> account.
+
+Each function takes the validated request and returns a :class:`Scored`; the HTTP routes only turn
+that into their response shape. Errors are :class:`~vlreward.service.errors.ServiceError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from vlreward.service.backends.base import EncodedInput
+from vlreward.service.batching import BatchResult
+from vlreward.service.errors import ServiceError, too_large
+from vlreward.service.lifecycle import ServiceState
+from vlreward.service.prepare import prepare_items, prepare_rank, prepare_templated
+from vlreward.service.schemas import GetRewardRequest, RankRequest, ScoreRequest
+
+
+@dataclass
+class Scored:
+    """A request's scores (None for items that failed with ``on_error: "null"``) and its accounting."""
+
+    scores: list[float | None]
+    input_tokens: int
+    images: int
+    queue_ms: float
+    inference_ms: float
+    errors: list[tuple[int, ServiceError]] = field(default_factory=list)
+
+    @property
+    def samples(self) -> int:
+        return sum(score is not None for score in self.scores)
+
+
+def _check_count(count: int, limit: int, what: str, param: str) -> None:
+    if count > limit:
+        raise too_large(f"{count} {what}; the limit is {limit}", param=param)
+
+
+async def _schedule(
+    state: ServiceState, endpoint: str, encoded: Sequence[EncodedInput], timeout_s: float | None, started: float,
+    grouped: bool = False,
+) -> tuple[BatchResult, int, int]:  # fmt: skip
+    """Submit within what is left of the request's deadline; count samples, tokens, images and scores."""
+    remaining = (timeout_s or state.settings.request_timeout_s) - (time.monotonic() - started)
+    result = await state.admission.submit(encoded, remaining, grouped=grouped)
+    tokens = sum(e.num_tokens for e in encoded)
+    images = sum(e.num_images for e in encoded)
+    metrics = state.metrics
+    metrics.samples.labels(endpoint).inc(len(encoded))
+    metrics.input_tokens.inc(tokens)
+    metrics.images.inc(images)
+    for score in result.scores:
+        metrics.score.observe(score)
+    return result, tokens, images
+
+
+async def score_items(state: ServiceState, body: ScoreRequest) -> Scored:
+    """/score: samples in item order; with ``on_error: "null"`` a bad item gets None and an error."""
+    started = time.monotonic()
+    async with state.admitted():
+        _check_count(len(body.items), state.settings.max_items, "items", "items")
+        encoded, errors = await asyncio.to_thread(
+            prepare_items, state.backend, body.items, state.media_policy, state.limits, body.truncate,
+            body.on_error == "null",
+        )  # fmt: skip
+        valid = [e for e in encoded if e is not None]
+        result, tokens, images = await _schedule(state, "/score", valid, body.timeout_s, started)
+        values = iter(result.scores)
+        scores = [None if item is None else next(values) for item in encoded]
+        if errors:
+            state.metrics.rejected.labels(reason="item_error").inc(len(errors))
+        return Scored(scores, tokens, images, result.queue_ms, result.inference_ms, errors)
+
+
+async def rank(state: ServiceState, body: RankRequest) -> Scored:
+    """/rank: the candidates share prompt and images, which are decoded, encoded and run once."""
+    started = time.monotonic()
+    async with state.admitted():
+        _check_count(len(body.responses), state.settings.max_responses, "responses", "responses")
+        encoded = await asyncio.to_thread(
+            prepare_rank, state.backend, body.candidates(), state.media_policy, state.limits
+        )
+        result, tokens, images = await _schedule(state, "/rank", encoded, body.timeout_s, started, grouped=True)
+        return Scored(list(result.scores), tokens, images, result.queue_ms, result.inference_ms)
+
+
+async def score_templated(state: ServiceState, body: GetRewardRequest) -> Scored:
+    """/get_reward: already chat-templated queries (+ images per query)."""
+    started = time.monotonic()
+    async with state.admitted():
+        _check_count(len(body.query), state.settings.max_items, "queries", "query")
+        encoded = await asyncio.to_thread(
+            prepare_templated, state.backend, body.query, body.images, state.media_policy, state.limits
+        )
+        result, tokens, images = await _schedule(state, "/get_reward", encoded, body.timeout_s, started)
+        return Scored(list(result.scores), tokens, images, result.queue_ms, result.inference_ms)

@@ -1,0 +1,172 @@
+"""The schedulers, driven by events (a fake runner that waits for the test), never by sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass
+
+import pytest
+
+from vlreward.service.batching import DirectScheduler, DynamicBatcher, plan_batches
+from vlreward.service.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class Item:
+    """An encoded sample as the scheduler sees it; its score is its name's number."""
+
+    name: str
+    num_tokens: int = 10
+
+    @property
+    def score(self) -> float:
+        return float(self.name.strip("abcdefghijklmnopqrstuvwxyz_") or 0)
+
+
+class GatedRunner:
+    """Records every batch it is handed and finishes it only when the test opens the gate."""
+
+    def __init__(self, fail_on: str | None = None):
+        self.batches: list[list[str]] = []
+        self.started = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.fail_on = fail_on
+
+    async def __call__(self, batch: list[Item]) -> list[float]:
+        self.batches.append([item.name for item in batch])
+        self.started.set()
+        await self.gate.wait()
+        if self.fail_on is not None and any(item.name == self.fail_on for item in batch):
+            raise RuntimeError("engine failed")
+        return [item.score for item in batch]
+
+
+def run_async(test):
+    """Run an async test body on a fresh event loop (no plugin needed)."""
+
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(test(*args, **kwargs))
+
+    return wrapper
+
+
+def rejected(metrics: Metrics, reason: str) -> float:
+    return metrics.rejected.labels(reason=reason)._value.get()
+
+
+async def until(condition, steps: int = 1000) -> None:
+    """Let the event loop run until ``condition()`` holds (bounded, so a bug fails instead of hanging)."""
+    for _ in range(steps):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+def test_plan_batches_sorts_by_length_and_respects_size_and_token_budget():
+    assert plan_batches([5, 1, 3, 2, 4], max_batch_size=2, max_batch_tokens=100) == [[1, 3], [2, 4], [0]]
+    assert plan_batches([10, 10, 10, 50], max_batch_size=8, max_batch_tokens=30) == [[0, 1, 2], [3]]
+    assert plan_batches([500], max_batch_size=8, max_batch_tokens=30) == [[0]]  # too long: alone, not dropped
+
+
+@run_async
+async def test_requests_that_arrive_while_a_batch_runs_share_the_next_batch_in_length_order():
+    runner, metrics = GatedRunner(), Metrics()
+    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=0)
+    batcher.start()
+    first = asyncio.ensure_future(batcher.run([Item("a1")]))
+    await runner.started.wait()
+    runner.started.clear()
+    second = asyncio.ensure_future(batcher.run([Item("b2", 30), Item("b3", 20)]))
+    third = asyncio.ensure_future(batcher.run([Item("c4", 10)]))
+    await until(lambda: batcher.queued == 3)
+    runner.gate.set()
+    assert (await first).scores == [1.0]
+    assert (await second).scores == [2.0, 3.0]
+    assert (await third).scores == [4.0]
+    assert runner.batches == [["a1"], ["c4", "b3", "b2"]]
+    await batcher.close()
+
+
+@run_async
+async def test_a_cancelled_request_has_its_queued_samples_dropped_and_counted():
+    runner, metrics = GatedRunner(), Metrics()
+    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=0)
+    batcher.start()
+    busy = asyncio.ensure_future(batcher.run([Item("a1")]))
+    await runner.started.wait()
+    gone = asyncio.ensure_future(batcher.run([Item("x8"), Item("x9")]))
+    kept = asyncio.ensure_future(batcher.run([Item("k5")]))
+    await until(lambda: batcher.queued == 3)
+    gone.cancel()
+    runner.gate.set()
+    assert (await busy).scores == [1.0] and (await kept).scores == [5.0]
+    assert runner.batches == [["a1"], ["k5"]]
+    assert rejected(metrics, "dropped_from_queue") == 2
+    await batcher.close()
+
+
+@run_async
+async def test_a_failing_batch_fails_every_request_in_it_and_the_batcher_goes_on():
+    runner, metrics = GatedRunner(fail_on="bad7"), Metrics()
+    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=0)
+    batcher.start()
+    runner.gate.set()
+    with pytest.raises(RuntimeError, match="engine failed"):
+        await batcher.run([Item("bad7")])
+    assert (await batcher.run([Item("ok3")])).scores == [3.0]
+    assert batcher.healthy()
+    await batcher.close()
+    assert not batcher.healthy()
+
+
+@run_async
+async def test_grouped_requests_run_whole_through_the_group_runner_never_mixed_with_others():
+    batch_runner, group_runner, metrics = GatedRunner(), GatedRunner(), Metrics()
+    batcher = DynamicBatcher(batch_runner, group_runner, metrics, max_batch_size=2, max_batch_tokens=10_000,
+                             max_wait_ms=0)  # fmt: skip
+    batcher.start()
+    batch_runner.gate.set()
+    group_runner.gate.set()
+    group = asyncio.ensure_future(batcher.run([Item("g1"), Item("g2"), Item("g3")], grouped=True))
+    single = asyncio.ensure_future(batcher.run([Item("s4")]))
+    assert (await group).scores == [1.0, 2.0, 3.0]
+    assert (await single).scores == [4.0]
+    assert group_runner.batches == [["g1", "g2", "g3"]]  # over max_batch_size, still one unit
+    assert batch_runner.batches == [["s4"]]
+    await batcher.close()
+
+
+@run_async
+async def test_a_batch_waits_for_more_samples_until_it_is_full():
+    runner, metrics = GatedRunner(), Metrics()
+    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=3, max_batch_tokens=10_000,
+                             max_wait_ms=60_000)  # fmt: skip
+    batcher.start()
+    runner.gate.set()
+    first = asyncio.ensure_future(batcher.run([Item("a1")]))
+    await until(lambda: batcher.queued == 1)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert runner.batches == []  # still waiting to fill (the wait is a minute)
+    rest = asyncio.ensure_future(batcher.run([Item("b2"), Item("c3")]))
+    assert (await first).scores == [1.0] and (await rest).scores == [2.0, 3.0]
+    assert runner.batches == [["a1", "b2", "c3"]]
+    await batcher.close()
+
+
+@run_async
+async def test_the_direct_scheduler_counts_samples_in_flight_and_uses_the_group_runner_for_groups():
+    batch_runner, group_runner, metrics = GatedRunner(), GatedRunner(), Metrics()
+    scheduler = DirectScheduler(batch_runner, group_runner, metrics)
+    running = asyncio.ensure_future(scheduler.run([Item("a1"), Item("a2")]))
+    await batch_runner.started.wait()
+    assert scheduler.queued == 2
+    batch_runner.gate.set()
+    assert (await running).scores == [1.0, 2.0]
+    assert scheduler.queued == 0
+    group_runner.gate.set()
+    assert (await scheduler.run([Item("g5")], grouped=True)).scores == [5.0]
+    assert group_runner.batches == [["g5"]]
