@@ -154,12 +154,19 @@ app.add_typer(data_app, name="data")
 def data_synthetic(
     output: Annotated[Path, typer.Option(help="Folder; gets train/ and heldout/.")],
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+    per_category: Annotated[
+        int | None, typer.Option(help="Train pairs per category (held-out: a quarter); default: the default model's.")
+    ] = None,
 ) -> None:
     """Generate the synthetic preference set (the default model's data)."""
     from vlreward.training.bootstrap import HELDOUT_PER_CATEGORY, TRAIN_PER_CATEGORY
     from vlreward.training.data.synthetic import build_synthetic
 
-    train_dir, heldout_dir = build_synthetic(output, TRAIN_PER_CATEGORY, HELDOUT_PER_CATEGORY, seed=seed)
+    train, heldout = TRAIN_PER_CATEGORY, HELDOUT_PER_CATEGORY
+    if per_category is not None:
+        train = dict.fromkeys(TRAIN_PER_CATEGORY, per_category)
+        heldout = dict.fromkeys(HELDOUT_PER_CATEGORY, max(1, per_category // 4))
+    train_dir, heldout_dir = build_synthetic(output, train, heldout, seed=seed)
     typer.echo(f"wrote {train_dir} and {heldout_dir}", err=True)
 
 

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import shape_image, uri
+from vlreward.service.errors import ErrorKind
 from vlreward.service.media import MediaError, MediaPolicy, load_image
 
 
@@ -44,14 +45,14 @@ def test_data_uri_and_bare_base64_decode_to_the_same_pixels():
 def test_malformed_base64_is_a_400():
     with pytest.raises(MediaError) as error:
         load_image("data:image/png;base64,@@@not-base64@@@", MediaPolicy())
-    assert error.value.status == 400 and "base64" in error.value.message
+    assert error.value.kind is ErrorKind.INVALID_REQUEST and "base64" in error.value.message
 
 
 def test_truncated_png_is_a_400():
     raw = _png_bytes(shape_image())
     with pytest.raises(MediaError) as error:
         load_image(base64.b64encode(raw[: len(raw) // 2]).decode(), MediaPolicy())
-    assert error.value.status == 400
+    assert error.value.kind is ErrorKind.INVALID_REQUEST
 
 
 def test_decompression_bomb_is_refused_from_its_header_quickly():
@@ -59,7 +60,7 @@ def test_decompression_bomb_is_refused_from_its_header_quickly():
     with pytest.raises(MediaError) as error:
         load_image(base64.b64encode(bomb_png()).decode(), MediaPolicy())
     assert time.perf_counter() - started < 0.2
-    assert error.value.status == 413 and error.value.type == "too_large"
+    assert error.value.kind is ErrorKind.TOO_LARGE
 
 
 def test_unsupported_format_is_a_415():
@@ -67,13 +68,13 @@ def test_unsupported_format_is_a_415():
     shape_image().save(buffer, format="TIFF")
     with pytest.raises(MediaError) as error:
         load_image(base64.b64encode(buffer.getvalue()).decode(), MediaPolicy())
-    assert error.value.status == 415
+    assert error.value.kind is ErrorKind.UNSUPPORTED_MEDIA
 
 
 def test_byte_cap_is_a_413():
     with pytest.raises(MediaError) as error:
         load_image(uri(shape_image()), MediaPolicy(max_image_bytes=100))
-    assert error.value.status == 413
+    assert error.value.kind is ErrorKind.TOO_LARGE
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "GIF", "BMP"])
@@ -149,4 +150,4 @@ def test_redirect_to_a_private_address_is_refused_when_private_is_not_allowed(ur
 def test_url_download_over_the_byte_cap_is_413(url_server):
     with pytest.raises(MediaError) as error:
         load_image(url_server + "/big", url_policy(max_image_bytes=100_000))
-    assert error.value.status == 413
+    assert error.value.kind is ErrorKind.TOO_LARGE

@@ -14,11 +14,15 @@ from vlreward.service.model.probe import read_probe
 from vlreward.training.data.synthetic import CATEGORIES
 from vlreward.training.export import TRAINING_INFO_FILE
 
-BOOTSTRAP_SECONDS = 300  # the budget on this 2-core machine
+pytestmark = pytest.mark.slow  # end-to-end: real processes, minutes (make test runs them)
+
+# The budget is 5 minutes on a 2-core machine, measured by `python -m loadtest.bootstrap_sweep --seeds 0
+# --threads 2 --parallel 1` (README); here only a guard three times as loose, so a slow CI day cannot fail it.
+BOOTSTRAP_GUARD_SECONDS = 3 * 300
 
 
-def test_bootstrap_builds_the_default_model_within_five_minutes(default_home):
-    assert default_home.seconds <= BOOTSTRAP_SECONDS, f"bootstrap took {default_home.seconds:.0f} s"
+def test_bootstrap_builds_the_default_model_and_reports_its_steps(default_home):
+    assert default_home.seconds <= BOOTSTRAP_GUARD_SECONDS, f"bootstrap took {default_home.seconds:.0f} s"
     for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "default model ready"):
         assert step in default_home.log
     read_config(default_home.model)  # the checkpoint contract

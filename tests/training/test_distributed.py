@@ -6,10 +6,13 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.helpers import free_port
 from vlreward.training.data.synthetic import build_synthetic
+
+pytestmark = pytest.mark.slow  # end-to-end: real processes, minutes (make test runs them)
 
 RECIPE = {
     "name": "ddp-test",

@@ -21,6 +21,8 @@ from vlreward.service.model.checkpoint import HEAD_BIAS, HEAD_WEIGHT, Checkpoint
 from vlreward.service.prepare import prepare_sample
 from vlreward.service.schemas import Sample
 
+pytestmark = pytest.mark.slow  # end-to-end: real processes, minutes (make test runs them)
+
 TOLERANCE = 1e-4
 
 

@@ -62,6 +62,7 @@ def test_a_client_that_disconnects_has_its_queued_samples_dropped(hf_backend):
         assert httpx.post(live.url + "/score", json={"items": [{"prompt": "a", "response": "b"}]}).status_code == 200
 
 
+@pytest.mark.slow
 def test_sigterm_during_load_completes_every_accepted_request_then_exits_0(tiny_reward, tmp_path):
     """`vlreward serve` with no --model serves the default model found in its home; drains on SIGTERM."""
     home = tmp_path / "home"
@@ -121,6 +122,7 @@ def test_sigterm_during_load_completes_every_accepted_request_then_exits_0(tiny_
         assert any(all(abs(a - b) <= 1e-5 for a, b in zip(scores, w, strict=True)) for w in windows)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_head_makes_serve_exit_1(tiny_base):
     port = free_port()
     result = subprocess.run(
