@@ -86,13 +86,30 @@ def test_two_training_runs_give_identical_weights_and_resume_reaches_the_same_en
     assert all(first[name].allclose(third[name], atol=1e-6) for name in first)
 
 
-def test_export_writes_the_checkpoint_contract_with_a_probe(trained, tmp_path):
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory) -> tuple[Path, str]:
     _, run = trained
-    out = tmp_path / "exported"
+    out = tmp_path_factory.mktemp("exported") / "model"
     printed = vlreward("export", "--checkpoint", str(run / "checkpoint-final"), "--output", str(out))
-    assert "probe score" in printed.stderr
+    return out, printed.stderr
+
+
+def test_export_writes_the_checkpoint_contract_with_a_probe(exported):
+    out, printed = exported
+    assert "probe score" in printed
     assert read_config(out).architectures == ["Qwen2_5_VLForSequenceClassification"]
     assert read_probe(out) is not None
+
+
+def test_pairs_turns_ranked_responses_into_preference_pairs(exported, tmp_path):
+    model, _ = exported
+    rows = [{"id": "p1", "prompt": "Colour?", "responses": ["Red.", "Blue.", "A green circle."]}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    vlreward("pairs", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "pairs.jsonl"),
+             "--model", str(model))  # fmt: skip
+    (pair,) = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert pair["id"] == "p1" and pair["chosen_score"] >= pair["rejected_score"]
+    assert {pair["chosen"], pair["rejected"]} <= set(rows[0]["responses"])
 
 
 def test_bootstrap_base_bench_size_writes_the_bench_dimensions(tmp_path):
