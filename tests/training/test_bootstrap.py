@@ -69,8 +69,11 @@ def test_the_trained_default_model_scores_the_same_on_vllm(default_home, hf_eval
     _eval_synthetic(default_home.model, tmp_path, backend="vllm")
     on_vllm, on_hf = _predictions(tmp_path), _predictions(hf_output)
     assert on_vllm.keys() == on_hf.keys() and len(on_hf) == 500
-    worst = max(abs(a - b) for key in on_hf for a, b in zip(on_vllm[key], on_hf[key], strict=True))
-    assert worst <= 1e-4, worst
+    # fp32 rounding grows with the score's size (the trained model's scores reach about 12), so the check is
+    # numpy.isclose's: 1e-4 absolute plus 1e-5 relative to the score.
+    pairs = [(a, b) for key in on_hf for a, b in zip(on_vllm[key], on_hf[key], strict=True)]
+    off = [(a, b) for a, b in pairs if abs(a - b) > 1e-4 + 1e-5 * abs(b)]
+    assert off == [], off[:5]
     assert (
         json.loads((tmp_path / "results.json").read_text())["categories"]
         == json.loads((hf_output / "results.json").read_text())["categories"]
