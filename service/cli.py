@@ -99,14 +99,12 @@ def resolve_model(settings: Settings) -> Path:
     return path
 
 
-def setting_options(names: list[str] | None = None) -> list[inspect.Parameter]:
-    """One ``--flag`` per setting (all of them, or ``names``), generated from the settings model: the
+def setting_options() -> list[inspect.Parameter]:
+    """One ``--flag`` per setting, generated from the settings model: the
     flag's name, type and help come from the field, so a flag cannot drift from its variable. Every
     option defaults to None: unset flags leave the environment and the model's defaults in force."""
     options = []
     for name, field in Settings.model_fields.items():
-        if names is not None and name not in names:
-            continue
         kinds = [t for t in typing.get_args(field.annotation) if t is not type(None)] or [field.annotation]
         shown = {None: "unset", "": "empty"}.get(field.default, field.default)
         help_text = f"{field.description} [env {env_name(name)}; default {shown}]"

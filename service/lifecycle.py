@@ -19,20 +19,6 @@ from vlreward.service.settings import Settings
 log = logging.getLogger("vlreward")
 
 
-def media_policy(settings: Settings) -> MediaPolicy:
-    """What image references the service accepts, from its settings."""
-    return MediaPolicy(
-        max_image_bytes=settings.max_image_bytes,
-        max_image_pixels=settings.max_image_pixels,
-        media_root=settings.media_root,
-        allow_urls=settings.allow_urls,
-        url_hosts=settings.url_hosts(),
-        url_allow_private=settings.url_allow_private,
-        url_timeout_s=settings.url_timeout_s,
-        max_redirects=settings.url_max_redirects,
-    )
-
-
 def scheduler_for(backend: Backend, settings: Settings, metrics: Metrics) -> Scheduler:
     """Engines that batch continuously get requests as they come; the others get dynamic batches."""
     if backend.continuous_batching:
@@ -68,7 +54,7 @@ class ServiceState:
         """Called when the service can no longer serve (the server runner exits non-zero)."""
         self.api_keys = settings.api_key_set()
         self.limits = Limits(max_tokens=settings.max_tokens, max_images=settings.max_images)
-        self.media_policy = media_policy(settings)
+        self.media_policy = MediaPolicy.from_settings(settings)
         self._task: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
         self._owns_backend = backend is None

@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from vlreward.service.errors import ErrorKind, ServiceError
-from vlreward.service.settings import default
+from vlreward.service.settings import Settings, default
 
 # Bare base64 of a JPEG starts with "/9j/": a "/"-string made only of base64 characters is base64,
 # anything else starting with "/" (a "." or "-" in a file name, say) is a path. `file://` is explicit.
@@ -55,6 +55,20 @@ class MediaPolicy:
     url_timeout_s: float = default("url_timeout_s")
     """Timeout of one download, redirects included."""
     max_redirects: int = default("url_max_redirects")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MediaPolicy:
+        """The service's policy: its size caps and media sources."""
+        return cls(
+            max_image_bytes=settings.max_image_bytes,
+            max_image_pixels=settings.max_image_pixels,
+            media_root=settings.media_root,
+            allow_urls=settings.allow_urls,
+            url_hosts=settings.url_hosts(),
+            url_allow_private=settings.url_allow_private,
+            url_timeout_s=settings.url_timeout_s,
+            max_redirects=settings.url_max_redirects,
+        )
 
 
 def _decode_base64(data: str) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,17 +21,23 @@ from vlreward.service.prepare import prepare_sample
 from vlreward.training.data.schema import PreferenceRecord, read_records
 
 T = TypeVar("T")
+Item = TypeVar("Item")
 
 
 def score_pairs(
-    score: Callable[[list[T]], list[float]], pairs: list[tuple[T, T]], batch_pairs: int = 16, progress: bool = False
+    score: Callable[[list[T]], list[float]],
+    items: Sequence[Item],
+    as_pair: Callable[[Item], tuple[T, T]],
+    batch_pairs: int = 16,
+    progress: bool = False,
 ) -> list[tuple[float, float]]:
-    """(chosen, rejected) scores of pairs, ``batch_pairs`` pairs per call of ``score`` (both sides in one
-    call). The one pair scorer: evaluation, cleaning's surrogate and the trainer's held-out checks use it."""
+    """(chosen, rejected) scores of ``items``, ``batch_pairs`` per call of ``score`` (both sides in one call).
+    ``as_pair`` makes an item's two inputs as its chunk comes up, so only one chunk's images are decoded at a
+    time. The one pair scorer: evaluation, cleaning's surrogate and the trainer's held-out checks use it."""
     scores: list[tuple[float, float]] = []
-    starts = range(0, len(pairs), batch_pairs)
+    starts = range(0, len(items), batch_pairs)
     for start in tqdm(starts, desc="scoring", unit="batch", leave=False, disable=not progress):
-        chunk = pairs[start : start + batch_pairs]
+        chunk = [as_pair(item) for item in items[start : start + batch_pairs]]
         values = score([c for c, _ in chunk] + [r for _, r in chunk])
         scores += list(zip(values[: len(chunk)], values[len(chunk) :], strict=True))
     return scores
@@ -48,8 +54,10 @@ def score_records(
         images = [record.meta["counter_image"]] if counterfactual else None
         return prepare_sample(record.sample(response, root=root, images=images), backend.processor, policy)
 
-    pairs = [(formatted(r, r.chosen), formatted(r, r.rejected)) for r in records]
-    return score_pairs(backend.score_sync, pairs, progress=True)
+    def as_pair(record: PreferenceRecord):
+        return formatted(record, record.chosen), formatted(record, record.rejected)
+
+    return score_pairs(backend.score_sync, records, as_pair, progress=True)
 
 
 def pairwise_accuracy(categories: list[str], scores: list[tuple[float, float]]) -> dict[str, Any]:

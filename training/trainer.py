@@ -237,7 +237,7 @@ class RewardTrainer:
         was_training = model.training
         model.eval()
         try:
-            scores = score_pairs(model.score_batch, pairs)
+            scores = score_pairs(model.score_batch, pairs, lambda pair: pair)
         finally:
             model.train(was_training)
         return pairwise_accuracy([r.category for r in records], scores)
