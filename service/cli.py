@@ -64,17 +64,19 @@ def convert(
     source: Annotated[Path, typer.Argument(help="Published checkpoint directory.")],
     destination: Annotated[Path, typer.Argument(help="New reward checkpoint directory.")],
     from_: Annotated[str, typer.Option("--from", help="Source layout: skywork.")] = "skywork",
-    probe_device: Annotated[str, typer.Option(help="Device used to compute the start-up probe.")] = default("device"),
+    probe_device: Annotated[str, typer.Option(help="Device used to compute the start-up probe (float32).")] = default(
+        "device"
+    ),
 ) -> None:
     """Convert a published reward model into the vlreward checkpoint contract, with a probe."""
     require_serve_extra("convert")
-    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.backends.transformers import stamp_reference_probe
     from vlreward.service.model.convert import SOURCES, convert_skywork
 
     if from_ not in SOURCES:
         raise typer.BadParameter(f"unknown source layout {from_!r}; choose one of {', '.join(SOURCES)}")
     convert_skywork(source, destination)
-    probe = TransformersBackend(destination, device=probe_device).stamp_probe()
+    probe = stamp_reference_probe(destination, device=probe_device)
     typer.echo(f"converted {source} -> {destination} (probe score {probe.score:.6f})", err=True)
 
 

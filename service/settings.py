@@ -28,8 +28,11 @@ class Settings(BaseSettings):
     # Model and engine
     model: Path | None = Field(None, description="Reward checkpoint directory; default: the embedded model.")
     backend: str = Field("hf", description="Scoring backend: hf (transformers) or vllm.")
-    dtype: str = Field("float32", description="float32, bfloat16 or float16.")
-    device: str = Field("auto", description="auto, cpu or cuda[:N].")
+    dtype: str = Field("auto", description="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    attn_implementation: str = Field(
+        "sdpa", description="Attention kernels of the transformers backend: sdpa or flash_attention_2 (if installed)."
+    )
     home: Path = Field(Path("~/.cache/vlreward").expanduser(), description="Where the embedded model is kept.")
 
     # HTTP
@@ -76,16 +79,17 @@ class Settings(BaseSettings):
     url_max_redirects: int = Field(3, description="Redirects one image download may follow.")
     media_root: Path | None = Field(None, description="Folder file references may point into; unset disables them.")
 
-    # vLLM engine (backend "vllm"); unset values get defaults chosen for the device
-    vllm_max_model_len: int | None = Field(None, description="Longest sequence (default 16384 GPU / 4096 CPU).")
+    # vLLM engine (backend "vllm"). Unset values get the device's defaults (GPU_ENGINE_DEFAULTS and
+    # CPU_ENGINE_DEFAULTS in vlreward.service.backends.vllm, each with its reason); /info shows them.
+    vllm_max_model_len: int | None = Field(None, description="Longest sequence (unset: the device's default).")
     vllm_gpu_memory_utilization: float | None = Field(
-        None, description="Share of GPU memory (on CPU: of host memory) for weights + KV cache (0.9 GPU / 0.2 CPU)."
+        None, description="Share of GPU memory (on CPU: of host memory) for weights + KV cache (unset: by device)."
     )
     vllm_tensor_parallel_size: int = Field(1, description="GPUs per replica.")
-    vllm_max_num_seqs: int | None = Field(None, description="Sequences per engine step.")
-    vllm_max_num_batched_tokens: int | None = Field(None, description="Tokens per engine step.")
+    vllm_max_num_seqs: int | None = Field(None, description="Sequences per engine step (unset: by device).")
+    vllm_max_num_batched_tokens: int | None = Field(None, description="Tokens per engine step (unset: by device).")
     vllm_enable_prefix_caching: bool = Field(True, description="Reuse KV of shared prefixes (/rank, system prompts).")
-    vllm_enforce_eager: bool | None = Field(None, description="Skip CUDA graphs (default: on for CPU).")
+    vllm_enforce_eager: bool | None = Field(None, description="Skip CUDA graphs (unset: on for CPU, off for GPU).")
 
     def api_key_set(self) -> frozenset[str]:
         """The accepted API keys from ``api_keys`` and ``api_key_file``."""

@@ -28,7 +28,7 @@ def uri(image: Image.Image) -> str:
 
 def build_reward_checkpoint(base_dir: Path, out_dir: Path, bias: float | None = None, seed: int = 1) -> Path:
     """Base model + random head (+ bias) saved in the checkpoint contract, with a probe."""
-    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.backends.transformers import stamp_reference_probe
     from vlreward.service.model.checkpoint import save_reward_model
     from vlreward.training.model import reward_model_from_base
 
@@ -37,7 +37,7 @@ def build_reward_checkpoint(base_dir: Path, out_dir: Path, bias: float | None = 
         with torch.no_grad():
             model.score.bias.fill_(bias)
     save_reward_model(model, processor, out_dir)
-    TransformersBackend(out_dir, device="cpu").stamp_probe()
+    stamp_reference_probe(out_dir)
     return out_dir
 
 

@@ -234,15 +234,22 @@ def colour_patch_embedding(patch_embed: Any) -> None:
             weight[channel, channel].fill_(COLOUR_CHANNEL_SCALE / weight[channel, channel].numel())
 
 
+def build_processor(tokenizer: Any, dims: BaseSize) -> Any:
+    """The Qwen2.5-VL processor of a generated model: its tokenizer, pixel bounds and chat template."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    return Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=dims.min_pixels, max_pixels=dims.max_pixels),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(min_pixels=dims.min_pixels, max_pixels=dims.max_pixels),
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+    )
+
+
 def build_base_model(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     """Write a self-contained Qwen2.5-VL base directory (``Qwen2_5_VLForConditionalGeneration``)."""
     import torch
-    from transformers import (
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     dims = SIZES[size]
     out = Path(out_dir)
@@ -258,15 +265,7 @@ def build_base_model(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> 
     colour_patch_embedding(model.model.visual.patch_embed)
     model.save_pretrained(out, safe_serialization=True)
 
-    image_processor = Qwen2VLImageProcessor(min_pixels=dims.min_pixels, max_pixels=dims.max_pixels)
-    video_processor = Qwen2VLVideoProcessor(min_pixels=dims.min_pixels, max_pixels=dims.max_pixels)
-    processor = Qwen2_5_VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
-        chat_template=QWEN2_VL_CHAT_TEMPLATE,
-    )
-    processor.save_pretrained(out)
+    build_processor(tokenizer, dims).save_pretrained(out)
     _canonicalise_json_files(out)
     return out
 

@@ -17,7 +17,7 @@ TRAINING_INFO_FILE = "vlreward_training.json"
 
 def export_model(model: Any, processor: Any, output_dir: Path, info: dict | None = None) -> Probe:
     """Save in the contract, then score the probe with the transformers backend and store it."""
-    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.backends.transformers import stamp_reference_probe
 
     output_dir = Path(output_dir)
     was_training = model.training
@@ -26,7 +26,7 @@ def export_model(model: Any, processor: Any, output_dir: Path, info: dict | None
     model.train(was_training)
     if info is not None:
         (output_dir / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
-    return TransformersBackend(output_dir, device="cpu").stamp_probe()
+    return stamp_reference_probe(output_dir)
 
 
 def export_checkpoint(base_dir: Path, checkpoint_dir: Path, output_dir: Path) -> Probe:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from vlreward.service.model.checkpoint import build_model, load_weights, read_checkpoint_tensors, read_config
+from vlreward.service.model.checkpoint import build_model, iter_checkpoint_tensors, load_weights, read_config
 
 
 def reward_model_from_base(
@@ -19,7 +19,7 @@ def reward_model_from_base(
     base_dir = Path(base_dir)
     config = read_config(base_dir)
     model = build_model(config, head_bias=head_bias, device=device)
-    load_weights(model, read_checkpoint_tensors(base_dir), base_dir, allow_missing_head=True)
+    load_weights(model, iter_checkpoint_tensors(base_dir), base_dir, allow_missing_head=True)
     generator = torch.Generator().manual_seed(seed)
     hidden = config.text_config.hidden_size
     with torch.no_grad():

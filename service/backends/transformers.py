@@ -12,19 +12,13 @@ import torch
 from vlreward.service.backends.base import backend_facts, probe_warm_up
 from vlreward.service.batching import plan_batches
 from vlreward.service.model.checkpoint import load_reward_model
-from vlreward.service.model.encoding import EncodedSample, encode, encode_shared, set_pixel_bounds
+from vlreward.service.model.devices import torch_placement
+from vlreward.service.model.encoding import EncodedSample, collate, encode, encode_shared, set_pixel_bounds
 from vlreward.service.model.formatting import FormattedSample
 from vlreward.service.model.probe import Probe, probe_sample, read_probe, verify_probe, write_probe
 from vlreward.service.settings import Settings, default
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` picks CUDA when present, else the CPU."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class TransformersBackend:
@@ -44,18 +38,20 @@ class TransformersBackend:
         padding_side: Literal["left", "right"] = "right",
         min_pixels: int | None = default("min_pixels"),
         max_pixels: int | None = default("max_pixels"),
+        attn_implementation: str = default("attn_implementation"),
     ):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
+        placement = torch_placement(device, dtype)
         self.model_dir = Path(model_dir)
-        self.dtype = dtype
-        self.device = resolve_device(device)
+        self.dtype = placement.dtype
+        self.device = placement.device
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.padding_side = padding_side
-        self.model, self.processor = load_reward_model(self.model_dir, DTYPES[dtype], self.device)
+        self.model, self.processor = load_reward_model(
+            self.model_dir, TORCH_DTYPES[self.dtype], self.device, attn_implementation
+        )
         set_pixel_bounds(self.processor, min_pixels, max_pixels)
-        self._facts = backend_facts(self.name, self.model_dir, dtype, self.device, self.processor)
+        self._facts = backend_facts(self.name, self.model_dir, self.dtype, self.device, self.processor)
         # One worker: the model runs one batch at a time, never on the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlreward-hf")
         self._closed = False
@@ -70,6 +66,7 @@ class TransformersBackend:
             max_batch_tokens=settings.max_batch_tokens,
             min_pixels=settings.min_pixels,
             max_pixels=settings.max_pixels,
+            attn_implementation=settings.attn_implementation,
         )
 
     def encode(self, sample: FormattedSample) -> EncodedSample:
@@ -106,19 +103,33 @@ class TransformersBackend:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.model.score_batch, batch, self.padding_side)
 
-    def score_request_sample(self, sample: dict) -> float:
-        """Score one sample given in the HTTP JSON shape (inline images only)."""
+    def _format_request_sample(self, sample: dict) -> FormattedSample:
         from vlreward.service.media import MediaPolicy
         from vlreward.service.prepare import prepare_sample
         from vlreward.service.schemas import Sample
 
-        formatted = prepare_sample(Sample.model_validate(sample), self.processor, MediaPolicy())
-        return self.score_sync([formatted])[0]
+        return prepare_sample(Sample.model_validate(sample), self.processor, MediaPolicy())
+
+    def score_request_sample(self, sample: dict) -> float:
+        """Score one sample given in the HTTP JSON shape (inline images only)."""
+        return self.score_sync([self._format_request_sample(sample)])[0]
+
+    @torch.inference_mode()
+    def probe_score_and_scale(self, sample: dict) -> tuple[float, float]:
+        """A sample's score and its scale, |head weight| * |final hidden state| (see the probe module)."""
+        batch = collate([self.encode(self._format_request_sample(sample))], self.model.config.text_config.pad_token_id)
+        hidden = self.model.hidden_states(**{k: v.to(self.model.device) for k, v in batch.items()})
+        score = float(self.model.reward(hidden)[0])
+        return score, float(self.model.score.weight.norm() * hidden.float().norm())
 
     async def run_shared_prefix(self, batch: list[EncodedSample]) -> list[float]:
         """Candidates of one /rank request: the shared prompt + images run once (see loadtest/rank_prefix.py)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.model.score_shared_prefix, batch)
+        return await loop.run_in_executor(self._executor, self.score_shared_sync, batch)
+
+    def score_shared_sync(self, batch: list[EncodedSample]) -> list[float]:
+        """Blocking :meth:`run_shared_prefix`, chunked within the batch limits."""
+        return self.model.score_shared_prefix(batch, self.max_batch_size, self.max_batch_tokens)
 
     def check_probe(self) -> float | None:
         """Score the checkpoint's probe; raise ProbeMismatch when off. None when there is no probe."""
@@ -136,7 +147,8 @@ class TransformersBackend:
     def stamp_probe(self) -> Probe:
         """Score the standard probe sample with this backend and store it in the checkpoint."""
         sample = probe_sample()
-        probe = Probe(sample=sample, score=self.score_request_sample(sample), dtype=self.dtype, device=self.device)
+        score, scale = self.probe_score_and_scale(sample)
+        probe = Probe(sample=sample, score=score, dtype=self.dtype, device=self.device, scale=scale)
         write_probe(self.model_dir, probe)
         return probe
 
@@ -149,3 +161,12 @@ class TransformersBackend:
     async def close(self) -> None:
         self._closed = True
         self._executor.shutdown(wait=True)
+
+
+def stamp_reference_probe(model_dir: str | Path, device: str = "cpu") -> Probe:
+    """Write a checkpoint's probe, computed in float32 (the reference every precision is checked against)."""
+    backend = TransformersBackend(model_dir, dtype="float32", device=device)
+    try:
+        return backend.stamp_probe()
+    finally:
+        backend._executor.shutdown(wait=False)

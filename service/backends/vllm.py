@@ -20,17 +20,44 @@ from vlreward.service.model.checkpoint import (
     HEAD_WEIGHT,
     REWARD_ARCHITECTURE,
     CheckpointError,
+    checkpoint_tensor_names,
     read_config,
-    weight_files,
 )
+from vlreward.service.model.devices import vllm_placement
 from vlreward.service.model.formatting import FormattedSample
 from vlreward.service.settings import Settings, default
+
+# Defaults for what the settings leave unset, by device, each with its reason. The GPU ones are sized
+# for a 7B reward model on one 80 GB H100 (16.6 GB of bf16 weights; 57 KB of KV cache per token).
+GPU_ENGINE_DEFAULTS: dict[str, Any] = {
+    # Multi-image samples run long; 16k tokens of KV is < 1 GB per sequence beside 7B weights.
+    "max_model_len": 16384,
+    # Weights + KV cache; leaves room for CUDA graphs and the activations of a 16k-token step.
+    "gpu_memory_utilization": 0.9,
+    # Scoring is prefill only: vLLM's fallback (2048 per step, chunked) is sized for chat decoding and
+    # leaves an H100 idle; 16k tokens per step (~16 samples of 1k) and no sample is ever chunked.
+    "max_num_batched_tokens": 16384,
+    # Requests finish in the step that prefills them; the cap only has to exceed what one step holds.
+    "max_num_seqs": 256,
+    # CUDA graphs on (vLLM captures piecewise graphs for pooling models).
+    "enforce_eager": False,
+}
+CPU_ENGINE_DEFAULTS: dict[str, Any] = {
+    # The CPU build's KV cache lives in host memory: short contexts, a fifth of the RAM.
+    "max_model_len": 4096,
+    "gpu_memory_utilization": 0.2,
+    # vLLM's own defaults for the CPU platform.
+    "max_num_batched_tokens": None,
+    "max_num_seqs": None,
+    # No CUDA graphs on the CPU.
+    "enforce_eager": True,
+}
 
 
 @dataclass
 class EngineSettings:
-    """vLLM engine settings (``VLREWARD_VLLM_*``, documented there). None means: a default chosen for
-    the device."""
+    """vLLM engine settings (``VLREWARD_VLLM_*``, documented there). None means: the default for the
+    device (:data:`GPU_ENGINE_DEFAULTS`, :data:`CPU_ENGINE_DEFAULTS`)."""
 
     max_model_len: int | None = default("vllm_max_model_len")
     gpu_memory_utilization: float | None = default("vllm_gpu_memory_utilization")
@@ -45,6 +72,12 @@ class EngineSettings:
     def from_settings(cls, settings: Settings) -> EngineSettings:
         """The ``vllm_*`` settings, without their prefix."""
         return cls(**{f.name: getattr(settings, f"vllm_{f.name}") for f in fields(cls)})
+
+    def resolved(self, on_gpu: bool) -> dict[str, Any]:
+        """Every setting, with the unset ones filled from the device's defaults."""
+        defaults = GPU_ENGINE_DEFAULTS if on_gpu else CPU_ENGINE_DEFAULTS
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: defaults[name] if value is None and name in defaults else value for name, value in values.items()}
 
 
 @dataclass
@@ -62,16 +95,11 @@ class VLLMInput:
 
 def require_reward_head(model_dir: Path) -> None:
     """vLLM loads a checkpoint without its head silently (random scores): refuse it before starting."""
-    from safetensors import safe_open
-
     config = read_config(model_dir)
     if REWARD_ARCHITECTURE not in (config.architectures or []):
         raise CheckpointError(f"{model_dir}: architectures are {config.architectures}, not [{REWARD_ARCHITECTURE!r}]")
-    for path in weight_files(model_dir):
-        with safe_open(path, "pt") as handle:
-            if HEAD_WEIGHT in handle.keys():  # noqa: SIM118 (safe_open has no __contains__)
-                return
-    raise CheckpointError(f"{model_dir}: the reward head is missing (no tensor named {HEAD_WEIGHT!r})")
+    if HEAD_WEIGHT not in checkpoint_tensor_names(model_dir):
+        raise CheckpointError(f"{model_dir}: the reward head is missing (no tensor named {HEAD_WEIGHT!r})")
 
 
 class VLLMBackend:
@@ -90,7 +118,6 @@ class VLLMBackend:
         max_pixels: int | None = default("max_pixels"),
         engine: EngineSettings | None = None,
     ):
-        import torch
         from transformers import AutoProcessor
         from vllm import AsyncEngineArgs
         from vllm.config import PoolerConfig
@@ -100,28 +127,33 @@ class VLLMBackend:
 
         self.model_dir = Path(model_dir)
         require_reward_head(self.model_dir)
-        self.dtype = dtype
-        on_gpu = torch.cuda.is_available() and device != "cpu"
-        self.device = "cuda" if on_gpu else "cpu"
+        engine = engine or EngineSettings()
+        placement = vllm_placement(device, dtype, engine.tensor_parallel_size)
+        self.dtype = placement.dtype
+        self.device = placement.device
+        on_gpu = placement.device_type == "cuda"
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
         set_pixel_bounds(self.processor, min_pixels, max_pixels)
         self.min_pixels, self.max_pixels = pixel_bounds(self.processor)
-        self._facts = backend_facts(self.name, self.model_dir, dtype, self.device, self.processor)
-        settings = engine or EngineSettings()
+        self._facts = backend_facts(self.name, self.model_dir, self.dtype, self.device, self.processor)
+        self.engine_settings = engine.resolved(on_gpu)
+        """What the engine was started with (shown in /info)."""
+        settings = self.engine_settings
         args = AsyncEngineArgs(
             model=str(self.model_dir),
             runner="pooling",
-            dtype=dtype,
-            max_model_len=settings.max_model_len or (16384 if on_gpu else 4096),
-            gpu_memory_utilization=settings.gpu_memory_utilization or (0.9 if on_gpu else 0.2),
-            tensor_parallel_size=settings.tensor_parallel_size,
+            dtype=self.dtype,
+            max_model_len=settings["max_model_len"],
+            gpu_memory_utilization=settings["gpu_memory_utilization"],
+            tensor_parallel_size=settings["tensor_parallel_size"],
             # One device: run the worker inside the engine process (one process start less).
-            distributed_executor_backend="uni" if settings.tensor_parallel_size == 1 else None,
-            max_num_seqs=settings.max_num_seqs,
-            max_num_batched_tokens=settings.max_num_batched_tokens,
-            enable_prefix_caching=settings.enable_prefix_caching,
-            enforce_eager=(not on_gpu) if settings.enforce_eager is None else settings.enforce_eager,
-            limit_mm_per_prompt={"image": max_images},
+            distributed_executor_backend="uni" if settings["tensor_parallel_size"] == 1 else None,
+            max_num_seqs=settings["max_num_seqs"],
+            max_num_batched_tokens=settings["max_num_batched_tokens"],
+            enable_prefix_caching=settings["enable_prefix_caching"],
+            enforce_eager=settings["enforce_eager"],
+            # No video is ever sent: without this, memory profiling reserves for 999 videos' tokens.
+            limit_mm_per_prompt={"image": max_images, "video": 0},
             mm_processor_kwargs={"size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}},
             pooler_config=PoolerConfig(task="classify", use_activation=False),
             disable_log_stats=False,
@@ -212,7 +244,7 @@ class VLLMBackend:
         return await probe_warm_up(self)
 
     def info(self) -> dict[str, Any]:
-        return dict(self._facts)
+        return {**self._facts, "engine": dict(self.engine_settings)}
 
     def health(self) -> bool:
         return not self.engine.errored

@@ -15,9 +15,13 @@ Loading refuses a checkpoint whose head is missing or whose weights do not all f
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
 import re
 import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +33,18 @@ HEAD_WEIGHT = "language_model.score.weight"
 HEAD_BIAS = "language_model.score.bias"
 WEIGHTS_NAME = "model.safetensors"
 MAX_SHARD_SIZE = "5GB"
+HASH_CACHE = "vlreward_hash.json"
+"""The checkpoint's content hash, cached (see :func:`checkpoint_hash`)."""
 # Files that hold weights or the config; everything else in a checkpoint directory (tokenizer,
 # chat template, processor, probe) is carried over verbatim by conversions.
-_WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.pt")
+_WEIGHT_FILE_PATTERNS = (
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "*.bin",
+    "*.bin.index.json",
+    "*.pt",
+    HASH_CACHE,
+)
 
 
 class CheckpointError(ValueError):
@@ -79,13 +92,29 @@ def weight_files(directory: Path) -> list[Path]:
 
 
 def read_checkpoint_tensors(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint under their on-disk names."""
-    from safetensors.torch import load_file
+    """All tensors of a checkpoint under their on-disk names (small models and conversions only)."""
+    return dict(iter_checkpoint_tensors(directory))
 
-    tensors: dict[str, torch.Tensor] = {}
+
+def iter_checkpoint_tensors(directory: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """A checkpoint's tensors one at a time, in file order: a 7B checkpoint never sits in memory whole."""
+    from safetensors import safe_open
+
     for path in weight_files(directory):
-        tensors.update(load_file(path))
-    return tensors
+        with safe_open(path, "pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                yield name, handle.get_tensor(name)
+
+
+def checkpoint_tensor_names(directory: Path) -> set[str]:
+    """The tensor names of a checkpoint, read from the safetensors headers only."""
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for path in weight_files(directory):
+        with safe_open(path, "pt") as handle:
+            names.update(handle.keys())
+    return names
 
 
 def read_config(directory: str | Path) -> Any:
@@ -102,39 +131,76 @@ def read_config(directory: str | Path) -> Any:
     return config
 
 
-def build_model(config: Any, head_bias: bool, device: str | torch.device = "cpu") -> Any:
-    """An uninitialised reward model (weights are loaded right after, so no random init is run)."""
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Create floating-point tensors in ``dtype`` inside the block (parameters are born in it)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_model(
+    config: Any, head_bias: bool, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> Any:
+    """An uninitialised reward model, its backbone allocated in ``dtype`` on ``device`` (weights are
+    loaded right after, so no random init is run and no float32 copy of a 16-bit model ever exists).
+    The head stays float32 (see :class:`Qwen2_5_VLRewardModel`)."""
     from transformers.initialization import no_init_weights
 
     from vlreward.service.model.reward_model import Qwen2_5_VLRewardModel
 
-    with no_init_weights(), torch.device(device):
+    with no_init_weights(), torch.device(device), default_dtype(dtype):
         return Qwen2_5_VLRewardModel(config, head_bias=head_bias)
 
 
-def load_weights(model: Any, tensors: dict[str, torch.Tensor], source: Path, allow_missing_head: bool = False) -> None:
-    """Load on-disk tensors into the model; refuse missing or unexpected weights by name."""
-    state: dict[str, torch.Tensor] = {}
-    for name, tensor in tensors.items():
-        key = module_key(name)
-        if key is not None:
-            state[key] = tensor
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not (allow_missing_head and k.startswith("score."))]
+def load_weights(
+    model: Any, tensors: Iterable[tuple[str, torch.Tensor]], source: Path, allow_missing_head: bool = False
+) -> None:
+    """Copy on-disk tensors, one at a time, into the model's parameters (converting to their dtype and
+    device); refuse missing, unexpected or misshapen weights by name."""
+    targets = model.state_dict()
+    loaded: set[str] = set()
+    unexpected: list[str] = []
+    misshapen: list[str] = []
+    with torch.no_grad():
+        for name, tensor in tensors:
+            key = module_key(name)
+            if key is None:
+                continue
+            target = targets.get(key)
+            if target is None:
+                unexpected.append(name)
+            elif target.shape != tensor.shape:
+                misshapen.append(f"{name} {tuple(tensor.shape)} != {tuple(target.shape)}")
+            else:
+                target.copy_(tensor)
+                loaded.add(key)
+    missing = [k for k in targets if k not in loaded and not (allow_missing_head and k.startswith("score."))]
     problems = []
     if missing:
         problems.append(f"{len(missing)} weights missing (e.g. {', '.join(checkpoint_key(k) for k in missing[:5])})")
-    if result.unexpected_keys:
-        unexpected = [k for k in tensors if module_key(k) in set(result.unexpected_keys)]
+    if unexpected:
         problems.append(f"{len(unexpected)} unexpected weights (e.g. {', '.join(unexpected[:5])})")
+    if misshapen:
+        problems.append(f"{len(misshapen)} weights of the wrong shape (e.g. {', '.join(misshapen[:3])})")
     if problems:
         raise CheckpointError(f"{source}: weights do not match the model: " + "; ".join(problems))
 
 
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
+
+
 def load_reward_model(
-    directory: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    directory: str | Path,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    attn_implementation: str = "sdpa",
 ) -> tuple[Any, Any]:
-    """Load a reward checkpoint and its processor. Refuses a missing head or any weight mismatch."""
+    """Load a reward checkpoint and its processor: the model is built in ``dtype`` on ``device`` and the
+    weights streamed in one tensor at a time. Refuses a missing head or any weight mismatch."""
     from transformers import AutoProcessor
 
     directory = Path(directory)
@@ -145,12 +211,17 @@ def load_reward_model(
             f"{directory}: config architectures are {architectures}, not [{REWARD_ARCHITECTURE!r}] "
             "(a base model? convert it with `vlreward convert` or train a head first)"
         )
-    tensors = read_checkpoint_tensors(directory)
-    if HEAD_WEIGHT not in tensors:
+    names = checkpoint_tensor_names(directory)
+    if HEAD_WEIGHT not in names:
         raise CheckpointError(f"{directory}: the reward head is missing (no tensor named {HEAD_WEIGHT!r})")
-    model = build_model(config, head_bias=HEAD_BIAS in tensors, device=device)
-    load_weights(model, tensors, directory)
-    model.to(dtype=dtype).eval()
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise CheckpointError(f"attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+    if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise CheckpointError("attn_implementation flash_attention_2 needs the flash-attn package; it is not installed")
+    config._attn_implementation = attn_implementation
+    model = build_model(config, head_bias=HEAD_BIAS in names, device=device, dtype=dtype)
+    load_weights(model, iter_checkpoint_tensors(directory), directory)
+    model.eval()
     processor = AutoProcessor.from_pretrained(directory)
     return model, processor
 
@@ -159,7 +230,7 @@ def save_reward_model(model: Any, processor: Any, directory: str | Path) -> Path
     """Write a model + processor as a reward checkpoint (weights in the model's dtype)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {checkpoint_key(k): v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {checkpoint_key(k): v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     write_weights(state, directory)
     write_reward_config(model.config, directory)
     processor.save_pretrained(directory)
@@ -196,16 +267,55 @@ def copy_support_files(source: Path, destination: Path) -> None:
         shutil.copy2(path, destination / path.name)
 
 
+def _file_stamps(files: list[Path]) -> list[list]:
+    """Name, size and modification time of each file: what the cached hash is keyed by."""
+    stamps = []
+    for path in files:
+        stat = path.stat()
+        stamps.append([path.name, stat.st_size, stat.st_mtime_ns])
+    return stamps
+
+
+def _hash_cache_paths(directory: Path) -> list[Path]:
+    """Beside the weights, or (read-only model volumes) under the vlreward home, keyed by the path."""
+    home = Path(os.environ.get("VLREWARD_HOME", "~/.cache/vlreward")).expanduser()
+    key = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
+    return [directory / HASH_CACHE, home / "hashes" / f"{key}.json"]
+
+
 def checkpoint_hash(directory: str | Path) -> str:
-    """A short content hash of the weights and config (for /info and evaluation outputs)."""
+    """A short content hash of the weights and config (for /info and evaluation outputs).
+
+    It is a true content hash, computed once (a 7B checkpoint is ~16 GB) and cached beside the
+    weights (or under the vlreward home when the folder is read-only), keyed by every file's name,
+    size and modification time: a later start reads only the cache and the files' metadata.
+    """
     directory = Path(directory)
+    files = [directory / "config.json", *weight_files(directory)]
+    stamps = _file_stamps(files)
+    caches = _hash_cache_paths(directory)
+    for cache in caches:
+        try:
+            cached = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            continue
+        if cached.get("files") == stamps and isinstance(cached.get("hash"), str):
+            return cached["hash"]
     digest = hashlib.sha256()
-    for path in [directory / "config.json", *weight_files(directory)]:
+    for path in files:
         digest.update(path.name.encode())
         with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
+            for block in iter(lambda: handle.read(1 << 20), b""):  # noqa: B023 (used at once)
                 digest.update(block)
-    return digest.hexdigest()[:16]
+    value = digest.hexdigest()[:16]
+    for cache in caches:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({"hash": value, "files": stamps}, indent=2) + "\n")
+            break
+        except OSError:
+            continue
+    return value
 
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")

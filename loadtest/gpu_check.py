@@ -1,0 +1,517 @@
+"""GPU check: a random-weight reward model with Qwen2.5-VL-7B's architecture, served in bf16 through the
+real HTTP app by the transformers backend, measured in one run (at most 10 minutes on one H100/H200).
+
+    python -m loadtest.gpu_check --size 7b      # on a GPU host (README: "The GPU check")
+    python -m loadtest.gpu_check --size tiny    # on a CPU, in seconds (CI runs this)
+
+Steps: build the model in bf16 directly on the device with random weights (no download) and save it as
+a reward checkpoint; load it in float32, stamp the start-up probe and score the comparison samples; load
+it again as the service does (``dtype=auto``: bf16 on CUDA), measuring load time and peak memory; serve
+it with uvicorn on loopback and measure ``/score`` at batch sizes 1/8/32 on distinct ~1k-token samples
+with one image each, 32 concurrent one-item calls, ``/rank`` of 8 responses against 8 separate
+``/score`` calls, and the naive loop (one sample per forward pass, in-process) as the baseline. Prints one
+table (samples/s, tokens/s, MFU against the bf16 matrix-product rate measured here, peak GPU memory)
+and the bf16-vs-fp32 score difference, and writes JSON (+ PNG when matplotlib is installed). It fails
+when the HTTP scores differ from the in-process scores of the same backend.
+
+On a bare GPU host nothing can be installed from the internet: build the project's wheel here and carry
+it with the small wheels it needs (see README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+
+app = typer.Typer(add_completion=False)
+
+# Qwen2.5-VL-7B-Instruct's published config.json (text and vision towers), minus the generation head.
+QWEN25_VL_7B = {
+    "vocab_size": 152064,
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_layers": 28,
+    "num_heads": 28,
+    "num_kv_heads": 4,
+    "vision_depth": 32,
+    "vision_hidden": 1280,
+    "vision_heads": 16,
+    "vision_intermediate": 3420,
+    "min_pixels": 4 * 28 * 28,
+    "max_pixels": 1280 * 28 * 28,
+}
+QWEN25_VL_7B_FULL_ATTENTION_BLOCKS = [7, 15, 23, 31]
+
+
+@dataclass(frozen=True)
+class CheckSize:
+    """What one ``--size`` builds and sends."""
+
+    samples: int
+    """Distinct samples per throughput row."""
+    sample_tokens: int
+    """Tokens per sample, its image included."""
+    image_side: int
+    """Side of each sample's square image in pixels."""
+    comparison_samples: int
+    """Samples scored in both bf16 and fp32."""
+
+
+CHECK_SIZES = {
+    "7b": CheckSize(samples=64, sample_tokens=1024, image_side=448, comparison_samples=32),
+    "tiny": CheckSize(samples=16, sample_tokens=256, image_side=112, comparison_samples=8),
+}
+
+
+def base_dims(size: str) -> Any:
+    from vlreward.training.base_model import SIZES, BaseSize
+
+    return BaseSize(**QWEN25_VL_7B) if size == "7b" else SIZES[size]
+
+
+@torch.no_grad()
+def random_init(model: torch.nn.Module, seed: int) -> None:
+    """Initialise in place like a fresh Qwen2.5-VL: normal(0, 0.02) matrices, unit norms, zero biases;
+    the head normal(0, 1/sqrt(hidden))."""
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    for name, parameter in model.named_parameters():
+        if name.startswith("score."):
+            std = parameter.shape[-1] ** -0.5
+            parameter.copy_(torch.randn(parameter.shape, generator=generator, device=model.device) * std)
+        elif name.endswith(".bias"):
+            parameter.zero_()
+        elif parameter.ndim == 1:
+            parameter.fill_(1.0)
+        else:
+            parameter.normal_(0.0, 0.02, generator=generator)
+
+
+def build_random_checkpoint(size: str, directory: Path, device: str, seed: int = 0) -> Path:
+    """A reward checkpoint of ``size`` with random weights, built in bf16 (CUDA) or fp32 (CPU) on ``device``."""
+    from vlreward.service.model.checkpoint import REWARD_ARCHITECTURE, build_model, save_reward_model
+    from vlreward.training.base_model import QWEN_SPECIAL_TOKENS, SIZES, base_config, build_processor, build_tokenizer
+
+    dims = base_dims(size)
+    tokenizer = build_tokenizer(SIZES["tiny"].vocab_size if size == "7b" else dims.vocab_size)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    config = base_config(dims, dims.vocab_size if size == "7b" else len(tokenizer), ids)
+    if size == "7b":
+        config.vision_config.fullatt_block_indexes = QWEN25_VL_7B_FULL_ATTENTION_BLOCKS
+    config.architectures = [REWARD_ARCHITECTURE]
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = build_model(config, head_bias=False, device=device, dtype=dtype)
+    random_init(model, seed)
+    save_reward_model(model, build_processor(tokenizer, dims), directory)
+    del model
+    return directory
+
+
+def make_samples(processor: Any, count: int, check: CheckSize, seed: int) -> list[dict]:
+    """Distinct samples of about ``check.sample_tokens`` tokens, each with its own image."""
+    from PIL import Image, ImageDraw
+
+    from vlreward.service.media import image_to_data_uri
+    from vlreward.training.base_model import _WORDS
+
+    rng = random.Random(seed)
+    merge = processor.image_processor.merge_size * processor.image_processor.patch_size
+    image_tokens = (check.image_side // merge) ** 2
+    text_budget = max(8, check.sample_tokens - image_tokens - 24)  # 24: the chat template's own tokens
+    samples = []
+    for index in range(count):
+        image = Image.new("RGB", (check.image_side, check.image_side), tuple(rng.randrange(256) for _ in range(3)))
+        draw = ImageDraw.Draw(image)
+        for _ in range(6):
+            x, y = rng.randrange(check.image_side), rng.randrange(check.image_side)
+            draw.ellipse((x, y, x + check.image_side // 5, y + check.image_side // 5), fill=(rng.randrange(256), 0, 90))
+        words = [rng.choice(_WORDS) for _ in range(text_budget)]
+        tokens = processor.tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
+        text = processor.tokenizer.decode(tokens[: text_budget * 9 // 10])
+        samples.append(
+            {
+                "prompt": f"Question {index}: {text}",
+                "response": " ".join(rng.choice(_WORDS) for _ in range(text_budget // 10)),
+                "images": [image_to_data_uri(image)],
+            }
+        )
+    return samples
+
+
+def matmul_tflops(device: str) -> float:
+    """The device's measured bf16 (CUDA) or fp32 (CPU) matrix-product rate, TFLOP/s."""
+    side, dtype = (8192, torch.bfloat16) if device.startswith("cuda") else (1024, torch.float32)
+    a = torch.randn(side, side, device=device, dtype=dtype)
+    b = torch.randn(side, side, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    repeats = 10
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    return 2 * side**3 * repeats / (time.perf_counter() - started) / 1e12
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_memory_gb(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated() / 1e9 if device.startswith("cuda") else None
+
+
+class Server:
+    """The real app under uvicorn on a loopback port, in a background thread, around a loaded backend."""
+
+    def __init__(self, backend: Any, **settings: Any):
+        from vlreward.service.settings import Settings
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.settings = Settings(host="127.0.0.1", port=self.port, **settings)
+        self.backend = backend
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Server:
+        import httpx
+        import uvicorn
+
+        from vlreward.service.http.app import create_app
+
+        app_ = create_app(self.settings, self.backend)
+        config = uvicorn.Config(app_, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/ready", timeout=5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if not self.thread.is_alive():
+                break
+            time.sleep(0.2)
+        raise RuntimeError("the server did not become ready (see its log above)")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+def row(name: str, samples: int, tokens: int, seconds: float, flops_per_token: float, peak: float) -> dict:
+    """One table row: throughput and MFU of ``samples`` samples (``tokens`` tokens) in ``seconds``."""
+    tokens_per_s = tokens / seconds
+    return {
+        "mode": name,
+        "samples": samples,
+        "seconds": round(seconds, 4),
+        "samples_per_s": round(samples / seconds, 2),
+        "tokens_per_s": round(tokens_per_s, 1),
+        "mfu": round(tokens_per_s * flops_per_token / (peak * 1e12), 4),
+    }
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def run_check(size: str, workdir: Path, seed: int = 0, dtype: str = "auto") -> dict:
+    """Everything the check measures, as one JSON-able dict (see the module docstring)."""
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.client import AsyncRewardClient, RewardClient
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if size == "7b" and device == "cpu":
+        raise typer.BadParameter("--size 7b needs a CUDA GPU; use --size tiny on a CPU")
+    check = CHECK_SIZES[size]
+    report: dict[str, Any] = {"size": size, "device": device, "torch": torch.__version__}
+    if device == "cuda":
+        report["gpu"] = torch.cuda.get_device_name()
+    log = _logger(report)
+
+    started = time.perf_counter()
+    model_dir = build_random_checkpoint(size, workdir / f"reward-{size}", device, seed)
+    log("built and saved random weights", time.perf_counter() - started)
+    peak = matmul_tflops(device)
+    report["matmul_tflops"] = round(peak, 1)
+    log(f"matrix products: {peak:.1f} TFLOP/s", 0)
+
+    # float32 reference: the probe and the comparison samples' scores.
+    started = time.perf_counter()
+    fp32 = TransformersBackend(model_dir, dtype="float32", device=device)
+    probe = fp32.stamp_probe()  # what `vlreward convert` does (stamp_reference_probe), reusing this load
+    samples = make_samples(fp32.processor, check.samples, check, seed)
+    comparison = samples[: check.comparison_samples]
+    fp32_scores = fp32.score_sync([fp32._format_request_sample(s) for s in comparison])
+    n_params = sum(p.numel() for p in fp32.model.parameters())
+    embedding = fp32.model.model.get_input_embeddings().weight.numel()
+    del fp32
+    _free(device)
+    log("float32 reference (probe, comparison scores)", time.perf_counter() - started)
+    flops_per_token = 2 * (n_params - embedding)
+    report["parameters"] = n_params
+    report["probe"] = {"score": probe.score, "scale": probe.scale}
+
+    # The service's own load: dtype auto.
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    backend = TransformersBackend(model_dir, dtype=dtype, device="auto", max_batch_size=32, max_batch_tokens=65536)
+    report["load"] = {"seconds": round(time.perf_counter() - started, 2), "peak_gb": peak_memory_gb(device)}
+    report["dtype"] = backend.dtype
+    weight_bytes = sum(p.numel() * p.element_size() for p in backend.model.parameters())
+    report["load"]["weights_gb"] = round(weight_bytes / 1e9, 3)
+    log(f"loaded in {backend.dtype}: {report['load']}", 0)
+    report["probe_check"] = _check_probe(backend, probe)
+    log(f"probe in {backend.dtype}: {report['probe_check']}", 0)
+    formatted = [backend._format_request_sample(s) for s in samples]
+    encoded = [backend.encode(f) for f in formatted]
+    tokens = [e.num_tokens for e in encoded]
+    report["tokens_per_sample"] = {"mean": round(statistics.mean(tokens), 1), "max": max(tokens)}
+    in_process = backend.score_sync(formatted[: check.comparison_samples])
+
+    rows = []
+    # Baseline: one sample per forward pass, in-process (what a naive reward loop does).
+    backend.model.score_batch(encoded[:1])
+    synchronize(device)
+    started = time.perf_counter()
+    for item in encoded:
+        backend.model.score_batch([item])
+    synchronize(device)
+    rows.append(
+        row(
+            "naive loop, 1 per forward", len(encoded), sum(tokens), time.perf_counter() - started, flops_per_token, peak
+        )
+    )
+    log("naive loop", rows[-1]["seconds"])
+
+    with Server(backend, max_batch_size=32, max_batch_tokens=65536, max_wait_ms=2.0) as server:
+        with RewardClient(server.url, timeout_s=600) as client:
+            http_scores = client.score(comparison).scores
+            client.score(samples[:2])  # warm-up of the HTTP path
+            for batch in (1, 8, 32):
+                started = time.perf_counter()
+                for chunk in _chunks(samples, batch):
+                    client.score(chunk)
+                rows.append(
+                    row(
+                        f"HTTP /score, {batch} per request",
+                        len(samples),
+                        sum(tokens),
+                        time.perf_counter() - started,
+                        flops_per_token,
+                        peak,
+                    )
+                )
+                log(rows[-1]["mode"], rows[-1]["seconds"])
+
+        async def concurrent_calls(items: list[dict]) -> float:
+            async with AsyncRewardClient(server.url, timeout_s=600) as aclient:
+                started = time.perf_counter()
+                await asyncio.gather(*(aclient.score([item]) for item in items))
+                return time.perf_counter() - started
+
+        seconds = asyncio.run(concurrent_calls(samples))
+        rows.append(
+            row("HTTP /score, 1 per request, all at once", len(samples), sum(tokens), seconds, flops_per_token, peak)
+        )
+        log(rows[-1]["mode"], seconds)
+        report["rank"] = _rank_vs_score(server.url, samples[:4], concurrent_calls)
+        log(f"/rank N=8: {report['rank']}", 0)
+    report["rows"] = rows
+    report["peak_gpu_memory_gb"] = peak_memory_gb(device)
+
+    differences = [abs(a - b) for a, b in zip(in_process, fp32_scores, strict=True)]
+    report["bf16_vs_fp32"] = {
+        "dtype": backend.dtype,
+        "samples": len(differences),
+        "max_abs": max(differences),
+        "mean_abs": statistics.mean(differences),
+        "max_share_of_probe_scale": max(differences) / probe.scale,
+        "fp32_score_std": statistics.pstdev(fp32_scores),
+    }
+    http_vs_in_process = max(abs(a - b) for a, b in zip(http_scores, in_process, strict=True))
+    report["http_vs_in_process_max_abs"] = http_vs_in_process
+    asyncio.run(backend.close())
+    return report
+
+
+def _check_probe(backend: Any, probe: Any) -> dict:
+    """The start-up probe in the served dtype: its deviation from the float32 stamp, against the tolerance.
+    When it would refuse readiness the probe is re-stamped in the served dtype (and the report says so), so
+    that the rest of the check still measures."""
+    from vlreward.service.model.probe import tolerance
+
+    actual = backend.score_request_sample(probe.sample)
+    deviation = abs(actual - probe.score)
+    allowed = tolerance(probe, backend.dtype)
+    result = {
+        "deviation": deviation,
+        "share_of_scale": deviation / probe.scale,
+        "tolerance": allowed,
+        "passes": deviation <= allowed,
+    }
+    if not result["passes"]:
+        backend.stamp_probe()
+    return result
+
+
+def _rank_vs_score(url: str, prompts: list[dict], concurrent_calls: Any) -> dict:
+    """One /rank of 8 responses per prompt against 8 separate /score calls (sent at once) of the same pairs."""
+    from vlreward.service.client import RewardClient
+
+    rng = random.Random(1)
+    rank_s = score_s = 0.0
+    largest = 0.0
+    with RewardClient(url, timeout_s=600) as client:
+        for sample in prompts:
+            words = sample["response"].split()
+            responses = [" ".join(rng.sample(words, k=len(words))) for _ in range(8)]
+            started = time.perf_counter()
+            ranked = client.rank(sample["prompt"], responses, images=sample["images"]).scores
+            rank_s += time.perf_counter() - started
+            items = [{"prompt": sample["prompt"], "response": r, "images": sample["images"]} for r in responses]
+            score_s += asyncio.run(concurrent_calls(items))
+            separate = client.score(items).scores
+            largest = max(largest, max(abs(a - b) for a, b in zip(ranked, separate, strict=True)))
+    return {
+        "prompts": len(prompts),
+        "rank_s": round(rank_s, 4),
+        "separate_score_s": round(score_s, 4),
+        "speed-up": round(score_s / rank_s, 2),
+        "max_abs_score_difference": largest,
+    }
+
+
+def _free(device: str) -> None:
+    import gc
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def _logger(report: dict) -> Any:
+    started = time.perf_counter()
+
+    def log(what: str, seconds: float) -> None:
+        print(
+            f"[{time.perf_counter() - started:7.1f} s] {what}" + (f" ({seconds:.2f} s)" if seconds else ""), flush=True
+        )
+
+    return log
+
+
+def print_table(report: dict) -> None:
+    """The check's one table, plus the comparisons below it."""
+    print(
+        f"\nGPU check: {report['size']} on {report.get('gpu', report['device'])}, {report['dtype']}, "
+        f"torch {report['torch']}; matrix products {report['matmul_tflops']} TFLOP/s; "
+        f"{report['parameters'] / 1e9:.2f}B parameters; {report['tokens_per_sample']['mean']:.0f} tokens per sample"
+    )
+    print(f"{'mode':44} {'samples/s':>10} {'tokens/s':>11} {'MFU':>7} {'vs naive':>9}")
+    naive = report["rows"][0]["samples_per_s"]
+    for r in report["rows"]:
+        print(
+            f"{r['mode']:44} {r['samples_per_s']:10.2f} {r['tokens_per_s']:11.1f} {r['mfu']:7.1%} "
+            f"{r['samples_per_s'] / naive:8.2f}x"
+        )
+    rank = report["rank"]
+    print(
+        f"/rank N=8: {rank['rank_s']:.3f} s vs 8 separate /score calls {rank['separate_score_s']:.3f} s "
+        f"over {rank['prompts']} prompts: {rank['speed-up']:.2f}x (largest score difference "
+        f"{rank['max_abs_score_difference']:.2e})"
+    )
+    load = report["load"]
+    print(
+        f"load: {load['seconds']} s, weights {load['weights_gb']} GB, peak during load "
+        f"{_gigabytes(load['peak_gb'])}; peak while serving {_gigabytes(report['peak_gpu_memory_gb'])}"
+    )
+    diff = report["bf16_vs_fp32"]
+    print(
+        f"{diff['dtype']} vs float32 on {diff['samples']} samples: max |diff| {diff['max_abs']:.4g}, mean "
+        f"{diff['mean_abs']:.4g}, max share of the probe's scale {diff['max_share_of_probe_scale']:.3g} "
+        f"(fp32 score spread {diff['fp32_score_std']:.4g})"
+    )
+    probe = report["probe_check"]
+    print(
+        f"start-up probe in {report['dtype']}: off by {probe['deviation']:.4g} ({probe['share_of_scale']:.3g} of "
+        f"its scale), tolerance {probe['tolerance']:.4g}: {'passes' if probe['passes'] else 'FAILS'}"
+    )
+    print(f"HTTP vs in-process scores: max |diff| {report['http_vs_in_process_max_abs']:.3g}")
+
+
+def _gigabytes(value: float | None) -> str:
+    return "n/a (CPU)" if value is None else f"{value:.2f} GB"
+
+
+def write_plot(report: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    modes = [r["mode"] for r in report["rows"]]
+    values = [r["samples_per_s"] for r in report["rows"]]
+    figure, axis = plt.subplots(figsize=(9, 4))
+    axis.barh(modes, values, color="tab:blue")
+    axis.invert_yaxis()
+    axis.set_xlabel("samples/s")
+    axis.set_title(f"GPU check ({report['size']}, {report.get('gpu', report['device'])}, {report['dtype']})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+@app.command()
+def main(
+    size: str = typer.Option("7b", help="7b (Qwen2.5-VL-7B's architecture, needs CUDA) or tiny (CPU, seconds)."),
+    output: Path = typer.Option(Path("loadtest/results/gpu_check"), help="JSON and PNG path (no suffix)."),
+    workdir: Path | None = typer.Option(None, help="Where the random checkpoint is written (default: a temp dir)."),
+    seed: int = typer.Option(0),
+    dtype: str = typer.Option("auto", help="The served dtype (auto: bf16 on CUDA, fp32 on CPU)."),
+    tolerance: float = typer.Option(1e-4, help="Largest HTTP-vs-in-process score difference accepted."),
+) -> None:
+    if size not in CHECK_SIZES:
+        raise typer.BadParameter(f"size must be one of {', '.join(CHECK_SIZES)}")
+    print("Command: python -m loadtest.gpu_check " + " ".join(sys.argv[1:]), flush=True)
+    with tempfile.TemporaryDirectory(prefix="vlreward-gpu-check-", dir=workdir) as tmp:
+        report = run_check(size, Path(tmp), seed, dtype)
+    report["command"] = "python -m loadtest.gpu_check " + " ".join(sys.argv[1:])
+    print_table(report)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    plotted = write_plot(report, output.with_suffix(".png"))
+    print(f"wrote {output.with_suffix('.json')}" + (f" and {output.with_suffix('.png')}" if plotted else ""))
+    if not math.isfinite(report["http_vs_in_process_max_abs"]) or report["http_vs_in_process_max_abs"] > tolerance:
+        print(f"FAIL: HTTP scores differ from in-process scores by more than {tolerance}", file=sys.stderr)
+        raise typer.Exit(1)
+    if not report["probe_check"]["passes"]:
+        print("FAIL: the start-up probe's tolerance refuses this dtype's correct weights", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()
