@@ -55,3 +55,12 @@ def hf_backend(tiny_reward: Path):
 
     torch.manual_seed(0)
     return TransformersBackend(tiny_reward, dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def bench_reward(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A reward checkpoint of the bench size (8 layers, 26M parameters; seconds to build)."""
+    from vlreward.training.base_model import build_base_model
+
+    models = tmp_path_factory.mktemp("models")
+    return build_reward_checkpoint(build_base_model(models / "bench-base", size="bench"), models / "bench-reward")

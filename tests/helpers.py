@@ -11,7 +11,16 @@ from PIL import Image, ImageDraw
 from vlreward.service.media import image_to_data_uri
 from vlreward.training.data.synthetic import COLOURS, draw_shape
 
-__all__ = ["COLOURS", "LiveServer", "build_reward_checkpoint", "free_port", "shape_image", "uri", "wait_ready"]
+__all__ = [
+    "COLOURS",
+    "LiveServer",
+    "build_reward_checkpoint",
+    "copy_with_tensors",
+    "free_port",
+    "shape_image",
+    "uri",
+    "wait_ready",
+]
 
 
 def shape_image(colour: str = "red", shape: str = "circle", size: tuple[int, int] = (84, 84)) -> Image.Image:
@@ -39,6 +48,19 @@ def build_reward_checkpoint(base_dir: Path, out_dir: Path, bias: float | None = 
     save_reward_model(model, processor, out_dir)
     stamp_reference_probe(out_dir)
     return out_dir
+
+
+def copy_with_tensors(source: Path, destination: Path, edit) -> Path:
+    """A copy of a one-file checkpoint whose tensors ``edit`` changed in place (a dict by on-disk name)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, destination)
+    tensors = load_file(source / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, destination / "model.safetensors")
+    return destination
 
 
 class LiveServer:
@@ -79,6 +101,7 @@ class LiveServer:
             except httpx.HTTPError:
                 pass
             if self.state.failure:
+                self.__exit__()
                 raise RuntimeError(self.state.failure)
             time.sleep(0.05)
         raise TimeoutError("server did not become ready")

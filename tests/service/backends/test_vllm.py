@@ -113,6 +113,26 @@ def test_token_limit_follows_the_engines_context_length(vllm_server):
     assert httpx.get(vllm_server.url + "/info").json()["limits"]["max_tokens"] == 4096
 
 
+def test_the_cpu_engine_runs_fp32_with_the_cpu_defaults_and_no_video(vllm_server, vllm_backend):
+    from vlreward.service.backends.vllm import CPU_ENGINE_DEFAULTS
+
+    info = httpx.get(vllm_server.url + "/info").json()
+    assert (info["dtype"], info["device"]) == ("float32", "cpu")  # dtype auto on the CPU
+    assert info["engine"]["max_model_len"] == CPU_ENGINE_DEFAULTS["max_model_len"] == 4096
+    assert info["engine"]["enforce_eager"] is True and info["engine"]["gpu_memory_utilization"] == 0.2
+    multimodal = vllm_backend.engine.model_config.multimodal_config
+    assert multimodal.get_limit_per_prompt("video") == 0 and multimodal.get_limit_per_prompt("image") == 8
+
+
+def test_the_cpu_build_refuses_a_cuda_device_and_says_which_build_to_install():
+    from vlreward.service.model.devices import DeviceError, vllm_placement
+
+    placement = vllm_placement("auto", "auto")
+    assert (placement.device, placement.dtype) == ("cpu", "float32")
+    with pytest.raises(DeviceError, match="runs on cpu: install the GPU build"):
+        vllm_placement("cuda:0", "auto")
+
+
 def test_checkpoint_without_head_is_refused_before_the_engine_starts(tiny_reward, tmp_path):
     from vlreward.service.backends.vllm import VLLMBackend
 
@@ -173,3 +193,16 @@ def test_vlreward_score_with_the_vllm_backend_matches_transformers(tiny_reward, 
     scores = [json.loads(line)["score"] for line in outputs.read_text().splitlines()]
     expected = [solo_hf(hf_backend, s) for s in samples]
     assert max(abs(a - b) for a, b in zip(scores, expected, strict=True)) <= TOLERANCE
+
+
+def test_engine_defaults_fill_only_what_the_settings_leave_unset():
+    from vlreward.service.backends.vllm import CPU_ENGINE_DEFAULTS, GPU_ENGINE_DEFAULTS, EngineSettings
+    from vlreward.service.settings import Settings
+
+    gpu = EngineSettings.from_settings(Settings()).resolved(on_gpu=True)
+    assert {k: gpu[k] for k in GPU_ENGINE_DEFAULTS} == GPU_ENGINE_DEFAULTS
+    assert gpu["max_num_batched_tokens"] >= gpu["max_model_len"]  # a whole sample prefills in one step
+    chosen = EngineSettings.from_settings(Settings(vllm_max_num_batched_tokens=4096, vllm_enforce_eager=True))
+    assert chosen.resolved(on_gpu=True)["max_num_batched_tokens"] == 4096
+    assert chosen.resolved(on_gpu=True)["enforce_eager"] is True
+    assert EngineSettings().resolved(on_gpu=False)["max_model_len"] == CPU_ENGINE_DEFAULTS["max_model_len"]

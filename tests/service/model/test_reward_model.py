@@ -110,3 +110,62 @@ def test_shared_prefix_length():
 
     assert shared_prefix_length([torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 5]), torch.tensor([1, 2, 3])]) == 2
     assert shared_prefix_length([torch.tensor([1, 2]), torch.tensor([1, 2])]) == 2
+
+
+@pytest.mark.parametrize(("max_batch_size", "max_batch_tokens"), [(2, None), (64, 1), (3, 10_000)])
+def test_rank_candidates_in_chunks_give_the_scores_of_one_pass(hf_backend, max_batch_size, max_batch_tokens):
+    from vlreward.service.prepare import Limits, prepare_rank
+    from vlreward.service.schemas import RankRequest
+
+    responses = [f"Answer {i}: " + "red circle " * (i % 4) for i in range(7)]
+    request = RankRequest(prompt="What is shown?", image=uri(shape_image("red", size=(112, 84))), responses=responses)
+    encoded = prepare_rank(hf_backend, request.candidates(), MediaPolicy(), Limits(max_tokens=4096))
+    one_pass = hf_backend.model.score_shared_prefix(encoded)
+    chunked = hf_backend.model.score_shared_prefix(encoded, max_batch_size, max_batch_tokens)
+    full = hf_backend.model.score_batch(encoded)
+    assert len(chunked) == len(responses)
+    for a, b, c in zip(one_pass, chunked, full, strict=True):
+        assert abs(a - b) <= TOLERANCE and abs(a - c) <= TOLERANCE
+
+
+def test_the_backend_chunks_rank_candidates_by_its_batch_limits(hf_backend):
+    from vlreward.service.prepare import Limits, prepare_rank
+    from vlreward.service.schemas import RankRequest
+
+    request = RankRequest(prompt="Which?", responses=[f"option {i}" for i in range(5)])
+    encoded = prepare_rank(hf_backend, request.candidates(), MediaPolicy(), Limits(max_tokens=4096))
+    seen = []
+    original = hf_backend.model._score_suffixes
+
+    def spy(cache, suffixes, *args):
+        seen.append(len(suffixes))
+        return original(cache, suffixes, *args)
+
+    saved = hf_backend.max_batch_size
+    hf_backend.model._score_suffixes, hf_backend.max_batch_size = spy, 2
+    try:
+        scores = hf_backend.score_shared_sync(encoded)
+    finally:
+        del hf_backend.model._score_suffixes
+        hf_backend.max_batch_size = saved
+    assert seen == [2, 2, 1] and len(scores) == 5
+
+
+def test_under_bf16_the_backbone_is_bf16_and_the_head_and_its_output_fp32(tiny_reward, mixed_samples):
+    import torch
+
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    backend = TransformersBackend(tiny_reward, dtype="bfloat16", device="cpu")
+    model = backend.model
+    assert (
+        model.dtype == torch.bfloat16
+        and model.model.language_model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    )
+    assert model.score.weight.dtype == torch.float32
+    from vlreward.service.model.encoding import collate
+
+    batch = collate([backend.encode(s) for s in mixed_samples[:2]], model.config.text_config.pad_token_id)
+    with torch.inference_mode():
+        assert model(**batch).dtype == torch.float32
+    assert backend.info()["dtype"] == "bfloat16"
