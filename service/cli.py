@@ -40,44 +40,50 @@ def require_serve_extra(command: str) -> None:
 
 @app.command()
 def score(
-    model: Annotated[Path, typer.Option(help="Reward checkpoint directory.")],
+    model: Annotated[str, typer.Option(help=describe("model"))],
     input: Annotated[Path, typer.Option("--input", help="JSONL, one Sample per line.")],
     output: Annotated[Path, typer.Option(help="JSONL written with one {'score'} per input line.")],
     backend: Annotated[str, typer.Option(help=describe("backend"))] = default("backend"),
     batch_size: Annotated[int, typer.Option(min=1, help=describe("max_batch_size"))] = default("max_batch_size"),
     dtype: Annotated[str, typer.Option(help=describe("dtype"))] = default("dtype"),
     device: Annotated[str, typer.Option(help=describe("device"))] = default("device"),
+    revision: Annotated[str | None, typer.Option(help=describe("revision"))] = None,
 ) -> None:
     """Score a JSONL file of samples offline (images as data URIs or paths relative to the file)."""
     require_serve_extra("score")
     from vlreward.service.backends import load_backend
     from vlreward.service.offline import score_file
 
-    settings = Settings(backend=backend, dtype=dtype, device=device, max_batch_size=batch_size)
-    engine = load_backend(settings, model)
+    settings = Settings(backend=backend, dtype=dtype, device=device, max_batch_size=batch_size, revision=revision)
+    engine = load_backend(settings, checkpoint_dir(model, settings))
     count = score_file(engine, input, output, batch_size=batch_size)
     typer.echo(f"wrote {count} scores to {output}", err=True)
 
 
 @app.command()
 def convert(
-    source: Annotated[Path, typer.Argument(help="Published checkpoint directory.")],
+    source: Annotated[str, typer.Argument(help="Published checkpoint: a directory or a Hugging Face repo id.")],
     destination: Annotated[Path, typer.Argument(help="New reward checkpoint directory.")],
     from_: Annotated[str, typer.Option("--from", help="Source layout: skywork.")] = "skywork",
     probe_device: Annotated[str, typer.Option(help="Device used to compute the start-up probe (float32).")] = default(
         "device"
     ),
+    revision: Annotated[str | None, typer.Option(help=describe("revision"))] = None,
 ) -> None:
     """Convert a published reward model into the vlreward checkpoint contract, with a probe."""
     require_serve_extra("convert")
-    from vlreward.service.backends.transformers import stamp_reference_probe
-    from vlreward.service.model.convert import SOURCES, convert_skywork
+    from vlreward.service.model.checkpoint import CheckpointError
+    from vlreward.service.model.convert import SOURCES
+    from vlreward.service.model.hub import convert_into, download, is_repo_id
 
     if from_ not in SOURCES:
         raise typer.BadParameter(f"unknown source layout {from_!r}; choose one of {', '.join(SOURCES)}")
-    convert_skywork(source, destination)
-    probe = stamp_reference_probe(destination, device=probe_device)
-    typer.echo(f"converted {source} -> {destination} (probe score {probe.score:.6f})", err=True)
+    try:
+        directory = download(source, revision) if is_repo_id(source) else Path(source)
+        convert_into(directory, destination, probe_device)
+    except CheckpointError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"converted {source} -> {destination}", err=True)
 
 
 # Builds the embedded default model into a directory. Training owns the recipe, so :mod:`vlreward.cli`
@@ -85,10 +91,22 @@ def convert(
 default_model_builder: Callable[[Path], object] | None = None
 
 
+def checkpoint_dir(model: str, settings: Settings) -> Path:
+    """A local directory for ``--model``: as given, or a Hugging Face repo id resolved through the cache
+    (converted once into the vlreward home when it is in Skywork's layout). One line and exit 2 on failure."""
+    from vlreward.service.model.checkpoint import CheckpointError
+    from vlreward.service.model.hub import resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(model, settings.home, settings.revision, probe_device=settings.device)
+    except CheckpointError as exc:
+        raise fail(str(exc)) from None
+
+
 def resolve_model(settings: Settings) -> Path:
     """The checkpoint to serve: ``--model`` or the embedded default (built on first start if absent)."""
     if settings.model is not None:
-        return settings.model
+        return checkpoint_dir(settings.model, settings)
     path = settings.default_model_dir()
     if not (path / "config.json").is_file():
         if default_model_builder is None:
@@ -131,5 +149,5 @@ def serve(**flags: object) -> None:
     from vlreward.service.http.server import run
 
     settings = Settings(**{name: value for name, value in flags.items() if value is not None})
-    settings = settings.model_copy(update={"model": resolve_model(settings)})
+    settings = settings.model_copy(update={"model": str(resolve_model(settings))})
     raise typer.Exit(run(settings))

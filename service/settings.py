@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "VLREWARD_"
@@ -26,7 +26,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", protected_namespaces=())
 
     # Model and engine
-    model: Path | None = Field(None, description="Reward checkpoint directory; default: the embedded model.")
+    model: str | None = Field(
+        None,
+        description="Reward checkpoint directory or Hugging Face repo id (owner/name); default: the embedded model.",
+    )
+    revision: str | None = Field(None, description="Branch, tag or commit when --model is a Hugging Face repo id.")
     backend: str = Field("hf", description="Scoring backend: hf (transformers) or vllm.")
     dtype: str = Field("auto", description="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
@@ -90,6 +94,12 @@ class Settings(BaseSettings):
     vllm_max_num_batched_tokens: int | None = Field(None, description="Tokens per engine step (unset: by device).")
     vllm_enable_prefix_caching: bool = Field(True, description="Reuse KV of shared prefixes (/rank, system prompts).")
     vllm_enforce_eager: bool | None = Field(None, description="Skip CUDA graphs (unset: on for CPU, off for GPU).")
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_path_as_text(cls, value: Any) -> Any:
+        """A directory may be given as a Path (it is kept as text, like a repo id)."""
+        return str(value) if isinstance(value, Path) else value
 
     def api_key_set(self) -> frozenset[str]:
         """The accepted API keys from ``api_keys`` and ``api_key_file``."""

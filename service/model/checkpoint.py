@@ -321,6 +321,14 @@ def checkpoint_hash(directory: str | Path) -> str:
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
 def model_name(directory: str | Path) -> str:
-    """A display name for a checkpoint: its folder name."""
-    return _SAFE_NAME.sub("-", Path(directory).resolve().name) or "model"
+    """A display name for a checkpoint: its folder name, or for a folder named by a commit (a Hugging Face
+    snapshot, or its conversion) the repository's name."""
+    path = Path(directory).resolve()
+    if _COMMIT.match(path.name):
+        parent = path.parent.parent if path.parent.name == "snapshots" else path.parent
+        return _SAFE_NAME.sub("-", parent.name.split("--")[-1]) or "model"
+    return _SAFE_NAME.sub("-", path.name) or "model"

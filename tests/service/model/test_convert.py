@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from tests.helpers import VLREWARD, shape_image, uri
+from tests.service.model.conftest import BIAS
 from vlreward.service.backends.transformers import TransformersBackend
 from vlreward.service.media import MediaPolicy
 from vlreward.service.model.checkpoint import CheckpointError
@@ -18,24 +17,6 @@ from vlreward.service.model.convert import convert_skywork
 from vlreward.service.model.probe import read_probe
 from vlreward.service.prepare import prepare_sample
 from vlreward.service.schemas import Sample
-
-BIAS = 0.375
-
-
-@pytest.fixture(scope="module")
-def skywork_dir(tiny_base, tmp_path_factory):
-    """The tiny base in Skywork's published layout: CG weights + value_head.safetensors."""
-    directory = tmp_path_factory.mktemp("skywork") / "Skywork-VL-Reward-tiny"
-    shutil.copytree(tiny_base, directory)
-    generator = torch.Generator().manual_seed(7)
-    save_file(
-        {
-            "v_head.summary.weight": torch.randn(1, 128, generator=generator) / 128**0.5,
-            "v_head.summary.bias": torch.tensor([BIAS]),
-        },
-        directory / "value_head.safetensors",
-    )
-    return directory
 
 
 def _conversations():
