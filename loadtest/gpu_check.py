@@ -234,7 +234,7 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def run_check(size: str, workdir: Path, seed: int = 0, dtype: str = "auto") -> dict:
+def run_check(size: str, workdir: Path, seed: int = 0, dtype: str = "auto", profile: bool = False) -> dict:
     """Everything the check measures, as one JSON-able dict (see the module docstring)."""
     from vlreward.service.backends.transformers import TransformersBackend
     from vlreward.service.client import AsyncRewardClient, RewardClient
@@ -303,6 +303,18 @@ def run_check(size: str, workdir: Path, seed: int = 0, dtype: str = "auto") -> d
         )
     )
     log("naive loop", rows[-1]["seconds"])
+    # The model alone: pre-encoded samples, 32 per forward pass (no HTTP, no image decoding).
+    started = time.perf_counter()
+    for chunk in _chunks(encoded, 32):
+        backend.model.score_batch(chunk)
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    rows.append(
+        row("in-process, 32 per forward, pre-encoded", len(encoded), sum(tokens), seconds, flops_per_token, peak)
+    )
+    log(rows[-1]["mode"], seconds)
+    if profile:
+        report["profile"] = _profile(backend, encoded[:32], device)
 
     with Server(backend, max_batch_size=32, max_batch_tokens=65536, max_wait_ms=2.0) as server:
         with RewardClient(server.url, timeout_s=600) as client:
@@ -353,6 +365,38 @@ def run_check(size: str, workdir: Path, seed: int = 0, dtype: str = "auto") -> d
     report["http_vs_in_process_max_abs"] = http_vs_in_process
     asyncio.run(backend.close())
     return report
+
+
+def _profile(backend: Any, batch: list, device: str, top: int = 15) -> dict:
+    """Where one forward pass of ``batch`` spends its time: the busiest operators and how much of the wall
+    time the device was busy (printed; the JSON keeps the same rows)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
+        backend.model.score_batch(batch)
+        synchronize(device)
+        wall = time.perf_counter() - started
+    key = "device_time_total" if device.startswith("cuda") else "cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    rows = [
+        {"op": e.key, "calls": e.count, "ms": round(getattr(e, key) / 1e3, 2)}
+        for e in events
+        if not e.key.startswith("ProfilerStep")
+    ][:top]
+    kernels = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6 if device.startswith("cuda") else None
+    print(
+        f"profile of one forward pass of {len(batch)} samples: wall {wall * 1e3:.1f} ms, device busy "
+        f"{'n/a' if kernels is None else f'{kernels * 1e3:.1f} ms'}"
+    )
+    for r in rows:
+        print(f"  {r['op'][:60]:60} {r['calls']:6d} {r['ms']:10.2f} ms")
+    return {
+        "wall_ms": round(wall * 1e3, 2),
+        "device_busy_ms": None if kernels is None else round(kernels * 1e3, 2),
+        "top": rows,
+    }
 
 
 def _check_probe(backend: Any, probe: Any) -> dict:
@@ -492,13 +536,14 @@ def main(
     workdir: Path | None = typer.Option(None, help="Where the random checkpoint is written (default: a temp dir)."),
     seed: int = typer.Option(0),
     dtype: str = typer.Option("auto", help="The served dtype (auto: bf16 on CUDA, fp32 on CPU)."),
+    profile: bool = typer.Option(False, help="Also profile one forward pass of 32 samples (top operators)."),
     tolerance: float = typer.Option(1e-4, help="Largest HTTP-vs-in-process score difference accepted."),
 ) -> None:
     if size not in CHECK_SIZES:
         raise typer.BadParameter(f"size must be one of {', '.join(CHECK_SIZES)}")
     print("Command: python -m loadtest.gpu_check " + " ".join(sys.argv[1:]), flush=True)
     with tempfile.TemporaryDirectory(prefix="vlreward-gpu-check-", dir=workdir) as tmp:
-        report = run_check(size, Path(tmp), seed, dtype)
+        report = run_check(size, Path(tmp), seed, dtype, profile)
     report["command"] = "python -m loadtest.gpu_check " + " ".join(sys.argv[1:])
     print_table(report)
     output.parent.mkdir(parents=True, exist_ok=True)
