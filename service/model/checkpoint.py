@@ -221,6 +221,10 @@ def load_reward_model(
     config._attn_implementation = attn_implementation
     model = build_model(config, head_bias=HEAD_BIAS in names, device=device, dtype=dtype)
     load_weights(model, iter_checkpoint_tensors(directory), directory)
+    if attn_implementation == "sdpa":
+        from vlreward.service.model.vision_attention import use_windowed_vision_attention
+
+        use_windowed_vision_attention(model.model.visual)  # one sdpa call per window size, not per window
     model.eval()
     processor = AutoProcessor.from_pretrained(directory)
     return model, processor
