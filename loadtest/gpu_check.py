@@ -24,11 +24,9 @@ import asyncio
 import json
 import math
 import random
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,47 +174,6 @@ def peak_memory_gb(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 1e9 if device.startswith("cuda") else None
 
 
-class Server:
-    """The real app under uvicorn on a loopback port, in a background thread, around a loaded backend."""
-
-    def __init__(self, backend: Any, **settings: Any):
-        from vlreward.service.settings import Settings
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.settings = Settings(host="127.0.0.1", port=self.port, **settings)
-        self.backend = backend
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Server:
-        import httpx
-        import uvicorn
-
-        from vlreward.service.http.app import create_app
-
-        app_ = create_app(self.settings, self.backend)
-        config = uvicorn.Config(app_, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/ready", timeout=5).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if not self.thread.is_alive():
-                break
-            time.sleep(0.2)
-        raise RuntimeError("the server did not become ready (see its log above)")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=60)
-
-
 def row(name: str, samples: int, tokens: int, seconds: float, flops_per_token: float, peak: float) -> dict:
     """One table row: throughput and MFU of ``samples`` samples (``tokens`` tokens) in ``seconds``."""
     tokens_per_s = tokens / seconds
@@ -238,6 +195,7 @@ def run_check(size: str, workdir: Path, seed: int = 0, dtype: str = "auto", prof
     """Everything the check measures, as one JSON-able dict (see the module docstring)."""
     from vlreward.service.backends.transformers import TransformersBackend
     from vlreward.service.client import AsyncRewardClient, RewardClient
+    from vlreward.service.http.server import BackgroundServer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if size == "7b" and device == "cpu":
@@ -316,7 +274,7 @@ def run_check(size: str, workdir: Path, seed: int = 0, dtype: str = "auto", prof
     if profile:
         report["profile"] = _profile(backend, encoded[:32], device)
 
-    with Server(backend, max_batch_size=32, max_batch_tokens=65536, max_wait_ms=2.0) as server:
+    with BackgroundServer(backend, max_batch_size=32, max_batch_tokens=65536, max_wait_ms=2.0) as server:
         with RewardClient(server.url, timeout_s=600) as client:
             http_scores = client.score(comparison).scores
             client.score(samples[:2])  # warm-up of the HTTP path

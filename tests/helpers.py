@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from vlreward.service.http.server import BackgroundServer
 from vlreward.service.media import image_to_data_uri
 from vlreward.training.data.synthetic import COLOURS, draw_shape
 
@@ -63,52 +64,11 @@ def copy_with_tensors(source: Path, destination: Path, edit) -> Path:
     return destination
 
 
-class LiveServer:
+class LiveServer(BackgroundServer):
     """The real app under a real uvicorn server on a loopback port, in a background thread."""
 
     def __init__(self, backend=None, **settings):
-        import socket
-
-        from vlreward.service.settings import Settings
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.settings = Settings(host="127.0.0.1", port=self.port, **settings)
-        self.backend = backend
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> LiveServer:
-        import threading
-        import time
-
-        import httpx
-        import uvicorn
-
-        from vlreward.service.http.app import create_app
-
-        self.app = create_app(self.settings, self.backend)
-        self.state = self.app.state.service
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if self.state.failure:
-                self.__exit__()
-                raise RuntimeError(self.state.failure)
-            time.sleep(0.05)
-        raise TimeoutError("server did not become ready")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+        super().__init__(backend, ready_timeout_s=120, **settings)
 
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample of the live /metrics output."""

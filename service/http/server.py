@@ -13,9 +13,11 @@ import signal
 import sys
 import time
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
+from vlreward.service.backends.base import Backend
 from vlreward.service.http.app import create_app
 from vlreward.service.lifecycle import ServiceState
 from vlreward.service.settings import Settings
@@ -84,3 +86,48 @@ def run(settings: Settings) -> int:
 
 if __name__ == "__main__":
     sys.exit(run(Settings()))
+
+
+class BackgroundServer:
+    """The app under uvicorn on a free loopback port, in a background thread: for embedding the service
+    around an already-loaded backend (tests, benchmarks, notebooks). ``with`` waits until /ready."""
+
+    def __init__(self, backend: Backend | None = None, ready_timeout_s: float = 300.0, **settings: Any):
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.settings = Settings(host="127.0.0.1", port=self.port, **settings)
+        self.backend = backend
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ready_timeout_s = ready_timeout_s
+
+    def __enter__(self) -> BackgroundServer:
+        import threading
+
+        import httpx
+
+        self.app = create_app(self.settings, self.backend)
+        self.state: ServiceState = self.app.state.service
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True, name="vlreward-background-server")
+        self.thread.start()
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.state.failure or not self.thread.is_alive():
+                self.__exit__()
+                raise RuntimeError(self.state.failure or "the server thread stopped")
+            time.sleep(0.05)
+        self.__exit__()
+        raise TimeoutError(f"the server did not become ready in {self.ready_timeout_s} s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
