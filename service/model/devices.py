@@ -10,9 +10,12 @@ host with the CPU build of vLLM installed is refused instead of running on the h
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
+
+log = logging.getLogger("vlreward")
 
 DTYPES = ("float32", "bfloat16", "float16")
 AUTO = "auto"
@@ -72,6 +75,12 @@ def torch_placement(device: str, dtype: str) -> Placement:
     return Placement(kind, index, resolve_dtype(dtype, kind))
 
 
+def _torch_sees_a_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def vllm_placement(device: str, dtype: str, tensor_parallel_size: int = 1) -> Placement:
     """The vLLM backend's placement, from the vLLM build's platform (CUDA or CPU).
 
@@ -86,6 +95,11 @@ def vllm_placement(device: str, dtype: str, tensor_parallel_size: int = 1) -> Pl
         raise DeviceError(f"vLLM's platform here is {current_platform.device_type!r}; only cuda and cpu are supported")
     if kind == AUTO:
         kind = platform
+        if platform == "cpu" and _torch_sees_a_gpu():
+            log.warning(
+                "a CUDA GPU is present but the CPU build of vLLM is installed: serving on the CPU "
+                "(install the GPU build with `make dev VLLM_BUILD=gpu` to use the GPU)"
+            )
     if kind != platform:
         fix = (
             "install the GPU build (`make dev VLLM_BUILD=gpu`, the gpu extra)"

@@ -124,6 +124,25 @@ def test_the_cpu_engine_runs_fp32_with_the_cpu_defaults_and_no_video(vllm_server
     assert multimodal.get_limit_per_prompt("video") == 0 and multimodal.get_limit_per_prompt("image") == 8
 
 
+def test_a_device_index_on_the_gpu_build_becomes_the_engines_visible_device(monkeypatch):
+    from vllm.platforms import current_platform
+
+    from vlreward.service.model.devices import DeviceError, vllm_placement
+
+    monkeypatch.setattr(current_platform, "is_cuda", lambda: True)
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    placement = vllm_placement("cuda:1", "auto")
+    assert (placement.device, placement.dtype, os.environ["CUDA_VISIBLE_DEVICES"]) == ("cuda:1", "bfloat16", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    vllm_placement("cuda:1", "float16")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"  # the index counts within what is already visible
+    with pytest.raises(DeviceError, match="tensor parallelism"):
+        vllm_placement("cuda:0", "auto", tensor_parallel_size=2)
+    with pytest.raises(DeviceError, match="runs on cuda: serve with --backend hf"):
+        vllm_placement("cpu", "auto")
+
+
 def test_the_cpu_build_refuses_a_cuda_device_and_says_which_build_to_install():
     from vlreward.service.model.devices import DeviceError, vllm_placement
 
