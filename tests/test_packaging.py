@@ -102,6 +102,23 @@ def test_the_gpu_extra_locks_vllm_0_32_with_torch_2_13_on_linux_x86_64():
     assert "vllm" not in cpu
 
 
+def test_make_dev_installs_the_gpu_build_only_where_an_nvidia_gpu_answers(tmp_path):
+    def sync_command(path: str) -> str:
+        env = {**os.environ, "PATH": path}
+        env.pop("VLLM_BUILD", None)
+        env.pop("EXTRAS", None)
+        done = subprocess.run(["make", "-n", "-B", "dev"], cwd=ROOT, env=env, capture_output=True, text=True)
+        return next(line for line in done.stdout.splitlines() if " sync " in line)
+
+    plain = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "nvidia-smi").exists())
+    assert "--extra vllm" in sync_command(plain) and "--extra gpu" not in sync_command(plain)
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text('#!/bin/sh\necho "GPU 0: NVIDIA H100 80GB HBM3"\n')
+    fake.chmod(0o755)
+    with_gpu = sync_command(f"{tmp_path}{os.pathsep}{plain}")
+    assert "--extra gpu" in with_gpu and "--extra vllm" not in with_gpu
+
+
 def test_no_extras_install_nothing_that_pulls_torch():
     base = {name for name, _, marker in export() if applies(marker)}
     assert "httpx" in base
