@@ -219,7 +219,7 @@ def run_check(size: str, workdir: Path, seed: int = 0, dtype: str = "auto", prof
     probe = fp32.stamp_probe()  # what `vlreward convert` does (stamp_reference_probe), reusing this load
     samples = make_samples(fp32.processor, check.samples, check, seed)
     comparison = samples[: check.comparison_samples]
-    fp32_scores = fp32.score_sync([fp32._format_request_sample(s) for s in comparison])
+    fp32_scores = fp32.score_sync([fp32.format_request_sample(s) for s in comparison])
     n_params = sum(p.numel() for p in fp32.model.parameters())
     embedding = fp32.model.model.get_input_embeddings().weight.numel()
     del fp32
@@ -241,7 +241,7 @@ def run_check(size: str, workdir: Path, seed: int = 0, dtype: str = "auto", prof
     log(f"loaded in {backend.dtype}: {report['load']}", 0)
     report["probe_check"] = _check_probe(backend, probe)
     log(f"probe in {backend.dtype}: {report['probe_check']}", 0)
-    formatted = [backend._format_request_sample(s) for s in samples]
+    formatted = [backend.format_request_sample(s) for s in samples]
     encoded = [backend.encode(f) for f in formatted]
     tokens = [e.num_tokens for e in encoded]
     report["tokens_per_sample"] = {"mean": round(statistics.mean(tokens), 1), "max": max(tokens)}

@@ -103,7 +103,8 @@ class TransformersBackend:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.model.score_batch, batch, self.padding_side)
 
-    def _format_request_sample(self, sample: dict) -> FormattedSample:
+    def format_request_sample(self, sample: dict) -> FormattedSample:
+        """One sample in the HTTP JSON shape (inline images only), formatted for this model."""
         from vlreward.service.media import MediaPolicy
         from vlreward.service.prepare import prepare_sample
         from vlreward.service.schemas import Sample
@@ -112,12 +113,12 @@ class TransformersBackend:
 
     def score_request_sample(self, sample: dict) -> float:
         """Score one sample given in the HTTP JSON shape (inline images only)."""
-        return self.score_sync([self._format_request_sample(sample)])[0]
+        return self.score_sync([self.format_request_sample(sample)])[0]
 
     @torch.inference_mode()
     def probe_score_and_scale(self, sample: dict) -> tuple[float, float]:
         """A sample's score and its scale, |head weight| * |final hidden state| (see the probe module)."""
-        batch = collate([self.encode(self._format_request_sample(sample))], self.model.config.text_config.pad_token_id)
+        batch = collate([self.encode(self.format_request_sample(sample))], self.model.config.text_config.pad_token_id)
         hidden = self.model.hidden_states(**{k: v.to(self.model.device) for k, v in batch.items()})
         score = float(self.model.reward(hidden)[0])
         return score, float(self.model.score.weight.norm() * hidden.float().norm())

@@ -26,8 +26,8 @@ from vlreward.service.model.convert import SKYWORK_VALUE_HEAD, convert_skywork
 from vlreward.service.model.probe import PROBE_FILE
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-# What serving needs from a repository (no other weight formats, no READMEs' images).
-SNAPSHOT_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "tokenizer*", "*.py"]
+# What serving needs from a repository (no other weight formats, no images of its README, no remote code).
+SNAPSHOT_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "tokenizer*"]
 
 
 def is_repo_id(spec: str) -> bool:
