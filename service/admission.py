@@ -33,17 +33,17 @@ class Admission:
         if not items:
             return BatchResult([], 0.0, 0.0)
         if timeout_s <= 0:
-            self.metrics.rejected.labels(reason="timeout").inc()
+            self.metrics.reject("timeout")
             raise DeadlineExceeded("request deadline passed while preparing its inputs")
         queued = self.scheduler.queued
         if queued + len(items) > self.max_queue:
-            self.metrics.rejected.labels(reason="overloaded").inc()
+            self.metrics.reject("overloaded")
             raise Overloaded(queued, self.max_queue)
         try:
             return await asyncio.wait_for(self.scheduler.run(items, grouped), timeout=timeout_s)
         except TimeoutError as exc:
-            self.metrics.rejected.labels(reason="timeout").inc()
+            self.metrics.reject("timeout")
             raise DeadlineExceeded(f"request did not finish within {timeout_s:g} s") from exc
         except asyncio.CancelledError:
-            self.metrics.rejected.labels(reason="cancelled").inc()
+            self.metrics.reject("cancelled")
             raise

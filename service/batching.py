@@ -236,7 +236,7 @@ class DynamicBatcher:
                 taken.append(entry)
         self.metrics.queue_depth.set(0)
         if dropped:
-            self.metrics.rejected.labels(reason="dropped_from_queue").inc(dropped)
+            self.metrics.reject("dropped_from_queue", dropped)
         return taken
 
     async def _loop(self) -> None:

@@ -55,6 +55,7 @@ class ServiceState:
         self.api_keys = settings.api_key_set()
         self.limits = Limits(max_tokens=settings.max_tokens, max_images=settings.max_images)
         self.media_policy = MediaPolicy.from_settings(settings)
+        metrics.queue_limit.set(settings.max_queue)
         self._task: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
         self._owns_backend = backend is None
@@ -141,10 +142,10 @@ class ServiceState:
     async def admitted(self):
         """Admit a scoring request (or refuse it: draining, not ready) and count it as in flight."""
         if self.draining:
-            self.metrics.rejected.labels(reason="draining").inc()
+            self.metrics.reject("draining")
             raise ServiceError("server is shutting down; retry on another replica", kind=ErrorKind.DRAINING)
         if not self.ready or self.failure is not None:
-            self.metrics.rejected.labels(reason="not_ready").inc()
+            self.metrics.reject("not_ready")
             raise ServiceError(self.failure or "model is still loading", kind=ErrorKind.NOT_READY)
         self.inflight += 1
         self.metrics.inflight.inc()

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 _SCORE_BUCKETS = (-10.0, -5.0, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
+REJECTION_REASONS = (
+    "body_too_large",
+    "unauthorized",
+    "client_disconnected",
+    "dropped_from_queue",
+    "timeout",
+    "overloaded",
+    "cancelled",
+    "draining",
+    "not_ready",
+    "item_error",
+)
+"""Every ``reason`` of ``vlreward_rejected_total``: each series exists from the start (at 0), so that
+dashboards and alert rules see them before the first rejection."""
 
 
 class Metrics:
@@ -53,6 +67,8 @@ class Metrics:
         self.input_tokens = Counter("vlreward_input_tokens", "Input tokens scored, image tokens included.", registry=r)
         self.images = Counter("vlreward_images", "Images scored.", registry=r)
         self.rejected = Counter("vlreward_rejected", "Requests or samples refused, by reason.", ["reason"], registry=r)
+        for reason in REJECTION_REASONS:
+            self.rejected.labels(reason=reason)
         self.score = Histogram(
             "vlreward_score", "Returned rewards (for drift panels).", buckets=_SCORE_BUCKETS, registry=r
         )
@@ -63,3 +79,13 @@ class Metrics:
             ["model", "backend", "dtype", "device"],
             registry=r,
         )
+        self.queue_limit = Gauge(
+            "vlreward_queue_limit", "Samples that may wait at most (max_queue); beyond it: 429.", registry=r
+        )
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+
+    def reject(self, reason: str, count: int = 1) -> None:
+        """Count refused requests or samples under one of :data:`REJECTION_REASONS`."""
+        if reason not in REJECTION_REASONS:
+            raise ValueError(f"unknown rejection reason {reason!r}; add it to REJECTION_REASONS")
+        self.rejected.labels(reason=reason).inc(count)

@@ -73,7 +73,7 @@ async def score_items(state: ServiceState, body: ScoreRequest) -> Scored:
         values = iter(result.scores)
         scores = [None if item is None else next(values) for item in encoded]
         if errors:
-            state.metrics.rejected.labels(reason="item_error").inc(len(errors))
+            state.metrics.reject("item_error", len(errors))
         return Scored(scores, tokens, images, result.queue_ms, result.inference_ms, errors)
 
 

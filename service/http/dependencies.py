@@ -38,7 +38,7 @@ def require_api_key(
     for key in state.api_keys:  # compare with every key, in constant time each
         matched |= hmac.compare_digest(presented, key.encode())
     if not matched:
-        state.metrics.rejected.labels(reason="unauthorized").inc()
+        state.metrics.reject("unauthorized")
         raise ServiceError("missing or invalid API key (send Authorization: Bearer <key>)", kind=ErrorKind.UNAUTHORIZED)
 
 
@@ -66,7 +66,7 @@ def with_cancellation(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitab
         if work in done:
             return work.result()
         work.cancel()
-        service_state(request).metrics.rejected.labels(reason="client_disconnected").inc()
+        service_state(request).metrics.reject("client_disconnected")
         raise ClientDisconnected()
 
     return wrapper

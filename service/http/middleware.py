@@ -62,7 +62,7 @@ class BodyLimitMiddleware:
                 if not over:  # a cut body surfaces as a disconnect error: answered below
                     raise
         if over:
-            self.metrics.rejected.labels(reason="body_too_large").inc()
+            self.metrics.reject("body_too_large")
             response = error_response(too_large(f"request body is over the {self.limit}-byte limit"))
             await response(scope, receive, send)
 
