@@ -1,0 +1,178 @@
+"""vlreward's Grafana dashboard as code (grafana-foundation-sdk); the generated JSON is committed.
+
+    python -m deploy.dashboard            # rewrites helm/vlreward/files/dashboard.json
+
+One dashboard for Compose (provisioned from that file) and Helm (a ConfigMap for Grafana's sidecar).
+Every query is PromQL over the metrics of ``vlreward.service.metrics`` (tests/deploy checks each one
+against a real Prometheus scraping a live server), plus panels that need an exporter which may not run:
+the DCGM exporter's GPU metrics (``DCGM_*``) and vLLM's engine metrics (``vllm:*``, vLLM backend only).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import dashboard as builders
+from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import DataSourceRef
+
+OUTPUT = Path(__file__).resolve().parent.parent / "helm" / "vlreward" / "files" / "dashboard.json"
+UID = "vlreward"
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+RATE = "$__rate_interval"
+SCORING = 'endpoint=~"/score|/rank|/get_reward"'
+
+
+@dataclass
+class PanelSpec:
+    """One panel: a title, its queries (expression, legend) and how to show them."""
+
+    title: str
+    queries: list[tuple[str, str]]
+    unit: str = "short"
+    kind: str = "timeseries"
+    width: int = 12
+    description: str = ""
+    needs: str | None = None
+    """An exporter the panel needs beyond vlreward itself (DCGM exporter, the vLLM backend)."""
+
+
+@dataclass
+class RowSpec:
+    title: str
+    panels: list[PanelSpec] = field(default_factory=list)
+
+
+def quantiles(metric: str, by: str, labels: str = "", qs: tuple[float, ...] = (0.5, 0.95, 0.99)) -> list:
+    """histogram_quantile queries of ``metric`` for each quantile, grouped ``by``."""
+    selector = f"{metric}_bucket{{{labels}}}" if labels else f"{metric}_bucket"
+    legend_by = "".join(f" {{{{{label.strip()}}}}}" for label in by.split(",") if label.strip())
+    return [
+        (
+            f"histogram_quantile({q}, sum by ({by + ', ' if by else ''}le) (rate({selector}[{RATE}])))",
+            f"p{round(q * 100)}{legend_by}",
+        )
+        for q in qs
+    ]
+
+
+ROWS = [
+    RowSpec("Traffic", [
+        PanelSpec("Requests by endpoint and status",
+                  [(f"sum by (endpoint, status) (rate(vlreward_requests_total[{RATE}]))", "{{endpoint}} {{status}}")],
+                  unit="reqps"),
+        PanelSpec("Errors by status (4xx, 5xx)",
+                  [(f'sum by (status) (rate(vlreward_requests_total{{status=~"4..|5.."}}[{RATE}]))', "{{status}}")],
+                  unit="reqps"),
+        PanelSpec("Latency per endpoint (p50, p95, p99)",
+                  quantiles("vlreward_request_duration_seconds", "endpoint", SCORING), unit="s", width=24),
+    ]),
+    RowSpec("Throughput", [
+        PanelSpec("Samples/s", [(f"sum by (endpoint) (rate(vlreward_samples_total[{RATE}]))", "{{endpoint}}")]),
+        PanelSpec("Tokens/s and images/s", [
+            (f"sum(rate(vlreward_input_tokens_total[{RATE}]))", "tokens/s"),
+            (f"sum(rate(vlreward_images_total[{RATE}]))", "images/s"),
+        ]),
+    ]),
+    RowSpec("Queue and batches", [
+        PanelSpec("Queue depth, limit and requests in flight", [
+            ("sum by (instance) (vlreward_queue_depth)", "queued {{instance}}"),
+            ("sum by (instance) (vlreward_queue_limit)", "limit {{instance}}"),
+            ("sum by (instance) (vlreward_inflight_requests)", "in flight {{instance}}"),
+        ]),
+        PanelSpec("Queue wait (p50, p99)", quantiles("vlreward_queue_wait_seconds", "", qs=(0.5, 0.99)), unit="s"),
+        PanelSpec("Samples and padded tokens per batch (mean)", [
+            (f"sum(rate(vlreward_batch_size_sum[{RATE}])) / sum(rate(vlreward_batch_size_count[{RATE}]))",
+             "samples"),
+            (f"sum(rate(vlreward_batch_tokens_sum[{RATE}])) / sum(rate(vlreward_batch_tokens_count[{RATE}]))",
+             "tokens"),
+        ], description="The transformers backend's batches (vLLM batches inside its engine)."),
+        PanelSpec("Forward pass time (p50, p99)",
+                  quantiles("vlreward_inference_duration_seconds", "", qs=(0.5, 0.99)), unit="s"),
+    ]),
+    RowSpec("Health", [
+        PanelSpec("Ready replicas", [("sum(vlreward_ready)", "ready")], kind="stat", width=6),
+        PanelSpec("Served model", [("count by (model, backend, dtype, device) (vlreward_model_info)",
+                                    "{{model}} {{backend}} {{dtype}} {{device}}")], kind="stat", width=6),
+        PanelSpec("Rejections by reason",
+                  [(f"sum by (reason) (rate(vlreward_rejected_total[{RATE}]))", "{{reason}}")], unit="reqps"),
+    ]),
+    RowSpec("Scores (reward drift)", [
+        PanelSpec("Score quantiles (p10, p50, p90)", quantiles("vlreward_score", "", qs=(0.1, 0.5, 0.9)),
+                  description="A moved median means a changed model or changed inputs (alert VlrewardScoreShift)."),
+        PanelSpec("Median score vs a day earlier", [
+            ("histogram_quantile(0.5, sum by (le) (rate(vlreward_score_bucket[1h])))", "now (1 h)"),
+            ("histogram_quantile(0.5, sum by (le) (rate(vlreward_score_bucket[1h] offset 1d)))", "a day ago"),
+        ]),
+    ]),
+    RowSpec("Process", [
+        PanelSpec("CPU (cores)", [(f'rate(process_cpu_seconds_total{{job="vlreward"}}[{RATE}])', "{{instance}}")]),
+        PanelSpec("Resident memory", [('process_resident_memory_bytes{job="vlreward"}', "{{instance}}")],
+                  unit="bytes"),
+    ]),
+    RowSpec("GPU (DCGM exporter)", [
+        PanelSpec("GPU utilisation", [("avg by (Hostname, gpu) (DCGM_FI_DEV_GPU_UTIL)", "{{Hostname}} GPU {{gpu}}")],
+                  unit="percent", needs="dcgm-exporter"),
+        PanelSpec("GPU memory used", [("sum by (Hostname, gpu) (DCGM_FI_DEV_FB_USED)", "{{Hostname}} GPU {{gpu}}")],
+                  unit="decmbytes", needs="dcgm-exporter"),
+    ]),
+    RowSpec("vLLM engine (vLLM backend)", [
+        PanelSpec("Engine requests running and waiting", [
+            ("sum(vllm:num_requests_running)", "running"),
+            ("sum(vllm:num_requests_waiting)", "waiting"),
+        ], needs="vllm"),
+        PanelSpec("KV cache usage", [("max(vllm:kv_cache_usage_perc)", "used")], unit="percentunit", needs="vllm"),
+    ]),
+]  # fmt: skip
+
+
+def _panel(spec: PanelSpec):
+    builder = (stat.Panel() if spec.kind == "stat" else timeseries.Panel()).title(spec.title)
+    description = spec.description + (f" Needs: {spec.needs}." if spec.needs else "")
+    if description:
+        builder = builder.description(description.strip())
+    builder = builder.datasource(DATASOURCE).unit(spec.unit).span(spec.width).height(8)
+    for ref, (expr, legend) in zip("ABCDEFGH", spec.queries, strict=False):
+        builder = builder.with_target(prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref))
+    return builder
+
+
+def build() -> dict:
+    """The dashboard as Grafana's JSON model."""
+    board = (
+        builders.Dashboard("vlreward")
+        .uid(UID)
+        .tags(["vlreward", "reward-model"])
+        .description("vlreward: traffic, latency, queue and batches, scores, process, GPU and vLLM engine.")
+        .refresh("30s")
+        .time("now-1h", "now")
+        .timezone("browser")
+        .with_variable(builders.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
+    )
+    for row in ROWS:
+        board = board.with_row(builders.Row(row.title))
+        for spec in row.panels:
+            board = board.with_panel(_panel(spec))
+    return json.loads(json.dumps(board.build(), cls=JSONEncoder))
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2, sort_keys=True) + "\n"
+
+
+def queries() -> list[tuple[str, str | None]]:
+    """Every (expression, exporter it needs or None) of the dashboard."""
+    return [(expr, spec.needs) for row in ROWS for spec in row.panels for expr, _ in spec.queries]
+
+
+def main() -> None:
+    OUTPUT.write_text(render())
+    print(f"wrote {OUTPUT}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
