@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import helm_python
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -15,7 +16,12 @@ from vlreward.service.settings import default
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "vlreward"
 KUBERNETES = "1.37.0"
-CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
+# Custom resources: their CRDs' schemas, vendored in tests/deploy/crds (see SOURCES.md there).
+CRD_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-v1.json",
+    ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject-v1alpha1.json",
+}
 SCENARIOS = {
     "defaults": {},
     "gpu with autoscaling and monitoring": {
@@ -41,6 +47,25 @@ SCENARIOS = {
 }  # fmt: skip
 
 
+def strict(schema: dict) -> dict:
+    """A CRD schema that also refuses unknown fields, as the API server prunes them (structural schemas)."""
+    schema = dict(schema)
+    if "properties" in schema and "additionalProperties" not in schema:
+        if not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+        schema["properties"] = {k: strict(v) for k, v in schema["properties"].items()}
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            schema[key] = strict(schema[key])
+    return schema
+
+
+def validate_custom_resource(doc: dict) -> None:
+    name = CRD_SCHEMAS[(doc["apiVersion"], doc["kind"])]
+    schema = strict(json.loads((Path(__file__).parent / "crds" / name).read_text()))
+    jsonschema.Draft7Validator(schema).validate(doc)
+
+
 def render(values: dict) -> list[dict]:
     chart = helm_python.Chart.load(str(CHART))
     rendered = chart.render(values=values, name="rm", namespace="ml")
@@ -58,9 +83,10 @@ def test_each_scenario_renders_lints_strict_and_validates(scenario):
     lint = helm_python.lint(str(CHART), values=values, strict=True, kube_version=KUBERNETES)
     assert not lint["errors"] and all(m["severity"] <= 1 for m in lint["messages"]), lint
     for doc in docs:
-        if doc["kind"] in CUSTOM_KINDS:
-            continue  # custom resources: their CRDs' schemas are not vendored yet (see the issue note)
-        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+        if (doc["apiVersion"], doc["kind"]) in CRD_SCHEMAS:
+            validate_custom_resource(doc)
+        else:
+            kubernetes_validate.validate(doc, KUBERNETES, strict=True)
 
 
 def test_gpu_requests_equal_limits_and_the_pod_is_locked_down():
@@ -104,6 +130,18 @@ def test_rules_and_dashboard_come_from_the_same_files_as_compose():
     keda = by_kind(render(SCENARIOS["keda"]))
     assert "vlreward_queue_depth" in keda["ScaledObject"]["spec"]["triggers"][0]["metadata"]["query"]
     assert "HorizontalPodAutoscaler" not in keda  # KEDA owns the scaling
+
+
+def test_the_crd_schemas_do_catch_a_wrong_custom_resource():
+    monitor = by_kind(render(SCENARIOS["gpu with autoscaling and monitoring"]))["ServiceMonitor"]
+    validate_custom_resource(monitor)
+    monitor["spec"]["endpoints"][0]["intervall"] = "15s"
+    with pytest.raises(jsonschema.ValidationError, match="intervall"):
+        validate_custom_resource(monitor)
+    scaled = by_kind(render(SCENARIOS["keda"]))["ScaledObject"]
+    scaled["spec"]["minReplicaCount"] = "one"
+    with pytest.raises(jsonschema.ValidationError, match="one"):
+        validate_custom_resource(scaled)
 
 
 @pytest.mark.parametrize(
