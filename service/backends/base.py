@@ -95,6 +95,10 @@ class Backend(Protocol):
         """Whether the engine can still serve."""
         ...
 
+    def engine_metrics(self) -> bytes:
+        """The engine's own Prometheus metrics (text format) for /metrics; empty when it has none."""
+        ...
+
     async def close(self) -> None:
         """Release threads, processes and memory."""
         ...

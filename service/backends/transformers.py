@@ -159,6 +159,9 @@ class TransformersBackend:
     def health(self) -> bool:
         return not self._closed
 
+    def engine_metrics(self) -> bytes:
+        return b""  # the service's own metrics describe this backend's batches
+
     async def close(self) -> None:
         self._closed = True
         self._executor.shutdown(wait=True)

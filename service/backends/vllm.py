@@ -249,5 +249,13 @@ class VLLMBackend:
     def health(self) -> bool:
         return not self.engine.errored
 
+    def engine_metrics(self) -> bytes:
+        """vLLM's engine metrics (``vllm:*``: running and waiting requests, KV-cache use, ...), which its
+        stat logger registers in prometheus_client's default registry."""
+        from prometheus_client import REGISTRY, generate_latest
+
+        names = [s.name for family in REGISTRY.collect() if family.name.startswith("vllm:") for s in family.samples]
+        return generate_latest(REGISTRY.restricted_registry(names)) if names else b""
+
     async def close(self) -> None:
         self.engine.shutdown()

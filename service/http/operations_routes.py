@@ -53,4 +53,5 @@ async def info(state: ServiceState = Depends(service_state)) -> JSONResponse:
 
 @router.get("/metrics")
 async def prometheus_metrics(state: ServiceState = Depends(service_state)) -> Response:
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    engine = state.backend.engine_metrics() if state.backend is not None else b""
+    return Response(generate_latest(state.metrics.registry) + engine, media_type=CONTENT_TYPE_LATEST)

@@ -4,6 +4,7 @@ images, cancellation, head checks, and an engine that dies while serving."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -111,6 +112,18 @@ def test_token_limit_follows_the_engines_context_length(vllm_server):
     assert response.status_code == 413 and response.json()["error"]["param"] == "items[0]"
     assert "4096" in response.json()["error"]["message"]
     assert httpx.get(vllm_server.url + "/info").json()["limits"]["max_tokens"] == 4096
+
+
+def test_metrics_carry_vllms_engine_metrics_for_the_dashboard(vllm_server):
+    from deploy import dashboard
+
+    httpx.post(vllm_server.url + "/score", json={"items": [{"prompt": "a", "response": "b"}]}, timeout=60)
+    text = httpx.get(vllm_server.url + "/metrics").text
+    for expr, needs in dashboard.queries():
+        if needs == "vllm":
+            for name in re.findall(r"vllm:[a-z_]+", expr):
+                assert re.search(rf"^{name}\{{", text, re.M), name
+    assert "vlreward_requests_total" in text and text.count("# TYPE process_cpu_seconds_total") == 1
 
 
 def test_the_cpu_engine_runs_fp32_with_the_cpu_defaults_and_no_video(vllm_server, vllm_backend):
