@@ -1,17 +1,41 @@
-"""A small Python client for a running vlreward server (httpx only; no torch, no transformers).
+"""The Python client of a running vlreward server (httpx and tenacity; no torch, no transformers).
 
 from vlreward.service.client import RewardClient
 with RewardClient("http://127.0.0.1:8000") as client:
     client.score([{"prompt": "2+2?", "response": "4"}]).scores
+
+Made for training loops that call it thousands of times: one pooled connection set per client, at most
+``max_concurrency`` calls in flight, large calls cut into chunks of the server's ``max_items`` (read
+from /info once) with scores returned in order, and retries with jittered exponential backoff on what
+is transient only (429 and 503, honouring ``Retry-After``, and connection errors) within a total
+``deadline_s`` per call. A 4xx validation error is raised at once. Images in items may be PIL images,
+bytes, paths, data URIs or URLs: the client encodes the first three for the wire.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import io
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random_exponential,
+)
 
-from vlreward.service.schemas import GetRewardResponse, RankResponse, ScoreResponse
+from vlreward.service.schemas import GetRewardResponse, ItemError, RankResponse, ScoreResponse, Usage
 
 DEFAULT_TIMEOUT_S = 180.0
 
@@ -48,6 +72,106 @@ class Unavailable(VLRewardError):
 
 class Timeout(VLRewardError):
     """504: the request's deadline passed."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a call retries what is transient (429, 503, connection errors); never a client's mistake."""
+
+    attempts: int = 8
+    """Tries per call, the first included."""
+    backoff_s: float = 0.25
+    """Scale of the jittered exponential backoff (full jitter; doubles per try)."""
+    max_backoff_s: float = 15.0
+    deadline_s: float | None = 600.0
+    """Total time one call may take, retries and waits included (None: no limit)."""
+
+    def stop(self) -> Any:
+        stop = stop_after_attempt(self.attempts)
+        return stop if self.deadline_s is None else stop | stop_before_delay(self.deadline_s)
+
+
+NO_RETRIES = RetryPolicy(attempts=1)
+
+
+def _transient(error: BaseException) -> bool:
+    """Worth another try: the server was busy or starting (429, 503), or the connection failed."""
+    if isinstance(error, (Overloaded, Unavailable)):
+        return True
+    return isinstance(error, (httpx.TransportError)) and not isinstance(error, httpx.UnsupportedProtocol)
+
+
+def _wait(policy: RetryPolicy):
+    backoff = wait_random_exponential(multiplier=policy.backoff_s, max=policy.max_backoff_s)
+
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(error, "retry_after", None)
+        return min(float(retry_after), policy.max_backoff_s) if retry_after else backoff(state)
+
+    return wait
+
+
+def _retrying(policy: RetryPolicy, kind: type = Retrying) -> Any:
+    return kind(retry=retry_if_exception(_transient), wait=_wait(policy), stop=policy.stop(), reraise=True)
+
+
+def encode_image(image: Any) -> str:
+    """An image reference for the wire: PIL images, bytes and paths become data URIs; strings (data
+    URIs, URLs, base64) pass through."""
+    if isinstance(image, str):
+        return image
+    if isinstance(image, Path):
+        image = image.read_bytes()
+    if isinstance(image, (bytes, bytearray)):
+        from PIL import Image
+
+        kind = (Image.open(io.BytesIO(image)).format or "png").lower()
+        return f"data:image/{kind};base64," + base64.b64encode(image).decode()
+    if hasattr(image, "save"):  # a PIL image
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    raise TypeError(f"an image must be a PIL image, bytes, a path or a string, not {type(image).__name__}")
+
+
+def encode_item(item: dict) -> dict:
+    """A Sample dict with its images (``image``, ``images``) encoded for the wire."""
+    if "image" not in item and "images" not in item:
+        return item
+    item = dict(item)
+    if item.get("image") is not None:
+        item["image"] = encode_image(item["image"])
+    if item.get("images") is not None:
+        item["images"] = [encode_image(i) for i in item["images"]]
+    return item
+
+
+def merge_scores(parts: list[ScoreResponse], sizes: list[int]) -> ScoreResponse:
+    """One response from the responses of consecutive chunks (item indices shifted back)."""
+    errors: list[ItemError] = []
+    offset = 0
+    for part, size in zip(parts, sizes, strict=True):
+        errors += [_shifted(e, offset) for e in part.errors or []]
+        offset += size
+    return ScoreResponse(
+        model=parts[0].model,
+        scores=[score for part in parts for score in part.scores],
+        usage=Usage(input_tokens=sum(p.usage.input_tokens for p in parts), images=sum(p.usage.images for p in parts)),
+        errors=errors or None,
+    )
+
+
+def _shifted(error: ItemError, offset: int) -> ItemError:
+    """An item error of a chunk, re-addressed to the whole call (index and ``items[i]`` in its param)."""
+    param = error.param
+    if param is not None:
+        param = re.sub(r"^items\[(\d+)\]", lambda m: f"items[{int(m.group(1)) + offset}]", param)
+    return error.model_copy(update={"index": error.index + offset, "param": param})
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
 
 
 def _raise_for_error(response: httpx.Response) -> None:
@@ -99,10 +223,24 @@ def _headers(api_key: str | None) -> dict[str, str]:
 
 
 class RewardClient:
-    """Synchronous client."""
+    """Synchronous client; safe to share between threads (at most ``max_concurrency`` calls in flight)."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
-        self._http = httpx.Client(base_url=base_url, headers=_headers(api_key), timeout=timeout_s)
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy = RetryPolicy(),
+        max_concurrency: int = 16,
+        max_items: int | None = None,
+    ):
+        limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
+        self._http = httpx.Client(base_url=base_url, headers=_headers(api_key), timeout=timeout_s, limits=limits)
+        self._timeout_s = timeout_s
+        self._retry = retry
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._max_items = max_items
+        """Items per /score call (default: the server's max_items, read from /info once)."""
 
     def __enter__(self) -> RewardClient:
         return self
@@ -113,45 +251,79 @@ class RewardClient:
     def close(self) -> None:
         self._http.close()
 
+    def _request(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
+        started = time.monotonic()
+        for attempt in _retrying(self._retry):
+            with attempt, self._slots:
+                timeout = _remaining(self._timeout_s, self._retry.deadline_s, started)
+                response = self._http.request(method, path, json=body, timeout=timeout)
+                _raise_for_error(response)
+        return response
+
     def _post(self, path: str, body: dict) -> dict:
-        response = self._http.post(path, json=body)
-        _raise_for_error(response)
-        return response.json()
+        return self._request("POST", path, body).json()
+
+    def max_items(self) -> int:
+        """Items per /score call: the server's limit, read from /info on first use."""
+        if self._max_items is None:
+            self._max_items = int(self.info()["limits"]["max_items"])
+        return self._max_items
 
     def score(
         self, items: list[dict], on_error: str = "fail", truncate: str = "none", timeout_s: float | None = None
     ) -> ScoreResponse:
-        """Score samples (dicts in the Sample shape)."""
-        return ScoreResponse.model_validate(self._post("/score", _score_body(items, on_error, truncate, timeout_s)))
+        """Score samples (dicts in the Sample shape), in chunks of the server's ``max_items``; scores in
+        order. ``on_error="null"``: items the server cannot score get None (see ``errors``)."""
+        items = [encode_item(item) for item in items]
+        chunks = _chunks(items, self.max_items()) if len(items) > 1 else [items]
+        parts = [
+            ScoreResponse.model_validate(self._post("/score", _score_body(chunk, on_error, truncate, timeout_s)))
+            for chunk in chunks
+        ]
+        return merge_scores(parts, [len(c) for c in chunks])
 
     def rank(
         self,
         prompt: str | list[dict],
         responses: list[str],
-        images: list[str] | None = None,
+        images: list[Any] | None = None,
         top_k: int | None = None,
     ) -> RankResponse:
         """Rank responses to one prompt (a string, or messages without the final assistant turn)."""
+        images = [encode_image(i) for i in images] if images else None
         return RankResponse.model_validate(self._post("/rank", _rank_body(prompt, responses, images, top_k)))
 
-    def get_reward(self, queries: list[str], images: list[list[str]] | None = None) -> GetRewardResponse:
+    def get_reward(self, queries: list[str], images: list[list[Any]] | None = None) -> GetRewardResponse:
         """OpenRLHF's protocol: chat-templated texts -> rewards."""
+        images = [[encode_image(i) for i in row] for row in images] if images is not None else None
         return GetRewardResponse.model_validate(self._post("/get_reward", _reward_body(queries, images)))
 
     def info(self) -> dict:
-        response = self._http.get("/info")
-        _raise_for_error(response)
-        return response.json()
+        return self._request("GET", "/info").json()
 
     def ready(self) -> bool:
         return self._http.get("/ready").status_code == 200
 
 
 class AsyncRewardClient:
-    """Asynchronous client (the same calls, awaited)."""
+    """Asynchronous client (the same calls, awaited); chunks of one call run concurrently, all calls
+    together at most ``max_concurrency`` at a time."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
-        self._http = httpx.AsyncClient(base_url=base_url, headers=_headers(api_key), timeout=timeout_s)
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy = RetryPolicy(),
+        max_concurrency: int = 16,
+        max_items: int | None = None,
+    ):
+        limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
+        self._http = httpx.AsyncClient(base_url=base_url, headers=_headers(api_key), timeout=timeout_s, limits=limits)
+        self._timeout_s = timeout_s
+        self._retry = retry
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._max_items = max_items
 
     async def __aenter__(self) -> AsyncRewardClient:
         return self
@@ -162,33 +334,56 @@ class AsyncRewardClient:
     async def close(self) -> None:
         await self._http.aclose()
 
+    async def _request(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
+        started = time.monotonic()
+        async for attempt in _retrying(self._retry, AsyncRetrying):
+            with attempt:
+                async with self._slots:
+                    timeout = _remaining(self._timeout_s, self._retry.deadline_s, started)
+                    response = await self._http.request(method, path, json=body, timeout=timeout)
+                _raise_for_error(response)
+        return response
+
     async def _post(self, path: str, body: dict) -> dict:
-        response = await self._http.post(path, json=body)
-        _raise_for_error(response)
-        return response.json()
+        return (await self._request("POST", path, body)).json()
+
+    async def max_items(self) -> int:
+        if self._max_items is None:
+            self._max_items = int((await self.info())["limits"]["max_items"])
+        return self._max_items
 
     async def score(
         self, items: list[dict], on_error: str = "fail", truncate: str = "none", timeout_s: float | None = None
     ) -> ScoreResponse:
-        body = _score_body(items, on_error, truncate, timeout_s)
-        return ScoreResponse.model_validate(await self._post("/score", body))
+        items = [encode_item(item) for item in items]
+        chunks = _chunks(items, await self.max_items()) if len(items) > 1 else [items]
+        bodies = [_score_body(chunk, on_error, truncate, timeout_s) for chunk in chunks]
+        answers = await asyncio.gather(*(self._post("/score", body) for body in bodies))
+        return merge_scores([ScoreResponse.model_validate(a) for a in answers], [len(c) for c in chunks])
 
     async def rank(
         self,
         prompt: str | list[dict],
         responses: list[str],
-        images: list[str] | None = None,
+        images: list[Any] | None = None,
         top_k: int | None = None,
     ) -> RankResponse:
+        images = [encode_image(i) for i in images] if images else None
         return RankResponse.model_validate(await self._post("/rank", _rank_body(prompt, responses, images, top_k)))
 
-    async def get_reward(self, queries: list[str], images: list[list[str]] | None = None) -> GetRewardResponse:
+    async def get_reward(self, queries: list[str], images: list[list[Any]] | None = None) -> GetRewardResponse:
+        images = [[encode_image(i) for i in row] for row in images] if images is not None else None
         return GetRewardResponse.model_validate(await self._post("/get_reward", _reward_body(queries, images)))
 
     async def info(self) -> dict:
-        response = await self._http.get("/info")
-        _raise_for_error(response)
-        return response.json()
+        return (await self._request("GET", "/info")).json()
 
     async def ready(self) -> bool:
         return (await self._http.get("/ready")).status_code == 200
+
+
+def _remaining(timeout_s: float, deadline_s: float | None, started: float) -> float:
+    """One attempt's timeout: the client's, cut to what is left of the call's deadline."""
+    if deadline_s is None:
+        return timeout_s
+    return max(0.001, min(timeout_s, deadline_s - (time.monotonic() - started)))

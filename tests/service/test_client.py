@@ -1,0 +1,108 @@
+"""The Python client against a live server: retries only what is transient, chunks to max_items in
+order, a total deadline, sync = async, per-item None, and images given as PIL images, bytes or paths."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.helpers import LiveServer, shape_image, uri
+from vlreward.service.client import AsyncRewardClient, InvalidRequest, RetryPolicy, RewardClient
+
+FAST = RetryPolicy(attempts=30, backoff_s=0.05, max_backoff_s=0.3, deadline_s=120)
+
+
+def text_items(n: int) -> list[dict]:
+    return [{"prompt": f"Question {i}?", "response": f"Answer number {i}."} for i in range(n)]
+
+
+def test_a_burst_that_gets_429s_completes_with_every_score_after_retries(hf_backend):
+    with LiveServer(hf_backend, max_queue=4, max_wait_ms=100, max_batch_size=64) as live:
+        items = text_items(64)
+        with RewardClient(live.url, retry=RetryPolicy(attempts=1)) as single:
+            expected = [single.score([item]).scores[0] for item in items]
+        refused_before = live.metric("vlreward_rejected_total", reason="overloaded")
+        with RewardClient(live.url, retry=FAST, max_concurrency=32) as client, ThreadPoolExecutor(32) as pool:
+            scores = list(pool.map(lambda i: client.score(items[i : i + 2]).scores, range(0, 64, 2)))
+        assert live.metric("vlreward_rejected_total", reason="overloaded") > refused_before  # there were 429s
+        flat = [s for pair in scores for s in pair]
+        assert max(abs(a - b) for a, b in zip(flat, expected, strict=True)) <= 1e-5
+
+
+def test_a_thousand_items_are_chunked_to_max_items_and_come_back_in_order(hf_backend):
+    with LiveServer(hf_backend, max_items=64) as live:
+        items = text_items(1000)
+        before = live.metric("vlreward_requests_total", endpoint="/score", status="200")
+        with RewardClient(live.url) as client:
+            result = client.score(items)
+            assert len(result.scores) == 1000 and result.usage.input_tokens > 0
+            assert live.metric("vlreward_requests_total", endpoint="/score", status="200") - before == 16
+            for index in (0, 63, 64, 500, 999):
+                assert abs(result.scores[index] - client.score([items[index]]).scores[0]) <= 1e-5
+
+
+def test_a_validation_error_is_raised_at_once_and_never_retried(hf_backend):
+    with LiveServer(hf_backend) as live, RewardClient(live.url, retry=FAST) as client:
+        before = live.metric("vlreward_requests_total", endpoint="/score", status="422")
+        started = time.monotonic()
+        with pytest.raises(InvalidRequest) as error:
+            client.score([{"prompt": "no response"}])
+        assert time.monotonic() - started < 2 and error.value.status == 422
+        assert live.metric("vlreward_requests_total", endpoint="/score", status="422") == before + 1
+
+
+def test_a_server_that_stops_answering_hits_the_calls_deadline():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted = []
+    threading.Thread(target=lambda: [accepted.append(listener.accept()) for _ in range(16)], daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    policy = RetryPolicy(attempts=100, backoff_s=0.05, max_backoff_s=0.2, deadline_s=1.5)
+    try:
+        with RewardClient(url, timeout_s=60, retry=policy, max_items=8) as client:
+            started = time.monotonic()
+            with pytest.raises(httpx.TimeoutException):
+                client.score(text_items(1))
+            assert 1.4 <= time.monotonic() - started < 5
+    finally:
+        listener.close()
+
+
+def test_sync_and_async_clients_give_the_same_results_and_none_for_an_item_that_fails(hf_backend):
+    items = text_items(100)
+    items[70] = {"prompt": "Look.", "response": "Red.", "image": "data:image/png;base64,bm90IGFuIGltYWdl"}
+    with LiveServer(hf_backend, max_items=32) as live:
+        with RewardClient(live.url) as client:
+            sync = client.score(items, on_error="null")
+
+        async def run():
+            async with AsyncRewardClient(live.url) as client:
+                return await client.score(items, on_error="null")
+
+        asynchronous = asyncio.run(run())
+    assert len(sync.scores) == len(asynchronous.scores) == 100
+    pairs = [(a, b) for a, b in zip(sync.scores, asynchronous.scores, strict=True) if a is not None]
+    assert max(abs(a - b) for a, b in pairs) <= 1e-5  # chunks sent at once may share forward passes
+    assert sync.scores[70] is None and sum(s is None for s in sync.scores) == 1
+    assert [(e.index, e.param) for e in sync.errors] == [(70, "items[70].image")]
+
+
+def test_images_may_be_pil_images_bytes_or_paths(hf_backend, tmp_path):
+    image = shape_image("blue")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    (tmp_path / "blue.png").write_bytes(buffer.getvalue())
+    forms = [uri(image), image, buffer.getvalue(), tmp_path / "blue.png"]
+    with LiveServer(hf_backend) as live, RewardClient(live.url) as client:
+        scores = [client.score([{"prompt": "Colour?", "response": "Blue.", "image": f}]).scores[0] for f in forms]
+        ranked = client.rank("Colour?", ["Blue.", "Red."], images=[image]).scores
+    assert max(scores) - min(scores) <= 1e-6
+    assert abs(ranked[0] - scores[0]) <= 1e-4
