@@ -222,8 +222,8 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-class RewardClient:
-    """Synchronous client; safe to share between threads (at most ``max_concurrency`` calls in flight)."""
+class _ClientOptions:
+    """What both clients are configured with (one signature for the sync and async clients)."""
 
     def __init__(
         self,
@@ -234,13 +234,27 @@ class RewardClient:
         max_concurrency: int = 16,
         max_items: int | None = None,
     ):
-        limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
-        self._http = httpx.Client(base_url=base_url, headers=_headers(api_key), timeout=timeout_s, limits=limits)
         self._timeout_s = timeout_s
         self._retry = retry
-        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._max_concurrency = max_concurrency
         self._max_items = max_items
         """Items per /score call (default: the server's max_items, read from /info once)."""
+        limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
+        self._http_options: dict[str, Any] = {
+            "base_url": base_url,
+            "headers": _headers(api_key),
+            "timeout": timeout_s,
+            "limits": limits,
+        }
+
+
+class RewardClient(_ClientOptions):
+    """Synchronous client; safe to share between threads (at most ``max_concurrency`` calls in flight)."""
+
+    def __init__(self, base_url: str, **options: Any):
+        super().__init__(base_url, **options)
+        self._http = httpx.Client(**self._http_options)
+        self._slots = threading.BoundedSemaphore(self._max_concurrency)
 
     def __enter__(self) -> RewardClient:
         return self
@@ -305,25 +319,14 @@ class RewardClient:
         return self._http.get("/ready").status_code == 200
 
 
-class AsyncRewardClient:
+class AsyncRewardClient(_ClientOptions):
     """Asynchronous client (the same calls, awaited); chunks of one call run concurrently, all calls
     together at most ``max_concurrency`` at a time."""
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        retry: RetryPolicy = RetryPolicy(),
-        max_concurrency: int = 16,
-        max_items: int | None = None,
-    ):
-        limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
-        self._http = httpx.AsyncClient(base_url=base_url, headers=_headers(api_key), timeout=timeout_s, limits=limits)
-        self._timeout_s = timeout_s
-        self._retry = retry
-        self._slots = asyncio.Semaphore(max_concurrency)
-        self._max_items = max_items
+    def __init__(self, base_url: str, **options: Any):
+        super().__init__(base_url, **options)
+        self._http = httpx.AsyncClient(**self._http_options)
+        self._slots = asyncio.Semaphore(self._max_concurrency)
 
     async def __aenter__(self) -> AsyncRewardClient:
         return self
