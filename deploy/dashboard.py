@@ -24,7 +24,7 @@ OUTPUT = Path(__file__).resolve().parent.parent / "helm" / "vlreward" / "files" 
 UID = "vlreward"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
-SCORING = 'endpoint=~"/score|/rank|/get_reward"'
+SCORING = 'endpoint=~"/score|/rank|/get_reward|/classify"'
 
 
 @dataclass

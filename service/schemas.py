@@ -209,3 +209,53 @@ class GetRewardResponse(BaseModel):
     rewards: list[float]
     scores: list[float]
     extra_logs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ClassifyRequest(BaseModel):
+    """POST /classify: vLLM's classification request (``vllm serve``'s /classify), for clients written
+    against a vLLM reward server (verl's reward router among them). ``input``: already chat-templated
+    text(s); or ``messages``: one conversation whose last message is the assistant response (images as
+    ``image_url`` parts). Rewards are raw unless ``use_activation`` is true (then a sigmoid)."""
+
+    model_config = ConfigDict(extra="ignore")  # vLLM's other options (padding, truncation, ...) are ignored
+
+    model: str | None = None
+    input: str | list[str] | None = Field(None, description="Chat-templated text, or a list of them.")
+    messages: list[Message] | None = None
+    use_activation: bool | None = Field(None, description="true: sigmoid of the reward; default raw.")
+    timeout_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ClassifyRequest:
+        if (self.input is None) == (self.messages is None):
+            raise ValueError("give exactly one of `input` (templated text) and `messages`")
+        return self
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input or [])
+
+
+class ClassifyData(BaseModel):
+    index: int
+    label: str | None
+    probs: list[float]
+    num_classes: int
+
+
+class ClassifyUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+    completion_tokens: int | None = 0
+    prompt_tokens_details: dict | None = None
+    completion_tokens_details: dict | None = None
+
+
+class ClassifyResponse(BaseModel):
+    """vLLM's classification response: ``data[i].probs[0]`` is the reward."""
+
+    id: str
+    object: str = "list"
+    created: int
+    model: str
+    data: list[ClassifyData]
+    usage: ClassifyUsage

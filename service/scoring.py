@@ -17,7 +17,7 @@ from vlreward.service.batching import BatchResult
 from vlreward.service.errors import ServiceError, too_large
 from vlreward.service.lifecycle import ServiceState
 from vlreward.service.prepare import prepare_items, prepare_rank, prepare_templated
-from vlreward.service.schemas import GetRewardRequest, RankRequest, ScoreRequest
+from vlreward.service.schemas import ClassifyRequest, GetRewardRequest, RankRequest, Sample, ScoreRequest
 
 
 @dataclass
@@ -98,4 +98,22 @@ async def score_templated(state: ServiceState, body: GetRewardRequest) -> Scored
             prepare_templated, state.backend, body.query, body.images, state.media_policy, state.limits
         )
         result, tokens, images = await _schedule(state, "/get_reward", encoded, body.timeout_s, started)
+        return Scored(list(result.scores), tokens, images, result.queue_ms, result.inference_ms)
+
+
+async def classify(state: ServiceState, body: ClassifyRequest) -> Scored:
+    """/classify (vLLM's protocol): templated texts, or one conversation given as messages."""
+    started = time.monotonic()
+    async with state.admitted():
+        if body.messages is not None:
+            sample = Sample(messages=body.messages)
+            encoded, _ = await asyncio.to_thread(
+                prepare_items, state.backend, [sample], state.media_policy, state.limits, "none", False
+            )
+        else:
+            _check_count(len(body.texts()), state.settings.max_items, "inputs", "input")
+            encoded = await asyncio.to_thread(
+                prepare_templated, state.backend, body.texts(), None, state.media_policy, state.limits
+            )
+        result, tokens, images = await _schedule(state, "/classify", encoded, body.timeout_s, started)
         return Scored(list(result.scores), tokens, images, result.queue_ms, result.inference_ms)

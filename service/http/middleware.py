@@ -14,7 +14,7 @@ from vlreward.service.http.errors import error_response
 from vlreward.service.metrics import Metrics
 
 access_log = logging.getLogger("vlreward.access")
-KNOWN_ENDPOINTS = ("/score", "/rank", "/get_reward", "/health", "/ready", "/info", "/metrics")
+KNOWN_ENDPOINTS = ("/score", "/rank", "/get_reward", "/classify", "/health", "/ready", "/info", "/metrics")
 
 
 def _headers(scope: dict) -> dict[str, str]:

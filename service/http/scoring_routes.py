@@ -1,6 +1,10 @@
-"""POST /score, /rank and /get_reward: validate, run the scoring pipeline, shape the response."""
+"""POST /score, /rank, /get_reward and /classify: validate, run the scoring pipeline, shape the response."""
 
 from __future__ import annotations
+
+import math
+import time
+import uuid
 
 from fastapi import APIRouter, Depends, Request, Response
 
@@ -8,7 +12,12 @@ from vlreward.service import scoring
 from vlreward.service.http.dependencies import require_api_key, service_state, with_cancellation
 from vlreward.service.http.errors import documented_errors
 from vlreward.service.lifecycle import ServiceState
+from vlreward.service.model.checkpoint import REWARD_LABEL
 from vlreward.service.schemas import (
+    ClassifyData,
+    ClassifyRequest,
+    ClassifyResponse,
+    ClassifyUsage,
     GetRewardRequest,
     GetRewardResponse,
     ItemError,
@@ -73,3 +82,21 @@ async def get_reward(
     scored = await scoring.score_templated(state, body)
     _account(request, response, scored)
     return GetRewardResponse(rewards=scored.scores, scores=scored.scores, extra_logs={})
+
+
+@router.post("/classify", response_model=ClassifyResponse)
+@with_cancellation
+async def classify(
+    body: ClassifyRequest, request: Request, response: Response, state: ServiceState = Depends(service_state)
+) -> ClassifyResponse:
+    """vLLM's /classify protocol: ``data[i].probs[0]`` is the reward (raw unless ``use_activation``)."""
+    scored = await scoring.classify(state, body)
+    _account(request, response, scored)
+    values = [1.0 / (1.0 + math.exp(-s)) if body.use_activation else s for s in scored.scores]
+    return ClassifyResponse(
+        id=f"classify-{uuid.uuid4().hex}",
+        created=int(time.time()),
+        model=body.model or state.backend.info()["model"],
+        data=[ClassifyData(index=i, label=REWARD_LABEL, probs=[v], num_classes=1) for i, v in enumerate(values)],
+        usage=ClassifyUsage(prompt_tokens=scored.input_tokens, total_tokens=scored.input_tokens),
+    )

@@ -31,6 +31,8 @@ REWARD_ARCHITECTURE = "Qwen2_5_VLForSequenceClassification"
 BASE_ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
 HEAD_WEIGHT = "language_model.score.weight"
 HEAD_BIAS = "language_model.score.bias"
+REWARD_LABEL = "LABEL_0"
+"""The one label of the head (config ``id2label``; vLLM's /classify answers it)."""
 WEIGHTS_NAME = "model.safetensors"
 MAX_SHARD_SIZE = "5GB"
 HASH_CACHE = "vlreward_hash.json"
@@ -255,8 +257,8 @@ def write_reward_config(config: Any, directory: Path) -> None:
     data = config.to_dict()
     data["architectures"] = [REWARD_ARCHITECTURE]
     data["num_labels"] = 1
-    data["id2label"] = {"0": "LABEL_0"}
-    data["label2id"] = {"LABEL_0": 0}
+    data["id2label"] = {"0": REWARD_LABEL}
+    data["label2id"] = {REWARD_LABEL: 0}
     (directory / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
