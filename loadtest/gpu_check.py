@@ -328,6 +328,7 @@ def run_check(size: str, workdir: Path, seed: int = 0, dtype: str = "auto", prof
 def _profile(backend: Any, batch: list, device: str, top: int = 15) -> dict:
     """Where one forward pass of ``batch`` spends its time: the busiest operators and how much of the wall
     time the device was busy (printed; the JSON keeps the same rows)."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
@@ -343,7 +344,12 @@ def _profile(backend: Any, batch: list, device: str, top: int = 15) -> dict:
         for e in events
         if not e.key.startswith("ProfilerStep")
     ][:top]
-    kernels = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6 if device.startswith("cuda") else None
+    # Kernel rows only: an operator's row also carries the device time of the kernels it launched.
+    kernels = (
+        sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA) / 1e6
+        if device.startswith("cuda")
+        else None
+    )
     print(
         f"profile of one forward pass of {len(batch)} samples: wall {wall * 1e3:.1f} ms, device busy "
         f"{'n/a' if kernels is None else f'{kernels * 1e3:.1f} ms'}"
