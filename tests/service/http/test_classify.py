@@ -55,3 +55,13 @@ def test_the_response_has_vllms_keys_and_bad_requests_name_the_field(server):
     assert both.status_code == 422 and "exactly one" in both.text
     ids = httpx.post(server.url + "/classify", json={"input": [[1, 2, 3]]})
     assert ids.status_code == 422 and ids.json()["error"]["param"].startswith("input")
+
+
+def test_get_reward_takes_openrlhfs_single_sample_and_empty_requests(server):
+    """OpenRLHF's remote reward call: one sample per request with `prompts` and `labels`; a sharded call
+    can also send empty lists."""
+    one = httpx.post(server.url + "/get_reward", json={"query": [TEMPLATED], "prompts": ["What colour?"],
+                                                       "labels": [None]})  # fmt: skip
+    assert one.status_code == 200 and len(one.json()["rewards"]) == 1
+    empty = httpx.post(server.url + "/get_reward", json={"query": [], "prompts": [], "labels": []})
+    assert empty.status_code == 200 and empty.json() == {"rewards": [], "scores": [], "extra_logs": {}}
