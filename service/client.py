@@ -91,14 +91,11 @@ class RetryPolicy:
         return stop if self.deadline_s is None else stop | stop_before_delay(self.deadline_s)
 
 
-NO_RETRIES = RetryPolicy(attempts=1)
-
-
 def _transient(error: BaseException) -> bool:
     """Worth another try: the server was busy or starting (429, 503), or the connection failed."""
     if isinstance(error, (Overloaded, Unavailable)):
         return True
-    return isinstance(error, (httpx.TransportError)) and not isinstance(error, httpx.UnsupportedProtocol)
+    return isinstance(error, httpx.TransportError) and not isinstance(error, httpx.UnsupportedProtocol)
 
 
 def _wait(policy: RetryPolicy):
@@ -129,9 +126,9 @@ def encode_image(image: Any) -> str:
         kind = (Image.open(io.BytesIO(image)).format or "png").lower()
         return f"data:image/{kind};base64," + base64.b64encode(image).decode()
     if hasattr(image, "save"):  # a PIL image
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+        from vlreward.service.media import image_to_data_uri
+
+        return image_to_data_uri(image)
     raise TypeError(f"an image must be a PIL image, bytes, a path or a string, not {type(image).__name__}")
 
 

@@ -254,8 +254,12 @@ class VLLMBackend:
         stat logger registers in prometheus_client's default registry."""
         from prometheus_client import REGISTRY, generate_latest
 
-        names = [s.name for family in REGISTRY.collect() if family.name.startswith("vllm:") for s in family.samples]
-        return generate_latest(REGISTRY.restricted_registry(names)) if names else b""
+        class VLLMFamilies:  # one pass over the default registry, keeping vLLM's families
+            @staticmethod
+            def collect():
+                return [family for family in REGISTRY.collect() if family.name.startswith("vllm:")]
+
+        return generate_latest(VLLMFamilies())
 
     async def close(self) -> None:
         self.engine.shutdown()
