@@ -171,7 +171,10 @@ def test_the_wheel_holds_vlreward_packages_and_the_recipes_only(wheel):
 @pytest.mark.slow
 def test_with_no_extras_the_client_imports_without_torch_and_serve_names_the_extra(wheel, tmp_path):
     bin_dir = fresh_environment(tmp_path / "env", wheel)
-    code = "import sys, vlreward.service.client; sys.exit(' '.join({'torch', 'transformers', 'vllm'} & set(sys.modules)) or None)"
+    modules = "vlreward.service.client, vlreward.service.adapters.trl, vlreward.service.adapters.verl"
+    code = (
+        "import sys, " + modules + "; sys.exit(' '.join({'torch', 'transformers', 'vllm'} & set(sys.modules)) or None)"
+    )
     done = run(bin_dir / "python", "-c", code)
     assert done.returncode == 0, done.stderr
     helped = run(bin_dir / "vlreward", "--help")

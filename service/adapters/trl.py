@@ -1,0 +1,140 @@
+"""Reward functions for TRL's ``GRPOTrainer`` backed by a vlreward server.
+
+    from vlreward.service.adapters.trl import VLRewardFunction
+    trainer = GRPOTrainer(model=..., reward_funcs=[VLRewardFunction("http://rm:8000")], ...)
+
+TRL calls a reward function with keywords only: ``prompts``, ``completions``, ``completion_ids`` and
+every other dataset column (``image``/``images`` among them) as lists of B×G values, plus
+``trainer_state``, ``log_extra`` and ``log_metric``. Prompts and completions are strings (standard
+datasets) or message lists (conversational; TRL has put the images into the prompt as
+``{"type": "image", "image": PIL}`` blocks). Each step becomes one ``/score`` call (the client chunks it
+to the server's ``max_items``); an item the server cannot score — or whose images cannot be encoded —
+gets ``None``, which TRL reads as "no reward for this sample". A call that fails as a whole (the server
+unreachable past the client's deadline) raises: a training run should stop rather than learn from
+rewards that are not there. :class:`AsyncVLRewardFunction` is the same with ``async def``, so TRL runs it
+concurrently with its other async reward functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from vlreward.service.adapters.conversation import image_reference, to_messages
+from vlreward.service.client import AsyncRewardClient, RewardClient
+
+log = logging.getLogger(__name__)
+
+
+def _row_images(index: int, columns: dict[str, Any]) -> list[Any]:
+    """The images of row ``index`` from TRL's ``images`` (a list per row) or ``image`` (one per row) column."""
+    if columns.get("images") is not None:
+        return list(columns["images"][index] or [])
+    if columns.get("image") is not None and columns["image"][index] is not None:
+        return [columns["image"][index]]
+    return []
+
+
+def _has_image_blocks(conversation: list[dict]) -> bool:
+    return any(
+        isinstance(m.get("content"), list) and any(b.get("type") in ("image", "image_url") for b in m["content"])
+        for m in conversation
+    )
+
+
+def trl_item(prompt: str | list[dict], completion: str | list[dict], images: list[Any]) -> dict:
+    """One Sample dict for ``/score`` from a TRL prompt and completion (standard or conversational)."""
+    if isinstance(prompt, str) and isinstance(completion, str):
+        item: dict[str, Any] = {"prompt": prompt, "response": completion}
+        if images:
+            item["images"] = [image_reference(i) for i in images]
+        return item
+    if isinstance(prompt, str) or isinstance(completion, str):
+        raise ValueError("prompt and completion must both be strings or both be message lists")
+    # TRL has already put the image column into conversational prompts as image blocks; the column
+    # only fills blocks without a payload, or is placed before the first user text when there are none.
+    conversation = list(prompt) + list(completion)
+    if _has_image_blocks(prompt) and all(
+        block.get("image") is not None
+        for m in prompt
+        if isinstance(m.get("content"), list)
+        for block in m["content"]
+        if block.get("type") == "image"
+    ):
+        images = []
+    return {"messages": to_messages(conversation, images)}
+
+
+class _RewardFunctionBase:
+    """Builds the items of a step and turns a ScoreResponse into TRL's ``list[float | None]``."""
+
+    def __init__(self, base_url: str, name: str = "vlreward", **client_options: Any):
+        self.base_url = base_url
+        self.__name__ = name  # TRL names the reward column and its metrics after this
+        self._client_options = client_options
+
+    def _items(
+        self, prompts: list, completions: list, columns: dict[str, Any]
+    ) -> tuple[list[dict], list[int], dict[int, str]]:
+        """Items that could be built, their row indices, and a reason for each row that could not."""
+        items, rows, failed = [], [], {}
+        for index, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+            try:
+                items.append(trl_item(prompt, completion, _row_images(index, columns)))
+                rows.append(index)
+            except (ValueError, TypeError, OSError) as error:
+                failed[index] = str(error)
+        return items, rows, failed
+
+    def _rewards(
+        self,
+        size: int,
+        rows: list[int],
+        scores: list[float | None],
+        failed: dict[int, str],
+        columns: dict,
+        started: float,
+    ) -> list[float | None]:
+        rewards: list[float | None] = [None] * size
+        for row, score in zip(rows, scores, strict=True):
+            rewards[row] = score
+        for row, reason in failed.items():
+            log.warning("vlreward: row %d not sent: %s", row, reason)
+        log_metric = columns.get("log_metric")
+        if log_metric is not None:
+            log_metric(f"{self.__name__}/latency_s", time.monotonic() - started)
+            log_metric(f"{self.__name__}/unscored_fraction", sum(r is None for r in rewards) / max(size, 1))
+        return rewards
+
+
+class VLRewardFunction(_RewardFunctionBase):
+    """A synchronous TRL reward function (one pooled client per instance)."""
+
+    def __init__(self, base_url: str, name: str = "vlreward", **client_options: Any):
+        super().__init__(base_url, name, **client_options)
+        self._client: RewardClient | None = None
+
+    def __call__(self, prompts: list, completions: list, completion_ids: list | None = None, **columns: Any):
+        started = time.monotonic()
+        if self._client is None:
+            self._client = RewardClient(self.base_url, **self._client_options)
+        items, rows, failed = self._items(prompts, completions, columns)
+        scores = self._client.score(items, on_error="null").scores if items else []
+        return self._rewards(len(prompts), rows, scores, failed, columns, started)
+
+
+class AsyncVLRewardFunction(_RewardFunctionBase):
+    """An ``async`` TRL reward function: TRL awaits it on its own event loop, beside other async ones."""
+
+    def __init__(self, base_url: str, name: str = "vlreward", **client_options: Any):
+        super().__init__(base_url, name, **client_options)
+        self._client: AsyncRewardClient | None = None
+
+    async def __call__(self, prompts: list, completions: list, completion_ids: list | None = None, **columns: Any):
+        started = time.monotonic()
+        if self._client is None:  # created on TRL's loop, which it keeps for the whole run
+            self._client = AsyncRewardClient(self.base_url, **self._client_options)
+        items, rows, failed = self._items(prompts, completions, columns)
+        scores = (await self._client.score(items, on_error="null")).scores if items else []
+        return self._rewards(len(prompts), rows, scores, failed, columns, started)
