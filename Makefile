@@ -14,7 +14,7 @@ EXTRAS     ?= dev $(VLLM_BUILD)
 SYNC       := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --compile-bytecode --python $(PYTHON) \
               $(addprefix --extra ,$(EXTRAS))
 
-.PHONY: dev test lint lock serve clean
+.PHONY: dev frameworks test lint lock serve clean
 
 $(UV):
 	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
@@ -28,6 +28,16 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 
 dev: $(VENV)/.installed
 
+# verl's and OpenRLHF's own code, for the adapter tests only (tests/requirements-frameworks.txt says why
+# they are kept out of .venv).
+FRAMEWORKS := .frameworks
+$(FRAMEWORKS)/.installed: tests/requirements-frameworks.txt | $(VENV)/.installed
+	rm -rf $(FRAMEWORKS)
+	$(UV) pip install -q --no-deps --target $(FRAMEWORKS) --python $(PY) -r tests/requirements-frameworks.txt
+	touch $@
+
+frameworks: $(FRAMEWORKS)/.installed
+
 lock: $(UV)
 	$(UV) lock
 
@@ -37,11 +47,11 @@ lint: dev
 
 # tests/test_packaging.py compares the environment with the lock for these extras, and builds the
 # wheel into fresh environments with the same uv.
-test: dev lint
-	UV=$(abspath $(UV)) VLREWARD_EXTRAS="$(EXTRAS)" $(PY) -m pytest -q -p no:cacheprovider --durations=15
+test: dev frameworks lint
+	VLREWARD_FRAMEWORKS=$(abspath $(FRAMEWORKS)) UV=$(abspath $(UV)) VLREWARD_EXTRAS="$(EXTRAS)" $(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 serve: dev
 	$(VENV)/bin/vlreward serve
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) $(FRAMEWORKS) .pytest_cache .ruff_cache
