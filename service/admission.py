@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from vlreward.service.batching import BatchResult, Scheduler, Sized
+from vlreward.service.batching import BatchResult, Groups, Scheduler, Sized
 from vlreward.service.errors import DeadlineExceeded, Overloaded
 from vlreward.service.metrics import Metrics
 
@@ -25,10 +25,11 @@ class Admission:
         self.metrics = metrics
         self.max_queue = max_queue
 
-    async def submit(self, items: Sequence[Sized], timeout_s: float, grouped: bool = False) -> BatchResult:
+    async def submit(self, items: Sequence[Sized], timeout_s: float, groups: Groups = ()) -> BatchResult:
         """Score a request's samples (in order) within ``timeout_s``, or refuse it when the queue is full.
 
-        ``grouped``: the samples share their prompt and images (a /rank request) and run as one unit.
+        ``groups``: indices of samples that share their prompt and images (a /rank request, a GRPO group
+        in /score); each group runs as one unit.
         """
         if not items:
             return BatchResult([], 0.0, 0.0)
@@ -40,7 +41,7 @@ class Admission:
             self.metrics.reject("overloaded")
             raise Overloaded(queued, self.max_queue)
         try:
-            return await asyncio.wait_for(self.scheduler.run(items, grouped), timeout=timeout_s)
+            return await asyncio.wait_for(self.scheduler.run(items, groups), timeout=timeout_s)
         except TimeoutError as exc:
             self.metrics.reject("timeout")
             raise DeadlineExceeded(f"request did not finish within {timeout_s:g} s") from exc

@@ -31,6 +31,22 @@ log = logging.getLogger("vlreward.batching")
 Runner = Callable[[list], Awaitable[list[float]]]
 """Scores a list of encoded samples (one forward pass, or one engine call)."""
 
+Groups = Sequence[Sequence[int]]
+"""Indices of a request's items that share a prefix (prompt + images), one sequence per group."""
+
+
+def group_of(size: int, groups: Groups) -> list[int | None]:
+    """For each of ``size`` items, the index of the group it belongs to (None: batched normally)."""
+    membership: list[int | None] = [None] * size
+    for number, group in enumerate(groups):
+        if len(group) < 2:
+            continue  # a group of one has nothing to share
+        for index in group:
+            if membership[index] is not None:
+                raise ValueError(f"item {index} is in two groups")
+            membership[index] = number
+    return membership
+
 
 class Sized(Protocol):
     """What scheduling needs of a sample: its token count."""
@@ -62,8 +78,9 @@ class Scheduler(Protocol):
 
     def healthy(self) -> bool: ...
 
-    async def run(self, items: Sequence[Sized], grouped: bool = False) -> BatchResult:
-        """Scores of ``items`` in order; ``grouped`` items share a prefix and run as one unit."""
+    async def run(self, items: Sequence[Sized], groups: Groups = ()) -> BatchResult:
+        """Scores of ``items`` in order. Each of ``groups`` (indices of items that share their prompt
+        and images) runs as one unit through the group runner; the other items are batched."""
         ...
 
 
@@ -108,15 +125,23 @@ class DirectScheduler:
     def healthy(self) -> bool:
         return True
 
-    async def run(self, items: Sequence[Sized], grouped: bool = False) -> BatchResult:
+    async def run(self, items: Sequence[Sized], groups: Groups = ()) -> BatchResult:
         self._in_flight += len(items)
         self.metrics.queue_depth.set(self._in_flight)
         started = time.monotonic()
+        membership = group_of(len(items), groups)
+        units = [(self.run_group, [i for i, g in enumerate(membership) if g == n]) for n in set(membership) - {None}]
+        units.append((self.run_batch, [i for i, g in enumerate(membership) if g is None]))
+        units = [(runner, indices) for runner, indices in units if indices]
         try:
-            scores = await (self.run_group if grouped else self.run_batch)(list(items))
+            answers = await asyncio.gather(*(runner([items[i] for i in indices]) for runner, indices in units))
         finally:
             self._in_flight -= len(items)
             self.metrics.queue_depth.set(self._in_flight)
+        scores: list[float] = [0.0] * len(items)
+        for (_, indices), values in zip(units, answers, strict=True):
+            for index, value in zip(indices, values, strict=True):
+                scores[index] = value
         elapsed = time.monotonic() - started
         self.metrics.inference_duration.observe(elapsed)
         return BatchResult(scores=scores, queue_ms=0.0, inference_ms=elapsed * 1000)
@@ -128,8 +153,8 @@ class _Job:
 
     items: Sequence[Sized]
     future: asyncio.Future
-    grouped: bool = False
-    """Run as one unit through ``run_group`` (candidates sharing a prefix), not mixed into batches."""
+    membership: list[int | None] = field(default_factory=list)
+    """Per item, its group (run as one unit through ``run_group``), or None (mixed into batches)."""
     enqueued: float = field(default_factory=time.monotonic)
     results: list[float | None] = field(default_factory=list)
     remaining: int = 0
@@ -146,6 +171,10 @@ class _Job:
 class _Entry:
     job: _Job
     index: int
+
+    @property
+    def group(self) -> int | None:
+        return self.job.membership[self.index]
 
     @property
     def tokens(self) -> int:
@@ -196,9 +225,10 @@ class DynamicBatcher:
     def healthy(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def run(self, items: Sequence[Sized], grouped: bool = False) -> BatchResult:
+    async def run(self, items: Sequence[Sized], groups: Groups = ()) -> BatchResult:
         """Queue a request's samples and wait for their scores (in order); cancelling drops them."""
-        job = _Job(items=items, future=asyncio.get_running_loop().create_future(), grouped=grouped)
+        membership = group_of(len(items), groups)
+        job = _Job(items=items, future=asyncio.get_running_loop().create_future(), membership=membership)
         self._pending.extend(_Entry(job, i) for i in range(len(items)))
         self.metrics.queue_depth.set(len(self._pending))
         self._arrived.set()
@@ -247,11 +277,11 @@ class DynamicBatcher:
                 continue
             await self._wait_to_fill()
             taken = self._take_pending()
-            groups: dict[int, list[_Entry]] = {}
+            groups: dict[tuple[int, int], list[_Entry]] = {}
             for entry in taken:
-                if entry.job.grouped:
-                    groups.setdefault(id(entry.job), []).append(entry)
-            entries = [e for e in taken if not e.job.grouped]
+                if entry.group is not None:
+                    groups.setdefault((id(entry.job), entry.group), []).append(entry)
+            entries = [e for e in taken if e.group is None]
             plan = plan_batches([e.tokens for e in entries], self.max_batch_size, self.max_batch_tokens)
             work = [(self.run_group, group) for group in groups.values()]
             work += [(self.run_batch, [entries[i] for i in indices]) for indices in plan]

@@ -88,6 +88,7 @@ class ServiceState:
             probe_score = await backend.warm_up()
             info = backend.info()
             self.metrics.model_info.labels(info["model"], info["backend"], info["dtype"], info["device"]).set(1)
+            self.metrics.watch_backend(backend)
             self.ready = True
             self.metrics.ready.set(1)
             self._watchdog = asyncio.get_running_loop().create_task(self._watch_engine(), name="vlreward-watchdog")

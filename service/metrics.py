@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -22,6 +26,22 @@ REJECTION_REASONS = (
 )
 """Every ``reason`` of ``vlreward_rejected_total``: each series exists from the start (at 0), so that
 dashboards and alert rules see them before the first rejection."""
+
+
+class _BackendCounters(Collector):
+    """Counters the backend keeps itself (read at scrape time; 0 until a backend is attached)."""
+
+    def __init__(self) -> None:
+        self.backend: Any = None
+
+    def collect(self):
+        runs = CounterMetricFamily(
+            "vlreward_shared_prefix_runs",
+            "Prompt + image prefixes computed once for several samples (/rank, GRPO groups in /score; "
+            "transformers backend; vLLM's prefix cache does this inside the engine).",
+        )
+        runs.add_metric([], float(getattr(self.backend, "shared_prefix_runs", 0)))
+        yield runs
 
 
 class Metrics:
@@ -82,7 +102,13 @@ class Metrics:
         self.queue_limit = Gauge(
             "vlreward_queue_limit", "Samples that may wait at most (max_queue); beyond it: 429.", registry=r
         )
+        self._backend_counters = _BackendCounters()
+        r.register(self._backend_counters)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+
+    def watch_backend(self, backend: Any) -> None:
+        """Export the counters ``backend`` keeps (see :class:`_BackendCounters`)."""
+        self._backend_counters.backend = backend
 
     def reject(self, reason: str, count: int = 1) -> None:
         """Count refused requests or samples under one of :data:`REJECTION_REASONS`."""

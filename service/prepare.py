@@ -6,6 +6,7 @@ Runs in a worker thread (image decoding and preprocessing are CPU work). Every e
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -14,7 +15,7 @@ from PIL import Image
 from vlreward.service.errors import ServiceError, too_large
 from vlreward.service.media import MediaError, MediaPolicy, load_image
 from vlreward.service.model.formatting import FormattedSample, FormattingError, format_sample, format_templated
-from vlreward.service.schemas import Sample, TextPart
+from vlreward.service.schemas import ImagePart, Sample, TextPart
 from vlreward.service.settings import default
 
 if TYPE_CHECKING:
@@ -138,6 +139,43 @@ def prepare_item(backend: Backend, sample: Sample, policy: MediaPolicy, limits: 
     return encode_within_limit(backend, sample, images, limits, truncate, param)
 
 
+def prefix_key(sample: Sample) -> str | None:
+    """What /score items must have in common to share a prefix: everything before the response (the
+    system text, the prompt or the earlier messages, and the image references). None: the sample's
+    response carries images, so nothing before it can be shared safely."""
+    if sample.messages is None:
+        return json.dumps(["prompt", sample.system, sample.prompt, sample.image_refs()])
+    last = sample.messages[-1]
+    if isinstance(last.content, list) and any(isinstance(p, ImagePart) for p in last.content):
+        return None
+    return json.dumps(["messages", [m.model_dump(mode="json") for m in sample.messages[:-1]]])
+
+
+def shared_prefix_groups(samples: list[Sample], truncate: Truncate) -> list[list[int]]:
+    """Indices of /score items that share their prompt and images (a GRPO group), two or more each.
+    Items cut with ``prompt_left`` are never grouped: each may lose a different part of its prompt."""
+    if truncate != "none":
+        return []
+    by_key: dict[str, list[int]] = {}
+    for index, sample in enumerate(samples):
+        key = prefix_key(sample)
+        if key is not None:
+            by_key.setdefault(key, []).append(index)
+    return [indices for indices in by_key.values() if len(indices) > 1]
+
+
+def prepare_group(
+    backend: Backend, samples: list[Sample], indices: list[int], policy: MediaPolicy, limits: Limits
+) -> dict[int, EncodedInput]:
+    """Items that share prompt and images, encoded with the images decoded and preprocessed once; items
+    over the token limit are left out (the one-by-one path reports them)."""
+    first = samples[indices[0]]
+    param = f"items[{indices[0]}]"
+    images = load_images(first.image_refs(), _located(first.image_params(), param), policy, limits.max_images, param)
+    encoded = backend.encode_shared([format_sample(samples[i], images, backend.processor) for i in indices])
+    return {i: item for i, item in zip(indices, encoded, strict=True) if item.num_tokens <= limits.max_tokens}
+
+
 def prepare_items(
     backend: Backend,
     samples: list[Sample],
@@ -145,19 +183,38 @@ def prepare_items(
     limits: Limits,
     truncate: Truncate,
     collect_errors: bool,
-) -> tuple[list[EncodedInput | None], list[tuple[int, ServiceError]]]:
-    """All /score items; with ``collect_errors`` a bad item becomes None plus an error, else it raises."""
-    encoded: list[EncodedInput | None] = []
+) -> tuple[list[EncodedInput | None], list[tuple[int, ServiceError]], list[list[int]]]:
+    """All /score items; with ``collect_errors`` a bad item becomes None plus an error, else it raises.
+
+    Also returns the groups of items that share a prefix, as indices into the items that were encoded
+    (the Nones left out), for the scheduler to run each group's prompt and images once.
+    """
+    encoded: list[EncodedInput | None] = [None] * len(samples)
+    groups = shared_prefix_groups(samples, truncate)
+    shared: list[list[int]] = []
+    for group in groups:
+        try:
+            members = prepare_group(backend, samples, group, policy, limits)
+        except ServiceError:
+            continue  # its images failed: each item goes the one-by-one way below, which locates the error
+        for index, item in members.items():
+            encoded[index] = item
+        shared.append(list(members))
     errors: list[tuple[int, ServiceError]] = []
     for index, sample in enumerate(samples):
+        if encoded[index] is not None:
+            continue
         try:
-            encoded.append(prepare_item(backend, sample, policy, limits, truncate, f"items[{index}]"))
+            encoded[index] = prepare_item(backend, sample, policy, limits, truncate, f"items[{index}]")
         except ServiceError as exc:
             if not collect_errors:
                 raise
-            encoded.append(None)
             errors.append((index, exc))
-    return encoded, errors
+    position = {}  # item index -> its place among the encoded items
+    for index, item in enumerate(encoded):
+        if item is not None:
+            position[index] = len(position)
+    return encoded, errors, [[position[i] for i in group] for group in shared if len(group) > 1]
 
 
 def prepare_rank(backend: Backend, candidates: list[Sample], policy: MediaPolicy, limits: Limits) -> list[EncodedInput]:

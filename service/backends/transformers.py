@@ -132,6 +132,11 @@ class TransformersBackend:
         """Blocking :meth:`run_shared_prefix`, chunked within the batch limits."""
         return self.model.score_shared_prefix(batch, self.max_batch_size, self.max_batch_tokens)
 
+    @property
+    def shared_prefix_runs(self) -> int:
+        """How many times a shared prefix was computed once for several samples (vlreward_shared_prefix_runs)."""
+        return self.model.shared_prefix_runs
+
     def check_probe(self) -> float | None:
         """Score the checkpoint's probe; raise ProbeMismatch when off. None when there is no probe."""
         probe = read_probe(self.model_dir)

@@ -32,6 +32,8 @@ class Qwen2_5_VLRewardModel(nn.Module):
         self.config = config
         self.model = Qwen2_5_VLModel(config)
         self.score = nn.Linear(config.text_config.hidden_size, 1, bias=head_bias, dtype=torch.float32)
+        self.shared_prefix_runs = 0
+        """Prefixes (prompt + images) computed once for several samples by :meth:`score_shared_prefix`."""
         self.vision_in_every_step = False
         """Training across processes: run the vision tower on a dummy image when a batch has none, so
         every rank uses the same parameters each step (ZeRO-3/FSDP hang otherwise; DDP reports unused
@@ -149,6 +151,7 @@ class Qwen2_5_VLRewardModel(nn.Module):
             image_grid_thw=grid,
             use_cache=True,
         ).past_key_values
+        self.shared_prefix_runs += 1
         start = int(prefix_positions.max()) + 1  # text after the prefix continues after its largest position
         per_candidate = max(s.num_tokens for s in samples)  # its copy of the prefix + its own tokens
         chunk = max(1, min(max_batch_size or len(samples), (max_batch_tokens or per_candidate) // per_candidate))

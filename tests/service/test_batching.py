@@ -130,12 +130,20 @@ async def test_grouped_requests_run_whole_through_the_group_runner_never_mixed_w
     batcher.start()
     batch_runner.gate.set()
     group_runner.gate.set()
-    group = asyncio.ensure_future(batcher.run([Item("g1"), Item("g2"), Item("g3")], grouped=True))
+    group = asyncio.ensure_future(batcher.run([Item("g1"), Item("g2"), Item("g3")], groups=[[0, 1, 2]]))
     single = asyncio.ensure_future(batcher.run([Item("s4")]))
     assert (await group).scores == [1.0, 2.0, 3.0]
     assert (await single).scores == [4.0]
     assert group_runner.batches == [["g1", "g2", "g3"]]  # over max_batch_size, still one unit
     assert batch_runner.batches == [["s4"]]
+    # One request, two groups and a loner (a /score call with GRPO groups): each group is one unit.
+    mixed = [Item("h5"), Item("s6"), Item("k7"), Item("h8"), Item("k9"), Item("z10", num_tokens=5)]
+    result = await batcher.run(mixed, groups=[[0, 3], [2, 4], [5]])
+    assert result.scores == [5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+    assert sorted(group_runner.batches[1:]) == [["h5", "h8"], ["k7", "k9"]]
+    assert sorted(batch_runner.batches[1]) == ["s6", "z10"]  # a group of one is batched like the rest
+    with pytest.raises(ValueError, match="two groups"):
+        await batcher.run(mixed, groups=[[0, 1], [1, 2]])
     await batcher.close()
 
 
@@ -168,5 +176,5 @@ async def test_the_direct_scheduler_counts_samples_in_flight_and_uses_the_group_
     assert (await running).scores == [1.0, 2.0]
     assert scheduler.queued == 0
     group_runner.gate.set()
-    assert (await scheduler.run([Item("g5")], grouped=True)).scores == [5.0]
-    assert group_runner.batches == [["g5"]]
+    assert (await scheduler.run([Item("g5"), Item("s6"), Item("g7")], groups=[[0, 2]])).scores == [5.0, 6.0, 7.0]
+    assert group_runner.batches == [["g5", "g7"]] and batch_runner.batches[-1] == ["s6"]
