@@ -84,9 +84,11 @@ class EngineSettings:
 class VLLMInput:
     """What the engine gets for one sample, plus its token count for the service's limits."""
 
-    text: str
+    token_ids: list[int]
+    """The chat-templated text's token ids, one image pad per image (the engine expands them)."""
     images: list = field(default_factory=list)
     num_tokens: int = 0
+    """Tokens the engine will run: the text's plus each image's expansion."""
 
     @property
     def num_images(self) -> int:
@@ -189,10 +191,11 @@ class VLLMBackend:
         return (height // factor) * (width // factor)
 
     def encode(self, sample: FormattedSample) -> VLLMInput:
-        """The engine's input; the token count includes the image tokens vLLM will expand."""
-        text_tokens = len(self.processor.tokenizer(sample.text, add_special_tokens=False)["input_ids"])
+        """The engine's input: token ids (tokenised once, here; the engine takes them as they are) and the
+        images. The token count includes the image tokens vLLM will expand."""
+        token_ids = self.processor.tokenizer(sample.text, add_special_tokens=False)["input_ids"]
         image_tokens = sum(self._image_tokens(image) - 1 for image in sample.images)
-        return VLLMInput(text=sample.text, images=list(sample.images), num_tokens=text_tokens + image_tokens)
+        return VLLMInput(token_ids=token_ids, images=list(sample.images), num_tokens=len(token_ids) + image_tokens)
 
     def encode_shared(self, samples: list[FormattedSample]) -> list[VLLMInput]:
         """Candidates of one /rank request; vLLM's prefix cache shares their common prefix."""
@@ -203,7 +206,7 @@ class VLLMBackend:
     async def _score_one(self, item: VLLMInput) -> float:
         from vllm import PoolingParams
 
-        prompt: dict[str, Any] = {"prompt": item.text}
+        prompt: dict[str, Any] = {"prompt_token_ids": item.token_ids}
         if item.images:
             prompt["multi_modal_data"] = {"image": item.images}
         from vllm.exceptions import VLLMValidationError

@@ -21,12 +21,13 @@ T = TypeVar("T")
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <key>`, when the server has API keys.")
 
 
-def service_state(request: Request) -> ServiceState:
-    """The service state the app was built around."""
+async def service_state(request: Request) -> ServiceState:
+    """The service state the app was built around (async: FastAPI runs sync dependencies in its thread
+    pool, a thread hop per request for nothing)."""
     return request.app.state.service
 
 
-def require_api_key(
+async def require_api_key(
     state: ServiceState = Depends(service_state),
     credentials: HTTPAuthorizationCredentials | None = Security(bearer),
 ) -> None:
@@ -66,7 +67,7 @@ def with_cancellation(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitab
         if work in done:
             return work.result()
         work.cancel()
-        service_state(request).metrics.reject("client_disconnected")
+        request.app.state.service.metrics.reject("client_disconnected")
         raise ClientDisconnected()
 
     return wrapper

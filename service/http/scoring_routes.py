@@ -31,6 +31,12 @@ from vlreward.service.schemas import (
 router = APIRouter(dependencies=[Depends(require_api_key)], responses=documented_errors())
 
 
+def body_bytes(request: Request) -> int | None:
+    """The request's Content-Length (None when it was sent without one)."""
+    length = request.headers.get("content-length")
+    return int(length) if length and length.isdigit() else None
+
+
 def _account(request: Request, response: Response, scored: scoring.Scored) -> Usage:
     """Timing headers, the access log's figures, and the usage block."""
     response.headers["x-queue-time-ms"] = f"{scored.queue_ms:.3f}"
@@ -46,7 +52,7 @@ async def score(
     body: ScoreRequest, request: Request, response: Response, state: ServiceState = Depends(service_state)
 ) -> ScoreResponse:
     """Score samples; scores come back in item order."""
-    scored = await scoring.score_items(state, body)
+    scored = await scoring.score_items(state, body, body_bytes(request))
     errors = [ItemError(index=i, type=e.kind, message=e.message, param=e.param) for i, e in scored.errors]
     return ScoreResponse(
         model=state.backend.info()["model"],
@@ -62,7 +68,7 @@ async def rank(
     body: RankRequest, request: Request, response: Response, state: ServiceState = Depends(service_state)
 ) -> RankResponse:
     """Score several responses to one prompt and rank them (best first; ties keep input order)."""
-    scored = await scoring.rank(state, body)
+    scored = await scoring.rank(state, body, body_bytes(request))
     ranking = sorted(range(len(scored.scores)), key=lambda i: (-scored.scores[i], i))
     return RankResponse(
         model=state.backend.info()["model"],
@@ -79,7 +85,7 @@ async def get_reward(
     body: GetRewardRequest, request: Request, response: Response, state: ServiceState = Depends(service_state)
 ) -> GetRewardResponse:
     """OpenRLHF's remote reward protocol: chat-templated queries in, raw rewards out."""
-    scored = await scoring.score_templated(state, body)
+    scored = await scoring.score_templated(state, body, body_bytes(request))
     _account(request, response, scored)
     return GetRewardResponse(rewards=scored.scores, scores=scored.scores, extra_logs={})
 
@@ -90,7 +96,7 @@ async def classify(
     body: ClassifyRequest, request: Request, response: Response, state: ServiceState = Depends(service_state)
 ) -> ClassifyResponse:
     """vLLM's /classify protocol: ``data[i].probs[0]`` is the reward (raw unless ``use_activation``)."""
-    scored = await scoring.classify(state, body)
+    scored = await scoring.classify(state, body, body_bytes(request))
     _account(request, response, scored)
     values = [1.0 / (1.0 + math.exp(-s)) if body.use_activation else s for s in scored.scores]
     return ClassifyResponse(
