@@ -118,6 +118,38 @@ def build_random_checkpoint(size: str, directory: Path, device: str, seed: int =
     return directory
 
 
+def _grpo_groups(url: str, prompts: list[dict], pool: list[dict]) -> dict:
+    """GRPO through /score: one call of G=8 responses sharing the prompt and image, against the same call
+    with each response given its own image (other samples' images of the same size: same token counts)."""
+    from vlreward.service.client import RewardClient
+
+    rng = random.Random(2)
+    shared_s = own_s = 0.0
+    largest = 0.0
+    with RewardClient(url, timeout_s=600) as client:
+        for index, sample in enumerate(prompts):
+            words = sample["response"].split()
+            responses = [" ".join(rng.sample(words, k=len(words))) for _ in range(8)]
+            group = [{"prompt": sample["prompt"], "response": r, "images": sample["images"]} for r in responses]
+            others = [pool[(index + 1 + k) % len(pool)]["images"] for k in range(8)]
+            own = [{**item, "images": images} for item, images in zip(group, others, strict=True)]
+            started = time.perf_counter()
+            together = client.score(group).scores
+            shared_s += time.perf_counter() - started
+            started = time.perf_counter()
+            client.score(own)
+            own_s += time.perf_counter() - started
+            solo = [client.score([item]).scores[0] for item in group]
+            largest = max(largest, max(abs(a - b) for a, b in zip(together, solo, strict=True)))
+    return {
+        "groups": len(prompts),
+        "shared_s": round(shared_s, 4),
+        "own_images_s": round(own_s, 4),
+        "speed-up": round(own_s / shared_s, 2),
+        "max_abs_score_difference": largest,
+    }
+
+
 def make_samples(processor: Any, count: int, check: CheckSize, seed: int) -> list[dict]:
     """Distinct samples of about ``check.sample_tokens`` tokens, each with its own image."""
     from PIL import Image, ImageDraw
@@ -307,6 +339,8 @@ def run_check(size: str, workdir: Path, seed: int = 0, dtype: str = "auto", prof
         log(rows[-1]["mode"], seconds)
         report["rank"] = _rank_vs_score(server.url, samples[:4], concurrent_calls)
         log(f"/rank N=8: {report['rank']}", 0)
+        report["grpo"] = _grpo_groups(server.url, samples[:4], samples)
+        log(f"GRPO G=8: {report['grpo']}", 0)
     report["rows"] = rows
     report["peak_gpu_memory_gb"] = peak_memory_gb(device)
 
@@ -448,6 +482,12 @@ def print_table(report: dict) -> None:
         f"/rank N=8: {rank['rank_s']:.3f} s vs 8 separate /score calls {rank['separate_score_s']:.3f} s "
         f"over {rank['prompts']} prompts: {rank['speed-up']:.2f}x (largest score difference "
         f"{rank['max_abs_score_difference']:.2e})"
+    )
+    grpo = report["grpo"]
+    print(
+        f"GRPO G=8 /score sharing prompt + image: {grpo['shared_s']:.3f} s vs own images {grpo['own_images_s']:.3f} s "
+        f"over {grpo['groups']} groups: {grpo['speed-up']:.2f}x (largest difference from solo "
+        f"{grpo['max_abs_score_difference']:.2e})"
     )
     load = report["load"]
     print(

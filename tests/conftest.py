@@ -75,44 +75,13 @@ class VLLMServe:
 
 
 @pytest.fixture(scope="session")
-def vllm_serve(tiny_reward: Path, tmp_path_factory: pytest.TempPathFactory):
+def vllm_serve(tiny_reward: Path):
     """`vllm serve` (its CPU build) with the classify adapter and raw scores, started once per session;
-    shared by the protocol tests and the performance suite's smoke tests."""
-    import json
-    import os
-    import signal
-    import sys
+    shared by the protocol tests and the performance suite's smoke test."""
+    from loadtest.servers import start_vllm_serve
 
-    import httpx
-
-    from tests.helpers import free_port
-
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("vllm-serve") / "server.log"
-    command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_reward),
-        "--runner", "pooling", "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.2",
-        "--limit-mm-per-prompt", json.dumps({"image": 2, "video": 0}),
-        "--pooler-config", json.dumps({"use_activation": False}), "--port", str(port),
-    ]  # fmt: skip
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
+    server = start_vllm_serve(tiny_reward)
     try:
-        while True:
-            assert process.poll() is None, "vllm serve exited:\n" + log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "vllm serve not healthy in 600 s:\n" + log_path.read_text()[-3000:]
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        yield VLLMServe(url, tiny_reward)
+        yield VLLMServe(server.url, tiny_reward)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        server.stop()

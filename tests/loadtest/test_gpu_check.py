@@ -29,4 +29,5 @@ def test_the_gpu_check_runs_on_cpu_and_http_scores_equal_in_process_scores(tmp_p
     assert modes[0].startswith("naive loop") and sum("HTTP /score" in m for m in modes) == 4
     assert all(row["samples_per_s"] > 0 and row["mfu"] > 0 for row in report["rows"])
     assert report["rank"]["max_abs_score_difference"] <= 1e-4 and report["probe_check"]["passes"]
+    assert report["grpo"]["max_abs_score_difference"] <= 1e-5 and report["grpo"]["speed-up"] > 0
     assert "HTTP /score, 32 per request" in done.stdout and "/rank N=8" in done.stdout

@@ -1,0 +1,191 @@
+"""The load generator: closed loop at a fixed concurrency, or open loop with Poisson arrivals at a rate.
+
+Requests are :class:`Call` objects (path, JSON body, how many samples it scores, how to read its scores
+and input tokens), so one generator drives /score, /rank, /get_reward, /classify and ``vllm serve``
+alike. A run's summary uses the key names of vLLM's serving benchmark (``request_throughput``,
+``total_input_tokens``, ``mean_e2el_ms``, ``median_e2el_ms``, ``p99_e2el_ms``, ...; e2el = end-to-end
+latency) plus ``samples_per_s`` and ``errors`` (counts by HTTP status).
+
+    python -m loadtest.loadgen --url http://127.0.0.1:8000 --mix mix.json --concurrency 16
+    python -m loadtest.loadgen --url http://127.0.0.1:8000 --rate 40      # open loop, 40 requests/s
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import typer
+from tqdm import tqdm
+
+from loadtest.workload import Mix, chat_messages, make_groups
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request: where it goes, its body, and how to read its answer."""
+
+    path: str
+    body: dict
+    samples: int
+    read_scores: Callable[[dict], list[float]]
+    read_tokens: Callable[[dict], int]
+
+
+@dataclass
+class Run:
+    """What a run measured."""
+
+    duration_s: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+    scores: list[list[float] | None] = field(default_factory=list)
+    samples: int = 0
+    input_tokens: int = 0
+
+    def summary(self) -> dict:
+        """vLLM's benchmark keys (latency as e2el) plus samples/s and errors by status."""
+        completed = self.statuses.get(200, 0)
+        ordered = sorted(self.latencies_ms) or [0.0]
+
+        def quantile(q: float) -> float:
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+        return {
+            "duration": self.duration_s,
+            "completed": completed,
+            "total_input_tokens": self.input_tokens,
+            "request_throughput": completed / self.duration_s if self.duration_s else 0.0,
+            "samples_per_s": self.samples / self.duration_s if self.duration_s else 0.0,
+            "total_token_throughput": self.input_tokens / self.duration_s if self.duration_s else 0.0,
+            "mean_e2el_ms": statistics.fmean(ordered),
+            "median_e2el_ms": statistics.median(ordered),
+            "std_e2el_ms": statistics.pstdev(ordered),
+            "p90_e2el_ms": quantile(0.90),
+            "p99_e2el_ms": quantile(0.99),
+            "errors": {str(status): n for status, n in sorted(self.statuses.items()) if status != 200},
+        }
+
+    def flat_scores(self) -> list[float]:
+        return [s for scores in self.scores if scores is not None for s in scores]
+
+
+def score_call(items: list[dict]) -> Call:
+    return Call("/score", {"items": items}, len(items), lambda j: j["scores"], lambda j: j["usage"]["input_tokens"])
+
+
+def rank_call(group: list[dict]) -> Call:
+    first = group[0]
+    body = {"prompt": first["prompt"], "responses": [s["response"] for s in group]}
+    if first.get("images"):
+        body["images"] = first["images"]
+    return Call("/rank", body, len(group), lambda j: j["scores"], lambda j: j["usage"]["input_tokens"])
+
+
+def classify_call(sample: dict, model: str) -> Call:
+    """vLLM's /classify in its chat form (``vllm serve``, or ours)."""
+    body = {"model": model, "messages": chat_messages(sample)}
+    return Call(
+        "/classify", body, 1, lambda j: [d["probs"][0] for d in j["data"]], lambda j: j["usage"]["prompt_tokens"]
+    )
+
+
+async def _send(client: httpx.AsyncClient, call: Call, run: Run, index: int) -> None:
+    started = time.perf_counter()
+    try:
+        response = await client.post(call.path, json=call.body)
+        status = response.status_code
+    except httpx.HTTPError:
+        status = 0  # connection error / timeout
+    run.latencies_ms.append((time.perf_counter() - started) * 1000)
+    run.statuses[status] += 1
+    if status == 200:
+        answer = response.json()
+        run.scores[index] = call.read_scores(answer)
+        run.samples += call.samples
+        run.input_tokens += call.read_tokens(answer)
+
+
+async def closed_loop(
+    base_url: str, calls: list[Call], concurrency: int, warm_up: int = 0, label: str = "", quiet: bool = False
+) -> Run:
+    """Send ``calls`` with ``concurrency`` in flight; the first ``warm_up`` calls are sent first, untimed."""
+    run = Run(scores=[None] * len(calls))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
+        if warm_up:
+            await asyncio.gather(*(client.post(c.path, json=c.body) for c in calls[:warm_up]))
+        slots = asyncio.Semaphore(concurrency)
+        with tqdm(total=len(calls), desc=label, file=sys.stderr, disable=quiet, leave=False) as bar:
+
+            async def one(index: int) -> None:
+                async with slots:
+                    await _send(client, calls[index], run, index)
+                    bar.update(1)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(len(calls))))
+            run.duration_s = time.perf_counter() - started
+    return run
+
+
+async def open_loop(base_url: str, calls: list[Call], rate: float, seed: int = 0, label: str = "") -> Run:
+    """Send ``calls`` as Poisson arrivals at ``rate`` requests/s, whatever the server's pace."""
+    run = Run(scores=[None] * len(calls))
+    rng = random.Random(seed)
+    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=httpx.Limits(max_connections=None)) as client:
+        with tqdm(total=len(calls), desc=label, file=sys.stderr, leave=False) as bar:
+            tasks = []
+            started = time.perf_counter()
+            for index, call in enumerate(calls):
+                tasks.append(asyncio.ensure_future(_send(client, call, run, index)))
+                tasks[-1].add_done_callback(lambda _: bar.update(1))
+                await asyncio.sleep(rng.expovariate(rate))
+            await asyncio.gather(*tasks)
+            run.duration_s = time.perf_counter() - started
+    return run
+
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    url: str = typer.Option("http://127.0.0.1:8000", help="The server."),
+    mix: Path | None = typer.Option(None, help="JSON request mix (loadtest.workload.Mix fields)."),
+    route: str = typer.Option("score", help="score, rank (groups become /rank calls) or classify."),
+    concurrency: int = typer.Option(16, help="Closed loop: requests in flight."),
+    rate: float | None = typer.Option(None, help="Open loop: Poisson arrivals per second (instead of closed)."),
+    model: str = typer.Option("model", help="The `model` field of /classify bodies."),
+    output: Path | None = typer.Option(None, help="Write the summary JSON here."),
+) -> None:
+    """Run one mix against one server and print the summary."""
+    chosen = Mix.from_spec(mix) if mix else Mix()
+    groups = make_groups(chosen)
+    if route == "rank":
+        calls = [rank_call(g) for g in groups]
+    elif route == "classify":
+        calls = [classify_call(s, model) for g in groups for s in g]
+    else:
+        calls = [score_call(g) for g in groups]
+    if rate is None:
+        run = asyncio.run(closed_loop(url, calls, concurrency, label=route))
+    else:
+        run = asyncio.run(open_loop(url, calls, rate, chosen.seed, label=route))
+    summary = {"mix": chosen.describe(), "route": route, "concurrency": concurrency, "rate": rate, **run.summary()}
+    print(json.dumps(summary, indent=2))
+    if output is not None:
+        output.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,95 @@
+"""Servers the benchmarks (and the tests that share them) start as processes: ours and ``vllm serve``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+CPU_ENGINE = {"VLREWARD_VLLM_GPU_MEMORY_UTILIZATION": "0.2"}
+"""vLLM's CPU build sizes its KV cache from this share of memory (two engines fit side by side)."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def vllm_serve_command(model: Path, port: int, max_images: int = 2) -> list[str]:
+    """vLLM's own OpenAI server for a reward checkpoint: the classify runner, raw scores."""
+    return [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+        "--runner", "pooling", "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.2",
+        "--limit-mm-per-prompt", json.dumps({"image": max_images, "video": 0}),
+        "--pooler-config", json.dumps({"use_activation": False}), "--port", str(port),
+    ]  # fmt: skip
+
+
+def vlreward_serve_command(model: Path, port: int, backend: str) -> list[str]:
+    return [sys.executable, "-m", "vlreward", "serve", "--model", str(model), "--port", str(port), "--backend", backend]
+
+
+@dataclass
+class ServerProcess:
+    """A server started by :func:`start`; stop it with :meth:`stop`."""
+
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def start(
+    command: list[str], port: int, ready_path: str, env: dict | None = None, timeout_s: float = 600
+) -> ServerProcess:
+    """Start ``command`` in its own process group and wait until ``ready_path`` answers 200."""
+    log = Path(tempfile.mkdtemp(prefix="server-")) / "server.log"
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+        )
+    server = ServerProcess(f"http://127.0.0.1:{port}", process, log)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited during start-up:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            server.stop()
+            raise TimeoutError(f"server not ready in {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(server.url + ready_path, timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+
+
+def start_vllm_serve(model: Path) -> ServerProcess:
+    port = free_port()
+    return start(vllm_serve_command(model, port), port, "/health")
+
+
+def start_vlreward(model: Path, backend: str, **settings: str) -> ServerProcess:
+    """``vlreward serve`` with extra settings as VLREWARD_* environment variables."""
+    port = free_port()
+    env = {**CPU_ENGINE, **{f"VLREWARD_{k.upper()}": str(v) for k, v in settings.items()}}
+    return start(vlreward_serve_command(model, port, backend), port, "/ready", env)

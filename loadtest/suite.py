@@ -1,0 +1,421 @@
+"""One command that measures the service against the baselines a user would pick, the same way each time.
+
+    python -m loadtest.suite --size bench                  # README's table; minutes
+    python -m loadtest.suite --size tiny --smoke           # CI: a few requests per row, scores checked
+
+On one model built here (seeded; ``--model`` for another), with distinct samples (loadtest.workload) and
+every comparison run as alternating rounds with both sides up (A B A B ..., one seed per round, so
+machine noise hits both sides and no round repeats another's samples into a cache):
+
+- transformers backend: the naive model-card loop in process (prepare + one forward per sample) against
+  ``vlreward serve`` at concurrency 1 / 8 / 32 (one sample per request), and against the in-process limit
+  (the same samples prepared and fed to the model in planned batches, no HTTP);
+- GRPO: ``/score`` calls of G=8 responses sharing one prompt and image, against the same calls where
+  every item has its own image (same token counts; nothing to share);
+- ``/rank`` N=8 against the same 8 samples as 8 concurrent one-item ``/score`` calls;
+- p99 latency at concurrency 1 against the model's own forward time for those samples;
+- vLLM backend: ``vlreward serve --backend vllm`` against ``vllm serve`` (``/classify``, chat form with
+  images, raw scores) at concurrency 1 / 16 / 64, and against the in-process limit (vLLM's AsyncLLM fed
+  the same prompts and images through our backend class, no HTTP).
+
+Ratios are A/B of samples/s (latency: B/A), reported as the median over rounds with min and max. Every
+path's scores are checked against the in-process solo scores (1e-5 on the same backend, 1e-4 across
+backends); a difference fails the command. Writes ``suite_<size>.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import typer
+from tqdm import tqdm
+
+from loadtest.loadgen import Call, Run, classify_call, closed_loop, rank_call, score_call
+from loadtest.servers import ServerProcess, start_vllm_serve, start_vlreward
+from loadtest.workload import Mix, make_groups, make_samples
+
+SAME_BACKEND = 1e-5
+ACROSS_BACKENDS = 1e-4
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much each row sends (``--smoke`` makes everything small)."""
+
+    rounds: int
+    samples: int
+    grpo_groups: int
+    hf_concurrency: tuple[int, ...]
+    vllm_concurrency: tuple[int, ...]
+    vllm_requests: int
+
+
+PLANS = {
+    "full": Plan(rounds=5, samples=96, grpo_groups=6, hf_concurrency=(1, 8, 32), vllm_concurrency=(1, 16, 64),
+                 vllm_requests=192),
+    "smoke": Plan(rounds=1, samples=8, grpo_groups=1, hf_concurrency=(1, 8), vllm_concurrency=(1, 8), vllm_requests=8),
+}  # fmt: skip
+TARGETS = {  # issue 15's targets for the bench model on a 2-core CPU (None: reported only)
+    "service c=32 / naive loop": 1.2,
+    "service c=32 / in-process batches": 0.9,
+    "GRPO G=8 shared / own images": 2.5,
+    "/rank N=8 / 8 x /score": 2.5,
+    "forward time / p99 latency c=1": 1 / 1.5,
+    "vLLM backend / vllm serve, c=1": 1.0,
+    "vLLM backend / vllm serve, c=16": 1.0,
+    "vLLM backend / vllm serve, c=64": 1.0,
+}
+
+
+@dataclass
+class Comparison:
+    """A/B over alternating rounds."""
+
+    name: str
+    a: str
+    b: str
+    ratios: list[float] = field(default_factory=list)
+    a_runs: list[dict] = field(default_factory=list)
+    b_runs: list[dict] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.ratios)
+
+    def record(self) -> dict:
+        return {
+            "name": self.name, "a": self.a, "b": self.b, "median_ratio": self.median, "min_ratio": min(self.ratios),
+            "max_ratio": max(self.ratios), "ratios": self.ratios, "target": TARGETS.get(self.name),
+            "a_runs": self.a_runs, "b_runs": self.b_runs,
+        }  # fmt: skip
+
+
+@dataclass
+class Checks:
+    """Every path's scores against the reference (in-process solo scores)."""
+
+    rows: list[dict] = field(default_factory=list)
+
+    def add(self, path: str, got: list[float], expected: list[float], tolerance: float) -> None:
+        if len(got) != len(expected):
+            self.rows.append({"path": path, "max_abs_diff": None, "tolerance": tolerance, "ok": False})
+            return
+        diff = max((abs(a - b) for a, b in zip(got, expected, strict=True)), default=0.0)
+        self.rows.append({"path": path, "max_abs_diff": diff, "tolerance": tolerance, "ok": diff <= tolerance})
+
+    @property
+    def ok(self) -> bool:
+        return all(row["ok"] for row in self.rows)
+
+
+def formatted(backend, sample: dict):
+    """A Sample dict formatted for ``backend`` (images decoded in process, as a user's own loop does)."""
+    from vlreward.service.media import MediaPolicy
+    from vlreward.service.prepare import prepare_sample
+    from vlreward.service.schemas import Sample
+
+    return prepare_sample(Sample.model_validate(sample), backend.processor, MediaPolicy())
+
+
+def _in_process_run(samples: int, seconds: float) -> dict:
+    return {"samples_per_s": samples / seconds, "duration": seconds, "completed": samples}
+
+
+def naive_loop(backend, samples: list[dict]) -> tuple[dict, list[float], list[float]]:
+    """The model card's loop: prepare one sample, one forward pass, next. Returns (summary, scores,
+    forward seconds per sample)."""
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    assert isinstance(backend, TransformersBackend)
+    backend.model.score_batch([backend.encode(formatted(backend, samples[0]))], backend.padding_side)  # warm-up
+    scores, forwards = [], []
+    started = time.perf_counter()
+    for sample in samples:
+        encoded = backend.encode(formatted(backend, sample))
+        forward_started = time.perf_counter()
+        scores += backend.model.score_batch([encoded], backend.padding_side)
+        forwards.append(time.perf_counter() - forward_started)
+    return _in_process_run(len(samples), time.perf_counter() - started), scores, forwards
+
+
+def planned_batches(backend, samples: list[dict]) -> tuple[dict, list[float]]:
+    """The transformers limit: the same samples prepared, then scored in planned batches (no HTTP)."""
+    backend.score_encoded_sync([backend.encode(formatted(backend, samples[0]))])  # warm-up
+    started = time.perf_counter()
+    encoded = [backend.encode(formatted(backend, s)) for s in samples]
+    scores = backend.score_encoded_sync(encoded)
+    return _in_process_run(len(samples), time.perf_counter() - started), scores
+
+
+def http(url: str, calls: list[Call], concurrency: int, warm_up: int = 0) -> tuple[dict, list[float]]:
+    run: Run = asyncio.run(closed_loop(url, calls, concurrency, warm_up=warm_up, quiet=True))
+    if run.statuses.get(200, 0) != len(calls):
+        raise RuntimeError(f"{url}: statuses {dict(run.statuses)}")
+    return run.summary(), run.flat_scores()
+
+
+Side = Callable[[int], tuple[dict, list]]
+"""One side of a comparison: round number -> (summary, scores)."""
+
+
+def alternate(
+    name: str, a: str, b: str, rounds: int, run_a: Side, run_b: Side, metric: str = "samples_per_s"
+) -> tuple[Comparison, list, list]:
+    """A then B, ``rounds`` times (round r uses seed r on both sides); returns round 0's scores too."""
+    comparison = Comparison(name, a, b)
+    first_a, first_b = [], []
+    for index in tqdm(range(rounds), desc=name, file=sys.stderr, leave=False):
+        summary_a, scores_a = run_a(index)
+        summary_b, scores_b = run_b(index)
+        comparison.a_runs.append(summary_a)
+        comparison.b_runs.append(summary_b)
+        ratio = summary_a[metric] / summary_b[metric]
+        comparison.ratios.append(ratio)
+        if index == 0:
+            first_a, first_b = scores_a, scores_b
+    return comparison, first_a, first_b
+
+
+def transformers_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    backend = TransformersBackend(model, dtype="float32", device="cpu")
+    base = Mix(samples=plan.samples)
+    samples_of = {r: make_samples(base.with_(seed=r)) for r in range(plan.rounds)}
+    reference = {}
+    forwards: list[float] = []
+
+    def naive(r: int):
+        summary, scores, forward = naive_loop(backend, samples_of[r])
+        reference[r] = scores
+        forwards.extend(forward)
+        return summary, scores
+
+    server = start_vlreward(model, "hf", dtype="float32", max_queue=100_000, max_items=256)
+    comparisons = []
+    latencies_c1: list[float] = []
+    try:
+        for concurrency in plan.hf_concurrency:
+
+            def service(r: int, c: int = concurrency):
+                calls = [score_call([s]) for s in samples_of[r]]
+                summary, scores = http(server.url, calls, c, warm_up=min(c, 4))
+                if c == 1:
+                    latencies_c1.append(summary["p99_e2el_ms"])
+                return summary, scores
+
+            comparison, ours, naive_scores = alternate(
+                f"service c={concurrency} / naive loop", f"vlreward serve, c={concurrency}", "naive loop", plan.rounds,
+                service, naive,
+            )  # fmt: skip
+            comparisons.append(comparison)
+            checks.add(f"/score c={concurrency} (transformers)", ours, naive_scores, SAME_BACKEND)
+        top = max(plan.hf_concurrency)
+        comparison, ours, limit = alternate(
+            f"service c={top} / in-process batches", f"vlreward serve, c={top}", "in-process planned batches",
+            plan.rounds, lambda r: http(server.url, [score_call([s]) for s in samples_of[r]], top, warm_up=4),
+            lambda r: planned_batches(backend, samples_of[r]),
+        )  # fmt: skip
+        comparisons.append(comparison)
+        checks.add("in-process planned batches", limit, reference[0], SAME_BACKEND)
+        forward_p99 = sorted(forwards)[min(len(forwards) - 1, int(0.99 * len(forwards)))] * 1000
+        latency = Comparison("forward time / p99 latency c=1", "model forward p99 (in process)", "HTTP p99, c=1")
+        latency.ratios = [forward_p99 / p99 for p99 in latencies_c1]
+        latency.a_runs = [{"p99_forward_ms": forward_p99}]
+        latency.b_runs = [{"p99_e2el_ms": p99} for p99 in latencies_c1]
+        comparisons.append(latency)
+        comparisons += grpo_and_rank(server, backend, plan, checks)
+    finally:
+        server.stop()
+    return comparisons
+
+
+def grpo_and_rank(server: ServerProcess, backend, plan: Plan, checks: Checks) -> list[Comparison]:
+    """GRPO groups through /score (shared vs own images) and /rank vs separate /score calls."""
+    grpo = Mix(samples=8 * plan.grpo_groups, group=8, image_fraction=1.0, image_size=(224, 224),
+               prompt_words=(390, 390), response_words=(48, 48))  # fmt: skip  # ~512-token prompt, ~64-token answers
+    shared = {r: make_groups(grpo.with_(seed=100 + r)) for r in range(plan.rounds)}
+    own = {r: make_groups(grpo.with_(seed=100 + r, shared_images=False)) for r in range(plan.rounds)}
+    comparisons = []
+    comparison, shared_scores, own_scores = alternate(
+        "GRPO G=8 shared / own images", "/score, G=8 sharing prompt + image", "/score, G=8 with own images",
+        plan.rounds, lambda r: http(server.url, [score_call(g) for g in shared[r]], 1, warm_up=1),
+        lambda r: http(server.url, [score_call(g) for g in own[r]], 1, warm_up=1),
+    )  # fmt: skip
+    comparisons.append(comparison)
+    solo_shared = [backend.score_sync([formatted(backend, s)])[0] for g in shared[0] for s in g]
+    solo_own = [backend.score_sync([formatted(backend, s)])[0] for g in own[0] for s in g]
+    checks.add("/score GRPO groups (shared prefix)", shared_scores, solo_shared, SAME_BACKEND)
+    checks.add("/score G=8 own images", own_scores, solo_own, SAME_BACKEND)
+    comparison, ranked, separate = alternate(
+        "/rank N=8 / 8 x /score", "/rank, N=8", "8 concurrent one-item /score calls", plan.rounds,
+        lambda r: http(server.url, [rank_call(g) for g in shared[r]], 1, warm_up=1),
+        lambda r: http(server.url, [score_call([s]) for g in shared[r] for s in g], 8, warm_up=1),
+    )  # fmt: skip
+    comparisons.append(comparison)
+    checks.add("/rank N=8", ranked, solo_shared, SAME_BACKEND)
+    checks.add("8 x /score", separate, solo_shared, SAME_BACKEND)
+    return comparisons
+
+
+def vllm_in_process(model: Path, samples: list[dict]) -> tuple[dict, list[float]]:
+    """vLLM's limit on this machine: AsyncLLM fed the prepared prompts and images at once (no HTTP)."""
+    from vlreward.service.backends.vllm import EngineSettings, VLLMBackend
+
+    backend = VLLMBackend(model, engine=EngineSettings(gpu_memory_utilization=0.2))
+    try:
+
+        async def run() -> tuple[float, list[float]]:
+            await backend.run_batch([backend.encode(formatted(backend, samples[0]))])  # warm-up
+            started = time.perf_counter()
+            encoded = [backend.encode(formatted(backend, s)) for s in samples]
+            scores = await backend.run_batch(encoded)
+            return time.perf_counter() - started, scores
+
+        seconds, scores = asyncio.run(run())
+    finally:
+        backend.engine.shutdown()
+    return _in_process_run(len(samples), seconds), scores
+
+
+def vllm_section(model: Path, plan: Plan, checks: Checks, vllm_serve_url: str | None) -> list[Comparison]:
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    mix = Mix(samples=plan.vllm_requests, image_fraction=1 / 3, image_size=(84, 84), prompt_words=(8, 40),
+              response_words=(4, 60))  # fmt: skip  # the issue's one-sample RLHF requests
+    samples_of = {r: make_samples(mix.with_(seed=200 + r)) for r in range(plan.rounds)}
+    reference_backend = TransformersBackend(model, dtype="float32", device="cpu")
+    reference = [reference_backend.score_sync([formatted(reference_backend, s)])[0] for s in samples_of[0]]
+    comparisons = []
+    limit_summary, limit_scores = vllm_in_process(model, samples_of[0])
+    checks.add("vLLM AsyncLLM in process", limit_scores, reference, ACROSS_BACKENDS)
+    ours = start_vlreward(model, "vllm", max_queue=100_000)
+    theirs = None if vllm_serve_url else start_vllm_serve(model)
+    their_url = vllm_serve_url or theirs.url
+    try:
+        for concurrency in plan.vllm_concurrency:
+            comparison, our_scores, their_scores = alternate(
+                f"vLLM backend / vllm serve, c={concurrency}", f"vlreward serve --backend vllm, c={concurrency}",
+                f"vllm serve /classify, c={concurrency}", plan.rounds,
+                lambda r, c=concurrency: http(ours.url, [score_call([s]) for s in samples_of[r]], c, warm_up=2),
+                lambda r, c=concurrency: http(their_url, [classify_call(s, str(model)) for s in samples_of[r]], c, 2),
+            )  # fmt: skip
+            comparisons.append(comparison)
+            checks.add(f"/score c={concurrency} (vLLM backend)", our_scores, reference, ACROSS_BACKENDS)
+            checks.add(f"vllm serve /classify c={concurrency}", their_scores, reference, ACROSS_BACKENDS)
+        top = max(plan.vllm_concurrency)
+        service_summary, _ = http(ours.url, [score_call([s]) for s in samples_of[0]], top, warm_up=2)
+        limit = Comparison(
+            "vLLM service c=max / in-process AsyncLLM", f"vlreward serve --backend vllm, c={top}", "AsyncLLM in process"
+        )
+        limit.ratios = [service_summary["samples_per_s"] / limit_summary["samples_per_s"]]
+        limit.a_runs, limit.b_runs = [service_summary], [limit_summary]
+        comparisons.append(limit)
+    finally:
+        ours.stop()
+        if theirs is not None:
+            theirs.stop()
+    return comparisons
+
+
+def build_model(size: str, workdir: Path) -> Path:
+    from vlreward.service.backends.transformers import stamp_reference_probe
+    from vlreward.service.model.checkpoint import save_reward_model
+    from vlreward.training.base_model import build_base_model
+    from vlreward.training.model import reward_model_from_base
+
+    model, processor = reward_model_from_base(build_base_model(workdir / "base", size=size), head_bias=True, seed=1)
+    path = save_reward_model(model, processor, workdir / "reward")
+    stamp_reference_probe(path)
+    return path
+
+
+def print_table(comparisons: list[Comparison], checks: Checks) -> None:
+    print(f"\n{'comparison (A / B)':<44} {'median':>7} {'min':>6} {'max':>6} {'target':>7}  A samples/s  B samples/s")
+    for c in comparisons:
+        target = TARGETS.get(c.name)
+        a = statistics.median(r.get("samples_per_s", 0) for r in c.a_runs)
+        b = statistics.median(r.get("samples_per_s", 0) for r in c.b_runs)
+        print(f"{c.name:<44} {c.median:>7.2f} {min(c.ratios):>6.2f} {max(c.ratios):>6.2f} "
+              f"{'' if target is None else f'{target:.2f}':>7}  {a:>11.1f}  {b:>11.1f}")  # fmt: skip
+    print(f"\n{'scores of':<44} {'max |diff|':>11} {'tolerance':>9}")
+    for row in checks.rows:
+        diff = "missing" if row["max_abs_diff"] is None else f"{row['max_abs_diff']:.2e}"
+        print(f"{row['path']:<44} {diff:>11} {row['tolerance']:>9.0e} {'ok' if row['ok'] else 'DIFFERENT'}")
+
+
+def plot(comparisons: list[Comparison], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(9, 0.45 * len(comparisons) + 1.5))
+    names = [c.name for c in comparisons][::-1]
+    medians = [c.median for c in comparisons][::-1]
+    low = [c.median - min(c.ratios) for c in comparisons][::-1]
+    high = [max(c.ratios) - c.median for c in comparisons][::-1]
+    axis.barh(names, medians, xerr=[low, high], color="#4c72b0", capsize=3)
+    for index, c in enumerate(comparisons[::-1]):
+        if TARGETS.get(c.name) is not None:
+            axis.plot([TARGETS[c.name]] * 2, [index - 0.4, index + 0.4], color="#c44e52", linewidth=2)
+    axis.axvline(1.0, color="grey", linewidth=0.8)
+    axis.set_xlabel("ratio A / B (median of alternating rounds; bars: min-max; red: target)")
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    size: str = typer.Option("tiny", help="tiny or bench: the model built here (seeded)."),
+    model: Path | None = typer.Option(None, help="Use this reward checkpoint instead of building one."),
+    smoke: bool = typer.Option(False, help="A few requests per row, one round (CI)."),
+    rounds: int | None = typer.Option(None, help="Alternating rounds per comparison (default 5; smoke 1)."),
+    sections: str = typer.Option("transformers,vllm", help="Which sections to run."),
+    vllm_serve_url: str | None = typer.Option(None, help="A running `vllm serve` on the same model (else started)."),
+    output: Path = typer.Option(Path("loadtest/results"), help="Folder for suite_<size>.json and .png."),
+) -> None:
+    print("command:", " ".join(["python -m loadtest.suite", *sys.argv[1:]]), flush=True)
+    plan = PLANS["smoke" if smoke else "full"]
+    if rounds is not None:
+        plan = dataclasses.replace(plan, rounds=rounds)
+    started = time.monotonic()
+    model = model or build_model(size, Path(tempfile.mkdtemp(prefix="suite-")))
+    checks = Checks()
+    comparisons: list[Comparison] = []
+    if "transformers" in sections:
+        comparisons += transformers_section(model, plan, checks)
+    if "vllm" in sections:
+        comparisons += vllm_section(model, plan, checks, vllm_serve_url)
+    print_table(comparisons, checks)
+    output.mkdir(parents=True, exist_ok=True)
+    name = f"suite_{size}" + ("_smoke" if smoke else "")
+    record = {
+        "benchmark": "suite", "size": size, "smoke": smoke, "plan": plan.__dict__, "threads": torch.get_num_threads(),
+        "seconds": time.monotonic() - started, "comparisons": [c.record() for c in comparisons],
+        "score_checks": checks.rows, "scores_ok": checks.ok,
+    }  # fmt: skip
+    (output / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    plot(comparisons, output / f"{name}.png", f"vlreward suite, {size} model, {plan.rounds} alternating rounds")
+    print(f"wrote {output / name}.json and .png ({time.monotonic() - started:.0f} s)")
+    if not checks.ok:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

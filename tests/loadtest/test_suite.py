@@ -1,0 +1,36 @@
+"""The performance suite in smoke mode (a few requests per row, one round), as CI runs it: every path
+gives the solo scores (the suite fails otherwise), every comparison is reported; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow  # starts our two servers and an in-process vLLM engine (minutes)
+
+
+def test_the_suite_in_smoke_mode_runs_every_row_and_every_path_scores_the_same(
+    tiny_reward, vllm_serve, tmp_path, capsys
+):
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest.suite", "--smoke", "--model", str(tiny_reward),
+         "--vllm-serve-url", vllm_serve.url, "--output", str(tmp_path)],
+        capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    with capsys.disabled():  # CI's log shows the table
+        print("\n" + done.stdout[done.stdout.find("comparison (A / B)") :])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "suite_tiny_smoke.json").read_text())
+    assert report["scores_ok"] and all(row["ok"] for row in report["score_checks"])
+    paths = {row["path"] for row in report["score_checks"]}
+    assert {"/score GRPO groups (shared prefix)", "/rank N=8", "vLLM AsyncLLM in process"} <= paths
+    assert any(p.startswith("vllm serve /classify") for p in paths)
+    names = [c["name"] for c in report["comparisons"]]
+    for expected in ("service c=8 / naive loop", "GRPO G=8 shared / own images", "/rank N=8 / 8 x /score",
+                     "vLLM backend / vllm serve, c=8", "forward time / p99 latency c=1"):  # fmt: skip
+        assert expected in names
+    assert all(c["median_ratio"] > 0 for c in report["comparisons"])
+    assert (tmp_path / "suite_tiny_smoke.png").stat().st_size > 0
