@@ -223,7 +223,9 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def run_check(size: str, workdir: Path, seed: int = 0, dtype: str = "auto", profile: bool = False) -> dict:
+def run_check(
+    size: str, workdir: Path, seed: int = 0, dtype: str = "auto", profile: bool = False, cudnn_attention: bool = False
+) -> dict:
     """Everything the check measures, as one JSON-able dict (see the module docstring)."""
     from vlreward.service.backends.transformers import TransformersBackend
     from vlreward.service.client import AsyncRewardClient, RewardClient
@@ -247,7 +249,7 @@ def run_check(size: str, workdir: Path, seed: int = 0, dtype: str = "auto", prof
 
     # float32 reference: the probe and the comparison samples' scores.
     started = time.perf_counter()
-    fp32 = TransformersBackend(model_dir, dtype="float32", device=device)
+    fp32 = TransformersBackend(model_dir, dtype="float32", device=device, cudnn_attention=cudnn_attention)
     probe = fp32.stamp_probe()  # what `vlreward convert` does (stamp_reference_probe), reusing this load
     samples = make_samples(fp32.processor, check.samples, check, seed)
     comparison = samples[: check.comparison_samples]
@@ -265,9 +267,13 @@ def run_check(size: str, workdir: Path, seed: int = 0, dtype: str = "auto", prof
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    backend = TransformersBackend(model_dir, dtype=dtype, device="auto", max_batch_size=32, max_batch_tokens=65536)
+    backend = TransformersBackend(
+        model_dir, dtype=dtype, device="auto", max_batch_size=32, max_batch_tokens=65536,
+        cudnn_attention=cudnn_attention,
+    )  # fmt: skip
     report["load"] = {"seconds": round(time.perf_counter() - started, 2), "peak_gb": peak_memory_gb(device)}
     report["dtype"] = backend.dtype
+    report["cudnn_attention"] = cudnn_attention
     weight_bytes = sum(p.numel() * p.element_size() for p in backend.model.parameters())
     report["load"]["weights_gb"] = round(weight_bytes / 1e9, 3)
     log(f"loaded in {backend.dtype}: {report['load']}", 0)
@@ -542,12 +548,13 @@ def main(
     dtype: str = typer.Option("auto", help="The served dtype (auto: bf16 on CUDA, fp32 on CPU)."),
     profile: bool = typer.Option(False, help="Also profile one forward pass of 32 samples (top operators)."),
     tolerance: float = typer.Option(1e-4, help="Largest HTTP-vs-in-process score difference accepted."),
+    cudnn_attention: bool = typer.Option(False, help="Let torch use cuDNN's attention (the service's default: not)."),
 ) -> None:
     if size not in CHECK_SIZES:
         raise typer.BadParameter(f"size must be one of {', '.join(CHECK_SIZES)}")
     print("Command: python -m loadtest.gpu_check " + " ".join(sys.argv[1:]), flush=True)
     with tempfile.TemporaryDirectory(prefix="vlreward-gpu-check-", dir=workdir) as tmp:
-        report = run_check(size, Path(tmp), seed, dtype, profile)
+        report = run_check(size, Path(tmp), seed, dtype, profile, cudnn_attention)
     report["command"] = "python -m loadtest.gpu_check " + " ".join(sys.argv[1:])
     print_table(report)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     attn_implementation: str = Field(
         "sdpa", description="Attention kernels of the transformers backend: sdpa or flash_attention_2 (if installed)."
     )
+    cudnn_attention: bool = Field(
+        False,
+        description="Let torch use cuDNN's fused attention on CUDA (transformers backend). Off: cuDNN builds an "
+        "execution plan for each new input shape, and shared-prefix suffixes and mixed batches bring new shapes "
+        "on most calls (H200, 7B: GRPO groups 0.93x -> 2.76x faster than unshared with it off).",
+    )
     home: Path = Field(Path("~/.cache/vlreward").expanduser(), description="Where the embedded model is kept.")
 
     # HTTP

@@ -12,7 +12,7 @@ import torch
 from vlreward.service.backends.base import backend_facts, probe_warm_up
 from vlreward.service.batching import plan_batches
 from vlreward.service.model.checkpoint import load_reward_model
-from vlreward.service.model.devices import torch_placement
+from vlreward.service.model.devices import choose_attention_kernels, torch_placement
 from vlreward.service.model.encoding import EncodedSample, collate, encode, encode_shared, set_pixel_bounds
 from vlreward.service.model.formatting import FormattedSample
 from vlreward.service.model.probe import Probe, probe_sample, read_probe, verify_probe, write_probe
@@ -39,8 +39,10 @@ class TransformersBackend:
         min_pixels: int | None = default("min_pixels"),
         max_pixels: int | None = default("max_pixels"),
         attn_implementation: str = default("attn_implementation"),
+        cudnn_attention: bool = default("cudnn_attention"),
     ):
         placement = torch_placement(device, dtype)
+        choose_attention_kernels(placement, cudnn_attention)
         self.model_dir = Path(model_dir)
         self.dtype = placement.dtype
         self.device = placement.device
@@ -67,6 +69,7 @@ class TransformersBackend:
             min_pixels=settings.min_pixels,
             max_pixels=settings.max_pixels,
             attn_implementation=settings.attn_implementation,
+            cudnn_attention=settings.cudnn_attention,
         )
 
     def encode(self, sample: FormattedSample) -> EncodedSample:

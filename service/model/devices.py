@@ -75,6 +75,15 @@ def torch_placement(device: str, dtype: str) -> Placement:
     return Placement(kind, index, resolve_dtype(dtype, kind))
 
 
+def choose_attention_kernels(placement: Placement, cudnn_attention: bool) -> None:
+    """On CUDA, allow or forbid cuDNN's fused attention for torch's SDPA (a process-wide switch; see the
+    ``cudnn_attention`` setting for why it is off by default). The CPU has no cuDNN: nothing to do."""
+    if placement.device_type == "cuda":
+        import torch
+
+        torch.backends.cuda.enable_cudnn_sdp(cudnn_attention)
+
+
 def _torch_sees_a_gpu() -> bool:
     import torch
 

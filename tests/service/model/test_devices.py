@@ -41,3 +41,23 @@ def test_a_device_index_is_kept_and_checked_against_the_gpus_torch_sees(monkeypa
     assert torch_placement("cuda:1", "float32").device == "cuda:1"
     with pytest.raises(DeviceError, match="sees 2 CUDA GPU"):
         torch_placement("cuda:2", "auto")
+
+
+def test_cudnn_attention_is_switched_on_cuda_only_and_off_by_default():
+    import torch
+
+    from vlreward.service.model.devices import Placement, choose_attention_kernels
+    from vlreward.service.settings import Settings
+
+    assert Settings().cudnn_attention is False
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        choose_attention_kernels(Placement("cpu", None, "float32"), cudnn_attention=False)
+        assert torch.backends.cuda.cudnn_sdp_enabled()  # the CPU leaves the switch alone
+        choose_attention_kernels(Placement("cuda", 0, "bfloat16"), cudnn_attention=False)
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        choose_attention_kernels(Placement("cuda", 0, "bfloat16"), cudnn_attention=True)
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
