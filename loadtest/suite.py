@@ -269,17 +269,22 @@ def grpo_and_rank(server: ServerProcess, backend, plan: Plan, checks: Checks) ->
 
 
 def vllm_in_process(model: Path, samples: list[dict]) -> tuple[dict, list[float]]:
-    """vLLM's limit on this machine: AsyncLLM fed the prepared prompts and images at once (no HTTP)."""
+    """vLLM's limit on this machine: AsyncLLM fed the prompts and images with no HTTP, each handed over as
+    soon as it is prepared (the engine works while the rest are prepared, as behind a server)."""
     from vlreward.service.backends.vllm import EngineSettings, VLLMBackend
 
     backend = VLLMBackend(model, engine=EngineSettings(gpu_memory_utilization=0.2))
     try:
 
         async def run() -> tuple[float, list[float]]:
-            await backend.run_batch([backend.encode(formatted(backend, samples[0]))])  # warm-up
+            await backend.run_batch([backend.encode(formatted(backend, s)) for s in samples[:8]])  # warm-up
             started = time.perf_counter()
-            encoded = [backend.encode(formatted(backend, s)) for s in samples]
-            scores = await backend.run_batch(encoded)
+            tasks = []
+            for sample in samples:
+                encoded = backend.encode(formatted(backend, sample))
+                tasks.append(asyncio.ensure_future(backend.run_batch([encoded])))
+                await asyncio.sleep(0)
+            scores = [score for task in tasks for score in await task]
             return time.perf_counter() - started, scores
 
         seconds, scores = asyncio.run(run())
