@@ -114,8 +114,12 @@ def _retrying(policy: RetryPolicy, kind: type = Retrying) -> Any:
 
 
 def encode_image(image: Any) -> str:
-    """An image reference for the wire: PIL images, bytes and paths become data URIs; strings (data
-    URIs, URLs, base64) pass through."""
+    """An image reference for the wire: PIL images, bytes, paths and the datasets library's
+    ``{"bytes": ..., "path": ...}`` dicts become data URIs; strings (data URIs, URLs, base64) pass through."""
+    if isinstance(image, dict):
+        image = image.get("bytes") if image.get("bytes") is not None else image.get("path")
+        if image is None:
+            raise ValueError("an image dict needs `bytes` or `path`")
     if isinstance(image, str):
         return image
     if isinstance(image, Path):

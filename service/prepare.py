@@ -154,7 +154,7 @@ def prefix_key(sample: Sample) -> str | None:
 def shared_prefix_groups(samples: list[Sample], truncate: Truncate) -> list[list[int]]:
     """Indices of /score items that share their prompt and images (a GRPO group), two or more each.
     Items cut with ``prompt_left`` are never grouped: each may lose a different part of its prompt."""
-    if truncate != "none":
+    if truncate != "none" or len(samples) < 2:
         return []
     by_key: dict[str, list[int]] = {}
     for index, sample in enumerate(samples):
@@ -164,15 +164,24 @@ def shared_prefix_groups(samples: list[Sample], truncate: Truncate) -> list[list
     return [indices for indices in by_key.values() if len(indices) > 1]
 
 
+def encode_sharing_images(
+    backend: Backend, samples: list[Sample], policy: MediaPolicy, limits: Limits, param: str | None
+) -> list[EncodedInput]:
+    """Samples with the same images (a /rank request, a GRPO group): the first sample's images are
+    decoded and preprocessed once for all. ``param`` locates the first sample in the request."""
+    first = samples[0]
+    params = _located(first.image_params(), param or "")
+    images = load_images(first.image_refs(), params, policy, limits.max_images, param)
+    return backend.encode_shared([format_sample(sample, images, backend.processor) for sample in samples])
+
+
 def prepare_group(
     backend: Backend, samples: list[Sample], indices: list[int], policy: MediaPolicy, limits: Limits
 ) -> dict[int, EncodedInput]:
-    """Items that share prompt and images, encoded with the images decoded and preprocessed once; items
-    over the token limit are left out (the one-by-one path reports them)."""
-    first = samples[indices[0]]
-    param = f"items[{indices[0]}]"
-    images = load_images(first.image_refs(), _located(first.image_params(), param), policy, limits.max_images, param)
-    encoded = backend.encode_shared([format_sample(samples[i], images, backend.processor) for i in indices])
+    """/score items that share prompt and images, encoded sharing them; items over the token limit are
+    left out (the one-by-one path reports them)."""
+    members = [samples[i] for i in indices]
+    encoded = encode_sharing_images(backend, members, policy, limits, f"items[{indices[0]}]")
     return {i: item for i, item in zip(indices, encoded, strict=True) if item.num_tokens <= limits.max_tokens}
 
 
@@ -219,10 +228,7 @@ def prepare_items(
 
 def prepare_rank(backend: Backend, candidates: list[Sample], policy: MediaPolicy, limits: Limits) -> list[EncodedInput]:
     """/rank: candidates share prompt and images, so the images are decoded and preprocessed once."""
-    first = candidates[0]
-    images = load_images(first.image_refs(), first.image_params(), policy, limits.max_images, None)
-    formatted = [format_sample(candidate, images, backend.processor) for candidate in candidates]
-    encoded = backend.encode_shared(formatted)
+    encoded = encode_sharing_images(backend, candidates, policy, limits, None)
     for index, item in enumerate(encoded):
         if item.num_tokens > limits.max_tokens:
             raise too_large(

@@ -49,11 +49,10 @@ T = TypeVar("T")
 async def _prepare(body_bytes: int | None, image_refs: Iterable[str], work: Callable[..., T], *args: Any) -> T:
     """Run ``work(*args)`` (media, formatting, encoding) inline or in a worker thread (see above);
     ``body_bytes`` is the request's Content-Length (None: unknown, so a thread)."""
-    if body_bytes is None or body_bytes > INLINE_PREPARE_MAX_BYTES:
-        return await asyncio.to_thread(work, *args)
-    if any(ref.startswith(("http://", "https://")) for ref in image_refs):
-        return await asyncio.to_thread(work, *args)
-    return work(*args)
+    small = body_bytes is not None and body_bytes <= INLINE_PREPARE_MAX_BYTES
+    if small and not any(ref.startswith(("http://", "https://")) for ref in image_refs):
+        return work(*args)
+    return await asyncio.to_thread(work, *args)
 
 
 def _check_count(count: int, limit: int, what: str, param: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from loadtest.servers import free_port
 from vlreward.service.http.server import BackgroundServer
 from vlreward.service.media import image_to_data_uri
 from vlreward.training.data.synthetic import COLOURS, draw_shape
@@ -85,15 +86,6 @@ class LiveServer(BackgroundServer):
 
 # The console script of this environment (subprocess tests run the CLI exactly as users do).
 VLREWARD = str(Path(sys.executable).parent / "vlreward")
-
-
-def free_port() -> int:
-    """A free loopback port."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_ready(url: str, process, seconds: float = 300) -> None:

@@ -1,9 +1,9 @@
 """Turns the conversations RLHF frameworks hold into the service's OpenAI-style ``messages``.
 
 Frameworks keep images as PIL images, bytes or ``{"bytes", "path"}`` dicts (Hugging Face datasets'
-image feature), inside content blocks (``{"type": "image", "image": ...}``, TRL) or as ``<image>``
-placeholders in the text (verl). The service takes ``image_url`` parts; this module is the one place
-that converts, so every adapter sends the same wire shape.
+image feature; the client's ``encode_image`` takes them all), inside content blocks (``{"type": "image",
+"image": ...}``, TRL) or as ``<image>`` placeholders in the text (verl). The service takes ``image_url``
+parts; this module is the one place that converts, so every adapter sends the same wire shape.
 """
 
 from __future__ import annotations
@@ -16,20 +16,8 @@ from vlreward.service.client import encode_image
 IMAGE_PLACEHOLDER = "<image>"
 
 
-def image_reference(image: Any) -> str:
-    """A wire reference for one image: PIL images, bytes, paths, data URIs, URLs, and the datasets
-    library's ``{"bytes": ..., "path": ...}`` dicts."""
-    if isinstance(image, dict):
-        if image.get("bytes") is not None:
-            return encode_image(image["bytes"])
-        if image.get("path") is not None:
-            return encode_image(image["path"])
-        raise ValueError("an image dict needs `bytes` or `path`")
-    return encode_image(image)
-
-
 def image_part(image: Any) -> dict:
-    return {"type": "image_url", "image_url": {"url": image_reference(image)}}
+    return {"type": "image_url", "image_url": {"url": encode_image(image)}}
 
 
 def content_parts(content: str | list[dict], images: Iterator[Any]) -> str | list[dict]:

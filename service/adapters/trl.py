@@ -21,8 +21,8 @@ import logging
 import time
 from typing import Any
 
-from vlreward.service.adapters.conversation import image_reference, to_messages
-from vlreward.service.client import AsyncRewardClient, RewardClient
+from vlreward.service.adapters.conversation import to_messages
+from vlreward.service.client import AsyncRewardClient, RewardClient, encode_image
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def trl_item(prompt: str | list[dict], completion: str | list[dict], images: lis
     if isinstance(prompt, str) and isinstance(completion, str):
         item: dict[str, Any] = {"prompt": prompt, "response": completion}
         if images:
-            item["images"] = [image_reference(i) for i in images]
+            item["images"] = [encode_image(i) for i in images]
         return item
     if isinstance(prompt, str) or isinstance(completion, str):
         raise ValueError("prompt and completion must both be strings or both be message lists")
