@@ -4,7 +4,36 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MIN_TIMEOUT_S = 1.0
+"""The shortest deadline a request may ask for: below it a request would time out on the server's own
+overhead (a 504 the client caused); the client can wait less on its side."""
+MAX_TIMEOUT_S = 3600.0
+
+
+def timeout_field() -> Any:
+    """The ``timeout_s`` field of every scoring request (one declaration of its bounds)."""
+    return Field(
+        None,
+        ge=MIN_TIMEOUT_S,
+        le=MAX_TIMEOUT_S,
+        description=f"Deadline for the whole request in seconds ({MIN_TIMEOUT_S:g} to {MAX_TIMEOUT_S:g}; 504 after "
+        "it). Default: the server's request_timeout_s.",
+    )
+
+
+def _form(required: dict[str, str | list[str]], absent: tuple[str, ...] = ()) -> dict[str, Any]:
+    """JSON Schema of one form of a request: these properties present with these JSON types, and
+    ``absent`` ones absent or null."""
+    properties = {name: {"type": t} for name, t in required.items()} | {name: {"type": "null"} for name in absent}
+    return {"required": list(required), "properties": properties}
+
+
+NOT_IMAGE_AND_IMAGES = {"not": _form({"image": "string", "images": "array"})}
+"""JSON Schema of the rule "`image` or `images`, not both" (nulls count as absent)."""
+
+LAST_MESSAGE_RULE = "The last message must be the assistant response being scored (a rule JSON Schema cannot state)."
 
 
 class _Strict(BaseModel):
@@ -50,13 +79,24 @@ class Sample(_Strict):
     In the messages form the last message is the assistant response being judged.
     """
 
+    # The schema states the forms the validator below enforces, so clients and fuzzers see the rules.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                _form({"prompt": "string", "response": "string"}, absent=("messages",)),
+                _form({"messages": "array"}, absent=("prompt", "response", "images", "image", "system")),
+            ],
+            **NOT_IMAGE_AND_IMAGES,
+        }
+    )
+
     id: str | None = None
     prompt: str | None = None
     response: str | None = None
     images: list[str] | None = None
     image: str | None = Field(default=None, description="Shorthand for a single image; not with `images`.")
     system: str | None = None
-    messages: list[Message] | None = None
+    messages: list[Message] | None = Field(None, min_length=1, description=LAST_MESSAGE_RULE)
 
     @model_validator(mode="after")
     def _one_form(self) -> Sample:
@@ -114,7 +154,7 @@ class ScoreRequest(_Strict):
     """POST /score."""
 
     items: list[Sample] = Field(description="Samples to score; scores come back in this order.")
-    timeout_s: float | None = Field(None, gt=0, description="Deadline for the whole request (504 after it).")
+    timeout_s: float | None = timeout_field()
     on_error: Literal["fail", "null"] = Field(
         "fail", description="`null`: a bad item gets a null score and an `errors` entry instead of failing the request."
     )
@@ -147,14 +187,29 @@ class ScoreResponse(BaseModel):
 class RankRequest(_Strict):
     """POST /rank: one prompt (+ images), several responses."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                _form({"prompt": "string"}, absent=("messages",)),
+                _form({"messages": "array"}, absent=("prompt", "images", "image", "system")),
+            ],
+            **NOT_IMAGE_AND_IMAGES,
+        }
+    )
+
     prompt: str | None = None
-    messages: list[Message] | None = Field(None, description="The conversation without the final assistant turn.")
+    messages: list[Message] | None = Field(
+        None,
+        min_length=1,
+        description="The conversation without the final assistant turn (its last message must not be the "
+        "assistant's: the responses are; a rule JSON Schema cannot state).",
+    )
     images: list[str] | None = None
     image: str | None = None
     system: str | None = None
     responses: list[str] = Field(min_length=1)
     top_k: int | None = Field(None, ge=1)
-    timeout_s: float | None = Field(None, gt=0)
+    timeout_s: float | None = timeout_field()
 
     @model_validator(mode="after")
     def _one_prompt(self) -> RankRequest:
@@ -195,8 +250,10 @@ class GetRewardRequest(BaseModel):
     query: list[str] = Field(description="Chat-templated texts (prompt + response), special tokens included.")
     prompts: list[str] | None = None
     labels: list[Any] | None = None
-    images: list[list[str]] | None = Field(None, description="Image references per query (extension).")
-    timeout_s: float | None = Field(None, gt=0)
+    images: list[list[str]] | None = Field(
+        None, description="Image references per query (extension); as many lists as queries."
+    )
+    timeout_s: float | None = timeout_field()
 
     @model_validator(mode="after")
     def _images_per_query(self) -> GetRewardRequest:
@@ -217,19 +274,36 @@ class ClassifyRequest(BaseModel):
     text(s); or ``messages``: one conversation whose last message is the assistant response (images as
     ``image_url`` parts). Rewards are raw unless ``use_activation`` is true (then a sigmoid)."""
 
-    model_config = ConfigDict(extra="ignore")  # vLLM's other options (padding, truncation, ...) are ignored
+    model_config = ConfigDict(
+        extra="ignore",  # vLLM's other options (padding, truncation, ...) are ignored
+        json_schema_extra={
+            "oneOf": [
+                _form({"input": ["string", "array"]}, absent=("messages",)),
+                _form({"messages": "array"}, ("input",)),
+            ]
+        },
+    )
 
     model: str | None = None
     input: str | list[str] | None = Field(None, description="Chat-templated text, or a list of them.")
-    messages: list[Message] | None = None
+    messages: list[Message] | None = Field(None, min_length=1, description=LAST_MESSAGE_RULE)
     use_activation: bool | None = Field(None, description="true: sigmoid of the reward; default raw.")
-    timeout_s: float | None = Field(None, gt=0)
+    timeout_s: float | None = timeout_field()
 
     @model_validator(mode="after")
     def _one_form(self) -> ClassifyRequest:
         if (self.input is None) == (self.messages is None):
             raise ValueError("give exactly one of `input` (templated text) and `messages`")
+        if self.messages is not None:
+            try:
+                self.sample()
+            except ValidationError as exc:
+                raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
         return self
+
+    def sample(self) -> Sample:
+        """The conversation of the messages form, as the Sample it scores."""
+        return Sample(messages=self.messages)
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input or [])

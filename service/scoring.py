@@ -18,7 +18,7 @@ from vlreward.service.batching import BatchResult, Groups
 from vlreward.service.errors import ServiceError, too_large
 from vlreward.service.lifecycle import ServiceState
 from vlreward.service.prepare import prepare_items, prepare_rank, prepare_templated
-from vlreward.service.schemas import ClassifyRequest, GetRewardRequest, RankRequest, Sample, ScoreRequest
+from vlreward.service.schemas import ClassifyRequest, GetRewardRequest, RankRequest, ScoreRequest
 
 
 @dataclass
@@ -138,7 +138,7 @@ async def classify(state: ServiceState, body: ClassifyRequest, body_bytes: int |
     started = time.monotonic()
     async with state.admitted():
         if body.messages is not None:
-            sample = Sample(messages=body.messages)
+            sample = body.sample()
             encoded, _, _ = await _prepare(
                 body_bytes, sample.image_refs(), prepare_items, state.backend, [sample], state.media_policy,
                 state.limits, "none", False,

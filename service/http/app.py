@@ -43,4 +43,17 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(scoring_routes.router)
     app.include_router(operations_routes.router)
+    if not state.api_keys:
+        app.openapi = lambda: _without_auth(FastAPI.openapi(app))
     return app
+
+
+def _without_auth(schema: dict) -> dict:
+    """The OpenAPI of a server without API keys: no security requirement and no 401 (the routes declare
+    both once, for servers that have keys). Clients and schema checkers then see what this server does."""
+    if schema.get("components", {}).pop("securitySchemes", None) is not None:
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation.pop("security", None)
+                operation.get("responses", {}).pop("401", None)
+    return schema

@@ -86,9 +86,14 @@ def validation_error(exc: RequestValidationError) -> ServiceError:
     return ServiceError(message, kind=ErrorKind.VALIDATION, param=field_path(tuple(first["loc"])))
 
 
-def documented_errors() -> dict[int | str, dict]:
-    """The OpenAPI ``responses`` of the scoring routes: every error status they can answer, in the one shape."""
-    kinds = [k for k in ErrorKind if k not in (ErrorKind.NOT_FOUND, ErrorKind.METHOD_NOT_ALLOWED, ErrorKind.UNHEALTHY)]
+SCORING_ERRORS = tuple(
+    k for k in ErrorKind if k not in (ErrorKind.NOT_FOUND, ErrorKind.METHOD_NOT_ALLOWED, ErrorKind.UNHEALTHY)
+)
+"""What a scoring route can answer besides its result."""
+
+
+def documented_errors(kinds: tuple[ErrorKind, ...] = SCORING_ERRORS) -> dict[int | str, dict]:
+    """The OpenAPI ``responses`` of a route that can fail with ``kinds``: each status, in the one shape."""
     statuses = sorted({STATUS[k] for k in kinds})
     return {
         status: {
@@ -110,7 +115,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = _KIND_OF_STATUS.get(exc.status_code, ErrorKind.INVALID_REQUEST)
-        return error_response(ServiceError(str(exc.detail), kind=kind))
+        response = error_response(ServiceError(str(exc.detail), kind=kind))
+        response.headers.update(exc.headers or {})  # a 405's Allow header (RFC 9110) among them
+        return response
 
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error")

@@ -5,19 +5,19 @@ from __future__ import annotations
 import hashlib
 
 from fastapi import APIRouter, Depends, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vlreward import __version__
 from vlreward.service.errors import ErrorKind, ServiceError
 from vlreward.service.http.dependencies import require_api_key, service_state
-from vlreward.service.http.errors import error_response
+from vlreward.service.http.errors import documented_errors, error_response
 from vlreward.service.lifecycle import ServiceState
 
 router = APIRouter()
 
 
-@router.get("/health")
+@router.get("/health", responses=documented_errors((ErrorKind.UNHEALTHY,)))
 async def health(state: ServiceState = Depends(service_state)) -> JSONResponse:
     """Liveness: 200 while the process can serve or is still loading."""
     reason = state.unhealthy_reason()
@@ -26,7 +26,7 @@ async def health(state: ServiceState = Depends(service_state)) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/ready")
+@router.get("/ready", responses=documented_errors((ErrorKind.NOT_READY, ErrorKind.DRAINING)))
 async def ready(state: ServiceState = Depends(service_state)) -> JSONResponse:
     """Readiness: 200 only when loaded, warmed up, probe passed and not draining."""
     if state.draining:
@@ -36,7 +36,11 @@ async def ready(state: ServiceState = Depends(service_state)) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-@router.get("/info", dependencies=[Depends(require_api_key)])
+@router.get(
+    "/info",
+    dependencies=[Depends(require_api_key)],
+    responses=documented_errors((ErrorKind.UNAUTHORIZED, ErrorKind.NOT_READY)),
+)
 async def info(state: ServiceState = Depends(service_state)) -> JSONResponse:
     """The served model and the limits in force."""
     if state.backend is None:
@@ -51,7 +55,12 @@ async def info(state: ServiceState = Depends(service_state)) -> JSONResponse:
     return JSONResponse(facts)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
+)
 async def prometheus_metrics(state: ServiceState = Depends(service_state)) -> Response:
+    """The service's metrics (and the vLLM engine's) in Prometheus' text format."""
     engine = state.backend.engine_metrics() if state.backend is not None else b""
     return Response(generate_latest(state.metrics.registry) + engine, media_type=CONTENT_TYPE_LATEST)

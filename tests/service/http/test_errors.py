@@ -152,6 +152,9 @@ def test_api_keys_are_required_on_scoring_routes_only(hf_backend):
         assert httpx.get(live.url + "/info").status_code == 401
         for open_path in ("/health", "/ready", "/metrics"):
             assert httpx.get(live.url + open_path).status_code == 200
+        openapi = httpx.get(live.url + "/openapi.json").json()  # the schema says so too
+        assert "HTTPBearer" in openapi["components"]["securitySchemes"]
+        assert openapi["paths"]["/score"]["post"]["security"] and "401" in openapi["paths"]["/info"]["get"]["responses"]
 
 
 @pytest.mark.parametrize(
