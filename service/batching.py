@@ -9,6 +9,11 @@
   and ``max_batch_tokens`` so padding stays small. Samples of a request that was cancelled (client
   gone, deadline passed) are dropped when the next batch is cut, and counted.
 
+Both isolate failures (:func:`run_isolating`): a batch the model raises on is split in halves and
+rerun, so a sample that makes the model fail fails alone (its request gets the error, the others their
+scores), and a batch too large for memory is halved until it fits. An :class:`EngineBroken` error is
+not retried: every request in the batch fails and the service is told (it stops serving).
+
 Queue bounds and deadlines are admission's (:mod:`vlreward.service.admission`), not the scheduler's.
 """
 
@@ -23,6 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from vlreward.service.errors import EngineBroken, OutOfMemory
 from vlreward.service.metrics import Metrics
 from vlreward.service.settings import default
 
@@ -30,6 +36,10 @@ log = logging.getLogger("vlreward.batching")
 
 Runner = Callable[[list], Awaitable[list[float]]]
 """Scores a list of encoded samples (one forward pass, or one engine call)."""
+
+ModelErrorHook = Callable[[Exception], None]
+"""Told of every sample the model failed on alone, and of an :class:`EngineBroken` error (the service
+checks whether the engine can still serve)."""
 
 Groups = Sequence[Sequence[int]]
 """Indices of a request's items that share a prefix (prompt + images), one sequence per group."""
@@ -59,9 +69,41 @@ class Sized(Protocol):
 class BatchResult:
     """Scores of one request plus where its time went."""
 
-    scores: list[float]
+    scores: list[float | None]
+    """None exactly for the items in ``failures``."""
     queue_ms: float
     inference_ms: float
+    failures: dict[int, Exception] = field(default_factory=dict)
+    """Items the model failed on, each alone (see :func:`run_isolating`): index -> its error."""
+
+
+async def run_isolating(
+    runner: Runner, items: list, metrics: Metrics, on_model_error: ModelErrorHook | None = None
+) -> list[float | Exception]:
+    """Scores of ``items``, or for each sample the model failed on alone, its error.
+
+    A batch that raises is split in halves and each half rerun (recursively): a sample that makes the
+    model raise is isolated in ``log2(len(items))`` extra runs and the others are scored as they would be
+    alone; an out-of-memory batch is halved until it fits. :class:`EngineBroken` is not retried.
+    """
+    try:
+        return list(await runner(items))
+    except EngineBroken as exc:
+        if on_model_error is not None:
+            on_model_error(exc)
+        raise
+    except Exception as exc:
+        if len(items) == 1:
+            log.error("the model failed on a sample: %s: %s", type(exc).__name__, exc)
+            if on_model_error is not None:
+                on_model_error(exc)
+            return [exc]
+        reason = "out_of_memory" if isinstance(exc, OutOfMemory) else "error"
+        metrics.batch_splits.labels(reason=reason).inc()
+        log.warning("batch of %d failed (%s: %s); rerunning it in halves", len(items), type(exc).__name__, exc)
+        half = len(items) // 2
+        first = await run_isolating(runner, items[:half], metrics, on_model_error)
+        return first + await run_isolating(runner, items[half:], metrics, on_model_error)
 
 
 class Scheduler(Protocol):
@@ -80,7 +122,8 @@ class Scheduler(Protocol):
 
     async def run(self, items: Sequence[Sized], groups: Groups = ()) -> BatchResult:
         """Scores of ``items`` in order. Each of ``groups`` (indices of items that share their prompt
-        and images) runs as one unit through the group runner; the other items are batched."""
+        and images) runs as one unit through the group runner; the other items are batched. Items the
+        model failed on are in the result's ``failures``."""
         ...
 
 
@@ -106,10 +149,13 @@ def plan_batches(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: 
 class DirectScheduler:
     """Each request goes straight to the engine, which batches continuously (vLLM)."""
 
-    def __init__(self, run_batch: Runner, run_group: Runner, metrics: Metrics):
+    def __init__(
+        self, run_batch: Runner, run_group: Runner, metrics: Metrics, on_model_error: ModelErrorHook | None = None
+    ):
         self.run_batch = run_batch
         self.run_group = run_group
         self.metrics = metrics
+        self.on_model_error = on_model_error
         self._in_flight = 0
 
     @property
@@ -134,17 +180,26 @@ class DirectScheduler:
         units.append((self.run_batch, [i for i, g in enumerate(membership) if g is None]))
         units = [(runner, indices) for runner, indices in units if indices]
         try:
-            answers = await asyncio.gather(*(runner([items[i] for i in indices]) for runner, indices in units))
+            answers = await asyncio.gather(
+                *(
+                    run_isolating(runner, [items[i] for i in indices], self.metrics, self.on_model_error)
+                    for runner, indices in units
+                )
+            )
         finally:
             self._in_flight -= len(items)
             self.metrics.queue_depth.set(self._in_flight)
-        scores: list[float] = [0.0] * len(items)
+        scores: list[float | None] = [None] * len(items)
+        failures: dict[int, Exception] = {}
         for (_, indices), values in zip(units, answers, strict=True):
             for index, value in zip(indices, values, strict=True):
-                scores[index] = value
+                if isinstance(value, Exception):
+                    failures[index] = value
+                else:
+                    scores[index] = value
         elapsed = time.monotonic() - started
         self.metrics.inference_duration.observe(elapsed)
-        return BatchResult(scores=scores, queue_ms=0.0, inference_ms=elapsed * 1000)
+        return BatchResult(scores=scores, queue_ms=0.0, inference_ms=elapsed * 1000, failures=failures)
 
 
 @dataclass
@@ -157,6 +212,7 @@ class _Job:
     """Per item, its group (run as one unit through ``run_group``), or None (mixed into batches)."""
     enqueued: float = field(default_factory=time.monotonic)
     results: list[float | None] = field(default_factory=list)
+    failures: dict[int, Exception] = field(default_factory=dict)
     remaining: int = 0
     cancelled: bool = False
     first_start: float | None = None
@@ -196,10 +252,12 @@ class DynamicBatcher:
         max_batch_size: int = default("max_batch_size"),
         max_batch_tokens: int = default("max_batch_tokens"),
         max_wait_ms: float = default("max_wait_ms"),
+        on_model_error: ModelErrorHook | None = None,
     ):
         self.run_batch = run_batch
         self.run_group = run_group
         self.metrics = metrics
+        self.on_model_error = on_model_error
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_ms / 1000
@@ -233,13 +291,16 @@ class DynamicBatcher:
         self.metrics.queue_depth.set(len(self._pending))
         self._arrived.set()
         try:
-            scores = await asyncio.shield(job.future)
+            await asyncio.shield(job.future)
         except asyncio.CancelledError:
             job.cancelled = True
             raise
         start = job.first_start or job.enqueued
         return BatchResult(
-            scores=scores, queue_ms=(start - job.enqueued) * 1000, inference_ms=((job.last_end or start) - start) * 1000
+            scores=job.results,
+            queue_ms=(start - job.enqueued) * 1000,
+            inference_ms=((job.last_end or start) - start) * 1000,
+            failures=job.failures,
         )
 
     async def _wait_to_fill(self) -> None:
@@ -299,8 +360,8 @@ class DynamicBatcher:
         self.metrics.batch_size.observe(len(batch))
         self.metrics.batch_tokens.observe(max(e.tokens for e in batch) * len(batch))
         try:
-            scores = await runner([e.item for e in batch])
-        except Exception as exc:  # the engine failed: every request in the batch gets the error
+            scores = await run_isolating(runner, [e.item for e in batch], self.metrics, self.on_model_error)
+        except Exception as exc:  # the engine is broken: every request in the batch gets the error
             log.exception("batch of %d failed", len(batch))
             for entry in batch:
                 if not entry.job.future.done():
@@ -310,8 +371,11 @@ class DynamicBatcher:
         self.metrics.inference_duration.observe(end - start)
         for entry, score in zip(batch, scores, strict=True):
             job = entry.job
-            job.results[entry.index] = score
+            if isinstance(score, Exception):
+                job.failures[entry.index] = score
+            else:
+                job.results[entry.index] = score
             job.remaining -= 1
             job.last_end = end
             if job.remaining == 0 and not job.future.done():
-                job.future.set_result(job.results)
+                job.future.set_result(None)

@@ -35,6 +35,10 @@ class ErrorKind(StrEnum):
     """The scoring engine stopped."""
     TIMEOUT = "timeout"
     """The request's deadline passed."""
+    BODY_TIMEOUT = "body_timeout"
+    """The request's headers or body did not arrive within the read timeout (a slow or stalled client)."""
+    HEADERS_TOO_LARGE = "headers_too_large"
+    """The request line and headers are over the header limit."""
     CLIENT_CLOSED = "client_closed"
     """The client went away before its scores were ready."""
     INTERNAL = "internal"
@@ -90,3 +94,12 @@ class ClientDisconnected(ServiceError):
 
     def __init__(self, message: str = "client disconnected"):
         super().__init__(message)
+
+
+class OutOfMemory(Exception):
+    """The engine ran out of memory on a batch; a smaller batch may fit (the schedulers halve it)."""
+
+
+class EngineBroken(Exception):
+    """The engine cannot serve any more (a CUDA error poisons the context; the engine process is gone):
+    no retry helps, the service stops serving and exits non-zero."""

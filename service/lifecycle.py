@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 
 from vlreward.service.admission import Admission
 from vlreward.service.backends.base import Backend
-from vlreward.service.batching import DirectScheduler, DynamicBatcher, Scheduler
-from vlreward.service.errors import ErrorKind, ServiceError
+from vlreward.service.batching import DirectScheduler, DynamicBatcher, ModelErrorHook, Scheduler
+from vlreward.service.errors import EngineBroken, ErrorKind, ServiceError
 from vlreward.service.media import MediaPolicy
 from vlreward.service.metrics import Metrics
 from vlreward.service.prepare import Limits
@@ -19,10 +19,12 @@ from vlreward.service.settings import Settings
 log = logging.getLogger("vlreward")
 
 
-def scheduler_for(backend: Backend, settings: Settings, metrics: Metrics) -> Scheduler:
+def scheduler_for(
+    backend: Backend, settings: Settings, metrics: Metrics, on_model_error: ModelErrorHook | None = None
+) -> Scheduler:
     """Engines that batch continuously get requests as they come; the others get dynamic batches."""
     if backend.continuous_batching:
-        return DirectScheduler(backend.run_batch, backend.run_shared_prefix, metrics)
+        return DirectScheduler(backend.run_batch, backend.run_shared_prefix, metrics, on_model_error)
     return DynamicBatcher(
         backend.run_batch,
         backend.run_shared_prefix,
@@ -30,6 +32,7 @@ def scheduler_for(backend: Backend, settings: Settings, metrics: Metrics) -> Sch
         max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens,
         max_wait_ms=settings.max_wait_ms,
+        on_model_error=on_model_error,
     )
 
 
@@ -58,6 +61,7 @@ class ServiceState:
         metrics.queue_limit.set(settings.max_queue)
         self._task: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
+        self._engine_check: asyncio.Task | None = None
         self._owns_backend = backend is None
 
     # -- start and stop -------------------------------------------------------------------------------
@@ -82,7 +86,7 @@ class ServiceState:
             if backend.max_tokens is not None and backend.max_tokens < self.limits.max_tokens:
                 log.info("token limit lowered to the engine's context length, %d", backend.max_tokens)
                 self.limits = Limits(max_tokens=backend.max_tokens, max_images=self.limits.max_images)
-            self.scheduler = scheduler_for(backend, settings, self.metrics)
+            self.scheduler = scheduler_for(backend, settings, self.metrics, self.model_error)
             self.admission = Admission(self.scheduler, self.metrics, settings.max_queue)
             self.scheduler.start()
             probe_score = await backend.warm_up()
@@ -104,6 +108,25 @@ class ServiceState:
             if not self.backend.health():
                 self.fail("the scoring engine died")
 
+    def model_error(self, exc: Exception) -> None:
+        """The model failed on a sample alone, or the engine broke. A broken engine (a CUDA error, its
+        process gone) ends serving at once; after any other failure the checkpoint's probe (or the
+        warm-up sample) runs again: an engine that fails on it cannot serve at all (every sample would
+        fail the same way), so serving ends too; one that passes keeps serving (the sample was the cause)."""
+        if isinstance(exc, EngineBroken):
+            self.fail(f"the scoring engine broke: {exc}")
+        elif self.failure is None and (self._engine_check is None or self._engine_check.done()):
+            self._engine_check = asyncio.get_running_loop().create_task(self._recheck_engine(), name="vlreward-recheck")
+
+    async def _recheck_engine(self) -> None:
+        try:
+            await self.backend.warm_up()
+        except Exception as exc:
+            log.exception("the engine fails its own probe")
+            self.fail(f"the scoring engine fails its own probe ({type(exc).__name__}: {exc})")
+        else:
+            log.info("the engine still passes its probe: the failure was the sample's")
+
     def fail(self, reason: str) -> None:
         """The service can no longer serve: /ready and /health turn 503 and the runner exits non-zero."""
         self.failure = reason
@@ -118,7 +141,7 @@ class ServiceState:
         self.metrics.ready.set(0)
 
     async def stop(self) -> None:
-        for task in (self._task, self._watchdog):
+        for task in (self._task, self._watchdog, self._engine_check):
             if task is not None and not task.done():
                 task.cancel()
         if self.scheduler is not None:

@@ -23,6 +23,11 @@ REJECTION_REASONS = (
     "draining",
     "not_ready",
     "item_error",
+    "model_error",
+    "image_memory",
+    "connections",
+    "body_timeout",
+    "headers_too_large",
 )
 """Every ``reason`` of ``vlreward_rejected_total``: each series exists from the start (at 0), so that
 dashboards and alert rules see them before the first rejection."""
@@ -89,6 +94,15 @@ class Metrics:
         self.rejected = Counter("vlreward_rejected", "Requests or samples refused, by reason.", ["reason"], registry=r)
         for reason in REJECTION_REASONS:
             self.rejected.labels(reason=reason)
+        self.batch_splits = Counter(
+            "vlreward_batch_splits",
+            "Batches the model failed on, split in halves and rerun (reason: out_of_memory or error), so that one "
+            "bad sample fails alone and a batch too large for memory still runs.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("out_of_memory", "error"):
+            self.batch_splits.labels(reason=reason)
         self.score = Histogram(
             "vlreward_score", "Returned rewards (for drift panels).", buckets=_SCORE_BUCKETS, registry=r
         )

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from vlreward.service.backends.base import EncodedInput
 from vlreward.service.batching import BatchResult, Groups
-from vlreward.service.errors import ServiceError, too_large
+from vlreward.service.errors import EngineBroken, ErrorKind, ServiceError, too_large
 from vlreward.service.lifecycle import ServiceState
 from vlreward.service.prepare import prepare_items, prepare_rank, prepare_templated
 from vlreward.service.schemas import ClassifyRequest, GetRewardRequest, RankRequest, ScoreRequest
@@ -66,16 +66,39 @@ async def _schedule(
 ) -> tuple[BatchResult, int, int]:  # fmt: skip
     """Submit within what is left of the request's deadline; count samples, tokens, images and scores."""
     remaining = (timeout_s or state.settings.request_timeout_s) - (time.monotonic() - started)
-    result = await state.admission.submit(encoded, remaining, groups=groups)
+    try:
+        result = await state.admission.submit(encoded, remaining, groups=groups)
+    except EngineBroken as exc:
+        raise ServiceError(f"the scoring engine stopped: {exc}", kind=ErrorKind.UNHEALTHY) from exc
     tokens = sum(e.num_tokens for e in encoded)
     images = sum(e.num_images for e in encoded)
     metrics = state.metrics
-    metrics.samples.labels(endpoint).inc(len(encoded))
+    metrics.samples.labels(endpoint).inc(len(encoded) - len(result.failures))
     metrics.input_tokens.inc(tokens)
     metrics.images.inc(images)
     for score in result.scores:
-        metrics.score.observe(score)
+        if score is not None:
+            metrics.score.observe(score)
+    if result.failures:
+        metrics.reject("model_error", len(result.failures))
     return result, tokens, images
+
+
+def model_failure(exc: Exception, param: str) -> ServiceError:
+    """The error of a sample the model failed on alone: the engine's own refusal of a client's input
+    keeps its kind (a 4xx), anything else is ours (500 ``internal``); either names the item."""
+    if isinstance(exc, ServiceError):
+        return exc.at(param)
+    message = f"the model failed on this sample ({type(exc).__name__}); the request's other samples were scored"
+    return ServiceError(message, kind=ErrorKind.INTERNAL, param=param)
+
+
+def _scores_or_raise(result: BatchResult, param: Callable[[int], str]) -> list[float]:
+    """All scores of a request, or the error of its first failed item (``param`` names item i)."""
+    if result.failures:
+        index = min(result.failures)
+        raise model_failure(result.failures[index], param(index))
+    return list(result.scores)
 
 
 async def score_items(state: ServiceState, body: ScoreRequest, body_bytes: int | None = None) -> Scored:
@@ -90,12 +113,18 @@ async def score_items(state: ServiceState, body: ScoreRequest, body_bytes: int |
             prepare_items, state.backend, body.items, state.media_policy, state.limits, body.truncate,
             body.on_error == "null",
         )  # fmt: skip
-        valid = [e for e in encoded if e is not None]
+        positions = [i for i, e in enumerate(encoded) if e is not None]
+        valid = [encoded[i] for i in positions]
         result, tokens, images = await _schedule(state, "/score", valid, body.timeout_s, started, groups)
-        values = iter(result.scores)
-        scores = [None if item is None else next(values) for item in encoded]
+        if result.failures and body.on_error != "null":
+            _scores_or_raise(result, lambda v: f"items[{positions[v]}]")
+        scores: list[float | None] = [None] * len(encoded)
+        for v, position in enumerate(positions):
+            scores[position] = result.scores[v]
+        failed = [(positions[v], model_failure(exc, f"items[{positions[v]}]")) for v, exc in result.failures.items()]
+        errors = sorted(errors + failed, key=lambda pair: pair[0])
         if errors:
-            state.metrics.reject("item_error", len(errors))
+            state.metrics.reject("item_error", len(errors) - len(failed))
         return Scored(scores, tokens, images, result.queue_ms, result.inference_ms, errors)
 
 
@@ -116,7 +145,8 @@ async def rank(state: ServiceState, body: RankRequest, body_bytes: int | None = 
         )
         everything = [list(range(len(encoded)))]
         result, tokens, images = await _schedule(state, "/rank", encoded, body.timeout_s, started, everything)
-        return Scored(list(result.scores), tokens, images, result.queue_ms, result.inference_ms)
+        scores = _scores_or_raise(result, lambda i: f"responses[{i}]")
+        return Scored(scores, tokens, images, result.queue_ms, result.inference_ms)
 
 
 async def score_templated(state: ServiceState, body: GetRewardRequest, body_bytes: int | None = None) -> Scored:
@@ -130,7 +160,8 @@ async def score_templated(state: ServiceState, body: GetRewardRequest, body_byte
             prepare_templated, state.backend, body.query, body.images, state.media_policy, state.limits,
         )  # fmt: skip
         result, tokens, images = await _schedule(state, "/get_reward", encoded, body.timeout_s, started)
-        return Scored(list(result.scores), tokens, images, result.queue_ms, result.inference_ms)
+        scores = _scores_or_raise(result, lambda i: f"query[{i}]")
+        return Scored(scores, tokens, images, result.queue_ms, result.inference_ms)
 
 
 async def classify(state: ServiceState, body: ClassifyRequest, body_bytes: int | None = None) -> Scored:
@@ -149,4 +180,5 @@ async def classify(state: ServiceState, body: ClassifyRequest, body_bytes: int |
                 body_bytes, (), prepare_templated, state.backend, body.texts(), None, state.media_policy, state.limits
             )
         result, tokens, images = await _schedule(state, "/classify", encoded, body.timeout_s, started)
-        return Scored(list(result.scores), tokens, images, result.queue_ms, result.inference_ms)
+        scores = _scores_or_raise(result, lambda i: "messages" if body.messages is not None else f"input[{i}]")
+        return Scored(scores, tokens, images, result.queue_ms, result.inference_ms)

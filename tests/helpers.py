@@ -104,3 +104,14 @@ def wait_ready(url: str, process, seconds: float = 300) -> None:
             pass
         time.sleep(0.2)
     raise TimeoutError("server did not become ready")
+
+
+def wait_until(condition, seconds: float = 60, what: str = "the condition") -> None:
+    """Poll ``condition()`` until true (a deadline that only catches hangs, never a timing assert)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not hold within {seconds} s")
+        time.sleep(0.02)

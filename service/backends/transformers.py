@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,6 +13,7 @@ import torch
 
 from vlreward.service.backends.base import backend_facts, probe_warm_up
 from vlreward.service.batching import plan_batches
+from vlreward.service.errors import EngineBroken, OutOfMemory
 from vlreward.service.model.checkpoint import load_reward_model
 from vlreward.service.model.devices import choose_attention_kernels, torch_placement
 from vlreward.service.model.encoding import EncodedSample, collate, encode, encode_shared, set_pixel_bounds
@@ -19,6 +22,28 @@ from vlreward.service.model.probe import Probe, probe_sample, read_probe, verify
 from vlreward.service.settings import Settings, default
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@contextmanager
+def engine_errors() -> Iterator[None]:
+    """torch's failures as the schedulers need them: out of memory (CUDA, or the CPU allocator) is
+    :class:`OutOfMemory` (a smaller batch may fit); an accelerator error is :class:`EngineBroken` (it
+    poisons the CUDA context: every later call fails too)."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise OutOfMemory(str(exc)) from exc
+    except torch.AcceleratorError as exc:
+        raise EngineBroken(f"{type(exc).__name__}: {exc}") from exc
+    except RuntimeError as exc:
+        if "can't allocate memory" in str(exc):  # the CPU allocator's out-of-memory error
+            raise OutOfMemory(str(exc)) from exc
+        raise
+
+
+def _with_engine_errors(work: Callable, *args) -> Any:
+    with engine_errors():
+        return work(*args)
 
 
 class TransformersBackend:
@@ -99,12 +124,14 @@ class TransformersBackend:
 
     async def score(self, samples: list[FormattedSample]) -> list[float]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.score_sync, samples)
+        return await loop.run_in_executor(self._executor, _with_engine_errors, self.score_sync, samples)
 
     async def run_batch(self, batch: list[EncodedSample]) -> list[float]:
         """One forward pass over an already-formed batch (the service's batcher forms them)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.model.score_batch, batch, self.padding_side)
+        return await loop.run_in_executor(
+            self._executor, _with_engine_errors, self.model.score_batch, batch, self.padding_side
+        )
 
     def format_request_sample(self, sample: dict) -> FormattedSample:
         """One sample in the HTTP JSON shape (inline images only), formatted for this model."""
@@ -129,7 +156,7 @@ class TransformersBackend:
     async def run_shared_prefix(self, batch: list[EncodedSample]) -> list[float]:
         """Candidates of one /rank request: the shared prompt + images run once (see loadtest/rank_prefix.py)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.score_shared_sync, batch)
+        return await loop.run_in_executor(self._executor, _with_engine_errors, self.score_shared_sync, batch)
 
     def score_shared_sync(self, batch: list[EncodedSample]) -> list[float]:
         """Blocking :meth:`run_shared_prefix`, chunked within the batch limits."""

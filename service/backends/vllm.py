@@ -210,8 +210,9 @@ class VLLMBackend:
         if item.images:
             prompt["multi_modal_data"] = {"image": item.images}
         from vllm.exceptions import VLLMValidationError
+        from vllm.v1.engine.exceptions import EngineDeadError
 
-        from vlreward.service.errors import ServiceError
+        from vlreward.service.errors import EngineBroken, ServiceError
 
         params = PoolingParams(task="classify", use_activation=False)
         final = None
@@ -220,6 +221,8 @@ class VLLMBackend:
                 final = output
         except VLLMValidationError as exc:  # the engine refused the input: the client's mistake, not ours
             raise ServiceError(str(exc)) from exc
+        except EngineDeadError as exc:  # its process is gone: no retry helps
+            raise EngineBroken(str(exc)) from exc
         return float(final.outputs.data.reshape(-1)[0])
 
     async def run_batch(self, batch: list[VLLMInput]) -> list[float]:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from vlreward.service.batching import DirectScheduler, DynamicBatcher, plan_batches
+from vlreward.service.batching import DirectScheduler, DynamicBatcher, plan_batches, run_isolating
+from vlreward.service.errors import EngineBroken, OutOfMemory
 from vlreward.service.metrics import Metrics
 
 
@@ -109,17 +110,62 @@ async def test_a_cancelled_request_has_its_queued_samples_dropped_and_counted():
 
 
 @run_async
-async def test_a_failing_batch_fails_every_request_in_it_and_the_batcher_goes_on():
-    runner, metrics = GatedRunner(fail_on="bad7"), Metrics()
-    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=0)
+async def test_a_failing_sample_fails_alone_and_the_batcher_goes_on():
+    runner, metrics, told = GatedRunner(fail_on="bad7"), Metrics(), []
+    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=50,
+                             on_model_error=told.append)  # fmt: skip
     batcher.start()
     runner.gate.set()
-    with pytest.raises(RuntimeError, match="engine failed"):
-        await batcher.run([Item("bad7")])
+    mixed, other = await asyncio.gather(
+        batcher.run([Item("a1"), Item("bad7"), Item("b2")]), batcher.run([Item("c3"), Item("d4")])
+    )
+    assert mixed.scores == [1.0, None, 2.0] and list(mixed.failures) == [1]
+    assert str(mixed.failures[1]) == "engine failed" and [str(e) for e in told] == ["engine failed"]
+    assert other.scores == [3.0, 4.0] and other.failures == {}
+    assert runner.batches[0] == ["a1", "bad7", "b2", "c3", "d4"]  # one batch, then halves down to bad7 alone
+    assert ["bad7"] in runner.batches and metrics.batch_splits.labels(reason="error")._value.get() == 2
     assert (await batcher.run([Item("ok3")])).scores == [3.0]
     assert batcher.healthy()
     await batcher.close()
     assert not batcher.healthy()
+
+
+class FlakyRunner:
+    """Raises ``error`` for batches over ``above`` samples (all when 0); records batch sizes."""
+
+    def __init__(self, error: Exception, above: int = 0):
+        self.error, self.above, self.sizes = error, above, []
+
+    async def __call__(self, batch: list[Item]) -> list[float]:
+        self.sizes.append(len(batch))
+        if len(batch) > self.above:
+            raise self.error
+        return [item.score for item in batch]
+
+
+@run_async
+async def test_run_isolating_halves_an_out_of_memory_batch_until_it_fits():
+    runner, metrics = FlakyRunner(OutOfMemory("CUDA out of memory"), above=3), Metrics()
+    items = [Item(f"x{i}") for i in range(10)]
+    assert await run_isolating(runner, items, metrics) == [float(i) for i in range(10)]
+    assert runner.sizes == [10, 5, 2, 3, 5, 2, 3]
+    assert metrics.batch_splits.labels(reason="out_of_memory")._value.get() == 3
+
+
+@run_async
+async def test_run_isolating_never_retries_a_broken_engine():
+    runner, told = FlakyRunner(EngineBroken("CUDA error")), []
+    with pytest.raises(EngineBroken):
+        await run_isolating(runner, [Item("a1"), Item("b2")], Metrics(), told.append)
+    assert runner.sizes == [2] and len(told) == 1
+
+
+@run_async
+async def test_the_direct_scheduler_isolates_a_failing_item_of_a_request():
+    runner = GatedRunner(fail_on="bad2")
+    runner.gate.set()
+    result = await DirectScheduler(runner, runner, Metrics()).run([Item("a1"), Item("bad2"), Item("c3")])
+    assert result.scores == [1.0, None, 3.0] and list(result.failures) == [1]
 
 
 @run_async

@@ -119,8 +119,11 @@ def test_get_reward_query_with_image_pads_but_no_images_is_400_naming_the_index(
     error_of(response, 400, "invalid_request", "query[1]")
 
 
-def test_deadline_passed_is_504(server):
-    error_of(score(server, [item()], timeout_s=1e-9), 504, "timeout")
+@pytest.mark.parametrize("timeout_s", [5e-324, 0.5, 3601, "Infinity", "NaN"])
+def test_a_timeout_outside_1_to_3600_seconds_is_422_naming_it(server, timeout_s):
+    body = '{"items": [{"prompt": "p", "response": "r"}], "timeout_s": ' + f"{timeout_s}}}"  # Infinity/NaN: raw JSON
+    reply = httpx.post(server.url + "/score", content=body, headers={"content-type": "application/json"})
+    error_of(reply, 422, "validation", "timeout_s")
 
 
 def test_unknown_route_is_a_json_404(server):
