@@ -75,10 +75,14 @@ class Overloaded(ServiceError):
 
     kind = ErrorKind.OVERLOADED
 
-    def __init__(self, queued: int, limit: int, retry_after: int = 1):
-        super().__init__(
-            f"server overloaded: {queued} samples queued (limit {limit}); retry later", retry_after=retry_after
-        )
+    def __init__(self, queued: int, limit: int, retry_after: int = 1, message: str | None = None):
+        message = message or f"server overloaded: {queued} samples queued (limit {limit}); retry later"
+        super().__init__(message, retry_after=retry_after)
+
+    @classmethod
+    def connections(cls) -> Overloaded:
+        """Too many open connections (the connection limit of the HTTP protocol)."""
+        return cls(0, 0, message="server overloaded: too many open connections; retry later")
 
 
 class DeadlineExceeded(ServiceError):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from vlreward.service.admission import Admission
 from vlreward.service.backends.base import Backend
 from vlreward.service.batching import DirectScheduler, DynamicBatcher, ModelErrorHook, Scheduler
 from vlreward.service.errors import EngineBroken, ErrorKind, ServiceError
-from vlreward.service.media import MediaPolicy
+from vlreward.service.media import ImageMemory, ImageMemoryFull, MediaPolicy
 from vlreward.service.metrics import Metrics
 from vlreward.service.prepare import Limits
 from vlreward.service.settings import Settings
@@ -58,6 +58,7 @@ class ServiceState:
         self.api_keys = settings.api_key_set()
         self.limits = Limits(max_tokens=settings.max_tokens, max_images=settings.max_images)
         self.media_policy = MediaPolicy.from_settings(settings)
+        self.image_memory = ImageMemory(settings.max_request_image_pixels, settings.max_total_image_pixels)
         metrics.queue_limit.set(settings.max_queue)
         self._task: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
@@ -163,8 +164,9 @@ class ServiceState:
         return None if engine_ok and scheduler_ok else "the scoring engine stopped"
 
     @asynccontextmanager
-    async def admitted(self):
-        """Admit a scoring request (or refuse it: draining, not ready) and count it as in flight."""
+    async def admitted(self) -> AsyncIterator[MediaPolicy]:
+        """Admit a scoring request (or refuse it: draining, not ready) and count it as in flight; yields
+        the media policy that charges its decoded images to the service's image memory."""
         if self.draining:
             self.metrics.reject("draining")
             raise ServiceError("server is shutting down; retry on another replica", kind=ErrorKind.DRAINING)
@@ -174,7 +176,11 @@ class ServiceState:
         self.inflight += 1
         self.metrics.inflight.inc()
         try:
-            yield
+            with self.image_memory.request() as images:
+                yield self.media_policy.counting(images)
+        except ImageMemoryFull:
+            self.metrics.reject("image_memory")
+            raise
         finally:
             self.inflight -= 1
             self.metrics.inflight.dec()

@@ -13,14 +13,17 @@ import io
 import ipaddress
 import re
 import socket
+import threading
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from vlreward.service.errors import ErrorKind, ServiceError
+from vlreward.service.errors import ErrorKind, Overloaded, ServiceError
 from vlreward.service.settings import Settings, default
 
 # Bare base64 of a JPEG starts with "/9j/": a "/"-string made only of base64 characters is base64,
@@ -34,6 +37,62 @@ ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
 class MediaError(ServiceError):
     """A client's image could not be used: undecodable or refused (invalid_request), too large, or in an
     unsupported format."""
+
+
+class ImageMemory:
+    """Decoded-image memory, counted in pixels (an RGB pixel is 3 bytes) from each image's header before
+    it is decoded: at most ``per_request`` for one request (413 above) and ``total`` over every request in
+    flight (429 when full, so that many concurrent large-image requests wait instead of exhausting
+    memory). A request holds what it decoded until it is answered (the vLLM backend keeps the images
+    until the engine has scored them)."""
+
+    def __init__(self, per_request: int, total: int):
+        self.per_request = per_request
+        self.total = total
+        self.in_use = 0
+        self._lock = threading.Lock()  # requests are prepared in worker threads too
+
+    @contextmanager
+    def request(self) -> Iterator[RequestImages]:
+        """One request's account; everything it charged is given back when the block ends."""
+        account = RequestImages(self)
+        try:
+            yield account
+        finally:
+            with self._lock:
+                self.in_use -= account.pixels
+
+    def _take(self, pixels: int) -> None:
+        with self._lock:
+            if self.in_use + pixels > self.total:
+                raise ImageMemoryFull(self.total)
+            self.in_use += pixels
+
+
+class ImageMemoryFull(Overloaded):
+    """The decoded images of the requests in flight are at the service's limit: 429, retry later."""
+
+    def __init__(self, total: int):
+        super().__init__(0, 0, message=f"server busy: decoded images in flight are at their limit ({total} pixels)")
+
+
+class RequestImages:
+    """The decoded-image pixels of one request (see :class:`ImageMemory`)."""
+
+    def __init__(self, memory: ImageMemory):
+        self.memory = memory
+        self.pixels = 0
+
+    def charge(self, pixels: int) -> None:
+        """Count an image about to be decoded, or refuse it: 413 over the request's share, 429 when the
+        service's total is in use."""
+        if self.pixels + pixels > self.memory.per_request:
+            raise MediaError(
+                f"the request's images come to more than {self.memory.per_request} decoded pixels (its limit)",
+                kind=ErrorKind.TOO_LARGE,
+            )
+        self.memory._take(pixels)
+        self.pixels += pixels
 
 
 @dataclass(frozen=True)
@@ -55,6 +114,12 @@ class MediaPolicy:
     url_timeout_s: float = default("url_timeout_s")
     """Timeout of one download, redirects included."""
     max_redirects: int = default("url_max_redirects")
+    images: RequestImages | None = None
+    """The request's decoded-image account (None: not counted; offline tools)."""
+
+    def counting(self, images: RequestImages) -> MediaPolicy:
+        """This policy for one request, charging the images it decodes to ``images``."""
+        return replace(self, images=images)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MediaPolicy:
@@ -132,6 +197,8 @@ def decode_image(raw: bytes, policy: MediaPolicy) -> Image.Image:
                 f"image is {width}x{height} = {width * height} pixels; the limit is {policy.max_image_pixels}",
                 kind=ErrorKind.TOO_LARGE,
             )
+        if policy.images is not None:
+            policy.images.charge(width * height)
         try:
             image.seek(0)  # GIF: first frame
             image.load()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 
-from vlreward.service.errors import ServiceError, too_large
+from vlreward.service.errors import Overloaded, ServiceError, too_large
 from vlreward.service.media import MediaError, MediaPolicy, load_image
 from vlreward.service.model.formatting import FormattedSample, FormattingError, format_sample, format_templated
 from vlreward.service.schemas import ImagePart, Sample, TextPart
@@ -204,6 +204,8 @@ def prepare_items(
     for group in groups:
         try:
             members = prepare_group(backend, samples, group, policy, limits)
+        except Overloaded:
+            raise  # the service's image memory is full: the whole request waits (429)
         except ServiceError:
             continue  # its images failed: each item goes the one-by-one way below, which locates the error
         for index, item in members.items():
@@ -216,7 +218,7 @@ def prepare_items(
         try:
             encoded[index] = prepare_item(backend, sample, policy, limits, truncate, f"items[{index}]")
         except ServiceError as exc:
-            if not collect_errors:
+            if not collect_errors or isinstance(exc, Overloaded):
                 raise
             errors.append((index, exc))
     position = {}  # item index -> its place among the encoded items

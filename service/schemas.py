@@ -37,9 +37,11 @@ LAST_MESSAGE_RULE = "The last message must be the assistant response being score
 
 
 class _Strict(BaseModel):
-    """Unknown fields are errors: a typo such as ``respone`` must not silently score an empty text."""
+    """Unknown fields are errors: a typo such as ``respone`` must not silently score an empty text. Types
+    are strict: ``true`` is no number and ``"1"`` no boolean (the schema says so; a lax model would accept
+    what its schema refuses)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TextPart(_Strict):
@@ -245,7 +247,7 @@ class RankResponse(BaseModel):
 class GetRewardRequest(BaseModel):
     """POST /get_reward: OpenRLHF's remote reward protocol (+ optional images per query)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     query: list[str] = Field(description="Chat-templated texts (prompt + response), special tokens included.")
     prompts: list[str] | None = None
@@ -276,6 +278,7 @@ class ClassifyRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="ignore",  # vLLM's other options (padding, truncation, ...) are ignored
+        strict=True,
         json_schema_extra={
             "oneOf": [
                 _form({"input": ["string", "array"]}, absent=("messages",)),

@@ -105,12 +105,12 @@ async def score_items(state: ServiceState, body: ScoreRequest, body_bytes: int |
     """/score: samples in item order; with ``on_error: "null"`` a bad item gets None and an error.
     Items that share prompt and images (a GRPO group) run their prefix once, as /rank does."""
     started = time.monotonic()
-    async with state.admitted():
+    async with state.admitted() as policy:
         _check_count(len(body.items), state.settings.max_items, "items", "items")
         encoded, errors, groups = await _prepare(
             body_bytes,
             (ref for item in body.items for ref in item.image_refs()),
-            prepare_items, state.backend, body.items, state.media_policy, state.limits, body.truncate,
+            prepare_items, state.backend, body.items, policy, state.limits, body.truncate,
             body.on_error == "null",
         )  # fmt: skip
         positions = [i for i, e in enumerate(encoded) if e is not None]
@@ -131,7 +131,7 @@ async def score_items(state: ServiceState, body: ScoreRequest, body_bytes: int |
 async def rank(state: ServiceState, body: RankRequest, body_bytes: int | None = None) -> Scored:
     """/rank: the candidates share prompt and images, which are decoded, encoded and run once."""
     started = time.monotonic()
-    async with state.admitted():
+    async with state.admitted() as policy:
         _check_count(len(body.responses), state.settings.max_responses, "responses", "responses")
         candidates = body.candidates()
         encoded = await _prepare(
@@ -140,7 +140,7 @@ async def rank(state: ServiceState, body: RankRequest, body_bytes: int | None = 
             prepare_rank,
             state.backend,
             candidates,
-            state.media_policy,
+            policy,
             state.limits,
         )
         everything = [list(range(len(encoded)))]
@@ -152,12 +152,12 @@ async def rank(state: ServiceState, body: RankRequest, body_bytes: int | None = 
 async def score_templated(state: ServiceState, body: GetRewardRequest, body_bytes: int | None = None) -> Scored:
     """/get_reward: already chat-templated queries (+ images per query)."""
     started = time.monotonic()
-    async with state.admitted():
+    async with state.admitted() as policy:
         _check_count(len(body.query), state.settings.max_items, "queries", "query")
         encoded = await _prepare(
             body_bytes,
             (ref for refs in body.images or [] for ref in refs),
-            prepare_templated, state.backend, body.query, body.images, state.media_policy, state.limits,
+            prepare_templated, state.backend, body.query, body.images, policy, state.limits,
         )  # fmt: skip
         result, tokens, images = await _schedule(state, "/get_reward", encoded, body.timeout_s, started)
         scores = _scores_or_raise(result, lambda i: f"query[{i}]")
@@ -167,17 +167,17 @@ async def score_templated(state: ServiceState, body: GetRewardRequest, body_byte
 async def classify(state: ServiceState, body: ClassifyRequest, body_bytes: int | None = None) -> Scored:
     """/classify (vLLM's protocol): templated texts, or one conversation given as messages."""
     started = time.monotonic()
-    async with state.admitted():
+    async with state.admitted() as policy:
         if body.messages is not None:
             sample = body.sample()
             encoded, _, _ = await _prepare(
-                body_bytes, sample.image_refs(), prepare_items, state.backend, [sample], state.media_policy,
+                body_bytes, sample.image_refs(), prepare_items, state.backend, [sample], policy,
                 state.limits, "none", False,
             )  # fmt: skip
         else:
             _check_count(len(body.texts()), state.settings.max_items, "inputs", "input")
             encoded = await _prepare(
-                body_bytes, (), prepare_templated, state.backend, body.texts(), None, state.media_policy, state.limits
+                body_bytes, (), prepare_templated, state.backend, body.texts(), None, policy, state.limits
             )
         result, tokens, images = await _schedule(state, "/classify", encoded, body.timeout_s, started)
         scores = _scores_or_raise(result, lambda i: "messages" if body.messages is not None else f"input[{i}]")

@@ -51,6 +51,22 @@ class Settings(BaseSettings):
     api_keys: str = Field("", description="Comma-separated API keys; empty means no auth (prefer the file).")
     api_key_file: Path | None = Field(None, description="File with one API key per line.")
     log_json: bool = Field(False, description="One JSON log line per request.")
+    header_timeout_s: float = Field(
+        10.0,
+        description="A connection's request line and headers must arrive within this (408 after it; slow clients).",
+        json_schema_extra=LIMIT,
+    )
+    body_timeout_s: float = Field(
+        60.0, description="A request's body must arrive within this after its headers (408 after it).",
+        json_schema_extra=LIMIT,
+    )  # fmt: skip
+    max_header_bytes: int = Field(
+        64 * 1024, description="Request line and headers, in bytes (431 above).", json_schema_extra=LIMIT
+    )
+    max_connections: int = Field(
+        1024, description="Open connections; a request beyond them gets 429 and its connection closes.",
+        json_schema_extra=LIMIT,
+    )  # fmt: skip
 
     # Batching and admission
     max_batch_tokens: int = Field(
@@ -78,6 +94,16 @@ class Settings(BaseSettings):
         40_000_000, description="width*height of an image, checked before decoding.", json_schema_extra=LIMIT
     )
     max_image_bytes: int = Field(20 * 1024 * 1024, description="Encoded size of one image.", json_schema_extra=LIMIT)
+    max_request_image_pixels: int = Field(
+        250_000_000,
+        description="Decoded pixels of all images of one request (3 bytes each; 413 above).",
+        json_schema_extra=LIMIT,
+    )
+    max_total_image_pixels: int = Field(
+        1_000_000_000,
+        description="Decoded pixels of the images of all requests in flight (429 while full).",
+        json_schema_extra=LIMIT,
+    )
     min_pixels: int | None = Field(None, description="Override the checkpoint's minimum pixels per image.")
     max_pixels: int | None = Field(None, description="Override the checkpoint's maximum pixels per image.")
 

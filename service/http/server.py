@@ -19,6 +19,7 @@ import uvicorn
 
 from vlreward.service.backends.base import Backend
 from vlreward.service.http.app import create_app
+from vlreward.service.http.protocol import guarded_protocol
 from vlreward.service.lifecycle import ServiceState
 from vlreward.service.settings import Settings
 
@@ -67,14 +68,20 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+def uvicorn_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
+    """uvicorn's config for the app: its address, and the guarded HTTP protocol (read timeouts, header
+    and connection limits; :mod:`vlreward.service.http.protocol`)."""
+    protocol = guarded_protocol(settings, app.state.service.metrics)
+    return uvicorn.Config(app, host=settings.host, port=settings.port, http=protocol, **options)
+
+
 def run(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s" if settings.log_json else "%(levelname)s %(message)s")
     app = create_app(settings)
-    config = uvicorn.Config(
+    config = uvicorn_config(
         app,
-        host=settings.host,
-        port=settings.port,
+        settings,
         log_level="info",
         access_log=not settings.log_json,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
@@ -110,7 +117,7 @@ class BackgroundServer:
 
         self.app = create_app(self.settings, self.backend)
         self.state: ServiceState = self.app.state.service
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        config = uvicorn_config(self.app, self.settings, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="vlreward-background-server")
         self.thread.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -30,6 +31,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path.startswith("/redirect?to="):
             self.send_response(302)
             self.send_header("location", self.path.removeprefix("/redirect?to="))
+            self.end_headers()
+        elif self.path == "/slow":  # answers after 5 s: longer than the tests' URL timeout
+            time.sleep(5)
+            self.send_response(200)
             self.end_headers()
         elif self.path == "/big":
             self.send_response(200)

@@ -1,6 +1,7 @@
 """Faults inside the model, through a live server: a sample that makes the model raise fails alone, an
-out-of-memory batch is halved until it fits, and an engine that cannot serve any more ends serving
-(/ready 503, exit code 1). The hooks replace the model's forward on a backend of these tests' own;
+out-of-memory batch is halved until it fits, an engine that cannot serve any more ends serving
+(/ready 503, exit code 1); a deadline passing in the queue or the model is a 504; decoded images in
+flight are bounded (429). The hooks replace the model's forward on a backend of these tests' own;
 the scheduler, admission, scoring pipeline and HTTP layer are the real ones."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 import torch
 import uvicorn
 
-from tests.helpers import LiveServer, wait_until
+from tests.helpers import LiveServer, shape_image, uri, wait_until
 from vlreward.service.backends.transformers import TransformersBackend
 from vlreward.service.http.app import create_app
 from vlreward.service.http.server import DrainingServer
@@ -118,6 +119,31 @@ def test_a_deadline_passing_while_running_or_queued_is_504_and_serving_goes_on(b
         assert server.metric("vlreward_rejected_total", reason="timeout") - timeouts == 2
         release.set()
         assert httpx.post(server.url + "/score", json={"items": [item(3)]}, timeout=60).status_code == 200
+
+
+def test_decoded_images_in_flight_are_bounded_429_then_served_again(backend):
+    image = uri(shape_image(size=(100, 100)))  # 10,000 pixels
+    release = threading.Event()
+    with LiveServer(backend, max_request_image_pixels=20_000, max_total_image_pixels=25_000) as server:
+        hook_forward(backend, lambda batch: None if release.wait(timeout=120) else None)
+        holding = {"items": [{"prompt": "Two shapes?", "images": [image, image], "response": "Yes."}]}
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(httpx.post, server.url + "/score", json=holding, timeout=60)
+            wait_until(lambda: server.state.image_memory.in_use == 20_000, what="the first request's images held")
+            one_more = {"items": [{"prompt": "A shape?", "image": image, "response": "Yes."}] * 2}
+            busy = httpx.post(server.url + "/score", json=one_more, timeout=60)
+            assert busy.status_code == 429 and busy.json()["error"]["type"] == "overloaded", busy.text
+            assert busy.headers["retry-after"] == "1"
+            release.set()
+            assert held.result().status_code == 200
+        three = {"items": [{"prompt": "Three?", "images": [image] * 3, "response": "Yes."}]}  # over one request's
+        over = httpx.post(server.url + "/score", json=three, timeout=60)
+        assert over.status_code == 413 and over.json()["error"]["param"] == "items[0].images[2]", over.text
+        assert (
+            server.state.image_memory.in_use == 0
+            and server.metric("vlreward_rejected_total", reason="image_memory") == 1
+        )
+        assert httpx.post(server.url + "/score", json=one_more, timeout=60).status_code == 200
 
 
 @pytest.mark.parametrize(

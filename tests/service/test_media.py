@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 import struct
-import time
 import zlib
 
 import pytest
 from PIL import Image
 
 from tests.helpers import shape_image, uri
-from vlreward.service.errors import ErrorKind
-from vlreward.service.media import MediaError, MediaPolicy, load_image
+from vlreward.service.errors import ErrorKind, Overloaded
+from vlreward.service.media import ImageMemory, MediaError, MediaPolicy, load_image
+
+SMALL = uri(shape_image(size=(84, 84)))
+"""An 84 x 84 PNG data URI (made before any test patches decoding)."""
+
+
+@pytest.fixture()
+def no_decoding(monkeypatch):
+    """Fail the test if any image's pixels are decoded (refusals must come from the header alone)."""
+
+    def load(self):
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(Image.Image, "load", load)
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -55,12 +68,37 @@ def test_truncated_png_is_a_400():
     assert error.value.kind is ErrorKind.INVALID_REQUEST
 
 
-def test_decompression_bomb_is_refused_from_its_header_quickly():
-    started = time.perf_counter()
+def test_decompression_bomb_is_refused_from_its_header_without_decoding(no_decoding):
     with pytest.raises(MediaError) as error:
         load_image(base64.b64encode(bomb_png()).decode(), MediaPolicy())
-    assert time.perf_counter() - started < 0.2
     assert error.value.kind is ErrorKind.TOO_LARGE
+
+
+def test_the_services_own_pixel_cap_refuses_below_pillows_bomb_limit(no_decoding):
+    # 8000 x 8000 = 64 M pixels: under Pillow's DecompressionBombError (179 M), over our 40 M default
+    with pytest.raises(MediaError, match="pixels; the limit is 40000000") as error:
+        load_image(base64.b64encode(bomb_png(8000, 8000)).decode(), MediaPolicy())
+    assert error.value.kind is ErrorKind.TOO_LARGE
+    with pytest.raises(MediaError, match="the limit is 7000"):  # and it is the setting that decides
+        load_image(SMALL, MediaPolicy(max_image_pixels=7000))
+
+
+def test_decoded_image_memory_is_bounded_per_request_and_in_total():
+    memory = ImageMemory(per_request=3 * 84 * 84, total=4 * 84 * 84)
+    image = SMALL
+    with memory.request() as first:
+        policy = MediaPolicy().counting(first)
+        for _ in range(3):
+            load_image(image, policy)
+        with pytest.raises(MediaError, match="decoded pixels") as error:  # a fourth is over its share: 413
+            load_image(image, policy)
+        assert error.value.kind is ErrorKind.TOO_LARGE
+        with memory.request() as second:
+            load_image(image, MediaPolicy().counting(second))  # the last share of the total
+            with pytest.raises(Overloaded):  # the total is in use: 429 for whoever asks now
+                load_image(image, MediaPolicy().counting(second))
+        assert memory.in_use == 3 * 84 * 84
+    assert memory.in_use == 0  # given back when each request ends
 
 
 def test_unsupported_format_is_a_415():
@@ -145,6 +183,37 @@ def test_redirect_to_a_private_address_is_refused_when_private_is_not_allowed(ur
     with pytest.raises(MediaError, match="non-public"):
         load_image(f"{url_server}/redirect?to=http://169.254.169.254/latest", MediaPolicy(allow_urls=True))
     assert calls == ["127.0.0.1", "169.254.169.254"]
+
+
+def test_the_connection_goes_to_the_checked_address_not_a_second_dns_answer(url_server, monkeypatch):
+    """DNS rebinding: the host is checked once and the connection pinned to that address; a second
+    lookup (which would answer an unreachable address here) never happens."""
+    port = int(url_server.rsplit(":", 1)[1])
+    real, lookups = socket.getaddrinfo, []
+
+    def rebinding_dns(host, *args, **kwargs):
+        if host == "images.rebind.test":
+            lookups.append(host)
+            address = "127.0.0.1" if len(lookups) == 1 else "203.0.113.7"  # then a TEST-NET address
+            return real(address, *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding_dns)
+    policy = url_policy(url_hosts=frozenset({"rebind.test"}), url_timeout_s=3)
+    image = load_image(f"http://images.rebind.test:{port}/red.png", policy)
+    assert image.tobytes() == shape_image("red").tobytes() and lookups == ["images.rebind.test"]
+
+
+def test_a_slow_url_times_out(url_server):
+    with pytest.raises(MediaError, match="timed out"):
+        load_image(url_server + "/slow", url_policy(url_timeout_s=0.5))
+
+
+def test_redirects_beyond_the_limit_are_refused(url_server):
+    two_hops = "/redirect?to=/redirect?to=/red.png"
+    assert load_image(url_server + two_hops, url_policy(max_redirects=2)).size == (84, 84)
+    with pytest.raises(MediaError, match="redirected more than 1 times"):
+        load_image(url_server + two_hops, url_policy(max_redirects=1))
 
 
 def test_url_download_over_the_byte_cap_is_413(url_server):

@@ -34,15 +34,17 @@ def test_api_keys_come_from_the_variable_and_the_key_file(monkeypatch, tmp_path)
 
 # The environment variables users and deployments know; renaming a field must fail here first.
 ENVIRONMENT = """
-MODEL REVISION BACKEND DTYPE DEVICE ATTN_IMPLEMENTATION CUDNN_ATTENTION HOME HOST PORT API_KEYS API_KEY_FILE LOG_JSON MAX_BATCH_TOKENS MAX_BATCH_SIZE
+MODEL REVISION BACKEND DTYPE DEVICE ATTN_IMPLEMENTATION CUDNN_ATTENTION HOME HOST PORT API_KEYS API_KEY_FILE LOG_JSON
+HEADER_TIMEOUT_S BODY_TIMEOUT_S MAX_HEADER_BYTES MAX_CONNECTIONS MAX_BATCH_TOKENS MAX_BATCH_SIZE
 MAX_WAIT_MS MAX_QUEUE REQUEST_TIMEOUT_S DRAIN_TIMEOUT_S MAX_BODY_BYTES MAX_ITEMS MAX_RESPONSES MAX_TOKENS
-MAX_IMAGES MAX_IMAGE_PIXELS MAX_IMAGE_BYTES MIN_PIXELS MAX_PIXELS ALLOW_URLS URL_ALLOWLIST URL_ALLOW_PRIVATE
+MAX_IMAGES MAX_IMAGE_PIXELS MAX_IMAGE_BYTES MAX_REQUEST_IMAGE_PIXELS MAX_TOTAL_IMAGE_PIXELS MIN_PIXELS MAX_PIXELS ALLOW_URLS URL_ALLOWLIST URL_ALLOW_PRIVATE
 URL_TIMEOUT_S URL_MAX_REDIRECTS MEDIA_ROOT VLLM_MAX_MODEL_LEN VLLM_GPU_MEMORY_UTILIZATION
 VLLM_TENSOR_PARALLEL_SIZE VLLM_MAX_NUM_SEQS VLLM_MAX_NUM_BATCHED_TOKENS VLLM_ENABLE_PREFIX_CACHING
 VLLM_ENFORCE_EAGER
 """.split()
-LIMITS = """max_batch_tokens max_batch_size max_wait_ms max_queue request_timeout_s max_body_bytes max_items
-max_responses max_tokens max_images max_image_pixels max_image_bytes""".split()
+LIMITS = """header_timeout_s body_timeout_s max_header_bytes max_connections max_batch_tokens max_batch_size
+max_wait_ms max_queue request_timeout_s max_body_bytes max_items max_responses max_tokens max_images max_image_pixels
+max_image_bytes max_request_image_pixels max_total_image_pixels""".split()
 
 
 def _value_for(annotation) -> tuple[str, object]:

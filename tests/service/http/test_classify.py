@@ -51,7 +51,9 @@ def test_the_response_has_vllms_keys_and_bad_requests_name_the_field(server):
     assert set(body["data"][0]) == set(ClassificationData.model_fields)
     assert set(body["usage"]) == set(UsageInfo.model_fields)
     assert body["data"][0]["num_classes"] == 1 and body["data"][0]["label"] == "LABEL_0"
-    both = httpx.post(server.url + "/classify", json={"input": TEMPLATED, "messages": []})
+    both = httpx.post(
+        server.url + "/classify", json={"input": TEMPLATED, "messages": [{"role": "assistant", "content": "x"}]}
+    )
     assert both.status_code == 422 and "exactly one" in both.text
     ids = httpx.post(server.url + "/classify", json={"input": [[1, 2, 3]]})
     assert ids.status_code == 422 and ids.json()["error"]["param"].startswith("input")
