@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from deploy import dashboard
-from tests.helpers import VLREWARD, free_port, shape_image, uri, wait_ready
+from tests.helpers import VLREWARD, free_port, shape_image, uri, wait_ready, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "helm" / "vlreward" / "files" / "alerts.yml"
@@ -76,7 +76,7 @@ def test_a_real_prometheus_finds_every_series_and_evaluates_every_query(tiny_rew
             if result and float(result[0]["value"][1]) >= 12:
                 break
             time.sleep(0.5)
-        time.sleep(3)
+        wait_until(lambda: _rules_evaluated(api), what="every alert rule evaluated")
         expressions = [expr for expr, _ in dashboard.queries()] + alert_expressions()
         needs = {expr: need for expr, need in dashboard.queries()}
         for expr in expressions:
@@ -93,7 +93,14 @@ def test_a_real_prometheus_finds_every_series_and_evaluates_every_query(tiny_rew
             assert httpx.get(api + "/query", params={"query": query}).json()["data"]["result"], query
         rules = httpx.get(api + "/rules").json()["data"]["groups"][0]["rules"]
         assert len(rules) == 6 and all(rule["health"] == "ok" for rule in rules), rules
+
     finally:
         for process in (prometheus, server):
             process.terminate()
             process.wait(timeout=60)
+
+
+def _rules_evaluated(api: str) -> bool:
+    """Whether Prometheus has evaluated every alert rule at least once (since the traffic)."""
+    groups = httpx.get(api + "/rules").json()["data"]["groups"]
+    return bool(groups) and all(rule["health"] != "unknown" for rule in groups[0]["rules"])
