@@ -51,10 +51,9 @@ def test_a_thousand_items_are_chunked_to_max_items_and_come_back_in_order(hf_bac
 def test_a_validation_error_is_raised_at_once_and_never_retried(hf_backend):
     with LiveServer(hf_backend) as live, RewardClient(live.url, retry=FAST) as client:
         before = live.metric("vlreward_requests_total", endpoint="/score", status="422")
-        started = time.monotonic()
         with pytest.raises(InvalidRequest) as error:
             client.score([{"prompt": "no response"}])
-        assert time.monotonic() - started < 2 and error.value.status == 422
+        assert error.value.status == 422  # and one request only (a retry would be a second):
         assert live.metric("vlreward_requests_total", endpoint="/score", status="422") == before + 1
 
 
@@ -71,7 +70,7 @@ def test_a_server_that_stops_answering_hits_the_calls_deadline():
             started = time.monotonic()
             with pytest.raises(httpx.TimeoutException):
                 client.score(text_items(1))
-            assert 1.4 <= time.monotonic() - started < 5
+            assert 1.4 <= time.monotonic() - started < 30  # waited for the deadline, and not for ever
     finally:
         listener.close()
 

@@ -125,6 +125,13 @@ def test_a_timeout_outside_1_to_3600_seconds_is_422_naming_it(server, timeout_s)
     error_of(reply, 422, "validation", "timeout_s")
 
 
+def test_json_nested_deeper_than_the_parser_allows_is_a_json_400(server):
+    deep = b'{"items": ' + b"[" * 90_000 + b"]" * 90_000 + b"}"
+    reply = httpx.post(server.url + "/score", content=deep, headers={"content-type": "application/json"})
+    error_of(reply, 400, "invalid_request")
+    assert httpx.get(server.url + "/ready").status_code == 200
+
+
 def test_unknown_route_is_a_json_404(server):
     error_of(httpx.get(server.url + "/nope"), 404, "not_found")
 
