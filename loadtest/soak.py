@@ -5,7 +5,8 @@
 
 It starts ``vlreward serve`` (tiny model built here, or ``--model``) as its own process, scores every
 distinct valid sample alone (the reference), measures capacity in a closed loop, then sends Poisson
-arrivals at ``--overload`` times that rate for ``--duration`` seconds: /score requests of 1-4 distinct
+arrivals at ``--overload`` times that rate for ``--warm-up`` + ``--duration`` seconds (memory is measured
+over the duration, after the warm-up): /score requests of 1-4 distinct
 samples (half with images) and, ``--invalid`` of the time, a broken request of one of the kinds below.
 The server's resident memory is sampled throughout. It checks, and exits 1 unless all hold:
 
@@ -88,9 +89,13 @@ def resident_bytes(pid: int) -> int:
     return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
 
 
-def sample_memory(pid: int, soak: Soak, started: float, stop: threading.Event, every_s: float = 0.5) -> None:
+def sample_memory(
+    pid: int, soak: Soak, started: float, after_s: float, stop: threading.Event, every_s: float = 0.5
+) -> None:
+    """Resident memory every ``every_s`` from ``after_s`` seconds after ``started`` (the warm-up's end)."""
     while not stop.wait(every_s):
-        soak.memory.append((time.monotonic() - started, resident_bytes(pid)))
+        if (elapsed := time.monotonic() - started) >= after_s:
+            soak.memory.append((elapsed, resident_bytes(pid)))
 
 
 async def reference_scores(url: str, samples: list[dict]) -> list[float]:
@@ -210,8 +215,8 @@ def plot(report: dict, soak: Soak, path: Path) -> None:
     memory_axis.plot([t for t, _ in soak.memory], [m / 2**20 for _, m in soak.memory])
     memory_axis.set_ylabel("server resident memory (MiB)")
     memory_axis.set_title(
-        f"Soak: {report['rate_rps']:.1f} requests/s = {report['overload']}x capacity, "
-        f"{report['duration_s']:.0f} s; memory growth {report['memory_growth']:+.1%}"
+        f"Soak: {report['rate_rps']:.1f} requests/s = {report['overload']}x capacity, {report['warm_up_s']:.0f} s "
+        f"warm-up + {report['duration_s']:.0f} s; memory growth {report['memory_growth']:+.1%}"
     )
     bins: dict[str, Counter] = {}
     for at, _, status in soak.timeline:
@@ -228,8 +233,9 @@ def plot(report: dict, soak: Soak, path: Path) -> None:
 
 
 def run_soak(
-    model: Path, duration_s: float, overload_factor: float, invalid: float, max_growth: float, seed: int
-) -> tuple[dict, Soak]:
+    model: Path, duration_s: float, warm_up_s: float, overload_factor: float, invalid: float, max_growth: float,
+    seed: int,
+) -> tuple[dict, Soak]:  # fmt: skip
     samples = make_samples(Mix(samples=48, image_fraction=0.5, image_size=(84, 84), seed=seed))
     server: ServerProcess = start_vlreward(model, "hf", **{k: str(v) for k, v in SERVER_SETTINGS.items()})
     try:
@@ -238,11 +244,12 @@ def run_soak(
         rate = overload_factor * measured
         soak, stop = Soak(), threading.Event()
         sampler = threading.Thread(
-            target=sample_memory, args=(server.process.pid, soak, time.monotonic(), stop), daemon=True
+            target=sample_memory, args=(server.process.pid, soak, time.monotonic(), warm_up_s, stop), daemon=True
         )
         sampler.start()
         try:
-            loaded = asyncio.run(overload(server.url, samples, expected, rate, duration_s, invalid, seed))
+            total_s = warm_up_s + duration_s
+            loaded = asyncio.run(overload(server.url, samples, expected, rate, total_s, invalid, seed))
         finally:
             stop.set()
             sampler.join()
@@ -268,6 +275,7 @@ def run_soak(
     report = {
         "command": " ".join(sys.argv),
         "duration_s": duration_s,
+        "warm_up_s": warm_up_s,
         "overload": overload_factor,
         "capacity_rps": measured,
         "rate_rps": rate,
@@ -299,7 +307,12 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(
-    duration: float = typer.Option(60.0, help="Seconds of overload."),
+    duration: float = typer.Option(60.0, help="Seconds of overload over which memory is measured."),
+    warm_up: float = typer.Option(
+        15.0,
+        help="Seconds at the same rate before them (batch sizes and the allocator settle; statuses and "
+        "scores are checked here too).",
+    ),
     overload_factor: float = typer.Option(2.0, "--overload", help="Arrival rate as a multiple of the capacity."),
     invalid: float = typer.Option(0.25, help="Share of broken requests."),
     max_growth: float = typer.Option(0.10, help="Largest allowed resident-memory growth, first to last quarter."),
@@ -308,7 +321,7 @@ def main(
     output: Path = typer.Option(Path("soak"), help="Writes <output>.json and <output>.png."),
 ) -> None:
     model = model or build_model("tiny", Path(tempfile.mkdtemp(prefix="soak-")))
-    report, soak = run_soak(model, duration, overload_factor, invalid, max_growth, seed)
+    report, soak = run_soak(model, duration, warm_up, overload_factor, invalid, max_growth, seed)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(report, indent=2))
     plot(report, soak, output.with_suffix(".png"))
