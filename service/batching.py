@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from vlreward.service.errors import EngineBroken, OutOfMemory
+from vlreward.service.errors import EngineBroken, OutOfMemory, ServiceError
 from vlreward.service.metrics import Metrics
 from vlreward.service.settings import default
 
@@ -94,9 +94,10 @@ async def run_isolating(
         raise
     except Exception as exc:
         if len(items) == 1:
-            log.error("the model failed on a sample: %s: %s", type(exc).__name__, exc)
-            if on_model_error is not None:
-                on_model_error(exc)
+            if not isinstance(exc, ServiceError):  # (a ServiceError is the engine refusing a client's input)
+                log.error("the model failed on a sample: %s: %s", type(exc).__name__, exc)
+                if on_model_error is not None:
+                    on_model_error(exc)
             return [exc]
         reason = "out_of_memory" if isinstance(exc, OutOfMemory) else "error"
         metrics.batch_splits.labels(reason=reason).inc()

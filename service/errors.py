@@ -35,7 +35,7 @@ class ErrorKind(StrEnum):
     """The scoring engine stopped."""
     TIMEOUT = "timeout"
     """The request's deadline passed."""
-    BODY_TIMEOUT = "body_timeout"
+    READ_TIMEOUT = "read_timeout"
     """The request's headers or body did not arrive within the read timeout (a slow or stalled client)."""
     HEADERS_TOO_LARGE = "headers_too_large"
     """The request line and headers are over the header limit."""

@@ -26,7 +26,7 @@ REJECTION_REASONS = (
     "model_error",
     "image_memory",
     "connections",
-    "body_timeout",
+    "read_timeout",
     "headers_too_large",
 )
 """Every ``reason`` of ``vlreward_rejected_total``: each series exists from the start (at 0), so that

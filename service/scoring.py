@@ -79,8 +79,10 @@ async def _schedule(
     for score in result.scores:
         if score is not None:
             metrics.score.observe(score)
-    if result.failures:
-        metrics.reject("model_error", len(result.failures))
+    if result.failures:  # the model's own failures; the engine refusing a client's input is an item error
+        ours = sum(not isinstance(exc, ServiceError) for exc in result.failures.values())
+        metrics.reject("model_error", ours)
+        metrics.reject("item_error", len(result.failures) - ours)
     return result, tokens, images
 
 
@@ -122,9 +124,9 @@ async def score_items(state: ServiceState, body: ScoreRequest, body_bytes: int |
         for v, position in enumerate(positions):
             scores[position] = result.scores[v]
         failed = [(positions[v], model_failure(exc, f"items[{positions[v]}]")) for v, exc in result.failures.items()]
-        errors = sorted(errors + failed, key=lambda pair: pair[0])
         if errors:
-            state.metrics.reject("item_error", len(errors) - len(failed))
+            state.metrics.reject("item_error", len(errors))
+        errors = sorted(errors + failed, key=lambda pair: pair[0])
         return Scored(scores, tokens, images, result.queue_ms, result.inference_ms, errors)
 
 

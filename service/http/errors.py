@@ -33,7 +33,7 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.DRAINING: 503,
     ErrorKind.UNHEALTHY: 503,
     ErrorKind.TIMEOUT: 504,
-    ErrorKind.BODY_TIMEOUT: 408,
+    ErrorKind.READ_TIMEOUT: 408,
     ErrorKind.HEADERS_TOO_LARGE: 431,
 }
 """The HTTP status of every error kind (a test checks that each kind has one)."""

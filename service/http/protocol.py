@@ -106,9 +106,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._read_timer = None
         if self.transport.is_closing():
             return
-        self.guards.metrics.reject("body_timeout")
+        self.guards.metrics.reject("read_timeout")
         limit = self.guards.header_timeout_s if what == "headers" else self.guards.body_timeout_s
-        error = ServiceError(f"the request {what} did not arrive within {limit:g} s", kind=ErrorKind.BODY_TIMEOUT)
+        error = ServiceError(f"the request {what} did not arrive within {limit:g} s", kind=ErrorKind.READ_TIMEOUT)
         self._refuse(error)
 
     def _refuse(self, error: ServiceError) -> None:

@@ -82,8 +82,8 @@ def test_slowloris_bodies_cannot_starve_the_server_and_are_closed_after_the_body
             sock.close()
     for raw in answers:
         status, headers, error = status_and_error(raw)
-        assert status == 408 and error["type"] == "body_timeout" and headers["connection"] == "close"
-    assert server.metric("vlreward_rejected_total", reason="body_timeout") >= 50
+        assert status == 408 and error["type"] == "read_timeout" and headers["connection"] == "close"
+    assert server.metric("vlreward_rejected_total", reason="read_timeout") >= 50
     wait_until(lambda: open_connections(server) == 0, what="the slow connections closed")
 
 
@@ -92,7 +92,7 @@ def test_slow_headers_and_a_silent_connection_are_closed_after_the_header_timeou
     slow.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\n")  # and then nothing
     for sock in (silent, slow):
         status, _, error = status_and_error(read_all(sock))
-        assert status == 408 and error["type"] == "body_timeout" and "headers" in error["message"]
+        assert status == 408 and error["type"] == "read_timeout" and "headers" in error["message"]
         sock.close()
 
 
