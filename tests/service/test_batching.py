@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -70,6 +71,26 @@ def test_plan_batches_sorts_by_length_and_respects_size_and_token_budget():
     assert plan_batches([5, 1, 3, 2, 4], max_batch_size=2, max_batch_tokens=100) == [[1, 3], [2, 4], [0]]
     assert plan_batches([10, 10, 10, 50], max_batch_size=8, max_batch_tokens=30) == [[0, 1, 2], [3]]
     assert plan_batches([500], max_batch_size=8, max_batch_tokens=30) == [[0]]  # too long: alone, not dropped
+    # the budget counts the padded batch with the newcomer in it: 4 x 10 = 40 tokens
+    assert plan_batches([10, 10, 10, 10], max_batch_size=8, max_batch_tokens=30) == [[0, 1, 2], [3]]
+    assert plan_batches([10, 10, 10, 10], max_batch_size=8, max_batch_tokens=40) == [[0, 1, 2, 3]]
+
+
+@run_async
+async def test_queue_and_inference_times_add_up_to_no_more_than_the_wait_and_cover_the_forward():
+    runner, metrics = GatedRunner(), Metrics()
+    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=0)
+    batcher.start()
+    started = time.monotonic()
+    pending = asyncio.ensure_future(batcher.run([Item("a1", num_tokens=7), Item("b2", num_tokens=5)]))
+    await runner.started.wait()
+    await asyncio.sleep(0.05)  # the forward pass takes at least this long
+    runner.gate.set()
+    result = await pending
+    elapsed_ms = (time.monotonic() - started) * 1000
+    assert result.queue_ms >= 0 and result.inference_ms >= 50 and result.queue_ms + result.inference_ms <= elapsed_ms
+    assert metrics.batch_tokens._sum.get() == 7 * 2  # padded: the longest sample times the batch size
+    await batcher.close()
 
 
 @run_async
