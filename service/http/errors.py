@@ -88,9 +88,7 @@ def validation_error(exc: RequestValidationError) -> ServiceError:
     return ServiceError(message, kind=ErrorKind.VALIDATION, param=field_path(tuple(first["loc"])))
 
 
-SCORING_ERRORS = tuple(
-    k for k in ErrorKind if k not in (ErrorKind.NOT_FOUND, ErrorKind.METHOD_NOT_ALLOWED, ErrorKind.UNHEALTHY)
-)
+SCORING_ERRORS = tuple(k for k in ErrorKind if k not in (ErrorKind.NOT_FOUND, ErrorKind.METHOD_NOT_ALLOWED))
 """What a scoring route can answer besides its result."""
 
 
