@@ -14,7 +14,7 @@ uv=${UV:-.tools/bin/uv}
 # The service's web stack and settings, and transformers with the hub/tokenizer versions it was locked with.
 names="fastapi starlette pydantic pydantic-core pydantic-settings uvicorn annotated-types typing-inspection
 python-dotenv typing-extensions transformers tokenizers huggingface-hub hf-xet safetensors regex httpx2
-httpcore2 truststore click anyio h11 tenacity"
+httpcore2 truststore click anyio h11 httptools tenacity"
 pattern="^($(echo $names | tr ' ' '|'))=="
 pins=$("$uv" export --locked --no-hashes --no-emit-project --extra serve --format requirements-txt |
   grep -E "$pattern" | sed 's/ ;.*//')
