@@ -7,8 +7,8 @@ connection, with answers in the service's one JSON error shape:
 
 - the request line and headers must arrive within ``header_timeout_s`` of the connection opening (or of
   the previous response) and stay under ``max_header_bytes``: else 408 / 431 and the connection closes;
-- the body must arrive within ``body_timeout_s`` of the headers: else 408, the handler sees a disconnect
-  (its work is cancelled) and the connection closes;
+- the body must arrive within ``body_timeout_s`` of the headers (of its turn, for a pipelined request):
+  else 408, the handler sees a disconnect (its work is cancelled) and the connection closes;
 - beyond ``max_connections`` open connections a request is answered 429 with ``Retry-After`` and its
   connection closed.
 
@@ -136,7 +136,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._header_bytes = 0
-        if self._read_timer is None:  # a keep-alive connection's next request
+        idle = self.cycle is None or self.cycle.response_complete  # not behind a request still running
+        if self._read_timer is None and idle:  # a keep-alive connection's next request
             self._arm(self.guards.header_timeout_s, "headers")
 
     def on_url(self, url: bytes) -> None:
@@ -162,7 +163,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if self._refused:
             return
-        self._arm(self.guards.body_timeout_s, "body")
+        self._disarm()
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -179,6 +180,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if len(self.connections) > self.guards.max_connections:
             self.guards.metrics.reject("connections")
             app = _too_many_connections
+        if cycle.more_body:  # the body is still coming: from now on it has body_timeout_s (a pipelined
+            self._arm(self.guards.body_timeout_s, "body")  # request's clock starts when it is its turn)
         super()._start_asgi_task(cycle, app)
 
 
