@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+
+def _integral(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+PositiveJsonInt = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
+"""An integer >= 1 as JSON Schema counts integers (``2.0`` is one), strict otherwise (no ``"2"``, no
+``true``). The bound comes before the validator so that the schema states it as ``minimum``."""
 
 MIN_TIMEOUT_S = 1.0
 """The shortest deadline a request may ask for: below it a request would time out on the server's own
@@ -210,7 +219,7 @@ class RankRequest(_Strict):
     image: str | None = None
     system: str | None = None
     responses: list[str] = Field(min_length=1)
-    top_k: int | None = Field(None, ge=1)
+    top_k: PositiveJsonInt | None = None
     timeout_s: float | None = timeout_field()
 
     @model_validator(mode="after")
