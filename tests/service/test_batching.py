@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from vlreward.service.batching import DirectScheduler, DynamicBatcher, plan_batches, run_isolating
+from vlreward.service.batching import DirectScheduler, DynamicBatcher, group_of, plan_batches, run_isolating
 from vlreward.service.errors import EngineBroken, OutOfMemory
 from vlreward.service.metrics import Metrics
 
@@ -245,3 +245,39 @@ async def test_the_direct_scheduler_counts_samples_in_flight_and_uses_the_group_
     group_runner.gate.set()
     assert (await scheduler.run([Item("g5"), Item("s6"), Item("g7")], groups=[[0, 2]])).scores == [5.0, 6.0, 7.0]
     assert group_runner.batches == [["g5", "g7"]] and batch_runner.batches[-1] == ["s6"]
+
+
+def test_group_of_skips_groups_of_one_and_keeps_reading_the_others():
+    assert group_of(5, [[3], [0, 1], [4, 2]]) == [1, 1, 2, None, 2]
+    with pytest.raises(ValueError, match="two groups"):
+        group_of(3, [[0, 1], [1, 2]])
+
+
+@run_async
+async def test_a_sample_arriving_within_max_wait_joins_the_waiting_batch():
+    runner, metrics = GatedRunner(), Metrics()
+    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=1000)
+    batcher.start()
+    runner.gate.set()
+    first = asyncio.ensure_future(batcher.run([Item("a1")]))
+    await until(lambda: batcher.queued == 1)
+    await asyncio.sleep(0.01)  # inside the one-second wait (a zero wait would have run a1 alone by now)
+    second = asyncio.ensure_future(batcher.run([Item("b2")]))
+    assert (await first).scores == [1.0] and (await second).scores == [2.0]
+    assert runner.batches == [["a1", "b2"]]  # and the wait ended although the batch was not full
+    await batcher.close()
+
+
+@run_async
+async def test_the_direct_scheduler_times_the_engine_call_and_runs_a_whole_group_through_the_group_runner():
+    batch_runner, group_runner, metrics = GatedRunner(), GatedRunner(), Metrics()
+    scheduler = DirectScheduler(batch_runner, group_runner, metrics)
+    started = time.monotonic()
+    running = asyncio.ensure_future(scheduler.run([Item("g1"), Item("g2")], groups=[[0, 1]]))
+    await group_runner.started.wait()
+    await asyncio.sleep(0.05)
+    group_runner.gate.set()
+    result = await running
+    elapsed_ms = (time.monotonic() - started) * 1000
+    assert result.scores == [1.0, 2.0] and batch_runner.batches == []  # nothing left for the batch runner
+    assert result.queue_ms == 0 and 50 <= result.inference_ms <= elapsed_ms

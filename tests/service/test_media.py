@@ -76,11 +76,18 @@ def test_decompression_bomb_is_refused_from_its_header_without_decoding(no_decod
 
 def test_the_services_own_pixel_cap_refuses_below_pillows_bomb_limit(no_decoding):
     # 8000 x 8000 = 64 M pixels: under Pillow's DecompressionBombError (179 M), over our 40 M default
-    with pytest.raises(MediaError, match="pixels; the limit is 40000000") as error:
+    with pytest.raises(MediaError, match="8000x8000 = 64000000 pixels; the limit is 40000000") as error:
         load_image(base64.b64encode(bomb_png(8000, 8000)).decode(), MediaPolicy())
     assert error.value.kind is ErrorKind.TOO_LARGE
     with pytest.raises(MediaError, match="the limit is 7000"):  # and it is the setting that decides
         load_image(SMALL, MediaPolicy(max_image_pixels=7000))
+
+
+def test_an_image_exactly_at_the_caps_is_accepted():
+    raw = base64.b64decode(SMALL.split(",")[1])
+    assert load_image(SMALL, MediaPolicy(max_image_pixels=84 * 84, max_image_bytes=len(raw))).size == (84, 84)
+    with pytest.raises(MediaError, match="bytes; the limit"):
+        load_image(SMALL, MediaPolicy(max_image_bytes=len(raw) - 1))
 
 
 def test_decoded_image_memory_is_bounded_per_request_and_in_total():
@@ -204,6 +211,22 @@ def test_the_connection_goes_to_the_checked_address_not_a_second_dns_answer(url_
     assert image.tobytes() == shape_image("red").tobytes() and lookups == ["images.rebind.test"]
 
 
+def test_the_fetch_ignores_proxy_settings_in_the_environment(url_server, monkeypatch):
+    """A proxy would connect to the host name itself, not the address that was checked."""
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert load_image(url_server + "/red.png", url_policy()).size == (84, 84)
+
+
+def test_a_host_that_does_not_resolve_and_a_url_that_is_not_200_are_400s(url_server):
+    with pytest.raises(MediaError, match="does not resolve"):
+        load_image("http://no-such-host.invalid/a.png", url_policy())
+    with pytest.raises(MediaError, match="answered HTTP 404"):
+        load_image(url_server + "/missing.png", url_policy())
+
+
 def test_a_slow_url_times_out(url_server):
     with pytest.raises(MediaError, match="timed out"):
         load_image(url_server + "/slow", url_policy(url_timeout_s=0.5))
@@ -211,6 +234,7 @@ def test_a_slow_url_times_out(url_server):
 
 def test_redirects_beyond_the_limit_are_refused(url_server):
     two_hops = "/redirect?to=/redirect?to=/red.png"
+    assert load_image(url_server + "/redirect?to=/red.png", url_policy(max_redirects=1)).size == (84, 84)
     assert load_image(url_server + two_hops, url_policy(max_redirects=2)).size == (84, 84)
     with pytest.raises(MediaError, match="redirected more than 1 times"):
         load_image(url_server + two_hops, url_policy(max_redirects=1))
