@@ -256,12 +256,12 @@ def test_group_of_skips_groups_of_one_and_keeps_reading_the_others():
 @run_async
 async def test_a_sample_arriving_within_max_wait_joins_the_waiting_batch():
     runner, metrics = GatedRunner(), Metrics()
-    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=1000)
+    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=500)
     batcher.start()
     runner.gate.set()
     first = asyncio.ensure_future(batcher.run([Item("a1")]))
     await until(lambda: batcher.queued == 1)
-    await asyncio.sleep(0.01)  # inside the one-second wait (a zero wait would have run a1 alone by now)
+    await asyncio.sleep(0.01)  # inside the half-second wait (a zero wait would have run a1 alone by now)
     second = asyncio.ensure_future(batcher.run([Item("b2")]))
     assert (await first).scores == [1.0] and (await second).scores == [2.0]
     assert runner.batches == [["a1", "b2"]]  # and the wait ended although the batch was not full
@@ -281,3 +281,71 @@ async def test_the_direct_scheduler_times_the_engine_call_and_runs_a_whole_group
     elapsed_ms = (time.monotonic() - started) * 1000
     assert result.scores == [1.0, 2.0] and batch_runner.batches == []  # nothing left for the batch runner
     assert result.queue_ms == 0 and 50 <= result.inference_ms <= elapsed_ms
+
+
+@run_async
+async def test_a_request_queued_behind_a_running_batch_reports_its_wait_and_the_metrics_add_up():
+    runner, metrics = GatedRunner(), Metrics()
+    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=0)
+    batcher.start()
+    started = time.monotonic()
+    running = asyncio.ensure_future(batcher.run([Item("a1")]))
+    await runner.started.wait()
+    queued = asyncio.ensure_future(batcher.run([Item("b2")]))
+    await until(lambda: batcher.queued == 1)
+    await asyncio.sleep(0.05)  # b2 waits at least this long behind a1's forward pass
+    runner.gate.set()
+    first, second = await running, await queued
+    elapsed = time.monotonic() - started
+    assert (
+        second.queue_ms >= 50 and first.inference_ms >= 50 and second.queue_ms + second.inference_ms <= elapsed * 1000
+    )
+    assert 0.05 <= metrics.queue_wait._sum.get() <= 2 * elapsed  # a1 waited ~0, b2 at least 0.05 s
+    assert 0.05 <= metrics.inference_duration._sum.get() <= 2 * elapsed
+    assert metrics.queue_depth._value.get() == 0
+    await batcher.close()
+
+
+@run_async
+async def test_a_request_split_over_several_batches_is_answered_only_when_all_are_scored():
+    runner, metrics = GatedRunner(), Metrics()
+
+    async def yielding(batch: list[Item]) -> list[float]:  # lets the waiting request run between batches
+        await asyncio.sleep(0)
+        return await runner(batch)
+
+    batcher = DynamicBatcher(yielding, yielding, metrics, max_batch_size=1, max_batch_tokens=10_000, max_wait_ms=0)
+    batcher.start()
+    runner.gate.set()
+    result = await asyncio.wait_for(batcher.run([Item("a1"), Item("b2"), Item("c3")]), 5)
+    assert result.scores == [1.0, 2.0, 3.0] and runner.batches == [["a1"], ["b2"], ["c3"]]
+    more = await asyncio.wait_for(batcher.run([Item(f"x{i}") for i in range(5)]), 5)  # over the size: no wait
+    assert more.scores == [0.0, 1.0, 2.0, 3.0, 4.0]
+    await batcher.close()
+
+
+@run_async
+async def test_more_samples_than_a_batch_holds_run_at_once_without_waiting():
+    runner, metrics = GatedRunner(), Metrics()
+    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=2, max_batch_tokens=10_000,
+                             max_wait_ms=60_000)  # fmt: skip
+    batcher.start()
+    runner.gate.set()
+    result = await asyncio.wait_for(batcher.run([Item("a1"), Item("b2"), Item("c3")]), 5)
+    assert result.scores == [1.0, 2.0, 3.0] and runner.batches == [["a1", "b2"], ["c3"]]
+    await batcher.close()
+
+
+@run_async
+async def test_a_broken_engine_fails_every_request_of_the_batch_and_the_service_is_told():
+    told = []
+    runner = FlakyRunner(EngineBroken("CUDA error"))
+    batcher = DynamicBatcher(runner, runner, Metrics(), max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=50,
+                             on_model_error=told.append)  # fmt: skip
+    batcher.start()
+    results = await asyncio.gather(
+        batcher.run([Item("a1")]), batcher.run([Item("b2"), Item("c3")]), return_exceptions=True
+    )
+    assert all(isinstance(r, EngineBroken) for r in results) and runner.sizes == [3] and len(told) == 1
+    assert DirectScheduler(runner, runner, Metrics()).healthy() and batcher.healthy()
+    await batcher.close()

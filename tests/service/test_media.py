@@ -59,6 +59,10 @@ def test_malformed_base64_is_a_400():
     with pytest.raises(MediaError) as error:
         load_image("data:image/png;base64,@@@not-base64@@@", MediaPolicy())
     assert error.value.kind is ErrorKind.INVALID_REQUEST and "base64" in error.value.message
+    with pytest.raises(MediaError, match="data URI must be of the form"):  # not base64-encoded, or no comma
+        load_image("data:image/png,rawbytes", MediaPolicy())
+    with pytest.raises(MediaError, match="data URI must be of the form"):
+        load_image("data:image/png;base64", MediaPolicy())
 
 
 def test_truncated_png_is_a_400():
