@@ -256,12 +256,12 @@ def test_group_of_skips_groups_of_one_and_keeps_reading_the_others():
 @run_async
 async def test_a_sample_arriving_within_max_wait_joins_the_waiting_batch():
     runner, metrics = GatedRunner(), Metrics()
-    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=500)
+    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=1500)
     batcher.start()
     runner.gate.set()
     first = asyncio.ensure_future(batcher.run([Item("a1")]))
     await until(lambda: batcher.queued == 1)
-    await asyncio.sleep(0.01)  # inside the half-second wait (a zero wait would have run a1 alone by now)
+    await asyncio.sleep(0.01)  # well inside the 1.5 s wait (a zero wait would have run a1 alone)
     second = asyncio.ensure_future(batcher.run([Item("b2")]))
     assert (await first).scores == [1.0] and (await second).scores == [2.0]
     assert runner.batches == [["a1", "b2"]]  # and the wait ended although the batch was not full
