@@ -90,12 +90,17 @@ def resident_bytes(pid: int) -> int:
 
 
 def sample_memory(
-    pid: int, soak: Soak, started: float, after_s: float, stop: threading.Event, every_s: float = 0.5
+    pid: int,
+    memory: list[tuple[float, int]],
+    started: float,
+    after_s: float,
+    stop: threading.Event,
+    every_s: float = 0.5,
 ) -> None:
     """Resident memory every ``every_s`` from ``after_s`` seconds after ``started`` (the warm-up's end)."""
     while not stop.wait(every_s):
         if (elapsed := time.monotonic() - started) >= after_s:
-            soak.memory.append((elapsed, resident_bytes(pid)))
+            memory.append((elapsed, resident_bytes(pid)))
 
 
 async def reference_scores(url: str, samples: list[dict]) -> list[float]:
@@ -242,9 +247,10 @@ def run_soak(
         expected = asyncio.run(reference_scores(server.url, samples))
         measured = asyncio.run(capacity(server.url, samples, seconds=8))
         rate = overload_factor * measured
-        soak, stop = Soak(), threading.Event()
+        memory: list[tuple[float, int]] = []
+        stop = threading.Event()
         sampler = threading.Thread(
-            target=sample_memory, args=(server.process.pid, soak, time.monotonic(), warm_up_s, stop), daemon=True
+            target=sample_memory, args=(server.process.pid, memory, time.monotonic(), warm_up_s, stop), daemon=True
         )
         sampler.start()
         try:
@@ -253,7 +259,7 @@ def run_soak(
         finally:
             stop.set()
             sampler.join()
-        loaded.memory = soak.memory
+        loaded.memory = memory
         ready = ready_again(server.url)
         exit_code = server.process.poll()
     finally:

@@ -39,7 +39,7 @@ class Admission:
         queued = self.scheduler.queued
         if queued + len(items) > self.max_queue:
             self.metrics.reject("overloaded")
-            raise Overloaded(queued, self.max_queue)
+            raise Overloaded.queue_full(queued, self.max_queue)
         try:
             return await asyncio.wait_for(self.scheduler.run(items, groups), timeout=timeout_s)
         except TimeoutError as exc:

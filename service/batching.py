@@ -362,7 +362,7 @@ class DynamicBatcher:
         self.metrics.batch_tokens.observe(max(e.tokens for e in batch) * len(batch))
         try:
             scores = await run_isolating(runner, [e.item for e in batch], self.metrics, self.on_model_error)
-        except Exception as exc:  # the engine is broken: every request in the batch gets the error
+        except EngineBroken as exc:  # no retry helps: every request in the batch gets the error
             log.exception("batch of %d failed", len(batch))
             for entry in batch:
                 if not entry.job.future.done():

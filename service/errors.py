@@ -75,14 +75,17 @@ class Overloaded(ServiceError):
 
     kind = ErrorKind.OVERLOADED
 
-    def __init__(self, queued: int, limit: int, retry_after: int = 1, message: str | None = None):
-        message = message or f"server overloaded: {queued} samples queued (limit {limit}); retry later"
+    def __init__(self, message: str, retry_after: int = 1):
         super().__init__(message, retry_after=retry_after)
+
+    @classmethod
+    def queue_full(cls, queued: int, limit: int) -> Overloaded:
+        return cls(f"server overloaded: {queued} samples queued (limit {limit}); retry later")
 
     @classmethod
     def connections(cls) -> Overloaded:
         """Too many open connections (the connection limit of the HTTP protocol)."""
-        return cls(0, 0, message="server overloaded: too many open connections; retry later")
+        return cls("server overloaded: too many open connections; retry later")
 
 
 class DeadlineExceeded(ServiceError):

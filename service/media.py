@@ -73,7 +73,7 @@ class ImageMemoryFull(Overloaded):
     """The decoded images of the requests in flight are at the service's limit: 429, retry later."""
 
     def __init__(self, total: int):
-        super().__init__(0, 0, message=f"server busy: decoded images in flight are at their limit ({total} pixels)")
+        super().__init__(f"server busy: decoded images in flight are at their limit ({total} pixels)")
 
 
 class RequestImages:

@@ -118,12 +118,15 @@ async def score_items(state: ServiceState, body: ScoreRequest, body_bytes: int |
         positions = [i for i, e in enumerate(encoded) if e is not None]
         valid = [encoded[i] for i in positions]
         result, tokens, images = await _schedule(state, "/score", valid, body.timeout_s, started, groups)
-        if result.failures and body.on_error != "null":
-            _scores_or_raise(result, lambda v: f"items[{positions[v]}]")
+        failed = sorted(
+            ((positions[v], model_failure(exc, f"items[{positions[v]}]")) for v, exc in result.failures.items()),
+            key=lambda pair: pair[0],
+        )
+        if failed and body.on_error != "null":
+            raise failed[0][1]
         scores: list[float | None] = [None] * len(encoded)
         for v, position in enumerate(positions):
             scores[position] = result.scores[v]
-        failed = [(positions[v], model_failure(exc, f"items[{positions[v]}]")) for v, exc in result.failures.items()]
         if errors:
             state.metrics.reject("item_error", len(errors))
         errors = sorted(errors + failed, key=lambda pair: pair[0])

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,13 +23,12 @@ from vlreward.service.settings import Settings, default
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@contextmanager
-def engine_errors() -> Iterator[None]:
-    """torch's failures as the schedulers need them: out of memory (CUDA, or the CPU allocator) is
-    :class:`OutOfMemory` (a smaller batch may fit); an accelerator error is :class:`EngineBroken` (it
-    poisons the CUDA context: every later call fails too)."""
+def _with_engine_errors(work: Callable, *args: Any) -> Any:
+    """``work(*args)`` with torch's failures as the schedulers need them: out of memory (CUDA, or the CPU
+    allocator) is :class:`OutOfMemory` (a smaller batch may fit); an accelerator error is
+    :class:`EngineBroken` (it poisons the CUDA context: every later call fails too)."""
     try:
-        yield
+        return work(*args)
     except torch.OutOfMemoryError as exc:
         raise OutOfMemory(str(exc)) from exc
     except torch.AcceleratorError as exc:
@@ -39,11 +37,6 @@ def engine_errors() -> Iterator[None]:
         if "can't allocate memory" in str(exc):  # the CPU allocator's out-of-memory error
             raise OutOfMemory(str(exc)) from exc
         raise
-
-
-def _with_engine_errors(work: Callable, *args) -> Any:
-    with engine_errors():
-        return work(*args)
 
 
 class TransformersBackend:
@@ -122,16 +115,16 @@ class TransformersBackend:
         """Blocking scoring of formatted samples (offline tools; the service uses :meth:`score`)."""
         return self.score_encoded_sync([self.encode(s) for s in samples])
 
+    async def _on_model_thread(self, work: Callable, *args: Any) -> Any:
+        """``work(*args)`` on the one model thread, never on the event loop, with torch's failures mapped."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _with_engine_errors, work, *args)
+
     async def score(self, samples: list[FormattedSample]) -> list[float]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, _with_engine_errors, self.score_sync, samples)
+        return await self._on_model_thread(self.score_sync, samples)
 
     async def run_batch(self, batch: list[EncodedSample]) -> list[float]:
         """One forward pass over an already-formed batch (the service's batcher forms them)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, _with_engine_errors, self.model.score_batch, batch, self.padding_side
-        )
+        return await self._on_model_thread(self.model.score_batch, batch, self.padding_side)
 
     def format_request_sample(self, sample: dict) -> FormattedSample:
         """One sample in the HTTP JSON shape (inline images only), formatted for this model."""
@@ -155,8 +148,7 @@ class TransformersBackend:
 
     async def run_shared_prefix(self, batch: list[EncodedSample]) -> list[float]:
         """Candidates of one /rank request: the shared prompt + images run once (see loadtest/rank_prefix.py)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, _with_engine_errors, self.score_shared_sync, batch)
+        return await self._on_model_thread(self.score_shared_sync, batch)
 
     def score_shared_sync(self, batch: list[EncodedSample]) -> list[float]:
         """Blocking :meth:`run_shared_prefix`, chunked within the batch limits."""

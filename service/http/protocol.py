@@ -95,20 +95,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _arm(self, seconds: float, what: str) -> None:
         self._disarm()
-        self._read_timer = self.loop.call_later(seconds, self._read_timed_out, what)
+        self._read_timer = self.loop.call_later(seconds, self._read_timed_out, what, seconds)
 
     def _disarm(self) -> None:
         if self._read_timer is not None:
             self._read_timer.cancel()
             self._read_timer = None
 
-    def _read_timed_out(self, what: str) -> None:
+    def _read_timed_out(self, what: str, seconds: float) -> None:
         self._read_timer = None
         if self.transport.is_closing():
             return
         self.guards.metrics.reject("read_timeout")
-        limit = self.guards.header_timeout_s if what == "headers" else self.guards.body_timeout_s
-        error = ServiceError(f"the request {what} did not arrive within {limit:g} s", kind=ErrorKind.READ_TIMEOUT)
+        error = ServiceError(f"the request {what} did not arrive within {seconds:g} s", kind=ErrorKind.READ_TIMEOUT)
         self._refuse(error)
 
     def _refuse(self, error: ServiceError) -> None:
@@ -116,14 +115,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         handler waiting for the body sees a disconnect."""
         self._refused = True
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            if not cycle.response_started:
-                self.transport.write(_raw_response(error))
-            cycle.response_started = cycle.response_complete = True  # what the handler sends now is dropped
-            cycle.disconnected = True
-            cycle.message_event.set()
-        elif cycle is None or cycle.response_complete:
+        running = cycle is not None and not cycle.response_complete
+        if not (running and cycle.response_started):
             self.transport.write(_raw_response(error))
+        if running:  # what its handler sends from now on is dropped; a wait for the body ends
+            cycle.response_started = cycle.response_complete = cycle.disconnected = True
+            cycle.message_event.set()
         if self.transport.can_write_eof():
             self.transport.write_eof()
             self.flow.resume_reading()  # drain what the client still sends (dropped: the parser is refused)

@@ -54,6 +54,16 @@ def run_async(test):
     return wrapper
 
 
+def started_batcher(
+    runner, metrics: Metrics, group_runner=None, max_batch_size: int = 8, max_wait_ms: float = 0, **options
+) -> DynamicBatcher:
+    """A running DynamicBatcher around the tests' runners, with a token budget no test item reaches."""
+    batcher = DynamicBatcher(runner, group_runner or runner, metrics, max_batch_size=max_batch_size,
+                             max_batch_tokens=10_000, max_wait_ms=max_wait_ms, **options)  # fmt: skip
+    batcher.start()
+    return batcher
+
+
 def rejected(metrics: Metrics, reason: str) -> float:
     return metrics.rejected.labels(reason=reason)._value.get()
 
@@ -79,8 +89,7 @@ def test_plan_batches_sorts_by_length_and_respects_size_and_token_budget():
 @run_async
 async def test_queue_and_inference_times_add_up_to_no_more_than_the_wait_and_cover_the_forward():
     runner, metrics = GatedRunner(), Metrics()
-    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=0)
-    batcher.start()
+    batcher = started_batcher(runner, metrics)
     started = time.monotonic()
     pending = asyncio.ensure_future(batcher.run([Item("a1", num_tokens=7), Item("b2", num_tokens=5)]))
     await runner.started.wait()
@@ -96,8 +105,7 @@ async def test_queue_and_inference_times_add_up_to_no_more_than_the_wait_and_cov
 @run_async
 async def test_requests_that_arrive_while_a_batch_runs_share_the_next_batch_in_length_order():
     runner, metrics = GatedRunner(), Metrics()
-    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=0)
-    batcher.start()
+    batcher = started_batcher(runner, metrics)
     first = asyncio.ensure_future(batcher.run([Item("a1")]))
     await runner.started.wait()
     runner.started.clear()
@@ -115,8 +123,7 @@ async def test_requests_that_arrive_while_a_batch_runs_share_the_next_batch_in_l
 @run_async
 async def test_a_cancelled_request_has_its_queued_samples_dropped_and_counted():
     runner, metrics = GatedRunner(), Metrics()
-    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=0)
-    batcher.start()
+    batcher = started_batcher(runner, metrics)
     busy = asyncio.ensure_future(batcher.run([Item("a1")]))
     await runner.started.wait()
     gone = asyncio.ensure_future(batcher.run([Item("x8"), Item("x9")]))
@@ -133,9 +140,7 @@ async def test_a_cancelled_request_has_its_queued_samples_dropped_and_counted():
 @run_async
 async def test_a_failing_sample_fails_alone_and_the_batcher_goes_on():
     runner, metrics, told = GatedRunner(fail_on="bad7"), Metrics(), []
-    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=50,
-                             on_model_error=told.append)  # fmt: skip
-    batcher.start()
+    batcher = started_batcher(runner, metrics, max_wait_ms=50, on_model_error=told.append)
     runner.gate.set()
     mixed, other = await asyncio.gather(
         batcher.run([Item("a1"), Item("bad7"), Item("b2")]), batcher.run([Item("c3"), Item("d4")])
@@ -192,9 +197,7 @@ async def test_the_direct_scheduler_isolates_a_failing_item_of_a_request():
 @run_async
 async def test_grouped_requests_run_whole_through_the_group_runner_never_mixed_with_others():
     batch_runner, group_runner, metrics = GatedRunner(), GatedRunner(), Metrics()
-    batcher = DynamicBatcher(batch_runner, group_runner, metrics, max_batch_size=2, max_batch_tokens=10_000,
-                             max_wait_ms=0)  # fmt: skip
-    batcher.start()
+    batcher = started_batcher(batch_runner, metrics, group_runner=group_runner, max_batch_size=2)
     batch_runner.gate.set()
     group_runner.gate.set()
     group = asyncio.ensure_future(batcher.run([Item("g1"), Item("g2"), Item("g3")], groups=[[0, 1, 2]]))
@@ -217,9 +220,7 @@ async def test_grouped_requests_run_whole_through_the_group_runner_never_mixed_w
 @run_async
 async def test_a_batch_waits_for_more_samples_until_it_is_full():
     runner, metrics = GatedRunner(), Metrics()
-    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=3, max_batch_tokens=10_000,
-                             max_wait_ms=60_000)  # fmt: skip
-    batcher.start()
+    batcher = started_batcher(runner, metrics, max_batch_size=3, max_wait_ms=60_000)
     runner.gate.set()
     first = asyncio.ensure_future(batcher.run([Item("a1")]))
     await until(lambda: batcher.queued == 1)
@@ -256,8 +257,7 @@ def test_group_of_skips_groups_of_one_and_keeps_reading_the_others():
 @run_async
 async def test_a_sample_arriving_within_max_wait_joins_the_waiting_batch():
     runner, metrics = GatedRunner(), Metrics()
-    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=1500)
-    batcher.start()
+    batcher = started_batcher(runner, metrics, max_wait_ms=1500)
     runner.gate.set()
     first = asyncio.ensure_future(batcher.run([Item("a1")]))
     await until(lambda: batcher.queued == 1)
@@ -286,8 +286,7 @@ async def test_the_direct_scheduler_times_the_engine_call_and_runs_a_whole_group
 @run_async
 async def test_a_request_queued_behind_a_running_batch_reports_its_wait_and_the_metrics_add_up():
     runner, metrics = GatedRunner(), Metrics()
-    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=0)
-    batcher.start()
+    batcher = started_batcher(runner, metrics)
     started = time.monotonic()
     running = asyncio.ensure_future(batcher.run([Item("a1")]))
     await runner.started.wait()
@@ -314,8 +313,7 @@ async def test_a_request_split_over_several_batches_is_answered_only_when_all_ar
         await asyncio.sleep(0)
         return await runner(batch)
 
-    batcher = DynamicBatcher(yielding, yielding, metrics, max_batch_size=1, max_batch_tokens=10_000, max_wait_ms=0)
-    batcher.start()
+    batcher = started_batcher(yielding, metrics, max_batch_size=1)
     runner.gate.set()
     result = await asyncio.wait_for(batcher.run([Item("a1"), Item("b2"), Item("c3")]), 5)
     assert result.scores == [1.0, 2.0, 3.0] and runner.batches == [["a1"], ["b2"], ["c3"]]
@@ -327,9 +325,7 @@ async def test_a_request_split_over_several_batches_is_answered_only_when_all_ar
 @run_async
 async def test_more_samples_than_a_batch_holds_run_at_once_without_waiting():
     runner, metrics = GatedRunner(), Metrics()
-    batcher = DynamicBatcher(runner, runner, metrics, max_batch_size=2, max_batch_tokens=10_000,
-                             max_wait_ms=60_000)  # fmt: skip
-    batcher.start()
+    batcher = started_batcher(runner, metrics, max_batch_size=2, max_wait_ms=60_000)
     runner.gate.set()
     result = await asyncio.wait_for(batcher.run([Item("a1"), Item("b2"), Item("c3")]), 5)
     assert result.scores == [1.0, 2.0, 3.0] and runner.batches == [["a1", "b2"], ["c3"]]
@@ -340,9 +336,7 @@ async def test_more_samples_than_a_batch_holds_run_at_once_without_waiting():
 async def test_a_broken_engine_fails_every_request_of_the_batch_and_the_service_is_told():
     told = []
     runner = FlakyRunner(EngineBroken("CUDA error"))
-    batcher = DynamicBatcher(runner, runner, Metrics(), max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=50,
-                             on_model_error=told.append)  # fmt: skip
-    batcher.start()
+    batcher = started_batcher(runner, Metrics(), max_wait_ms=50, on_model_error=told.append)
     results = await asyncio.gather(
         batcher.run([Item("a1")]), batcher.run([Item("b2"), Item("c3")]), return_exceptions=True
     )

@@ -35,7 +35,9 @@ def run_schemathesis(url: str, report: Path, examples: int, *extra: str) -> dict
         "SCHEMATHESIS_HOOKS": "tests.service.http.schemathesis_hooks",
         "PYTHONPATH": str(HERE.parents[2]),
     }
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    # run in the report's folder: schemathesis keeps a crash cache and hypothesis a database in the working
+    # directory, which would replay one run's findings in the next (and litter the repository)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=report.parent)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     return json.loads(report.read_text())
 
