@@ -40,6 +40,8 @@ class TrainConfig:
     """Preference pairs per device per step (each pair is two sequences in one forward)."""
     gradient_accumulation_steps: int = 1
     weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's (beta1, beta2); a lower beta2 (0.95, 0.98) damps the loss spikes of a high learning rate."""
     max_grad_norm: float = 1.0
     bf16: bool = False
     gradient_checkpointing: bool = False
@@ -66,6 +68,8 @@ class TrainConfig:
             raise ValueError(f"unknown recipe keys: {sorted(unknown)}")
         data = dict(data)
         data["stages"] = [StageConfig(**stage) for stage in data.get("stages", [])]
+        if "adam_betas" in data:
+            data["adam_betas"] = tuple(data["adam_betas"])
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

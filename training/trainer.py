@@ -152,7 +152,9 @@ class RewardTrainer:
         indices, batches_per_epoch, total_steps = self._stage_plan(stage)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         groups = parameter_groups(self.unwrapped, stage.learning_rate, config.lr_multipliers)
-        optimizer = torch.optim.AdamW(groups, lr=stage.learning_rate, weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(
+            groups, lr=stage.learning_rate, betas=config.adam_betas, weight_decay=config.weight_decay
+        )
         scheduler = get_scheduler(
             stage.schedule, optimizer, num_warmup_steps=stage.warmup_steps, num_training_steps=max(1, total_steps)
         )

@@ -145,3 +145,15 @@ def test_paper_recipe_runs_its_code_path_at_tiny_size(tiny_base, small_synthetic
 def test_unknown_recipe_is_refused():
     with pytest.raises(FileNotFoundError, match="paper"):
         load_recipe("nope")
+
+
+def test_the_recipes_adam_betas_reach_the_optimiser(tiny_base, small_synthetic, tmp_path):
+    recipe = load_recipe("tiny")
+    assert recipe.adam_betas == (0.9, 0.95)  # the default model's stabiliser (see tiny.yaml)
+    assert TrainConfig.from_dict(recipe.to_dict()).adam_betas == (0.9, 0.95)
+    model, processor = reward_model_from_base(tiny_base)
+    config = tiny_config(adam_betas=(0.8, 0.9), stages=[StageConfig(name="s", learning_rate=1e-3, max_steps=1)])
+    trainer = RewardTrainer(config, model, processor, small_synthetic[0], tmp_path, show_progress=False)
+    trainer.train()
+    (optimiser,) = trainer.accelerator._optimizers  # the last stage's, as prepared by accelerate
+    assert all(group["betas"] == (0.8, 0.9) for group in optimiser.param_groups)
