@@ -99,33 +99,37 @@ def classify_call(sample: dict, model: str) -> Call:
     )
 
 
-async def _send(client: httpx.AsyncClient, call: Call, run: Run, index: int) -> None:
+async def _send(client: httpx.AsyncClient, call: Call, run: Run, index: int, timed: bool = True) -> None:
+    """One call; its status and scores always count, its latency, samples and tokens only when ``timed``."""
     started = time.perf_counter()
     try:
         response = await client.post(call.path, json=call.body)
         status = response.status_code
     except httpx.HTTPError:
         status = 0  # connection error / timeout
-    run.latencies_ms.append((time.perf_counter() - started) * 1000)
     run.statuses[status] += 1
+    if timed:
+        run.latencies_ms.append((time.perf_counter() - started) * 1000)
     if status == 200:
         answer = response.json()
         run.scores[index] = call.read_scores(answer)
-        run.samples += call.samples
-        run.input_tokens += call.read_tokens(answer)
+        if timed:
+            run.samples += call.samples
+            run.input_tokens += call.read_tokens(answer)
 
 
 async def closed_loop(
     base_url: str, calls: list[Call], concurrency: int, warm_up: int = 0, label: str = "", quiet: bool = False
 ) -> Run:
-    """Send ``calls`` with ``concurrency`` in flight; the first ``warm_up`` calls are sent first, untimed."""
+    """Send ``calls`` with ``concurrency`` in flight. The first ``warm_up`` calls go first, untimed (their
+    scores and statuses count; they are not sent again, so no timed call finds its sample in a cache)."""
     run = Run(scores=[None] * len(calls))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
-        if warm_up:
-            await asyncio.gather(*(client.post(c.path, json=c.body) for c in calls[:warm_up]))
+        warm = min(warm_up, max(0, len(calls) - 1))  # at least one call is timed
+        await asyncio.gather(*(_send(client, calls[i], run, i, timed=False) for i in range(warm)))
         slots = asyncio.Semaphore(concurrency)
-        with tqdm(total=len(calls), desc=label, file=sys.stderr, disable=quiet, leave=False) as bar:
+        with tqdm(total=len(calls) - warm, desc=label, file=sys.stderr, disable=quiet, leave=False) as bar:
 
             async def one(index: int) -> None:
                 async with slots:
@@ -133,7 +137,7 @@ async def closed_loop(
                     bar.update(1)
 
             started = time.perf_counter()
-            await asyncio.gather(*(one(i) for i in range(len(calls))))
+            await asyncio.gather(*(one(i) for i in range(warm, len(calls))))
             run.duration_s = time.perf_counter() - started
     return run
 

@@ -298,28 +298,41 @@ def vllm_section(model: Path, plan: Plan, checks: Checks, vllm_serve_url: str | 
 
     mix = Mix(samples=plan.vllm_requests, image_fraction=1 / 3, image_size=(84, 84), prompt_words=(8, 40),
               response_words=(4, 60))  # fmt: skip  # the issue's one-sample RLHF requests
-    samples_of = {r: make_samples(mix.with_(seed=200 + r)) for r in range(plan.rounds)}
+    # vLLM caches prefixes: every run gets samples no server has seen (one seed per concurrency and round,
+    # and one for the limit row), or a later run would be served from the cache an earlier one filled.
+    runs = [(c, r) for c in plan.vllm_concurrency for r in range(plan.rounds)]
+    samples_of = {run: make_samples(mix.with_(seed=200 + number)) for number, run in enumerate(runs)}
+    limit_samples = make_samples(mix.with_(seed=199))
     reference_backend = TransformersBackend(model, dtype="float32", device="cpu")
-    reference = [reference_backend.score_sync([formatted(reference_backend, s)])[0] for s in samples_of[0]]
+
+    def reference(samples: list[dict]) -> list[float]:
+        return [reference_backend.score_sync([formatted(reference_backend, s)])[0] for s in samples]
+
     comparisons = []
-    limit_summary, limit_scores = vllm_in_process(model, samples_of[0])
-    checks.add("vLLM AsyncLLM in process", limit_scores, reference, ACROSS_BACKENDS)
+    limit_summary, limit_scores = vllm_in_process(model, limit_samples)
+    checks.add("vLLM AsyncLLM in process", limit_scores, reference(limit_samples), ACROSS_BACKENDS)
     ours = start_vlreward(model, "vllm", max_queue=100_000)
     theirs = None if vllm_serve_url else start_vllm_serve(model)
     their_url = vllm_serve_url or theirs.url
     try:
         for concurrency in plan.vllm_concurrency:
+
+            def our_side(r: int, c: int = concurrency):
+                return http(ours.url, [score_call([s]) for s in samples_of[c, r]], c, warm_up=2)
+
+            def their_side(r: int, c: int = concurrency):
+                return http(their_url, [classify_call(s, str(model)) for s in samples_of[c, r]], c, warm_up=2)
+
             comparison, our_scores, their_scores = alternate(
                 f"vLLM backend / vllm serve, c={concurrency}", f"vlreward serve --backend vllm, c={concurrency}",
-                f"vllm serve /classify, c={concurrency}", plan.rounds,
-                lambda r, c=concurrency: http(ours.url, [score_call([s]) for s in samples_of[r]], c, warm_up=2),
-                lambda r, c=concurrency: http(their_url, [classify_call(s, str(model)) for s in samples_of[r]], c, 2),
+                f"vllm serve /classify, c={concurrency}", plan.rounds, our_side, their_side,
             )  # fmt: skip
             comparisons.append(comparison)
-            checks.add(f"/score c={concurrency} (vLLM backend)", our_scores, reference, ACROSS_BACKENDS)
-            checks.add(f"vllm serve /classify c={concurrency}", their_scores, reference, ACROSS_BACKENDS)
+            expected = reference(samples_of[concurrency, 0])
+            checks.add(f"/score c={concurrency} (vLLM backend)", our_scores, expected, ACROSS_BACKENDS)
+            checks.add(f"vllm serve /classify c={concurrency}", their_scores, expected, ACROSS_BACKENDS)
         top = max(plan.vllm_concurrency)
-        service_summary, _ = http(ours.url, [score_call([s]) for s in samples_of[0]], top, warm_up=2)
+        service_summary, _ = http(ours.url, [score_call([s]) for s in limit_samples], top, warm_up=2)
         limit = Comparison(
             "vLLM service c=max / in-process AsyncLLM", f"vlreward serve --backend vllm, c={top}", "AsyncLLM in process"
         )

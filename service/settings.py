@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     vllm_max_num_batched_tokens: int | None = Field(None, description="Tokens per engine step (unset: by device).")
     vllm_enable_prefix_caching: bool = Field(True, description="Reuse KV of shared prefixes (/rank, system prompts).")
     vllm_enforce_eager: bool | None = Field(None, description="Skip CUDA graphs (unset: on for CPU, off for GPU).")
+    vllm_cpu_reserved_cores: int | None = Field(
+        None, description="CPU build: cores kept from the engine's worker for its scheduler and the HTTP server "
+        "(unset: none on hosts of up to 4 cores, vLLM's own choice above).",
+    )  # fmt: skip
 
     @field_validator("model", mode="before")
     @classmethod

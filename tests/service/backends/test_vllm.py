@@ -140,6 +140,45 @@ def test_the_cpu_engine_runs_fp32_with_the_cpu_defaults_and_no_video(vllm_server
     assert multimodal.get_limit_per_prompt("video") == 0 and multimodal.get_limit_per_prompt("image") == 8
 
 
+def test_on_a_small_host_the_engine_worker_computes_on_every_core(vllm_backend):
+    """vLLM keeps one core from its worker's OpenMP threads by default (half of a 2-core host); ours keeps
+    none on hosts of up to 4 cores. Read from the worker's threads' bindings, and the setting does not leak
+    into processes started later (a `vllm serve` baseline keeps vLLM's own choice)."""
+    from vlreward.service.backends.vllm import CPU_ENGINE_DEFAULTS
+
+    reserved = vllm_backend.engine_settings["cpu_reserved_cores"]
+    assert reserved == CPU_ENGINE_DEFAULTS["cpu_reserved_cores"]
+    assert reserved == (0 if (os.cpu_count() or 1) <= 4 else None)
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in os.environ
+    workers = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM::Worker")]
+    assert workers
+    bound = set()  # cores that an OpenMP thread of a worker is pinned to alone
+    for worker in workers:
+        for thread in worker.threads():
+            cores = psutil.Process(thread.id).cpu_affinity()
+            if len(cores) == 1:
+                bound |= set(cores)
+    assert len(bound) == len(os.sched_getaffinity(0)) - (1 if reserved is None else reserved)
+
+
+def test_reserved_cores_are_set_for_the_engine_start_only(monkeypatch):
+    from vlreward.service.backends.vllm import reserved_cpu_cores
+
+    name = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+    monkeypatch.delenv(name, raising=False)
+    with reserved_cpu_cores(None, 0):
+        assert os.environ[name] == "0"  # the device default, where the environment says nothing
+    assert name not in os.environ
+    monkeypatch.setenv(name, "1")
+    with reserved_cpu_cores(None, 0):
+        assert os.environ[name] == "1"  # the environment wins over a default
+    with reserved_cpu_cores(2, 2):
+        assert os.environ[name] == "2"  # an explicit setting wins over the environment
+    assert os.environ[name] == "1"
+    with reserved_cpu_cores(None, None):
+        assert os.environ[name] == "1"
+
+
 def test_a_device_index_on_the_gpu_build_becomes_the_engines_visible_device(monkeypatch):
     from vllm.platforms import current_platform
 
