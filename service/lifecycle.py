@@ -30,7 +30,7 @@ def scheduler_for(
         backend.run_shared_prefix,
         metrics,
         max_batch_size=settings.max_batch_size,
-        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_tokens=backend.max_batch_tokens,
         max_wait_ms=settings.max_wait_ms,
         on_model_error=on_model_error,
     )

@@ -69,9 +69,10 @@ class Settings(BaseSettings):
     )  # fmt: skip
 
     # Batching and admission
-    max_batch_tokens: int = Field(
-        16384, description="Padded tokens per forward pass (transformers backend).", json_schema_extra=LIMIT
-    )
+    max_batch_tokens: int | None = Field(
+        None, description="Padded tokens per forward pass (transformers backend; unset: 16384 on a GPU, 2048 on "
+        "the CPU).", json_schema_extra=LIMIT,
+    )  # fmt: skip
     max_batch_size: int = Field(32, description="Samples per forward pass.", json_schema_extra=LIMIT)
     max_wait_ms: float = Field(
         5.0, description="How long a batch waits to fill before it runs.", json_schema_extra=LIMIT

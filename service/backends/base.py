@@ -58,6 +58,8 @@ class Backend(Protocol):
     continuous_batching: bool
     """The engine batches across requests itself: the service hands it each request as it comes
     instead of forming batches (admission still applies)."""
+    max_batch_tokens: int | None
+    """Padded tokens per batch the service forms for it (None where the engine batches itself)."""
 
     def encode(self, sample: FormattedSample) -> EncodedInput:
         """The backend's input for one sample (its token count is then known)."""

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 
 from vlreward.service.backends.base import backend_facts, probe_warm_up
-from vlreward.service.batching import plan_batches
+from vlreward.service.batching import batch_tokens, plan_batches
 from vlreward.service.errors import EngineBroken, OutOfMemory
 from vlreward.service.model.checkpoint import load_reward_model
 from vlreward.service.model.devices import choose_attention_kernels, torch_placement
@@ -52,7 +52,7 @@ class TransformersBackend:
         dtype: str = default("dtype"),
         device: str = default("device"),
         max_batch_size: int = default("max_batch_size"),
-        max_batch_tokens: int = default("max_batch_tokens"),
+        max_batch_tokens: int | None = default("max_batch_tokens"),
         padding_side: Literal["left", "right"] = "right",
         min_pixels: int | None = default("min_pixels"),
         max_pixels: int | None = default("max_pixels"),
@@ -65,7 +65,8 @@ class TransformersBackend:
         self.dtype = placement.dtype
         self.device = placement.device
         self.max_batch_size = max_batch_size
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens = batch_tokens(max_batch_tokens, placement.device_type)
+        """Padded tokens per forward pass: the setting, else the device's default."""
         self.padding_side = padding_side
         self.model, self.processor = load_reward_model(
             self.model_dir, TORCH_DTYPES[self.dtype], self.device, attn_implementation

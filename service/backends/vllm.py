@@ -139,6 +139,7 @@ class VLLMBackend:
 
     name = "vllm"
     continuous_batching = True
+    max_batch_tokens = None  # the engine forms its own batches
 
     def __init__(
         self,

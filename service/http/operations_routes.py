@@ -50,7 +50,11 @@ async def info(state: ServiceState = Depends(service_state)) -> JSONResponse:
     facts = dict(state.backend.info())
     facts["chat_template_hash"] = hashlib.sha256(template.encode()).hexdigest()[:16]
     facts["version"] = __version__
-    facts["limits"] = settings.limits() | {"max_tokens": state.limits.max_tokens}  # the engine may lower it
+    # In force, not as set: the engine may lower max_tokens; an unset max_batch_tokens is the device's default.
+    facts["limits"] = settings.limits() | {
+        "max_tokens": state.limits.max_tokens,
+        "max_batch_tokens": state.backend.max_batch_tokens,
+    }
     facts["media"] = {"allow_urls": settings.allow_urls, "file_paths": settings.media_root is not None}
     return JSONResponse(facts)
 

@@ -9,7 +9,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from vlreward.service.batching import DirectScheduler, DynamicBatcher, group_of, plan_batches, run_isolating
+from vlreward.service.batching import (
+    BATCH_TOKENS,
+    DirectScheduler,
+    DynamicBatcher,
+    batch_tokens,
+    group_of,
+    plan_batches,
+    run_isolating,
+)
 from vlreward.service.errors import EngineBroken, OutOfMemory
 from vlreward.service.metrics import Metrics
 
@@ -84,6 +92,12 @@ def test_plan_batches_sorts_by_length_and_respects_size_and_token_budget():
     # the budget counts the padded batch with the newcomer in it: 4 x 10 = 40 tokens
     assert plan_batches([10, 10, 10, 10], max_batch_size=8, max_batch_tokens=30) == [[0, 1, 2], [3]]
     assert plan_batches([10, 10, 10, 10], max_batch_size=8, max_batch_tokens=40) == [[0, 1, 2, 3]]
+
+
+def test_an_unset_token_budget_is_the_devices_default():
+    assert BATCH_TOKENS["cpu"] < BATCH_TOKENS["cuda"]  # on the CPU large batches lose (see BATCH_TOKENS)
+    assert batch_tokens(None, "cpu") == BATCH_TOKENS["cpu"] and batch_tokens(None, "cuda") == BATCH_TOKENS["cuda"]
+    assert batch_tokens(512, "cpu") == 512 and batch_tokens(65536, "cuda") == 65536
 
 
 @run_async

@@ -107,8 +107,9 @@ def test_the_sub_systems_take_their_defaults_from_the_settings():
     for engine_field in dataclasses.fields(EngineSettings):
         assert engine_field.default == default(f"vllm_{engine_field.name}"), engine_field.name
     batcher = defaults(DynamicBatcher.__init__)
-    for name in ("max_batch_size", "max_batch_tokens", "max_wait_ms"):
+    for name in ("max_batch_size", "max_wait_ms"):
         assert batcher[name] == default(name), name
+    assert "max_batch_tokens" not in batcher  # the backend's, in force: the setting or its device's default
     policy = MediaPolicy()
     assert (policy.max_image_bytes, policy.max_image_pixels, policy.url_timeout_s, policy.max_redirects) == (
         default("max_image_bytes"),

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.helpers import COLOURS, LiveServer, shape_image, uri
+from vlreward.service.batching import BATCH_TOKENS
 from vlreward.service.media import MediaPolicy
 from vlreward.service.model.encoding import encode
 from vlreward.service.model.formatting import IMAGE_PAD, format_sample
@@ -202,6 +203,9 @@ def test_request_id_is_echoed_and_info_describes_the_model(server):
     assert info["limits"]["max_tokens"] == 400 and len(info["chat_template_hash"]) == 16
     assert set(info["limits"]) == set(limit_names())
     assert info["limits"]["max_batch_size"] == server.settings.max_batch_size
+    # unset, so the CPU's default in force (what the batcher plans with), not the setting's None
+    assert server.settings.max_batch_tokens is None and info["limits"]["max_batch_tokens"] == BATCH_TOKENS["cpu"]
+    assert server.state.scheduler.max_batch_tokens == BATCH_TOKENS["cpu"]
     assert info["min_pixels"] == 3136 and info["max_pixels"] == 50176
     assert httpx.get(server.url + "/docs").status_code == 200
     openapi = httpx.get(server.url + "/openapi.json").json()
