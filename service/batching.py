@@ -59,10 +59,13 @@ def group_of(size: int, groups: Groups) -> list[int | None]:
 
 
 class Sized(Protocol):
-    """What scheduling needs of a sample: its token count."""
+    """What scheduling needs of a sample: its token count, and what it can share with others."""
 
     @property
     def num_tokens(self) -> int: ...
+
+    prefix_key: bytes | None
+    """Equal for samples that share a prefix (prompt + images) exactly; None: nothing to share."""
 
 
 @dataclass
@@ -254,6 +257,24 @@ class _Entry:
         return self.job.items[self.index]
 
 
+def shared_prefix_units(taken: list[_Entry]) -> tuple[list[list[_Entry]], list[_Entry]]:
+    """Split what a batch took into groups run through ``run_group`` and the rest, batched normally.
+
+    A request's own groups (the items of one /score call sharing prompt + images) stay as they are;
+    the other samples that carry the same ``prefix_key`` form groups across requests: a GRPO group sent
+    as G one-sample requests runs its images and prompt once, as if it had come in one call.
+    """
+    groups: dict[tuple, list[_Entry]] = {}
+    for entry in taken:
+        if entry.group is not None:
+            groups.setdefault((id(entry.job), entry.group), []).append(entry)
+        elif entry.item.prefix_key is not None:
+            groups.setdefault(("key", entry.item.prefix_key), []).append(entry)
+    units = [group for key, group in groups.items() if key[0] != "key" or len(group) > 1]
+    grouped = {id(entry) for group in units for entry in group}
+    return units, [entry for entry in taken if id(entry) not in grouped]
+
+
 class DynamicBatcher:
     """Forms batches across requests and runs them through ``run_batch`` one at a time."""
 
@@ -351,13 +372,9 @@ class DynamicBatcher:
                 continue
             await self._wait_to_fill()
             taken = self._take_pending()
-            groups: dict[tuple[int, int], list[_Entry]] = {}
-            for entry in taken:
-                if entry.group is not None:
-                    groups.setdefault((id(entry.job), entry.group), []).append(entry)
-            entries = [e for e in taken if e.group is None]
+            groups, entries = shared_prefix_units(taken)
             plan = plan_batches([e.tokens for e in entries], self.max_batch_size, self.max_batch_tokens)
-            work = [(self.run_group, group) for group in groups.values()]
+            work = [(self.run_group, group) for group in groups]
             work += [(self.run_batch, [entries[i] for i in indices]) for indices in plan]
             for runner, batch in work:
                 batch = [e for e in batch if not e.job.cancelled]

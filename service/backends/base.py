@@ -41,6 +41,10 @@ class EncodedInput(Protocol):
     @property
     def num_images(self) -> int: ...
 
+    prefix_key: bytes | None
+    """Equal for inputs that share a costly prefix exactly (prompt and images): the batcher runs such
+    inputs from different requests as one group. None: nothing to share, or the engine shares itself."""
+
 
 @runtime_checkable
 class Backend(Protocol):

@@ -99,6 +99,7 @@ class VLLMInput:
     images: list = field(default_factory=list)
     num_tokens: int = 0
     """Tokens the engine will run: the text's plus each image's expansion."""
+    prefix_key = None  # the engine's prefix cache finds shared prefixes across requests itself
 
     @property
     def num_images(self) -> int:

@@ -6,6 +6,7 @@ the token-type ids that M-RoPE needs); :func:`collate` pads any mix of them into
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,6 +27,9 @@ class EncodedSample:
     """Flattened image patches of all images, shape [patches, dim], or None for text-only."""
     image_grid_thw: torch.Tensor | None
     """(t, h, w) patch grid per image, shape [images, 3]."""
+    prefix_key: bytes | None = None
+    """Equal for samples that carry the same images after the same tokens (see :func:`image_prefix_key`):
+    the batcher runs such samples from different requests as one shared-prefix group."""
 
     @property
     def num_tokens(self) -> int:
@@ -54,6 +58,21 @@ def pixel_bounds(processor: Any) -> tuple[int, int]:
     return int(size["shortest_edge"]), int(size["longest_edge"])
 
 
+def image_prefix_key(input_ids: torch.Tensor, mm_token_type_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+                     image_grid_thw: torch.Tensor | None) -> bytes | None:  # fmt: skip
+    """A digest of everything up to a sample's last image token: the token ids, the image grids and the
+    image patches. Samples with equal keys share at least that prefix exactly (a GRPO group sent as
+    separate requests); the shared part may run on into the prompt, which the model finds itself.
+    None for text-only samples (nothing costly to share)."""
+    if pixel_values is None or image_grid_thw is None:
+        return None
+    last_image_token = int(mm_token_type_ids.nonzero().max())
+    digest = hashlib.blake2b(digest_size=16)
+    for tensor in (input_ids[: last_image_token + 1], image_grid_thw, pixel_values):
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.digest()
+
+
 def encode(formatted: FormattedSample, processor: Any) -> EncodedSample:
     """Tokenise the text and preprocess the images (resized into the processor's pixel bounds)."""
     batch = processor(
@@ -62,12 +81,9 @@ def encode(formatted: FormattedSample, processor: Any) -> EncodedSample:
         return_tensors="pt",
         return_mm_token_type_ids=True,
     )
-    return EncodedSample(
-        input_ids=batch["input_ids"][0],
-        mm_token_type_ids=batch["mm_token_type_ids"][0],
-        pixel_values=batch.get("pixel_values"),
-        image_grid_thw=batch.get("image_grid_thw"),
-    )
+    input_ids, token_types = batch["input_ids"][0], batch["mm_token_type_ids"][0]
+    pixels, grid = batch.get("pixel_values"), batch.get("image_grid_thw")
+    return EncodedSample(input_ids, token_types, pixels, grid, image_prefix_key(input_ids, token_types, pixels, grid))
 
 
 def encode_shared(samples: list[FormattedSample], processor: Any) -> list[EncodedSample]:
@@ -93,14 +109,9 @@ def encode_shared(samples: list[FormattedSample], processor: Any) -> list[Encode
             processor.image_token * n + piece for n, piece in zip(counts, pieces[1:], strict=True)
         )
         ids = torch.tensor(tokenizer(expanded, add_special_tokens=False)["input_ids"], dtype=torch.long)
-        encoded.append(
-            EncodedSample(
-                input_ids=ids,
-                mm_token_type_ids=(ids == image_token_id).to(first.mm_token_type_ids.dtype),
-                pixel_values=first.pixel_values,
-                image_grid_thw=first.image_grid_thw,
-            )
-        )
+        token_types = (ids == image_token_id).to(first.mm_token_type_ids.dtype)
+        key = image_prefix_key(ids, token_types, first.pixel_values, first.image_grid_thw)
+        encoded.append(EncodedSample(ids, token_types, first.pixel_values, first.image_grid_thw, key))
     return encoded
 
 

@@ -28,6 +28,7 @@ class Item:
 
     name: str
     num_tokens: int = 10
+    prefix_key: bytes | None = None
 
     @property
     def score(self) -> float:
@@ -228,6 +229,27 @@ async def test_grouped_requests_run_whole_through_the_group_runner_never_mixed_w
     assert sorted(batch_runner.batches[1]) == ["s6", "z10"]  # a group of one is batched like the rest
     with pytest.raises(ValueError, match="two groups"):
         await batcher.run(mixed, groups=[[0, 1], [1, 2]])
+    await batcher.close()
+
+
+@run_async
+async def test_samples_of_different_requests_with_one_prefix_key_run_as_one_group():
+    batch_runner, group_runner, metrics = GatedRunner(), GatedRunner(), Metrics()
+    batcher = started_batcher(batch_runner, metrics, group_runner, max_batch_size=7, max_wait_ms=60_000)
+    batch_runner.gate.set()
+    group_runner.gate.set()
+    requests = [
+        [Item("a1", prefix_key=b"k")],
+        [Item("b2", prefix_key=b"k")],
+        [Item("c3", prefix_key=b"j")],  # a key nobody else has: batched like the rest
+        [Item("d4")],
+        [Item("e5", prefix_key=b"k"), Item("f6")],
+        [Item("g7", prefix_key=b"k")],  # its request's own group of one: shares across requests too
+    ]
+    results = await asyncio.gather(*(batcher.run(r, groups=[[0]] if r[0].name == "g7" else ()) for r in requests))
+    assert [r.scores for r in results] == [[1.0], [2.0], [3.0], [4.0], [5.0, 6.0], [7.0]]
+    assert group_runner.batches == [["a1", "b2", "e5", "g7"]]
+    assert sorted(batch_runner.batches[0]) == ["c3", "d4", "f6"]
     await batcher.close()
 
 

@@ -4,6 +4,8 @@ tests fail if sharing silently stops)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -65,3 +67,25 @@ def test_rank_runs_its_prompt_and_images_once(server):
     assert server.metric("vlreward_shared_prefix_runs_total") - before == 1
     expected = [solo(server.url, {"prompt": PROMPT, "image": RED, "response": r}) for r in responses]
     assert ranked["scores"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_group_sent_as_separate_requests_shares_its_prefix_across_them(hf_backend, server):
+    """A GRPO group as G one-item requests (verl and OpenRLHF send one sample per call): the batch that
+    takes them runs their image and prompt once. The batch fills with exactly these five requests."""
+    items = [{"prompt": PROMPT, "image": RED, "response": r} for r in ("A red circle.", "Blue.", "Round and red.")]
+    items += [
+        {"prompt": PROMPT, "image": BLUE, "response": "A red circle."},  # same text, another image: alone
+        {"prompt": "Is it red?", "response": "Yes."},  # no image: nothing costly to share
+    ]
+    expected = [solo(server.url, item) for item in items]
+
+    async def send_together(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            return await asyncio.gather(*(client.post("/score", json={"items": [item]}) for item in items))
+
+    with LiveServer(hf_backend, max_batch_size=len(items), max_wait_ms=60_000) as batching:
+        before = batching.metric("vlreward_shared_prefix_runs_total")
+        responses = asyncio.run(send_together(batching.url))
+        assert [r.status_code for r in responses] == [200] * len(items)
+        assert batching.metric("vlreward_shared_prefix_runs_total") - before == 1  # the three red ones, once
+    assert [r.json()["scores"][0] for r in responses] == pytest.approx(expected, abs=1e-5)
