@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from PIL import Image
 
 from vlreward.service.model.formatting import FormattedSample
 
@@ -58,23 +59,32 @@ def pixel_bounds(processor: Any) -> tuple[int, int]:
     return int(size["shortest_edge"]), int(size["longest_edge"])
 
 
-def image_prefix_key(input_ids: torch.Tensor, mm_token_type_ids: torch.Tensor, pixel_values: torch.Tensor | None,
-                     image_grid_thw: torch.Tensor | None) -> bytes | None:  # fmt: skip
-    """A digest of everything up to a sample's last image token: the token ids, the image grids and the
-    image patches. Samples with equal keys share at least that prefix exactly (a GRPO group sent as
-    separate requests); the shared part may run on into the prompt, which the model finds itself.
-    None for text-only samples (nothing costly to share)."""
-    if pixel_values is None or image_grid_thw is None:
+def images_digest(images: list[Image.Image]) -> bytes | None:
+    """A digest of decoded images' pixels, sizes and modes (what their patches follow from, for one
+    processor); hashing the uint8 pixels costs a quarter of hashing the float patches. None: no images."""
+    if not images:
         return None
-    last_image_token = int(mm_token_type_ids.nonzero().max())
     digest = hashlib.blake2b(digest_size=16)
-    for tensor in (input_ids[: last_image_token + 1], image_grid_thw, pixel_values):
-        digest.update(tensor.contiguous().numpy().tobytes())
+    for image in images:
+        digest.update(f"{image.mode}{image.size}".encode())
+        digest.update(image.tobytes())
     return digest.digest()
 
 
-def encode(formatted: FormattedSample, processor: Any) -> EncodedSample:
-    """Tokenise the text and preprocess the images (resized into the processor's pixel bounds)."""
+def image_prefix_key(input_ids: torch.Tensor, mm_token_type_ids: torch.Tensor, images: bytes | None) -> bytes | None:
+    """A digest of everything up to a sample's last image token: the token ids and the images (their
+    :func:`images_digest`). Samples with equal keys share at least that prefix exactly (a GRPO group sent
+    as separate requests); the shared part may run on into the prompt, which the model finds itself.
+    None for text-only samples (nothing costly to share)."""
+    if images is None:
+        return None
+    last_image_token = int(mm_token_type_ids.nonzero().max())
+    return hashlib.blake2b(input_ids[: last_image_token + 1].numpy().tobytes() + images, digest_size=16).digest()
+
+
+def encode(formatted: FormattedSample, processor: Any, images_key: bytes | None = None) -> EncodedSample:
+    """Tokenise the text and preprocess the images (resized into the processor's pixel bounds).
+    ``images_key``: the images' :func:`images_digest` where the caller has it already."""
     batch = processor(
         text=[formatted.text],
         images=formatted.images or None,
@@ -82,8 +92,8 @@ def encode(formatted: FormattedSample, processor: Any) -> EncodedSample:
         return_mm_token_type_ids=True,
     )
     input_ids, token_types = batch["input_ids"][0], batch["mm_token_type_ids"][0]
-    pixels, grid = batch.get("pixel_values"), batch.get("image_grid_thw")
-    return EncodedSample(input_ids, token_types, pixels, grid, image_prefix_key(input_ids, token_types, pixels, grid))
+    key = image_prefix_key(input_ids, token_types, images_key or images_digest(formatted.images))
+    return EncodedSample(input_ids, token_types, batch.get("pixel_values"), batch.get("image_grid_thw"), key)
 
 
 def encode_shared(samples: list[FormattedSample], processor: Any) -> list[EncodedSample]:
@@ -93,7 +103,8 @@ def encode_shared(samples: list[FormattedSample], processor: Any) -> list[Encode
     """
     if not samples:
         return []
-    first = encode(samples[0], processor)
+    shared_images = images_digest(samples[0].images)
+    first = encode(samples[0], processor, shared_images)
     if first.image_grid_thw is None:
         return [first] + [encode(s, processor) for s in samples[1:]]
     tokenizer = processor.tokenizer
@@ -110,7 +121,7 @@ def encode_shared(samples: list[FormattedSample], processor: Any) -> list[Encode
         )
         ids = torch.tensor(tokenizer(expanded, add_special_tokens=False)["input_ids"], dtype=torch.long)
         token_types = (ids == image_token_id).to(first.mm_token_type_ids.dtype)
-        key = image_prefix_key(ids, token_types, first.pixel_values, first.image_grid_thw)
+        key = image_prefix_key(ids, token_types, shared_images)
         encoded.append(EncodedSample(ids, token_types, first.pixel_values, first.image_grid_thw, key))
     return encoded
 
