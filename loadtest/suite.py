@@ -408,7 +408,8 @@ def main(
     vllm_serve_url: str | None = typer.Option(None, help="A running `vllm serve` on the same model (else started)."),
     output: Path = typer.Option(Path("loadtest/results"), help="Folder for suite_<size>.json and .png."),
 ) -> None:
-    print("command:", " ".join(["python -m loadtest.suite", *sys.argv[1:]]), flush=True)
+    command = " ".join(["python -m loadtest.suite", *sys.argv[1:]])
+    print("command:", command, flush=True)
     plan = PLANS["smoke" if smoke else "full"]
     if rounds is not None:
         plan = dataclasses.replace(plan, rounds=rounds)
@@ -424,7 +425,8 @@ def main(
     output.mkdir(parents=True, exist_ok=True)
     name = f"suite_{size}" + ("_smoke" if smoke else "")
     record = {
-        "benchmark": "suite", "size": size, "smoke": smoke, "plan": plan.__dict__, "threads": torch.get_num_threads(),
+        "command": command, "benchmark": "suite", "size": size, "smoke": smoke, "plan": plan.__dict__,
+        "threads": torch.get_num_threads(),
         "seconds": time.monotonic() - started, "comparisons": [c.record() for c in comparisons],
         "score_checks": checks.rows, "scores_ok": checks.ok,
     }  # fmt: skip
