@@ -264,15 +264,23 @@ def shared_prefix_units(taken: list[_Entry]) -> tuple[list[list[_Entry]], list[_
     the other samples that carry the same ``prefix_key`` form groups across requests: a GRPO group sent
     as G one-sample requests runs its images and prompt once, as if it had come in one call.
     """
-    groups: dict[tuple, list[_Entry]] = {}
+    own: dict[tuple[int, int], list[_Entry]] = {}
+    by_key: dict[bytes, list[_Entry]] = {}
+    rest: list[_Entry] = []
     for entry in taken:
         if entry.group is not None:
-            groups.setdefault((id(entry.job), entry.group), []).append(entry)
+            own.setdefault((id(entry.job), entry.group), []).append(entry)
         elif entry.item.prefix_key is not None:
-            groups.setdefault(("key", entry.item.prefix_key), []).append(entry)
-    units = [group for key, group in groups.items() if key[0] != "key" or len(group) > 1]
-    grouped = {id(entry) for group in units for entry in group}
-    return units, [entry for entry in taken if id(entry) not in grouped]
+            by_key.setdefault(entry.item.prefix_key, []).append(entry)
+        else:
+            rest.append(entry)
+    units = list(own.values())
+    for group in by_key.values():
+        if len(group) > 1:
+            units.append(group)
+        else:
+            rest.extend(group)  # a key nobody else in the batch has: nothing to share
+    return units, rest
 
 
 class DynamicBatcher:

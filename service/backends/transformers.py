@@ -15,7 +15,15 @@ from vlreward.service.batching import batch_tokens, plan_batches
 from vlreward.service.errors import EngineBroken, OutOfMemory
 from vlreward.service.model.checkpoint import load_reward_model
 from vlreward.service.model.devices import choose_attention_kernels, torch_placement
-from vlreward.service.model.encoding import EncodedSample, collate, encode, encode_shared, set_pixel_bounds
+from vlreward.service.model.encoding import (
+    EncodedSample,
+    collate,
+    encode,
+    encode_shared,
+    images_digest,
+    set_pixel_bounds,
+    with_prefix_key,
+)
 from vlreward.service.model.formatting import FormattedSample
 from vlreward.service.model.probe import Probe, probe_sample, read_probe, verify_probe, write_probe
 from vlreward.service.settings import Settings, default
@@ -92,12 +100,13 @@ class TransformersBackend:
         )
 
     def encode(self, sample: FormattedSample) -> EncodedSample:
-        """Tokenise and preprocess one sample (its token count is then known)."""
-        return encode(sample, self.processor)
+        """Tokenise and preprocess one sample (its token count and prefix key are then known)."""
+        return with_prefix_key(encode(sample, self.processor), images_digest(sample.images))
 
     def encode_shared(self, samples: list[FormattedSample]) -> list[EncodedSample]:
-        """Encode candidates that share their images, preprocessing the images once."""
-        return encode_shared(samples, self.processor)
+        """Encode candidates that share their images, preprocessing and hashing the images once."""
+        images = images_digest(samples[0].images) if samples else None
+        return [with_prefix_key(e, images) for e in encode_shared(samples, self.processor)]
 
     def plan_batches(self, lengths: list[int]) -> list[list[int]]:
         """Group sample indices into batches: sorted by length, each within size and token budget."""

@@ -30,7 +30,8 @@ class EncodedSample:
     """(t, h, w) patch grid per image, shape [images, 3]."""
     prefix_key: bytes | None = None
     """Equal for samples that carry the same images after the same tokens (see :func:`image_prefix_key`):
-    the batcher runs such samples from different requests as one shared-prefix group."""
+    the batcher runs such samples from different requests as one shared-prefix group. Set by the
+    service's backend (:func:`with_prefix_key`); training never needs it."""
 
     @property
     def num_tokens(self) -> int:
@@ -82,18 +83,26 @@ def image_prefix_key(input_ids: torch.Tensor, mm_token_type_ids: torch.Tensor, i
     return hashlib.blake2b(input_ids[: last_image_token + 1].numpy().tobytes() + images, digest_size=16).digest()
 
 
-def encode(formatted: FormattedSample, processor: Any, images_key: bytes | None = None) -> EncodedSample:
-    """Tokenise the text and preprocess the images (resized into the processor's pixel bounds).
-    ``images_key``: the images' :func:`images_digest` where the caller has it already."""
+def with_prefix_key(encoded: EncodedSample, images: bytes | None) -> EncodedSample:
+    """``encoded`` with its :func:`image_prefix_key`, given its images' :func:`images_digest`."""
+    encoded.prefix_key = image_prefix_key(encoded.input_ids, encoded.mm_token_type_ids, images)
+    return encoded
+
+
+def encode(formatted: FormattedSample, processor: Any) -> EncodedSample:
+    """Tokenise the text and preprocess the images (resized into the processor's pixel bounds)."""
     batch = processor(
         text=[formatted.text],
         images=formatted.images or None,
         return_tensors="pt",
         return_mm_token_type_ids=True,
     )
-    input_ids, token_types = batch["input_ids"][0], batch["mm_token_type_ids"][0]
-    key = image_prefix_key(input_ids, token_types, images_key or images_digest(formatted.images))
-    return EncodedSample(input_ids, token_types, batch.get("pixel_values"), batch.get("image_grid_thw"), key)
+    return EncodedSample(
+        input_ids=batch["input_ids"][0],
+        mm_token_type_ids=batch["mm_token_type_ids"][0],
+        pixel_values=batch.get("pixel_values"),
+        image_grid_thw=batch.get("image_grid_thw"),
+    )
 
 
 def encode_shared(samples: list[FormattedSample], processor: Any) -> list[EncodedSample]:
@@ -103,8 +112,7 @@ def encode_shared(samples: list[FormattedSample], processor: Any) -> list[Encode
     """
     if not samples:
         return []
-    shared_images = images_digest(samples[0].images)
-    first = encode(samples[0], processor, shared_images)
+    first = encode(samples[0], processor)
     if first.image_grid_thw is None:
         return [first] + [encode(s, processor) for s in samples[1:]]
     tokenizer = processor.tokenizer
@@ -120,9 +128,14 @@ def encode_shared(samples: list[FormattedSample], processor: Any) -> list[Encode
             processor.image_token * n + piece for n, piece in zip(counts, pieces[1:], strict=True)
         )
         ids = torch.tensor(tokenizer(expanded, add_special_tokens=False)["input_ids"], dtype=torch.long)
-        token_types = (ids == image_token_id).to(first.mm_token_type_ids.dtype)
-        key = image_prefix_key(ids, token_types, shared_images)
-        encoded.append(EncodedSample(ids, token_types, first.pixel_values, first.image_grid_thw, key))
+        encoded.append(
+            EncodedSample(
+                input_ids=ids,
+                mm_token_type_ids=(ids == image_token_id).to(first.mm_token_type_ids.dtype),
+                pixel_values=first.pixel_values,
+                image_grid_thw=first.image_grid_thw,
+            )
+        )
     return encoded
 
 

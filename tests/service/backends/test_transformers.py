@@ -1,10 +1,11 @@
-"""The transformers backend's async path and its facts."""
+"""The transformers backend's async path, its facts, and the prefix key its inputs carry for the batcher."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 
+from tests.helpers import shape_image, uri
 from vlreward.service.backends import create_backend
 from vlreward.service.media import MediaPolicy
 from vlreward.service.prepare import prepare_sample
@@ -47,3 +48,24 @@ def test_pixel_bound_overrides_change_the_image_token_count(tiny_reward):
     encoded = backend.encode(prepare_sample(sample, backend.processor, MediaPolicy()))
     assert int((encoded.mm_token_type_ids == 1).sum()) == 16
     assert backend.info()["max_pixels"] == 16 * 28 * 28
+
+
+def test_the_prefix_key_is_equal_exactly_for_the_same_prompt_and_images(hf_backend):
+    """The key the batcher groups samples of different requests by, whichever way a sample was encoded."""
+
+    def formatted(**fields):
+        return prepare_sample(Sample(**fields), hf_backend.processor, MediaPolicy())
+
+    prompt = "What colour is the shape in the picture?"
+    red, noisy_red = shape_image("red"), shape_image("red")
+    noisy_red.putpixel((0, 0), (0, 0, 1))  # one pixel differs, same size and token count
+    encode = hf_backend.encode
+    key = encode(formatted(prompt=prompt, response="Red.", image=uri(red))).prefix_key
+    assert key is not None
+    same = encode(formatted(prompt=prompt, response="Blue, surely.", image=uri(red)))
+    assert same.prefix_key == key  # another response: the same prefix
+    assert encode(formatted(prompt=prompt, response="Red.", image=uri(noisy_red))).prefix_key != key
+    assert encode(formatted(prompt=prompt, response="Red.", system="Be brief.", image=uri(red))).prefix_key != key
+    assert encode(formatted(prompt=prompt, response="Red.")).prefix_key is None  # no image
+    together = [formatted(prompt=prompt, response=r, image=uri(red)) for r in ("Red.", "Blue, surely.")]
+    assert [e.prefix_key for e in hf_backend.encode_shared(together)] == [key, key]  # as encode() gives
