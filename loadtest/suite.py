@@ -7,13 +7,15 @@ On one model built here (seeded; ``--model`` for another), with distinct samples
 every comparison run as alternating rounds with both sides up (A B A B ..., one seed per round, so
 machine noise hits both sides and no round repeats another's samples into a cache):
 
-- transformers backend: the naive model-card loop in process (prepare + one forward per sample) against
+- transformers backend: the naive model-card loop in process (prepare + one plain forward pass per sample,
+  every token through every layer) against
   ``vlreward serve`` at concurrency 1 / 8 / 32 (one sample per request), and against the in-process limit
   (the same samples prepared and fed to the model in planned batches, no HTTP);
 - GRPO: ``/score`` calls of G=8 responses sharing one prompt and image, against the same calls where
   every item has its own image (same token counts; nothing to share);
 - ``/rank`` N=8 against the same 8 samples as 8 concurrent one-item ``/score`` calls;
-- p99 latency at concurrency 1 against the model's own forward time for those samples;
+- p99 latency at concurrency 1 against the service model's own forward time for those samples (one at a
+  time, in process);
 - vLLM backend: ``vlreward serve --backend vllm`` against ``vllm serve`` (``/classify``, chat form with
   images, raw scores) at concurrency 1 / 16 / 64, and against the in-process limit (vLLM's AsyncLLM fed
   the same prompts and images through our backend class, no HTTP).
@@ -131,21 +133,31 @@ def _in_process_run(samples: int, seconds: float) -> dict:
     return {"samples_per_s": samples / seconds, "duration": seconds, "completed": samples}
 
 
-def naive_loop(backend, samples: list[dict]) -> tuple[dict, list[float], list[float]]:
-    """The model card's loop: prepare one sample, one forward pass, next. Returns (summary, scores,
-    forward seconds per sample)."""
+def naive_loop(backend, samples: list[dict]) -> tuple[dict, list[float]]:
+    """The model card's loop: prepare one sample, one plain forward pass (every token through every layer,
+    as transformers runs it), next. Returns (summary, scores)."""
     from vlreward.service.backends.transformers import TransformersBackend
 
     assert isinstance(backend, TransformersBackend)
-    backend.model.score_batch([backend.encode(formatted(backend, samples[0]))], backend.padding_side)  # warm-up
-    scores, forwards = [], []
+    backend.model.score_batch([backend.encode(formatted(backend, samples[0]))], every_token=True)  # warm-up
+    scores = []
     started = time.perf_counter()
     for sample in samples:
-        encoded = backend.encode(formatted(backend, sample))
-        forward_started = time.perf_counter()
-        scores += backend.model.score_batch([encoded], backend.padding_side)
-        forwards.append(time.perf_counter() - forward_started)
-    return _in_process_run(len(samples), time.perf_counter() - started), scores, forwards
+        scores += backend.model.score_batch([backend.encode(formatted(backend, sample))], every_token=True)
+    return _in_process_run(len(samples), time.perf_counter() - started), scores
+
+
+def forward_seconds(backend, samples: list[dict]) -> list[float]:
+    """The service's own forward pass per sample, one at a time on every core (what a lone request costs
+    the model; the latency row's reference)."""
+    encoded = [backend.encode(formatted(backend, s)) for s in samples]
+    backend.model.score_batch(encoded[:1])  # warm-up
+    seconds = []
+    for sample in encoded:
+        started = time.perf_counter()
+        backend.model.score_batch([sample])
+        seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 def planned_batches(backend, samples: list[dict]) -> tuple[dict, list[float]]:
@@ -193,12 +205,10 @@ def transformers_section(model: Path, plan: Plan, checks: Checks) -> list[Compar
     base = Mix(samples=plan.samples)
     samples_of = {r: make_samples(base.with_(seed=r)) for r in range(plan.rounds)}
     reference = {}
-    forwards: list[float] = []
 
     def naive(r: int):
-        summary, scores, forward = naive_loop(backend, samples_of[r])
+        summary, scores = naive_loop(backend, samples_of[r])
         reference[r] = scores
-        forwards.extend(forward)
         return summary, scores
 
     server = start_vlreward(model, "hf", dtype="float32", max_queue=100_000, max_items=256)
@@ -228,6 +238,7 @@ def transformers_section(model: Path, plan: Plan, checks: Checks) -> list[Compar
         )  # fmt: skip
         comparisons.append(comparison)
         checks.add("in-process planned batches", limit, reference[0], SAME_BACKEND)
+        forwards = [t for r in range(plan.rounds) for t in forward_seconds(backend, samples_of[r])]
         forward_p99 = sorted(forwards)[min(len(forwards) - 1, int(0.99 * len(forwards)))] * 1000
         latency = Comparison("forward time / p99 latency c=1", "model forward p99 (in process)", "HTTP p99, c=1")
         latency.ratios = [forward_p99 / p99 for p99 in latencies_c1]

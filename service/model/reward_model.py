@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any, Literal
 
@@ -10,6 +11,7 @@ from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
 
 from vlreward.service.model.encoding import EncodedSample, collate
+from vlreward.service.model.scored_token import score_at_last_layer_only, scoring_at
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -31,6 +33,7 @@ class Qwen2_5_VLRewardModel(nn.Module):
         super().__init__()
         self.config = config
         self.model = Qwen2_5_VLModel(config)
+        score_at_last_layer_only(self.model.language_model)  # the reward reads one token: see scored_token
         self.score = nn.Linear(config.text_config.hidden_size, 1, bias=head_bias, dtype=torch.float32)
         self.shared_prefix_runs = 0
         """Prefixes (prompt + images) computed once for several samples by :meth:`score_shared_prefix`."""
@@ -72,18 +75,27 @@ class Qwen2_5_VLRewardModel(nn.Module):
         mm_token_type_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.Tensor | None = None,
+        every_token: bool = False,
     ) -> torch.Tensor:
-        """Final hidden state of each row's last real token, shape [batch, hidden]."""
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=self.position_ids(input_ids, attention_mask, mm_token_type_ids, image_grid_thw),
-            pixel_values=None if pixel_values is None else pixel_values.to(self.dtype),
-            image_grid_thw=image_grid_thw,
-            use_cache=False,
-        )
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        return out.last_hidden_state[rows, last_token_index(attention_mask)]
+        """Final hidden state of each row's last real token, shape [batch, hidden].
+
+        The last decoder layer runs at that token only (see :mod:`.scored_token`); ``every_token`` runs it
+        on every token as transformers' own forward pass does (the model card's loop; same numbers to
+        float rounding).
+        """
+        last = last_token_index(attention_mask)
+        with contextlib.nullcontext() if every_token else scoring_at(last):
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=self.position_ids(input_ids, attention_mask, mm_token_type_ids, image_grid_thw),
+                pixel_values=None if pixel_values is None else pixel_values.to(self.dtype),
+                image_grid_thw=image_grid_thw,
+                use_cache=False,
+            )
+        if every_token:
+            return out.last_hidden_state[torch.arange(len(last), device=last.device), last]
+        return out.last_hidden_state[:, 0]
 
     def forward(
         self,
@@ -110,12 +122,13 @@ class Qwen2_5_VLRewardModel(nn.Module):
 
     @torch.inference_mode()
     def score_batch(
-        self, samples: list[EncodedSample], padding_side: Literal["left", "right"] = "right"
+        self, samples: list[EncodedSample], padding_side: Literal["left", "right"] = "right", every_token: bool = False
     ) -> list[float]:
-        """Score encoded samples as one padded batch; rewards in input order."""
+        """Score encoded samples as one padded batch; rewards in input order (``every_token``: see
+        :meth:`hidden_states`)."""
         batch = collate(samples, self.config.text_config.pad_token_id, padding_side)
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        return self(**batch).float().cpu().tolist()
+        return self.reward(self.hidden_states(**batch, every_token=every_token)).float().cpu().tolist()
 
     @torch.inference_mode()
     def score_shared_prefix(
@@ -154,7 +167,8 @@ class Qwen2_5_VLRewardModel(nn.Module):
         self.shared_prefix_runs += 1
         start = int(prefix_positions.max()) + 1  # text after the prefix continues after its largest position
         per_candidate = max(s.num_tokens for s in samples)  # its copy of the prefix + its own tokens
-        chunk = max(1, min(max_batch_size or len(samples), (max_batch_tokens or per_candidate) // per_candidate))
+        by_tokens = len(samples) if max_batch_tokens is None else max_batch_tokens // per_candidate
+        chunk = max(1, min(max_batch_size or len(samples), by_tokens))
         scores: list[float] = []
         for offset in range(0, len(samples), chunk):
             suffixes = [s.input_ids[prefix_len:] for s in samples[offset : offset + chunk]]
@@ -175,15 +189,15 @@ class Qwen2_5_VLRewardModel(nn.Module):
             suffix_mask[row, : len(suffix)] = 1
         positions = (start + torch.arange(width)).view(1, 1, -1).expand(3, rows, -1)
         mask = torch.cat([torch.ones((rows, prefix_len), dtype=torch.long), suffix_mask], dim=1)
-        hidden = self.model(
-            input_ids=suffix_ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=positions.to(device),
-            past_key_values=cache,
-            use_cache=True,
-        ).last_hidden_state
-        last = (suffix_mask.sum(-1) - 1).to(device)
-        return self.reward(hidden[torch.arange(rows, device=device), last]).float().cpu().tolist()
+        with scoring_at((suffix_mask.sum(-1) - 1).to(device)):
+            hidden = self.model(
+                input_ids=suffix_ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
+        return self.reward(hidden[:, 0]).float().cpu().tolist()
 
 
 def shared_prefix_length(sequences: list[torch.Tensor]) -> int:
