@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from vlreward.service.admission import Admission
 from vlreward.service.backends.base import Backend
-from vlreward.service.batching import DirectScheduler, DynamicBatcher, ModelErrorHook, Scheduler
+from vlreward.service.batching import CoreLanes, DirectScheduler, DynamicBatcher, ModelErrorHook, Scheduler
 from vlreward.service.errors import EngineBroken, ErrorKind, ServiceError
 from vlreward.service.media import ImageMemory, ImageMemoryFull, MediaPolicy
 from vlreward.service.metrics import Metrics
@@ -33,6 +33,7 @@ def scheduler_for(
         max_batch_tokens=backend.max_batch_tokens,
         max_wait_ms=settings.max_wait_ms,
         on_model_error=on_model_error,
+        lanes=CoreLanes(backend.lanes, backend.cores),
     )
 
 

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         "the CPU).", json_schema_extra=LIMIT,
     )  # fmt: skip
     max_batch_size: int = Field(32, description="Samples per forward pass.", json_schema_extra=LIMIT)
+    cpu_lanes: int | None = Field(
+        None, description="Transformers backend on the CPU: batches run at once, each on its share of the cores "
+        "(one that finds the machine idle with nothing else queued gets every core). Unset: 2 where torch has "
+        "2 or more threads, else 1.", ge=1,
+    )  # fmt: skip
     max_wait_ms: float = Field(
         5.0, description="How long a batch waits to fill before it runs.", json_schema_extra=LIMIT
     )

@@ -64,6 +64,10 @@ class Backend(Protocol):
     instead of forming batches (admission still applies)."""
     max_batch_tokens: int | None
     """Padded tokens per batch the service forms for it (None where the engine batches itself)."""
+    lanes: int
+    """Batches the service may run through it at once (see :class:`~vlreward.service.batching.CoreLanes`)."""
+    cores: int | None
+    """Threads those batches share (their runners then take ``threads=``); None: the engine's own."""
 
     def encode(self, sample: FormattedSample) -> EncodedInput:
         """The backend's input for one sample (its token count is then known)."""

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 
 from vlreward.service.backends.base import backend_facts, probe_warm_up
-from vlreward.service.batching import batch_tokens, plan_batches
+from vlreward.service.batching import batch_tokens, lanes_for, plan_batches
 from vlreward.service.errors import EngineBroken, OutOfMemory
 from vlreward.service.model.checkpoint import load_reward_model
 from vlreward.service.model.devices import choose_attention_kernels, torch_placement
@@ -66,6 +66,7 @@ class TransformersBackend:
         max_pixels: int | None = default("max_pixels"),
         attn_implementation: str = default("attn_implementation"),
         cudnn_attention: bool = default("cudnn_attention"),
+        cpu_lanes: int | None = default("cpu_lanes"),
     ):
         placement = torch_placement(device, dtype)
         choose_attention_kernels(placement, cudnn_attention)
@@ -81,8 +82,11 @@ class TransformersBackend:
         )
         set_pixel_bounds(self.processor, min_pixels, max_pixels)
         self._facts = backend_facts(self.name, self.model_dir, self.dtype, self.device, self.processor)
-        # One worker: the model runs one batch at a time, never on the event loop.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlreward-hf")
+        self.cores = torch.get_num_threads() if placement.device_type == "cpu" else None
+        """The CPU threads the batches share (None on a GPU: one batch at a time)."""
+        self.lanes = lanes_for(cpu_lanes, self.cores)
+        # One worker per lane: the model never runs on the event loop.
+        self._executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="vlreward-hf")
         self._closed = False
 
     @classmethod
@@ -97,6 +101,7 @@ class TransformersBackend:
             max_pixels=settings.max_pixels,
             attn_implementation=settings.attn_implementation,
             cudnn_attention=settings.cudnn_attention,
+            cpu_lanes=settings.cpu_lanes,
         )
 
     def encode(self, sample: FormattedSample) -> EncodedSample:
@@ -125,16 +130,28 @@ class TransformersBackend:
         """Blocking scoring of formatted samples (offline tools; the service uses :meth:`score`)."""
         return self.score_encoded_sync([self.encode(s) for s in samples])
 
-    async def _on_model_thread(self, work: Callable, *args: Any) -> Any:
-        """``work(*args)`` on the one model thread, never on the event loop, with torch's failures mapped."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, _with_engine_errors, work, *args)
+    async def _on_model_thread(self, work: Callable, *args: Any, threads: int | None = None) -> Any:
+        """``work(*args)`` on a model thread, never on the event loop, with torch's failures mapped; on the
+        CPU on ``threads`` threads (default: every core)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._on_threads, threads, work, *args)
+
+    def _on_threads(self, threads: int | None, work: Callable, *args: Any) -> Any:
+        if self.cores is None:
+            return _with_engine_errors(work, *args)
+        # Sets the calling thread's own OpenMP and MKL teams, and the count threads started later begin
+        # with: that one goes back to every core afterwards.
+        torch.set_num_threads(threads or self.cores)
+        try:
+            return _with_engine_errors(work, *args)
+        finally:
+            torch.set_num_threads(self.cores)
 
     async def score(self, samples: list[FormattedSample]) -> list[float]:
         return await self._on_model_thread(self.score_sync, samples)
 
-    async def run_batch(self, batch: list[EncodedSample]) -> list[float]:
+    async def run_batch(self, batch: list[EncodedSample], threads: int | None = None) -> list[float]:
         """One forward pass over an already-formed batch (the service's batcher forms them)."""
-        return await self._on_model_thread(self.model.score_batch, batch, self.padding_side)
+        return await self._on_model_thread(self.model.score_batch, batch, self.padding_side, threads=threads)
 
     def format_request_sample(self, sample: dict) -> FormattedSample:
         """One sample in the HTTP JSON shape (inline images only), formatted for this model."""
@@ -156,9 +173,9 @@ class TransformersBackend:
         score = float(self.model.reward(hidden)[0])
         return score, float(self.model.score.weight.norm() * hidden.float().norm())
 
-    async def run_shared_prefix(self, batch: list[EncodedSample]) -> list[float]:
+    async def run_shared_prefix(self, batch: list[EncodedSample], threads: int | None = None) -> list[float]:
         """Candidates of one /rank request: the shared prompt + images run once (see loadtest/rank_prefix.py)."""
-        return await self._on_model_thread(self.score_shared_sync, batch)
+        return await self._on_model_thread(self.score_shared_sync, batch, threads=threads)
 
     def score_shared_sync(self, batch: list[EncodedSample]) -> list[float]:
         """Blocking :meth:`run_shared_prefix`, chunked within the batch limits."""
@@ -191,7 +208,7 @@ class TransformersBackend:
         return probe
 
     def info(self) -> dict[str, Any]:
-        return dict(self._facts)
+        return self._facts | {"cpu_lanes": self.lanes, "cpu_threads": self.cores}
 
     def health(self) -> bool:
         return not self._closed

@@ -141,6 +141,7 @@ class VLLMBackend:
     name = "vllm"
     continuous_batching = True
     max_batch_tokens = None  # the engine forms its own batches
+    lanes, cores = 1, None  # and schedules its own threads
 
     def __init__(
         self,

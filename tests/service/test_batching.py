@@ -11,10 +11,12 @@ import pytest
 
 from vlreward.service.batching import (
     BATCH_TOKENS,
+    CoreLanes,
     DirectScheduler,
     DynamicBatcher,
     batch_tokens,
     group_of,
+    lanes_for,
     plan_batches,
     run_isolating,
 )
@@ -378,4 +380,96 @@ async def test_a_broken_engine_fails_every_request_of_the_batch_and_the_service_
     )
     assert all(isinstance(r, EngineBroken) for r in results) and runner.sizes == [3] and len(told) == 1
     assert DirectScheduler(runner, runner, Metrics()).healthy() and batcher.healthy()
+    await batcher.close()
+
+
+class LaneRunner:
+    """Takes ``threads=`` like the CPU backend; records each batch's threads and the threads in use at
+    once; every batch waits for the test's gate."""
+
+    def __init__(self):
+        self.threads: list[tuple[list[str], int]] = []
+        self.in_use = 0
+        self.most_in_use = 0
+        self.running = 0
+        self.gate = asyncio.Event()
+
+    async def __call__(self, batch: list[Item], threads: int) -> list[float]:
+        self.threads.append(([item.name for item in batch], threads))
+        self.in_use += threads
+        self.running += 1
+        self.most_in_use = max(self.most_in_use, self.in_use)
+        try:
+            await self.gate.wait()
+        finally:
+            self.in_use -= threads
+            self.running -= 1
+        return [item.score for item in batch]
+
+
+def test_lanes_default_to_two_on_a_cpu_and_one_where_the_engine_owns_its_threads():
+    assert lanes_for(None, 2) == 2 and lanes_for(None, 16) == 2 and lanes_for(None, 1) == 1
+    assert lanes_for(4, 16) == 4 and lanes_for(4, 2) == 2  # never more lanes than cores
+    assert lanes_for(None, None) == 1 and lanes_for(4, None) == 1  # a GPU: one batch at a time
+    with pytest.raises(ValueError, match="cores"):
+        CoreLanes(2, None)
+
+
+@run_async
+async def test_a_lone_batch_on_an_idle_machine_gets_every_core():
+    runner, metrics = LaneRunner(), Metrics()
+    batcher = started_batcher(runner, metrics, max_batch_size=1, lanes=CoreLanes(2, cores=2))
+    runner.gate.set()
+    assert (await batcher.run([Item("a1")])).scores == [1.0]
+    assert runner.threads == [(["a1"], 2)]
+    await batcher.close()
+
+
+@run_async
+async def test_with_work_for_several_batches_two_run_at_once_on_a_core_each_and_never_more_threads_than_cores():
+    runner, metrics = LaneRunner(), Metrics()
+    batcher = started_batcher(runner, metrics, max_batch_size=1, lanes=CoreLanes(2, cores=2))
+    requests = [asyncio.ensure_future(batcher.run([Item(f"r{i}")])) for i in range(1, 6)]
+    await until(lambda: runner.running == 2)
+    assert [threads for _, threads in runner.threads] == [1, 1]  # more was queued: nobody took both cores
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert runner.running == 2 and batcher.lanes.free == 0  # the third waits for a core
+    runner.gate.set()
+    assert [(await r).scores for r in requests] == [[1.0], [2.0], [3.0], [4.0], [5.0]]
+    assert runner.most_in_use <= 2 and sorted(n for names, _ in runner.threads for n in names) == [
+        f"r{i}" for i in range(1, 6)
+    ]
+    assert batcher.lanes.running == 0 and batcher.lanes.free == 2  # every lane and core given back
+    await batcher.close()
+
+
+@run_async
+async def test_a_batch_that_took_every_core_makes_the_next_wait_until_it_is_done():
+    runner, metrics = LaneRunner(), Metrics()
+    batcher = started_batcher(runner, metrics, max_batch_size=1, lanes=CoreLanes(2, cores=2))
+    first = asyncio.ensure_future(batcher.run([Item("a1")]))
+    await until(lambda: runner.running == 1)
+    second = asyncio.ensure_future(batcher.run([Item("b2")]))
+    await until(lambda: batcher.queued == 1)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert runner.running == 1 and runner.threads == [(["a1"], 2)]  # not started beside it on a third thread
+    runner.gate.set()
+    assert (await first).scores == [1.0] and (await second).scores == [2.0]
+    assert runner.threads == [(["a1"], 2), (["b2"], 2)] and runner.most_in_use == 2
+    await batcher.close()
+
+
+@run_async
+async def test_one_lane_runs_one_batch_at_a_time_and_tells_the_runner_no_thread_count():
+    runner, metrics = GatedRunner(), Metrics()  # takes no threads= argument
+    batcher = started_batcher(runner, metrics, max_batch_size=1, lanes=CoreLanes(1))
+    requests = [asyncio.ensure_future(batcher.run([Item(f"r{i}")])) for i in range(1, 4)]
+    await runner.started.wait()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert runner.batches == [["r1"]]
+    runner.gate.set()
+    assert [(await r).scores for r in requests] == [[1.0], [2.0], [3.0]]
     await batcher.close()

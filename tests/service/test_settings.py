@@ -99,7 +99,7 @@ def test_the_sub_systems_take_their_defaults_from_the_settings():
         return {n: p.default for n, p in inspect.signature(function).parameters.items() if p.default is not p.empty}
 
     hf = defaults(TransformersBackend.__init__)
-    for name in ("dtype", "device", "max_batch_size", "max_batch_tokens", "min_pixels", "max_pixels"):
+    for name in ("dtype", "device", "max_batch_size", "max_batch_tokens", "min_pixels", "max_pixels", "cpu_lanes"):
         assert hf[name] == default(name), name
     vllm = defaults(VLLMBackend.__init__)
     for name in ("dtype", "device", "max_images", "min_pixels", "max_pixels"):

@@ -10,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import torch
 
 from tests.helpers import COLOURS, LiveServer, shape_image, uri
-from vlreward.service.batching import BATCH_TOKENS
+from vlreward.service.batching import BATCH_TOKENS, lanes_for
 from vlreward.service.media import MediaPolicy
 from vlreward.service.model.encoding import encode
 from vlreward.service.model.formatting import IMAGE_PAD, format_sample
@@ -206,6 +207,10 @@ def test_request_id_is_echoed_and_info_describes_the_model(server):
     # unset, so the CPU's default in force (what the batcher plans with), not the setting's None
     assert server.settings.max_batch_tokens is None and info["limits"]["max_batch_tokens"] == BATCH_TOKENS["cpu"]
     assert server.state.scheduler.max_batch_tokens == BATCH_TOKENS["cpu"]
+    # lanes: unset, so the CPU's default for this many threads, and the batcher shares those threads
+    threads = torch.get_num_threads()
+    assert info["cpu_threads"] == threads and info["cpu_lanes"] == lanes_for(None, threads)
+    assert (server.state.scheduler.lanes.lanes, server.state.scheduler.lanes.cores) == (info["cpu_lanes"], threads)
     assert info["min_pixels"] == 3136 and info["max_pixels"] == 50176
     assert httpx.get(server.url + "/docs").status_code == 200
     openapi = httpx.get(server.url + "/openapi.json").json()
