@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -87,6 +89,8 @@ class TransformersBackend:
         self.lanes = lanes_for(cpu_lanes, self.cores)
         # One worker per lane: the model never runs on the event loop.
         self._executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="vlreward-hf")
+        self._sync_lanes: ThreadPoolExecutor | None = None
+        """The lanes of blocking callers (offline scoring, evaluation), started on first use."""
         self._closed = False
 
     @classmethod
@@ -118,11 +122,20 @@ class TransformersBackend:
         return plan_batches(lengths, self.max_batch_size, self.max_batch_tokens)
 
     def score_encoded_sync(self, encoded: list[EncodedSample]) -> list[float]:
-        """Score encoded samples in planned batches; results in input order."""
+        """Score encoded samples in planned batches, on the CPU's lanes when there are several batches
+        (as the service runs them); results in input order."""
+        plan = self.plan_batches([e.num_tokens for e in encoded])
+        batches = [[encoded[i] for i in batch] for batch in plan]
+        if self.lanes == 1 or len(batches) == 1:
+            values = [self.model.score_batch(batch, self.padding_side) for batch in batches]
+        else:
+            if self._sync_lanes is None:  # its own threads: this may itself run on a model thread (warm-up)
+                self._sync_lanes = ThreadPoolExecutor(self.lanes, thread_name_prefix="vlreward-hf-sync")
+            run = functools.partial(self._on_threads, self.cores // self.lanes, self.model.score_batch)
+            values = list(self._sync_lanes.map(run, batches, itertools.repeat(self.padding_side)))
         scores: list[float] = [0.0] * len(encoded)
-        for batch in self.plan_batches([e.num_tokens for e in encoded]):
-            values = self.model.score_batch([encoded[i] for i in batch], self.padding_side)
-            for index, value in zip(batch, values, strict=True):
+        for batch, batch_values in zip(plan, values, strict=True):
+            for index, value in zip(batch, batch_values, strict=True):
                 scores[index] = value
         return scores
 
@@ -139,7 +152,9 @@ class TransformersBackend:
         if self.cores is None:
             return _with_engine_errors(work, *args)
         # Sets the calling thread's own OpenMP and MKL teams, and the count threads started later begin
-        # with: that one goes back to every core afterwards.
+        # with: that one goes back to every core afterwards. torch sets a thread up on its first call
+        # (applying the process-wide count): done first, so that it cannot undo this thread's own.
+        torch.get_num_threads()
         torch.set_num_threads(threads or self.cores)
         try:
             return _with_engine_errors(work, *args)
@@ -219,6 +234,8 @@ class TransformersBackend:
     async def close(self) -> None:
         self._closed = True
         self._executor.shutdown(wait=True)
+        if self._sync_lanes is not None:
+            self._sync_lanes.shutdown(wait=True)
 
 
 def stamp_reference_probe(model_dir: str | Path, device: str = "cpu") -> Probe:

@@ -69,3 +69,37 @@ def test_the_prefix_key_is_equal_exactly_for_the_same_prompt_and_images(hf_backe
     assert encode(formatted(prompt=prompt, response="Red.")).prefix_key is None  # no image
     together = [formatted(prompt=prompt, response=r, image=uri(red)) for r in ("Red.", "Blue, surely.")]
     assert [e.prefix_key for e in hf_backend.encode_shared(together)] == [key, key]  # as encode() gives
+
+
+def test_planned_batches_run_on_the_cpu_lanes_each_on_its_share_of_the_threads(tiny_reward):
+    import torch
+
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    backend = TransformersBackend(tiny_reward, dtype="float32", device="cpu", cpu_lanes=2, max_batch_tokens=64)
+    samples = [
+        prepare_sample(Sample(prompt=f"Question {i}?", response="word " * (3 + i)), backend.processor, MediaPolicy())
+        for i in range(9)
+    ]
+    encoded = [backend.encode(s) for s in samples]
+    alone = [backend.model.score_batch([e])[0] for e in encoded]
+    seen: list[tuple[str, int]] = []
+    original = backend.model.score_batch
+
+    def spy(batch, padding_side):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return original(batch, padding_side)
+
+    backend.model.score_batch = spy
+    try:
+        planned = backend.score_sync(samples)
+    finally:
+        del backend.model.score_batch
+        asyncio.run(backend.close())
+    assert backend.lanes == min(2, torch.get_num_threads())
+    assert max(abs(a - b) for a, b in zip(alone, planned, strict=True)) <= 1e-5
+    assert len(seen) == len(backend.plan_batches([e.num_tokens for e in encoded])) > 1
+    if backend.lanes == 2:  # a 2-core machine or larger: each batch on its share, off the calling thread
+        assert {threads for _, threads in seen} == {backend.cores // 2}
+        assert all(name.startswith("vlreward-hf-sync") for name, _ in seen)
+        assert torch.get_num_threads() == backend.cores  # the caller's own threads are untouched
