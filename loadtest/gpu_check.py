@@ -286,12 +286,13 @@ def run_check(
     in_process = backend.score_sync(formatted[: check.comparison_samples])
 
     rows = []
-    # Baseline: one sample per forward pass, in-process (what a naive reward loop does).
-    backend.model.score_batch(encoded[:1])
+    # Baseline: one plain forward pass per sample (every token through every layer), in-process: the model
+    # card's loop.
+    backend.model.score_batch(encoded[:1], every_token=True)
     synchronize(device)
     started = time.perf_counter()
     for item in encoded:
-        backend.model.score_batch([item])
+        backend.model.score_batch([item], every_token=True)
     synchronize(device)
     rows.append(
         row(

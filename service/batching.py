@@ -368,6 +368,7 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self.lanes = lanes or CoreLanes()
         self._running: set[asyncio.Task] = set()
+        self._crashed = False
 
     @property
     def queued(self) -> int:
@@ -387,7 +388,7 @@ class DynamicBatcher:
         self._task = None
 
     def healthy(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._task is not None and not self._task.done() and not self._crashed
 
     async def run(self, items: Sequence[Sized], groups: Groups = ()) -> BatchResult:
         """Queue a request's samples and wait for their scores (in order); cancelling drops them."""
@@ -468,6 +469,9 @@ class DynamicBatcher:
     def _finished(self, task: asyncio.Task, threads: int | None) -> None:
         self._running.discard(task)
         self.lanes.give_back(threads)
+        if not task.cancelled() and task.exception() is not None:  # a bug, not the model (run_isolating's)
+            log.error("a batch task crashed", exc_info=task.exception())
+            self._crashed = True
 
     async def _run(self, batch: list[_Entry], runner: Runner) -> None:
         start = time.monotonic()

@@ -473,3 +473,16 @@ async def test_one_lane_runs_one_batch_at_a_time_and_tells_the_runner_no_thread_
     runner.gate.set()
     assert [(await r).scores for r in requests] == [[1.0], [2.0], [3.0]]
     await batcher.close()
+
+
+@run_async
+async def test_a_batch_task_that_crashes_makes_the_batcher_unhealthy():
+    async def wrong_count(batch: list[Item], threads: int) -> list[float]:
+        return []  # a runner bug: fewer scores than samples
+
+    batcher = started_batcher(wrong_count, Metrics(), lanes=CoreLanes(2, cores=2))
+    assert batcher.healthy()
+    request = asyncio.ensure_future(batcher.run([Item("a1")]))
+    await until(lambda: not batcher.healthy())
+    request.cancel()
+    await batcher.close()
