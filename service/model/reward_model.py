@@ -84,6 +84,8 @@ class Qwen2_5_VLRewardModel(nn.Module):
         float rounding).
         """
         last = last_token_index(attention_mask)
+        # Gradient checkpointing recomputes the layer in backward, outside the context: the full layer then.
+        every_token = every_token or (self.training and self.model.language_model.gradient_checkpointing)
         with contextlib.nullcontext() if every_token else scoring_at(last):
             out = self.model(
                 input_ids=input_ids,
@@ -140,7 +142,8 @@ class Qwen2_5_VLRewardModel(nn.Module):
         from it, so the vision tower and the prompt run once instead of once per candidate. Candidates
         run in chunks of at most ``max_batch_size`` whose copies of the prefix plus their own tokens stay
         within ``max_batch_tokens`` (64 candidates of an 8k prefix would otherwise copy the prefix's
-        cache 64 times at once). Gives the same scores as :meth:`score_batch` (within float tolerance).
+        cache 64 times at once); a candidate repeated runs once. Gives the same scores as
+        :meth:`score_batch` (within float tolerance).
         """
         prefix_len = shared_prefix_length([s.input_ids for s in samples])
         first = samples[0]
@@ -167,14 +170,18 @@ class Qwen2_5_VLRewardModel(nn.Module):
         self.shared_prefix_runs += 1
         start = int(prefix_positions.max()) + 1  # text after the prefix continues after its largest position
         per_candidate = max(s.num_tokens for s in samples)  # its copy of the prefix + its own tokens
-        by_tokens = len(samples) if max_batch_tokens is None else max_batch_tokens // per_candidate
-        chunk = max(1, min(max_batch_size or len(samples), by_tokens))
+        # Identical candidates (best-of-N and GRPO samples repeat) run once and tie exactly.
+        keys = [tuple(s.input_ids[prefix_len:].tolist()) for s in samples]
+        unique = list(dict.fromkeys(keys))
+        by_tokens = len(unique) if max_batch_tokens is None else max_batch_tokens // per_candidate
+        chunk = max(1, min(max_batch_size or len(unique), by_tokens))
         scores: list[float] = []
-        for offset in range(0, len(samples), chunk):
-            suffixes = [s.input_ids[prefix_len:] for s in samples[offset : offset + chunk]]
-            cache = copy.deepcopy(prefix_cache) if offset + chunk < len(samples) else prefix_cache
+        for offset in range(0, len(unique), chunk):
+            suffixes = [torch.tensor(key, dtype=torch.long) for key in unique[offset : offset + chunk]]
+            cache = copy.deepcopy(prefix_cache) if offset + chunk < len(unique) else prefix_cache
             scores += self._score_suffixes(cache, suffixes, prefix_len, start)
-        return scores
+        by_key = dict(zip(unique, scores, strict=True))
+        return [by_key[key] for key in keys]
 
     def _score_suffixes(self, cache: Any, suffixes: list[torch.Tensor], prefix_len: int, start: int) -> list[float]:
         """Continue a one-row prefix cache with each suffix (right-padded); rewards in order."""
