@@ -12,23 +12,6 @@ from vlreward.service.schemas import Sample
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(scope="module")
-def mixed_samples(hf_backend):
-    """Different lengths and 0, 1 and 2 images of different sizes."""
-    samples = [
-        Sample(prompt="Hi", response="Hello there."),
-        Sample(prompt="What colour is the circle?", response="Red.", image=uri(shape_image("red"))),
-        Sample(
-            prompt="Compare the two pictures and describe how the shapes and colours differ, in detail.",
-            response="The first shows a blue square; the second a green circle. " * 3,
-            images=[uri(shape_image("blue", "square", (140, 84))), uri(shape_image("green", size=(56, 56)))],
-        ),
-        Sample(prompt="Is it yellow?", response="No", system="Answer briefly.", image=uri(shape_image("yellow"))),
-        Sample(prompt="Count to five.", response="one two three four five"),
-    ]
-    return [prepare_sample(s, hf_backend.processor, MediaPolicy()) for s in samples]
-
-
 def test_score_alone_equals_score_in_padded_mixed_batch(hf_backend, mixed_samples):
     encoded = [hf_backend.encode(s) for s in mixed_samples]
     alone = [hf_backend.model.score_batch([e])[0] for e in encoded]

@@ -11,25 +11,13 @@ from tests.helpers import shape_image, uri
 from vlreward.service.media import MediaPolicy
 from vlreward.service.model.encoding import collate
 from vlreward.service.model.scored_token import ScoredTokenDecoderLayer, score_at_last_layer_only
-from vlreward.service.prepare import prepare_sample
-from vlreward.service.schemas import Sample
 
 TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def encoded(hf_backend):
-    samples = [
-        Sample(prompt="Hi", response="Hello there."),
-        Sample(prompt="What colour is the circle?", response="Red, I think.", image=uri(shape_image("red"))),
-        Sample(
-            prompt="Compare the pictures.",
-            response="A blue square, then a green circle. " * 3,
-            images=[uri(shape_image("blue", "square", (140, 84))), uri(shape_image("green", size=(56, 56)))],
-        ),
-        Sample(prompt="Count to five.", response="one two three four five", system="Be brief."),
-    ]
-    return [hf_backend.encode(prepare_sample(s, hf_backend.processor, MediaPolicy())) for s in samples]
+def encoded(hf_backend, mixed_samples):
+    return [hf_backend.encode(s) for s in mixed_samples]
 
 
 class MLPInputs:
