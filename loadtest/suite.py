@@ -13,7 +13,9 @@ machine noise hits both sides and no round repeats another's samples into a cach
   (the same samples prepared and fed to the model in planned batches, no HTTP);
 - GRPO: ``/score`` calls of G=8 responses sharing one prompt and image, against the same calls where
   every item has its own image (same token counts; nothing to share);
-- ``/rank`` N=8 against the same 8 samples as 8 concurrent one-item ``/score`` calls;
+- ``/rank`` N=8 against the same 8 samples as 8 one-item ``/score`` calls, sent one after another (a
+  best-of-N client scoring candidates in a loop) and sent together (which the batcher already shares a
+  prefix across, so this row shows what /rank adds on top);
 - p99 latency at concurrency 1 against the service model's own forward time for those samples (one at a
   time, in process);
 - vLLM backend: ``vlreward serve --backend vllm`` against ``vllm serve`` (``/classify``, chat form with
@@ -71,7 +73,8 @@ TARGETS = {  # issue 15's targets for the bench model on a 2-core CPU (None: rep
     "service c=32 / naive loop": 1.2,
     "service c=32 / in-process batches": 0.9,
     "GRPO G=8 shared / own images": 2.5,
-    "/rank N=8 / 8 x /score": 2.5,
+    "/rank N=8 / 8 sequential /score": 2.5,
+    "/rank N=8 / 8 concurrent /score": None,
     "forward time / p99 latency c=1": 1 / 1.5,
     "vLLM backend / vllm serve, c=1": 1.0,
     "vLLM backend / vllm serve, c=16": 1.0,
@@ -268,14 +271,16 @@ def grpo_and_rank(server: ServerProcess, backend, plan: Plan, checks: Checks) ->
     solo_own = [backend.score_sync([formatted(backend, s)])[0] for g in own[0] for s in g]
     checks.add("/score GRPO groups (shared prefix)", shared_scores, solo_shared, SAME_BACKEND)
     checks.add("/score G=8 own images", own_scores, solo_own, SAME_BACKEND)
-    comparison, ranked, separate = alternate(
-        "/rank N=8 / 8 x /score", "/rank, N=8", "8 concurrent one-item /score calls", plan.rounds,
-        lambda r: http(server.url, [rank_call(g) for g in shared[r]], 1, warm_up=1),
-        lambda r: http(server.url, [score_call([s]) for g in shared[r] for s in g], 8, warm_up=1),
-    )  # fmt: skip
-    comparisons.append(comparison)
+    rank = lambda r: http(server.url, [rank_call(g) for g in shared[r]], 1, warm_up=1)  # noqa: E731
+    for clients in ("sequential", "concurrent"):
+        comparison, ranked, separate = alternate(
+            f"/rank N=8 / 8 {clients} /score", "/rank, N=8", f"8 one-item /score calls, {clients}", plan.rounds,
+            rank, lambda r, c=1 if clients == "sequential" else 8: http(
+                server.url, [score_call([s]) for g in shared[r] for s in g], c, warm_up=1),
+        )  # fmt: skip
+        comparisons.append(comparison)
+        checks.add(f"8 {clients} one-item /score", separate, solo_shared, SAME_BACKEND)
     checks.add("/rank N=8", ranked, solo_shared, SAME_BACKEND)
-    checks.add("8 x /score", separate, solo_shared, SAME_BACKEND)
     return comparisons
 
 

@@ -102,6 +102,11 @@ def test_gpu_requests_equal_limits_and_the_pod_is_locked_down():
     assert env["VLREWARD_BACKEND"] == "vllm" and env["VLREWARD_MODEL"] == "/models/reward"
     cpu = by_kind(render(SCENARIOS["cpu image"]))["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in cpu["resources"]["limits"] and "VLREWARD_MODEL" not in str(cpu["env"])
+    # torch's threads follow the pod's CPU request, not the node's core count
+    threads = {e["name"]: e for e in cpu["env"]}["OMP_NUM_THREADS"]["valueFrom"]["resourceFieldRef"]
+    assert threads == {"containerName": "vlreward", "resource": "requests.cpu", "divisor": "1"}
+    unrequested = by_kind(render({"resources": {"requests": {"cpu": None, "memory": "4Gi"}}}))["Deployment"]
+    assert "OMP_NUM_THREADS" not in str(unrequested["spec"]["template"]["spec"]["containers"][0]["env"])
 
 
 def test_drain_grace_period_and_probes_agree_with_the_service_settings():

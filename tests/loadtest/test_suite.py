@@ -29,7 +29,8 @@ def test_the_suite_in_smoke_mode_runs_every_row_and_every_path_scores_the_same(
     assert {"/score GRPO groups (shared prefix)", "/rank N=8", "vLLM AsyncLLM in process"} <= paths
     assert any(p.startswith("vllm serve /classify") for p in paths)
     names = [c["name"] for c in report["comparisons"]]
-    for expected in ("service c=8 / naive loop", "GRPO G=8 shared / own images", "/rank N=8 / 8 x /score",
+    for expected in ("service c=8 / naive loop", "GRPO G=8 shared / own images", "/rank N=8 / 8 sequential /score",
+                     "/rank N=8 / 8 concurrent /score",
                      "vLLM backend / vllm serve, c=8", "forward time / p99 latency c=1"):  # fmt: skip
         assert expected in names
     assert all(c["median_ratio"] > 0 for c in report["comparisons"])

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import threading
 
 from tests.helpers import shape_image, uri
@@ -103,3 +107,19 @@ def test_planned_batches_run_on_the_cpu_lanes_each_on_its_share_of_the_threads(t
         assert {threads for _, threads in seen} == {backend.cores // 2}
         assert all(name.startswith("vlreward-hf-sync") for name, _ in seen)
         assert torch.get_num_threads() == backend.cores  # the caller's own threads are untouched
+
+
+def test_the_cpu_threads_follow_omp_num_threads_as_the_helm_chart_sets_them(tiny_reward):
+    """The chart sets OMP_NUM_THREADS to the pod's CPU request; the backend plans its lanes with that."""
+    code = (
+        "import json, sys; from vlreward.service.backends.transformers import TransformersBackend; "
+        "b = TransformersBackend(sys.argv[1], dtype='float32', device='cpu'); "
+        "print(json.dumps({k: b.info()[k] for k in ('cpu_threads', 'cpu_lanes')}))"
+    )
+    for threads in (1, 2):
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(tiny_reward)], env=os.environ | {"OMP_NUM_THREADS": str(threads)},
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == {"cpu_threads": threads, "cpu_lanes": threads}
