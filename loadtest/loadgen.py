@@ -30,6 +30,12 @@ from tqdm import tqdm
 from loadtest.workload import Mix, chat_messages, make_groups
 
 
+def quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0-1) as every latency row reports it: the value at index ``int(q * n)``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 @dataclass(frozen=True)
 class Call:
     """One request: where it goes, its body, and how to read its answer."""
@@ -56,10 +62,6 @@ class Run:
         """vLLM's benchmark keys (latency as e2el) plus samples/s and errors by status."""
         completed = self.statuses.get(200, 0)
         ordered = sorted(self.latencies_ms) or [0.0]
-
-        def quantile(q: float) -> float:
-            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
         return {
             "duration": self.duration_s,
             "completed": completed,
@@ -70,8 +72,8 @@ class Run:
             "mean_e2el_ms": statistics.fmean(ordered),
             "median_e2el_ms": statistics.median(ordered),
             "std_e2el_ms": statistics.pstdev(ordered),
-            "p90_e2el_ms": quantile(0.90),
-            "p99_e2el_ms": quantile(0.99),
+            "p90_e2el_ms": quantile(ordered, 0.90),
+            "p99_e2el_ms": quantile(ordered, 0.99),
             "errors": {str(status): n for status, n in sorted(self.statuses.items()) if status != 200},
         }
 

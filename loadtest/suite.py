@@ -17,7 +17,7 @@ machine noise hits both sides and no round repeats another's samples into a cach
   best-of-N client scoring candidates in a loop) and sent together (which the batcher already shares a
   prefix across, so this row shows what /rank adds on top);
 - p99 latency at concurrency 1 against the service model's own forward time for those samples (one at a
-  time, in process);
+  time, in process, right after each c=1 round so that both see the same machine);
 - vLLM backend: ``vlreward serve --backend vllm`` against ``vllm serve`` (``/classify``, chat form with
   images, raw scores) at concurrency 1 / 16 / 64, and against the in-process limit (vLLM's AsyncLLM fed
   the same prompts and images through our backend class, no HTTP).
@@ -44,7 +44,7 @@ import torch
 import typer
 from tqdm import tqdm
 
-from loadtest.loadgen import Call, Run, classify_call, closed_loop, rank_call, score_call
+from loadtest.loadgen import Call, Run, classify_call, closed_loop, quantile, rank_call, score_call
 from loadtest.servers import ServerProcess, start_vllm_serve, start_vlreward
 from loadtest.workload import Mix, make_groups, make_samples
 
@@ -216,15 +216,18 @@ def transformers_section(model: Path, plan: Plan, checks: Checks) -> list[Compar
 
     server = start_vlreward(model, "hf", dtype="float32", max_queue=100_000, max_items=256)
     comparisons = []
-    latencies_c1: list[float] = []
+    latency = Comparison("forward time / p99 latency c=1", "model forward p99 (in process)", "HTTP p99, c=1")
     try:
         for concurrency in plan.hf_concurrency:
 
             def service(r: int, c: int = concurrency):
                 calls = [score_call([s]) for s in samples_of[r]]
                 summary, scores = http(server.url, calls, c, warm_up=min(c, 4))
-                if c == 1:
-                    latencies_c1.append(summary["p99_e2el_ms"])
+                if c == 1:  # the same samples' own forward times, right after (the same machine noise)
+                    forward_p99 = quantile(forward_seconds(backend, samples_of[r]), 0.99) * 1000
+                    latency.ratios.append(forward_p99 / summary["p99_e2el_ms"])
+                    latency.a_runs.append({"p99_forward_ms": forward_p99})
+                    latency.b_runs.append({"p99_e2el_ms": summary["p99_e2el_ms"]})
                 return summary, scores
 
             comparison, ours, naive_scores = alternate(
@@ -241,13 +244,8 @@ def transformers_section(model: Path, plan: Plan, checks: Checks) -> list[Compar
         )  # fmt: skip
         comparisons.append(comparison)
         checks.add("in-process planned batches", limit, reference[0], SAME_BACKEND)
-        forwards = [t for r in range(plan.rounds) for t in forward_seconds(backend, samples_of[r])]
-        forward_p99 = sorted(forwards)[min(len(forwards) - 1, int(0.99 * len(forwards)))] * 1000
-        latency = Comparison("forward time / p99 latency c=1", "model forward p99 (in process)", "HTTP p99, c=1")
-        latency.ratios = [forward_p99 / p99 for p99 in latencies_c1]
-        latency.a_runs = [{"p99_forward_ms": forward_p99}]
-        latency.b_runs = [{"p99_e2el_ms": p99} for p99 in latencies_c1]
-        comparisons.append(latency)
+        if latency.ratios:
+            comparisons.append(latency)
         comparisons += grpo_and_rank(server, backend, plan, checks)
     finally:
         server.stop()
@@ -378,10 +376,10 @@ def print_table(comparisons: list[Comparison], checks: Checks) -> None:
     print(f"\n{'comparison (A / B)':<44} {'median':>7} {'min':>6} {'max':>6} {'target':>7}  A samples/s  B samples/s")
     for c in comparisons:
         target = TARGETS.get(c.name)
-        a = statistics.median(r.get("samples_per_s", 0) for r in c.a_runs)
-        b = statistics.median(r.get("samples_per_s", 0) for r in c.b_runs)
+        a, b = (statistics.median(r.get("samples_per_s", 0) for r in runs) for runs in (c.a_runs, c.b_runs))
+        a, b = (f"{x:.1f}" if x else "" for x in (a, b))  # the latency row has no throughput
         print(f"{c.name:<44} {c.median:>7.2f} {min(c.ratios):>6.2f} {max(c.ratios):>6.2f} "
-              f"{'' if target is None else f'{target:.2f}':>7}  {a:>11.1f}  {b:>11.1f}")  # fmt: skip
+              f"{'' if target is None else f'{target:.2f}':>7}  {a:>11}  {b:>11}")  # fmt: skip
     print(f"\n{'scores of':<44} {'max |diff|':>11} {'tolerance':>9}")
     for row in checks.rows:
         diff = "missing" if row["max_abs_diff"] is None else f"{row['max_abs_diff']:.2e}"
