@@ -13,6 +13,10 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
 from vlreward.service.model.encoding import EncodedSample, collate
 from vlreward.service.model.scored_token import score_at_last_layer_only, scoring_at
 
+PREFIX_COPY_BYTES = 1 << 30
+"""What the copies of a shared prefix's key/value cache may hold at once: each candidate of a chunk gets
+one (1 GiB: 18k tokens of a 7B model's cache in bfloat16, all of a small model's)."""
+
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last attended position per row; right or left padding alike."""
@@ -140,9 +144,10 @@ class Qwen2_5_VLRewardModel(nn.Module):
 
         The prefix's key/value cache is computed once and every candidate's remaining tokens continue
         from it, so the vision tower and the prompt run once instead of once per candidate. Candidates
-        run in chunks of at most ``max_batch_size`` whose copies of the prefix plus their own tokens stay
-        within ``max_batch_tokens`` (64 candidates of an 8k prefix would otherwise copy the prefix's
-        cache 64 times at once); a candidate repeated runs once. Gives the same scores as
+        run in chunks of at most ``max_batch_size`` whose own tokens (padded) stay within
+        ``max_batch_tokens`` and whose copies of the prefix's cache stay within ``PREFIX_COPY_BYTES`` (64
+        candidates of an 8k prefix would otherwise copy a 7B model's cache 64 times at once); a candidate
+        repeated runs once. Gives the same scores as
         :meth:`score_batch` (within float tolerance).
         """
         prefix_len = shared_prefix_length([s.input_ids for s in samples])
@@ -169,12 +174,15 @@ class Qwen2_5_VLRewardModel(nn.Module):
         ).past_key_values
         self.shared_prefix_runs += 1
         start = int(prefix_positions.max()) + 1  # text after the prefix continues after its largest position
-        per_candidate = max(s.num_tokens for s in samples)  # its copy of the prefix + its own tokens
         # Identical candidates (best-of-N and GRPO samples repeat) run once and tie exactly.
         keys = [tuple(s.input_ids[prefix_len:].tolist()) for s in samples]
         unique = list(dict.fromkeys(keys))
-        by_tokens = len(unique) if max_batch_tokens is None else max_batch_tokens // per_candidate
-        chunk = max(1, min(max_batch_size or len(unique), by_tokens))
+        # A chunk computes its candidates' own tokens (padded: the token budget) and holds a copy of the
+        # prefix's cache per candidate (memory: PREFIX_COPY_BYTES).
+        width = max(len(key) for key in unique)
+        by_tokens = len(unique) if max_batch_tokens is None else max_batch_tokens // width
+        by_memory = PREFIX_COPY_BYTES // (prefix_len * self.cache_bytes_per_token)
+        chunk = max(1, min(max_batch_size or len(unique), by_tokens, by_memory))
         scores: list[float] = []
         for offset in range(0, len(unique), chunk):
             suffixes = [torch.tensor(key, dtype=torch.long) for key in unique[offset : offset + chunk]]
@@ -182,6 +190,13 @@ class Qwen2_5_VLRewardModel(nn.Module):
             scores += self._score_suffixes(cache, suffixes, prefix_len, start)
         by_key = dict(zip(unique, scores, strict=True))
         return [by_key[key] for key in keys]
+
+    @property
+    def cache_bytes_per_token(self) -> int:
+        """Bytes of key/value cache one token takes (every layer's keys and values)."""
+        text = self.config.text_config
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        return 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * self.dtype.itemsize
 
     def _score_suffixes(self, cache: Any, suffixes: list[torch.Tensor], prefix_len: int, start: int) -> list[float]:
         """Continue a one-row prefix cache with each suffix (right-padded); rewards in order."""

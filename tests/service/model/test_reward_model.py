@@ -152,3 +152,35 @@ def test_under_bf16_the_backbone_is_bf16_and_the_head_and_its_output_fp32(tiny_r
     with torch.inference_mode():
         assert model(**batch).dtype == torch.float32
     assert backend.info()["dtype"] == "bfloat16"
+
+
+def test_rank_chunks_count_the_candidates_own_tokens_and_the_prefix_copies_memory(hf_backend, monkeypatch):
+    """A long shared prompt does not split short candidates into one pass each (the token budget counts
+    what the pass computes); the copies of the prefix's cache are bounded by bytes instead."""
+    from vlreward.service.model import reward_model
+    from vlreward.service.prepare import Limits, prepare_rank
+    from vlreward.service.schemas import RankRequest
+
+    prompt = "Describe the picture in detail, please. " * 20
+    request = RankRequest(prompt=prompt, responses=[f"option {i}" for i in range(6)])
+    encoded = prepare_rank(hf_backend, request.candidates(), MediaPolicy(), Limits(max_tokens=4096))
+    suffix = max(e.num_tokens for e in encoded) - reward_model.shared_prefix_length([e.input_ids for e in encoded])
+    budget = 6 * (suffix + 1)  # room for every candidate's own tokens, not for one prefix + candidate
+    assert budget < min(e.num_tokens for e in encoded)
+    model = hf_backend.model
+    seen = []
+    original = model._score_suffixes
+
+    def spy(cache, suffixes, *args):
+        seen.append(len(suffixes))
+        return original(cache, suffixes, *args)
+
+    monkeypatch.setattr(model, "_score_suffixes", spy)
+    one_pass = model.score_shared_prefix(encoded, 64, budget)
+    assert seen == [6]
+    prefix_len = min(e.num_tokens for e in encoded) - suffix
+    monkeypatch.setattr(reward_model, "PREFIX_COPY_BYTES", 2 * prefix_len * model.cache_bytes_per_token)
+    seen.clear()
+    bounded = model.score_shared_prefix(encoded, 64, budget)
+    assert seen == [2, 2, 2]
+    assert max(abs(a - b) for a, b in zip(one_pass, bounded, strict=True)) <= TOLERANCE
