@@ -255,7 +255,9 @@ def transformers_section(model: Path, plan: Plan, checks: Checks) -> list[Compar
 def grpo_and_rank(server: ServerProcess, backend, plan: Plan, checks: Checks) -> list[Comparison]:
     """GRPO groups through /score (shared vs own images) and /rank vs separate /score calls."""
     grpo = Mix(samples=8 * plan.grpo_groups, group=8, image_fraction=1.0, image_size=(224, 224),
-               prompt_words=(390, 390), response_words=(48, 48))  # fmt: skip  # ~512-token prompt, ~64-token answers
+               prompt_words=(390, 390), response_words=(48, 48))  # fmt: skip
+    # 390 / 48 words: the issue's 512-token prompt and 64-token answers in words of English text; the bench
+    # model's 835-token vocabulary makes them ~1,050 and ~140 tokens (one 224x224 image: 64 more).
     shared = {r: make_groups(grpo.with_(seed=100 + r)) for r in range(plan.rounds)}
     own = {r: make_groups(grpo.with_(seed=100 + r, shared_images=False)) for r in range(plan.rounds)}
     comparisons = []
