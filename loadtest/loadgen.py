@@ -61,7 +61,7 @@ class Run:
     def summary(self) -> dict:
         """vLLM's benchmark keys (latency as e2el) plus samples/s and errors by status."""
         completed = self.statuses.get(200, 0)
-        ordered = sorted(self.latencies_ms) or [0.0]
+        latencies = self.latencies_ms or [0.0]
         return {
             "duration": self.duration_s,
             "completed": completed,
@@ -69,11 +69,11 @@ class Run:
             "request_throughput": completed / self.duration_s if self.duration_s else 0.0,
             "samples_per_s": self.samples / self.duration_s if self.duration_s else 0.0,
             "total_token_throughput": self.input_tokens / self.duration_s if self.duration_s else 0.0,
-            "mean_e2el_ms": statistics.fmean(ordered),
-            "median_e2el_ms": statistics.median(ordered),
-            "std_e2el_ms": statistics.pstdev(ordered),
-            "p90_e2el_ms": quantile(ordered, 0.90),
-            "p99_e2el_ms": quantile(ordered, 0.99),
+            "mean_e2el_ms": statistics.fmean(latencies),
+            "median_e2el_ms": statistics.median(latencies),
+            "std_e2el_ms": statistics.pstdev(latencies),
+            "p90_e2el_ms": quantile(latencies, 0.90),
+            "p99_e2el_ms": quantile(latencies, 0.99),
             "errors": {str(status): n for status, n in sorted(self.statuses.items()) if status != 200},
         }
 

@@ -272,10 +272,10 @@ def grpo_and_rank(server: ServerProcess, backend, plan: Plan, checks: Checks) ->
     checks.add("/score GRPO groups (shared prefix)", shared_scores, solo_shared, SAME_BACKEND)
     checks.add("/score G=8 own images", own_scores, solo_own, SAME_BACKEND)
     rank = lambda r: http(server.url, [rank_call(g) for g in shared[r]], 1, warm_up=1)  # noqa: E731
-    for clients in ("sequential", "concurrent"):
+    for clients, concurrency in {"sequential": 1, "concurrent": 8}.items():
         comparison, ranked, separate = alternate(
             f"/rank N=8 / 8 {clients} /score", "/rank, N=8", f"8 one-item /score calls, {clients}", plan.rounds,
-            rank, lambda r, c=1 if clients == "sequential" else 8: http(
+            rank, lambda r, c=concurrency: http(
                 server.url, [score_call([s]) for g in shared[r] for s in g], c, warm_up=1),
         )  # fmt: skip
         comparisons.append(comparison)

@@ -111,26 +111,28 @@ def test_rank_candidates_in_chunks_give_the_scores_of_one_pass(hf_backend, max_b
         assert abs(a - b) <= TOLERANCE and abs(a - c) <= TOLERANCE
 
 
-def test_the_backend_chunks_rank_candidates_by_its_batch_limits(hf_backend):
-    from vlreward.service.prepare import Limits, prepare_rank
-    from vlreward.service.schemas import RankRequest
-
-    request = RankRequest(prompt="Which?", responses=[f"option {i}" for i in range(5)])
-    encoded = prepare_rank(hf_backend, request.candidates(), MediaPolicy(), Limits(max_tokens=4096))
-    seen = []
-    original = hf_backend.model._score_suffixes
+def suffix_chunks(model, monkeypatch) -> list[int]:
+    """The candidates per suffix pass of ``model``'s shared-prefix scoring, recorded as they run."""
+    seen: list[int] = []
+    original = model._score_suffixes
 
     def spy(cache, suffixes, *args):
         seen.append(len(suffixes))
         return original(cache, suffixes, *args)
 
-    saved = hf_backend.max_batch_size
-    hf_backend.model._score_suffixes, hf_backend.max_batch_size = spy, 2
-    try:
-        scores = hf_backend.score_shared_sync(encoded)
-    finally:
-        del hf_backend.model._score_suffixes
-        hf_backend.max_batch_size = saved
+    monkeypatch.setattr(model, "_score_suffixes", spy)
+    return seen
+
+
+def test_the_backend_chunks_rank_candidates_by_its_batch_limits(hf_backend, monkeypatch):
+    from vlreward.service.prepare import Limits, prepare_rank
+    from vlreward.service.schemas import RankRequest
+
+    request = RankRequest(prompt="Which?", responses=[f"option {i}" for i in range(5)])
+    encoded = prepare_rank(hf_backend, request.candidates(), MediaPolicy(), Limits(max_tokens=4096))
+    seen = suffix_chunks(hf_backend.model, monkeypatch)
+    monkeypatch.setattr(hf_backend, "max_batch_size", 2)
+    scores = hf_backend.score_shared_sync(encoded)
     assert seen == [2, 2, 1] and len(scores) == 5
 
 
@@ -168,14 +170,7 @@ def test_rank_chunks_count_the_candidates_own_tokens_and_the_prefix_copies_memor
     budget = 6 * (suffix + 1)  # room for every candidate's own tokens, not for one prefix + candidate
     assert budget < min(e.num_tokens for e in encoded)
     model = hf_backend.model
-    seen = []
-    original = model._score_suffixes
-
-    def spy(cache, suffixes, *args):
-        seen.append(len(suffixes))
-        return original(cache, suffixes, *args)
-
-    monkeypatch.setattr(model, "_score_suffixes", spy)
+    seen = suffix_chunks(model, monkeypatch)
     one_pass = model.score_shared_prefix(encoded, 64, budget)
     assert seen == [6]
     prefix_len = min(e.num_tokens for e in encoded) - suffix
