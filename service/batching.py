@@ -134,15 +134,33 @@ class Scheduler(Protocol):
 
 
 BATCH_TOKENS = {"cuda": 16384, "cpu": 2048}
-"""Padded tokens per forward pass where ``max_batch_tokens`` is unset, by device type. On the CPU large
-batches lose: the activations of a 16k-token batch leave the cache and padding costs compute. In-process
-planned batches against one sample per forward pass (96 distinct samples, 3 alternating rounds,
-2026-11-28): bench model 2048 tokens 1.06x, 16384 0.77x; tiny model 2048 1.33x, 16384 1.11x."""
+"""Padded tokens per forward pass where ``max_batch_tokens`` is unset, by device type; on the CPU the most
+(see :func:`batch_tokens`). On the CPU large batches lose: the activations of a 16k-token batch leave the
+cache and padding costs compute. In-process planned batches against one sample per forward pass (96
+distinct samples, 3 alternating rounds, 2026-11-28): bench model 2048 tokens 1.06x, 16384 0.77x; tiny
+model 2048 1.33x, 16384 1.11x."""
+
+CPU_BATCH_ACTIVATION_BYTES = 3 << 20
+"""On the CPU, what one batch's widest activation (the MLP's, tokens x intermediate size) may take where
+``max_batch_tokens`` is unset: batches run on one core each (:class:`CoreLanes`) and lose once the MLP's
+activations leave the cache. Two one-thread lanes, 64 distinct samples, 4-5 alternating rounds
+(2026-12-04, 2-core EPYC): bench model (intermediate 1536) 256-1024 tokens within 3% of each other, 2048
+tokens 0.87x of 512; tiny model (intermediate 256) 2048 tokens best, 512 0.69x of it."""
+
+CPU_MIN_BATCH_TOKENS = 256
+"""The CPU's default budget is never below this: short samples of a wide model still share a pass."""
 
 
-def batch_tokens(max_batch_tokens: int | None, device_type: str) -> int:
-    """The token budget in force: the setting, else the device's default."""
-    return max_batch_tokens or BATCH_TOKENS[device_type]
+def batch_tokens(max_batch_tokens: int | None, device_type: str, activation_bytes_per_token: int) -> int:
+    """The token budget in force: the setting; else on a GPU the device's default, on the CPU the tokens
+    whose MLP activations (``activation_bytes_per_token`` each) fit :data:`CPU_BATCH_ACTIVATION_BYTES`,
+    between :data:`CPU_MIN_BATCH_TOKENS` and ``BATCH_TOKENS["cpu"]`` (bench model: 512; tiny: 2048)."""
+    if max_batch_tokens:
+        return max_batch_tokens
+    if device_type != "cpu":
+        return BATCH_TOKENS[device_type]
+    fitting = CPU_BATCH_ACTIVATION_BYTES // activation_bytes_per_token
+    return max(CPU_MIN_BATCH_TOKENS, min(BATCH_TOKENS["cpu"], fitting))
 
 
 def lanes_for(cpu_lanes: int | None, cores: int | None) -> int:

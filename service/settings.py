@@ -70,8 +70,9 @@ class Settings(BaseSettings):
 
     # Batching and admission
     max_batch_tokens: int | None = Field(
-        None, description="Padded tokens per forward pass (transformers backend; unset: 16384 on a GPU, 2048 on "
-        "the CPU).", json_schema_extra=LIMIT,
+        None, description="Padded tokens per forward pass (transformers backend; unset: 16384 on a GPU; on the CPU "
+        "as many as keep a batch's MLP activations within 3 MiB, 256 to 2048: 512 for the bench model).",
+        json_schema_extra=LIMIT,
     )  # fmt: skip
     max_batch_size: int = Field(32, description="Samples per forward pass.", json_schema_extra=LIMIT)
     cpu_lanes: int | None = Field(

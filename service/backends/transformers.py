@@ -76,12 +76,13 @@ class TransformersBackend:
         self.dtype = placement.dtype
         self.device = placement.device
         self.max_batch_size = max_batch_size
-        self.max_batch_tokens = batch_tokens(max_batch_tokens, placement.device_type)
-        """Padded tokens per forward pass: the setting, else the device's default."""
         self.padding_side = padding_side
         self.model, self.processor = load_reward_model(
             self.model_dir, TORCH_DTYPES[self.dtype], self.device, attn_implementation
         )
+        mlp_bytes = self.model.config.text_config.intermediate_size * self.model.dtype.itemsize
+        self.max_batch_tokens = batch_tokens(max_batch_tokens, placement.device_type, mlp_bytes)
+        """Padded tokens per forward pass: the setting, else the device's default for this model."""
         set_pixel_bounds(self.processor, min_pixels, max_pixels)
         self._facts = backend_facts(self.name, self.model_dir, self.dtype, self.device, self.processor)
         self.cores = torch.get_num_threads() if placement.device_type == "cpu" else None

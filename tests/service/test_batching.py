@@ -11,6 +11,8 @@ import pytest
 
 from vlreward.service.batching import (
     BATCH_TOKENS,
+    CPU_BATCH_ACTIVATION_BYTES,
+    CPU_MIN_BATCH_TOKENS,
     CoreLanes,
     DirectScheduler,
     DynamicBatcher,
@@ -97,10 +99,15 @@ def test_plan_batches_sorts_by_length_and_respects_size_and_token_budget():
     assert plan_batches([10, 10, 10, 10], max_batch_size=8, max_batch_tokens=40) == [[0, 1, 2, 3]]
 
 
-def test_an_unset_token_budget_is_the_devices_default():
+def test_an_unset_token_budget_is_the_devices_default_and_on_the_cpu_fits_the_mlp_activations():
     assert BATCH_TOKENS["cpu"] < BATCH_TOKENS["cuda"]  # on the CPU large batches lose (see BATCH_TOKENS)
-    assert batch_tokens(None, "cpu") == BATCH_TOKENS["cpu"] and batch_tokens(None, "cuda") == BATCH_TOKENS["cuda"]
-    assert batch_tokens(512, "cpu") == 512 and batch_tokens(65536, "cuda") == 65536
+    assert batch_tokens(None, "cuda", 1536 * 4) == BATCH_TOKENS["cuda"]
+    # on the CPU: a batch's MLP activations within CPU_BATCH_ACTIVATION_BYTES (3 MiB), 256 to 2048 tokens
+    assert batch_tokens(None, "cpu", 1536 * 4) == 512  # the bench model in float32
+    assert batch_tokens(None, "cpu", 256 * 4) == BATCH_TOKENS["cpu"]  # the tiny model: capped
+    assert batch_tokens(None, "cpu", 18944 * 4) == CPU_MIN_BATCH_TOKENS  # a 7B: short samples still share
+    assert CPU_MIN_BATCH_TOKENS * 1536 * 4 <= CPU_BATCH_ACTIVATION_BYTES
+    assert batch_tokens(512, "cpu", 256 * 4) == 512 and batch_tokens(65536, "cuda", 1536 * 4) == 65536
 
 
 @run_async

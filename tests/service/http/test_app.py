@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.helpers import COLOURS, LiveServer, shape_image, uri
-from vlreward.service.batching import BATCH_TOKENS, lanes_for
+from vlreward.service.batching import batch_tokens, lanes_for
 from vlreward.service.media import MediaPolicy
 from vlreward.service.model.encoding import encode
 from vlreward.service.model.formatting import IMAGE_PAD, format_sample
@@ -205,8 +205,10 @@ def test_request_id_is_echoed_and_info_describes_the_model(server):
     assert set(info["limits"]) == set(limit_names())
     assert info["limits"]["max_batch_size"] == server.settings.max_batch_size
     # unset, so the CPU's default in force (what the batcher plans with), not the setting's None
-    assert server.settings.max_batch_tokens is None and info["limits"]["max_batch_tokens"] == BATCH_TOKENS["cpu"]
-    assert server.state.scheduler.max_batch_tokens == BATCH_TOKENS["cpu"]
+    text = server.state.backend.model.config.text_config
+    in_force = batch_tokens(None, "cpu", text.intermediate_size * 4)
+    assert server.settings.max_batch_tokens is None and info["limits"]["max_batch_tokens"] == in_force
+    assert server.state.scheduler.max_batch_tokens == in_force
     # lanes: unset, so the CPU's default for this many threads, and the batcher shares those threads
     threads = torch.get_num_threads()
     assert info["cpu_threads"] == threads and info["cpu_lanes"] == lanes_for(None, threads)
