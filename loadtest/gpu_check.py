@@ -288,11 +288,11 @@ def run_check(
     rows = []
     # Baseline: one plain forward pass per sample (every token through every layer), in-process: the model
     # card's loop.
-    backend.model.score_batch(encoded[:1], every_token=True)
+    backend.model.score_batch(encoded[:1], plain=True)
     synchronize(device)
     started = time.perf_counter()
     for item in encoded:
-        backend.model.score_batch([item], every_token=True)
+        backend.model.score_batch([item], plain=True)
     synchronize(device)
     rows.append(
         row(

@@ -142,11 +142,11 @@ def naive_loop(backend, samples: list[dict]) -> tuple[dict, list[float]]:
     from vlreward.service.backends.transformers import TransformersBackend
 
     assert isinstance(backend, TransformersBackend)
-    backend.model.score_batch([backend.encode(formatted(backend, samples[0]))], every_token=True)  # warm-up
+    backend.model.score_batch([backend.encode(formatted(backend, samples[0]))], plain=True)  # warm-up
     scores = []
     started = time.perf_counter()
     for sample in samples:
-        scores += backend.model.score_batch([backend.encode(formatted(backend, sample))], every_token=True)
+        scores += backend.model.score_batch([backend.encode(formatted(backend, sample))], plain=True)
     return _in_process_run(len(samples), time.perf_counter() - started), scores
 
 

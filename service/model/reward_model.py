@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
 
+from vlreward.service.model.cpu_kernels import torch_kernels, use_onednn_linears
 from vlreward.service.model.encoding import EncodedSample, collate
 from vlreward.service.model.scored_token import score_at_last_layer_only, scoring_at
 
@@ -38,6 +39,7 @@ class Qwen2_5_VLRewardModel(nn.Module):
         self.config = config
         self.model = Qwen2_5_VLModel(config)
         score_at_last_layer_only(self.model.language_model)  # the reward reads one token: see scored_token
+        use_onednn_linears(self.model)  # float32 inference on the CPU: see cpu_kernels
         self.score = nn.Linear(config.text_config.hidden_size, 1, bias=head_bias, dtype=torch.float32)
         self.shared_prefix_runs = 0
         """Prefixes (prompt + images) computed once for several samples by :meth:`score_shared_prefix`."""
@@ -79,18 +81,22 @@ class Qwen2_5_VLRewardModel(nn.Module):
         mm_token_type_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.Tensor | None = None,
-        every_token: bool = False,
+        plain: bool = False,
     ) -> torch.Tensor:
         """Final hidden state of each row's last real token, shape [batch, hidden].
 
-        The last decoder layer runs at that token only (see :mod:`.scored_token`); ``every_token`` runs it
-        on every token as transformers' own forward pass does (the model card's loop; same numbers to
+        The last decoder layer runs at that token only (see :mod:`.scored_token`) and float32 linears on the
+        CPU run on oneDNN (:mod:`.cpu_kernels`); ``plain`` is transformers' own forward pass instead, every
+        token through every layer on torch's default kernels (the model card's loop; the same numbers to
         float rounding).
         """
         last = last_token_index(attention_mask)
         # Gradient checkpointing recomputes the layer in backward, outside the context: the full layer then.
-        every_token = every_token or (self.training and self.model.language_model.gradient_checkpointing)
-        with contextlib.nullcontext() if every_token else scoring_at(last):
+        every_token = plain or (self.training and self.model.language_model.gradient_checkpointing)
+        with (
+            torch_kernels() if plain else contextlib.nullcontext(),
+            contextlib.nullcontext() if every_token else scoring_at(last),
+        ):
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -128,13 +134,13 @@ class Qwen2_5_VLRewardModel(nn.Module):
 
     @torch.inference_mode()
     def score_batch(
-        self, samples: list[EncodedSample], padding_side: Literal["left", "right"] = "right", every_token: bool = False
+        self, samples: list[EncodedSample], padding_side: Literal["left", "right"] = "right", plain: bool = False
     ) -> list[float]:
-        """Score encoded samples as one padded batch; rewards in input order (``every_token``: see
+        """Score encoded samples as one padded batch; rewards in input order (``plain``: see
         :meth:`hidden_states`)."""
         batch = collate(samples, self.config.text_config.pad_token_id, padding_side)
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        return self.reward(self.hidden_states(**batch, every_token=every_token)).float().cpu().tolist()
+        return self.reward(self.hidden_states(**batch, plain=plain)).float().cpu().tolist()
 
     @torch.inference_mode()
     def score_shared_prefix(

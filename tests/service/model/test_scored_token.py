@@ -40,13 +40,13 @@ class MLPInputs:
 def test_the_last_layer_runs_one_token_per_row_and_scores_equal_the_full_pass(hf_backend, encoded, padding_side):
     model = hf_backend.model
     assert isinstance(model.model.language_model.layers[-1], ScoredTokenDecoderLayer)
-    full = [model.score_batch([e], every_token=True)[0] for e in encoded]
+    full = [model.score_batch([e], plain=True)[0] for e in encoded]
     with MLPInputs(model) as seen:
         batched = model.score_batch(encoded, padding_side)
     width = max(e.num_tokens for e in encoded)
     assert seen.shapes == [(len(encoded), 1, model.config.text_config.hidden_size)]
     with MLPInputs(model) as seen:
-        batched_full = model.score_batch(encoded, padding_side, every_token=True)
+        batched_full = model.score_batch(encoded, padding_side, plain=True)
     assert seen.shapes == [(len(encoded), width, model.config.text_config.hidden_size)]
     for a, b, c in zip(full, batched, batched_full, strict=True):
         assert abs(a - b) <= TOLERANCE and abs(a - c) <= TOLERANCE
@@ -61,7 +61,7 @@ def test_shared_prefix_suffixes_run_the_last_layer_at_their_scored_token(hf_back
     )
     candidates = prepare_rank(hf_backend, request.candidates(), MediaPolicy(), Limits(max_tokens=4096))
     model = hf_backend.model
-    full = model.score_batch(candidates, every_token=True)
+    full = model.score_batch(candidates, plain=True)
     with MLPInputs(model) as seen:
         shared = model.score_shared_prefix(candidates)
     hidden = model.config.text_config.hidden_size
@@ -78,9 +78,9 @@ def test_training_through_the_scored_token_gives_the_full_pass_scores_and_gradie
     model.train()
     try:
         grads = []
-        for every_token in (False, True):
+        for plain in (False, True):
             model.zero_grad()
-            rewards = model.reward(model.hidden_states(**batch, every_token=every_token))
+            rewards = model.reward(model.hidden_states(**batch, plain=plain))
             (rewards[0] - rewards[1]).backward()
             grads.append((rewards.detach(), mlp.grad.clone()))
     finally:

