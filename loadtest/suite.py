@@ -97,10 +97,17 @@ class Comparison:
     def median(self) -> float:
         return statistics.median(self.ratios)
 
+    @property
+    def target_met(self) -> bool | None:
+        """Whether the exact median reaches the row's target (None: no target); the table rounds."""
+        target = TARGETS.get(self.name)
+        return None if target is None else self.median >= target
+
     def record(self) -> dict:
         return {
             "name": self.name, "a": self.a, "b": self.b, "median_ratio": self.median, "min_ratio": min(self.ratios),
             "max_ratio": max(self.ratios), "ratios": self.ratios, "target": TARGETS.get(self.name),
+            "target_met": self.target_met,
             "a_runs": self.a_runs, "b_runs": self.b_runs,
         }  # fmt: skip
 
@@ -374,14 +381,20 @@ def build_model(size: str, workdir: Path) -> Path:
     return path
 
 
-def print_table(comparisons: list[Comparison], checks: Checks) -> None:
-    print(f"\n{'comparison (A / B)':<44} {'median':>7} {'min':>6} {'max':>6} {'target':>7}  A samples/s  B samples/s")
+def print_table(comparisons: list[Comparison], checks: Checks, bench_run: bool) -> None:
+    """The ratios, then the score checks. The targets are the bench model's: on another run (tiny, smoke,
+    a given checkpoint) they and their verdicts are shown in brackets, for reference."""
+    print(f"\n{'comparison (A / B)':<44} {'median':>7} {'min':>6} {'max':>6} {'target':>7} {'met':>5}"
+          "  A samples/s  B samples/s")  # fmt: skip
+    verdicts = {None: "", True: "yes", False: "NO"}
     for c in comparisons:
-        target = TARGETS.get(c.name)
+        target, met = TARGETS.get(c.name), verdicts[c.target_met]
+        target = "" if target is None else f"{target:.2f}" if bench_run else f"({target:.2f})"
+        met = met if bench_run or not met else f"({met})"
         a, b = (statistics.median(r.get("samples_per_s", 0) for r in runs) for runs in (c.a_runs, c.b_runs))
         a, b = (f"{x:.1f}" if x else "" for x in (a, b))  # the latency row has no throughput
-        print(f"{c.name:<44} {c.median:>7.2f} {min(c.ratios):>6.2f} {max(c.ratios):>6.2f} "
-              f"{'' if target is None else f'{target:.2f}':>7}  {a:>11}  {b:>11}")  # fmt: skip
+        print(f"{c.name:<44} {c.median:>7.3f} {min(c.ratios):>6.2f} {max(c.ratios):>6.2f} "
+              f"{target:>7} {met:>5}  {a:>11}  {b:>11}")  # fmt: skip
     print(f"\n{'scores of':<44} {'max |diff|':>11} {'tolerance':>9}")
     for row in checks.rows:
         diff = "missing" if row["max_abs_diff"] is None else f"{row['max_abs_diff']:.2e}"
@@ -430,6 +443,7 @@ def main(
     if rounds is not None:
         plan = dataclasses.replace(plan, rounds=rounds)
     started = time.monotonic()
+    bench_run = size == "bench" and model is None and not smoke  # the run the targets are for
     model = model or build_model(size, Path(tempfile.mkdtemp(prefix="suite-")))
     checks = Checks()
     comparisons: list[Comparison] = []
@@ -437,7 +451,7 @@ def main(
         comparisons += transformers_section(model, plan, checks)
     if "vllm" in sections:
         comparisons += vllm_section(model, plan, checks, vllm_serve_url)
-    print_table(comparisons, checks)
+    print_table(comparisons, checks, bench_run)
     output.mkdir(parents=True, exist_ok=True)
     name = f"suite_{size}" + ("_smoke" if smoke else "")
     record = {

@@ -34,4 +34,7 @@ def test_the_suite_in_smoke_mode_runs_every_row_and_every_path_scores_the_same(
                      "vLLM backend / vllm serve, c=8", "forward time / p99 latency c=1"):  # fmt: skip
         assert expected in names
     assert all(c["median_ratio"] > 0 for c in report["comparisons"])
+    for c in report["comparisons"]:  # judged on the exact median, which the printed table rounds
+        assert c["target_met"] == (None if c["target"] is None else c["median_ratio"] >= c["target"])
+    assert " met " in done.stdout
     assert (tmp_path / "suite_tiny_smoke.png").stat().st_size > 0
