@@ -99,7 +99,7 @@ class Comparison:
 
     @property
     def target_met(self) -> bool | None:
-        """Whether the exact median reaches the row's target (None: no target); the table rounds."""
+        """Whether the exact median (not a rounded one) reaches the row's target; None: no target."""
         target = TARGETS.get(self.name)
         return None if target is None else self.median >= target
 
@@ -388,9 +388,11 @@ def print_table(comparisons: list[Comparison], checks: Checks, bench_run: bool) 
           "  A samples/s  B samples/s")  # fmt: skip
     verdicts = {None: "", True: "yes", False: "NO"}
     for c in comparisons:
-        target, met = TARGETS.get(c.name), verdicts[c.target_met]
-        target = "" if target is None else f"{target:.2f}" if bench_run else f"({target:.2f})"
-        met = met if bench_run or not met else f"({met})"
+        goal = TARGETS.get(c.name)
+        target = "" if goal is None else f"{goal:.2f}"
+        met = verdicts[c.target_met]
+        if not bench_run and target:  # another model's (or a smoke run's) figures: for reference only
+            target, met = f"({target})", f"({met})"
         a, b = (statistics.median(r.get("samples_per_s", 0) for r in runs) for runs in (c.a_runs, c.b_runs))
         a, b = (f"{x:.1f}" if x else "" for x in (a, b))  # the latency row has no throughput
         print(f"{c.name:<44} {c.median:>7.3f} {min(c.ratios):>6.2f} {max(c.ratios):>6.2f} "
