@@ -224,9 +224,11 @@ def load_reward_model(
     model = build_model(config, head_bias=HEAD_BIAS in names, device=device, dtype=dtype)
     load_weights(model, iter_checkpoint_tensors(directory), directory)
     if attn_implementation == "sdpa":
+        from vlreward.service.model.causal_attention import use_blocked_causal_attention
         from vlreward.service.model.vision_attention import use_windowed_vision_attention
 
         use_windowed_vision_attention(model.model.visual)  # one sdpa call per window size, not per window
+        use_blocked_causal_attention(model.model.language_model)  # CPU: no work on the masked-out half
     model.eval()
     processor = AutoProcessor.from_pretrained(directory)
     return model, processor

@@ -9,8 +9,9 @@ that applies: float32 on the CPU, no gradient needed. Elsewhere (a GPU, bfloat16
 ``nn.Linear``. The weights are not repacked (no second copy in memory); parameters, names and state
 dict are unchanged. Results differ from MKL's by float rounding only (about 1e-6 on a score).
 
-:func:`torch_kernels` turns it off on the calling thread: the model card's plain forward pass (the
-benchmarks' naive loop) runs torch's default kernels, as a user's own transformers loop would.
+:func:`torch_kernels` turns it off on the calling thread, and with it the blocked causal attention
+(:mod:`.causal_attention`): the model card's plain forward pass (the benchmarks' naive loop) runs torch's
+default kernels and transformers' sdpa, as a user's own transformers loop would.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from contextvars import ContextVar
 import torch
 from torch import nn
 
-_ONEDNN_OFF: ContextVar[bool] = ContextVar("vlreward_onednn_off", default=False)
+_TORCH_KERNELS_ONLY: ContextVar[bool] = ContextVar("vlreward_torch_kernels_only", default=False)
 
 
 def onednn_linear_available() -> bool:
@@ -30,14 +31,20 @@ def onednn_linear_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def torch_kernels_only() -> bool:
+    """Whether the calling thread is inside :func:`torch_kernels`."""
+    return _TORCH_KERNELS_ONLY.get()
+
+
 @contextlib.contextmanager
 def torch_kernels() -> Iterator[None]:
-    """Within the block, on this thread, :class:`OneDnnLinear` is plain ``nn.Linear``."""
-    token = _ONEDNN_OFF.set(True)
+    """Within the block, on this thread, :class:`OneDnnLinear` is plain ``nn.Linear`` and attention is
+    transformers' sdpa."""
+    token = _TORCH_KERNELS_ONLY.set(True)
     try:
         yield
     finally:
-        _ONEDNN_OFF.reset(token)
+        _TORCH_KERNELS_ONLY.reset(token)
 
 
 class OneDnnLinear(nn.Linear):
@@ -50,7 +57,7 @@ class OneDnnLinear(nn.Linear):
             and weight.dtype == torch.float32
             and input.dtype == torch.float32
             and not (torch.is_grad_enabled() and (weight.requires_grad or input.requires_grad))
-            and not _ONEDNN_OFF.get()
+            and not torch_kernels_only()
         ):
             return torch.ops.mkldnn._linear_pointwise(input, weight, self.bias, "none", [], "")
         return super().forward(input)

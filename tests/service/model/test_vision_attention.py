@@ -6,6 +6,7 @@ import torch
 
 from tests.helpers import shape_image, uri
 from vlreward.service.media import MediaPolicy
+from vlreward.service.model.causal_attention import BLOCKED_ATTENTION
 from vlreward.service.model.checkpoint import load_reward_model
 from vlreward.service.model.encoding import encode
 from vlreward.service.model.vision_attention import WINDOWED_ATTENTION
@@ -16,7 +17,7 @@ from vlreward.service.schemas import Sample
 def test_batched_windows_score_like_one_call_per_window(tiny_reward, monkeypatch):
     model, processor = load_reward_model(tiny_reward)
     assert model.model.visual.config._attn_implementation == WINDOWED_ATTENTION
-    assert model.model.language_model.config._attn_implementation == "sdpa"
+    assert model.model.language_model.config._attn_implementation == BLOCKED_ATTENTION  # its own (causal_attention)
     # Image sides that are and are not multiples of the window (edge windows are shorter), two images, none.
     samples = [
         Sample(prompt="Which colours?", response="Red and blue.",
