@@ -23,6 +23,7 @@ from vlreward.service.model.encoding import (
     encode,
     encode_shared,
     images_digest,
+    opening_ids,
     set_pixel_bounds,
     with_prefix_key,
 )
@@ -80,6 +81,7 @@ class TransformersBackend:
         self.model, self.processor = load_reward_model(
             self.model_dir, TORCH_DTYPES[self.dtype], self.device, attn_implementation
         )
+        self.model.cache_opening(opening_ids(self.processor))  # the system turn most samples start with
         mlp_bytes = self.model.config.text_config.intermediate_size * self.model.dtype.itemsize
         self.max_batch_tokens = batch_tokens(max_batch_tokens, placement.device_type, mlp_bytes)
         """Padded tokens per forward pass: the setting, else the device's default for this model."""

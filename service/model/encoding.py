@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from vlreward.service.model.formatting import FormattedSample
+from vlreward.service.model.formatting import FormattedSample, template_opening
 
 
 @dataclass
@@ -103,6 +103,12 @@ def encode(formatted: FormattedSample, processor: Any) -> EncodedSample:
         pixel_values=batch.get("pixel_values"),
         image_grid_thw=batch.get("image_grid_thw"),
     )
+
+
+def opening_ids(processor: Any) -> torch.Tensor:
+    """The tokens of :func:`~vlreward.service.model.formatting.template_opening`, encoded as :func:`encode`
+    encodes a sample (a sample whose ids do not start with them simply does not share them)."""
+    return encode(FormattedSample(text=template_opening(processor)), processor).input_ids
 
 
 def encode_shared(samples: list[FormattedSample], processor: Any) -> list[EncodedSample]:

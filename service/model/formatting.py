@@ -68,6 +68,19 @@ def format_sample(sample: Sample, images: list[Image.Image], processor: Any) -> 
     return FormattedSample(text=text, images=list(images))
 
 
+_OPENING_MARK = "\u2063vlreward-user-turn\u2063"
+"""A prompt no tokenizer merges with the template text before it (starts with an invisible separator)."""
+
+
+def template_opening(processor: Any) -> str:
+    """The text every sample without its own system prompt starts with: the template's default system turn
+    and the opening of the user's turn, up to where the user's images or words begin."""
+    text = processor.apply_chat_template(
+        template_messages(Sample(prompt=_OPENING_MARK, response="-")), tokenize=False, add_generation_prompt=False
+    )
+    return text[: text.index(_OPENING_MARK)]
+
+
 _PAD_RUN = re.compile(f"(?:{re.escape(IMAGE_PAD)})+")
 
 

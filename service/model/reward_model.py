@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -17,6 +18,31 @@ from vlreward.service.model.scored_token import score_at_last_layer_only, scorin
 PREFIX_COPY_BYTES = 1 << 30
 """What the copies of a shared prefix's key/value cache may hold at once: each candidate of a chunk gets
 one (1 GiB: 18k tokens of a 7B model's cache in bfloat16, all of a small model's)."""
+
+
+@dataclass(frozen=True)
+class CachedOpening:
+    """Tokens many samples start with (the chat template's system turn) and their key/value cache."""
+
+    input_ids: torch.Tensor
+    """Shape [tokens]."""
+    cache: Any
+    """One row's cache of every layer; copied for each batch, never extended itself."""
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def starts(self, samples: list[EncodedSample]) -> bool:
+        """Whether every sample starts with these tokens and has at least one more (the scored one)."""
+        n = self.length
+        return all(s.num_tokens > n and torch.equal(s.input_ids[:n], self.input_ids) for s in samples)
+
+    def for_rows(self, rows: int) -> Any:
+        """A copy of the cache for ``rows`` rows, to continue."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return cache
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -43,6 +69,10 @@ class Qwen2_5_VLRewardModel(nn.Module):
         self.score = nn.Linear(config.text_config.hidden_size, 1, bias=head_bias, dtype=torch.float32)
         self.shared_prefix_runs = 0
         """Prefixes (prompt + images) computed once for several samples by :meth:`score_shared_prefix`."""
+        self.opening: CachedOpening | None = None
+        """The cached opening that :meth:`score_batch` continues from (:meth:`cache_opening`)."""
+        self.opening_batches = 0
+        """Batches :meth:`score_batch` ran from the cached opening."""
         self.vision_in_every_step = False
         """Training across processes: run the vision tower on a dummy image when a batch has none, so
         every rank uses the same parameters each step (ZeRO-3/FSDP hang otherwise; DDP reports unused
@@ -82,28 +112,36 @@ class Qwen2_5_VLRewardModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.Tensor | None = None,
         plain: bool = False,
+        opening: CachedOpening | None = None,
     ) -> torch.Tensor:
         """Final hidden state of each row's last real token, shape [batch, hidden].
 
         The last decoder layer runs at that token only (see :mod:`.scored_token`) and float32 linears on the
         CPU run on oneDNN (:mod:`.cpu_kernels`); ``plain`` is transformers' own forward pass instead, every
         token through every layer on torch's default kernels (the model card's loop; the same numbers to
-        float rounding).
+        float rounding). With ``opening`` (every row, right-padded, starts with its tokens) the rows continue
+        from its cache instead of computing those tokens again.
         """
         last = last_token_index(attention_mask)
+        positions = self.position_ids(input_ids, attention_mask, mm_token_type_ids, image_grid_thw)
+        skip, past = 0, None
+        if opening is not None and not plain:
+            skip, past = opening.length, opening.for_rows(len(input_ids))
+            input_ids, positions = input_ids[:, skip:], positions[..., skip:]
         # Gradient checkpointing recomputes the layer in backward, outside the context: the full layer then.
         every_token = plain or (self.training and self.model.language_model.gradient_checkpointing)
         with (
             torch_kernels() if plain else contextlib.nullcontext(),
-            contextlib.nullcontext() if every_token else scoring_at(last),
+            contextlib.nullcontext() if every_token else scoring_at(last - skip),
         ):
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
-                position_ids=self.position_ids(input_ids, attention_mask, mm_token_type_ids, image_grid_thw),
+                position_ids=positions,
                 pixel_values=None if pixel_values is None else pixel_values.to(self.dtype),
                 image_grid_thw=image_grid_thw,
-                use_cache=False,
+                past_key_values=past,
+                use_cache=past is not None,
             )
         if every_token:
             return out.last_hidden_state[torch.arange(len(last), device=last.device), last]
@@ -140,7 +178,28 @@ class Qwen2_5_VLRewardModel(nn.Module):
         :meth:`hidden_states`)."""
         batch = collate(samples, self.config.text_config.pad_token_id, padding_side)
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        return self.reward(self.hidden_states(**batch, plain=plain)).float().cpu().tolist()
+        opening = self.opening
+        if plain or padding_side != "right" or opening is None or not opening.starts(samples):
+            opening = None
+        else:
+            self.opening_batches += 1
+        return self.reward(self.hidden_states(**batch, plain=plain, opening=opening)).float().cpu().tolist()
+
+    @torch.inference_mode()
+    def cache_opening(self, input_ids: torch.Tensor | None) -> None:
+        """Compute the key/value cache of ``input_ids`` (text every sample without its own system prompt
+        starts with: :func:`~vlreward.service.model.formatting.template_opening`) once; :meth:`score_batch`
+        continues from it where every row starts with those tokens (15 of the bench mix's 358 tokens per
+        sample). None forgets it."""
+        if input_ids is None or len(input_ids) == 0:
+            self.opening = None
+            return
+        ids = input_ids.to(self.device).unsqueeze(0)
+        positions = torch.arange(ids.shape[1], device=self.device).view(1, 1, -1).expand(3, 1, -1)
+        cache = self.model(
+            input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions, use_cache=True
+        ).past_key_values
+        self.opening = CachedOpening(input_ids.cpu(), cache)
 
     @torch.inference_mode()
     def score_shared_prefix(

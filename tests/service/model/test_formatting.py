@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.helpers import shape_image, uri
-from vlreward.service.model.encoding import encode
-from vlreward.service.model.formatting import IMAGE_PAD, FormattingError, format_sample, format_templated
+from vlreward.service.model.encoding import encode, opening_ids
+from vlreward.service.model.formatting import (
+    IMAGE_PAD,
+    VISION_START,
+    FormattingError,
+    format_sample,
+    format_templated,
+    template_opening,
+)
 from vlreward.service.schemas import Sample
 
 
@@ -82,3 +90,19 @@ def test_templated_text_matches_sample_formatting(hf_backend):
 def test_templated_text_with_pads_but_no_images_is_refused():
     with pytest.raises(FormattingError):
         format_templated(f"<|vision_start|>{IMAGE_PAD}<|vision_end|>hi", [])
+
+
+@pytest.mark.parametrize("images", [0, 1])
+def test_the_template_opening_is_where_every_default_sample_starts_and_ends_before_its_content(hf_backend, images):
+    processor = hf_backend.processor
+    opening = template_opening(processor)
+    sample = Sample(prompt="Describe it.", response="A red circle.", images=[uri(shape_image())] * images)
+    text = format_sample(sample, [shape_image()] * images, processor).text
+    assert text.startswith(opening) and opening.endswith("user\n")
+    assert "Describe" not in opening and VISION_START not in opening
+    own_system = Sample(prompt="Describe it.", response="A red circle.", system="Be brief.")
+    assert not format_sample(own_system, [], processor).text.startswith(opening)
+    ids = opening_ids(processor)
+    assert torch.equal(
+        encode(format_sample(sample, [shape_image()] * images, processor), processor).input_ids[: len(ids)], ids
+    )

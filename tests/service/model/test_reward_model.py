@@ -179,3 +179,31 @@ def test_rank_chunks_count_the_candidates_own_tokens_and_the_prefix_copies_memor
     bounded = model.score_shared_prefix(encoded, 64, budget)
     assert seen == [2, 2, 2]
     assert max(abs(a - b) for a, b in zip(one_pass, bounded, strict=True)) <= TOLERANCE
+
+
+def test_samples_continue_from_the_cached_template_opening_with_their_own_scores(hf_backend, mixed_samples):
+    model = hf_backend.model
+    opening = model.opening
+    assert opening is not None and opening.length >= 5  # the default system turn and "user"
+    encoded = [hf_backend.encode(s) for s in mixed_samples]
+    starts = [opening.starts([e]) for e in encoded]
+    assert starts == [True, True, True, False, True]  # sample 3 has its own system prompt
+    plain = [model.score_batch([e], plain=True)[0] for e in encoded]
+    before = model.opening_batches
+    solo = [model.score_batch([e])[0] for e in encoded]
+    assert model.opening_batches - before == sum(starts)  # fails if continuing silently stops
+    sharing = [e for e, s in zip(encoded, starts, strict=True) if s]
+    together = model.score_batch(sharing)
+    assert model.opening_batches - before == sum(starts) + 1
+    model.score_batch(encoded)  # one row does not start with it: the whole batch runs every token
+    model.score_batch(sharing, padding_side="left")  # continuing needs the opening at column 0
+    assert model.opening_batches - before == sum(starts) + 1
+    assert max(abs(a - b) for a, b in zip(solo, plain, strict=True)) <= TOLERANCE
+    expected = [p for p, s in zip(plain, starts, strict=True) if s]
+    assert max(abs(a - b) for a, b in zip(together, expected, strict=True)) <= TOLERANCE
+    model.cache_opening(None)
+    try:
+        assert model.score_batch(sharing) == pytest.approx(together, abs=TOLERANCE)
+        assert model.opening_batches - before == sum(starts) + 1
+    finally:
+        model.opening = opening
