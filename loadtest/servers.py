@@ -83,9 +83,15 @@ def start(
         time.sleep(0.5)
 
 
-def start_vllm_serve(model: Path) -> ServerProcess:
+ALL_CORES = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+"""vLLM's CPU build keeps one core for its scheduler and server by default; this gives its worker every core,
+as our engine worker has them on a host of 4 cores or fewer."""
+
+
+def start_vllm_serve(model: Path, all_cores: bool = False) -> ServerProcess:
+    """``vllm serve`` as a user starts it, or with ``all_cores`` (:data:`ALL_CORES`)."""
     port = free_port()
-    return start(vllm_serve_command(model, port), port, "/health")
+    return start(vllm_serve_command(model, port), port, "/health", ALL_CORES if all_cores else None)
 
 
 def start_vlreward(model: Path, backend: str, **settings: str) -> ServerProcess:

@@ -316,7 +316,9 @@ def vllm_in_process(model: Path, samples: list[dict]) -> tuple[dict, list[float]
     return _in_process_run(len(samples), seconds), scores
 
 
-def vllm_section(model: Path, plan: Plan, checks: Checks, vllm_serve_url: str | None) -> list[Comparison]:
+def vllm_section(
+    model: Path, plan: Plan, checks: Checks, vllm_serve_url: str | None, vllm_serve_all_cores: bool = False
+) -> list[Comparison]:
     from vlreward.service.backends.transformers import TransformersBackend
 
     mix = Mix(samples=plan.vllm_requests, image_fraction=1 / 3, image_size=(84, 84), prompt_words=(8, 40),
@@ -335,7 +337,7 @@ def vllm_section(model: Path, plan: Plan, checks: Checks, vllm_serve_url: str | 
     limit_summary, limit_scores = vllm_in_process(model, limit_samples)
     checks.add("vLLM AsyncLLM in process", limit_scores, reference(limit_samples), ACROSS_BACKENDS)
     ours = start_vlreward(model, "vllm", max_queue=100_000)
-    theirs = None if vllm_serve_url else start_vllm_serve(model)
+    theirs = None if vllm_serve_url else start_vllm_serve(model, all_cores=vllm_serve_all_cores)
     their_url = vllm_serve_url or theirs.url
     try:
         for concurrency in plan.vllm_concurrency:
@@ -437,6 +439,9 @@ def main(
     rounds: int | None = typer.Option(None, help="Alternating rounds per comparison (default 5; smoke 1)."),
     sections: str = typer.Option("transformers,vllm", help="Which sections to run."),
     vllm_serve_url: str | None = typer.Option(None, help="A running `vllm serve` on the same model (else started)."),
+    vllm_serve_all_cores: bool = typer.Option(
+        False, help="Start `vllm serve` with every core (VLLM_CPU_NUM_OF_RESERVED_CPU=0), as our engine has them."
+    ),
     output: Path = typer.Option(Path("loadtest/results"), help="Folder for suite_<size>.json and .png."),
 ) -> None:
     command = " ".join(["python -m loadtest.suite", *sys.argv[1:]])
@@ -445,17 +450,18 @@ def main(
     if rounds is not None:
         plan = dataclasses.replace(plan, rounds=rounds)
     started = time.monotonic()
-    bench_run = size == "bench" and model is None and not smoke  # the run the targets are for
+    # the run the targets are for: our model against vllm serve as a user starts it
+    bench_run = size == "bench" and model is None and not smoke and not vllm_serve_all_cores
     model = model or build_model(size, Path(tempfile.mkdtemp(prefix="suite-")))
     checks = Checks()
     comparisons: list[Comparison] = []
     if "transformers" in sections:
         comparisons += transformers_section(model, plan, checks)
     if "vllm" in sections:
-        comparisons += vllm_section(model, plan, checks, vllm_serve_url)
+        comparisons += vllm_section(model, plan, checks, vllm_serve_url, vllm_serve_all_cores)
     print_table(comparisons, checks, bench_run)
     output.mkdir(parents=True, exist_ok=True)
-    name = f"suite_{size}" + ("_smoke" if smoke else "")
+    name = f"suite_{size}" + ("_smoke" if smoke else "") + (".vllm-serve-all-cores" if vllm_serve_all_cores else "")
     record = {
         "command": command, "benchmark": "suite", "size": size, "smoke": smoke, "plan": plan.__dict__,
         "threads": torch.get_num_threads(),
@@ -463,7 +469,8 @@ def main(
         "score_checks": checks.rows, "scores_ok": checks.ok,
     }  # fmt: skip
     (output / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    plot(comparisons, output / f"{name}.png", f"vlreward suite, {size} model, {plan.rounds} alternating rounds")
+    title = f"vlreward suite, {size} model, {plan.rounds} alternating rounds"
+    plot(comparisons, output / f"{name}.png", title + (", vllm serve on every core" if vllm_serve_all_cores else ""))
     print(f"wrote {output / name}.json and .png ({time.monotonic() - started:.0f} s)")
     if not checks.ok:
         raise typer.Exit(1)
