@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from vlreward.service.backends.vllm import RESERVED_CPU_ENV
+
 CPU_ENGINE = {"VLREWARD_VLLM_GPU_MEMORY_UTILIZATION": "0.2"}
 """vLLM's CPU build sizes its KV cache from this share of memory (two engines fit side by side)."""
 
@@ -83,7 +85,7 @@ def start(
         time.sleep(0.5)
 
 
-ALL_CORES = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+ALL_CORES = {RESERVED_CPU_ENV: "0"}
 """vLLM's CPU build keeps one core for its scheduler and server by default; this gives its worker every core,
 as our engine worker has them on a host of 4 cores or fewer."""
 

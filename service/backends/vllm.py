@@ -106,14 +106,17 @@ class VLLMInput:
         return len(self.images)
 
 
+RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+"""Where vLLM's CPU build reads how many cores it keeps from its worker for its scheduler and server."""
+
+
 @contextlib.contextmanager
 def reserved_cpu_cores(explicit: int | None, resolved: int | None) -> Iterator[None]:
     """While the engine starts: how many cores vLLM's CPU build keeps from its worker. It reads this only
     from the environment of the engine processes it starts, so it is set for their start and restored
     after (processes this one starts later, such as a `vllm serve` baseline, keep their own). A setting
-    given explicitly wins over ``VLLM_CPU_NUM_OF_RESERVED_CPU`` in the environment, the device default
-    does not."""
-    name = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+    given explicitly wins over :data:`RESERVED_CPU_ENV` in the environment, the device default does not."""
+    name = RESERVED_CPU_ENV
     before = os.environ.get(name)
     if resolved is not None and (explicit is not None or before is None):
         os.environ[name] = str(resolved)
