@@ -14,7 +14,7 @@ EXTRAS     ?= dev $(VLLM_BUILD)
 SYNC       := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --compile-bytecode --python $(PYTHON) \
               $(addprefix --extra ,$(EXTRAS))
 
-.PHONY: dev frameworks test lint lock serve clean
+.PHONY: dev frameworks prometheus test lint lock serve clean
 
 $(UV):
 	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
@@ -38,6 +38,12 @@ $(FRAMEWORKS)/.installed: tests/requirements-frameworks.txt | $(VENV)/.installed
 
 frameworks: $(FRAMEWORKS)/.installed
 
+# promtool and prometheus for the monitoring tests: a new-enough copy on PATH, else Debian's package
+# unpacked into $(PROMETHEUS) without root (tests/tools/prometheus.sh says which version and why).
+PROMETHEUS := $(TOOLS)/prometheus
+prometheus:
+	tests/tools/prometheus.sh $(PROMETHEUS)
+
 lock: $(UV)
 	$(UV) lock
 
@@ -47,8 +53,8 @@ lint: dev
 
 # tests/test_packaging.py compares the environment with the lock for these extras, and builds the
 # wheel into fresh environments with the same uv.
-test: dev frameworks lint
-	VLREWARD_FRAMEWORKS=$(abspath $(FRAMEWORKS)) UV=$(abspath $(UV)) VLREWARD_EXTRAS="$(EXTRAS)" $(PY) -m pytest -q -p no:cacheprovider --durations=15
+test: dev frameworks prometheus lint
+	PATH="$(abspath $(PROMETHEUS))/bin:$$PATH" VLREWARD_FRAMEWORKS=$(abspath $(FRAMEWORKS)) UV=$(abspath $(UV)) VLREWARD_EXTRAS="$(EXTRAS)" $(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 serve: dev
 	$(VENV)/bin/vlreward serve

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -11,6 +13,44 @@ import pytest
 import torch
 
 from tests.helpers import VLREWARD, build_reward_checkpoint
+from tests.processes import Processes
+from tests.processes import pytest_sessionfinish as pytest_sessionfinish  # fails a run that leaves processes
+
+PROMETHEUS_SCRIPT = Path(__file__).parent / "tools" / "prometheus.sh"
+
+
+@pytest.fixture
+def processes():
+    """Start processes with ``processes.start([...])``; each is stopped with its children when the test ends."""
+    started = Processes()
+    try:
+        yield started
+    finally:
+        started.stop_all()
+
+
+@dataclass(frozen=True)
+class PrometheusTools:
+    promtool: str
+    prometheus: str
+
+
+@pytest.fixture(scope="session")
+def prometheus_tools() -> PrometheusTools:
+    """promtool and prometheus at the version tests/tools/prometheus.sh provides (`make test` puts them on PATH)."""
+    minimum = re.search(r"^MIN_VERSION=([\d.]+)", PROMETHEUS_SCRIPT.read_text(), re.M).group(1)
+    found = {name: shutil.which(name) for name in ("promtool", "prometheus")}
+    missing = [name for name, path in found.items() if path is None]
+    assert not missing, f"{' and '.join(missing)} not on PATH: run the tests with `make test` (it provides them)"
+    for path in found.values():
+        done = subprocess.run([path, "--version"], capture_output=True, text=True)
+        number = re.search(r"version (\d+(?:\.\d+)*)", done.stdout + done.stderr)
+        assert number and _at_least(number.group(1), minimum), f"{path}: {done.stdout[:80]!r}, need >= {minimum}"
+    return PrometheusTools(found["promtool"], found["prometheus"])
+
+
+def _at_least(version: str, minimum: str) -> bool:
+    return tuple(int(part) for part in version.split(".")) >= tuple(int(part) for part in minimum.split("."))
 
 
 @dataclass(frozen=True)

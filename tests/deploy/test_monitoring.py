@@ -32,11 +32,14 @@ def test_the_committed_dashboard_is_what_the_generator_writes():
     assert dashboard.OUTPUT.read_text() == dashboard.render(), "run `python -m deploy.dashboard` and commit"
 
 
-def test_the_alert_rules_pass_promtool_and_each_alert_fires_on_synthetic_series():
-    checked = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True)
+def test_the_alert_rules_pass_promtool_and_each_alert_fires_on_synthetic_series(prometheus_tools):
+    checked = subprocess.run([prometheus_tools.promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True)
     assert checked.returncode == 0 and "SUCCESS: 6 rules found" in checked.stdout, checked.stdout + checked.stderr
     tested = subprocess.run(
-        ["promtool", "test", "rules", "alerts_test.yml"], cwd=Path(__file__).parent, capture_output=True, text=True
+        [prometheus_tools.promtool, "test", "rules", "alerts_test.yml"],
+        cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
     )
     assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
     fired = set(re.findall(r"alertname: (\w+)", (Path(__file__).parent / "alerts_test.yml").read_text()))
@@ -45,7 +48,9 @@ def test_the_alert_rules_pass_promtool_and_each_alert_fires_on_synthetic_series(
 
 
 @pytest.mark.slow
-def test_a_real_prometheus_finds_every_series_and_evaluates_every_query(tiny_reward, tmp_path):
+def test_a_real_prometheus_finds_every_series_and_evaluates_every_query(
+    tiny_reward, tmp_path, processes, prometheus_tools
+):
     port, prometheus_port = free_port(), free_port()
     config = yaml.safe_load(PROMETHEUS_YML.read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
@@ -54,50 +59,44 @@ def test_a_real_prometheus_finds_every_series_and_evaluates_every_query(tiny_rew
         if job["job_name"] == "vlreward":
             job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    server = subprocess.Popen([VLREWARD, "serve", "--model", str(tiny_reward), "--port", str(port)])
-    prometheus = subprocess.Popen(
-        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+    server = processes.start([VLREWARD, "serve", "--model", str(tiny_reward), "--port", str(port)])
+    processes.start(
+        [prometheus_tools.prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
          f"--web.listen-address=127.0.0.1:{prometheus_port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     api = f"http://127.0.0.1:{prometheus_port}/api/v1"
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, server)
-        items = [{"prompt": f"Colour {i}?", "response": "Red.", "image": uri(shape_image("red"))} for i in range(4)]
-        for _ in range(3):
-            assert httpx.post(url + "/score", json={"items": items}, timeout=60).status_code == 200
-            assert httpx.post(url + "/rank", json={"prompt": "Which?", "responses": ["a", "b"]}).status_code == 200
-            assert httpx.post(url + "/score", json={"items": [{"prompt": 1}]}).status_code == 422
-            time.sleep(1.5)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # rates need two scrapes after the traffic
-            result = httpx.get(api + "/query", params={"query": "vlreward_samples_total"}).json()["data"]["result"]
-            if result and float(result[0]["value"][1]) >= 12:
-                break
-            time.sleep(0.5)
-        wait_until(lambda: _rules_evaluated(api), what="every alert rule evaluated")
-        expressions = [expr for expr, _ in dashboard.queries()] + alert_expressions()
-        needs = {expr: need for expr, need in dashboard.queries()}
-        for expr in expressions:
-            query = expr.replace("$__rate_interval", "1m")
-            answer = httpx.get(api + "/query", params={"query": query}).json()
-            assert answer["status"] == "success", (expr, answer)
-            for name in set(_NAME.findall(expr)):
-                if needs.get(expr) and name.startswith(NOT_HERE[needs[expr]]):
-                    continue
-                series = httpx.get(api + "/series", params={"match[]": name}).json()["data"]
-                assert series, f"{name} (used by {expr!r}) is not in Prometheus"
-        for query in ('rate(process_cpu_seconds_total{job="vlreward"}[1m])', 'process_resident_memory_bytes{job="vlreward"}',
-                      'sum by (reason) (rate(vlreward_rejected_total[1m]))'):  # fmt: skip
-            assert httpx.get(api + "/query", params={"query": query}).json()["data"]["result"], query
-        rules = httpx.get(api + "/rules").json()["data"]["groups"][0]["rules"]
-        assert len(rules) == 6 and all(rule["health"] == "ok" for rule in rules), rules
-
-    finally:
-        for process in (prometheus, server):
-            process.terminate()
-            process.wait(timeout=60)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, server)
+    items = [{"prompt": f"Colour {i}?", "response": "Red.", "image": uri(shape_image("red"))} for i in range(4)]
+    for _ in range(3):
+        assert httpx.post(url + "/score", json={"items": items}, timeout=60).status_code == 200
+        assert httpx.post(url + "/rank", json={"prompt": "Which?", "responses": ["a", "b"]}).status_code == 200
+        assert httpx.post(url + "/score", json={"items": [{"prompt": 1}]}).status_code == 422
+        time.sleep(1.5)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # rates need two scrapes after the traffic
+        result = httpx.get(api + "/query", params={"query": "vlreward_samples_total"}).json()["data"]["result"]
+        if result and float(result[0]["value"][1]) >= 12:
+            break
+        time.sleep(0.5)
+    wait_until(lambda: _rules_evaluated(api), what="every alert rule evaluated")
+    expressions = [expr for expr, _ in dashboard.queries()] + alert_expressions()
+    needs = {expr: need for expr, need in dashboard.queries()}
+    for expr in expressions:
+        query = expr.replace("$__rate_interval", "1m")
+        answer = httpx.get(api + "/query", params={"query": query}).json()
+        assert answer["status"] == "success", (expr, answer)
+        for name in set(_NAME.findall(expr)):
+            if needs.get(expr) and name.startswith(NOT_HERE[needs[expr]]):
+                continue
+            series = httpx.get(api + "/series", params={"match[]": name}).json()["data"]
+            assert series, f"{name} (used by {expr!r}) is not in Prometheus"
+    for query in ('rate(process_cpu_seconds_total{job="vlreward"}[1m])', 'process_resident_memory_bytes{job="vlreward"}',
+                  'sum by (reason) (rate(vlreward_rejected_total[1m]))'):  # fmt: skip
+        assert httpx.get(api + "/query", params={"query": query}).json()["data"]["result"], query
+    rules = httpx.get(api + "/rules").json()["data"]["groups"][0]["rules"]
+    assert len(rules) == 6 and all(rule["health"] == "ok" for rule in rules), rules
 
 
 def _rules_evaluated(api: str) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
@@ -221,10 +220,9 @@ def test_request_id_is_echoed_and_info_describes_the_model(server):
     assert {"413", "429", "503", "504"} <= set(openapi["paths"]["/score"]["post"]["responses"])
 
 
-def test_metrics_pass_promtool_check(server):
+def test_metrics_pass_promtool_check(server, prometheus_tools):
     post(server, "/score", {"items": SAMPLES[:1]})
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is required (Debian package prometheus; .ci/run installs it)"
+    promtool = prometheus_tools.promtool
     text = httpx.get(server.url + "/metrics").text
     for name in ("vlreward_requests_total", "vlreward_batch_size_bucket", "vlreward_score_bucket", "vlreward_ready"):
         assert name in text

@@ -62,13 +62,13 @@ def test_a_client_that_disconnects_has_its_queued_samples_dropped(hf_backend):
 
 
 @pytest.mark.slow
-def test_sigterm_during_load_completes_every_accepted_request_then_exits_0(tiny_reward, tmp_path):
+def test_sigterm_during_load_completes_every_accepted_request_then_exits_0(tiny_reward, tmp_path, processes):
     """`vlreward serve` with no --model serves the default model found in its home; drains on SIGTERM."""
     home = tmp_path / "home"
     shutil.copytree(tiny_reward, home / "models" / "default")
     port = free_port()
     env = {**os.environ, "VLREWARD_HOME": str(home), "VLREWARD_MAX_WAIT_MS": "150"}
-    process = subprocess.Popen([VLREWARD, "serve", "--port", str(port)], env=env)
+    process = processes.start([VLREWARD, "serve", "--port", str(port)], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process)
