@@ -202,6 +202,17 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def reserved_memory_gb(device: str) -> float | None:
+    """What torch's caching allocator holds on the GPU (None on the CPU)."""
+    return torch.cuda.memory_reserved() / 1e9 if device.startswith("cuda") else None
+
+
+def stamping_released_memory(report: dict) -> bool:
+    """Whether stamping the probe left the GPU's reserved memory where it found it (always true on the CPU)."""
+    memory = report["stamping_memory"]
+    return memory["reserved_before_gb"] is None or memory["reserved_after_gb"] <= memory["reserved_before_gb"]
+
+
 def peak_memory_gb(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 1e9 if device.startswith("cuda") else None
 
@@ -227,7 +238,7 @@ def run_check(
     size: str, workdir: Path, seed: int = 0, dtype: str = "auto", profile: bool = False, cudnn_attention: bool = False
 ) -> dict:
     """Everything the check measures, as one JSON-able dict (see the module docstring)."""
-    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.backends.transformers import TransformersBackend, stamp_reference_probe
     from vlreward.service.client import AsyncRewardClient, RewardClient
     from vlreward.service.http.server import BackgroundServer
 
@@ -247,10 +258,17 @@ def run_check(
     report["matmul_tflops"] = round(peak, 1)
     log(f"matrix products: {peak:.1f} TFLOP/s", 0)
 
-    # float32 reference: the probe and the comparison samples' scores.
+    # The probe, stamped as `vlreward convert` and a repo-id start stamp it: its float32 model must hand its
+    # device memory back before anything else (a vLLM engine) is started.
+    started = time.perf_counter()
+    before = reserved_memory_gb(device)
+    probe = stamp_reference_probe(model_dir, device=device)
+    report["stamping_memory"] = {"reserved_before_gb": before, "reserved_after_gb": reserved_memory_gb(device)}
+    log(f"probe stamped in float32: {report['stamping_memory']}", time.perf_counter() - started)
+
+    # float32 reference: the comparison samples' scores.
     started = time.perf_counter()
     fp32 = TransformersBackend(model_dir, dtype="float32", device=device, cudnn_attention=cudnn_attention)
-    probe = fp32.stamp_probe()  # what `vlreward convert` does (stamp_reference_probe), reusing this load
     samples = make_samples(fp32.processor, check.samples, check, seed)
     comparison = samples[: check.comparison_samples]
     fp32_scores = fp32.score_sync([fp32.format_request_sample(s) for s in comparison])
@@ -258,7 +276,7 @@ def run_check(
     embedding = fp32.model.model.get_input_embeddings().weight.numel()
     del fp32
     _free(device)
-    log("float32 reference (probe, comparison scores)", time.perf_counter() - started)
+    log("float32 reference (comparison scores)", time.perf_counter() - started)
     flops_per_token = 2 * (n_params - embedding)
     report["parameters"] = n_params
     report["probe"] = {"score": probe.score, "scale": probe.scale}
@@ -512,6 +530,11 @@ def print_table(report: dict) -> None:
         f"start-up probe in {report['dtype']}: off by {probe['deviation']:.4g} ({probe['share_of_scale']:.3g} of "
         f"its scale), tolerance {probe['tolerance']:.4g}: {'passes' if probe['passes'] else 'FAILS'}"
     )
+    memory = report["stamping_memory"]
+    print(
+        f"reserved GPU memory around stamping the probe: {_gigabytes(memory['reserved_before_gb'])} before, "
+        f"{_gigabytes(memory['reserved_after_gb'])} after: {'released' if stamping_released_memory(report) else 'KEPT'}"
+    )
     print(f"HTTP vs in-process scores: max |diff| {report['http_vs_in_process_max_abs']:.3g}")
 
 
@@ -567,6 +590,9 @@ def main(
         raise typer.Exit(1)
     if not report["probe_check"]["passes"]:
         print("FAIL: the start-up probe's tolerance refuses this dtype's correct weights", file=sys.stderr)
+        raise typer.Exit(1)
+    if not stamping_released_memory(report):
+        print("FAIL: stamping the probe kept GPU memory a vLLM engine started next would need", file=sys.stderr)
         raise typer.Exit(1)
 
 

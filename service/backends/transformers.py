@@ -16,7 +16,7 @@ from vlreward.service.backends.base import backend_facts, probe_warm_up
 from vlreward.service.batching import batch_tokens, lanes_for, plan_batches
 from vlreward.service.errors import EngineBroken, OutOfMemory
 from vlreward.service.model.checkpoint import load_reward_model
-from vlreward.service.model.devices import choose_attention_kernels, torch_placement
+from vlreward.service.model.devices import choose_attention_kernels, release_device_memory, torch_placement
 from vlreward.service.model.encoding import (
     EncodedSample,
     collate,
@@ -235,16 +235,27 @@ class TransformersBackend:
         return b""  # the service's own metrics describe this backend's batches
 
     async def close(self) -> None:
+        self._stop_lanes()
+
+    def _stop_lanes(self) -> None:
         self._closed = True
         self._executor.shutdown(wait=True)
         if self._sync_lanes is not None:
             self._sync_lanes.shutdown(wait=True)
 
+    def release(self) -> None:
+        """Stop the lanes and free the model now, its device memory included (the backend is done)."""
+        self._stop_lanes()
+        self.model = None
+        release_device_memory(self.device)
+
 
 def stamp_reference_probe(model_dir: str | Path, device: str = "cpu") -> Probe:
-    """Write a checkpoint's probe, computed in float32 (the reference every precision is checked against)."""
+    """Write a checkpoint's probe, computed in float32 (the reference every precision is checked against).
+    The float32 model is freed before this returns (a 7B one holds ~33 GB; a vLLM engine started next
+    needs that memory)."""
     backend = TransformersBackend(model_dir, dtype="float32", device=device)
     try:
         return backend.stamp_probe()
     finally:
-        backend._executor.shutdown(wait=False)
+        backend.release()

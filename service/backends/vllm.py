@@ -106,6 +106,12 @@ class VLLMInput:
         return len(self.images)
 
 
+MULTIPROC_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
+"""How vLLM starts its engine process. On CUDA its default is fork, but the engine is built from a worker
+thread while uvicorn's threads run, and forking a process with running threads can deadlock the child
+(vLLM's own API server forces spawn for this reason); the CPU build always spawns."""
+ENGINE_START_METHOD = "spawn"
+
 RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 """Where vLLM's CPU build reads how many cores it keeps from its worker for its scheduler and server."""
 
@@ -197,6 +203,7 @@ class VLLMBackend:
             disable_log_stats=False,
         )
         reserved = settings["cpu_reserved_cores"] if not on_gpu else None
+        os.environ[MULTIPROC_ENV] = ENGINE_START_METHOD  # read by vLLM when it starts the engine process
         with reserved_cpu_cores(engine.cpu_reserved_cores, reserved):
             self.engine = AsyncLLM.from_engine_args(args)
         self.max_tokens = int(self.engine.model_config.max_model_len)
@@ -307,3 +314,14 @@ class VLLMBackend:
 
     async def close(self) -> None:
         self.engine.shutdown()
+
+    def close_sync(self) -> None:
+        """Stop the engine after blocking use (:meth:`score_sync`): the engine cancels its output task on the
+        loop kept for blocking calls, so that loop runs once more to let it finish and close its socket (left
+        pending, the socket's ZeroMQ context blocks the interpreter when it is collected)."""
+        self.engine.shutdown()
+        if self._sync_loop is not None:
+            loop, self._sync_loop = self._sync_loop, None
+            pending = asyncio.all_tasks(loop)
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()

@@ -124,3 +124,19 @@ def vllm_placement(device: str, dtype: str, tensor_parallel_size: int = 1) -> Pl
             raise DeviceError(f"device {device!r} asked for, but CUDA_VISIBLE_DEVICES lists {len(visible)}")
         os.environ["CUDA_VISIBLE_DEVICES"] = visible[index] if visible else str(index)
     return Placement(kind, index if kind == "cuda" else None, resolve_dtype(dtype, kind))
+
+
+def release_device_memory(device: str) -> None:
+    """Return freed tensors' memory to the device now: collect unreachable models, then hand torch's
+    cached CUDA blocks back to the driver. A vLLM engine started next reserves a share of the card's total
+    memory and refuses to start when that much is not free, so a model used before it (the probe's) must
+    be gone from the GPU, not only from Python."""
+    import gc
+
+    gc.collect()
+    if parse_device(device)[0] == "cuda":
+        import torch
+
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()

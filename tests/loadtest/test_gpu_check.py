@@ -31,3 +31,5 @@ def test_the_gpu_check_runs_on_cpu_and_http_scores_equal_in_process_scores(tmp_p
     assert report["rank"]["max_abs_score_difference"] <= 1e-4 and report["probe_check"]["passes"]
     assert report["grpo"]["max_abs_score_difference"] <= 1e-5 and report["grpo"]["speed-up"] > 0
     assert "HTTP /score, 32 per request" in done.stdout and "/rank N=8" in done.stdout
+    assert report["stamping_memory"] == {"reserved_before_gb": None, "reserved_after_gb": None}  # no GPU here
+    assert "reserved GPU memory around stamping the probe: n/a (CPU) before" in done.stdout

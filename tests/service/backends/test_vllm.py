@@ -179,6 +179,29 @@ def test_reserved_cores_are_set_for_the_engine_start_only(monkeypatch):
         assert os.environ[name] == "1"
 
 
+@pytest.mark.parametrize("before", [None, "fork"])
+def test_the_engine_process_is_spawned_whatever_the_environment_said(tiny_reward, monkeypatch, before):
+    """On CUDA vLLM forks its engine by default; we build it from a thread while uvicorn's threads run."""
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from vlreward.service.backends.vllm import MULTIPROC_ENV, VLLMBackend
+
+    if before is None:
+        monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    else:
+        monkeypatch.setenv(MULTIPROC_ENV, before)
+    seen = []
+
+    def at_engine_build(*args, **kwargs):
+        seen.append(os.environ.get(MULTIPROC_ENV))
+        raise RuntimeError("stop before the engine starts")
+
+    monkeypatch.setattr(AsyncLLM, "from_engine_args", at_engine_build)
+    with pytest.raises(RuntimeError, match="stop before"):
+        VLLMBackend(tiny_reward)
+    assert seen == ["spawn"]
+
+
 def test_a_device_index_on_the_gpu_build_becomes_the_engines_visible_device(monkeypatch):
     from vllm.platforms import current_platform
 
@@ -221,10 +244,10 @@ def test_checkpoint_without_head_is_refused_before_the_engine_starts(tiny_reward
         VLLMBackend(broken)
 
 
-def test_engine_death_turns_ready_503_and_exits_non_zero(tiny_reward):
+def test_engine_death_turns_ready_503_and_exits_non_zero(tiny_reward, processes):
     port = free_port()
     env = {**os.environ, "VLREWARD_VLLM_GPU_MEMORY_UTILIZATION": "0.2"}
-    process = subprocess.Popen(
+    process = processes.start(
         [VLREWARD, "serve", "--backend", "vllm", "--model", str(tiny_reward), "--port", str(port)], env=env
     )
     url = f"http://127.0.0.1:{port}"
@@ -267,6 +290,33 @@ def test_vlreward_score_with_the_vllm_backend_matches_transformers(tiny_reward, 
     scores = [json.loads(line)["score"] for line in outputs.read_text().splitlines()]
     expected = [solo_hf(hf_backend, s) for s in samples]
     assert max(abs(a - b) for a, b in zip(scores, expected, strict=True)) <= TOLERANCE
+
+
+def test_the_cpu_builds_bf16_scores_stay_inside_the_probe_tolerance_and_its_probe_passes(bench_reward):
+    """The vLLM CPU build in bfloat16 against the float32 transformers reference, as a share of each sample's
+    scale (the measure RELATIVE_TOLERANCE is derived from, in vlreward.service.model.probe)."""
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.backends.vllm import EngineSettings, VLLMBackend
+    from vlreward.service.model.probe import RELATIVE_TOLERANCE, probe_sample, read_probe, verify_probe
+
+    samples = [
+        {"prompt": f"What colour is shape {i}?", "response": f"It is {c}, a circle.", "images": [uri(shape_image(c))]}
+        for i, c in enumerate(COLOURS)
+    ] + [{"prompt": "Count to ten.", "response": "one two three four five six seven eight nine ten"}, probe_sample()]
+    reference = TransformersBackend(bench_reward, dtype="float32", device="cpu")
+    expected = [reference.probe_score_and_scale(sample) for sample in samples]
+    reference.release()
+    backend = VLLMBackend(bench_reward, dtype="bfloat16", engine=EngineSettings(gpu_memory_utilization=0.2))
+    try:
+        assert backend.dtype == "bfloat16"
+        scores = backend.score_sync([prepare_sample(Sample.model_validate(s), backend.processor, MediaPolicy())
+                                     for s in samples])  # fmt: skip
+    finally:
+        backend.close_sync()
+    shares = [abs(score - e) / scale for score, (e, scale) in zip(scores, expected, strict=True)]
+    print(f"vLLM CPU bf16 vs fp32, share of the scale: max {max(shares):.2e}, mean {sum(shares) / len(shares):.2e}")
+    assert 0 < max(shares) <= RELATIVE_TOLERANCE["bfloat16"] / 3
+    verify_probe(read_probe(bench_reward), scores[-1], "bfloat16")  # what warm-up checks before readiness
 
 
 def test_engine_defaults_fill_only_what_the_settings_leave_unset():

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import httpx
 import pytest
@@ -84,9 +85,9 @@ def test_a_repo_missing_from_the_cache_offline_is_one_clear_line(offline, tmp_pa
     assert "acme/not-downloaded is not in the Hugging Face cache" in message and "HF_HUB_OFFLINE=1" in message
 
 
-def test_a_reward_checkpoint_repo_is_served_from_the_cache(offline, tmp_path):
+def test_a_reward_checkpoint_repo_is_served_from_the_cache(offline, tmp_path, processes):
     port = free_port()
-    process = subprocess.Popen([VLREWARD, "serve", "--model", "acme/reward-tiny", "--port", str(port)], env=offline)
+    process = processes.start([VLREWARD, "serve", "--model", "acme/reward-tiny", "--port", str(port)], env=offline)
     try:
         wait_ready(f"http://127.0.0.1:{port}", process)
         info = httpx.get(f"http://127.0.0.1:{port}/info").json()
@@ -95,3 +96,57 @@ def test_a_reward_checkpoint_repo_is_served_from_the_cache(offline, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+STAMPING_THEN_ENGINE = """
+import weakref
+
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from vlreward.service.backends import load_backend
+from vlreward.service.backends import transformers as hf
+from vlreward.service.cli import checkpoint_dir
+from vlreward.service.settings import Settings
+
+made, released = [], []
+load, release = hf.load_reward_model, hf.release_device_memory
+
+
+def tracked(*args, **kwargs):
+    model, processor = load(*args, **kwargs)
+    made.append(weakref.ref(model))
+    return model, processor
+
+
+def tracked_release(device):
+    release(device)
+    released.append(device)
+
+
+class EngineBuilt(Exception):
+    pass
+
+
+def at_engine_build(*args, **kwargs):
+    alive = sum(ref() is not None for ref in made)
+    raise EngineBuilt(f"stamped {len(made)} alive {alive} device memory released on {released}")
+
+
+hf.load_reward_model, hf.release_device_memory = tracked, tracked_release
+AsyncLLM.from_engine_args = at_engine_build
+settings = Settings(backend="vllm", model="acme/Skywork-VL-Reward-tiny")
+try:
+    load_backend(settings, checkpoint_dir(settings.model, settings))
+except EngineBuilt as built:
+    print(built)
+"""
+
+
+def test_serving_a_skywork_repo_on_vllm_frees_the_probe_model_before_the_engine_is_built(offline):
+    """`serve --model owner/name --backend vllm` converts the repo and stamps its probe with a float32
+    transformers model (~33 GB for a 7B); the engine that starts next wants most of the device's memory."""
+    done = subprocess.run([sys.executable, "-c", STAMPING_THEN_ENGINE], capture_output=True, text=True, env=offline,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    # gone from Python, and its device's cached blocks handed back (on a GPU: torch.cuda.empty_cache)
+    assert "stamped 1 alive 0 device memory released on ['cpu']" in done.stdout, done.stdout + done.stderr[-2000:]
