@@ -102,6 +102,28 @@ def test_the_gpu_extra_locks_vllm_0_32_with_torch_2_13_on_linux_x86_64():
     assert "vllm" not in cpu
 
 
+def gpu_image_python() -> str:
+    """The Python version the GPU image runs (docker/Dockerfile's PYTHON_VERSION)."""
+    return re.search(r"^ARG PYTHON_VERSION=(\d+\.\d+)$", (ROOT / "docker" / "Dockerfile").read_text(), re.M).group(1)
+
+
+@pytest.mark.parametrize("python", sorted({gpu_image_python(), "3.11"}))
+def test_the_gpu_extra_installs_one_version_of_the_cuda_bindings(python, tmp_path):
+    """cuda-python < 13 ships cuda/bindings/ itself, beside torch's cuda-bindings 13: the files collide. The
+    lock's gpu set, resolved for the GPU image's Python (and this machine's) on Linux x86-64, has none."""
+    requirements = tmp_path / "gpu.txt"
+    command = [uv(), "export", "--locked", "--no-hashes", "--no-emit-project", "--extra", "serve", "--extra", "gpu"]
+    subprocess.run([*command, "-q", "-o", requirements], cwd=ROOT, check=True, timeout=300)
+    done = subprocess.run([uv(), "pip", "compile", requirements, "--python-version", python, "--python-platform",
+                           "x86_64-manylinux_2_28", "--no-header", "--no-annotate", "-q"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    resolved = dict(line.split("==") for line in done.stdout.split() if "==" in line)
+    assert resolved["vllm"] == "0.32.0" and resolved["torch"] == "2.13.0"
+    assert int(resolved.get("cuda-python", "13").split(".")[0]) >= 13, resolved.get("cuda-python")
+    assert "cuda-bindings" in resolved
+
+
 def test_make_dev_installs_the_gpu_build_only_where_an_nvidia_gpu_answers(tmp_path):
     def sync_command(path: str) -> str:
         env = {**os.environ, "PATH": path}
@@ -188,7 +210,7 @@ def test_with_no_extras_the_client_imports_without_torch_and_serve_names_the_ext
 
 @pytest.mark.slow
 def test_with_the_serve_extra_the_wheel_serves_a_model_and_explains_a_missing_one(wheel, tmp_path, tiny_reward,
-                                                                                   hf_backend):  # fmt: skip
+                                                                                   hf_backend, processes):  # fmt: skip
     bin_dir = fresh_environment(tmp_path / "env", wheel, "serve")
     helped = run(bin_dir / "vlreward", "--help")
     assert helped.returncode == 0, helped.stderr
@@ -201,7 +223,7 @@ def test_with_the_serve_extra_the_wheel_serves_a_model_and_explains_a_missing_on
     assert "--model" in no_model.stderr and "vlreward[train]" in no_model.stderr and "Traceback" not in no_model.stderr
 
     port = free_port()
-    server = subprocess.Popen([str(bin_dir / "vlreward"), "serve", "--model", str(tiny_reward), "--port", str(port)],
+    server = processes.start([str(bin_dir / "vlreward"), "serve", "--model", str(tiny_reward), "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
