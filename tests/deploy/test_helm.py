@@ -157,3 +157,32 @@ def test_the_crd_schemas_do_catch_a_wrong_custom_resource():
 def test_the_values_schema_refuses_wrong_types_and_unknown_backends(values, message):
     with pytest.raises(helm_python.HelmValuesError, match=message):
         render(values)
+
+
+def documented_driver_affinity() -> dict:
+    """The affinity block values.yaml documents for the driver floor (a comment: it cannot be a default,
+    since clusters without GPU Feature Discovery have no such label)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "keep the pods off older drivers with it:" in line) + 1
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#   "):
+            break
+        block.append(line[4:])
+    return yaml.safe_load("\n".join(block))
+
+
+def test_the_documented_driver_floor_affinity_renders_validates_and_notes_name_the_driver():
+    values = documented_driver_affinity()
+    expression = values["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert expression["nodeSelectorTerms"][0]["matchExpressions"][0] == {
+        "key": "nvidia.com/cuda.driver-version.major", "operator": "Gt", "values": ["579"]}  # fmt: skip
+    deployment = by_kind(render(values))["Deployment"]
+    assert deployment["spec"]["template"]["spec"]["affinity"] == values["affinity"]
+    kubernetes_validate.validate(deployment, KUBERNETES, strict=True)
+    chart = helm_python.Chart.load(str(CHART))
+    notes = next(text for name, text in chart.render(values={}, name="rm", namespace="ml").items() if "NOTES" in name)
+    assert "580" in notes and "nvidia.com/cuda.driver-version.major" in notes
+    cpu_notes = chart.render(values=SCENARIOS["cpu image"], name="rm", namespace="ml")
+    assert "580" not in next(text for name, text in cpu_notes.items() if "NOTES" in name)
+    assert "580" in (CHART / "README.md").read_text()
