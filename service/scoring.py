@@ -19,6 +19,7 @@ from vlreward.service.errors import EngineBroken, ErrorKind, ServiceError, too_l
 from vlreward.service.lifecycle import ServiceState
 from vlreward.service.prepare import prepare_items, prepare_rank, prepare_templated
 from vlreward.service.schemas import ClassifyRequest, GetRewardRequest, RankRequest, ScoreRequest
+from vlreward.service.settings import Settings
 
 
 @dataclass
@@ -53,6 +54,16 @@ async def _prepare(body_bytes: int | None, image_refs: Iterable[str], work: Call
     if small and not any(ref.startswith(("http://", "https://")) for ref in image_refs):
         return work(*args)
     return await asyncio.to_thread(work, *args)
+
+
+def _check_timeout(timeout_s: float | None, settings: Settings) -> None:
+    """A request may not ask to run longer than the drain after SIGTERM would wait for it."""
+    if timeout_s is not None and timeout_s > settings.max_request_timeout_s:
+        raise ServiceError(
+            f"timeout_s {timeout_s:g} exceeds this server's max_request_timeout_s ({settings.max_request_timeout_s:g})",
+            kind=ErrorKind.VALIDATION,
+            param="timeout_s",
+        )
 
 
 def _check_count(count: int, limit: int, what: str, param: str) -> None:
@@ -107,6 +118,7 @@ async def score_items(state: ServiceState, body: ScoreRequest, body_bytes: int |
     """/score: samples in item order; with ``on_error: "null"`` a bad item gets None and an error.
     Items that share prompt and images (a GRPO group) run their prefix once, as /rank does."""
     started = time.monotonic()
+    _check_timeout(body.timeout_s, state.settings)
     async with state.admitted() as policy:
         _check_count(len(body.items), state.settings.max_items, "items", "items")
         encoded, errors, groups = await _prepare(
@@ -136,6 +148,7 @@ async def score_items(state: ServiceState, body: ScoreRequest, body_bytes: int |
 async def rank(state: ServiceState, body: RankRequest, body_bytes: int | None = None) -> Scored:
     """/rank: the candidates share prompt and images, which are decoded, encoded and run once."""
     started = time.monotonic()
+    _check_timeout(body.timeout_s, state.settings)
     async with state.admitted() as policy:
         _check_count(len(body.responses), state.settings.max_responses, "responses", "responses")
         candidates = body.candidates()
@@ -157,6 +170,7 @@ async def rank(state: ServiceState, body: RankRequest, body_bytes: int | None = 
 async def score_templated(state: ServiceState, body: GetRewardRequest, body_bytes: int | None = None) -> Scored:
     """/get_reward: already chat-templated queries (+ images per query)."""
     started = time.monotonic()
+    _check_timeout(body.timeout_s, state.settings)
     async with state.admitted() as policy:
         _check_count(len(body.query), state.settings.max_items, "queries", "query")
         encoded = await _prepare(
@@ -172,6 +186,7 @@ async def score_templated(state: ServiceState, body: GetRewardRequest, body_byte
 async def classify(state: ServiceState, body: ClassifyRequest, body_bytes: int | None = None) -> Scored:
     """/classify (vLLM's protocol): templated texts, or one conversation given as messages."""
     started = time.monotonic()
+    _check_timeout(body.timeout_s, state.settings)
     async with state.admitted() as policy:
         if body.messages is not None:
             sample = body.sample()

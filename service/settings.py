@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "VLREWARD_"
@@ -87,9 +87,21 @@ class Settings(BaseSettings):
         2048, description="Samples waiting at most; beyond it requests get 429.", json_schema_extra=LIMIT
     )
     request_timeout_s: float = Field(
-        60.0, description="Default per-request deadline (504 after it).", json_schema_extra=LIMIT
+        60.0, gt=0, description="Default per-request deadline (504 after it).", json_schema_extra=LIMIT
     )
-    drain_timeout_s: float = Field(30.0, description="After SIGTERM, how long in-flight requests may take.")
+    max_request_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Longest deadline a request may ask for with timeout_s (422 beyond it): the longest a request "
+        "runs, which the drain after SIGTERM covers.",
+        json_schema_extra=LIMIT,
+    )
+    drain_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="After SIGTERM, how long in-flight requests may take (unset: max_request_timeout_s, so every "
+        "accepted request can finish).",
+    )
 
     # Limits
     max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest request body.", json_schema_extra=LIMIT)
@@ -137,6 +149,20 @@ class Settings(BaseSettings):
         None, description="CPU build: cores kept from the engine's worker for its scheduler and the HTTP server "
         "(unset: none on hosts of up to 4 cores, vLLM's own choice above).",
     )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _default_deadline_within_the_longest(self) -> Settings:
+        if self.request_timeout_s > self.max_request_timeout_s:
+            raise ValueError(
+                f"request_timeout_s ({self.request_timeout_s:g}) exceeds max_request_timeout_s "
+                f"({self.max_request_timeout_s:g})"
+            )
+        return self
+
+    @property
+    def drain_s(self) -> float:
+        """How long the drain after SIGTERM waits for in-flight requests."""
+        return self.max_request_timeout_s if self.drain_timeout_s is None else self.drain_timeout_s
 
     @field_validator("model", mode="before")
     @classmethod

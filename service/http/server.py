@@ -1,7 +1,7 @@
 """Run the app under uvicorn with Kubernetes-friendly shutdown.
 
 SIGTERM starts a drain instead of an immediate stop: /ready turns 503, new scoring requests get 503
-``draining``, in-flight requests finish (up to ``drain_timeout_s``), then the process exits 0. A model
+``draining``, in-flight requests finish (up to the drain, ``Settings.drain_s``), then the process exits 0. A model
 that fails to load or an engine that dies makes the process exit 1, so the orchestrator restarts it.
 """
 
@@ -60,12 +60,18 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
     async def _drain(self) -> None:
-        deadline = time.monotonic() + self.state.settings.drain_timeout_s
+        deadline = time.monotonic() + self.state.settings.drain_s
         while self.state.inflight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self.state.inflight:
             log.warning("drain timeout: %d requests still in flight", self.state.inflight)
         self.should_exit = True
+
+
+SHUTDOWN_S = 5
+"""uvicorn's own graceful shutdown, after the drain has let every in-flight request finish: closing idle
+connections takes this at most. A pod's grace period covers preStop + the drain + this (the Helm chart
+derives it; its ``serverShutdownSeconds`` must equal this, a test checks)."""
 
 
 def uvicorn_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
@@ -84,7 +90,7 @@ def run(settings: Settings) -> int:
         settings,
         log_level="info",
         access_log=not settings.log_json,
-        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        timeout_graceful_shutdown=SHUTDOWN_S,
     )
     server = DrainingServer(config, app.state.service)
     server.run()

@@ -7,6 +7,8 @@ import inspect
 import typing
 from pathlib import Path
 
+import pytest
+
 from vlreward.service.settings import Settings, default, env_name, limit_names
 
 
@@ -36,14 +38,14 @@ def test_api_keys_come_from_the_variable_and_the_key_file(monkeypatch, tmp_path)
 ENVIRONMENT = """
 MODEL REVISION BACKEND DTYPE DEVICE ATTN_IMPLEMENTATION CUDNN_ATTENTION HOME HOST PORT API_KEYS API_KEY_FILE LOG_JSON
 HEADER_TIMEOUT_S BODY_TIMEOUT_S MAX_HEADER_BYTES MAX_CONNECTIONS MAX_BATCH_TOKENS MAX_BATCH_SIZE CPU_LANES
-MAX_WAIT_MS MAX_QUEUE REQUEST_TIMEOUT_S DRAIN_TIMEOUT_S MAX_BODY_BYTES MAX_ITEMS MAX_RESPONSES MAX_TOKENS
+MAX_WAIT_MS MAX_QUEUE REQUEST_TIMEOUT_S MAX_REQUEST_TIMEOUT_S DRAIN_TIMEOUT_S MAX_BODY_BYTES MAX_ITEMS MAX_RESPONSES MAX_TOKENS
 MAX_IMAGES MAX_IMAGE_PIXELS MAX_IMAGE_BYTES MAX_REQUEST_IMAGE_PIXELS MAX_TOTAL_IMAGE_PIXELS MIN_PIXELS MAX_PIXELS ALLOW_URLS URL_ALLOWLIST URL_ALLOW_PRIVATE
 URL_TIMEOUT_S URL_MAX_REDIRECTS MEDIA_ROOT VLLM_MAX_MODEL_LEN VLLM_GPU_MEMORY_UTILIZATION
 VLLM_TENSOR_PARALLEL_SIZE VLLM_MAX_NUM_SEQS VLLM_MAX_NUM_BATCHED_TOKENS VLLM_ENABLE_PREFIX_CACHING
 VLLM_ENFORCE_EAGER VLLM_CPU_RESERVED_CORES
 """.split()
 LIMITS = """header_timeout_s body_timeout_s max_header_bytes max_connections max_batch_tokens max_batch_size
-max_wait_ms max_queue request_timeout_s max_body_bytes max_items max_responses max_tokens max_images max_image_pixels
+max_wait_ms max_queue request_timeout_s max_request_timeout_s max_body_bytes max_items max_responses max_tokens max_images max_image_pixels
 max_image_bytes max_request_image_pixels max_total_image_pixels""".split()
 
 
@@ -66,8 +68,11 @@ def test_every_setting_reads_its_environment_variable_and_has_help(monkeypatch):
         assert field.description, f"{name} has no help text"
         text, expected = _value_for(field.annotation)
         monkeypatch.setenv(env_name(name), text)
+        if name == "max_request_timeout_s":  # the default deadline must fit within it
+            monkeypatch.setenv(env_name("request_timeout_s"), text)
         assert getattr(Settings(), name) == expected, name
         monkeypatch.delenv(env_name(name))
+        monkeypatch.delenv(env_name("request_timeout_s"), raising=False)
 
 
 def test_every_setting_is_a_serve_flag_with_the_fields_help():
@@ -118,3 +123,11 @@ def test_the_sub_systems_take_their_defaults_from_the_settings():
         default("url_max_redirects"),
     )
     assert (Limits().max_tokens, Limits().max_images) == (default("max_tokens"), default("max_images"))
+
+
+def test_the_drain_covers_the_longest_request_unless_set_and_the_default_deadline_fits_within_it():
+    assert Settings().drain_s == Settings().max_request_timeout_s >= Settings().request_timeout_s
+    assert Settings(max_request_timeout_s=300).drain_s == 300
+    assert Settings(drain_timeout_s=10).drain_s == 10
+    with pytest.raises(ValueError, match="request_timeout_s .* exceeds max_request_timeout_s"):
+        Settings(request_timeout_s=200, max_request_timeout_s=100)

@@ -220,6 +220,21 @@ def test_request_id_is_echoed_and_info_describes_the_model(server):
     assert {"413", "429", "503", "504"} <= set(openapi["paths"]["/score"]["post"]["responses"])
 
 
+@pytest.mark.parametrize("path", ["/score", "/rank", "/get_reward", "/classify"])
+def test_a_deadline_longer_than_the_drain_covers_is_a_422_naming_timeout_s(server, path):
+    bodies = {
+        "/score": {"items": SAMPLES[1:2]},
+        "/rank": {"prompt": "Say hi.", "responses": ["Hi!", "Hello."]},
+        "/get_reward": {"query": ["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n"]},
+        "/classify": {"input": "hello"},
+    }
+    longest = server.settings.max_request_timeout_s
+    refused = post(server, path, {**bodies[path], "timeout_s": longest + 1})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["param"] == "timeout_s" and "max_request_timeout_s" in refused.text
+    assert post(server, path, {**bodies[path], "timeout_s": longest}).status_code == 200
+
+
 def test_metrics_pass_promtool_check(server, prometheus_tools):
     post(server, "/score", {"items": SAMPLES[:1]})
     promtool = prometheus_tools.promtool
