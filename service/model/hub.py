@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from vlreward.service.model.checkpoint import (
@@ -90,21 +91,39 @@ def resolve_checkpoint(spec: str, home: Path, revision: str | None = None, probe
             f"layout ({SKYWORK_VALUE_HEAD})"
         )
     destination = converted_dir(home, spec, snapshot)
-    if not (destination / PROBE_FILE).is_file():  # the probe is written last: its presence marks a whole copy
-        convert_into(snapshot, destination, probe_device)
-    return destination
+    return convert_into(snapshot, destination, probe_device)
+
+
+def is_converted(directory: Path) -> bool:
+    """Whether a conversion into ``directory`` finished: its probe is written last, inside a temporary folder
+    that is renamed into place only when whole."""
+    return (directory / PROBE_FILE).is_file()
 
 
 def convert_into(source: Path, destination: Path, probe_device: str = "cpu") -> Path:
-    """Convert a Skywork-layout directory and stamp its probe, in a temporary folder renamed at the end
-    (a conversion cut short never looks finished)."""
+    """Convert a Skywork-layout directory into ``destination`` with its probe, once; safe for several
+    processes converting into one shared volume at the same time (replicas' init containers):
+
+    - a finished conversion (its probe file present) is kept and nothing is done;
+    - each process writes its own unique temporary folder beside ``destination`` and renames it into place
+      (atomic on one file system); when another process got there first, its copy is kept and ours dropped;
+    - a finished model is never deleted, and neither is another process's temporary folder."""
     from vlreward.service.backends.transformers import stamp_reference_probe
 
-    partial = destination.with_name(destination.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    convert_skywork(source, partial)
-    stamp_reference_probe(partial, device=probe_device)
-    shutil.rmtree(destination, ignore_errors=True)
+    if is_converted(destination):
+        return destination
     destination.parent.mkdir(parents=True, exist_ok=True)
-    partial.rename(destination)
+    partial = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
+    try:
+        convert_skywork(source, partial)
+        stamp_reference_probe(partial, device=probe_device)
+        try:
+            partial.rename(destination)  # replaces an empty folder; fails on a non-empty one
+        except OSError:
+            if not is_converted(destination):  # neither ours nor a finished one: something else is there
+                raise CheckpointError(
+                    f"{destination} exists and is not a converted model; remove it or choose another"
+                ) from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # gone already when the rename succeeded
     return destination

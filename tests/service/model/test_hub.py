@@ -150,3 +150,27 @@ def test_serving_a_skywork_repo_on_vllm_frees_the_probe_model_before_the_engine_
     assert done.returncode == 0, done.stderr[-3000:]
     # gone from Python, and its device's cached blocks handed back (on a GPU: torch.cuda.empty_cache)
     assert "stamped 1 alive 0 device memory released on ['cpu']" in done.stdout, done.stdout + done.stderr[-2000:]
+
+
+def test_two_conversions_into_one_folder_at_once_both_succeed_and_leave_one_whole_model(offline, tmp_path):
+    """Replicas' init containers converting into one shared volume: neither deletes the other's work."""
+    destination = tmp_path / "volume" / "reward"
+    command = ["convert", "acme/Skywork-VL-Reward-tiny", str(destination)]
+    both = [subprocess.Popen([VLREWARD, *command], env=offline, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = [(process.wait(timeout=300), process.stderr.read()) for process in both]
+    assert [code for code, _ in outcomes] == [0, 0], outcomes
+    assert read_probe(destination) is not None
+    assert sorted(p.name for p in destination.parent.iterdir()) == ["reward"]  # no temporary folder left
+    stamped = (destination / PROBE_FILE).stat().st_mtime_ns
+    again = run(command, offline)  # a later start finds the finished model and leaves it alone
+    assert again.returncode == 0 and (destination / PROBE_FILE).stat().st_mtime_ns == stamped
+
+
+def test_a_folder_that_is_not_a_converted_model_is_never_replaced(offline, tmp_path):
+    destination = tmp_path / "reward"
+    destination.mkdir()
+    (destination / "weights-in-use.safetensors").write_text("x")
+    done = run(["convert", "acme/Skywork-VL-Reward-tiny", str(destination)], offline)
+    assert done.returncode == 2 and "is not a converted model" in done.stderr
+    assert (destination / "weights-in-use.safetensors").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == []
