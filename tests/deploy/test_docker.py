@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vlreward.service.settings import default
+from vlreward.service.http.server import SHUTDOWN_S
+from vlreward.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -107,7 +108,10 @@ def test_compose_mounts_the_charts_rules_and_dashboard_where_prometheus_and_graf
     provider = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/vlreward.yml").read_text())["providers"][0]
     assert any(v.split(":")[1].startswith(provider["options"]["path"]) for v in services["grafana"]["volumes"])
     grace = int(services["vlreward"]["stop_grace_period"].rstrip("s"))
-    assert grace > default("drain_timeout_s")  # the drain finishes before Docker kills the process
+    served = Settings(
+        **{k.removeprefix("VLREWARD_").lower(): v for k, v in services["vlreward"]["environment"].items()}
+    )
+    assert grace > served.drain_s + SHUTDOWN_S  # the drain and the server's shutdown end before Docker kills it
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ every built-in manifest validates against Kubernetes 1.37's schemas (kubernetes-
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import helm_python
@@ -22,22 +23,29 @@ CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-v1.json",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject-v1alpha1.json",
 }
+SHARED = {"accessModes": ["ReadWriteMany"]}  # a model volume several nodes can attach
 SCENARIOS = {
     "defaults": {},
     "gpu with autoscaling and monitoring": {
-        "autoscaling": {"enabled": True, "maxReplicas": 8},
-        "monitoring": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+        "autoscaling": {"enabled": True, "maxReplicas": 8}, "model": SHARED,
+        "monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+                       "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
                        "dashboard": {"enabled": True}},
         "runtimeClassName": "nvidia", "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-        "networkPolicy": {"enabled": True},
+        "networkPolicy": {"enabled": True}, "service": {"headless": True},
     },
     "ingress with an existing TLS secret and API keys": {
         "ingress": {"enabled": True, "className": "nginx", "tls": {"enabled": True, "secretName": "vlreward-tls"}},
         "apiKeys": {"existingSecret": "vlreward-keys"},
         "hfToken": {"existingSecret": "hf"},
-        "model": {"name": "Skywork/Skywork-VL-Reward-7B", "storage": "existingClaim", "existingClaim": "weights"},
+        "model": {"name": "Skywork/Skywork-VL-Reward-7B", "storage": "existingClaim", "existingClaim": "weights",
+                  "fetch": {"enabled": False}},
     },
-    "keda": {"keda": {"enabled": True}, "autoscaling": {"enabled": True}},
+    "repo id without a model volume": {
+        "model": {"name": "Skywork/Skywork-VL-Reward-7B", "storage": "none", "fetch": {"enabled": False}},
+    },
+    "several replicas, a copy of the model each": {"replicaCount": 3, "model": {"storage": "emptyDir"}},
+    "keda": {"keda": {"enabled": True}, "autoscaling": {"enabled": True}, "model": SHARED},
     "transformers backend, weights fetched by an init container": {
         "backend": "hf", "settings": {"max_batch_size": 16, "dtype": "bfloat16"},
         "model": {"storage": "emptyDir", "fetch": {"enabled": True,
@@ -76,6 +84,47 @@ def by_kind(docs: list[dict]) -> dict[str, dict]:
     return {doc["kind"]: doc for doc in docs}
 
 
+def pod_of(values: dict) -> dict:
+    return by_kind(render(values))["Deployment"]["spec"]["template"]["spec"]
+
+
+def check_consistency(docs: list[dict], values: dict) -> None:
+    """What the API server or the kubelet would refuse and kubernetes-validate does not see: mounts of
+    undeclared volumes, keys of Secrets and ConfigMaps nobody renders or names, probes on missing ports."""
+    rendered_keys = {
+        (d["kind"], d["metadata"]["name"]): set(d.get("data", {})) for d in docs if d["kind"] in ("Secret", "ConfigMap")
+    }
+    named_by_user = {values.get("apiKeys", {}).get("existingSecret"), values.get("hfToken", {}).get("existingSecret")}
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        claims = {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            for mount in container.get("volumeMounts", []):
+                assert mount["name"] in volumes or mount["name"] in claims, (container["name"], mount["name"])
+            ports = {p["name"] for p in container.get("ports", [])} | {
+                p["containerPort"] for p in container.get("ports", [])
+            }
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if probe in container:
+                    assert container[probe]["httpGet"]["port"] in ports, (container["name"], probe)
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {})
+                for kind, key in (("Secret", "secretKeyRef"), ("ConfigMap", "configMapKeyRef")):
+                    if key in ref:
+                        name = ref[key]["name"]
+                        assert name in named_by_user or ref[key]["key"] in rendered_keys.get((kind, name), set()), ref
+        for volume in volumes.values():
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] in named_by_user, volume
+            if "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                rendered = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+                assert claim in rendered or claim == values.get("model", {}).get("existingClaim"), claim
+
+
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_each_scenario_renders_lints_strict_and_validates(scenario):
     values = SCENARIOS[scenario]
@@ -87,6 +136,43 @@ def test_each_scenario_renders_lints_strict_and_validates(scenario):
             validate_custom_resource(doc)
         else:
             kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    check_consistency(docs, values)
+
+
+def test_the_consistency_checks_do_catch_a_mount_of_an_undeclared_volume_and_a_missing_probe_port():
+    docs = render({})
+    deployment = by_kind(docs)["Deployment"]
+    deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"].append(
+        {"name": "nowhere", "mountPath": "/x"}
+    )
+    with pytest.raises(AssertionError, match="nowhere"):
+        check_consistency(docs, {})
+    docs = render({})
+    by_kind(docs)["Deployment"]["spec"]["template"]["spec"]["containers"][0]["startupProbe"]["httpGet"]["port"] = "grpc"
+    with pytest.raises(AssertionError, match="startupProbe"):
+        check_consistency(docs, {})
+
+
+REFUSED = {
+    "fetch without a model volume": ({"model": {"storage": "none"}}, "model.fetch.enabled needs a model volume"),
+    "an empty claim and no fetch": ({"model": {"fetch": {"enabled": False}}}, "model.storage=pvc starts empty"),
+    "an empty emptyDir and no fetch": ({"model": {"storage": "emptyDir", "fetch": {"enabled": False}}},
+                                       "model.storage=emptyDir starts empty"),
+    "fetch into a repo id": ({"model": {"name": "Skywork/Skywork-VL-Reward-7B"}}, "must be a path under model.mountPath"),
+    "ReadWriteOnce with several replicas": ({"replicaCount": 2}, "ReadWriteOnce"),
+    "ReadWriteOnce with an autoscaler": ({"autoscaling": {"enabled": True}}, "ReadWriteOnce"),
+    "ReadWriteOnce with KEDA": ({"keda": {"enabled": True}}, "ReadWriteOnce"),
+    "a grace period shorter than the shutdown": ({"terminationGracePeriodSeconds": 60}, "terminationGracePeriodSeconds"),
+    "a rollout deadline shorter than the load": ({"progressDeadlineSeconds": 600}, "progressDeadlineSeconds"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_values_that_would_give_a_broken_pod_refuse_to_render_with_one_line_naming_the_value(case):
+    values, message = REFUSED[case]
+    with pytest.raises(Exception, match=message) as refused:
+        render(values)
+    assert str(refused.value).count("\n") == 0, str(refused.value)
 
 
 def test_gpu_requests_equal_limits_and_the_pod_is_locked_down():
@@ -109,19 +195,90 @@ def test_gpu_requests_equal_limits_and_the_pod_is_locked_down():
     assert "OMP_NUM_THREADS" not in str(unrequested["spec"]["template"]["spec"]["containers"][0]["env"])
 
 
-def test_drain_grace_period_and_probes_agree_with_the_service_settings():
+@pytest.mark.parametrize(
+    "changed",
+    [{}, {"maxRequestTimeoutSeconds": 600}, {"drainTimeoutSeconds": 20, "preStopSleepSeconds": 15},
+     {"terminationGracePeriodSeconds": 300}],
+)  # fmt: skip
+def test_the_grace_period_covers_pre_stop_the_drain_and_the_servers_shutdown(changed):
+    from vlreward.service.http.server import SHUTDOWN_S
+    from vlreward.service.settings import Settings
+
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert values["drainTimeoutSeconds"] == default("drain_timeout_s")
-    pod = by_kind(render({}))["Deployment"]["spec"]["template"]["spec"]
+    assert values["maxRequestTimeoutSeconds"] == default("max_request_timeout_s")
+    assert values["serverShutdownSeconds"] == SHUTDOWN_S
+    pod = pod_of(changed)
     container = pod["containers"][0]
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    drain = int(env["VLREWARD_DRAIN_TIMEOUT_S"])
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    served = Settings(**{k.removeprefix("VLREWARD_").lower(): v for k, v in env.items() if k.startswith("VLREWARD_")})
+    assert served.max_request_timeout_s == changed.get("maxRequestTimeoutSeconds", values["maxRequestTimeoutSeconds"])
+    assert served.drain_s >= served.max_request_timeout_s or "drainTimeoutSeconds" in changed
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert pod["terminationGracePeriodSeconds"] > drain + pre_stop
-    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
-    assert container["livenessProbe"]["httpGet"]["path"] == container["startupProbe"]["httpGet"]["path"] == "/health"
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + served.drain_s + SHUTDOWN_S
+
+
+def test_startup_probes_readiness_so_its_budget_bounds_the_load_and_rollouts_wait_for_it():
+    deployment = by_kind(render({}))["Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == container["startupProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"  # applies once started
     startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # a 7B model's load and first convert
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    assert budget >= 600 and deployment["spec"]["progressDeadlineSeconds"] >= max(budget, 1200)
+    assert yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"] == ">=1.30.0-0"  # preStop sleep
+
+
+def test_rollouts_never_need_a_second_gpu_or_a_second_attachment_of_the_model_volume():
+    assert by_kind(render({}))["Deployment"]["spec"]["strategy"] == {"type": "Recreate"}  # ReadWriteOnce claim
+    shared = by_kind(render({"model": SHARED}))["Deployment"]["spec"]["strategy"]
+    assert shared == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+
+
+def test_the_default_install_fetches_and_converts_a_model_once_and_serves_it_read_only():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    pod = pod_of({})
+    fetch = pod["initContainers"][0]
+    assert fetch["command"] == ["vlreward", "convert", values["model"]["fetch"]["repo"], values["model"]["name"],
+                                "--probe-device", "cpu"]  # fmt: skip
+    assert values["model"]["fetch"]["repo"] == "Skywork/Skywork-VL-Reward-7B"
+    assert {e["name"]: e["value"] for e in fetch["env"]}["HF_HOME"].startswith(values["model"]["mountPath"] + "/")
+    memory = fetch["resources"]["requests"]["memory"]
+    assert memory.endswith("Gi") and int(memory[:-2]) * 2**30 > 7.6e9 * 4  # a 7B model's float32 weights
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["models"]["readOnly"] is True
+    pinned = pod_of({"model": {"fetch": {"revision": "abc123"}}})["initContainers"][0]["command"]
+    assert pinned[-2:] == ["--revision", "abc123"]
+
+
+def test_a_repo_id_keeps_its_download_and_converted_copy_on_the_model_volume_or_sizes_the_home_for_them():
+    on_volume = pod_of(SCENARIOS["ingress with an existing TLS secret and API keys"])["containers"][0]
+    env = {e["name"]: e.get("value") for e in on_volume["env"]}
+    assert env["HF_HOME"].startswith("/models/") and env["VLREWARD_HOME"].startswith("/models/")
+    assert {m["name"]: m for m in on_volume["volumeMounts"]}["models"]["readOnly"] is False
+    pod = pod_of(SCENARIOS["repo id without a model volume"])
+    home = {v["name"]: v for v in pod["volumes"]}["home"]["emptyDir"]["sizeLimit"]
+    assert home == "40Gi" == pod["containers"][0]["resources"]["requests"]["ephemeral-storage"]
+    assert pod_of({})["containers"][0]["resources"]["requests"]["ephemeral-storage"] == "20Gi"
+
+
+def test_monitoring_reaches_prometheus_in_another_namespace_and_keeps_releases_apart():
+    docs = render(SCENARIOS["gpu with autoscaling and monitoring"])
+    kinds = by_kind(docs)
+    peers = kinds["NetworkPolicy"]["spec"]["ingress"][0]["from"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in peers
+    assert kinds["ServiceMonitor"]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert kinds["PrometheusRule"]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    relabelings = kinds["ServiceMonitor"]["spec"]["endpoints"][0]["relabelings"]
+    assert all(r["targetLabel"] not in ("namespace", "service", "pod") for r in relabelings)
+    for group in yaml.safe_load((CHART / "files" / "alerts.yml").read_text())["groups"]:
+        for rule in group["rules"]:
+            for by in re.findall(r"by \(([^)]*)\)", rule["expr"]):
+                assert {"namespace", "service"} <= {label.strip() for label in by.split(",")}, rule["alert"]
+    headless = [d for d in docs if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"]
+    assert [d["metadata"]["name"] for d in headless] == ["rm-vlreward-pods"]
+    chart = helm_python.Chart.load(str(CHART))
+    notes = chart.render(values={"monitoring": {"serviceMonitor": {"enabled": True}}}, name="rm", namespace="ml")
+    assert "release label" in next(text for name, text in notes.items() if "NOTES" in name)
 
 
 def test_rules_and_dashboard_come_from_the_same_files_as_compose():
