@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import psutil
@@ -27,6 +28,7 @@ from vlreward.service.schemas import Sample
 pytestmark = pytest.mark.slow  # end-to-end: real processes, minutes (make test runs them)
 
 TOLERANCE = 1e-4
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -117,15 +119,20 @@ def test_token_limit_follows_the_engines_context_length(vllm_server):
     assert httpx.get(vllm_server.url + "/info").json()["limits"]["max_tokens"] == 4096
 
 
-def test_metrics_carry_vllms_engine_metrics_for_the_dashboard(vllm_server):
+def test_metrics_carry_vllms_engine_metrics_for_the_dashboard_and_the_alerts(vllm_server):
+    import yaml
+
     from deploy import dashboard
 
     httpx.post(vllm_server.url + "/score", json={"items": [{"prompt": "a", "response": "b"}]}, timeout=60)
     text = httpx.get(vllm_server.url + "/metrics").text
-    for expr, needs in dashboard.queries():
-        if needs == "vllm":
-            for name in re.findall(r"vllm:[a-z_]+", expr):
-                assert re.search(rf"^{name}\{{", text, re.M), name
+    alerts = yaml.safe_load((ROOT / "helm" / "vlreward" / "files" / "alerts.yml").read_text())
+    expressions = [expr for expr, needs in dashboard.queries() if needs == "vllm"]
+    expressions += [rule["expr"] for group in alerts["groups"] for rule in group["rules"] if "vllm:" in rule["expr"]]
+    assert len(expressions) > 1
+    for expr in expressions:
+        for name in re.findall(r"vllm:[a-z_]+", expr):
+            assert re.search(rf"^{name}\{{", text, re.M), name
     assert "vlreward_requests_total" in text and text.count("# TYPE process_cpu_seconds_total") == 1
 
 
