@@ -18,13 +18,30 @@ from pathlib import Path
 from grafana_foundation_sdk.builders import dashboard as builders
 from grafana_foundation_sdk.builders import prometheus, stat, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
-from grafana_foundation_sdk.models.dashboard import DataSourceRef
+from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
 
 OUTPUT = Path(__file__).resolve().parent.parent / "helm" / "vlreward" / "files" / "dashboard.json"
 UID = "vlreward"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
-SCORING = 'endpoint=~"/score|/rank|/get_reward|/classify"'
+# Every vlreward series on the dashboard is narrowed by the namespace, service and pod variables (each
+# "All" = ".*", which also matches Compose's series that carry none of these labels).
+SCOPE = 'job="vlreward", namespace=~"$namespace", service=~"$service", pod=~"$pod"'
+SCORING = f'{SCOPE}, endpoint=~"/score|/rank|/get_reward|/classify"'
+S = "{" + SCOPE + "}"
+"""The scope as a selector, for the queries below."""
+# NVIDIA's DCGM exporter labels a GPU with the pod using it: as namespace/pod/container when Prometheus keeps
+# the exporter's labels (honorLabels), as exported_* otherwise. Only vlreward's GPUs are shown.
+DCGM_SCOPES = (
+    'container="vlreward", namespace=~"$namespace", pod=~"$pod"',
+    'exported_container="vlreward", exported_namespace=~"$namespace", exported_pod=~"$pod"',
+)
+VARIABLES = ("namespace", "service", "pod")
+
+
+def dcgm(aggregate: str, metric: str) -> str:
+    """``aggregate`` over a DCGM metric on vlreward's GPUs only, whichever way its pod labels arrived."""
+    return f"{aggregate} ({' or '.join(f'{metric}{{{scope}}}' for scope in DCGM_SCOPES)})"
 
 
 @dataclass
@@ -47,9 +64,9 @@ class RowSpec:
     panels: list[PanelSpec] = field(default_factory=list)
 
 
-def quantiles(metric: str, by: str, labels: str = "", qs: tuple[float, ...] = (0.5, 0.95, 0.99)) -> list:
+def quantiles(metric: str, by: str, labels: str = SCOPE, qs: tuple[float, ...] = (0.5, 0.95, 0.99)) -> list:
     """histogram_quantile queries of ``metric`` for each quantile, grouped ``by``."""
-    selector = f"{metric}_bucket{{{labels}}}" if labels else f"{metric}_bucket"
+    selector = f"{metric}_bucket{{{labels}}}"
     legend_by = "".join(f" {{{{{label.strip()}}}}}" for label in by.split(",") if label.strip())
     return [
         (
@@ -63,69 +80,80 @@ def quantiles(metric: str, by: str, labels: str = "", qs: tuple[float, ...] = (0
 ROWS = [
     RowSpec("Traffic", [
         PanelSpec("Requests by endpoint and status",
-                  [(f"sum by (endpoint, status) (rate(vlreward_requests_total[{RATE}]))", "{{endpoint}} {{status}}")],
+                  [(f"sum by (endpoint, status) (rate(vlreward_requests_total{S}[{RATE}]))",
+                    "{{endpoint}} {{status}}")],
                   unit="reqps"),
         PanelSpec("Errors by status (4xx, 5xx)",
-                  [(f'sum by (status) (rate(vlreward_requests_total{{status=~"4..|5.."}}[{RATE}]))', "{{status}}")],
+                  [(f'sum by (status) (rate(vlreward_requests_total{{{SCOPE}, status=~"4..|5.."}}[{RATE}]))',
+                    "{{status}}")],
                   unit="reqps"),
         PanelSpec("Latency per endpoint (p50, p95, p99)",
                   quantiles("vlreward_request_duration_seconds", "endpoint", SCORING), unit="s", width=24),
     ]),
     RowSpec("Throughput", [
-        PanelSpec("Samples/s", [(f"sum by (endpoint) (rate(vlreward_samples_total[{RATE}]))", "{{endpoint}}")]),
+        PanelSpec("Samples/s", [(f"sum by (endpoint) (rate(vlreward_samples_total{S}[{RATE}]))", "{{endpoint}}")]),
         PanelSpec("Tokens/s and images/s", [
-            (f"sum(rate(vlreward_input_tokens_total[{RATE}]))", "tokens/s"),
-            (f"sum(rate(vlreward_images_total[{RATE}]))", "images/s"),
+            (f"sum(rate(vlreward_input_tokens_total{S}[{RATE}]))", "tokens/s"),
+            (f"sum(rate(vlreward_images_total{S}[{RATE}]))", "images/s"),
         ]),
     ]),
     RowSpec("Queue and batches", [
         PanelSpec("Queue depth, limit and requests in flight", [
-            ("sum by (instance) (vlreward_queue_depth)", "queued {{instance}}"),
-            ("sum by (instance) (vlreward_queue_limit)", "limit {{instance}}"),
-            ("sum by (instance) (vlreward_inflight_requests)", "in flight {{instance}}"),
+            (f"sum by (instance) (vlreward_queue_depth{S})", "queued {{instance}}"),
+            (f"sum by (instance) (vlreward_queue_limit{S})", "limit {{instance}}"),
+            (f"sum by (instance) (vlreward_inflight_requests{S})", "in flight {{instance}}"),
         ]),
         PanelSpec("Queue wait (p50, p99)", quantiles("vlreward_queue_wait_seconds", "", qs=(0.5, 0.99)), unit="s"),
         PanelSpec("Samples and padded tokens per batch (mean)", [
-            (f"sum(rate(vlreward_batch_size_sum[{RATE}])) / sum(rate(vlreward_batch_size_count[{RATE}]))",
+            (f"sum(rate(vlreward_batch_size_sum{S}[{RATE}]))"
+             f" / sum(rate(vlreward_batch_size_count{S}[{RATE}]))",
              "samples"),
-            (f"sum(rate(vlreward_batch_tokens_sum[{RATE}])) / sum(rate(vlreward_batch_tokens_count[{RATE}]))",
+            (f"sum(rate(vlreward_batch_tokens_sum{S}[{RATE}]))"
+             f" / sum(rate(vlreward_batch_tokens_count{S}[{RATE}]))",
              "tokens"),
         ], description="The transformers backend's batches (vLLM batches inside its engine)."),
         PanelSpec("Forward pass time (p50, p99)",
                   quantiles("vlreward_inference_duration_seconds", "", qs=(0.5, 0.99)), unit="s"),
+        PanelSpec("Batch splits by reason",
+                  [(f"sum by (reason) (rate(vlreward_batch_splits_total{S}[{RATE}]))", "{{reason}}")],
+                  unit="ops", description="Batches split in halves and rerun: out_of_memory (lower "
+                  "max_batch_tokens when steady; alert VlrewardOutOfMemorySplits) or error (a bad sample isolated)."),
     ]),
     RowSpec("Health", [
-        PanelSpec("Ready replicas", [("sum(vlreward_ready)", "ready")], kind="stat", width=6),
-        PanelSpec("Served model", [("count by (model, backend, dtype, device) (vlreward_model_info)",
+        PanelSpec("Ready replicas", [(f"sum(vlreward_ready{S})", "ready")], kind="stat", width=6),
+        PanelSpec("Served model", [(f"count by (model, backend, dtype, device) (vlreward_model_info{S})",
                                     "{{model}} {{backend}} {{dtype}} {{device}}")], kind="stat", width=6),
         PanelSpec("Rejections by reason",
-                  [(f"sum by (reason) (rate(vlreward_rejected_total[{RATE}]))", "{{reason}}")], unit="reqps"),
+                  [(f"sum by (reason) (rate(vlreward_rejected_total{S}[{RATE}]))", "{{reason}}")], unit="reqps"),
     ]),
     RowSpec("Scores (reward drift)", [
         PanelSpec("Score quantiles (p10, p50, p90)", quantiles("vlreward_score", "", qs=(0.1, 0.5, 0.9)),
                   description="A moved median means a changed model or changed inputs (alert VlrewardScoreShift)."),
         PanelSpec("Median score vs a day earlier", [
-            ("histogram_quantile(0.5, sum by (le) (rate(vlreward_score_bucket[1h])))", "now (1 h)"),
-            ("histogram_quantile(0.5, sum by (le) (rate(vlreward_score_bucket[1h] offset 1d)))", "a day ago"),
+            (f"histogram_quantile(0.5, sum by (le) (rate(vlreward_score_bucket{S}[1h])))", "now (1 h)"),
+            (f"histogram_quantile(0.5, sum by (le) (rate(vlreward_score_bucket{S}[1h] offset 1d)))", "a day ago"),
         ]),
     ]),
     RowSpec("Process", [
-        PanelSpec("CPU (cores)", [(f'rate(process_cpu_seconds_total{{job="vlreward"}}[{RATE}])', "{{instance}}")]),
-        PanelSpec("Resident memory", [('process_resident_memory_bytes{job="vlreward"}', "{{instance}}")],
+        PanelSpec("CPU (cores)", [(f"rate(process_cpu_seconds_total{S}[{RATE}])", "{{instance}}")]),
+        PanelSpec("Resident memory", [(f"process_resident_memory_bytes{S}", "{{instance}}")],
                   unit="bytes"),
     ]),
     RowSpec("GPU (DCGM exporter)", [
-        PanelSpec("GPU utilisation", [("avg by (Hostname, gpu) (DCGM_FI_DEV_GPU_UTIL)", "{{Hostname}} GPU {{gpu}}")],
+        PanelSpec("GPU utilisation",
+                  [(dcgm("avg by (Hostname, gpu)", "DCGM_FI_DEV_GPU_UTIL"), "{{Hostname}} GPU {{gpu}}")],
                   unit="percent", needs="dcgm-exporter"),
-        PanelSpec("GPU memory used", [("sum by (Hostname, gpu) (DCGM_FI_DEV_FB_USED)", "{{Hostname}} GPU {{gpu}}")],
+        PanelSpec("GPU memory used",
+                  [(dcgm("sum by (Hostname, gpu)", "DCGM_FI_DEV_FB_USED"), "{{Hostname}} GPU {{gpu}}")],
                   unit="decmbytes", needs="dcgm-exporter"),
     ]),
     RowSpec("vLLM engine (vLLM backend)", [
         PanelSpec("Engine requests running and waiting", [
-            ("sum(vllm:num_requests_running)", "running"),
-            ("sum(vllm:num_requests_waiting)", "waiting"),
+            (f"sum(vllm:num_requests_running{S})", "running"),
+            (f"sum(vllm:num_requests_waiting{S})", "waiting"),
         ], needs="vllm"),
-        PanelSpec("KV cache usage", [("max(vllm:kv_cache_usage_perc)", "used")], unit="percentunit", needs="vllm"),
+        PanelSpec("KV cache usage", [(f"max(vllm:kv_cache_usage_perc{S})", "used")], unit="percentunit",
+                  needs="vllm"),
     ]),
 ]  # fmt: skip
 
@@ -153,6 +181,20 @@ def build() -> dict:
         .timezone("browser")
         .with_variable(builders.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
     )
+    scope = 'job="vlreward"'
+    for name in VARIABLES:  # each narrowed by the ones before it
+        variable = (
+            builders.QueryVariable(name)
+            .label(name)
+            .datasource(DATASOURCE)
+            .query(f"label_values(vlreward_ready{{{scope}}}, {name})")
+            .include_all(True)
+            .all_value(".*")
+            .multi(True)
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        )
+        board = board.with_variable(variable)
+        scope += f', {name}=~"${name}"'
     for row in ROWS:
         board = board.with_row(builders.Row(row.title))
         for spec in row.panels:
