@@ -132,7 +132,13 @@ def test_make_dev_installs_the_gpu_build_only_where_an_nvidia_gpu_answers(tmp_pa
         done = subprocess.run(["make", "-n", "-B", "dev"], cwd=ROOT, env=env, capture_output=True, text=True)
         return next(line for line in done.stdout.splitlines() if " sync " in line)
 
-    plain = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "nvidia-smi").exists())
+    def has_nvidia_smi(folder: str) -> bool:
+        try:
+            return (Path(folder) / "nvidia-smi").exists()
+        except OSError:  # a folder on PATH this user may not read (root's, after su)
+            return False
+
+    plain = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not has_nvidia_smi(p))
     assert "--extra vllm" in sync_command(plain) and "--extra gpu" not in sync_command(plain)
     fake = tmp_path / "nvidia-smi"
     fake.write_text('#!/bin/sh\necho "GPU 0: NVIDIA H100 80GB HBM3"\n')
