@@ -27,8 +27,9 @@ def timeout_field() -> Any:
         None,
         ge=MIN_TIMEOUT_S,
         le=MAX_TIMEOUT_S,
-        description=f"Deadline for the whole request in seconds ({MIN_TIMEOUT_S:g} to {MAX_TIMEOUT_S:g}; 504 after "
-        "it). Default: the server's request_timeout_s.",
+        description=f"Deadline for the whole request in seconds ({MIN_TIMEOUT_S:g} to the server's "
+        "max_request_timeout_s, which /openapi.json shows as the maximum; 504 after it). Default: the server's "
+        "request_timeout_s.",
     )
 
 

@@ -43,9 +43,34 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(scoring_routes.router)
     app.include_router(operations_routes.router)
-    if not state.api_keys:
-        app.openapi = lambda: _without_auth(FastAPI.openapi(app))
+
+    def openapi() -> dict:
+        schema = _with_deadline_bound(FastAPI.openapi(app), settings.max_request_timeout_s)
+        return schema if state.api_keys else _without_auth(schema)
+
+    app.openapi = openapi
     return app
+
+
+def _with_deadline_bound(schema: dict, longest: float) -> dict:
+    """Every request's ``timeout_s`` bounded by this server's ``max_request_timeout_s`` (the schemas carry
+    the absolute bound; above this server's, it answers 422): clients see the deadline it accepts."""
+
+    def bound(node: object) -> None:
+        if isinstance(node, dict):
+            timeout = node.get("properties", {}).get("timeout_s")
+            if isinstance(timeout, dict):
+                for option in timeout.get("anyOf", [timeout]):
+                    if "maximum" in option:
+                        option["maximum"] = min(option["maximum"], longest)
+            for value in node.values():
+                bound(value)
+        elif isinstance(node, list):
+            for value in node:
+                bound(value)
+
+    bound(schema)
+    return schema
 
 
 def _without_auth(schema: dict) -> dict:

@@ -233,6 +233,10 @@ def test_a_deadline_longer_than_the_drain_covers_is_a_422_naming_timeout_s(serve
     assert refused.status_code == 422, refused.text
     assert refused.json()["error"]["param"] == "timeout_s" and "max_request_timeout_s" in refused.text
     assert post(server, path, {**bodies[path], "timeout_s": longest}).status_code == 200
+    schema = httpx.get(server.url + "/openapi.json").json()["components"]["schemas"]
+    request = {"/score": "ScoreRequest", "/rank": "RankRequest", "/get_reward": "GetRewardRequest"}.get(path)
+    if request:  # the published schema says what this server accepts
+        assert schema[request]["properties"]["timeout_s"]["anyOf"][0]["maximum"] == longest
 
 
 def test_metrics_pass_promtool_check(server, prometheus_tools):
