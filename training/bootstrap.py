@@ -10,11 +10,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-# The synthetic set of the default model (the held-out split is regenerated from the same seed by
-# `vlreward eval --benchmark synthetic`).
-SYNTHETIC_SEED = 0
-TRAIN_PER_CATEGORY = {"hallucination": 3000, "reasoning": 3000, "general": 300, "text": 500}
-HELDOUT_PER_CATEGORY = {"hallucination": 200, "reasoning": 200, "general": 100}
+from vlreward.training.data.synthetic import (
+    HELDOUT_PER_CATEGORY,
+    SYNTHETIC_SEED,
+    TRAIN_PER_CATEGORY,
+    build_synthetic,
+)
 
 
 def bootstrap(
@@ -25,9 +26,10 @@ def bootstrap(
     ``seed`` sets the base model's weights, the synthetic data and the recipe's seed together (0 is the
     embedded default model); ``num_threads`` overrides the recipe's torch threads.
     """
+    # Imported here: `vlreward` imports this module at every start (its builder of the default model),
+    # and these load torch, transformers and accelerate (seconds) that --help and serve --model never need.
     from vlreward.training.base_model import build_base_model
     from vlreward.training.config import load_recipe
-    from vlreward.training.data.synthetic import build_synthetic
     from vlreward.training.export import export_model
     from vlreward.training.model import reward_model_from_base
     from vlreward.training.trainer import RewardTrainer

@@ -98,7 +98,7 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="synthetic: the held-out split of `vlreward bootstrap --seed N`.")] = 0,
 ) -> None:
     """Evaluate a reward model; prints the table and writes it as JSON, markdown and PNG. Resumable."""
-    from vlreward.training.bootstrap import SYNTHETIC_SEED
+    from vlreward.training.data.synthetic import SYNTHETIC_SEED
     from vlreward.training.evaluate import evaluate_synthetic, recompute, run_benchmark
 
     if predictions is not None:
@@ -124,7 +124,7 @@ def evaluate(
 def _scorer(model: Path | None, url: str | None, api_key: str | None, backend: str):
     """(score a list of Sample dicts, model label, checkpoint hash) in-process or through a server."""
     if url is not None:
-        from vlreward.service.client import RewardClient
+        from vlreward.client import RewardClient
 
         client = RewardClient(url, api_key=api_key)
         info = client.info()
@@ -132,15 +132,14 @@ def _scorer(model: Path | None, url: str | None, api_key: str | None, backend: s
     from vlreward.service.backends import load_backend
     from vlreward.service.media import MediaPolicy
     from vlreward.service.model.checkpoint import checkpoint_hash, model_name
-    from vlreward.service.prepare import prepare_sample
-    from vlreward.service.schemas import Sample
+    from vlreward.service.prepare import prepare_request_sample
     from vlreward.service.settings import Settings
 
     engine = load_backend(Settings(backend=backend), model)
     policy = MediaPolicy()
 
     def score(samples: list[dict]) -> list[float]:
-        formatted = [prepare_sample(Sample.model_validate(s), engine.processor, policy) for s in samples]
+        formatted = [prepare_request_sample(s, engine.processor, policy) for s in samples]
         return engine.score_sync(formatted)
 
     return score, model_name(model), checkpoint_hash(model)
@@ -159,8 +158,7 @@ def data_synthetic(
     ] = None,
 ) -> None:
     """Generate the synthetic preference set (the default model's data)."""
-    from vlreward.training.bootstrap import HELDOUT_PER_CATEGORY, TRAIN_PER_CATEGORY
-    from vlreward.training.data.synthetic import build_synthetic
+    from vlreward.training.data.synthetic import HELDOUT_PER_CATEGORY, TRAIN_PER_CATEGORY, build_synthetic
 
     train, heldout = TRAIN_PER_CATEGORY, HELDOUT_PER_CATEGORY
     if per_category is not None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tqdm import tqdm
 
@@ -18,29 +18,10 @@ from vlreward.service.backends.base import Backend
 from vlreward.service.media import MediaPolicy
 from vlreward.service.model.checkpoint import checkpoint_hash, model_name
 from vlreward.service.prepare import prepare_sample
+from vlreward.training.benchmarks import COLUMNS, EvalPair, load_pairs, tables
 from vlreward.training.data.schema import PreferenceRecord, read_records
-
-T = TypeVar("T")
-Item = TypeVar("Item")
-
-
-def score_pairs(
-    score: Callable[[list[T]], list[float]],
-    items: Sequence[Item],
-    as_pair: Callable[[Item], tuple[T, T]],
-    batch_pairs: int = 16,
-    progress: bool = False,
-) -> list[tuple[float, float]]:
-    """(chosen, rejected) scores of ``items``, ``batch_pairs`` per call of ``score`` (both sides in one call).
-    ``as_pair`` makes an item's two inputs as its chunk comes up, so only one chunk's images are decoded at a
-    time. The one pair scorer: evaluation, cleaning's surrogate and the trainer's held-out checks use it."""
-    scores: list[tuple[float, float]] = []
-    starts = range(0, len(items), batch_pairs)
-    for start in tqdm(starts, desc="scoring", unit="batch", leave=False, disable=not progress):
-        chunk = [as_pair(item) for item in items[start : start + batch_pairs]]
-        values = score([c for c, _ in chunk] + [r for _, r in chunk])
-        scores += list(zip(values[: len(chunk)], values[len(chunk) :], strict=True))
-    return scores
+from vlreward.training.data.synthetic import HELDOUT_PER_CATEGORY, SYNTHETIC_SEED, generate
+from vlreward.training.pair_metrics import pairwise_accuracy, score_pairs
 
 
 def score_records(
@@ -60,31 +41,8 @@ def score_records(
     return score_pairs(backend.score_sync, records, as_pair, progress=True)
 
 
-def pairwise_accuracy(categories: list[str], scores: list[tuple[float, float]]) -> dict[str, Any]:
-    """The one accuracy table: a pair is right only when the chosen response scores strictly higher
-    (ties count as wrong). Overall (micro), per category, macro mean over categories, ties, mean margin."""
-    per: dict[str, list[bool]] = {}
-    ties = 0
-    for category, (chosen, rejected) in zip(categories, scores, strict=True):
-        per.setdefault(category, []).append(chosen > rejected)
-        ties += chosen == rejected
-    correct = [c for values in per.values() for c in values]
-    table = {name: sum(v) / len(v) for name, v in sorted(per.items())}
-    return {
-        "n": len(correct),
-        "overall": sum(correct) / max(1, len(correct)),
-        "macro": sum(table.values()) / max(1, len(table)),
-        "categories": table,
-        "category_counts": {name: len(v) for name, v in sorted(per.items())},
-        "ties": ties,
-        "mean_margin": sum(c - r for c, r in scores) / max(1, len(scores)),
-    }
-
-
 def _table_columns(results: dict[str, Any]) -> list[tuple[str, float]]:
     """(label, value) cells of the headline table, in the benchmark paper's layout."""
-    from vlreward.training.benchmarks import COLUMNS
-
     categories = results["categories"]
     names = [n for n in COLUMNS.get(results["benchmark"], []) if n in categories]
     names += [n for n in sorted(categories) if n not in names]
@@ -143,8 +101,6 @@ def _plot(cells: list[tuple[str, float]], title: str, path: Path) -> None:
 def evaluate_synthetic(backend: Any, model_dir: Path, output_dir: Path, seed: int | None = None) -> dict[str, Any]:
     """Our held-out synthetic set (regenerated from its seed): per-category accuracy, plus the image-swap
     check on hallucination pairs (with the image matching the rejected response, is it preferred?)."""
-    from vlreward.training.bootstrap import HELDOUT_PER_CATEGORY, SYNTHETIC_SEED
-    from vlreward.training.data.synthetic import generate
 
     with tempfile.TemporaryDirectory(prefix="vlreward-heldout-") as folder:
         root = Path(folder)
@@ -196,7 +152,6 @@ def run_benchmark(
     batch_pairs: int = 16,
 ) -> dict[str, Any]:
     """Score a benchmark's pairs (resuming from saved predictions), then write its tables."""
-    from vlreward.training.benchmarks import load_pairs, tables
 
     pairs = load_pairs(benchmark, data)[:limit]
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -222,7 +177,6 @@ def run_benchmark(
 
 def recompute(benchmark: str, predictions: Path, output_dir: Path, model: str = "predictions") -> dict[str, Any]:
     """All tables again from saved per-item scores; no model needed."""
-    from vlreward.training.benchmarks import EvalPair, tables
 
     rows = list(read_predictions(predictions).values())
     pairs = [

@@ -25,8 +25,8 @@ from transformers import get_scheduler
 from vlreward.training.collator import PairCollator, PairDataset
 from vlreward.training.config import StageConfig, TrainConfig
 from vlreward.training.data.schema import PreferenceRecord, read_records
-from vlreward.training.evaluate import pairwise_accuracy, score_pairs
 from vlreward.training.model import freeze_vision_encoder, parameter_groups, parameter_report
+from vlreward.training.pair_metrics import pairwise_accuracy, score_pairs
 
 STATE_FILE = "trainer_state.json"
 

@@ -7,7 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from vlreward.training.cli import app
-from vlreward.training.evaluate import pairwise_accuracy
+from vlreward.training.pair_metrics import pairwise_accuracy
 
 
 def test_pairwise_accuracy_count_ties_as_wrong_and_average_categories():

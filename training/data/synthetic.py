@@ -43,6 +43,11 @@ SHAPES = ("circle", "square", "triangle")
 SIZE = 84
 CATEGORIES = ("hallucination", "reasoning", "general")
 HALLUCINATION_SUBTYPES = ("colour", "caption")
+# The synthetic set of the embedded default model (`vlreward bootstrap`); `vlreward eval --benchmark
+# synthetic` regenerates the held-out split from the same seed.
+SYNTHETIC_SEED = 0
+TRAIN_PER_CATEGORY = {"hallucination": 3000, "reasoning": 3000, "general": 300, "text": 500}
+HELDOUT_PER_CATEGORY = {"hallucination": 200, "reasoning": 200, "general": 100}
 
 
 @dataclass
