@@ -132,11 +132,9 @@ class Checks:
 
 def formatted(backend, sample: dict):
     """A Sample dict formatted for ``backend`` (images decoded in process, as a user's own loop does)."""
-    from vlreward.service.media import MediaPolicy
-    from vlreward.service.prepare import prepare_sample
-    from vlreward.service.schemas import Sample
+    from vlreward.service.prepare import prepare_request_sample
 
-    return prepare_sample(Sample.model_validate(sample), backend.processor, MediaPolicy())
+    return prepare_request_sample(sample, backend.processor)
 
 
 def _in_process_run(samples: int, seconds: float) -> dict:

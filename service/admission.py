@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from vlreward.service.batching import BatchResult, Groups, Scheduler, Sized
+from vlreward.service.backends.base import EncodedInput
+from vlreward.service.batching import BatchResult, Groups, Scheduler
 from vlreward.service.errors import DeadlineExceeded, Overloaded
 from vlreward.service.metrics import Metrics
 
@@ -25,7 +26,7 @@ class Admission:
         self.metrics = metrics
         self.max_queue = max_queue
 
-    async def submit(self, items: Sequence[Sized], timeout_s: float, groups: Groups = ()) -> BatchResult:
+    async def submit(self, items: Sequence[EncodedInput], timeout_s: float, groups: Groups = ()) -> BatchResult:
         """Score a request's samples (in order) within ``timeout_s``, or refuse it when the queue is full.
 
         ``groups``: indices of samples that share their prompt and images (a /rank request, a GRPO group

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from vlreward.service.backends.base import EncodedInput
 from vlreward.service.errors import EngineBroken, OutOfMemory, ServiceError
 from vlreward.service.metrics import Metrics
 from vlreward.service.settings import default
@@ -58,16 +59,6 @@ def group_of(size: int, groups: Groups) -> list[int | None]:
                 raise ValueError(f"item {index} is in two groups")
             membership[index] = number
     return membership
-
-
-class Sized(Protocol):
-    """What scheduling needs of a sample: its token count, and what it can share with others."""
-
-    @property
-    def num_tokens(self) -> int: ...
-
-    prefix_key: bytes | None
-    """Equal for samples that share a prefix (prompt + images) exactly; None: nothing to share."""
 
 
 @dataclass
@@ -126,7 +117,7 @@ class Scheduler(Protocol):
 
     def healthy(self) -> bool: ...
 
-    async def run(self, items: Sequence[Sized], groups: Groups = ()) -> BatchResult:
+    async def run(self, items: Sequence[EncodedInput], groups: Groups = ()) -> BatchResult:
         """Scores of ``items`` in order. Each of ``groups`` (indices of items that share their prompt
         and images) runs as one unit through the group runner; the other items are batched. Items the
         model failed on are in the result's ``failures``."""
@@ -215,7 +206,7 @@ class DirectScheduler:
     def healthy(self) -> bool:
         return True
 
-    async def run(self, items: Sequence[Sized], groups: Groups = ()) -> BatchResult:
+    async def run(self, items: Sequence[EncodedInput], groups: Groups = ()) -> BatchResult:
         self._in_flight += len(items)
         self.metrics.queue_depth.set(self._in_flight)
         started = time.monotonic()
@@ -299,7 +290,7 @@ class CoreLanes:
 class _Job:
     """One request's samples and the future its handler awaits."""
 
-    items: Sequence[Sized]
+    items: Sequence[EncodedInput]
     future: asyncio.Future
     membership: list[int | None] = field(default_factory=list)
     """Per item, its group (run as one unit through ``run_group``), or None (mixed into batches)."""
@@ -330,7 +321,7 @@ class _Entry:
         return self.job.items[self.index].num_tokens
 
     @property
-    def item(self) -> Sized:
+    def item(self) -> EncodedInput:
         return self.job.items[self.index]
 
 
@@ -408,7 +399,7 @@ class DynamicBatcher:
     def healthy(self) -> bool:
         return self._task is not None and not self._task.done() and not self._crashed
 
-    async def run(self, items: Sequence[Sized], groups: Groups = ()) -> BatchResult:
+    async def run(self, items: Sequence[EncodedInput], groups: Groups = ()) -> BatchResult:
         """Queue a request's samples and wait for their scores (in order); cancelling drops them."""
         membership = group_of(len(items), groups)
         job = _Job(items=items, future=asyncio.get_running_loop().create_future(), membership=membership)

@@ -60,6 +60,12 @@ def prepare_sample(
     return format_sample(sample, images, processor)
 
 
+def prepare_request_sample(sample: dict, processor: Any, policy: MediaPolicy | None = None) -> FormattedSample:
+    """A sample in the HTTP JSON shape (a dict) -> the model's input: the one path of probes, warm-up,
+    offline tools and benchmarks that hold samples as dicts (images inline unless ``policy`` allows more)."""
+    return prepare_sample(Sample.model_validate(sample), processor, policy or MediaPolicy())
+
+
 def _text_slots(sample: Sample) -> list[tuple[int | None, int | None]]:
     """Where prompt text lives, earliest first: (message, part) pairs; (None, None) is `prompt`."""
     if sample.messages is None:

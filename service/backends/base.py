@@ -1,33 +1,13 @@
-"""The Backend protocol every scoring engine implements."""
+"""The protocols every scoring engine implements: :class:`Backend`, and :class:`EncodedInput`, what the
+schedulers need of one sample. Plain protocols, importing neither torch nor any engine (a test checks)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from vlreward.service.media import MediaPolicy
-from vlreward.service.model.checkpoint import checkpoint_hash, model_name
-from vlreward.service.model.encoding import pixel_bounds
-from vlreward.service.model.formatting import FormattedSample
-from vlreward.service.model.probe import read_probe, verify_probe
-from vlreward.service.prepare import prepare_sample
-from vlreward.service.schemas import Sample
-
-WARM_UP_SAMPLE = {"prompt": "warm-up", "response": "ok"}
-
-
-def backend_facts(name: str, model_dir: Path, dtype: str, device: str, processor: Any) -> dict[str, Any]:
-    """What /info, metrics and evaluations report about a loaded backend (computed once, at load)."""
-    min_pixels, max_pixels = pixel_bounds(processor)
-    return {
-        "model": model_name(model_dir),
-        "backend": name,
-        "dtype": dtype,
-        "device": device,
-        "checkpoint_hash": checkpoint_hash(model_dir),
-        "min_pixels": min_pixels,
-        "max_pixels": max_pixels,
-    }
+if TYPE_CHECKING:
+    from vlreward.service.model.formatting import FormattedSample
 
 
 class EncodedInput(Protocol):
@@ -112,16 +92,3 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Release threads, processes and memory."""
         ...
-
-
-async def probe_warm_up(backend: Backend) -> float | None:
-    """One real request through ``backend.score``: the checkpoint's probe (verified; its score is
-    returned) or, without a probe, a fixed text sample (None is returned)."""
-    probe = read_probe(backend.model_dir)
-    sample = probe.sample if probe else WARM_UP_SAMPLE
-    formatted = prepare_sample(Sample.model_validate(sample), backend.processor, MediaPolicy())
-    score = (await backend.score([formatted]))[0]
-    if probe is None:
-        return None
-    verify_probe(probe, score, backend.dtype)
-    return score

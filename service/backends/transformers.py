@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import torch
 
-from vlreward.service.backends.base import backend_facts, probe_warm_up
+from vlreward.service.backends.facts import backend_facts
 from vlreward.service.batching import batch_tokens, lanes_for, plan_batches
 from vlreward.service.errors import EngineBroken, OutOfMemory
 from vlreward.service.model.checkpoint import load_reward_model
@@ -28,8 +28,10 @@ from vlreward.service.model.encoding import (
     with_prefix_key,
 )
 from vlreward.service.model.formatting import FormattedSample
-from vlreward.service.model.probe import Probe, probe_sample, read_probe, verify_probe, write_probe
+from vlreward.service.model.probe import Probe, probe_sample, write_probe
+from vlreward.service.prepare import prepare_request_sample
 from vlreward.service.settings import Settings, default
+from vlreward.service.warmup import check_probe, probe_warm_up
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -173,11 +175,7 @@ class TransformersBackend:
 
     def format_request_sample(self, sample: dict) -> FormattedSample:
         """One sample in the HTTP JSON shape (inline images only), formatted for this model."""
-        from vlreward.service.media import MediaPolicy
-        from vlreward.service.prepare import prepare_sample
-        from vlreward.service.schemas import Sample
-
-        return prepare_sample(Sample.model_validate(sample), self.processor, MediaPolicy())
+        return prepare_request_sample(sample, self.processor)
 
     def score_request_sample(self, sample: dict) -> float:
         """Score one sample given in the HTTP JSON shape (inline images only)."""
@@ -206,12 +204,7 @@ class TransformersBackend:
 
     def check_probe(self) -> float | None:
         """Score the checkpoint's probe; raise ProbeMismatch when off. None when there is no probe."""
-        probe = read_probe(self.model_dir)
-        if probe is None:
-            return None
-        actual = self.score_request_sample(probe.sample)
-        verify_probe(probe, actual, self.dtype)
-        return actual
+        return check_probe(self)
 
     async def warm_up(self) -> float | None:
         """One real forward pass before serving; verifies the checkpoint's probe when it has one."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from vlreward.service.backends.base import backend_facts, probe_warm_up
+from vlreward.service.backends.facts import backend_facts
 from vlreward.service.model.checkpoint import (
     HEAD_WEIGHT,
     REWARD_ARCHITECTURE,
@@ -31,6 +31,7 @@ from vlreward.service.model.checkpoint import (
 from vlreward.service.model.devices import vllm_placement
 from vlreward.service.model.formatting import FormattedSample
 from vlreward.service.settings import Settings, default
+from vlreward.service.warmup import probe_warm_up
 
 # Defaults for what the settings leave unset, by device, each with its reason. The GPU ones are sized
 # for a 7B reward model on one 80 GB H100 (16.6 GB of bf16 weights; 57 KB of KV cache per token).
