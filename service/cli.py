@@ -74,7 +74,8 @@ def convert(
     require_serve_extra("convert")
     from vlreward.service.model.checkpoint import CheckpointError
     from vlreward.service.model.convert import SOURCES
-    from vlreward.service.model.hub import convert_into, download, is_repo_id
+    from vlreward.service.model.hub import download, is_repo_id
+    from vlreward.service.resolve import convert_into
 
     if from_ not in SOURCES:
         raise typer.BadParameter(f"unknown source layout {from_!r}; choose one of {', '.join(SOURCES)}")
@@ -95,7 +96,7 @@ def checkpoint_dir(model: str, settings: Settings) -> Path:
     """A local directory for ``--model``: as given, or a Hugging Face repo id resolved through the cache
     (converted once into the vlreward home when it is in Skywork's layout). One line and exit 2 on failure."""
     from vlreward.service.model.checkpoint import CheckpointError
-    from vlreward.service.model.hub import resolve_checkpoint
+    from vlreward.service.resolve import resolve_checkpoint
 
     try:
         return resolve_checkpoint(model, settings.home, settings.revision, probe_device=settings.device)
