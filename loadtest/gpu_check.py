@@ -121,7 +121,7 @@ def build_random_checkpoint(size: str, directory: Path, device: str, seed: int =
 def _grpo_groups(url: str, prompts: list[dict], pool: list[dict]) -> dict:
     """GRPO through /score: one call of G=8 responses sharing the prompt and image, against the same call
     with each response given its own image (other samples' images of the same size: same token counts)."""
-    from vlreward.service.client import RewardClient
+    from vlreward.client import RewardClient
 
     rng = random.Random(2)
     shared_s = own_s = 0.0
@@ -238,8 +238,8 @@ def run_check(
     size: str, workdir: Path, seed: int = 0, dtype: str = "auto", profile: bool = False, cudnn_attention: bool = False
 ) -> dict:
     """Everything the check measures, as one JSON-able dict (see the module docstring)."""
+    from vlreward.client import AsyncRewardClient, RewardClient
     from vlreward.service.backends.transformers import TransformersBackend, stamp_reference_probe
-    from vlreward.service.client import AsyncRewardClient, RewardClient
     from vlreward.service.http.server import BackgroundServer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -444,7 +444,7 @@ def _check_probe(backend: Any, probe: Any) -> dict:
 
 def _rank_vs_score(url: str, prompts: list[dict], concurrent_calls: Any) -> dict:
     """One /rank of 8 responses per prompt against 8 separate /score calls (sent at once) of the same pairs."""
-    from vlreward.service.client import RewardClient
+    from vlreward.client import RewardClient
 
     rng = random.Random(1)
     rank_s = score_s = 0.0

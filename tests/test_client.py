@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.helpers import LiveServer, shape_image, uri
-from vlreward.service.client import AsyncRewardClient, InvalidRequest, RetryPolicy, RewardClient
+from vlreward.client import AsyncRewardClient, InvalidRequest, RetryPolicy, RewardClient
 
 FAST = RetryPolicy(attempts=30, backoff_s=0.05, max_backoff_s=0.3, deadline_s=120)
 

@@ -199,7 +199,7 @@ def test_the_wheel_holds_vlreward_packages_and_the_recipes_only(wheel):
 @pytest.mark.slow
 def test_with_no_extras_the_client_imports_without_torch_and_serve_names_the_extra(wheel, tmp_path):
     bin_dir = fresh_environment(tmp_path / "env", wheel)
-    modules = "vlreward.service.client, vlreward.service.adapters.trl, vlreward.service.adapters.verl"
+    modules = "vlreward.client, vlreward.adapters.trl, vlreward.adapters.verl"
     code = (
         "import sys, " + modules + "; sys.exit(' '.join({'torch', 'transformers', 'vllm'} & set(sys.modules)) or None)"
     )

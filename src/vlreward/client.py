@@ -1,6 +1,6 @@
 """The Python client of a running vlreward server (httpx and tenacity; no torch, no transformers).
 
-from vlreward.service.client import RewardClient
+from vlreward.client import RewardClient
 with RewardClient("http://127.0.0.1:8000") as client:
     client.score([{"prompt": "2+2?", "response": "4"}]).scores
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
+from tests.adapters.frameworks import run_framework_code
 from tests.helpers import LiveServer
-from tests.service.adapters.frameworks import run_framework_code
-from vlreward.service.client import RewardClient
+from vlreward.client import RewardClient
 
 FETCH = """
 import asyncio

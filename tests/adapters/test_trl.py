@@ -11,8 +11,8 @@ from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from tests.helpers import LiveServer, shape_image
-from vlreward.service.adapters.trl import AsyncVLRewardFunction, VLRewardFunction, trl_item
-from vlreward.service.client import RewardClient
+from vlreward.adapters.trl import AsyncVLRewardFunction, VLRewardFunction, trl_item
+from vlreward.client import RewardClient
 
 COLOURS = ["red", "blue", "green", "red"]
 

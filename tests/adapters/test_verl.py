@@ -11,10 +11,10 @@ import json
 
 import pytest
 
+from tests.adapters.frameworks import run_framework_code
 from tests.helpers import LiveServer, shape_image, uri
-from tests.service.adapters.frameworks import run_framework_code
-from vlreward.service.adapters.verl import EXTRA_INFO_KEY, add_vlreward_extra_info, compute_score
-from vlreward.service.client import RewardClient
+from vlreward.adapters.verl import EXTRA_INFO_KEY, add_vlreward_extra_info, compute_score
+from vlreward.client import RewardClient
 
 NAIVE_MANAGER = """
 import asyncio
@@ -26,11 +26,11 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
 from verl.trainer.ppo.reward import get_custom_reward_fn
 
-from vlreward.service.adapters.verl import add_vlreward_extra_info
+from vlreward.adapters.verl import add_vlreward_extra_info
 
 tokenizer = AutoTokenizer.from_pretrained(ARGS["tokenizer"])
 config = OmegaConf.create({"reward": {"custom_reward_function": {
-    "path": "pkg://vlreward.service.adapters.verl", "name": "compute_score",
+    "path": "pkg://vlreward.adapters.verl", "name": "compute_score",
     "reward_kwargs": {"base_url": ARGS["url"]}}}})
 
 

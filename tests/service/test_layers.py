@@ -1,4 +1,4 @@
-"""The core knows nothing of HTTP: only vlreward.service.http (and the HTTP client) may."""
+"""The core knows nothing of HTTP: only vlreward.service.http may (the HTTP client is vlreward.client)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from vlreward.service.http.errors import STATUS
 
 SERVICE = Path(__file__).resolve().parents[2] / "service"
 HTTP_ONLY_MODULES = ("fastapi", "starlette", "uvicorn")
-# The client speaks HTTP to the service: statuses are its job.
-HTTP_AWARE = {SERVICE / "http", SERVICE / "client.py"}
+HTTP_AWARE = {SERVICE / "http"}
 
 
 def core_modules() -> list[Path]:

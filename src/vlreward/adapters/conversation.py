@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from vlreward.service.client import encode_image
+from vlreward.client import encode_image
 
 IMAGE_PLACEHOLDER = "<image>"
 

@@ -1,6 +1,6 @@
 """Reward functions for TRL's ``GRPOTrainer`` backed by a vlreward server.
 
-    from vlreward.service.adapters.trl import VLRewardFunction
+    from vlreward.adapters.trl import VLRewardFunction
     trainer = GRPOTrainer(model=..., reward_funcs=[VLRewardFunction("http://rm:8000")], ...)
 
 TRL calls a reward function with keywords only: ``prompts``, ``completions``, ``completion_ids`` and
@@ -21,8 +21,8 @@ import logging
 import time
 from typing import Any
 
-from vlreward.service.adapters.conversation import to_messages
-from vlreward.service.client import AsyncRewardClient, RewardClient, encode_image
+from vlreward.adapters.conversation import to_messages
+from vlreward.client import AsyncRewardClient, RewardClient, encode_image
 
 log = logging.getLogger(__name__)
 

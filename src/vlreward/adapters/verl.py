@@ -26,8 +26,8 @@ import json
 import os
 from typing import Any
 
-from vlreward.service.adapters.conversation import to_messages
-from vlreward.service.client import AsyncRewardClient, VLRewardError
+from vlreward.adapters.conversation import to_messages
+from vlreward.client import AsyncRewardClient, VLRewardError
 
 EXTRA_INFO_KEY = "vlreward_messages"
 URL_VARIABLE = "VLREWARD_URL"

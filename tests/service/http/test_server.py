@@ -141,7 +141,7 @@ def test_a_checkpoint_without_head_makes_serve_exit_1(tiny_base):
 def test_python_client_returns_typed_results_and_raises_typed_errors(hf_backend, asynchronous):
     import asyncio
 
-    from vlreward.service.client import AsyncRewardClient, InvalidRequest, RewardClient, Unauthorized
+    from vlreward.client import AsyncRewardClient, InvalidRequest, RewardClient, Unauthorized
 
     with LiveServer(hf_backend, api_keys="secret") as live:
         sample = {"prompt": "Colour?", "response": "Red.", "image": uri(shape_image())}
@@ -175,5 +175,5 @@ def test_python_client_returns_typed_results_and_raises_typed_errors(hf_backend,
 
 
 def test_client_module_imports_neither_torch_nor_transformers():
-    code = "import sys, vlreward.service.client; sys.exit(int('torch' in sys.modules or 'transformers' in sys.modules))"
+    code = "import sys, vlreward.client; sys.exit(int('torch' in sys.modules or 'transformers' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

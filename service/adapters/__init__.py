@@ -1,0 +1,5 @@
+"""Moved to :mod:`vlreward.adapters` (installed without torch); this path warns and forwards."""
+
+from vlreward._moved import forward
+
+__getattr__ = forward(__name__, "vlreward.adapters")
