@@ -105,3 +105,17 @@ def test_images_may_be_pil_images_bytes_or_paths(hf_backend, tmp_path):
         ranked = client.rank("Colour?", ["Blue.", "Red."], images=[image]).scores
     assert max(scores) - min(scores) <= 1e-6
     assert abs(ranked[0] - scores[0]) <= 1e-4
+
+
+def test_errors_are_told_apart_by_the_type_the_server_sends_and_by_status_only_without_one():
+    from vlreward.client import ERROR_CLASSES, InvalidRequest, Overloaded, Unavailable, VLRewardError, error_class
+    from vlreward.service.errors import ErrorKind
+    from vlreward.service.http.errors import STATUS
+
+    assert set(ERROR_CLASSES) == set(ErrorKind)  # a new kind must say how clients see it
+    for kind in ErrorKind:  # 4xx kinds are the client's mistake, except the retryable ones
+        if STATUS[kind] < 500 and kind not in (ErrorKind.OVERLOADED, ErrorKind.UNAUTHORIZED):
+            assert ERROR_CLASSES[kind] is InvalidRequest, kind
+    assert error_class(500, "overloaded") is Overloaded  # the type wins over a status a proxy rewrote
+    assert error_class(503, "draining") is Unavailable and error_class(502, "") is Unavailable
+    assert error_class(500, "") is VLRewardError and error_class(418, "") is InvalidRequest

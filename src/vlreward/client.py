@@ -35,6 +35,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from vlreward.service.errors import ErrorKind
 from vlreward.service.schemas import GetRewardResponse, ItemError, RankResponse, ScoreResponse, Usage
 
 DEFAULT_TIMEOUT_S = 180.0
@@ -72,6 +73,36 @@ class Unavailable(VLRewardError):
 
 class Timeout(VLRewardError):
     """504: the request's deadline passed."""
+
+
+ERROR_CLASSES: dict[str, type[VLRewardError]] = {
+    ErrorKind.INVALID_REQUEST: InvalidRequest,
+    ErrorKind.VALIDATION: InvalidRequest,
+    ErrorKind.TOO_LARGE: InvalidRequest,
+    ErrorKind.UNSUPPORTED_MEDIA: InvalidRequest,
+    ErrorKind.NOT_FOUND: InvalidRequest,
+    ErrorKind.METHOD_NOT_ALLOWED: InvalidRequest,
+    ErrorKind.READ_TIMEOUT: InvalidRequest,
+    ErrorKind.HEADERS_TOO_LARGE: InvalidRequest,
+    ErrorKind.CLIENT_CLOSED: InvalidRequest,
+    ErrorKind.UNAUTHORIZED: Unauthorized,
+    ErrorKind.OVERLOADED: Overloaded,
+    ErrorKind.NOT_READY: Unavailable,
+    ErrorKind.DRAINING: Unavailable,
+    ErrorKind.UNHEALTHY: Unavailable,
+    ErrorKind.TIMEOUT: Timeout,
+    ErrorKind.INTERNAL: VLRewardError,
+}
+"""The exception for each error ``type`` the server sends (its ErrorKind values)."""
+
+
+def error_class(status: int, type: str) -> type[VLRewardError]:
+    """The exception for an error answer: by the ``type`` the server sent; by status only for an answer
+    that is not the server's JSON error (a proxy's, a gateway's)."""
+    if type in ERROR_CLASSES:
+        return ERROR_CLASSES[type]
+    by_status = {401: Unauthorized, 429: Overloaded, 502: Unavailable, 503: Unavailable, 504: Timeout}
+    return by_status.get(status) or (InvalidRequest if status < 500 else VLRewardError)
 
 
 @dataclass(frozen=True)
@@ -182,11 +213,8 @@ def _raise_for_error(response: httpx.Response) -> None:
         error = response.json()["error"]
     except (ValueError, KeyError, TypeError):
         error = {"type": "http_error", "message": response.text[:500], "param": None}
-    kind = {401: Unauthorized, 429: Overloaded, 503: Unavailable, 504: Timeout}.get(response.status_code)
-    if kind is None:
-        kind = InvalidRequest if response.status_code < 500 else VLRewardError
     retry_after = response.headers.get("retry-after")
-    raise kind(
+    raise error_class(response.status_code, error.get("type", ""))(
         response.status_code,
         error.get("type", "error"),
         error.get("message", ""),
