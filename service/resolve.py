@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 
 from vlreward.service.backends.transformers import stamp_reference_probe
-from vlreward.service.model.checkpoint import REWARD_ARCHITECTURE, CheckpointError
-from vlreward.service.model.convert import SKYWORK_VALUE_HEAD, convert_skywork
+from vlreward.service.model.checkpoint import REWARD_ARCHITECTURE, SKYWORK_VALUE_HEAD, CheckpointError
+from vlreward.service.model.convert import convert_skywork
 from vlreward.service.model.hub import converted_dir, download, is_converted, is_repo_id, is_reward_checkpoint
 
 

@@ -19,7 +19,7 @@ import uvicorn
 
 from vlreward.service.backends.base import Backend
 from vlreward.service.http.app import create_app
-from vlreward.service.http.protocol import guarded_protocol
+from vlreward.service.http.connection import guarded_protocol
 from vlreward.service.lifecycle import ServiceState
 from vlreward.service.settings import Settings
 
@@ -76,7 +76,7 @@ derives it; its ``serverShutdownSeconds`` must equal this, a test checks)."""
 
 def uvicorn_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
     """uvicorn's config for the app: its address, and the guarded HTTP protocol (read timeouts, header
-    and connection limits; :mod:`vlreward.service.http.protocol`)."""
+    and connection limits; :mod:`vlreward.service.http.connection`)."""
     protocol = guarded_protocol(settings, app.state.service.metrics)
     return uvicorn.Config(app, host=settings.host, port=settings.port, http=protocol, **options)
 

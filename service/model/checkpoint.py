@@ -29,6 +29,8 @@ import torch
 
 REWARD_ARCHITECTURE = "Qwen2_5_VLForSequenceClassification"
 BASE_ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
+SKYWORK_VALUE_HEAD = "value_head.safetensors"
+"""Skywork-VL-Reward's published head file (``v_head.summary.weight/bias``): converted, never loaded as weights."""
 HEAD_WEIGHT = "language_model.score.weight"
 HEAD_BIAS = "language_model.score.bias"
 REWARD_LABEL = "LABEL_0"
@@ -87,7 +89,7 @@ def weight_files(directory: Path) -> list[Path]:
     if index.is_file():
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         return [directory / n for n in names]
-    files = sorted(p for p in directory.glob("*.safetensors") if p.name != "value_head.safetensors")
+    files = sorted(p for p in directory.glob("*.safetensors") if p.name != SKYWORK_VALUE_HEAD)
     if not files:
         raise CheckpointError(f"{directory}: no safetensors weights found")
     return files

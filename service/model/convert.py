@@ -7,6 +7,7 @@ from pathlib import Path
 from vlreward.service.model.checkpoint import (
     HEAD_BIAS,
     HEAD_WEIGHT,
+    SKYWORK_VALUE_HEAD,
     CheckpointError,
     checkpoint_key,
     copy_support_files,
@@ -17,7 +18,6 @@ from vlreward.service.model.checkpoint import (
     write_weights,
 )
 
-SKYWORK_VALUE_HEAD = "value_head.safetensors"
 SKYWORK_WEIGHT = "v_head.summary.weight"
 SKYWORK_BIAS = "v_head.summary.bias"
 SOURCES = ("skywork",)
