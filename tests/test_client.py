@@ -119,3 +119,78 @@ def test_errors_are_told_apart_by_the_type_the_server_sends_and_by_status_only_w
     assert error_class(500, "overloaded") is Overloaded  # the type wins over a status a proxy rewrote
     assert error_class(503, "draining") is Unavailable and error_class(502, "") is Unavailable
     assert error_class(500, "") is VLRewardError and error_class(418, "") is InvalidRequest
+
+
+@pytest.mark.slow
+def test_three_replicas_one_drained_and_one_killed_mid_run_every_score_returned_once(
+    tiny_reward, hf_backend, processes
+):
+    """The client spreads calls over replicas and moves off one that drains (503, then refused) or dies."""
+    import signal
+
+    from tests.helpers import VLREWARD, free_port, wait_ready
+    from vlreward.client import RetryPolicy, RewardClient
+    from vlreward.service.media import MediaPolicy
+    from vlreward.service.prepare import prepare_request_sample
+
+    urls, servers = [], []
+    for _ in range(3):
+        port = free_port()
+        urls.append(f"http://127.0.0.1:{port}")
+        servers.append(processes.start([VLREWARD, "serve", "--model", str(tiny_reward), "--port", str(port)]))
+    for url, server in zip(urls, servers, strict=True):
+        wait_ready(url, server)
+    samples = [
+        {"prompt": f"Question {i}: what is shown?", "response": "A red circle." if i % 2 else f"Answer {i}."}
+        | ({"image": uri(shape_image("red" if i % 3 else "blue"))} if i % 4 == 0 else {})
+        for i in range(90)
+    ]
+    expected = [hf_backend.score_sync([prepare_request_sample(s, hf_backend.processor, MediaPolicy())])[0]
+                for s in samples]  # fmt: skip
+    results: dict[int, list[float]] = {}
+    with RewardClient(urls, max_concurrency=9, retry=RetryPolicy(deadline_s=120)) as client:
+
+        def call(i: int) -> None:
+            results[i] = client.score([samples[i]]).scores
+
+        with ThreadPoolExecutor(max_workers=9) as pool:
+            futures = [pool.submit(call, i) for i in range(len(samples))]
+            while len(results) < 20:
+                time.sleep(0.01)
+            servers[0].send_signal(signal.SIGTERM)  # drains: in-flight calls finish, new ones get 503
+            while len(results) < 40:
+                time.sleep(0.01)
+            servers[1].kill()  # dies with calls in flight
+            for future in futures:
+                future.result()
+        assert servers[0].wait(timeout=60) == 0
+        assert sorted(results) == list(range(len(samples)))
+        for i, scores in results.items():
+            assert len(scores) == 1 and scores[0] == pytest.approx(expected[i], abs=1e-5), i
+        served_last = httpx.get(urls[2] + "/metrics").text
+        assert 'vlreward_requests_total{endpoint="/score",status="200"}' in served_last
+
+
+def test_replicas_take_the_fewest_in_flight_skip_set_aside_ones_and_a_name_resolves_to_its_addresses(monkeypatch):
+    from vlreward import client as client_module
+    from vlreward.client import Replicas, discover_replicas
+
+    replicas = Replicas("http://a:1, http://b:2,http://c:3")
+    with replicas.lease() as first, replicas.lease() as second, replicas.lease() as third:
+        assert {first.url, second.url, third.url} == {"http://a:1", "http://b:2", "http://c:3"}
+        with replicas.lease() as fourth:
+            assert fourth.in_flight == 2
+    replicas.set_aside(replicas.all[0])
+    assert replicas.available() == 2
+    picked = set()
+    for _ in range(6):
+        with replicas.lease() as replica:
+            picked.add(replica.url)
+    assert picked == {"http://b:2", "http://c:3"}
+    monkeypatch.setattr(client_module.socket, "getaddrinfo", lambda host, port, type: [
+        (None, None, None, "", ("10.1.0.7", port)), (None, None, None, "", ("10.1.0.3", port)),
+        (None, None, None, "", ("fd00::5", port, 0, 0))])  # fmt: skip
+    assert discover_replicas("http://rm-vlreward-pods.ml.svc:8000") == [
+        "http://10.1.0.3:8000", "http://10.1.0.7:8000", "http://[fd00::5]:8000"]  # fmt: skip
+    with pytest.raises(ValueError, match="at least one"):
+        Replicas("")

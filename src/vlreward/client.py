@@ -10,19 +10,30 @@ from /info once) with scores returned in order, and retries with jittered expone
 is transient only (429 and 503, honouring ``Retry-After``, and connection errors) within a total
 ``deadline_s`` per call. A 4xx validation error is raised at once. Images in items may be PIL images,
 bytes, paths, data URIs or URLs: the client encodes the first three for the wire.
+
+Several replicas: give ``base_url`` a list of URLs (or a comma-separated string; :func:`discover_replicas`
+turns a headless Service's name into its pods' URLs). Each call goes to the replica with the fewest calls
+in flight from this client; a replica that refuses the connection or answers 503 (draining, loading,
+unhealthy) is set aside for a few seconds and the call moves to another one at once. Scoring is
+idempotent, so a call cut off after a replica accepted it is sent again elsewhere: every call returns
+its scores once, whatever replicas stop on the way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import re
+import socket
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from tenacity import (
@@ -122,6 +133,77 @@ class RetryPolicy:
         return stop if self.deadline_s is None else stop | stop_before_delay(self.deadline_s)
 
 
+SET_ASIDE_S = 5.0
+"""How long a replica that refused a connection or answered 503 gets no new calls (unless all are set aside)."""
+
+
+class Replica:
+    """One server: its URL, this client's calls in flight there, and until when it is set aside."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.in_flight = 0
+        self.set_aside_until = 0.0
+
+
+class Replicas:
+    """The servers one client spreads its calls over: the fewest calls in flight first (thread-safe)."""
+
+    def __init__(self, urls: str | Sequence[str]):
+        if isinstance(urls, str):
+            urls = [u.strip() for u in urls.split(",") if u.strip()]
+        if not urls:
+            raise ValueError("base_url: at least one server URL")
+        self.all = [Replica(url) for url in urls]
+        self._lock = threading.Lock()
+        self._turn = 0
+
+    def available(self) -> int:
+        """Replicas not set aside now."""
+        now = time.monotonic()
+        return sum(replica.set_aside_until <= now for replica in self.all)
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[Replica]:
+        """A replica for one attempt: among those not set aside (all, when every one is), the one with the
+        fewest calls in flight, ties taken in turn."""
+        with self._lock:
+            now = time.monotonic()
+            ready = [r for r in self.all if r.set_aside_until <= now] or sorted(
+                self.all, key=lambda r: r.set_aside_until
+            )[:1]
+            self._turn += 1
+            order = {id(r): (i - self._turn) % len(self.all) for i, r in enumerate(self.all)}
+            chosen = min(ready, key=lambda r: (r.in_flight, order[id(r)]))
+            chosen.in_flight += 1
+        try:
+            yield chosen
+        finally:
+            with self._lock:
+                chosen.in_flight -= 1
+
+    def set_aside(self, replica: Replica) -> None:
+        with self._lock:
+            replica.set_aside_until = time.monotonic() + SET_ASIDE_S
+
+
+def discover_replicas(url: str) -> list[str]:
+    """Every address a host name resolves to, as URLs with ``url``'s scheme, port and path: a Kubernetes
+    headless Service's name (``http://rm-vlreward-pods.ml.svc:8000``) gives one URL per ready pod."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    addresses = sorted({info[4][0] for info in socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)})
+    return [
+        urlunsplit((parts.scheme, f"{f'[{a}]' if ':' in a else a}:{port}", parts.path, parts.query, ""))
+        for a in addresses
+    ]
+
+
+def _replica_failed(error: BaseException) -> bool:
+    """The replica, not the request, is the problem: another replica may answer now."""
+    return isinstance(error, (httpx.TransportError, Unavailable))
+
+
 def _transient(error: BaseException) -> bool:
     """Worth another try: the server was busy or starting (429, 503), or the connection failed."""
     if isinstance(error, (Overloaded, Unavailable)):
@@ -129,19 +211,33 @@ def _transient(error: BaseException) -> bool:
     return isinstance(error, httpx.TransportError) and not isinstance(error, httpx.UnsupportedProtocol)
 
 
-def _wait(policy: RetryPolicy):
+def _wait(policy: RetryPolicy, replicas: Replicas):
     backoff = wait_random_exponential(multiplier=policy.backoff_s, max=policy.max_backoff_s)
 
     def wait(state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
+        if error is not None and _replica_failed(error) and replicas.available():
+            return 0.0  # another replica is up: go there now
         retry_after = getattr(error, "retry_after", None)
         return min(float(retry_after), policy.max_backoff_s) if retry_after else backoff(state)
 
     return wait
 
 
-def _retrying(policy: RetryPolicy, kind: type = Retrying) -> Any:
-    return kind(retry=retry_if_exception(_transient), wait=_wait(policy), stop=policy.stop(), reraise=True)
+def _retrying(policy: RetryPolicy, replicas: Replicas, kind: type = Retrying) -> Any:
+    wait = _wait(policy, replicas)
+    return kind(retry=retry_if_exception(_transient), wait=wait, stop=policy.stop(), reraise=True)
+
+
+@contextlib.contextmanager
+def _on_replica(replicas: Replicas, replica: Replica) -> Iterator[None]:
+    """Set ``replica`` aside when the attempt fails because of it."""
+    try:
+        yield
+    except BaseException as error:
+        if _replica_failed(error):
+            replicas.set_aside(replica)
+        raise
 
 
 def encode_image(image: Any) -> str:
@@ -256,13 +352,14 @@ class _ClientOptions:
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         api_key: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy = RetryPolicy(),
         max_concurrency: int = 16,
         max_items: int | None = None,
     ):
+        self._replicas = Replicas(base_url)
         self._timeout_s = timeout_s
         self._retry = retry
         self._max_concurrency = max_concurrency
@@ -270,7 +367,6 @@ class _ClientOptions:
         """Items per /score call (default: the server's max_items, read from /info once)."""
         limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
         self._http_options: dict[str, Any] = {
-            "base_url": base_url,
             "headers": _headers(api_key),
             "timeout": timeout_s,
             "limits": limits,
@@ -280,7 +376,7 @@ class _ClientOptions:
 class RewardClient(_ClientOptions):
     """Synchronous client; safe to share between threads (at most ``max_concurrency`` calls in flight)."""
 
-    def __init__(self, base_url: str, **options: Any):
+    def __init__(self, base_url: str | Sequence[str], **options: Any):
         super().__init__(base_url, **options)
         self._http = httpx.Client(**self._http_options)
         self._slots = threading.BoundedSemaphore(self._max_concurrency)
@@ -296,10 +392,10 @@ class RewardClient(_ClientOptions):
 
     def _request(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
         started = time.monotonic()
-        for attempt in _retrying(self._retry):
-            with attempt, self._slots:
+        for attempt in _retrying(self._retry, self._replicas):
+            with attempt, self._slots, self._replicas.lease() as replica, _on_replica(self._replicas, replica):
                 timeout = _remaining(self._timeout_s, self._retry.deadline_s, started)
-                response = self._http.request(method, path, json=body, timeout=timeout)
+                response = self._http.request(method, replica.url + path, json=body, timeout=timeout)
                 _raise_for_error(response)
         return response
 
@@ -345,14 +441,19 @@ class RewardClient(_ClientOptions):
         return self._request("GET", "/info").json()
 
     def ready(self) -> bool:
-        return self._http.get("/ready").status_code == 200
+        """Whether some replica is ready."""
+        for replica in self._replicas.all:
+            with contextlib.suppress(httpx.TransportError):
+                if self._http.get(replica.url + "/ready").status_code == 200:
+                    return True
+        return False
 
 
 class AsyncRewardClient(_ClientOptions):
     """Asynchronous client (the same calls, awaited); chunks of one call run concurrently, all calls
     together at most ``max_concurrency`` at a time."""
 
-    def __init__(self, base_url: str, **options: Any):
+    def __init__(self, base_url: str | Sequence[str], **options: Any):
         super().__init__(base_url, **options)
         self._http = httpx.AsyncClient(**self._http_options)
         self._slots = asyncio.Semaphore(self._max_concurrency)
@@ -368,11 +469,11 @@ class AsyncRewardClient(_ClientOptions):
 
     async def _request(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
         started = time.monotonic()
-        async for attempt in _retrying(self._retry, AsyncRetrying):
-            with attempt:
+        async for attempt in _retrying(self._retry, self._replicas, AsyncRetrying):
+            with attempt, self._replicas.lease() as replica, _on_replica(self._replicas, replica):
                 async with self._slots:
                     timeout = _remaining(self._timeout_s, self._retry.deadline_s, started)
-                    response = await self._http.request(method, path, json=body, timeout=timeout)
+                    response = await self._http.request(method, replica.url + path, json=body, timeout=timeout)
                 _raise_for_error(response)
         return response
 
@@ -411,7 +512,12 @@ class AsyncRewardClient(_ClientOptions):
         return (await self._request("GET", "/info")).json()
 
     async def ready(self) -> bool:
-        return (await self._http.get("/ready")).status_code == 200
+        """Whether some replica is ready."""
+        for replica in self._replicas.all:
+            with contextlib.suppress(httpx.TransportError):
+                if (await self._http.get(replica.url + "/ready")).status_code == 200:
+                    return True
+        return False
 
 
 def _remaining(timeout_s: float, deadline_s: float | None, started: float) -> float:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from vlreward.adapters.conversation import to_messages
@@ -69,8 +70,9 @@ def trl_item(prompt: str | list[dict], completion: str | list[dict], images: lis
 class _RewardFunctionBase:
     """Builds the items of a step and turns a ScoreResponse into TRL's ``list[float | None]``."""
 
-    def __init__(self, base_url: str, name: str = "vlreward", **client_options: Any):
+    def __init__(self, base_url: str | Sequence[str], name: str = "vlreward", **client_options: Any):
         self.base_url = base_url
+        """One server's URL, or several replicas' (a list, or separated by commas): calls are spread over them."""
         self.__name__ = name  # TRL names the reward column and its metrics after this
         self._client_options = client_options
 
@@ -111,7 +113,7 @@ class _RewardFunctionBase:
 class VLRewardFunction(_RewardFunctionBase):
     """A synchronous TRL reward function (one pooled client per instance)."""
 
-    def __init__(self, base_url: str, name: str = "vlreward", **client_options: Any):
+    def __init__(self, base_url: str | Sequence[str], name: str = "vlreward", **client_options: Any):
         super().__init__(base_url, name, **client_options)
         self._client: RewardClient | None = None
 
@@ -127,7 +129,7 @@ class VLRewardFunction(_RewardFunctionBase):
 class AsyncVLRewardFunction(_RewardFunctionBase):
     """An ``async`` TRL reward function: TRL awaits it on its own event loop, beside other async ones."""
 
-    def __init__(self, base_url: str, name: str = "vlreward", **client_options: Any):
+    def __init__(self, base_url: str | Sequence[str], name: str = "vlreward", **client_options: Any):
         super().__init__(base_url, name, **client_options)
         self._client: AsyncRewardClient | None = None
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from vlreward.adapters.conversation import to_messages
@@ -35,11 +36,13 @@ URL_VARIABLE = "VLREWARD_URL"
 _clients: dict[tuple[int, str, str | None], AsyncRewardClient] = {}
 
 
-def shared_client(base_url: str, api_key: str | None = None) -> AsyncRewardClient:
-    """The client for this event loop and server (httpx's async pool belongs to one loop)."""
-    key = (id(asyncio.get_running_loop()), base_url, api_key)
+def shared_client(base_url: str | Sequence[str], api_key: str | None = None) -> AsyncRewardClient:
+    """The client for this event loop and server(s) (httpx's async pool belongs to one loop). ``base_url``
+    may list several replicas (a list, or URLs separated by commas): the client spreads calls over them."""
+    urls = base_url if isinstance(base_url, str) else ",".join(base_url)
+    key = (id(asyncio.get_running_loop()), urls, api_key)
     if key not in _clients:
-        _clients[key] = AsyncRewardClient(base_url, api_key=api_key)
+        _clients[key] = AsyncRewardClient(urls, api_key=api_key)
     return _clients[key]
 
 
