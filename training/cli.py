@@ -44,7 +44,13 @@ def bootstrap(
     run_bootstrap(settings.default_model_dir(), recipe=recipe, seed=seed, num_threads=threads)
 
 
-@app.command()
+def _recipe_fields() -> str:
+    from vlreward.training.config import field_help
+
+    return "Recipe fields (each can be set with --set KEY=VALUE):\n\n" + "\n\n".join(field_help())
+
+
+@app.command(epilog=_recipe_fields())
 def train(
     data: Annotated[Path, typer.Option(help="Dataset folder (records.jsonl + images/).")],
     output: Annotated[Path, typer.Option(help="Run folder: checkpoints, history.jsonl.")],
@@ -52,13 +58,22 @@ def train(
     base: Annotated[Path | None, typer.Option(help="Base model directory (overrides the recipe's).")] = None,
     heldout: Annotated[Path | None, typer.Option(help="Held-out dataset folder for evaluations.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Checkpoint folder to resume from.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="KEY=VALUE overriding a recipe field, stages too (stages.0.learning_rate=2e-4)."),
+    ] = None,
 ) -> None:
     """Train a reward model (run under `accelerate launch` / `torchrun` for several processes)."""
-    from vlreward.training.config import load_recipe
+    from vlreward.training.config import RecipeError, load_recipe
+
+    try:
+        config = load_recipe(recipe, set_ or [])
+    except (RecipeError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     from vlreward.training.model import reward_model_from_base
     from vlreward.training.trainer import RewardTrainer
 
-    config = load_recipe(recipe)
     base_dir = base or Path(config.base_model)
     if str(base_dir) in ("tiny", "bench"):
         from vlreward.training.base_model import build_base_model

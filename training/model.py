@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vlreward.service.model.checkpoint import build_model, iter_checkpoint_tensors, load_weights, read_config
+from vlreward.training.config import Part
 
 
 def reward_model_from_base(
@@ -31,12 +33,14 @@ def reward_model_from_base(
 
 # Parameter-name prefixes of the parts the recipe freezes or trains.
 VISION_ENCODER_PREFIXES = ("model.visual.patch_embed.", "model.visual.blocks.")
-PARTS = {
-    "vision encoder": VISION_ENCODER_PREFIXES,
-    "merger": ("model.visual.merger.",),
-    "language model": ("model.language_model.",),
-    "head": ("score.",),
-}
+PARTS = dict(
+    zip(
+        typing.get_args(Part),
+        (VISION_ENCODER_PREFIXES, ("model.visual.merger.",), ("model.language_model.",), ("score.",)),
+        strict=True,
+    )
+)
+"""Parameter-name prefixes of each part a learning-rate multiplier can name (the names: config.Part)."""
 
 
 def freeze_vision_encoder(model: Any) -> None:
