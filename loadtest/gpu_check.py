@@ -1,7 +1,7 @@
 """GPU check: a random-weight reward model with Qwen2.5-VL-7B's architecture, served in bf16 through the
 real HTTP app by the transformers backend, measured in one run (at most 10 minutes on one H100/H200).
 
-    python -m loadtest.gpu_check --size 7b      # on a GPU host (README: "The GPU check")
+    python -m loadtest.gpu_check --size 7b      # on a GPU host (docs/performance.md: "The GPU check")
     python -m loadtest.gpu_check --size tiny    # on a CPU, in seconds (CI runs this)
 
 Steps: build the model in bf16 directly on the device with random weights (no download) and save it as
@@ -15,7 +15,7 @@ and the bf16-vs-fp32 score difference, and writes JSON (+ PNG when matplotlib is
 when the HTTP scores differ from the in-process scores of the same backend.
 
 On a bare GPU host nothing can be installed from the internet: build the project's wheel here and carry
-it with the small wheels it needs (see README).
+it with the small wheels it needs (see docs/performance.md, "On a GPU host").
 """
 
 from __future__ import annotations

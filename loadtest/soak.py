@@ -1,6 +1,6 @@
 """Overload soak: mixed valid and invalid traffic at a multiple of the measured capacity, for a while.
 
-    python -m loadtest.soak --duration 300 --output loadtest/results/soak_300s    # the README's figures
+    python -m loadtest.soak --duration 300 --output loadtest/results/soak_300s    # docs/performance.md's figures
     python -m loadtest.soak --duration 60 --output /tmp/soak                      # what CI runs
 
 It starts ``vlreward serve`` (tiny model built here, or ``--model``) as its own process, scores every

@@ -1,6 +1,6 @@
 """One command that measures the service against the baselines a user would pick, the same way each time.
 
-    python -m loadtest.suite --size bench                  # README's table; minutes
+    python -m loadtest.suite --size bench                  # docs/performance.md's table; minutes
     python -m loadtest.suite --size tiny --smoke           # CI: a few requests per row, scores checked
 
 On one model built here (seeded; ``--model`` for another), with distinct samples (loadtest.workload) and

@@ -243,7 +243,7 @@ class CoreLanes:
     With work for several batches, ``lanes`` of them run side by side on ``cores // lanes`` threads each:
     a small model's forward pass does not keep two threads busy (element-wise work, attention and short
     matrix products scale poorly), so two single-thread passes finish more samples than one two-thread
-    pass (bench model, 2 cores: 1.14-1.20x, see README). A batch that finds the machine idle and nothing
+    pass (bench model, 2 cores: 1.14-1.20x, see docs/performance.md). A batch that finds the machine idle and nothing
     else to run gets every core, so a lone request is not slowed down. Threads in use never exceed
     ``cores``: a batch waits for its share. ``cores=None`` (one lane, a GPU): one batch at a time, and the
     runners are not told a thread count.

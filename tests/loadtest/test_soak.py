@@ -1,6 +1,6 @@
 """The overload soak in its CI form: 60 s of mixed valid and broken traffic at twice the measured
 capacity against a real `vlreward serve` (loadtest/soak.py checks and reports; the 5-minute run is a
-benchmark, its figures in README)."""
+benchmark, its figures in docs/performance.md)."""
 
 from __future__ import annotations
 

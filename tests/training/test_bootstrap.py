@@ -17,7 +17,7 @@ from vlreward.training.export import TRAINING_INFO_FILE
 pytestmark = pytest.mark.slow  # end-to-end: real processes, minutes (make test runs them)
 
 # The budget is 5 minutes on a 2-core machine, measured by `python -m loadtest.bootstrap_sweep --seeds 0
-# --threads 2 --parallel 1` (README); here only a guard three times as loose, so a slow CI day cannot fail it.
+# --threads 2 --parallel 1` (docs/training.md); here only a guard three times as loose, so a slow CI day cannot fail it.
 BOOTSTRAP_GUARD_SECONDS = 3 * 300
 
 

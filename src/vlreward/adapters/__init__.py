@@ -2,5 +2,5 @@
 
 - :mod:`.trl`: reward functions for TRL's ``GRPOTrainer`` (sync and async);
 - :mod:`.verl`: verl's ``compute_score`` and a dataset helper that carries the prompt and images;
-- OpenRLHF needs no adapter: ``--reward.remote_url http://HOST:PORT/get_reward`` (see README).
+- OpenRLHF needs no adapter: ``--reward.remote_url http://HOST:PORT/get_reward`` (docs/rlhf.md).
 """

@@ -1,4 +1,4 @@
-"""Every error the HTTP API documents (README, "HTTP API"), produced for real: status, type and the field it names."""
+"""Every error the HTTP API documents (docs/serving.md, "HTTP API"), produced for real: status, type and the field it names."""
 
 from __future__ import annotations
 
