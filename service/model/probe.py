@@ -7,12 +7,10 @@ How far off is too far depends on the precision served. A float32 backend must m
 backbone perturbs the final hidden state ``h`` by a relative amount, so its score moves by at most that
 much of ``|w| * |h|`` (the head's norm times the hidden state's: the largest score a head of that norm
 could give this sample); the probe stores that ``scale`` and 16-bit backends are allowed
-:data:`RELATIVE_TOLERANCE` of it. Measured bfloat16-vs-float32 deviations, as a share of the scale: at
-most 6.3e-4 on the bench model on a CPU with transformers (8 layers, 16 samples;
-``tests/service/model/test_probe.py`` re-measures it in CI), 9.8e-4 with vLLM's CPU build on the same model
-(8 samples, the probe among them; ``tests/service/backends/test_vllm.py`` re-measures it) and 3.2e-3 on
-Qwen2.5-VL-7B's architecture with random weights on an H200 with transformers (32 samples of ~1k tokens;
-the probe itself 1.7e-3; ``loadtest/gpu_check.py``, docs/performance.md). The tolerance is 3x the largest, and every
+:data:`RELATIVE_TOLERANCE` of it: three times the largest bfloat16-vs-float32 deviation measured, as a
+share of the scale (the figures: docs/serving.md, "Backends"; re-measured on a CPU by
+``tests/service/model/test_probe.py`` with transformers and ``tests/service/backends/test_vllm.py`` with
+vLLM's CPU build, on a GPU by ``loadtest/gpu_check.py``, ``loadtest/results/gpu_check_7b.json``). Every
 backend and device checks its probe against this one table. vLLM's CUDA build has not been measured.
 A head that did not load moves the score by a sizeable share of the scale (a random head by about
 sqrt(2 / hidden size) of it). Probe files without a scale (written before it existed) are checked

@@ -1,0 +1,84 @@
+"""The documentation's figure tables, generated from the results files (as the dashboard is from code).
+
+    python -m loadtest.report            # rewrites the generated tables in docs/
+    python -m loadtest.report --check    # exit 1 when a committed table differs from its results file
+
+A generated table sits between ``<!-- table: KIND FILE -->`` and ``<!-- end table -->`` in a docs page;
+KIND says how ``FILE`` (under ``loadtest/results/``) becomes markdown. tests/loadtest/test_report.py
+fails when a committed table is not what this script writes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "loadtest" / "results"
+DOCS = ROOT / "docs"
+MARKED = re.compile(r"(<!-- table: (\w+) ([\w.\-]+) -->\n)(.*?)(<!-- end table -->)", re.S)
+
+
+def suite_table(report: dict) -> str:
+    """The performance suite's ratios: median, min-max, target (in brackets where the run is not the bench
+    model's, whose targets they are), and each side's samples/s."""
+    bench_run = report["size"] == "bench" and not report["smoke"]
+    lines = ["| comparison (A / B) | median | min–max | target | A samples/s | B samples/s |",
+             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for row in report["comparisons"]:
+        target = ""
+        if row["target"] is not None:
+            target = (
+                f"≥ {row['target']:.2f} {'✓' if row['target_met'] else '✗'}" if bench_run else f"({row['target']:.2f})"
+            )
+        speeds = [statistics.median(r.get("samples_per_s", 0) for r in row[side]) for side in ("a_runs", "b_runs")]
+        a, b = (f"{speed:.1f}" if speed else "" for speed in speeds)
+        lines.append(f"| {row['name']} | **{row['median_ratio']:.3f}** | {row['min_ratio']:.2f}–{row['max_ratio']:.2f} "
+                     f"| {target} | {a} | {b} |")  # fmt: skip
+    checks = report["score_checks"]
+    worst = max(c["max_abs_diff"] for c in checks if c["max_abs_diff"] is not None)
+    lines.append("")
+    lines.append(f"`{report['command']}`: {report['seconds']:,.0f} s; {sum(c['ok'] for c in checks)} of {len(checks)} "
+                 f"score checks ok, largest |diff| {worst:.1e}.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+KINDS: dict[str, Callable[[dict], str]] = {"suite": suite_table}
+
+
+def render(page: str) -> str:
+    """``page`` with every marked table regenerated from its results file."""
+
+    def table(match: re.Match) -> str:
+        opening, kind, name, _, closing = match.groups()
+        report = json.loads((RESULTS / name).read_text())
+        return opening + KINDS[kind](report) + closing
+
+    return MARKED.sub(table, page)
+
+
+def pages() -> list[Path]:
+    return sorted(path for path in DOCS.glob("*.md") if MARKED.search(path.read_text()))
+
+
+def main() -> None:
+    check = "--check" in sys.argv[1:]
+    stale = []
+    for path in pages():
+        text = path.read_text()
+        fresh = render(text)
+        if fresh != text:
+            stale.append(path)
+            if not check:
+                path.write_text(fresh)
+    for path in stale:
+        print(f"{'stale' if check else 'rewrote'} {path.relative_to(ROOT)}", file=sys.stderr)
+    sys.exit(1 if check and stale else 0)
+
+
+if __name__ == "__main__":
+    main()

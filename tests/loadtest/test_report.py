@@ -1,0 +1,25 @@
+"""The docs' figure tables are what `python -m loadtest.report` writes from the results files."""
+
+from __future__ import annotations
+
+import json
+
+from loadtest import report
+
+
+def test_every_generated_table_in_the_docs_matches_its_results_file():
+    pages = report.pages()
+    marked = [name for page in pages for _, _, name, _, _ in report.MARKED.findall(page.read_text())]
+    assert {"suite_bench.json", "suite_tiny.json"} <= set(marked)
+    for page in pages:
+        text = page.read_text()
+        assert report.render(text) == text, f"{page.name}: run `python -m loadtest.report` and commit"
+
+
+def test_a_changed_result_changes_its_table():
+    bench = json.loads((report.RESULTS / "suite_bench.json").read_text())
+    before = report.suite_table(bench)
+    bench["comparisons"][2]["median_ratio"] = 0.5
+    bench["comparisons"][2]["target_met"] = False
+    after = report.suite_table(bench)
+    assert "**0.500** | 1.27–1.39 | ≥ 1.20 ✗" in after and after != before
