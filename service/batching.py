@@ -127,16 +127,12 @@ class Scheduler(Protocol):
 BATCH_TOKENS = {"cuda": 16384, "cpu": 2048}
 """Padded tokens per forward pass where ``max_batch_tokens`` is unset, by device type; on the CPU the most
 (see :func:`batch_tokens`). On the CPU large batches lose: the activations of a 16k-token batch leave the
-cache and padding costs compute. In-process planned batches against one sample per forward pass (96
-distinct samples, 3 alternating rounds, 2026-11-28): bench model 2048 tokens 1.06x, 16384 0.77x; tiny
-model 2048 1.33x, 16384 1.11x."""
+cache and padding costs compute (the measurement: docs/performance.md, "The measurements behind the defaults")."""
 
 CPU_BATCH_ACTIVATION_BYTES = 3 << 20
 """On the CPU, what one batch's widest activation (the MLP's, tokens x intermediate size) may take where
 ``max_batch_tokens`` is unset: batches run on one core each (:class:`CoreLanes`) and lose once the MLP's
-activations leave the cache. Two one-thread lanes, 64 distinct samples, 4-5 alternating rounds
-(2026-12-04, 2-core EPYC): bench model (intermediate 1536) 256-1024 tokens within 3% of each other, 2048
-tokens 0.87x of 512; tiny model (intermediate 256) 2048 tokens best, 512 0.69x of it."""
+activations leave the cache (the measurement: docs/performance.md, "The measurements behind the defaults")."""
 
 CPU_MIN_BATCH_TOKENS = 256
 """The CPU's default budget is never below this: short samples of a wide model still share a pass."""
@@ -243,7 +239,7 @@ class CoreLanes:
     With work for several batches, ``lanes`` of them run side by side on ``cores // lanes`` threads each:
     a small model's forward pass does not keep two threads busy (element-wise work, attention and short
     matrix products scale poorly), so two single-thread passes finish more samples than one two-thread
-    pass (bench model, 2 cores: 1.14-1.20x, see docs/performance.md). A batch that finds the machine idle and nothing
+    pass (docs/performance.md, "The measurements behind the defaults"). A batch that finds the machine idle and nothing
     else to run gets every core, so a lone request is not slowed down. Threads in use never exceed
     ``cores``: a batch waits for its share. ``cores=None`` (one lane, a GPU): one batch at a time, and the
     runners are not told a thread count.

@@ -40,8 +40,8 @@ class Scored:
 
 INLINE_PREPARE_MAX_BYTES = 64 * 1024
 """Requests of at most this many body bytes that fetch no URL are prepared on the event loop: for a
-small request the worker-thread hop (and its GIL hand-offs) costs more than the work (a one-sample
-/score on the vLLM backend, 2-core CPU: the time outside the engine went from 5.8 to 4.0 ms). Larger
+small request the worker-thread hop (and its GIL hand-offs) costs more than the work
+(docs/performance.md, "The measurements behind the defaults"). Larger
 requests, and any that fetch an image URL, are prepared in a worker thread so the loop never waits."""
 
 T = TypeVar("T")

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
         False,
         description="Let torch use cuDNN's fused attention on CUDA (transformers backend). Off: cuDNN builds an "
         "execution plan for each new input shape, and shared-prefix suffixes and mixed batches bring new shapes "
-        "on most calls (H200, 7B: GRPO groups 0.93x -> 2.76x faster than unshared with it off).",
+        "on most calls (the measurement: docs/performance.md).",
     )
     home: Path = Field(Path("~/.cache/vlreward").expanduser(), description="Where the embedded model is kept.")
 

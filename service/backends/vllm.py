@@ -58,9 +58,8 @@ CPU_ENGINE_DEFAULTS: dict[str, Any] = {
     # No CUDA graphs on the CPU.
     "enforce_eager": True,
     # vLLM keeps one core per worker away from the worker's OpenMP threads, for its scheduler process and the
-    # API server. On a 2-core host that is half the machine: with the worker on both cores, the bench model
-    # scored 10.1 / 15.6 / 15.3 one-sample requests/s at concurrency 1 / 16 / 64 against 7.7 / 9.9 / 8.5
-    # with one core kept (same server, distinct requests, 2026-11-28). On larger hosts one core is little.
+    # API server. On a 2-core host that is half the machine (the measurement: docs/performance.md, "The
+    # measurements behind the defaults"). On larger hosts one core is little.
     "cpu_reserved_cores": 0 if (os.cpu_count() or 1) <= 4 else None,
 }
 

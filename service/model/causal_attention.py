@@ -4,8 +4,7 @@ torch's CPU flash-attention kernel skips the masked half of a causal product onl
 512: a sequence shorter than that (the bench mix has 160-610 tokens) multiplies every query by every key
 and masks half of the products away. :func:`blocked_causal_attention` gives each block of
 :data:`QUERY_BLOCK` queries only the keys it can see (those up to its last query), so about half of that
-work is never done. Measured on the bench model on one thread (2026-12-05, 358 tokens on average):
-attention per layer 3.6 -> 2.4 ms, a whole forward pass 211 -> 201 ms; scores agree to 2e-6.
+work is never done (docs/performance.md, "The measurements behind the defaults").
 
 Each block is one ``scaled_dot_product_attention`` call on the same keys, values and mask entries the
 whole call would see, so it is the same attention. It applies to float32 inference on the CPU with more
@@ -27,7 +26,7 @@ BLOCKED_ATTENTION = "vlreward_blocked_causal_sdpa"
 """Registered name of :func:`blocked_causal_attention` (with transformers' sdpa masks)."""
 
 QUERY_BLOCK = 64
-"""Queries per block: 32 and 64 measured within 1% of each other at 150-600 tokens, 128 slower."""
+"""Queries per block (docs/performance.md, "The measurements behind the defaults")."""
 
 
 def _blocks_apply(

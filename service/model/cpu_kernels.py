@@ -1,10 +1,9 @@
 """The backbone's linear layers on oneDNN when scoring in float32 on the CPU.
 
 torch sends a float32 ``nn.Linear`` on the CPU to MKL's SGEMM; oneDNN (also inside torch, the library it
-uses for bfloat16 and convolutions) computes the same products 3-9% faster on one thread and ~10% faster
-on two on the 2-core AMD EPYC this project is measured on (alternating runs of the backbone's shapes,
-2026-12-04; MKL takes a generic code path on AMD processors). :class:`OneDnnLinear` calls oneDNN's
-linear (``torch.ops.mkldnn._linear_pointwise``, the op torch's own compiler emits for CPU linears) where
+uses for bfloat16 and convolutions) computes the same products faster on the AMD processors this
+project is measured on (docs/performance.md, "The measurements behind the defaults").
+:class:`OneDnnLinear` calls oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the op torch's own compiler emits for CPU linears) where
 that applies: float32 on the CPU, no gradient needed. Elsewhere (a GPU, bfloat16, training) it is
 ``nn.Linear``. The weights are not repacked (no second copy in memory); parameters, names and state
 dict are unchanged. Results differ from MKL's by float rounding only (about 1e-6 on a score).
