@@ -1,12 +1,12 @@
 """The backbone's linear layers on oneDNN when scoring in float32 on the CPU.
 
 torch sends a float32 ``nn.Linear`` on the CPU to MKL's SGEMM; oneDNN (also inside torch, the library it
-uses for bfloat16 and convolutions) computes the same products faster on the AMD processors this
-project is measured on (docs/performance.md, "The measurements behind the defaults").
-:class:`OneDnnLinear` calls oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the op torch's own compiler emits for CPU linears) where
-that applies: float32 on the CPU, no gradient needed. Elsewhere (a GPU, bfloat16, training) it is
-``nn.Linear``. The weights are not repacked (no second copy in memory); parameters, names and state
-dict are unchanged. Results differ from MKL's by float rounding only (about 1e-6 on a score).
+uses for bfloat16 and convolutions) computes the same products faster on the AMD processors this project
+is measured on (docs/performance.md, "The measurements behind the defaults"). :class:`OneDnnLinear` calls
+oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the op torch's own compiler emits for CPU
+linears) where that applies: float32 on the CPU, no gradient needed. Elsewhere (a GPU, bfloat16,
+training) it is ``nn.Linear``. The weights are not repacked (no second copy in memory); parameters, names
+and state dict are unchanged. Results differ from MKL's by float rounding only (about 1e-6 on a score).
 
 :func:`torch_kernels` turns it off on the calling thread, and with it the blocked causal attention
 (:mod:`.causal_attention`): the model card's plain forward pass (the benchmarks' naive loop) runs torch's
