@@ -35,24 +35,13 @@ from typing import Any
 import torch
 import typer
 
-app = typer.Typer(add_completion=False)
+from loadtest.device import matmul_tflops, peak_memory_gb, reserved_memory_gb, row, synchronize
+from loadtest.random_model import build_random_checkpoint
+from loadtest.workload import WORDS, Mix
+from loadtest.workload import make_samples as workload_samples
+from vlreward.service.model.devices import release_device_memory
 
-# Qwen2.5-VL-7B-Instruct's published config.json (text and vision towers), minus the generation head.
-QWEN25_VL_7B = {
-    "vocab_size": 152064,
-    "hidden_size": 3584,
-    "intermediate_size": 18944,
-    "num_layers": 28,
-    "num_heads": 28,
-    "num_kv_heads": 4,
-    "vision_depth": 32,
-    "vision_hidden": 1280,
-    "vision_heads": 16,
-    "vision_intermediate": 3420,
-    "min_pixels": 4 * 28 * 28,
-    "max_pixels": 1280 * 28 * 28,
-}
-QWEN25_VL_7B_FULL_ATTENTION_BLOCKS = [7, 15, 23, 31]
+app = typer.Typer(add_completion=False)
 
 
 @dataclass(frozen=True)
@@ -73,49 +62,6 @@ CHECK_SIZES = {
     "7b": CheckSize(samples=64, sample_tokens=1024, image_side=448, comparison_samples=32),
     "tiny": CheckSize(samples=16, sample_tokens=256, image_side=112, comparison_samples=8),
 }
-
-
-def base_dims(size: str) -> Any:
-    from vlreward.training.base_model import SIZES, BaseSize
-
-    return BaseSize(**QWEN25_VL_7B) if size == "7b" else SIZES[size]
-
-
-@torch.no_grad()
-def random_init(model: torch.nn.Module, seed: int) -> None:
-    """Initialise in place like a fresh Qwen2.5-VL: normal(0, 0.02) matrices, unit norms, zero biases;
-    the head normal(0, 1/sqrt(hidden))."""
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    for name, parameter in model.named_parameters():
-        if name.startswith("score."):
-            std = parameter.shape[-1] ** -0.5
-            parameter.copy_(torch.randn(parameter.shape, generator=generator, device=model.device) * std)
-        elif name.endswith(".bias"):
-            parameter.zero_()
-        elif parameter.ndim == 1:
-            parameter.fill_(1.0)
-        else:
-            parameter.normal_(0.0, 0.02, generator=generator)
-
-
-def build_random_checkpoint(size: str, directory: Path, device: str, seed: int = 0) -> Path:
-    """A reward checkpoint of ``size`` with random weights, built in bf16 (CUDA) or fp32 (CPU) on ``device``."""
-    from vlreward.service.model.checkpoint import REWARD_ARCHITECTURE, build_model, save_reward_model
-    from vlreward.training.base_model import QWEN_SPECIAL_TOKENS, SIZES, base_config, build_processor, build_tokenizer
-
-    dims = base_dims(size)
-    tokenizer = build_tokenizer(SIZES["tiny"].vocab_size if size == "7b" else dims.vocab_size)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    config = base_config(dims, dims.vocab_size if size == "7b" else len(tokenizer), ids)
-    if size == "7b":
-        config.vision_config.fullatt_block_indexes = QWEN25_VL_7B_FULL_ATTENTION_BLOCKS
-    config.architectures = [REWARD_ARCHITECTURE]
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model = build_model(config, head_bias=False, device=device, dtype=dtype)
-    random_init(model, seed)
-    save_reward_model(model, build_processor(tokenizer, dims), directory)
-    del model
-    return directory
 
 
 def _grpo_groups(url: str, prompts: list[dict], pool: list[dict]) -> dict:
@@ -150,84 +96,24 @@ def _grpo_groups(url: str, prompts: list[dict], pool: list[dict]) -> dict:
     }
 
 
-def make_samples(processor: Any, count: int, check: CheckSize, seed: int) -> list[dict]:
-    """Distinct samples of about ``check.sample_tokens`` tokens, each with its own image."""
-    from PIL import Image, ImageDraw
-
-    from vlreward.service.media import image_to_data_uri
-    from vlreward.training.base_model import _WORDS
-
-    rng = random.Random(seed)
-    merge = processor.image_processor.merge_size * processor.image_processor.patch_size
-    image_tokens = (check.image_side // merge) ** 2
-    text_budget = max(8, check.sample_tokens - image_tokens - 24)  # 24: the chat template's own tokens
-    samples = []
-    for index in range(count):
-        image = Image.new("RGB", (check.image_side, check.image_side), tuple(rng.randrange(256) for _ in range(3)))
-        draw = ImageDraw.Draw(image)
-        for _ in range(6):
-            x, y = rng.randrange(check.image_side), rng.randrange(check.image_side)
-            draw.ellipse((x, y, x + check.image_side // 5, y + check.image_side // 5), fill=(rng.randrange(256), 0, 90))
-        words = [rng.choice(_WORDS) for _ in range(text_budget)]
-        tokens = processor.tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
-        text = processor.tokenizer.decode(tokens[: text_budget * 9 // 10])
-        samples.append(
-            {
-                "prompt": f"Question {index}: {text}",
-                "response": " ".join(rng.choice(_WORDS) for _ in range(text_budget // 10)),
-                "images": [image_to_data_uri(image)],
-            }
-        )
-    return samples
-
-
-def matmul_tflops(device: str) -> float:
-    """The device's measured bf16 (CUDA) or fp32 (CPU) matrix-product rate, TFLOP/s."""
-    side, dtype = (8192, torch.bfloat16) if device.startswith("cuda") else (1024, torch.float32)
-    a = torch.randn(side, side, device=device, dtype=dtype)
-    b = torch.randn(side, side, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    synchronize(device)
-    repeats = 10
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    synchronize(device)
-    return 2 * side**3 * repeats / (time.perf_counter() - started) / 1e12
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def reserved_memory_gb(device: str) -> float | None:
-    """What torch's caching allocator holds on the GPU (None on the CPU)."""
-    return torch.cuda.memory_reserved() / 1e9 if device.startswith("cuda") else None
-
-
 def stamping_released_memory(report: dict) -> bool:
     """Whether stamping the probe left the GPU's reserved memory where it found it (always true on the CPU)."""
     memory = report["stamping_memory"]
     return memory["reserved_before_gb"] is None or memory["reserved_after_gb"] <= memory["reserved_before_gb"]
 
 
-def peak_memory_gb(device: str) -> float | None:
-    return torch.cuda.max_memory_allocated() / 1e9 if device.startswith("cuda") else None
-
-
-def row(name: str, samples: int, tokens: int, seconds: float, flops_per_token: float, peak: float) -> dict:
-    """One table row: throughput and MFU of ``samples`` samples (``tokens`` tokens) in ``seconds``."""
-    tokens_per_s = tokens / seconds
-    return {
-        "mode": name,
-        "samples": samples,
-        "seconds": round(seconds, 4),
-        "samples_per_s": round(samples / seconds, 2),
-        "tokens_per_s": round(tokens_per_s, 1),
-        "mfu": round(tokens_per_s * flops_per_token / (peak * 1e12), 4),
-    }
+def make_samples(processor: Any, count: int, check: CheckSize, seed: int) -> list[dict]:
+    """Distinct samples of about ``check.sample_tokens`` tokens, each with its own image: the benchmarks'
+    workload (:mod:`loadtest.workload`) with its word counts set from this tokenizer's tokens per word."""
+    merge = processor.image_processor.merge_size * processor.image_processor.patch_size
+    image_tokens = (check.image_side // merge) ** 2
+    text_budget = max(8, check.sample_tokens - image_tokens - 24)  # 24: the chat template's own tokens
+    per_word = len(processor.tokenizer(" ".join(WORDS), add_special_tokens=False)["input_ids"]) / len(WORDS)
+    words = max(2, int(text_budget / per_word))
+    prompt, response = (words * 9 // 10,) * 2, (max(1, words // 10),) * 2
+    mix = Mix(samples=count, image_fraction=1.0, image_size=(check.image_side,) * 2, prompt_words=prompt,
+              response_words=response, seed=seed)  # fmt: skip
+    return workload_samples(mix)
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -275,7 +161,7 @@ def run_check(
     n_params = sum(p.numel() for p in fp32.model.parameters())
     embedding = fp32.model.model.get_input_embeddings().weight.numel()
     del fp32
-    _free(device)
+    release_device_memory(device)
     log("float32 reference (comparison scores)", time.perf_counter() - started)
     flops_per_token = 2 * (n_params - embedding)
     report["parameters"] = n_params
@@ -467,14 +353,6 @@ def _rank_vs_score(url: str, prompts: list[dict], concurrent_calls: Any) -> dict
         "speed-up": round(score_s / rank_s, 2),
         "max_abs_score_difference": largest,
     }
-
-
-def _free(device: str) -> None:
-    import gc
-
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
 
 
 def _logger(report: dict) -> Any:

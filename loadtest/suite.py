@@ -69,7 +69,7 @@ PLANS = {
                  vllm_requests=192),
     "smoke": Plan(rounds=1, samples=8, grpo_groups=1, hf_concurrency=(1, 8), vllm_concurrency=(1, 8), vllm_requests=8),
 }  # fmt: skip
-TARGETS = {  # issue 15's targets for the bench model on a 2-core CPU (None: reported only)
+TARGETS = {  # the targets for the bench model on a 2-core CPU (None: reported only)
     "service c=32 / naive loop": 1.2,
     "service c=32 / in-process batches": 0.9,
     "GRPO G=8 shared / own images": 2.5,
@@ -261,7 +261,7 @@ def grpo_and_rank(server: ServerProcess, backend, plan: Plan, checks: Checks) ->
     """GRPO groups through /score (shared vs own images) and /rank vs separate /score calls."""
     grpo = Mix(samples=8 * plan.grpo_groups, group=8, image_fraction=1.0, image_size=(224, 224),
                prompt_words=(390, 390), response_words=(48, 48))  # fmt: skip
-    # 390 / 48 words: the issue's 512-token prompt and 64-token answers in words of English text; the bench
+    # 390 / 48 words: a 512-token prompt and 64-token answers in words of English text; the bench
     # model's 835-token vocabulary makes them ~1,050 and ~140 tokens (one 224x224 image: 64 more).
     shared = {r: make_groups(grpo.with_(seed=100 + r)) for r in range(plan.rounds)}
     own = {r: make_groups(grpo.with_(seed=100 + r, shared_images=False)) for r in range(plan.rounds)}
@@ -320,7 +320,7 @@ def vllm_section(
     from vlreward.service.backends.transformers import TransformersBackend
 
     mix = Mix(samples=plan.vllm_requests, image_fraction=1 / 3, image_size=(84, 84), prompt_words=(8, 40),
-              response_words=(4, 60))  # fmt: skip  # the issue's one-sample RLHF requests
+              response_words=(4, 60))  # fmt: skip  # one-sample RLHF requests
     # vLLM caches prefixes: every run gets samples no server has seen (one seed per concurrency and round,
     # and one for the limit row), or a later run would be served from the cache an earlier one filled.
     runs = [(c, r) for c in plan.vllm_concurrency for r in range(plan.rounds)]
