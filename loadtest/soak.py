@@ -246,7 +246,7 @@ def run_soak(
     seed: int,
 ) -> tuple[dict, Soak]:  # fmt: skip
     samples = make_samples(Mix(samples=48, image_fraction=0.5, image_size=(84, 84), seed=seed))
-    server: ServerProcess = start_vlreward(model, "hf", **{k: str(v) for k, v in SERVER_SETTINGS.items()})
+    server: ServerProcess = start_vlreward(model, "transformers", **{k: str(v) for k, v in SERVER_SETTINGS.items()})
     try:
         expected = asyncio.run(reference_scores(server.url, samples))
         measured = asyncio.run(capacity(server.url, samples, seconds=8))

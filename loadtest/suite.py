@@ -219,7 +219,7 @@ def transformers_section(model: Path, plan: Plan, checks: Checks) -> list[Compar
         reference[r] = scores
         return summary, scores
 
-    server = start_vlreward(model, "hf", dtype="float32", max_queue=100_000, max_items=256)
+    server = start_vlreward(model, "transformers", dtype="float32", max_queue=100_000, max_items=256)
     comparisons = []
     latency = Comparison("forward time / p99 latency c=1", "model forward p99 (in process)", "HTTP p99, c=1")
     try:

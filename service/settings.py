@@ -16,6 +16,10 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "VLREWARD_"
+BACKENDS = ("transformers", "vllm")
+"""The scoring backends, by the name users give them (``--backend``, /info, metrics)."""
+BACKEND_ALIASES = {"hf": "transformers"}
+"""Other names accepted for a backend (``hf``: the transformers backend's earlier name)."""
 LIMIT = {"limit": True}
 """``json_schema_extra`` of the settings ``/info`` lists under ``limits``."""
 
@@ -31,7 +35,7 @@ class Settings(BaseSettings):
         description="Reward checkpoint directory or Hugging Face repo id (owner/name); default: the embedded model.",
     )
     revision: str | None = Field(None, description="Branch, tag or commit when --model is a Hugging Face repo id.")
-    backend: str = Field("hf", description="Scoring backend: hf (transformers) or vllm.")
+    backend: str = Field("transformers", description="Scoring backend: transformers (hf also accepted) or vllm.")
     dtype: str = Field("auto", description="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     attn_implementation: str = Field(
@@ -163,6 +167,12 @@ class Settings(BaseSettings):
     def drain_s(self) -> float:
         """How long the drain after SIGTERM waits for in-flight requests."""
         return self.max_request_timeout_s if self.drain_timeout_s is None else self.drain_timeout_s
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _one_name_per_backend(cls, value: Any) -> Any:
+        """``hf`` is the transformers backend (its earlier name); every other part sees one name."""
+        return BACKEND_ALIASES.get(value, value) if isinstance(value, str) else value
 
     @field_validator("model", mode="before")
     @classmethod

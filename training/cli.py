@@ -107,7 +107,7 @@ def evaluate(
     model: Annotated[Path | None, typer.Option(help="Reward checkpoint directory (in-process scoring).")] = None,
     url: Annotated[str | None, typer.Option(help="A running vlreward server instead of --model.")] = None,
     api_key: Annotated[str | None, typer.Option(help="API key for --url.")] = None,
-    backend: Annotated[str, typer.Option(help="hf or vllm (with --model).")] = "hf",
+    backend: Annotated[str, typer.Option(help="transformers (or hf) or vllm (with --model).")] = "transformers",
     predictions: Annotated[Path | None, typer.Option(help="Recompute the tables from saved predictions.")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N pairs only.")] = None,
     seed: Annotated[int, typer.Option(help="synthetic: the held-out split of `vlreward bootstrap --seed N`.")] = 0,
@@ -221,7 +221,7 @@ def data_clean(
     if surrogate_model is not None:
         from vlreward.service.backends import create_backend
 
-        backend = create_backend("hf", str(surrogate_model), device="auto")
+        backend = create_backend("transformers", str(surrogate_model), device="auto")
         kept, flags = surrogate_flags(kept, score_records(backend, kept, input), low_percentile, margin_percentile)
         write_flags(flags, output / "regenerate.jsonl")
         typer.echo(f"surrogate: {len(flags)} of {len(kept)} pairs flagged -> {output / 'regenerate.jsonl'}")
@@ -253,7 +253,7 @@ def pairs(
 
     if (model is None) == (url is None):
         raise typer.BadParameter("give exactly one of --model or --url")
-    score, _, _ = _scorer(model, url, api_key, "hf")
+    score, _, _ = _scorer(model, url, api_key, "transformers")
 
     def rank(row: dict) -> list[float]:
         body = {k: v for k, v in row.items() if k != "id"}

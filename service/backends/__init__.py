@@ -1,4 +1,4 @@
-"""Backends turn FormattedSamples into scores: transformers (``hf``) and vLLM (``vllm``)."""
+"""Backends turn FormattedSamples into scores: ``transformers`` (``hf`` accepted) and vLLM (``vllm``)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlreward.service.backends.base import Backend
+from vlreward.service.settings import BACKEND_ALIASES, BACKENDS
 
 if TYPE_CHECKING:
     from vlreward.service.settings import Settings
 
-BACKENDS = ("hf", "vllm")
-
 
 def backend_class(name: str) -> type:
     """The class of the named backend (imported only when asked for: vLLM is an optional extra)."""
-    if name == "hf":
+    name = BACKEND_ALIASES.get(name, name)
+    if name == "transformers":
         from vlreward.service.backends.transformers import TransformersBackend
 
         return TransformersBackend

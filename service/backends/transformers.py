@@ -55,7 +55,7 @@ def _with_engine_errors(work: Callable, *args: Any) -> Any:
 class TransformersBackend:
     """Qwen2.5-VL reward model in transformers; batches sorted by length and cut by a token budget."""
 
-    name = "hf"
+    name = "transformers"
     max_tokens = None
     continuous_batching = False
 

@@ -113,7 +113,7 @@ def vllm_placement(device: str, dtype: str, tensor_parallel_size: int = 1) -> Pl
         fix = (
             "install the GPU build (`make dev VLLM_BUILD=gpu`, the gpu extra)"
             if kind == "cuda"
-            else "serve with --backend hf for the CPU, or install the CPU build (the vllm extra)"
+            else "serve with --backend transformers for the CPU, or install the CPU build (the vllm extra)"
         )
         raise DeviceError(f"device {device!r} asked for, but the installed vLLM build runs on {platform}: {fix}")
     if index is not None:

@@ -131,3 +131,12 @@ def test_the_drain_covers_the_longest_request_unless_set_and_the_default_deadlin
     assert Settings(drain_timeout_s=10).drain_s == 10
     with pytest.raises(ValueError, match="request_timeout_s .* exceeds max_request_timeout_s"):
         Settings(request_timeout_s=200, max_request_timeout_s=100)
+
+
+def test_the_transformers_backend_has_one_name_and_hf_is_still_accepted():
+    from vlreward.service.backends import backend_class
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    assert Settings().backend == "transformers" == TransformersBackend.name
+    assert Settings(backend="hf").backend == "transformers"
+    assert backend_class("hf") is backend_class("transformers") is TransformersBackend

@@ -38,7 +38,7 @@ def test_async_score_runs_off_the_event_loop_and_matches_sync(hf_backend):
 
 def test_info_reports_model_dtype_device_and_pixel_bounds(hf_backend):
     info = hf_backend.info()
-    assert info["backend"] == "hf" and info["dtype"] == "float32" and info["device"] == "cpu"
+    assert info["backend"] == "transformers" and info["dtype"] == "float32" and info["device"] == "cpu"
     assert (info["min_pixels"], info["max_pixels"]) == (4 * 28 * 28, 64 * 28 * 28)
     assert len(info["checkpoint_hash"]) == 16
     assert hf_backend.health()

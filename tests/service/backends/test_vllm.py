@@ -224,7 +224,7 @@ def test_a_device_index_on_the_gpu_build_becomes_the_engines_visible_device(monk
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"  # the index counts within what is already visible
     with pytest.raises(DeviceError, match="tensor parallelism"):
         vllm_placement("cuda:0", "auto", tensor_parallel_size=2)
-    with pytest.raises(DeviceError, match="runs on cuda: serve with --backend hf"):
+    with pytest.raises(DeviceError, match="runs on cuda: serve with --backend transformers"):
         vllm_placement("cpu", "auto")
 
 

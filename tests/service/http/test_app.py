@@ -199,7 +199,7 @@ def test_request_id_is_echoed_and_info_describes_the_model(server):
     response = httpx.get(server.url + "/info", headers={"x-request-id": "abc-123"})
     assert response.headers["x-request-id"] == "abc-123"
     info = response.json()
-    assert info["backend"] == "hf" and info["dtype"] == "float32" and info["device"] == "cpu"
+    assert info["backend"] == "transformers" and info["dtype"] == "float32" and info["device"] == "cpu"
     assert info["limits"]["max_tokens"] == 400 and len(info["chat_template_hash"]) == 16
     assert set(info["limits"]) == set(limit_names())
     assert info["limits"]["max_batch_size"] == server.settings.max_batch_size
