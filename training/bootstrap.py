@@ -32,7 +32,7 @@ def bootstrap(
     from vlreward.training.config import load_recipe
     from vlreward.training.export import export_model
     from vlreward.training.model import reward_model_from_base
-    from vlreward.training.trainer import RewardTrainer
+    from vlreward.training.trainer import PairwiseTrainer
 
     started = time.monotonic()
     destination = Path(destination)
@@ -51,7 +51,7 @@ def bootstrap(
         if num_threads is not None:
             config.num_threads = num_threads
         model, processor = reward_model_from_base(base, seed=config.seed)
-        trainer = RewardTrainer(config, model, processor, train_dir, work / "run", heldout_dir=heldout_dir)
+        trainer = PairwiseTrainer(config, model, processor, train_dir, work / "run", heldout_dir=heldout_dir)
         progress = trainer.train()
         metrics = trainer.evaluate()
         tqdm.write("[4/4] exporting")

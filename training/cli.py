@@ -72,7 +72,7 @@ def train(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     from vlreward.training.model import reward_model_from_base
-    from vlreward.training.trainer import RewardTrainer
+    from vlreward.training.trainer import PairwiseTrainer
 
     base_dir = base or Path(config.base_model)
     if str(base_dir) in ("tiny", "bench"):
@@ -80,7 +80,7 @@ def train(
 
         base_dir = build_base_model(output / "base", size=str(base_dir))
     model, processor = reward_model_from_base(base_dir, seed=config.seed)
-    trainer = RewardTrainer(config, model, processor, data, output, heldout_dir=heldout)
+    trainer = PairwiseTrainer(config, model, processor, data, output, heldout_dir=heldout)
     trainer.train(resume_from=resume)
     (output / "base_model.txt").write_text(str(base_dir) + "\n")
 

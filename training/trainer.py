@@ -48,8 +48,9 @@ class Progress:
     history: list[dict] = field(default_factory=list)
 
 
-class RewardTrainer:
-    """Trains a reward model through the stages of a recipe."""
+class PairwiseTrainer:
+    """Trains a reward model on preference pairs (the pairwise loss) through the stages of a recipe. Not TRL's
+    RewardTrainer: this one trains the vlreward checkpoint contract's model with its own collator and stages."""
 
     def __init__(
         self,

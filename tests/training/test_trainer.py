@@ -19,7 +19,7 @@ from vlreward.training.model import (
     parameter_report,
     reward_model_from_base,
 )
-from vlreward.training.trainer import RewardTrainer, pairwise_loss
+from vlreward.training.trainer import PairwiseTrainer, pairwise_loss
 
 
 def tiny_config(**overrides) -> TrainConfig:
@@ -51,7 +51,7 @@ def test_one_step_changes_merger_language_model_and_head_but_not_the_vision_enco
     model, processor = reward_model_from_base(tiny_base)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = tiny_config(stages=[StageConfig(name="s", learning_rate=1e-3, max_steps=1)])
-    trainer = RewardTrainer(config, model, processor, small_synthetic[0], tmp_path, show_progress=False)
+    trainer = PairwiseTrainer(config, model, processor, small_synthetic[0], tmp_path, show_progress=False)
     trainer.train()
     after = trainer.unwrapped.state_dict()
     for name, value in after.items():
@@ -83,11 +83,13 @@ def _losses(history: list[dict]) -> dict[int, float]:
 def test_resuming_from_a_mid_run_checkpoint_continues_the_same_loss_curve(tiny_base, small_synthetic, tmp_path):
     train_dir, _ = small_synthetic
     model, processor = reward_model_from_base(tiny_base)
-    full = RewardTrainer(tiny_config(save_every=3), model, processor, train_dir, tmp_path / "full", show_progress=False)
+    full = PairwiseTrainer(
+        tiny_config(save_every=3), model, processor, train_dir, tmp_path / "full", show_progress=False
+    )
     reference = _losses(full.train().history)
 
     model, processor = reward_model_from_base(tiny_base)
-    resumed = RewardTrainer(tiny_config(), model, processor, train_dir, tmp_path / "resumed", show_progress=False)
+    resumed = PairwiseTrainer(tiny_config(), model, processor, train_dir, tmp_path / "resumed", show_progress=False)
     continued = _losses(resumed.train(resume_from=tmp_path / "full" / "checkpoint-3").history)
     assert sorted(reference) == list(range(1, 9)) and sorted(continued) == list(range(1, 9))
     for step in range(4, 9):  # steps after the checkpoint, across the stage boundary
@@ -100,7 +102,7 @@ def test_resuming_from_a_mid_run_checkpoint_continues_the_same_loss_curve(tiny_b
 def test_exported_model_scores_like_the_trainers_forward(tiny_base, small_synthetic, tmp_path):
     train_dir, heldout_dir = small_synthetic
     model, processor = reward_model_from_base(tiny_base)
-    trainer = RewardTrainer(tiny_config(), model, processor, train_dir, tmp_path / "run", show_progress=False)
+    trainer = PairwiseTrainer(tiny_config(), model, processor, train_dir, tmp_path / "run", show_progress=False)
     trainer.train()
     probe = export_model(trainer.unwrapped, processor, tmp_path / "exported")
     backend = TransformersBackend(tmp_path / "exported", device="cpu")
@@ -133,7 +135,7 @@ def test_paper_recipe_runs_its_code_path_at_tiny_size(tiny_base, small_synthetic
         stage.max_steps, stage.warmup_steps = 2, 1
     config.eval_pairs, config.log_every = 4, 1
     model, processor = reward_model_from_base(tiny_base)
-    trainer = RewardTrainer(
+    trainer = PairwiseTrainer(
         config, model, processor, small_synthetic[0], tmp_path, small_synthetic[1], show_progress=False
     )
     progress = trainer.train()
@@ -153,7 +155,7 @@ def test_the_recipes_adam_betas_reach_the_optimiser(tiny_base, small_synthetic, 
     assert TrainConfig.from_dict(recipe.to_dict()).adam_betas == (0.9, 0.95)
     model, processor = reward_model_from_base(tiny_base)
     config = tiny_config(adam_betas=(0.8, 0.9), stages=[StageConfig(name="s", learning_rate=1e-3, max_steps=1)])
-    trainer = RewardTrainer(config, model, processor, small_synthetic[0], tmp_path, show_progress=False)
+    trainer = PairwiseTrainer(config, model, processor, small_synthetic[0], tmp_path, show_progress=False)
     trainer.train()
     (optimiser,) = trainer.accelerator._optimizers  # the last stage's, as prepared by accelerate
     assert all(group["betas"] == (0.8, 0.9) for group in optimiser.param_groups)
