@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtest" / "results"
 DOCS = ROOT / "docs"
-MARKED = re.compile(r"(<!-- table: (\w+) ([\w.\-]+) -->\n)(.*?)(<!-- end table -->)", re.S)
+MARKED = re.compile(r"(<!-- table: (\w+) ([\w.\-+]+) -->\n)(.*?)(<!-- end table -->)", re.S)
 
 
 def suite_table(report: dict) -> str:
@@ -47,16 +47,34 @@ def suite_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-KINDS: dict[str, Callable[[dict], str]] = {"suite": suite_table}
+def gpu_pair_table(reports: list[dict]) -> str:
+    """Two GPU-check runs side by side (``A / B`` in each cell): samples/s, tokens/s, MFU, and each row
+    against the same run's naive loop."""
+    first, second = reports
+    lines = ["| mode | samples/s | tokens/s | MFU | vs naive (same run) |", "| --- | --- | --- | --- | --- |"]
+    naive = [report["rows"][0]["samples_per_s"] for report in reports]
+    for index, (a, b) in enumerate(zip(first["rows"], second["rows"], strict=True)):
+        ratios = [row["samples_per_s"] / base for row, base in zip((a, b), naive, strict=True)]
+        versus = "1.00×" if index == 0 else f"{ratios[0]:.2f}× / {ratios[1]:.2f}×"
+        speeds = f"{a['samples_per_s']:.2f} / {b['samples_per_s']:.2f}"
+        tokens = f"{a['tokens_per_s']:,.0f} / {b['tokens_per_s']:,.0f}"
+        lines.append(f"| {a['mode']} | {speeds} | {tokens} | {a['mfu']:.1%} / {b['mfu']:.1%} | {versus} |")
+    where = f"{first.get('gpu', first['device'])}, torch {first['torch']}"
+    lines += ["", f"`{first['command']}` / `{second['command']}` ({where})."]
+    return "\n".join(lines) + "\n"
+
+
+KINDS: dict[str, Callable[..., str]] = {"suite": suite_table, "gpu_pair": gpu_pair_table}
+"""How each kind of results file becomes a table (``gpu_pair`` takes two files joined by ``+``)."""
 
 
 def render(page: str) -> str:
     """``page`` with every marked table regenerated from its results file."""
 
     def table(match: re.Match) -> str:
-        opening, kind, name, _, closing = match.groups()
-        report = json.loads((RESULTS / name).read_text())
-        return opening + KINDS[kind](report) + closing
+        opening, kind, names, _, closing = match.groups()
+        reports = [json.loads((RESULTS / name).read_text()) for name in names.split("+")]
+        return opening + KINDS[kind](*(reports if len(reports) == 1 else [reports])) + closing
 
     return MARKED.sub(table, page)
 
