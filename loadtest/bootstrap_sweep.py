@@ -101,6 +101,34 @@ def meets_targets(run: dict) -> bool:
     )
 
 
+def runs_table(runs: list[dict]) -> str:
+    """One row per run, in seed / threads / kernels order; a value below its target is marked ✗."""
+    names = sorted(next(r for r in runs if "error" not in r)["categories"])
+    lines = [f"| seed | threads | CPU kernels | overall | {' | '.join(names)} | image swap | wall s |",
+             "|" + "---|" * (len(names) + 6)]  # fmt: skip
+
+    def cell(value: float, target: float) -> str:
+        return f"{value:.3f}" + (" ✗" if value < target else "")
+
+    for r in sorted(runs, key=lambda r: (r["seed"], r["threads"], r["capability"])):
+        if "error" in r:
+            lines.append(f"| {r['seed']} | {r['threads']} | {r['capability']} | failed |")
+            continue
+        cells = " | ".join(cell(r["categories"][name], TARGETS["category"]) for name in names)
+        lines.append(f"| {r['seed']} | {r['threads']} | {r['capability']} | {cell(r['overall'], TARGETS['overall'])} "
+                     f"| {cells} | {cell(r['image_swap'], TARGETS['image_swap'])} | {r['wall_s']:.0f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(summary: dict) -> str:
+    """Min, median and max of each accuracy figure over the runs."""
+    lines = ["| figure | min | median | max |", "|---|---|---|---|"]
+    for name, s in summary.items():
+        if name != "wall_s":
+            lines.append(f"| {name} | {s['min']:.3f} | {s['median']:.3f} | {s['max']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _plot(runs: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -150,17 +178,8 @@ def main(
                 runs.append(run)
                 tqdm.write(json.dumps(run))
     summary = summarise(runs)
-    print(f"\n| seed | threads | CPU | overall | {' | '.join(sorted(runs[0].get('categories', {})))} | swap | wall s |")
-    for r in sorted(runs, key=lambda r: (r["seed"], r["threads"], r["capability"])):
-        if "error" in r:
-            print(f"| {r['seed']} | {r['threads']} | {r['capability']} | failed |")
-            continue
-        cells = " | ".join(f"{v:.3f}" for _, v in sorted(r["categories"].items()))
-        print(f"| {r['seed']} | {r['threads']} | {r['capability']} | {r['overall']:.3f} | {cells} | "
-              f"{r['image_swap']:.3f} | {r['wall_s']:.0f} |")  # fmt: skip
-    print("\n| figure | min | median | max |")
-    for name, s in summary.items():
-        print(f"| {name} | {s['min']:.3f} | {s['median']:.3f} | {s['max']:.3f} |")
+    print("\n" + runs_table(runs))
+    print(summary_table(summary))
     passed = sum(meets_targets(r) for r in runs)
     print(f"\n{passed} of {len(runs)} runs meet the targets {TARGETS}")
     output.parent.mkdir(parents=True, exist_ok=True)

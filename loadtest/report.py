@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtest" / "results"
 DOCS = ROOT / "docs"
-MARKED = re.compile(r"(<!-- table: (\w+) ([\w.\-+]+) -->\n)(.*?)(<!-- end table -->)", re.S)
+MARKED = re.compile(r"(<!-- table: (\w+) ([\w.\-+/]+) -->\n)(.*?)(<!-- end table -->)", re.S)
 
 
 def suite_table(report: dict) -> str:
@@ -64,8 +64,37 @@ def gpu_pair_table(reports: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-KINDS: dict[str, Callable[..., str]] = {"suite": suite_table, "gpu_pair": gpu_pair_table}
+def sweep_summary_table(report: dict) -> str:
+    from loadtest.bootstrap_sweep import summary_table
+
+    return summary_table(report["summary"])
+
+
+def sweep_runs_table(report: dict) -> str:
+    from loadtest.bootstrap_sweep import runs_table
+
+    return runs_table(report["runs"])
+
+
+def eval_table(report: dict) -> str:
+    from vlreward.training.evaluate import results_markdown
+
+    return results_markdown(report)
+
+
+KINDS: dict[str, Callable[..., str]] = {
+    "suite": suite_table,
+    "gpu_pair": gpu_pair_table,
+    "sweep_summary": sweep_summary_table,
+    "sweep_runs": sweep_runs_table,
+    "eval": eval_table,
+}
 """How each kind of results file becomes a table (``gpu_pair`` takes two files joined by ``+``)."""
+
+
+def results_path(name: str) -> Path:
+    """A results file: a name in loadtest/results/, or a path from the repository's root."""
+    return ROOT / name if "/" in name else RESULTS / name
 
 
 def render(page: str) -> str:
@@ -73,7 +102,7 @@ def render(page: str) -> str:
 
     def table(match: re.Match) -> str:
         opening, kind, names, _, closing = match.groups()
-        reports = [json.loads((RESULTS / name).read_text()) for name in names.split("+")]
+        reports = [json.loads(results_path(name).read_text()) for name in names.split("+")]
         return opening + KINDS[kind](*(reports if len(reports) == 1 else [reports])) + closing
 
     return MARKED.sub(table, page)

@@ -60,10 +60,17 @@ def write_results(output_dir: Path, results: dict[str, Any]) -> None:
     """results.json, results.md (the table) and results.png."""
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (output_dir / "results.md").write_text(
+        f"# {results['benchmark']} — {results['model']}\n\n" + results_markdown(results)
+    )
+    _plot(_table_columns(results), f"{results['benchmark']}: {results['model']}", output_dir / "results.png")
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """The accuracy table of a results.json, with its pair count, ties and extra figures (results.md; the
+    docs' tables are generated from it too)."""
     cells = _table_columns(results)
     lines = [
-        f"# {results['benchmark']} — {results['model']}",
-        "",
         "| " + " | ".join(label for label, _ in cells) + " |",
         "|" + "---|" * len(cells),
         "| " + " | ".join(f"{100 * value:.1f}" for _, value in cells) + " |",
@@ -75,8 +82,7 @@ def write_results(output_dir: Path, results: dict[str, Any]) -> None:
     for key, value in results.items():
         if key.startswith("extra_"):
             lines.append(f"{key.removeprefix('extra_').replace('_', ' ')}: {value}")
-    (output_dir / "results.md").write_text("\n".join(lines) + "\n")
-    _plot(cells, f"{results['benchmark']}: {results['model']}", output_dir / "results.png")
+    return "\n".join(lines) + "\n"
 
 
 def _plot(cells: list[tuple[str, float]], title: str, path: Path) -> None:
