@@ -36,6 +36,7 @@ import torch
 import typer
 
 from loadtest.device import matmul_tflops, peak_memory_gb, reserved_memory_gb, row, synchronize
+from loadtest.loadgen import closed_loop, score_call
 from loadtest.random_model import build_random_checkpoint
 from loadtest.workload import WORDS, Mix
 from loadtest.workload import make_samples as workload_samples
@@ -116,6 +117,14 @@ def make_samples(processor: Any, count: int, check: CheckSize, seed: int) -> lis
     return workload_samples(mix)
 
 
+def _timed_run(url: str, calls: list, concurrency: int) -> float:
+    """Seconds the load generator's closed loop takes for ``calls``; every call must be answered 200."""
+    run = asyncio.run(closed_loop(url, calls, concurrency, quiet=True))
+    if set(run.statuses) != {200}:
+        raise RuntimeError(f"HTTP calls failed: {dict(run.statuses)}")
+    return run.duration_s
+
+
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -124,7 +133,7 @@ def run_check(
     size: str, workdir: Path, seed: int = 0, dtype: str = "auto", profile: bool = False, cudnn_attention: bool = False
 ) -> dict:
     """Everything the check measures, as one JSON-able dict (see the module docstring)."""
-    from vlreward.client import AsyncRewardClient, RewardClient
+    from vlreward.client import RewardClient
     from vlreward.service.backends.transformers import TransformersBackend, stamp_reference_probe
     from vlreward.service.http.server import BackgroundServer
 
@@ -221,34 +230,20 @@ def run_check(
         with RewardClient(server.url, timeout_s=600) as client:
             http_scores = client.score(comparison).scores
             client.score(samples[:2])  # warm-up of the HTTP path
-            for batch in (1, 8, 32):
-                started = time.perf_counter()
-                for chunk in _chunks(samples, batch):
-                    client.score(chunk)
-                rows.append(
-                    row(
-                        f"HTTP /score, {batch} per request",
-                        len(samples),
-                        sum(tokens),
-                        time.perf_counter() - started,
-                        flops_per_token,
-                        peak,
-                    )
-                )
-                log(rows[-1]["mode"], rows[-1]["seconds"])
-
-        async def concurrent_calls(items: list[dict]) -> float:
-            async with AsyncRewardClient(server.url, timeout_s=600) as aclient:
-                started = time.perf_counter()
-                await asyncio.gather(*(aclient.score([item]) for item in items))
-                return time.perf_counter() - started
-
-        seconds = asyncio.run(concurrent_calls(samples))
+        # The suite's load generator: each row's calls one at a time, then every one-sample call at once.
+        for batch in (1, 8, 32):
+            calls = [score_call(chunk) for chunk in _chunks(samples, batch)]
+            seconds = _timed_run(server.url, calls, concurrency=1)
+            rows.append(
+                row(f"HTTP /score, {batch} per request", len(samples), sum(tokens), seconds, flops_per_token, peak)
+            )
+            log(rows[-1]["mode"], seconds)
+        seconds = _timed_run(server.url, [score_call([item]) for item in samples], concurrency=len(samples))
         rows.append(
             row("HTTP /score, 1 per request, all at once", len(samples), sum(tokens), seconds, flops_per_token, peak)
         )
         log(rows[-1]["mode"], seconds)
-        report["rank"] = _rank_vs_score(server.url, samples[:4], concurrent_calls)
+        report["rank"] = _rank_vs_score(server.url, samples[:4])
         log(f"/rank N=8: {report['rank']}", 0)
         report["grpo"] = _grpo_groups(server.url, samples[:4], samples)
         log(f"GRPO G=8: {report['grpo']}", 0)
@@ -328,7 +323,7 @@ def _check_probe(backend: Any, probe: Any) -> dict:
     return result
 
 
-def _rank_vs_score(url: str, prompts: list[dict], concurrent_calls: Any) -> dict:
+def _rank_vs_score(url: str, prompts: list[dict]) -> dict:
     """One /rank of 8 responses per prompt against 8 separate /score calls (sent at once) of the same pairs."""
     from vlreward.client import RewardClient
 
@@ -343,7 +338,7 @@ def _rank_vs_score(url: str, prompts: list[dict], concurrent_calls: Any) -> dict
             ranked = client.rank(sample["prompt"], responses, images=sample["images"]).scores
             rank_s += time.perf_counter() - started
             items = [{"prompt": sample["prompt"], "response": r, "images": sample["images"]} for r in responses]
-            score_s += asyncio.run(concurrent_calls(items))
+            score_s += _timed_run(url, [score_call([item]) for item in items], concurrency=len(items))
             separate = client.score(items).scores
             largest = max(largest, max(abs(a - b) for a, b in zip(ranked, separate, strict=True)))
     return {
