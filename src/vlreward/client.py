@@ -326,11 +326,17 @@ def _score_body(items: list[dict], on_error: str, truncate: str, timeout_s: floa
     return body
 
 
-def _rank_body(prompt: str | list[dict], responses: list[str], images: list[str] | None, top_k: int | None) -> dict:
+Prompt = str | list[dict]
+"""A prompt: text, or chat messages without the final assistant turn."""
+Images = list[Any] | None
+"""Images as PIL images, bytes, paths, data URIs or URLs (:func:`encode_image`)."""
+
+
+def _rank_body(prompt: Prompt, responses: list[str], images: Images, top_k: int | None) -> dict:
     body: dict[str, Any] = {"responses": responses}
     body["messages" if isinstance(prompt, list) else "prompt"] = prompt
     if images:
-        body["images"] = images
+        body["images"] = [encode_image(image) for image in images]
     if top_k is not None:
         body["top_k"] = top_k
     return body
@@ -422,14 +428,9 @@ class RewardClient(_ClientOptions):
         return merge_scores(parts, [len(c) for c in chunks])
 
     def rank(
-        self,
-        prompt: str | list[dict],
-        responses: list[str],
-        images: list[Any] | None = None,
-        top_k: int | None = None,
+        self, prompt: Prompt, responses: list[str], images: Images = None, top_k: int | None = None
     ) -> RankResponse:
         """Rank responses to one prompt (a string, or messages without the final assistant turn)."""
-        images = [encode_image(i) for i in images] if images else None
         return RankResponse.model_validate(self._post("/rank", _rank_body(prompt, responses, images, top_k)))
 
     def get_reward(self, queries: list[str], images: list[list[Any]] | None = None) -> GetRewardResponse:
@@ -495,13 +496,8 @@ class AsyncRewardClient(_ClientOptions):
         return merge_scores([ScoreResponse.model_validate(a) for a in answers], [len(c) for c in chunks])
 
     async def rank(
-        self,
-        prompt: str | list[dict],
-        responses: list[str],
-        images: list[Any] | None = None,
-        top_k: int | None = None,
+        self, prompt: Prompt, responses: list[str], images: Images = None, top_k: int | None = None
     ) -> RankResponse:
-        images = [encode_image(i) for i in images] if images else None
         return RankResponse.model_validate(await self._post("/rank", _rank_body(prompt, responses, images, top_k)))
 
     async def get_reward(self, queries: list[str], images: list[list[Any]] | None = None) -> GetRewardResponse:
