@@ -3,17 +3,24 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 import yaml
+from typer.testing import CliRunner
 
-from tests.helpers import VLREWARD
+from vlreward.cli import app
 from vlreward.training.config import RECIPES_DIR, RecipeError, StageConfig, TrainConfig, load_recipe
 
 
-def train(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([VLREWARD, "train", *args], capture_output=True, text=True, timeout=300)
+class Done:
+    """What a `vlreward train` call printed and returned (in process: typer's runner)."""
+
+    def __init__(self, *args: str):
+        result = CliRunner().invoke(app, ["train", *args])
+        self.returncode, self.stdout, self.stderr = result.exit_code, result.stdout, result.stderr
+
+
+def train(*args: str) -> Done:
+    return Done(*args)
 
 
 def test_train_help_lists_every_field_of_the_recipe_and_of_a_stage():
