@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from packaging.version import Version
 
 from tests.helpers import VLREWARD, build_reward_checkpoint
 from tests.processes import Processes
@@ -45,12 +46,10 @@ def prometheus_tools() -> PrometheusTools:
     for path in found.values():
         done = subprocess.run([path, "--version"], capture_output=True, text=True)
         number = re.search(r"version (\d+(?:\.\d+)*)", done.stdout + done.stderr)
-        assert number and _at_least(number.group(1), minimum), f"{path}: {done.stdout[:80]!r}, need >= {minimum}"
+        assert number and Version(number.group(1)) >= Version(minimum), (
+            f"{path}: {done.stdout[:80]!r}, need >= {minimum}"
+        )
     return PrometheusTools(found["promtool"], found["prometheus"])
-
-
-def _at_least(version: str, minimum: str) -> bool:
-    return tuple(int(part) for part in version.split(".")) >= tuple(int(part) for part in minimum.split("."))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ started is still alive at its end, naming it, and ends it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,25 +33,15 @@ def stop_tree(process: subprocess.Popen | psutil.Process, grace_s: float = GRACE
     except psutil.NoSuchProcess:
         tree = []
     for member in tree:
-        with _gone():
+        with contextlib.suppress(psutil.NoSuchProcess):  # already gone
             member.send_signal(signal.SIGTERM)
     _, alive = psutil.wait_procs(tree, timeout=grace_s)
     for member in alive:
-        with _gone():
+        with contextlib.suppress(psutil.NoSuchProcess):  # already gone
             member.kill()
     psutil.wait_procs(alive, timeout=10)
     if isinstance(process, subprocess.Popen):
         process.poll()  # reap it
-
-
-class _gone:
-    """Ignore a process that has already exited."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, value, traceback) -> bool:
-        return kind is not None and issubclass(kind, psutil.NoSuchProcess)
 
 
 class Processes:
