@@ -137,13 +137,13 @@ SET_ASIDE_S = 5.0
 """How long a replica that refused a connection or answered 503 gets no new calls (unless all are set aside)."""
 
 
+@dataclass
 class Replica:
     """One server: its URL, this client's calls in flight there, and until when it is set aside."""
 
-    def __init__(self, url: str):
-        self.url = url.rstrip("/")
-        self.in_flight = 0
-        self.set_aside_until = 0.0
+    url: str
+    in_flight: int = 0
+    set_aside_until: float = 0.0
 
 
 class Replicas:
@@ -154,7 +154,7 @@ class Replicas:
             urls = [u.strip() for u in urls.split(",") if u.strip()]
         if not urls:
             raise ValueError("base_url: at least one server URL")
-        self.all = [Replica(url) for url in urls]
+        self.all = [Replica(url.rstrip("/")) for url in urls]
         self._lock = threading.Lock()
         self._turn = 0
 
@@ -165,24 +165,28 @@ class Replicas:
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[Replica]:
-        """A replica for one attempt: among those not set aside (all, when every one is), the one with the
-        fewest calls in flight, ties taken in turn."""
+        """A replica for one attempt: among those not set aside (the one back soonest, when every one is),
+        the one with the fewest calls in flight, ties taken in turn. An attempt that fails because of the
+        replica (:func:`_replica_failed`) sets it aside."""
         with self._lock:
+            self._turn = (self._turn + 1) % len(self.all)
+            rotated = self.all[self._turn :] + self.all[: self._turn]
             now = time.monotonic()
-            ready = [r for r in self.all if r.set_aside_until <= now] or sorted(
-                self.all, key=lambda r: r.set_aside_until
-            )[:1]
-            self._turn += 1
-            order = {id(r): (i - self._turn) % len(self.all) for i, r in enumerate(self.all)}
-            chosen = min(ready, key=lambda r: (r.in_flight, order[id(r)]))
+            ready = [r for r in rotated if r.set_aside_until <= now] or [min(rotated, key=lambda r: r.set_aside_until)]
+            chosen = min(ready, key=lambda r: r.in_flight)  # the first of the fewest: ties in turn
             chosen.in_flight += 1
         try:
             yield chosen
+        except BaseException as error:
+            if _replica_failed(error):
+                self.set_aside(chosen)
+            raise
         finally:
             with self._lock:
                 chosen.in_flight -= 1
 
     def set_aside(self, replica: Replica) -> None:
+        """No new calls for ``replica`` for :data:`SET_ASIDE_S` (unless every replica is set aside)."""
         with self._lock:
             replica.set_aside_until = time.monotonic() + SET_ASIDE_S
 
@@ -227,17 +231,6 @@ def _wait(policy: RetryPolicy, replicas: Replicas):
 def _retrying(policy: RetryPolicy, replicas: Replicas, kind: type = Retrying) -> Any:
     wait = _wait(policy, replicas)
     return kind(retry=retry_if_exception(_transient), wait=wait, stop=policy.stop(), reraise=True)
-
-
-@contextlib.contextmanager
-def _on_replica(replicas: Replicas, replica: Replica) -> Iterator[None]:
-    """Set ``replica`` aside when the attempt fails because of it."""
-    try:
-        yield
-    except BaseException as error:
-        if _replica_failed(error):
-            replicas.set_aside(replica)
-        raise
 
 
 def encode_image(image: Any) -> str:
@@ -399,7 +392,7 @@ class RewardClient(_ClientOptions):
     def _request(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
         started = time.monotonic()
         for attempt in _retrying(self._retry, self._replicas):
-            with attempt, self._slots, self._replicas.lease() as replica, _on_replica(self._replicas, replica):
+            with attempt, self._slots, self._replicas.lease() as replica:
                 timeout = _remaining(self._timeout_s, self._retry.deadline_s, started)
                 response = self._http.request(method, replica.url + path, json=body, timeout=timeout)
                 _raise_for_error(response)
@@ -471,7 +464,7 @@ class AsyncRewardClient(_ClientOptions):
     async def _request(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
         started = time.monotonic()
         async for attempt in _retrying(self._retry, self._replicas, AsyncRetrying):
-            with attempt, self._replicas.lease() as replica, _on_replica(self._replicas, replica):
+            with attempt, self._replicas.lease() as replica:
                 async with self._slots:
                     timeout = _remaining(self._timeout_s, self._retry.deadline_s, started)
                     response = await self._http.request(method, replica.url + path, json=body, timeout=timeout)
