@@ -20,6 +20,13 @@ BACKENDS = ("transformers", "vllm")
 """The scoring backends, by the name users give them (``--backend``, /info, metrics)."""
 BACKEND_ALIASES = {"hf": "transformers"}
 """Other names accepted for a backend (``hf``: the transformers backend's earlier name)."""
+
+
+def backend_name(name: str) -> str:
+    """A backend's one name, for any name it is accepted by."""
+    return BACKEND_ALIASES.get(name, name)
+
+
 LIMIT = {"limit": True}
 """``json_schema_extra`` of the settings ``/info`` lists under ``limits``."""
 
@@ -172,7 +179,7 @@ class Settings(BaseSettings):
     @classmethod
     def _one_name_per_backend(cls, value: Any) -> Any:
         """``hf`` is the transformers backend (its earlier name); every other part sees one name."""
-        return BACKEND_ALIASES.get(value, value) if isinstance(value, str) else value
+        return backend_name(value) if isinstance(value, str) else value
 
     @field_validator("model", mode="before")
     @classmethod

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlreward.service.backends.base import Backend
-from vlreward.service.settings import BACKEND_ALIASES, BACKENDS
+from vlreward.service.settings import BACKENDS, backend_name
 
 if TYPE_CHECKING:
     from vlreward.service.settings import Settings
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 def backend_class(name: str) -> type:
     """The class of the named backend (imported only when asked for: vLLM is an optional extra)."""
-    name = BACKEND_ALIASES.get(name, name)
+    name = backend_name(name)
     if name == "transformers":
         from vlreward.service.backends.transformers import TransformersBackend
 
