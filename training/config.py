@@ -125,23 +125,19 @@ def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
     value = yaml.safe_load(text) if text.strip() else None
     parts = key.split(".")
     node: Any = data
-    for depth, part in enumerate(parts[:-1]):
-        where = ".".join(parts[: depth + 1])
+    for depth, part in enumerate(parts):
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise RecipeError(f"--set {key}: {where} is not one of the {len(node)} entries")
-            node = node[int(part)]
+                raise RecipeError(f"--set {key}: {'.'.join(parts[: depth + 1])} is not one of the {len(node)} entries")
+            slot: int | str = int(part)
         elif isinstance(node, dict):
-            node = node.setdefault(part, {})
+            slot = part
         else:
-            raise RecipeError(f"--set {key}: {where} holds a value, not keys")
-    last = parts[-1]
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise RecipeError(f"--set {key}: {last} is not one of the {len(node)} entries")
-        node[int(last)] = value
-    else:
-        node[last] = value
+            raise RecipeError(f"--set {key}: {'.'.join(parts[:depth])} holds a value, not keys")
+        if depth == len(parts) - 1:
+            node[slot] = value
+        else:
+            node = node.setdefault(slot, {}) if isinstance(node, dict) else node[slot]
     return data
 
 

@@ -71,3 +71,8 @@ def test_a_bad_override_is_one_line_naming_it_and_exit_2(tmp_path):
         done = train("--data", str(tmp_path), "--output", str(tmp_path / "run"), "--set", override)
         assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
         assert named in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_override_below_a_plain_value_is_one_line_too():
+    with pytest.raises(RecipeError, match="seed holds a value, not keys"):
+        load_recipe("tiny", ["seed.x=1"])
