@@ -39,7 +39,12 @@ class Settings(BaseSettings):
     # Model and engine
     model: str | None = Field(
         None,
-        description="Reward checkpoint directory or Hugging Face repo id (owner/name); default: the embedded model.",
+        description="Reward checkpoint directory or Hugging Face repo id (owner/name), optionally named: NAME=PATH "
+        "(`vlreward serve` takes the flag several times, one per model); default: the embedded model.",
+    )
+    models: Path | None = Field(
+        None,
+        description="YAML file of the models to serve: name -> model and its own settings (docs/serving.md).",
     )
     revision: str | None = Field(None, description="Branch, tag or commit when --model is a Hugging Face repo id.")
     backend: str = Field("transformers", description="Scoring backend: transformers (hf also accepted) or vllm.")

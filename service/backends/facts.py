@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vlreward.service.kinds import checkpoint_kind
 from vlreward.service.model.checkpoint import checkpoint_hash, model_name
 from vlreward.service.model.encoding import pixel_bounds
 
@@ -14,6 +15,7 @@ def backend_facts(name: str, model_dir: Path, dtype: str, device: str, processor
     min_pixels, max_pixels = pixel_bounds(processor)
     return {
         "model": model_name(model_dir),
+        "kind": checkpoint_kind(model_dir).name,
         "backend": name,
         "dtype": dtype,
         "device": device,

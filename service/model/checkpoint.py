@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from vlreward.service.kinds import SCALAR, ModelKind, UnknownKind, checkpoint_kind, declare_kind
+
 REWARD_ARCHITECTURE = "Qwen2_5_VLForSequenceClassification"
 BASE_ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
 SKYWORK_VALUE_HEAD = "value_head.safetensors"
@@ -209,6 +211,10 @@ def load_reward_model(
 
     directory = Path(directory)
     config = read_config(directory)
+    try:
+        checkpoint_kind(directory)
+    except UnknownKind as exc:
+        raise CheckpointError(str(exc)) from None
     architectures = config.architectures or []
     if REWARD_ARCHITECTURE not in architectures:
         raise CheckpointError(
@@ -256,9 +262,9 @@ def write_weights(state: dict[str, torch.Tensor], directory: Path) -> None:
     save_torch_state_dict(state, directory, max_shard_size=MAX_SHARD_SIZE)
 
 
-def write_reward_config(config: Any, directory: Path) -> None:
-    """Write config.json with the reward architecture and a single label."""
-    data = config.to_dict()
+def write_reward_config(config: Any, directory: Path, kind: ModelKind = SCALAR) -> None:
+    """Write config.json with the reward architecture, a single label and the model's kind."""
+    data = declare_kind(config.to_dict(), kind)
     data["architectures"] = [REWARD_ARCHITECTURE]
     data["num_labels"] = 1
     data["id2label"] = {"0": REWARD_LABEL}
