@@ -10,21 +10,26 @@ scheduler's job (:mod:`vlreward.service.batching`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from vlreward.service.backends.base import EncodedInput
 from vlreward.service.batching import BatchResult, Groups, Scheduler
 from vlreward.service.errors import DeadlineExceeded, Overloaded
-from vlreward.service.metrics import Metrics
+from vlreward.service.metrics import ModelMetrics
 
 
 class Admission:
-    """Bounded, deadline-limited, cancellable access to a scheduler."""
+    """Bounded, deadline-limited, cancellable access to one model's scheduler. ``queued``: the samples
+    waiting in the whole server (every model's scheduler), which ``max_queue`` bounds; default: this
+    scheduler's own."""
 
-    def __init__(self, scheduler: Scheduler, metrics: Metrics, max_queue: int):
+    def __init__(
+        self, scheduler: Scheduler, metrics: ModelMetrics, max_queue: int, queued: Callable[[], int] | None = None
+    ):
         self.scheduler = scheduler
         self.metrics = metrics
         self.max_queue = max_queue
+        self._queued = queued or (lambda: scheduler.queued)
 
     async def submit(self, items: Sequence[EncodedInput], timeout_s: float, groups: Groups = ()) -> BatchResult:
         """Score a request's samples (in order) within ``timeout_s``, or refuse it when the queue is full.
@@ -37,7 +42,7 @@ class Admission:
         if timeout_s <= 0:
             self.metrics.reject("timeout")
             raise DeadlineExceeded("request deadline passed while preparing its inputs")
-        queued = self.scheduler.queued
+        queued = self._queued()
         if queued + len(items) > self.max_queue:
             self.metrics.reject("overloaded")
             raise Overloaded.queue_full(queued, self.max_queue)

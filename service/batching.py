@@ -32,7 +32,7 @@ from typing import Protocol
 
 from vlreward.service.backends.base import EncodedInput
 from vlreward.service.errors import EngineBroken, OutOfMemory, ServiceError
-from vlreward.service.metrics import Metrics
+from vlreward.service.metrics import ModelMetrics
 from vlreward.service.settings import default
 
 log = logging.getLogger("vlreward.batching")
@@ -74,7 +74,7 @@ class BatchResult:
 
 
 async def run_isolating(
-    runner: Runner, items: list, metrics: Metrics, on_model_error: ModelErrorHook | None = None
+    runner: Runner, items: list, metrics: ModelMetrics, on_model_error: ModelErrorHook | None = None
 ) -> list[float | Exception]:
     """Scores of ``items``, or for each sample the model failed on alone, its error.
 
@@ -96,7 +96,7 @@ async def run_isolating(
                     on_model_error(exc)
             return [exc]
         reason = "out_of_memory" if isinstance(exc, OutOfMemory) else "error"
-        metrics.batch_splits.labels(reason=reason).inc()
+        metrics.batch_split(reason)
         log.warning("batch of %d failed (%s: %s); rerunning it in halves", len(items), type(exc).__name__, exc)
         half = len(items) // 2
         first = await run_isolating(runner, items[:half], metrics, on_model_error)
@@ -181,7 +181,7 @@ class DirectScheduler:
     """Each request goes straight to the engine, which batches continuously (vLLM)."""
 
     def __init__(
-        self, run_batch: Runner, run_group: Runner, metrics: Metrics, on_model_error: ModelErrorHook | None = None
+        self, run_batch: Runner, run_group: Runner, metrics: ModelMetrics, on_model_error: ModelErrorHook | None = None
     ):
         self.run_batch = run_batch
         self.run_group = run_group
@@ -354,7 +354,7 @@ class DynamicBatcher:
         self,
         run_batch: Runner,
         run_group: Runner,
-        metrics: Metrics,
+        metrics: ModelMetrics,
         max_batch_tokens: int,
         max_batch_size: int = default("max_batch_size"),
         max_wait_ms: float = default("max_wait_ms"),

@@ -105,7 +105,7 @@ def checkpoint_dir(model: str, settings: Settings) -> Path:
 
 
 def resolve_model(settings: Settings) -> Path:
-    """The checkpoint to serve: ``--model`` or the embedded default (built on first start if absent)."""
+    """The checkpoint to serve: ``settings.model`` or the embedded default (built on first start if absent)."""
     if settings.model is not None:
         return checkpoint_dir(settings.model, settings)
     path = settings.default_model_dir()
@@ -120,6 +120,28 @@ def resolve_model(settings: Settings) -> Path:
     return path
 
 
+REPEATABLE = frozenset({"model"})
+"""Settings whose flag may be given several times (``--model a=/x --model b=/y``: several models)."""
+
+
+def served_models(settings: Settings, model_flags: list[str]) -> list:
+    """The models to serve, each resolved to a local checkpoint directory and named (one line and exit 2
+    for a flag, models file or checkpoint that cannot be served)."""
+    from vlreward.service.catalog import CatalogError, model_settings, model_specs
+    from vlreward.service.model.checkpoint import model_name
+
+    try:
+        specs = model_specs(settings, model_flags)
+        resolved = []
+        for spec in specs:
+            directory = resolve_model(model_settings(settings, spec))
+            name = spec.name or model_name(directory)
+            resolved.append(spec.model_copy(update={"source": str(directory), "name": name}))
+        return resolved
+    except CatalogError as exc:
+        raise fail(str(exc)) from None
+
+
 def setting_options() -> list[inspect.Parameter]:
     """One ``--flag`` per setting, generated from the settings model: the
     flag's name, type and help come from the field, so a flag cannot drift from its variable. Every
@@ -129,7 +151,11 @@ def setting_options() -> list[inspect.Parameter]:
         kinds = [t for t in typing.get_args(field.annotation) if t is not type(None)] or [field.annotation]
         shown = {None: "unset", "": "empty"}.get(field.default, field.default)
         help_text = f"{field.description} [env {env_name(name)}; default {shown}]"
-        annotation = Annotated[kinds[0] | None, typer.Option(help=help_text, show_default=False)]
+        if name in REPEATABLE:
+            option = typer.Option(help=help_text, show_default=False, metavar="[NAME=]PATH_OR_REPO")
+            annotation = Annotated[list[str] | None, option]
+        else:
+            annotation = Annotated[kinds[0] | None, typer.Option(help=help_text, show_default=False)]
         options.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
     return options
 
@@ -145,10 +171,13 @@ def with_setting_flags(command: Callable[..., None]) -> Callable[..., None]:
 @app.command()
 @with_setting_flags
 def serve(**flags: object) -> None:
-    """Serve /score, /rank and /get_reward over HTTP. Every flag also reads VLREWARD_<NAME>."""
+    """Serve /score, /rank, /get_reward and /classify over HTTP. Every flag also reads VLREWARD_<NAME>;
+    --model may be given once per model (NAME=PATH_OR_REPO), or --models names a YAML file of them."""
     require_serve_extra("serve")
     from vlreward.service.http.server import run
 
+    model_flags = list(flags.pop("model", None) or [])
     settings = Settings(**{name: value for name, value in flags.items() if value is not None})
-    settings = settings.model_copy(update={"model": str(resolve_model(settings))})
-    raise typer.Exit(run(settings))
+    specs = served_models(settings, model_flags)
+    settings = settings.model_copy(update={"model": specs[0].source if len(specs) == 1 else None, "models": None})
+    raise typer.Exit(run(settings, specs))

@@ -12,10 +12,16 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 _SCORE_BUCKETS = (-10.0, -5.0, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
-REJECTION_REASONS = (
+SERVER_REJECTION_REASONS = (
     "body_too_large",
     "unauthorized",
     "client_disconnected",
+    "connections",
+    "read_timeout",
+    "headers_too_large",
+)
+"""Refusals before a request reaches a model: counted with ``model=""``."""
+MODEL_REJECTION_REASONS = (
     "dropped_from_queue",
     "timeout",
     "overloaded",
@@ -25,27 +31,30 @@ REJECTION_REASONS = (
     "item_error",
     "model_error",
     "image_memory",
-    "connections",
-    "read_timeout",
-    "headers_too_large",
 )
-"""Every ``reason`` of ``vlreward_rejected_total``: each series exists from the start (at 0), so that
-dashboards and alert rules see them before the first rejection."""
+"""Refusals of a request to one model: counted with its name."""
+REJECTION_REASONS = SERVER_REJECTION_REASONS + MODEL_REJECTION_REASONS
+"""Every ``reason`` of ``vlreward_rejected_total``: each series exists from the start (at 0; the model
+ones for every served model), so that dashboards and alert rules see them before the first rejection."""
+SERVER = ""
+"""The ``model`` label of series that belong to no one model (a request refused before it chose one)."""
 
 
 class _BackendCounters(Collector):
-    """Counters the backend keeps itself (read at scrape time; 0 until a backend is attached)."""
+    """Counters each model's backend keeps itself (read at scrape time; 0 until its backend is attached)."""
 
     def __init__(self) -> None:
-        self.backend: Any = None
+        self.backends: dict[str, Any] = {}
 
     def collect(self):
         runs = CounterMetricFamily(
             "vlreward_shared_prefix_runs",
             "Prompt + image prefixes computed once for several samples (/rank, GRPO groups in /score; "
             "transformers backend; vLLM's prefix cache does this inside the engine).",
+            labels=["model"],
         )
-        runs.add_metric([], float(getattr(self.backend, "shared_prefix_runs", 0)))
+        for model, backend in self.backends.items():
+            runs.add_metric([model], float(getattr(backend, "shared_prefix_runs", 0)))
         yield runs
 
 
@@ -56,61 +65,81 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "vlreward_requests", "HTTP requests by endpoint and status code.", ["endpoint", "status"], registry=r
+            "vlreward_requests",
+            'HTTP requests by endpoint, status code and model ("" before a model was chosen).',
+            ["endpoint", "status", "model"],
+            registry=r,
         )
         self.request_duration = Histogram(
             "vlreward_request_duration_seconds",
             "End-to-end request latency.",
-            ["endpoint"],
+            ["endpoint", "model"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.queue_wait = Histogram(
             "vlreward_queue_wait_seconds",
             "Time a sample waited before its batch started.",
+            ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.inference_duration = Histogram(
-            "vlreward_inference_duration_seconds", "Forward-pass time per batch.", buckets=_LATENCY_BUCKETS, registry=r
+            "vlreward_inference_duration_seconds",
+            "Forward-pass time per batch.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
             "vlreward_batch_size",
             "Samples per forward pass (transformers backend).",
+            ["model"],
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
         self.batch_tokens = Histogram(
             "vlreward_batch_tokens",
             "Padded tokens per forward pass (transformers backend).",
+            ["model"],
             buckets=_TOKEN_BUCKETS,
             registry=r,
         )
-        self.queue_depth = Gauge("vlreward_queue_depth", "Samples waiting for a batch.", registry=r)
+        self.queue_depth = Gauge(
+            "vlreward_queue_depth",
+            "Samples waiting for a batch (the server's bound, vlreward_queue_limit, covers every model).",
+            ["model"],
+            registry=r,
+        )
         self.inflight = Gauge("vlreward_inflight_requests", "Scoring requests being handled.", registry=r)
-        self.samples = Counter("vlreward_samples", "Samples scored.", ["endpoint"], registry=r)
-        self.input_tokens = Counter("vlreward_input_tokens", "Input tokens scored, image tokens included.", registry=r)
-        self.images = Counter("vlreward_images", "Images scored.", registry=r)
-        self.rejected = Counter("vlreward_rejected", "Requests or samples refused, by reason.", ["reason"], registry=r)
-        for reason in REJECTION_REASONS:
-            self.rejected.labels(reason=reason)
+        self.samples = Counter("vlreward_samples", "Samples scored.", ["endpoint", "model"], registry=r)
+        self.input_tokens = Counter(
+            "vlreward_input_tokens", "Input tokens scored, image tokens included.", ["model"], registry=r
+        )
+        self.images = Counter("vlreward_images", "Images scored.", ["model"], registry=r)
+        self.rejected = Counter(
+            "vlreward_rejected", "Requests or samples refused, by reason and model.", ["reason", "model"], registry=r
+        )
+        for reason in SERVER_REJECTION_REASONS:
+            self.rejected.labels(reason=reason, model=SERVER)
         self.batch_splits = Counter(
             "vlreward_batch_splits",
             "Batches the model failed on, split in halves and rerun (reason: out_of_memory or error), so that one "
             "bad sample fails alone and a batch too large for memory still runs.",
-            ["reason"],
+            ["reason", "model"],
             registry=r,
         )
-        for reason in ("out_of_memory", "error"):
-            self.batch_splits.labels(reason=reason)
         self.score = Histogram(
-            "vlreward_score", "Returned rewards (for drift panels).", buckets=_SCORE_BUCKETS, registry=r
+            "vlreward_score", "Returned rewards (for drift panels).", ["model"], buckets=_SCORE_BUCKETS, registry=r
         )
-        self.ready = Gauge("vlreward_ready", "1 when the model is loaded, warmed and its probe passed.", registry=r)
+        self.ready = Gauge(
+            "vlreward_ready", "1 when the model is loaded, warmed, its probe passed and the server not draining.",
+            ["model"], registry=r,
+        )  # fmt: skip
         self.model_info = Gauge(
             "vlreward_model_info",
-            "The served model (value always 1).",
-            ["model", "backend", "dtype", "device"],
+            "A served model (value always 1).",
+            ["model", "kind", "backend", "dtype", "device"],
             registry=r,
         )
         self.queue_limit = Gauge(
@@ -120,12 +149,56 @@ class Metrics:
         r.register(self._backend_counters)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
 
-    def watch_backend(self, backend: Any) -> None:
-        """Export the counters ``backend`` keeps (see :class:`_BackendCounters`)."""
-        self._backend_counters.backend = backend
+    def for_model(self, model: str) -> ModelMetrics:
+        """The series of one served model (created at 0 now, so they exist before its first request)."""
+        return ModelMetrics(self, model)
 
-    def reject(self, reason: str, count: int = 1) -> None:
+    def reject(self, reason: str, count: int = 1, model: str = SERVER) -> None:
         """Count refused requests or samples under one of :data:`REJECTION_REASONS`."""
         if reason not in REJECTION_REASONS:
             raise ValueError(f"unknown rejection reason {reason!r}; add it to REJECTION_REASONS")
-        self.rejected.labels(reason=reason).inc(count)
+        self.rejected.labels(reason=reason, model=model).inc(count)
+
+    def set_ready(self, ready: bool) -> None:
+        """Every served model's readiness at once (draining: the whole server)."""
+        for model in self._backend_counters.backends:
+            self.ready.labels(model=model).set(int(ready))
+
+
+class ModelMetrics:
+    """The series of one model: what the schedulers, admission and the scoring pipeline record."""
+
+    def __init__(self, metrics: Metrics, model: str):
+        self.server = metrics
+        self.model = model
+        self.queue_wait = metrics.queue_wait.labels(model=model)
+        self.inference_duration = metrics.inference_duration.labels(model=model)
+        self.batch_size = metrics.batch_size.labels(model=model)
+        self.batch_tokens = metrics.batch_tokens.labels(model=model)
+        self.queue_depth = metrics.queue_depth.labels(model=model)
+        self.input_tokens = metrics.input_tokens.labels(model=model)
+        self.images = metrics.images.labels(model=model)
+        self.score = metrics.score.labels(model=model)
+        self.ready = metrics.ready.labels(model=model)
+        for reason in MODEL_REJECTION_REASONS:
+            metrics.rejected.labels(reason=reason, model=model)
+        for reason in ("out_of_memory", "error"):
+            metrics.batch_splits.labels(reason=reason, model=model)
+        metrics._backend_counters.backends.setdefault(model, None)
+
+    def samples(self, endpoint: str):
+        return self.server.samples.labels(endpoint=endpoint, model=self.model)
+
+    def batch_split(self, reason: str) -> None:
+        self.server.batch_splits.labels(reason=reason, model=self.model).inc()
+
+    def reject(self, reason: str, count: int = 1) -> None:
+        self.server.reject(reason, count, self.model)
+
+    def watch_backend(self, backend: Any) -> None:
+        """Export the counters the model's backend keeps (see :class:`_BackendCounters`)."""
+        self.server._backend_counters.backends[self.model] = backend
+
+    def describe(self, kind: str, info: dict[str, Any]) -> None:
+        """The model's info series (backend, dtype, device)."""
+        self.server.model_info.labels(self.model, kind, info["backend"], info["dtype"], info["device"]).set(1)

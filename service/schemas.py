@@ -33,6 +33,24 @@ def timeout_field() -> Any:
     )
 
 
+def model_field() -> Any:
+    """The ``model`` field of every scoring request (one declaration of its meaning)."""
+    return Field(
+        None,
+        description="Which served model scores the request (GET /v1/models lists them). Unset: the default model. "
+        "With one model served any value is accepted (clients written against other servers send their own).",
+    )
+
+
+def details_field() -> Any:
+    """The ``details`` field of every scoring response (the model kind's extra outputs)."""
+    return Field(
+        None,
+        description="The model kind's extra outputs per item, aligned with `scores` (absent for scalar models; "
+        "each kind documents its keys; GET /v1/models shows a model's kind).",
+    )
+
+
 def _form(required: dict[str, str | list[str]], absent: tuple[str, ...] = ()) -> dict[str, Any]:
     """JSON Schema of one form of a request: these properties present with these JSON types, and
     ``absent`` ones absent or null."""
@@ -165,6 +183,7 @@ class Sample(_Strict):
 class ScoreRequest(_Strict):
     """POST /score."""
 
+    model: str | None = model_field()
     items: list[Sample] = Field(description="Samples to score; scores come back in this order.")
     timeout_s: float | None = timeout_field()
     on_error: Literal["fail", "null"] = Field(
@@ -192,6 +211,7 @@ class Usage(BaseModel):
 class ScoreResponse(BaseModel):
     model: str
     scores: list[float | None]
+    details: list[dict[str, Any] | None] | None = details_field()
     usage: Usage
     errors: list[ItemError] | None = None
 
@@ -209,6 +229,7 @@ class RankRequest(_Strict):
         }
     )
 
+    model: str | None = model_field()
     prompt: str | None = None
     messages: list[Message] | None = Field(
         None,
@@ -249,6 +270,7 @@ class RankRequest(_Strict):
 class RankResponse(BaseModel):
     model: str
     scores: list[float]
+    details: list[dict[str, Any] | None] | None = details_field()
     ranking: list[int] = Field(description="Response indices best to worst (cut to top_k); ties keep input order.")
     best: int
     usage: Usage
@@ -259,6 +281,7 @@ class GetRewardRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
+    model: str | None = model_field()
     query: list[str] = Field(description="Chat-templated texts (prompt + response), special tokens included.")
     prompts: list[str] | None = None
     labels: list[Any] | None = None
@@ -297,7 +320,7 @@ class ClassifyRequest(BaseModel):
         },
     )
 
-    model: str | None = None
+    model: str | None = model_field()
     input: str | list[str] | None = Field(None, description="Chat-templated text, or a list of them.")
     messages: list[Message] | None = Field(None, min_length=1, description=LAST_MESSAGE_RULE)
     use_activation: bool | None = Field(None, description="true: sigmoid of the reward; default raw.")
@@ -346,3 +369,23 @@ class ClassifyResponse(BaseModel):
     model: str
     data: list[ClassifyData]
     usage: ClassifyUsage
+
+
+class ModelCard(BaseModel):
+    """One served model in the OpenAI models list (with vlreward's kind and backend)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "vlreward"
+    kind: str = Field(description="The model kind (scalar, ...): what `scores` means and which `details` it returns.")
+    backend: str
+    default: bool = Field(description="Requests without `model` go to this one.")
+    ready: bool
+
+
+class ModelList(BaseModel):
+    """GET /v1/models, in OpenAI's shape."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 from vlreward.service.backends.base import EncodedInput
 from vlreward.service.batching import BatchResult, Groups
 from vlreward.service.errors import EngineBroken, ErrorKind, ServiceError, too_large
-from vlreward.service.lifecycle import ServiceState
+from vlreward.service.kinds import refuse_unaccepted
+from vlreward.service.lifecycle import ServedModel, ServiceState
 from vlreward.service.prepare import prepare_items, prepare_rank, prepare_templated
 from vlreward.service.schemas import ClassifyRequest, GetRewardRequest, RankRequest, ScoreRequest
 from vlreward.service.settings import Settings
@@ -24,8 +25,9 @@ from vlreward.service.settings import Settings
 
 @dataclass
 class Scored:
-    """A request's scores (None for items that failed with ``on_error: "null"``) and its accounting."""
+    """A request's model, its scores (None for items that failed with ``on_error: "null"``) and its accounting."""
 
+    model: str
     scores: list[float | None]
     input_tokens: int
     images: int
@@ -71,20 +73,30 @@ def _check_count(count: int, limit: int, what: str, param: str) -> None:
         raise too_large(f"{count} {what}; the limit is {limit}", param=param)
 
 
+def _model_for(state: ServiceState, name: str | None, items: Sequence[Any] = (), param: str = "items") -> ServedModel:
+    """The model a request chose (404 for an unknown name), after checking that its kind accepts every
+    field the items set (400 naming the first that it does not)."""
+    model = state.model(name)
+    if model.kind is not None:
+        fields = ((field, f"{param}[{i}].{field}") for i, item in enumerate(items) for field in item.model_fields_set)
+        refuse_unaccepted(model.kind, model.name, fields)
+    return model
+
+
 async def _schedule(
-    state: ServiceState, endpoint: str, encoded: Sequence[EncodedInput], timeout_s: float | None, started: float,
+    model: ServedModel, endpoint: str, encoded: Sequence[EncodedInput], timeout_s: float | None, started: float,
     groups: Groups = (),
 ) -> tuple[BatchResult, int, int]:  # fmt: skip
     """Submit within what is left of the request's deadline; count samples, tokens, images and scores."""
-    remaining = (timeout_s or state.settings.request_timeout_s) - (time.monotonic() - started)
+    remaining = (timeout_s or model.settings.request_timeout_s) - (time.monotonic() - started)
     try:
-        result = await state.admission.submit(encoded, remaining, groups=groups)
+        result = await model.admission.submit(encoded, remaining, groups=groups)
     except EngineBroken as exc:
         raise ServiceError(f"the scoring engine stopped: {exc}", kind=ErrorKind.UNHEALTHY) from exc
     tokens = sum(e.num_tokens for e in encoded)
     images = sum(e.num_images for e in encoded)
-    metrics = state.metrics
-    metrics.samples.labels(endpoint).inc(len(encoded) - len(result.failures))
+    metrics = model.metrics
+    metrics.samples(endpoint).inc(len(encoded) - len(result.failures))
     metrics.input_tokens.inc(tokens)
     metrics.images.inc(images)
     for score in result.scores:
@@ -119,17 +131,18 @@ async def score_items(state: ServiceState, body: ScoreRequest, body_bytes: int |
     Items that share prompt and images (a GRPO group) run their prefix once, as /rank does."""
     started = time.monotonic()
     _check_timeout(body.timeout_s, state.settings)
-    async with state.admitted() as policy:
+    model = _model_for(state, body.model, body.items)
+    async with state.admitted(model) as policy:
         _check_count(len(body.items), state.settings.max_items, "items", "items")
         encoded, errors, groups = await _prepare(
             body_bytes,
             (ref for item in body.items for ref in item.image_refs()),
-            prepare_items, state.backend, body.items, policy, state.limits, body.truncate,
+            prepare_items, model.backend, body.items, policy, model.limits, body.truncate,
             body.on_error == "null",
         )  # fmt: skip
         positions = [i for i, e in enumerate(encoded) if e is not None]
         valid = [encoded[i] for i in positions]
-        result, tokens, images = await _schedule(state, "/score", valid, body.timeout_s, started, groups)
+        result, tokens, images = await _schedule(model, "/score", valid, body.timeout_s, started, groups)
         failed = sorted(
             ((positions[v], model_failure(exc, f"items[{positions[v]}]")) for v, exc in result.failures.items()),
             key=lambda pair: pair[0],
@@ -140,65 +153,62 @@ async def score_items(state: ServiceState, body: ScoreRequest, body_bytes: int |
         for v, position in enumerate(positions):
             scores[position] = result.scores[v]
         if errors:
-            state.metrics.reject("item_error", len(errors))
+            model.metrics.reject("item_error", len(errors))
         errors = sorted(errors + failed, key=lambda pair: pair[0])
-        return Scored(scores, tokens, images, result.queue_ms, result.inference_ms, errors)
+        return Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms, errors)
 
 
 async def rank(state: ServiceState, body: RankRequest, body_bytes: int | None = None) -> Scored:
     """/rank: the candidates share prompt and images, which are decoded, encoded and run once."""
     started = time.monotonic()
     _check_timeout(body.timeout_s, state.settings)
-    async with state.admitted() as policy:
+    model = _model_for(state, body.model)
+    async with state.admitted(model) as policy:
         _check_count(len(body.responses), state.settings.max_responses, "responses", "responses")
         candidates = body.candidates()
         encoded = await _prepare(
-            body_bytes,
-            candidates[0].image_refs(),
-            prepare_rank,
-            state.backend,
-            candidates,
-            policy,
-            state.limits,
+            body_bytes, candidates[0].image_refs(), prepare_rank, model.backend, candidates, policy, model.limits
         )
         everything = [list(range(len(encoded)))]
-        result, tokens, images = await _schedule(state, "/rank", encoded, body.timeout_s, started, everything)
+        result, tokens, images = await _schedule(model, "/rank", encoded, body.timeout_s, started, everything)
         scores = _scores_or_raise(result, lambda i: f"responses[{i}]")
-        return Scored(scores, tokens, images, result.queue_ms, result.inference_ms)
+        return Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms)
 
 
 async def score_templated(state: ServiceState, body: GetRewardRequest, body_bytes: int | None = None) -> Scored:
     """/get_reward: already chat-templated queries (+ images per query)."""
     started = time.monotonic()
     _check_timeout(body.timeout_s, state.settings)
-    async with state.admitted() as policy:
+    model = _model_for(state, body.model)
+    async with state.admitted(model) as policy:
         _check_count(len(body.query), state.settings.max_items, "queries", "query")
         encoded = await _prepare(
             body_bytes,
             (ref for refs in body.images or [] for ref in refs),
-            prepare_templated, state.backend, body.query, body.images, policy, state.limits,
+            prepare_templated, model.backend, body.query, body.images, policy, model.limits,
         )  # fmt: skip
-        result, tokens, images = await _schedule(state, "/get_reward", encoded, body.timeout_s, started)
+        result, tokens, images = await _schedule(model, "/get_reward", encoded, body.timeout_s, started)
         scores = _scores_or_raise(result, lambda i: f"query[{i}]")
-        return Scored(scores, tokens, images, result.queue_ms, result.inference_ms)
+        return Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms)
 
 
 async def classify(state: ServiceState, body: ClassifyRequest, body_bytes: int | None = None) -> Scored:
     """/classify (vLLM's protocol): templated texts, or one conversation given as messages."""
     started = time.monotonic()
     _check_timeout(body.timeout_s, state.settings)
-    async with state.admitted() as policy:
+    model = _model_for(state, body.model)
+    async with state.admitted(model) as policy:
         if body.messages is not None:
             sample = body.sample()
             encoded, _, _ = await _prepare(
-                body_bytes, sample.image_refs(), prepare_items, state.backend, [sample], policy,
-                state.limits, "none", False,
+                body_bytes, sample.image_refs(), prepare_items, model.backend, [sample], policy,
+                model.limits, "none", False,
             )  # fmt: skip
         else:
             _check_count(len(body.texts()), state.settings.max_items, "inputs", "input")
             encoded = await _prepare(
-                body_bytes, (), prepare_templated, state.backend, body.texts(), None, policy, state.limits
+                body_bytes, (), prepare_templated, model.backend, body.texts(), None, policy, model.limits
             )
-        result, tokens, images = await _schedule(state, "/classify", encoded, body.timeout_s, started)
+        result, tokens, images = await _schedule(model, "/classify", encoded, body.timeout_s, started)
         scores = _scores_or_raise(result, lambda i: "messages" if body.messages is not None else f"input[{i}]")
-        return Scored(scores, tokens, images, result.queue_ms, result.inference_ms)
+        return Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms)

@@ -89,6 +89,13 @@ def tiny_reward(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="session")
+def other_reward(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second reward checkpoint on the same base: another head (seed 2) and bias (-0.5), so its scores
+    differ from ``tiny_reward``'s (a server with both must route each request to the model it names)."""
+    return build_reward_checkpoint(tiny_base, tmp_path_factory.mktemp("models") / "other-reward", bias=-0.5, seed=2)
+
+
+@pytest.fixture(scope="session")
 def hf_backend(tiny_reward: Path):
     from vlreward.service.backends.transformers import TransformersBackend
 

@@ -6,12 +6,14 @@ formatting, encoding, limits) -> ``admission`` -> scheduler (``batching``) -> ba
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from vlreward import __version__
 from vlreward.service.backends.base import Backend
+from vlreward.service.catalog import ModelSpec
 from vlreward.service.http import operations_routes, scoring_routes
 from vlreward.service.http.errors import install_error_handlers
 from vlreward.service.http.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -20,10 +22,19 @@ from vlreward.service.metrics import Metrics
 from vlreward.service.settings import Settings
 
 
-def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
-    """Build the service around a backend (loaded from ``settings.model`` in the background if None)."""
+def create_app(
+    settings: Settings,
+    backend: Backend | None = None,
+    specs: Sequence[ModelSpec] | None = None,
+    backends: Mapping[str | None, Backend] | None = None,
+) -> FastAPI:
+    """Build the service around its models: ``specs`` (default: the one model of ``settings.model``),
+    loaded in the background unless already-loaded ``backends`` (by model name) or, for one model,
+    ``backend`` are given."""
     metrics = Metrics()
-    state = ServiceState(settings, metrics, backend)
+    if backend is not None:
+        backends = {None: backend, **(backends or {})}
+    state = ServiceState(settings, metrics, specs, backends)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -11,10 +11,12 @@ from typing import Any
 
 from vlreward.service.errors import too_large
 from vlreward.service.http.errors import error_response
-from vlreward.service.metrics import Metrics
+from vlreward.service.metrics import SERVER, Metrics
 
 access_log = logging.getLogger("vlreward.access")
-KNOWN_ENDPOINTS = ("/score", "/rank", "/get_reward", "/classify", "/health", "/ready", "/info", "/metrics")
+KNOWN_ENDPOINTS = (
+    "/score", "/rank", "/get_reward", "/classify", "/health", "/ready", "/info", "/v1/models", "/metrics",
+)  # fmt: skip
 
 
 def _headers(scope: dict) -> dict[str, str]:
@@ -97,8 +99,9 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.request_duration.labels(endpoint).observe(elapsed)
+            model = scope["state"].get("model", SERVER)
+            self.metrics.requests.labels(endpoint, str(status), model).inc()
+            self.metrics.request_duration.labels(endpoint, model).observe(elapsed)
             if self.log_json:
                 self._log(scope, request_id, status, elapsed)
 
@@ -108,6 +111,7 @@ class RequestContextMiddleware:
         line = {
             "id": request_id,
             "endpoint": scope["path"],
+            "model": info.get("model"),
             "status": status,
             "samples": info.get("samples", 0),
             "tokens": info.get("tokens", 0),

@@ -1,4 +1,4 @@
-"""GET /health, /ready, /info and /metrics: liveness, readiness, model facts and Prometheus."""
+"""GET /health, /ready, /info, /v1/models and /metrics: liveness, readiness, model facts and Prometheus."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from vlreward import __version__
 from vlreward.service.errors import ErrorKind, ServiceError
 from vlreward.service.http.dependencies import require_api_key, service_state
 from vlreward.service.http.errors import documented_errors, error_response
-from vlreward.service.lifecycle import ServiceState
+from vlreward.service.lifecycle import ServedModel, ServiceState
+from vlreward.service.schemas import ModelCard, ModelList
 
 router = APIRouter()
 
@@ -28,12 +29,29 @@ async def health(state: ServiceState = Depends(service_state)) -> JSONResponse:
 
 @router.get("/ready", responses=documented_errors((ErrorKind.NOT_READY, ErrorKind.DRAINING)))
 async def ready(state: ServiceState = Depends(service_state)) -> JSONResponse:
-    """Readiness: 200 only when loaded, warmed up, probe passed and not draining."""
+    """Readiness: 200 only when every model is loaded, warmed up and passed its probe, and not draining."""
     if state.draining:
         return error_response(ServiceError("draining", kind=ErrorKind.DRAINING))
     if not state.is_ready():
-        return error_response(ServiceError(state.failure or "loading", kind=ErrorKind.NOT_READY))
+        return error_response(ServiceError(state.not_ready_reason(), kind=ErrorKind.NOT_READY))
     return JSONResponse({"status": "ready"})
+
+
+def model_facts(state: ServiceState, model: ServedModel) -> dict:
+    """What /info shows of one model: its backend's facts, kind, hashes and the limits in force."""
+    backend = model.backend
+    template = backend.processor.chat_template or ""
+    facts = {"name": model.name, **backend.info()}
+    facts["kind"] = model.kind.describe() if model.kind is not None else None
+    facts["chat_template_hash"] = hashlib.sha256(template.encode()).hexdigest()[:16]
+    # In force, not as set: the engine may lower max_tokens; an unset max_batch_tokens is the device's default.
+    facts["limits"] = model.settings.limits() | {
+        "max_tokens": model.limits.max_tokens,
+        "max_batch_tokens": backend.max_batch_tokens,
+        "max_queue": state.settings.max_queue,  # the server's bound, over every model
+    }
+    facts["ready"] = model.ready
+    return facts
 
 
 @router.get(
@@ -42,21 +60,41 @@ async def ready(state: ServiceState = Depends(service_state)) -> JSONResponse:
     responses=documented_errors((ErrorKind.UNAUTHORIZED, ErrorKind.NOT_READY)),
 )
 async def info(state: ServiceState = Depends(service_state)) -> JSONResponse:
-    """The served model and the limits in force."""
-    if state.backend is None:
+    """The served models and the limits in force; the top-level fields describe the default model."""
+    loaded = {name: model for name, model in state.models.items() if model.backend is not None}
+    if state.default_model.name not in loaded:
         raise ServiceError("model is still loading", kind=ErrorKind.NOT_READY)
-    settings = state.settings
-    template = state.backend.processor.chat_template or ""
-    facts = dict(state.backend.info())
-    facts["chat_template_hash"] = hashlib.sha256(template.encode()).hexdigest()[:16]
+    models = {name: model_facts(state, model) for name, model in loaded.items()}
+    facts = dict(models[state.default_model.name])
+    facts["model"] = facts.pop("name")  # the default model's name, where single-model clients read it
     facts["version"] = __version__
-    # In force, not as set: the engine may lower max_tokens; an unset max_batch_tokens is the device's default.
-    facts["limits"] = settings.limits() | {
-        "max_tokens": state.limits.max_tokens,
-        "max_batch_tokens": state.backend.max_batch_tokens,
-    }
-    facts["media"] = {"allow_urls": settings.allow_urls, "file_paths": settings.media_root is not None}
+    facts["media"] = {"allow_urls": state.settings.allow_urls, "file_paths": state.settings.media_root is not None}
+    facts["default_model"] = state.default_model.name
+    facts["models"] = models
     return JSONResponse(facts)
+
+
+@router.get(
+    "/v1/models",
+    response_model=ModelList,
+    dependencies=[Depends(require_api_key)],
+    responses=documented_errors((ErrorKind.UNAUTHORIZED,)),
+)
+async def list_models(state: ServiceState = Depends(service_state)) -> ModelList:
+    """The served models in OpenAI's shape, each with its kind, backend and readiness."""
+    return ModelList(
+        data=[
+            ModelCard(
+                id=name,
+                created=state.started,
+                kind=model.kind.name if model.kind is not None else "unknown",
+                backend=model.settings.backend,
+                default=model is state.default_model,
+                ready=model.ready,
+            )
+            for name, model in state.models.items()
+        ]
+    )
 
 
 @router.get(
@@ -65,6 +103,8 @@ async def info(state: ServiceState = Depends(service_state)) -> JSONResponse:
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
 )
 async def prometheus_metrics(state: ServiceState = Depends(service_state)) -> Response:
-    """The service's metrics (and the vLLM engine's) in Prometheus' text format."""
-    engine = state.backend.engine_metrics() if state.backend is not None else b""
+    """The service's metrics (and the vLLM engines') in Prometheus' text format."""
+    # An engine's metrics are its process-wide registry: one backend of each class exports them.
+    engines = {type(m.backend): m.backend for m in state.models.values() if m.backend is not None}
+    engine = b"".join(backend.engine_metrics() for backend in engines.values())
     return Response(generate_latest(state.metrics.registry) + engine, media_type=CONTENT_TYPE_LATEST)

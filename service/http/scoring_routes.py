@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
@@ -9,6 +10,7 @@ import uuid
 from fastapi import APIRouter, Depends, Request, Response
 
 from vlreward.service import scoring
+from vlreward.service.errors import ServiceError
 from vlreward.service.http.dependencies import require_api_key, service_state, with_cancellation
 from vlreward.service.http.errors import documented_errors
 from vlreward.service.lifecycle import ServiceState
@@ -37,6 +39,12 @@ def body_bytes(request: Request) -> int | None:
     return int(length) if length and length.isdigit() else None
 
 
+def _label(request: Request, state: ServiceState, model: str | None) -> None:
+    """Record the model a request chose, for its request metrics (an unknown name stays unlabelled)."""
+    with contextlib.suppress(ServiceError):
+        request.state.model = state.model(model).name
+
+
 def _account(request: Request, response: Response, scored: scoring.Scored) -> Usage:
     """Timing headers, the access log's figures, and the usage block."""
     response.headers["x-queue-time-ms"] = f"{scored.queue_ms:.3f}"
@@ -52,26 +60,28 @@ async def score(
     body: ScoreRequest, request: Request, response: Response, state: ServiceState = Depends(service_state)
 ) -> ScoreResponse:
     """Score samples; scores come back in item order."""
+    _label(request, state, body.model)
     scored = await scoring.score_items(state, body, body_bytes(request))
     errors = [ItemError(index=i, type=e.kind, message=e.message, param=e.param) for i, e in scored.errors]
     return ScoreResponse(
-        model=state.backend.info()["model"],
+        model=scored.model,
         scores=scored.scores,
         usage=_account(request, response, scored),
         errors=errors or None,
     )
 
 
-@router.post("/rank", response_model=RankResponse)
+@router.post("/rank", response_model=RankResponse, response_model_exclude_none=True)
 @with_cancellation
 async def rank(
     body: RankRequest, request: Request, response: Response, state: ServiceState = Depends(service_state)
 ) -> RankResponse:
     """Score several responses to one prompt and rank them (best first; ties keep input order)."""
+    _label(request, state, body.model)
     scored = await scoring.rank(state, body, body_bytes(request))
     ranking = sorted(range(len(scored.scores)), key=lambda i: (-scored.scores[i], i))
     return RankResponse(
-        model=state.backend.info()["model"],
+        model=scored.model,
         scores=scored.scores,
         ranking=ranking[: body.top_k] if body.top_k else ranking,
         best=ranking[0],
@@ -85,6 +95,7 @@ async def get_reward(
     body: GetRewardRequest, request: Request, response: Response, state: ServiceState = Depends(service_state)
 ) -> GetRewardResponse:
     """OpenRLHF's remote reward protocol: chat-templated queries in, raw rewards out."""
+    _label(request, state, body.model)
     scored = await scoring.score_templated(state, body, body_bytes(request))
     _account(request, response, scored)
     return GetRewardResponse(rewards=scored.scores, scores=scored.scores, extra_logs={})
@@ -96,13 +107,14 @@ async def classify(
     body: ClassifyRequest, request: Request, response: Response, state: ServiceState = Depends(service_state)
 ) -> ClassifyResponse:
     """vLLM's /classify protocol: ``data[i].probs[0]`` is the reward (raw unless ``use_activation``)."""
+    _label(request, state, body.model)
     scored = await scoring.classify(state, body, body_bytes(request))
     _account(request, response, scored)
     values = [1.0 / (1.0 + math.exp(-s)) if body.use_activation else s for s in scored.scores]
     return ClassifyResponse(
         id=f"classify-{uuid.uuid4().hex}",
         created=int(time.time()),
-        model=body.model or state.backend.info()["model"],
+        model=body.model or scored.model,
         data=[ClassifyData(index=i, label=REWARD_LABEL, probs=[v], num_classes=1) for i, v in enumerate(values)],
         usage=ClassifyUsage(prompt_tokens=scored.input_tokens, total_tokens=scored.input_tokens),
     )

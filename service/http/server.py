@@ -12,12 +12,14 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any
 
 import uvicorn
 
 from vlreward.service.backends.base import Backend
+from vlreward.service.catalog import ModelSpec
 from vlreward.service.http.app import create_app
 from vlreward.service.http.connection import guarded_protocol
 from vlreward.service.lifecycle import ServiceState
@@ -81,10 +83,11 @@ def uvicorn_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Conf
     return uvicorn.Config(app, host=settings.host, port=settings.port, http=protocol, **options)
 
 
-def run(settings: Settings) -> int:
-    """Serve until SIGTERM/SIGINT; returns the process exit code."""
+def run(settings: Settings, specs: Sequence[ModelSpec] | None = None) -> int:
+    """Serve ``specs`` (default: the one model of ``settings.model``) until SIGTERM/SIGINT; returns the
+    process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s" if settings.log_json else "%(levelname)s %(message)s")
-    app = create_app(settings)
+    app = create_app(settings, specs=specs)
     config = uvicorn_config(
         app,
         settings,
@@ -103,9 +106,17 @@ if __name__ == "__main__":
 
 class BackgroundServer:
     """The app under uvicorn on a free loopback port, in a background thread: for embedding the service
-    around an already-loaded backend (tests, benchmarks, notebooks). ``with`` waits until /ready."""
+    around an already-loaded backend (tests, benchmarks, notebooks), or several models (``specs`` and
+    their loaded ``backends`` by name). ``with`` waits until /ready."""
 
-    def __init__(self, backend: Backend | None = None, ready_timeout_s: float = 300.0, **settings: Any):
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        ready_timeout_s: float = 300.0,
+        specs: Sequence[ModelSpec] | None = None,
+        backends: Mapping[str, Backend] | None = None,
+        **settings: Any,
+    ):
         import socket
 
         with socket.socket() as probe:
@@ -113,6 +124,7 @@ class BackgroundServer:
             self.port = probe.getsockname()[1]
         self.settings = Settings(host="127.0.0.1", port=self.port, **settings)
         self.backend = backend
+        self.specs, self.backends = specs, backends
         self.url = f"http://127.0.0.1:{self.port}"
         self.ready_timeout_s = ready_timeout_s
 
@@ -121,7 +133,7 @@ class BackgroundServer:
 
         import httpx
 
-        self.app = create_app(self.settings, self.backend)
+        self.app = create_app(self.settings, self.backend, self.specs, self.backends)
         self.state: ServiceState = self.app.state.service
         config = uvicorn_config(self.app, self.settings, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)

@@ -275,9 +275,11 @@ def merge_scores(parts: list[ScoreResponse], sizes: list[int]) -> ScoreResponse:
     for part, size in zip(parts, sizes, strict=True):
         errors += [_shifted(e, offset) for e in part.errors or []]
         offset += size
+    details = [d for part in parts for d in (part.details or [None] * len(part.scores))]
     return ScoreResponse(
         model=parts[0].model,
         scores=[score for part in parts for score in part.scores],
+        details=details if any(d is not None for d in details) else None,
         usage=Usage(input_tokens=sum(p.usage.input_tokens for p in parts), images=sum(p.usage.images for p in parts)),
         errors=errors or None,
     )
@@ -342,6 +344,10 @@ def _reward_body(queries: list[str], images: list[list[str]] | None) -> dict[str
     return body
 
 
+def _with_model(body: dict, model: str | None) -> dict:
+    return body if model is None else {"model": model, **body}
+
+
 def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
@@ -357,8 +363,11 @@ class _ClientOptions:
         retry: RetryPolicy = RetryPolicy(),
         max_concurrency: int = 16,
         max_items: int | None = None,
+        model: str | None = None,
     ):
         self._replicas = Replicas(base_url)
+        self._model = model
+        """The served model every call names (GET /v1/models lists them); None: the server's default."""
         self._timeout_s = timeout_s
         self._retry = retry
         self._max_concurrency = max_concurrency
@@ -399,7 +408,7 @@ class RewardClient(_ClientOptions):
         return response
 
     def _post(self, path: str, body: dict) -> dict:
-        return self._request("POST", path, body).json()
+        return self._request("POST", path, _with_model(body, self._model)).json()
 
     def max_items(self) -> int:
         """Items per /score call: the server's limit, read from /info on first use."""
@@ -433,6 +442,10 @@ class RewardClient(_ClientOptions):
 
     def info(self) -> dict:
         return self._request("GET", "/info").json()
+
+    def models(self) -> list[str]:
+        """The names of the served models (GET /v1/models), the default one marked there."""
+        return [card["id"] for card in self._request("GET", "/v1/models").json()["data"]]
 
     def ready(self) -> bool:
         """Whether some replica is ready."""
@@ -472,7 +485,7 @@ class AsyncRewardClient(_ClientOptions):
         return response
 
     async def _post(self, path: str, body: dict) -> dict:
-        return (await self._request("POST", path, body)).json()
+        return (await self._request("POST", path, _with_model(body, self._model))).json()
 
     async def max_items(self) -> int:
         if self._max_items is None:
@@ -499,6 +512,10 @@ class AsyncRewardClient(_ClientOptions):
 
     async def info(self) -> dict:
         return (await self._request("GET", "/info")).json()
+
+    async def models(self) -> list[str]:
+        """The names of the served models (GET /v1/models)."""
+        return [card["id"] for card in (await self._request("GET", "/v1/models")).json()["data"]]
 
     async def ready(self) -> bool:
         """Whether some replica is ready."""

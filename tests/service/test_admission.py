@@ -14,7 +14,7 @@ from vlreward.service.metrics import Metrics
 
 
 def admission(max_queue: int = 4) -> tuple[Admission, GatedRunner, Metrics]:
-    runner, metrics = GatedRunner(), Metrics()
+    runner, metrics = GatedRunner(), Metrics().for_model("m")
     return Admission(DirectScheduler(runner, runner, metrics), metrics, max_queue=max_queue), runner, metrics
 
 

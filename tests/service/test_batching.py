@@ -23,7 +23,7 @@ from vlreward.service.batching import (
     run_isolating,
 )
 from vlreward.service.errors import EngineBroken, OutOfMemory
-from vlreward.service.metrics import Metrics
+from vlreward.service.metrics import Metrics, ModelMetrics
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,12 @@ def started_batcher(
     return batcher
 
 
-def rejected(metrics: Metrics, reason: str) -> float:
-    return metrics.rejected.labels(reason=reason)._value.get()
+def rejected(metrics: ModelMetrics, reason: str) -> float:
+    return metrics.server.rejected.labels(reason=reason, model=metrics.model)._value.get()
+
+
+def splits(metrics: ModelMetrics, reason: str) -> float:
+    return metrics.server.batch_splits.labels(reason=reason, model=metrics.model)._value.get()
 
 
 async def until(condition, steps: int = 1000) -> None:
@@ -112,7 +116,7 @@ def test_an_unset_token_budget_is_the_devices_default_and_on_the_cpu_fits_the_ml
 
 @run_async
 async def test_queue_and_inference_times_add_up_to_no_more_than_the_wait_and_cover_the_forward():
-    runner, metrics = GatedRunner(), Metrics()
+    runner, metrics = GatedRunner(), Metrics().for_model("m")
     batcher = started_batcher(runner, metrics)
     started = time.monotonic()
     pending = asyncio.ensure_future(batcher.run([Item("a1", num_tokens=7), Item("b2", num_tokens=5)]))
@@ -128,7 +132,7 @@ async def test_queue_and_inference_times_add_up_to_no_more_than_the_wait_and_cov
 
 @run_async
 async def test_requests_that_arrive_while_a_batch_runs_share_the_next_batch_in_length_order():
-    runner, metrics = GatedRunner(), Metrics()
+    runner, metrics = GatedRunner(), Metrics().for_model("m")
     batcher = started_batcher(runner, metrics)
     first = asyncio.ensure_future(batcher.run([Item("a1")]))
     await runner.started.wait()
@@ -146,7 +150,7 @@ async def test_requests_that_arrive_while_a_batch_runs_share_the_next_batch_in_l
 
 @run_async
 async def test_a_cancelled_request_has_its_queued_samples_dropped_and_counted():
-    runner, metrics = GatedRunner(), Metrics()
+    runner, metrics = GatedRunner(), Metrics().for_model("m")
     batcher = started_batcher(runner, metrics)
     busy = asyncio.ensure_future(batcher.run([Item("a1")]))
     await runner.started.wait()
@@ -163,7 +167,7 @@ async def test_a_cancelled_request_has_its_queued_samples_dropped_and_counted():
 
 @run_async
 async def test_a_failing_sample_fails_alone_and_the_batcher_goes_on():
-    runner, metrics, told = GatedRunner(fail_on="bad7"), Metrics(), []
+    runner, metrics, told = GatedRunner(fail_on="bad7"), Metrics().for_model("m"), []
     batcher = started_batcher(runner, metrics, max_wait_ms=50, on_model_error=told.append)
     runner.gate.set()
     mixed, other = await asyncio.gather(
@@ -173,7 +177,7 @@ async def test_a_failing_sample_fails_alone_and_the_batcher_goes_on():
     assert str(mixed.failures[1]) == "engine failed" and [str(e) for e in told] == ["engine failed"]
     assert other.scores == [3.0, 4.0] and other.failures == {}
     assert runner.batches[0] == ["a1", "bad7", "b2", "c3", "d4"]  # one batch, then halves down to bad7 alone
-    assert ["bad7"] in runner.batches and metrics.batch_splits.labels(reason="error")._value.get() == 2
+    assert ["bad7"] in runner.batches and splits(metrics, "error") == 2
     assert (await batcher.run([Item("ok3")])).scores == [3.0]
     assert batcher.healthy()
     await batcher.close()
@@ -195,18 +199,18 @@ class FlakyRunner:
 
 @run_async
 async def test_run_isolating_halves_an_out_of_memory_batch_until_it_fits():
-    runner, metrics = FlakyRunner(OutOfMemory("CUDA out of memory"), above=3), Metrics()
+    runner, metrics = FlakyRunner(OutOfMemory("CUDA out of memory"), above=3), Metrics().for_model("m")
     items = [Item(f"x{i}") for i in range(10)]
     assert await run_isolating(runner, items, metrics) == [float(i) for i in range(10)]
     assert runner.sizes == [10, 5, 2, 3, 5, 2, 3]
-    assert metrics.batch_splits.labels(reason="out_of_memory")._value.get() == 3
+    assert splits(metrics, "out_of_memory") == 3
 
 
 @run_async
 async def test_run_isolating_never_retries_a_broken_engine():
     runner, told = FlakyRunner(EngineBroken("CUDA error")), []
     with pytest.raises(EngineBroken):
-        await run_isolating(runner, [Item("a1"), Item("b2")], Metrics(), told.append)
+        await run_isolating(runner, [Item("a1"), Item("b2")], Metrics().for_model("m"), told.append)
     assert runner.sizes == [2] and len(told) == 1
 
 
@@ -214,13 +218,13 @@ async def test_run_isolating_never_retries_a_broken_engine():
 async def test_the_direct_scheduler_isolates_a_failing_item_of_a_request():
     runner = GatedRunner(fail_on="bad2")
     runner.gate.set()
-    result = await DirectScheduler(runner, runner, Metrics()).run([Item("a1"), Item("bad2"), Item("c3")])
+    result = await DirectScheduler(runner, runner, Metrics().for_model("m")).run([Item("a1"), Item("bad2"), Item("c3")])
     assert result.scores == [1.0, None, 3.0] and list(result.failures) == [1]
 
 
 @run_async
 async def test_grouped_requests_run_whole_through_the_group_runner_never_mixed_with_others():
-    batch_runner, group_runner, metrics = GatedRunner(), GatedRunner(), Metrics()
+    batch_runner, group_runner, metrics = GatedRunner(), GatedRunner(), Metrics().for_model("m")
     batcher = started_batcher(batch_runner, metrics, group_runner=group_runner, max_batch_size=2)
     batch_runner.gate.set()
     group_runner.gate.set()
@@ -243,7 +247,7 @@ async def test_grouped_requests_run_whole_through_the_group_runner_never_mixed_w
 
 @run_async
 async def test_samples_of_different_requests_with_one_prefix_key_run_as_one_group():
-    batch_runner, group_runner, metrics = GatedRunner(), GatedRunner(), Metrics()
+    batch_runner, group_runner, metrics = GatedRunner(), GatedRunner(), Metrics().for_model("m")
     batcher = started_batcher(batch_runner, metrics, group_runner, max_batch_size=7, max_wait_ms=60_000)
     batch_runner.gate.set()
     group_runner.gate.set()
@@ -264,7 +268,7 @@ async def test_samples_of_different_requests_with_one_prefix_key_run_as_one_grou
 
 @run_async
 async def test_a_batch_waits_for_more_samples_until_it_is_full():
-    runner, metrics = GatedRunner(), Metrics()
+    runner, metrics = GatedRunner(), Metrics().for_model("m")
     batcher = started_batcher(runner, metrics, max_batch_size=3, max_wait_ms=60_000)
     runner.gate.set()
     first = asyncio.ensure_future(batcher.run([Item("a1")]))
@@ -280,7 +284,7 @@ async def test_a_batch_waits_for_more_samples_until_it_is_full():
 
 @run_async
 async def test_the_direct_scheduler_counts_samples_in_flight_and_uses_the_group_runner_for_groups():
-    batch_runner, group_runner, metrics = GatedRunner(), GatedRunner(), Metrics()
+    batch_runner, group_runner, metrics = GatedRunner(), GatedRunner(), Metrics().for_model("m")
     scheduler = DirectScheduler(batch_runner, group_runner, metrics)
     running = asyncio.ensure_future(scheduler.run([Item("a1"), Item("a2")]))
     await batch_runner.started.wait()
@@ -301,7 +305,7 @@ def test_group_of_skips_groups_of_one_and_keeps_reading_the_others():
 
 @run_async
 async def test_a_sample_arriving_within_max_wait_joins_the_waiting_batch():
-    runner, metrics = GatedRunner(), Metrics()
+    runner, metrics = GatedRunner(), Metrics().for_model("m")
     batcher = started_batcher(runner, metrics, max_wait_ms=1500)
     runner.gate.set()
     first = asyncio.ensure_future(batcher.run([Item("a1")]))
@@ -315,7 +319,7 @@ async def test_a_sample_arriving_within_max_wait_joins_the_waiting_batch():
 
 @run_async
 async def test_the_direct_scheduler_times_the_engine_call_and_runs_a_whole_group_through_the_group_runner():
-    batch_runner, group_runner, metrics = GatedRunner(), GatedRunner(), Metrics()
+    batch_runner, group_runner, metrics = GatedRunner(), GatedRunner(), Metrics().for_model("m")
     scheduler = DirectScheduler(batch_runner, group_runner, metrics)
     started = time.monotonic()
     running = asyncio.ensure_future(scheduler.run([Item("g1"), Item("g2")], groups=[[0, 1]]))
@@ -330,7 +334,7 @@ async def test_the_direct_scheduler_times_the_engine_call_and_runs_a_whole_group
 
 @run_async
 async def test_a_request_queued_behind_a_running_batch_reports_its_wait_and_the_metrics_add_up():
-    runner, metrics = GatedRunner(), Metrics()
+    runner, metrics = GatedRunner(), Metrics().for_model("m")
     batcher = started_batcher(runner, metrics)
     started = time.monotonic()
     running = asyncio.ensure_future(batcher.run([Item("a1")]))
@@ -352,7 +356,7 @@ async def test_a_request_queued_behind_a_running_batch_reports_its_wait_and_the_
 
 @run_async
 async def test_a_request_split_over_several_batches_is_answered_only_when_all_are_scored():
-    runner, metrics = GatedRunner(), Metrics()
+    runner, metrics = GatedRunner(), Metrics().for_model("m")
 
     async def yielding(batch: list[Item]) -> list[float]:  # lets the waiting request run between batches
         await asyncio.sleep(0)
@@ -369,7 +373,7 @@ async def test_a_request_split_over_several_batches_is_answered_only_when_all_ar
 
 @run_async
 async def test_more_samples_than_a_batch_holds_run_at_once_without_waiting():
-    runner, metrics = GatedRunner(), Metrics()
+    runner, metrics = GatedRunner(), Metrics().for_model("m")
     batcher = started_batcher(runner, metrics, max_batch_size=2, max_wait_ms=60_000)
     runner.gate.set()
     result = await asyncio.wait_for(batcher.run([Item("a1"), Item("b2"), Item("c3")]), 5)
@@ -381,12 +385,12 @@ async def test_more_samples_than_a_batch_holds_run_at_once_without_waiting():
 async def test_a_broken_engine_fails_every_request_of_the_batch_and_the_service_is_told():
     told = []
     runner = FlakyRunner(EngineBroken("CUDA error"))
-    batcher = started_batcher(runner, Metrics(), max_wait_ms=50, on_model_error=told.append)
+    batcher = started_batcher(runner, Metrics().for_model("m"), max_wait_ms=50, on_model_error=told.append)
     results = await asyncio.gather(
         batcher.run([Item("a1")]), batcher.run([Item("b2"), Item("c3")]), return_exceptions=True
     )
     assert all(isinstance(r, EngineBroken) for r in results) and runner.sizes == [3] and len(told) == 1
-    assert DirectScheduler(runner, runner, Metrics()).healthy() and batcher.healthy()
+    assert DirectScheduler(runner, runner, Metrics().for_model("m")).healthy() and batcher.healthy()
     await batcher.close()
 
 
@@ -424,7 +428,7 @@ def test_lanes_default_to_two_on_a_cpu_and_one_where_the_engine_owns_its_threads
 
 @run_async
 async def test_a_lone_batch_on_an_idle_machine_gets_every_core():
-    runner, metrics = LaneRunner(), Metrics()
+    runner, metrics = LaneRunner(), Metrics().for_model("m")
     batcher = started_batcher(runner, metrics, max_batch_size=1, lanes=CoreLanes(2, cores=2))
     runner.gate.set()
     assert (await batcher.run([Item("a1")])).scores == [1.0]
@@ -434,7 +438,7 @@ async def test_a_lone_batch_on_an_idle_machine_gets_every_core():
 
 @run_async
 async def test_with_work_for_several_batches_two_run_at_once_on_a_core_each_and_never_more_threads_than_cores():
-    runner, metrics = LaneRunner(), Metrics()
+    runner, metrics = LaneRunner(), Metrics().for_model("m")
     batcher = started_batcher(runner, metrics, max_batch_size=1, lanes=CoreLanes(2, cores=2))
     requests = [asyncio.ensure_future(batcher.run([Item(f"r{i}")])) for i in range(1, 6)]
     await until(lambda: runner.running == 2)
@@ -453,7 +457,7 @@ async def test_with_work_for_several_batches_two_run_at_once_on_a_core_each_and_
 
 @run_async
 async def test_a_batch_that_took_every_core_makes_the_next_wait_until_it_is_done():
-    runner, metrics = LaneRunner(), Metrics()
+    runner, metrics = LaneRunner(), Metrics().for_model("m")
     batcher = started_batcher(runner, metrics, max_batch_size=1, lanes=CoreLanes(2, cores=2))
     first = asyncio.ensure_future(batcher.run([Item("a1")]))
     await until(lambda: runner.running == 1)
@@ -470,7 +474,7 @@ async def test_a_batch_that_took_every_core_makes_the_next_wait_until_it_is_done
 
 @run_async
 async def test_one_lane_runs_one_batch_at_a_time_and_tells_the_runner_no_thread_count():
-    runner, metrics = GatedRunner(), Metrics()  # takes no threads= argument
+    runner, metrics = GatedRunner(), Metrics().for_model("m")  # takes no threads= argument
     batcher = started_batcher(runner, metrics, max_batch_size=1, lanes=CoreLanes(1))
     requests = [asyncio.ensure_future(batcher.run([Item(f"r{i}")])) for i in range(1, 4)]
     await runner.started.wait()
@@ -487,7 +491,7 @@ async def test_a_batch_task_that_crashes_makes_the_batcher_unhealthy():
     async def wrong_count(batch: list[Item], threads: int) -> list[float]:
         return []  # a runner bug: fewer scores than samples
 
-    batcher = started_batcher(wrong_count, Metrics(), lanes=CoreLanes(2, cores=2))
+    batcher = started_batcher(wrong_count, Metrics().for_model("m"), lanes=CoreLanes(2, cores=2))
     assert batcher.healthy()
     request = asyncio.ensure_future(batcher.run([Item("a1")]))
     await until(lambda: not batcher.healthy())

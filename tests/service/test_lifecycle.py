@@ -16,7 +16,7 @@ def test_a_checkpoint_whose_probe_is_off_never_becomes_ready(tiny_reward, tmp_pa
 
     shifted = copy_with_tensors(tiny_reward, tmp_path / "shifted", shift_bias)
     server = LiveServer(model=str(shifted))
-    with pytest.raises(RuntimeError, match="start-up failed.*expected"):
+    with pytest.raises(RuntimeError, match="start-up of model .* failed.*expected"):
         server.__enter__()
     assert not server.state.is_ready() and "expected" in server.state.failure
     with LiveServer(model=str(tiny_reward)) as intact:  # the same checkpoint, untouched, serves

@@ -337,3 +337,53 @@ def test_engine_defaults_fill_only_what_the_settings_leave_unset():
     assert chosen.resolved(on_gpu=True)["max_num_batched_tokens"] == 4096
     assert chosen.resolved(on_gpu=True)["enforce_eager"] is True
     assert EngineSettings().resolved(on_gpu=False)["max_model_len"] == CPU_ENGINE_DEFAULTS["max_model_len"]
+
+
+def test_one_server_serves_a_vllm_and_a_transformers_model_each_as_alone_and_drains_both_on_sigterm(
+    vllm_server, other_reward, tiny_reward, tmp_path, processes
+):
+    """`vlreward serve --models FILE`: the vLLM model answers as the same model served alone on vLLM, the
+    transformers model as that model alone in-process (1e-5 within a backend); a SIGTERM lets the requests
+    in flight on both models finish."""
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    models = tmp_path / "models.yaml"
+    models.write_text(
+        f"engine:\n  model: {tiny_reward}\n  backend: vllm\n  vllm_gpu_memory_utilization: 0.2\n  max_tokens: 6000\n"
+        f"batched:\n  model: {other_reward}\n  backend: transformers\n  default: true\n  max_wait_ms: 1500\n"
+    )
+    port = free_port()
+    process = processes.start([VLREWARD, "serve", "--models", str(models), "--port", str(port), "--max-items", "64"])
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, process)
+    cards = {card["id"]: card for card in httpx.get(url + "/v1/models").json()["data"]}
+    assert {name: (card["backend"], card["kind"], card["default"]) for name, card in cards.items()} == {
+        "engine": ("vllm", "scalar", False),
+        "batched": ("transformers", "scalar", True),
+    }
+    samples = fifty_samples()[:12]
+    served = httpx.post(url + "/score", json={"model": "engine", "items": samples}, timeout=300).json()
+    alone = httpx.post(vllm_server.url + "/score", json={"items": samples}, timeout=300).json()
+    assert served["model"] == "engine"
+    assert max(abs(a - b) for a, b in zip(served["scores"], alone["scores"], strict=True)) <= 1e-5
+    batched = httpx.post(url + "/score", json={"items": samples}, timeout=300).json()  # the default model
+    reference = TransformersBackend(other_reward, dtype="float32", device="cpu")
+    expected = [solo_hf(reference, sample) for sample in samples]
+    assert batched["model"] == "batched"
+    assert max(abs(a - b) for a, b in zip(batched["scores"], expected, strict=True)) <= 1e-5
+    assert httpx.post(url + "/score", json={"model": "other", "items": samples[:1]}).status_code == 404
+    text = httpx.get(url + "/metrics").text
+    assert 'vlreward_samples_total{endpoint="/score",model="engine"} 12.0' in text
+    assert 'vlreward_samples_total{endpoint="/score",model="batched"} 12.0' in text
+    assert "vllm:" in text  # the engine's own metrics, once
+
+    def post(model: str) -> int:  # the engine's requests are long; the batched model's wait 1.5 s for their batch
+        items = fifty_samples() if model == "engine" else samples
+        return httpx.post(url + "/score", json={"model": model, "items": items}, timeout=300).status_code
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        inflight = [pool.submit(post, model) for model in ("engine", "batched", "engine", "batched")]
+        wait_until(lambda: "vlreward_inflight_requests 4.0" in httpx.get(url + "/metrics").text, what="4 in flight")
+        process.send_signal(signal.SIGTERM)
+        assert [future.result() for future in inflight] == [200, 200, 200, 200]
+    assert process.wait(timeout=120) == 0

@@ -134,7 +134,7 @@ def test_a_checkpoint_without_head_makes_serve_exit_1(tiny_base):
         [VLREWARD, "serve", "--model", str(tiny_base), "--port", str(port)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 1
-    assert "start-up failed" in result.stderr and "architectures" in result.stderr
+    assert "start-up of model" in result.stderr and "architectures" in result.stderr
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
