@@ -25,18 +25,22 @@ UID = "vlreward"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
 # Every vlreward series on the dashboard is narrowed by the namespace, service and pod variables (each
-# "All" = ".*", which also matches Compose's series that carry none of these labels).
-SCOPE = 'job="vlreward", namespace=~"$namespace", service=~"$service", pod=~"$pod"'
+# "All" = ".*", which also matches Compose's series that carry none of these labels); the per-model ones
+# also by the model variable. The server's own series (queue limit, requests in flight, the process) have
+# no model label.
+SERVER_SCOPE = 'job="vlreward", namespace=~"$namespace", service=~"$service", pod=~"$pod"'
+SCOPE = SERVER_SCOPE + ', model=~"$model"'
 SCORING = f'{SCOPE}, endpoint=~"/score|/rank|/get_reward|/classify"'
 S = "{" + SCOPE + "}"
 """The scope as a selector, for the queries below."""
+SERVER = "{" + SERVER_SCOPE + "}"
 # NVIDIA's DCGM exporter labels a GPU with the pod using it: as namespace/pod/container when Prometheus keeps
 # the exporter's labels (honorLabels), as exported_* otherwise. Only vlreward's GPUs are shown.
 DCGM_SCOPES = (
     'container="vlreward", namespace=~"$namespace", pod=~"$pod"',
     'exported_container="vlreward", exported_namespace=~"$namespace", exported_pod=~"$pod"',
 )
-VARIABLES = ("namespace", "service", "pod")
+VARIABLES = ("namespace", "service", "pod", "model")
 
 
 def dcgm(aggregate: str, metric: str) -> str:
@@ -79,64 +83,71 @@ def quantiles(metric: str, by: str, labels: str = SCOPE, qs: tuple[float, ...] =
 
 ROWS = [
     RowSpec("Traffic", [
-        PanelSpec("Requests by endpoint and status",
-                  [(f"sum by (endpoint, status) (rate(vlreward_requests_total{S}[{RATE}]))",
-                    "{{endpoint}} {{status}}")],
+        PanelSpec("Requests by endpoint, status and model",
+                  [(f"sum by (endpoint, status, model) (rate(vlreward_requests_total{S}[{RATE}]))",
+                    "{{endpoint}} {{status}} {{model}}")],
                   unit="reqps"),
         PanelSpec("Errors by status (4xx, 5xx)",
                   [(f'sum by (status) (rate(vlreward_requests_total{{{SCOPE}, status=~"4..|5.."}}[{RATE}]))',
                     "{{status}}")],
                   unit="reqps"),
-        PanelSpec("Latency per endpoint (p50, p95, p99)",
-                  quantiles("vlreward_request_duration_seconds", "endpoint", SCORING), unit="s", width=24),
+        PanelSpec("Latency per endpoint and model (p50, p95, p99)",
+                  quantiles("vlreward_request_duration_seconds", "endpoint, model", SCORING), unit="s", width=24),
     ]),
     RowSpec("Throughput", [
-        PanelSpec("Samples/s", [(f"sum by (endpoint) (rate(vlreward_samples_total{S}[{RATE}]))", "{{endpoint}}")]),
+        PanelSpec("Samples/s", [(f"sum by (endpoint, model) (rate(vlreward_samples_total{S}[{RATE}]))",
+                                  "{{endpoint}} {{model}}")]),
         PanelSpec("Tokens/s and images/s", [
-            (f"sum(rate(vlreward_input_tokens_total{S}[{RATE}]))", "tokens/s"),
-            (f"sum(rate(vlreward_images_total{S}[{RATE}]))", "images/s"),
+            (f"sum by (model) (rate(vlreward_input_tokens_total{S}[{RATE}]))", "tokens/s {{model}}"),
+            (f"sum by (model) (rate(vlreward_images_total{S}[{RATE}]))", "images/s {{model}}"),
         ]),
     ]),
     RowSpec("Queue and batches", [
         PanelSpec("Queue depth, limit and requests in flight", [
-            (f"sum by (instance) (vlreward_queue_depth{S})", "queued {{instance}}"),
-            (f"sum by (instance) (vlreward_queue_limit{S})", "limit {{instance}}"),
-            (f"sum by (instance) (vlreward_inflight_requests{S})", "in flight {{instance}}"),
-        ]),
-        PanelSpec("Queue wait (p50, p99)", quantiles("vlreward_queue_wait_seconds", "", qs=(0.5, 0.99)), unit="s"),
+            (f"sum by (instance, model) (vlreward_queue_depth{S})", "queued {{instance}} {{model}}"),
+            (f"sum by (instance) (vlreward_queue_limit{SERVER})", "limit {{instance}}"),
+            (f"sum by (instance) (vlreward_inflight_requests{SERVER})", "in flight {{instance}}"),
+        ], description="The limit bounds the samples queued for all models of a server together."),
+        PanelSpec("Queue wait (p50, p99)", quantiles("vlreward_queue_wait_seconds", "model", qs=(0.5, 0.99)),
+                  unit="s"),
         PanelSpec("Samples and padded tokens per batch (mean)", [
-            (f"sum(rate(vlreward_batch_size_sum{S}[{RATE}]))"
-             f" / sum(rate(vlreward_batch_size_count{S}[{RATE}]))",
-             "samples"),
-            (f"sum(rate(vlreward_batch_tokens_sum{S}[{RATE}]))"
-             f" / sum(rate(vlreward_batch_tokens_count{S}[{RATE}]))",
-             "tokens"),
+            (f"sum by (model) (rate(vlreward_batch_size_sum{S}[{RATE}]))"
+             f" / sum by (model) (rate(vlreward_batch_size_count{S}[{RATE}]))",
+             "samples {{model}}"),
+            (f"sum by (model) (rate(vlreward_batch_tokens_sum{S}[{RATE}]))"
+             f" / sum by (model) (rate(vlreward_batch_tokens_count{S}[{RATE}]))",
+             "tokens {{model}}"),
         ], description="The transformers backend's batches (vLLM batches inside its engine)."),
         PanelSpec("Forward pass time (p50, p99)",
-                  quantiles("vlreward_inference_duration_seconds", "", qs=(0.5, 0.99)), unit="s"),
+                  quantiles("vlreward_inference_duration_seconds", "model", qs=(0.5, 0.99)), unit="s"),
         PanelSpec("Batch splits by reason",
-                  [(f"sum by (reason) (rate(vlreward_batch_splits_total{S}[{RATE}]))", "{{reason}}")],
+                  [(f"sum by (reason, model) (rate(vlreward_batch_splits_total{S}[{RATE}]))", "{{reason}} {{model}}")],
                   unit="ops", description="Batches split in halves and rerun: out_of_memory (lower "
                   "max_batch_tokens when steady; alert VlrewardOutOfMemorySplits) or error (a bad sample isolated)."),
     ]),
     RowSpec("Health", [
-        PanelSpec("Ready replicas", [(f"sum(vlreward_ready{S})", "ready")], kind="stat", width=6),
-        PanelSpec("Served model", [(f"count by (model, backend, dtype, device) (vlreward_model_info{S})",
-                                    "{{model}} {{backend}} {{dtype}} {{device}}")], kind="stat", width=6),
-        PanelSpec("Rejections by reason",
-                  [(f"sum by (reason) (rate(vlreward_rejected_total{S}[{RATE}]))", "{{reason}}")], unit="reqps"),
+        PanelSpec("Ready replicas per model", [(f"sum by (model) (vlreward_ready{S})", "{{model}}")], kind="stat",
+                  width=6),
+        PanelSpec("Served models", [(f"count by (model, kind, backend, dtype, device) (vlreward_model_info{S})",
+                                     "{{model}} {{kind}} {{backend}} {{dtype}} {{device}}")], kind="stat", width=6),
+        PanelSpec("Rejections by reason and model",
+                  [(f"sum by (reason, model) (rate(vlreward_rejected_total{S}[{RATE}]))", "{{reason}} {{model}}")],
+                  unit="reqps", description="model is empty for requests refused before they chose one."),
     ]),
     RowSpec("Scores (reward drift)", [
-        PanelSpec("Score quantiles (p10, p50, p90)", quantiles("vlreward_score", "", qs=(0.1, 0.5, 0.9)),
-                  description="A moved median means a changed model or changed inputs (alert VlrewardScoreShift)."),
+        PanelSpec("Score quantiles (p10, p50, p90)", quantiles("vlreward_score", "model", qs=(0.1, 0.5, 0.9)),
+                  description="A moved median means a changed model or changed inputs (alert VlrewardScoreShift). "
+                  "Each model has its own scale: compare a model with itself."),
         PanelSpec("Median score vs a day earlier", [
-            (f"histogram_quantile(0.5, sum by (le) (rate(vlreward_score_bucket{S}[1h])))", "now (1 h)"),
-            (f"histogram_quantile(0.5, sum by (le) (rate(vlreward_score_bucket{S}[1h] offset 1d)))", "a day ago"),
+            (f"histogram_quantile(0.5, sum by (model, le) (rate(vlreward_score_bucket{S}[1h])))",
+             "now (1 h) {{model}}"),
+            (f"histogram_quantile(0.5, sum by (model, le) (rate(vlreward_score_bucket{S}[1h] offset 1d)))",
+             "a day ago {{model}}"),
         ]),
     ]),
     RowSpec("Process", [
-        PanelSpec("CPU (cores)", [(f"rate(process_cpu_seconds_total{S}[{RATE}])", "{{instance}}")]),
-        PanelSpec("Resident memory", [(f"process_resident_memory_bytes{S}", "{{instance}}")],
+        PanelSpec("CPU (cores)", [(f"rate(process_cpu_seconds_total{SERVER}[{RATE}])", "{{instance}}")]),
+        PanelSpec("Resident memory", [(f"process_resident_memory_bytes{SERVER}", "{{instance}}")],
                   unit="bytes"),
     ]),
     RowSpec("GPU (DCGM exporter)", [
@@ -149,10 +160,10 @@ ROWS = [
     ]),
     RowSpec("vLLM engine (vLLM backend)", [
         PanelSpec("Engine requests running and waiting", [
-            (f"sum(vllm:num_requests_running{S})", "running"),
-            (f"sum(vllm:num_requests_waiting{S})", "waiting"),
+            (f"sum(vllm:num_requests_running{SERVER})", "running"),
+            (f"sum(vllm:num_requests_waiting{SERVER})", "waiting"),
         ], needs="vllm"),
-        PanelSpec("KV cache usage", [(f"max(vllm:kv_cache_usage_perc{S})", "used")], unit="percentunit",
+        PanelSpec("KV cache usage", [(f"max(vllm:kv_cache_usage_perc{SERVER})", "used")], unit="percentunit",
                   needs="vllm"),
     ]),
 ]  # fmt: skip

@@ -53,8 +53,9 @@ def test_the_alert_rules_pass_promtool_and_each_alert_fires_on_synthetic_series(
 
 @pytest.mark.slow
 def test_a_real_prometheus_finds_every_series_and_evaluates_every_query(
-    tiny_reward, tmp_path, processes, prometheus_tools
+    tiny_reward, other_reward, tmp_path, processes, prometheus_tools
 ):
+    """A server with two models: every dashboard and alert query evaluates, each model's series apart."""
     port, prometheus_port = free_port(), free_port()
     config = yaml.safe_load(PROMETHEUS_YML.read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
@@ -63,7 +64,18 @@ def test_a_real_prometheus_finds_every_series_and_evaluates_every_query(
         if job["job_name"] == "vlreward":
             job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    server = processes.start([VLREWARD, "serve", "--model", str(tiny_reward), "--port", str(port)])
+    server = processes.start(
+        [
+            VLREWARD,
+            "serve",
+            "--model",
+            f"helpful={tiny_reward}",
+            "--model",
+            f"safety={other_reward}",
+            "--port",
+            str(port),
+        ]
+    )
     processes.start(
         [prometheus_tools.prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
          f"--web.listen-address=127.0.0.1:{prometheus_port}"],
@@ -75,13 +87,15 @@ def test_a_real_prometheus_finds_every_series_and_evaluates_every_query(
     items = [{"prompt": f"Colour {i}?", "response": "Red.", "image": uri(shape_image("red"))} for i in range(4)]
     for _ in range(3):
         assert httpx.post(url + "/score", json={"items": items}, timeout=60).status_code == 200
+        assert httpx.post(url + "/score", json={"model": "safety", "items": items[:2]}, timeout=60).status_code == 200
         assert httpx.post(url + "/rank", json={"prompt": "Which?", "responses": ["a", "b"]}).status_code == 200
         assert httpx.post(url + "/score", json={"items": [{"prompt": 1}]}).status_code == 422
         time.sleep(1.5)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # rates need two scrapes after the traffic
-        result = httpx.get(api + "/query", params={"query": "vlreward_samples_total"}).json()["data"]["result"]
-        if result and float(result[0]["value"][1]) >= 12:
+        query = 'sum(vlreward_samples_total{model="helpful"})'
+        result = httpx.get(api + "/query", params={"query": query}).json()["data"]["result"]
+        if result and float(result[0]["value"][1]) >= 18:
             break
         time.sleep(0.5)
     wait_until(lambda: _rules_evaluated(api), what="every alert rule evaluated")
@@ -100,6 +114,11 @@ def test_a_real_prometheus_finds_every_series_and_evaluates_every_query(
     for query in ('rate(process_cpu_seconds_total{job="vlreward"}[1m])', 'process_resident_memory_bytes{job="vlreward"}',
                   'sum by (reason) (rate(vlreward_rejected_total[1m]))'):  # fmt: skip
         assert httpx.get(api + "/query", params={"query": query}).json()["data"]["result"], query
+    per_model = httpx.get(api + "/query", params={"query": "sum by (model) (vlreward_samples_total)"}).json()
+    samples = {series["metric"]["model"]: float(series["value"][1]) for series in per_model["data"]["result"]}
+    assert samples == {"helpful": 18.0, "safety": 6.0}, samples
+    ready = httpx.get(api + "/query", params={"query": "vlreward_ready"}).json()["data"]["result"]
+    assert sorted(series["metric"]["model"] for series in ready) == ["helpful", "safety"]
     rules = httpx.get(api + "/rules").json()["data"]["groups"][0]["rules"]
     expected = sum(len(group["rules"]) for group in yaml.safe_load(ALERTS.read_text())["groups"])
     assert len(rules) == expected and all(rule["health"] == "ok" for rule in rules), rules
@@ -111,6 +130,10 @@ def _rules_evaluated(api: str) -> bool:
     return bool(groups) and all(rule["health"] != "unknown" for rule in groups[0]["rules"])
 
 
+SERVER_SERIES = {"vlreward_queue_limit", "vlreward_inflight_requests"}
+"""The server's own series: no model label (the queue bound covers every model)."""
+
+
 def test_the_dashboard_narrows_every_vlreward_query_and_the_gpu_panels_to_the_chosen_pods():
     variables = {v["name"]: v for v in dashboard.build()["templating"]["list"]}
     assert {"datasource", *dashboard.VARIABLES} <= set(variables)
@@ -119,7 +142,9 @@ def test_the_dashboard_narrows_every_vlreward_query_and_the_gpu_panels_to_the_ch
     for expr, needs in dashboard.queries():
         if needs == "dcgm-exporter":
             assert expr.count('container="vlreward"') == 2 and expr.count('pod=~"$pod"') == 2, expr
-        else:
-            assert expr.count(dashboard.SCOPE) == expr.count("{"), expr  # every selector is narrowed
+        else:  # every selector is narrowed; a model's series by the model variable too
+            for name, selector in re.findall(r"([A-Za-z_:]+)\{([^}]*)\}", expr):
+                server_wide = name in SERVER_SERIES or name.startswith(("process_", "vllm:"))
+                assert selector.startswith(dashboard.SERVER_SCOPE if server_wide else dashboard.SCOPE), expr
     titles = [panel.get("title") for panel in dashboard.build()["panels"]]
     assert "Batch splits by reason" in titles
