@@ -19,7 +19,7 @@ from vlreward.service.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 BIN = Path(sys.executable).parent
-COMPOSE_FILES = [DOCKER / "compose.yaml", DOCKER / "compose.gpu.yaml"]
+COMPOSE_FILES = [DOCKER / "compose.yaml", DOCKER / "compose.gpu.yaml", DOCKER / "compose.models.yaml"]
 
 
 def hadolint(*files: Path) -> subprocess.CompletedProcess:
@@ -137,3 +137,17 @@ def test_the_images_install_script_installs_a_working_service_in_a_fresh_folder(
                               "import vlreward.service.http.app, vllm, accelerate; print('ok')"],
                              capture_output=True, text=True, timeout=300)  # fmt: skip
     assert imports.stdout.strip().endswith("ok"), imports.stderr[-2000:]
+
+
+def test_the_compose_models_override_mounts_a_models_file_the_server_reads():
+    from vlreward.service.catalog import model_settings, model_specs
+
+    service = yaml.safe_load((DOCKER / "compose.models.yaml").read_text())["services"]["vlreward"]
+    source, target = service["volumes"][0].split(":")[:2]
+    assert service["environment"]["VLREWARD_MODELS"] == target
+    settings = Settings(models=DOCKER / source)
+    specs = model_specs(settings)
+    assert [(spec.name, spec.source, model_settings(settings, spec).backend) for spec in specs] == [
+        ("default", None, "transformers"),
+        ("default-vllm", None, "vllm"),
+    ]

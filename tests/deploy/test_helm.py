@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import helm_python
@@ -52,7 +53,19 @@ SCENARIOS = {
                   "command": ["vlreward", "convert", "Skywork/Skywork-VL-Reward-7B", "/models/reward"]}},
     },
     "cpu image": yaml.safe_load((CHART / "values-cpu.yaml").read_text()),
+    "two models sharing the GPU, one on the transformers backend": {
+        "model": {"storage": "existingClaim", "existingClaim": "weights", "fetch": {"enabled": False}},
+        "models": [
+            {"name": "helpful", "model": "/models/helpful", "settings": {"vllm_gpu_memory_utilization": 0.5}},
+            {"name": "safety", "model": "/models/safety", "default": True,
+             "settings": {"backend": "transformers", "max_tokens": 4096}},
+        ],
+    },
 }  # fmt: skip
+TWO_VLLM = [
+    {"name": "a", "model": "/models/reward", "settings": {"vllm_gpu_memory_utilization": 0.45}},
+    {"name": "b", "model": "Skywork/Skywork-VL-Reward-7B", "settings": {"vllm_gpu_memory_utilization": 0.45}},
+]
 
 
 def strict(schema: dict) -> dict:
@@ -164,6 +177,17 @@ REFUSED = {
     "ReadWriteOnce with KEDA": ({"keda": {"enabled": True}}, "ReadWriteOnce"),
     "a grace period shorter than the shutdown": ({"terminationGracePeriodSeconds": 60}, "terminationGracePeriodSeconds"),
     "a rollout deadline shorter than the load": ({"progressDeadlineSeconds": 600}, "progressDeadlineSeconds"),
+    "a model name twice": ({"models": [{"name": "a", "model": "/models/reward"}] * 2}, "models.1..name .a. is given twice"),
+    "two defaults": ({"models": [{"name": n, "model": "/models/reward", "default": True} for n in "ab"]},
+                     "more than one entry has default"),
+    "a model path outside the volume": ({"models": [{"name": "a", "model": "/data/a"}]}, "under model.mountPath"),
+    "a model path an empty volume will not have": ({"models": [{"name": "a", "model": "/models/other"}]},
+                                                    "/models/other would not exist"),
+    "vLLM models without their GPU share": (
+        {"models": [{"name": "a", "model": "/models/reward"}, {"name": "b", "model": "/models/reward"}]},
+        "give each settings.vllm_gpu_memory_utilization"),
+    "vLLM models over the GPU": ({"models": [{**m, "settings": {"vllm_gpu_memory_utilization": 0.6}} for m in TWO_VLLM]},
+                                 "add up to 1.20"),
 }  # fmt: skip
 
 
@@ -343,3 +367,37 @@ def test_the_documented_driver_floor_affinity_renders_validates_and_notes_name_t
     cpu_notes = chart.render(values=SCENARIOS["cpu image"], name="rm", namespace="ml")
     assert "580" not in next(text for name, text in cpu_notes.items() if "NOTES" in name)
     assert "580" in (CHART / "README.md").read_text()
+
+
+def test_several_models_render_a_models_file_the_server_reads_and_a_change_rolls_the_pods():
+    from vlreward.service.catalog import model_settings, read_models_file
+    from vlreward.service.settings import Settings
+
+    values = SCENARIOS["two models sharing the GPU, one on the transformers backend"]
+    docs = render(values)
+    configmap = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "rm-vlreward-models")
+    pod = by_kind(docs)["Deployment"]["spec"]["template"]
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["VLREWARD_MODELS"] == "/etc/vlreward/models/models.yaml" and "VLREWARD_MODEL" not in env
+    mount = next(m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "models-file")
+    assert mount["mountPath"] == "/etc/vlreward/models"
+    path = Path(tempfile.mkdtemp()) / "models.yaml"
+    path.write_text(configmap["data"]["models.yaml"])
+    specs = read_models_file(path)  # what the server reads at start
+    assert [(spec.name, spec.source, spec.default) for spec in specs] == [
+        ("helpful", "/models/helpful", False), ("safety", "/models/safety", True)]  # fmt: skip
+    server = Settings(backend=env["VLREWARD_BACKEND"])
+    helpful, safety = (model_settings(server, spec) for spec in specs)
+    assert (helpful.backend, helpful.vllm_gpu_memory_utilization) == ("vllm", 0.5)
+    assert (safety.backend, safety.max_tokens) == ("transformers", 4096)
+    changed = json.loads(json.dumps(values))
+    changed["models"][1]["settings"]["max_tokens"] = 2048
+    rolled = by_kind(render(changed))["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert rolled["checksum/models"] != pod["metadata"]["annotations"]["checksum/models"]
+    repo = render({"model": {"storage": "existingClaim", "existingClaim": "weights", "fetch": {"enabled": False}},
+                   "models": TWO_VLLM})  # fmt: skip
+    env = {
+        e["name"]: e.get("value")
+        for e in by_kind(repo)["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["HF_HOME"] == "/models/huggingface"  # a repo id among the models: its download on the volume

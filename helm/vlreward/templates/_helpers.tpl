@@ -38,9 +38,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
-{{- /* Whether model.name is a Hugging Face repo id (owner/name) rather than a path. */ -}}
+{{- /* Whether a served model is a Hugging Face repo id (owner/name) rather than a path: model.name, or any
+entry of models. */ -}}
 {{- define "vlreward.repoId" -}}
-{{- if regexMatch "^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$" (.Values.model.name | default "") -}}true{{- end -}}
+{{- $pattern := "^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$" -}}
+{{- $sources := list (.Values.model.name | default "") -}}
+{{- if .Values.models }}{{ $sources = list }}{{ range .Values.models }}{{ $sources = append $sources (.model | default "") }}{{ end }}{{ end -}}
+{{- range $sources }}{{ if regexMatch $pattern . }}true{{ end }}{{ end -}}
+{{- end -}}
+
+{{- /* The models file (vlreward.service.catalog's YAML: name -> model, default and its own settings). */ -}}
+{{- define "vlreward.modelsFile" -}}
+{{- $file := dict -}}
+{{- range .Values.models -}}
+{{- $entry := merge (dict "model" .model) (.settings | default dict) -}}
+{{- if .default }}{{ $_ := set $entry "default" true }}{{ end -}}
+{{- $_ := set $file .name $entry -}}
+{{- end -}}
+{{- toYaml $file -}}
 {{- end -}}
 
 {{- /* The model volume is a claim that attaches on one node at a time. */ -}}
@@ -106,8 +121,57 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (include "vlreward.singleNodeClaim" .) (gt (include "vlreward.maxReplicas" . | int) 1) -}}
 {{- fail "model.accessModes ReadWriteOnce attaches the model volume to one node, but the release may run several replicas (replicaCount or autoscaling): use model.accessModes [ReadWriteMany], model.storage=emptyDir with model.fetch (a copy per pod), or one replica" -}}
 {{- end -}}
+{{- include "vlreward.validateModels" . -}}
 {{- $startup := mul (int .Values.probes.startup.periodSeconds) (int .Values.probes.startup.failureThreshold) -}}
 {{- if lt (int .Values.progressDeadlineSeconds) $startup -}}
 {{- fail (printf "progressDeadlineSeconds (%d) is shorter than the startup probe's budget (%d s): a rollout would be marked failed while a pod is still loading" (int .Values.progressDeadlineSeconds) $startup) -}}
+{{- end -}}
+{{- end -}}
+
+
+{{- /* The models list: names valid and distinct, one default at most, paths that will exist, and the vLLM
+models' shares of the GPU declared and within it. */ -}}
+{{- define "vlreward.validateModels" -}}
+{{- $model := .Values.model -}}
+{{- $names := list -}}
+{{- $defaults := 0 -}}
+{{- $vllm := list -}}
+{{- $share := 0.0 -}}
+{{- $root := printf "%s/" (trimSuffix "/" $model.mountPath) -}}
+{{- range $i, $entry := .Values.models -}}
+{{- if not (regexMatch "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$" ($entry.name | default "")) -}}
+{{- fail (printf "models[%d].name %q: use letters, digits, '.', '_' and '-' (requests send it as model)" $i ($entry.name | default "")) -}}
+{{- end -}}
+{{- if has $entry.name $names -}}
+{{- fail (printf "models[%d].name %q is given twice" $i $entry.name) -}}
+{{- end -}}
+{{- $names = append $names $entry.name -}}
+{{- if $entry.default }}{{ $defaults = add1 $defaults }}{{ end -}}
+{{- $source := $entry.model | default "" -}}
+{{- $repo := regexMatch "^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$" $source -}}
+{{- if and (not $repo) (not (hasPrefix $root $source)) -}}
+{{- fail (printf "models[%d].model %q: give a path under model.mountPath (%s) or a Hugging Face repo id" $i $source $model.mountPath) -}}
+{{- end -}}
+{{- if and (not $repo) (has $model.storage (list "pvc" "emptyDir")) (ne $source ($model.name | default "")) -}}
+{{- fail (printf "models[%d].model %s would not exist: model.storage=%s starts empty and model.fetch fills model.name (%s) only; use model.storage=existingClaim holding it, or a repo id" $i $source $model.storage $model.name) -}}
+{{- end -}}
+{{- $settings := $entry.settings | default dict -}}
+{{- if eq (get $settings "backend" | default $.Values.backend) "vllm" -}}
+{{- $vllm = append $vllm $entry.name -}}
+{{- if hasKey $settings "vllm_gpu_memory_utilization" }}{{ $share = addf $share (get $settings "vllm_gpu_memory_utilization") }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- if gt $defaults 1 -}}
+{{- fail "models: more than one entry has default: true" -}}
+{{- end -}}
+{{- if gt (len $vllm) 1 -}}
+{{- range $entry := .Values.models -}}
+{{- if and (has $entry.name $vllm) (not (hasKey ($entry.settings | default dict) "vllm_gpu_memory_utilization")) -}}
+{{- fail (printf "models: %s share the GPU on the vLLM backend; give each settings.vllm_gpu_memory_utilization (%s has none), their sum at most 0.95" (join ", " $vllm) $entry.name) -}}
+{{- end -}}
+{{- end -}}
+{{- if gt $share 0.95 -}}
+{{- fail (printf "models: the vLLM models' vllm_gpu_memory_utilization add up to %.2f; at most 0.95 (the GPU's memory, less what CUDA itself needs)" $share) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
