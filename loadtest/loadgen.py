@@ -81,8 +81,10 @@ class Run:
         return [s for scores in self.scores if scores is not None for s in scores]
 
 
-def score_call(items: list[dict]) -> Call:
-    return Call("/score", {"items": items}, len(items), lambda j: j["scores"], lambda j: j["usage"]["input_tokens"])
+def score_call(items: list[dict], model: str | None = None) -> Call:
+    """/score of ``items`` (by the served ``model`` of that name, when given)."""
+    body = {"items": items} if model is None else {"model": model, "items": items}
+    return Call("/score", body, len(items), lambda j: j["scores"], lambda j: j["usage"]["input_tokens"])
 
 
 def rank_call(group: list[dict]) -> Call:

@@ -37,8 +37,11 @@ def vllm_serve_command(model: Path, port: int, max_images: int = 2) -> list[str]
     ]  # fmt: skip
 
 
-def vlreward_serve_command(model: Path, port: int, backend: str) -> list[str]:
-    return [sys.executable, "-m", "vlreward", "serve", "--model", str(model), "--port", str(port), "--backend", backend]
+def vlreward_serve_command(model: Path | dict[str, Path], port: int, backend: str) -> list[str]:
+    """``vlreward serve`` on one model, or on several (a dict name -> checkpoint: one ``--model`` each)."""
+    models = [str(model)] if isinstance(model, Path) else [f"{name}={path}" for name, path in model.items()]
+    flags = [part for value in models for part in ("--model", value)]
+    return [sys.executable, "-m", "vlreward", "serve", *flags, "--port", str(port), "--backend", backend]
 
 
 @dataclass
@@ -96,8 +99,9 @@ def start_vllm_serve(model: Path, all_cores: bool = False) -> ServerProcess:
     return start(vllm_serve_command(model, port), port, "/health", ALL_CORES if all_cores else None)
 
 
-def start_vlreward(model: Path, backend: str, **settings: str) -> ServerProcess:
-    """``vlreward serve`` with extra settings as VLREWARD_* environment variables."""
+def start_vlreward(model: Path | dict[str, Path], backend: str, **settings: str) -> ServerProcess:
+    """``vlreward serve`` (one model, or several by name) with extra settings as VLREWARD_* environment
+    variables."""
     port = free_port()
     env = {**CPU_ENGINE, **{f"VLREWARD_{k.upper()}": str(v) for k, v in settings.items()}}
     return start(vlreward_serve_command(model, port, backend), port, "/ready", env)

@@ -18,6 +18,8 @@ machine noise hits both sides and no round repeats another's samples into a cach
   prefix across, so this row shows what /rank adds on top);
 - p99 latency at concurrency 1 against the service model's own forward time for those samples (one at a
   time, in process, right after each c=1 round so that both see the same machine);
+- two models: one ``vlreward serve`` holding both against two servers with one each, on the same machine
+  and the same traffic (one-sample calls, half to each model; throughput and p99);
 - vLLM backend: ``vlreward serve --backend vllm`` against ``vllm serve`` (``/classify``, chat form with
   images, raw scores) at concurrency 1 / 16 / 64, and against the in-process limit (vLLM's AsyncLLM fed
   the same prompts and images through our backend class, no HTTP).
@@ -79,6 +81,9 @@ TARGETS = {  # the targets for the bench model on a 2-core CPU (None: reported o
     "vLLM backend / vllm serve, c=1": 1.0,
     "vLLM backend / vllm serve, c=16": 1.0,
     "vLLM backend / vllm serve, c=64": 1.0,
+    "two models: one server / two servers": None,
+    "two models: two servers p99 / one server p99": None,
+    "two models: memory, two servers / one": None,
 }
 
 
@@ -289,6 +294,97 @@ def grpo_and_rank(server: ServerProcess, backend, plan: Plan, checks: Checks) ->
     return comparisons
 
 
+SECTIONS = ("transformers", "models", "vllm")
+"""The suite's sections, in the order they run."""
+MODELS_CONCURRENCY = 16
+"""Calls in flight in the two-models rows, half to each model."""
+
+
+def to_both(targets: list[tuple[str, list[Call]]], concurrency: int) -> tuple[dict, list[float]]:
+    """Each (url, calls) pair sent at the same time, ``concurrency`` in flight in all (split evenly); one
+    summary over everything (samples/s over the common wall time, latency quantiles over every call)."""
+
+    async def run() -> tuple[list[Run], float]:
+        started = time.perf_counter()
+        share = max(1, concurrency // len(targets))
+        runs = await asyncio.gather(*(closed_loop(url, calls, share, warm_up=2, quiet=True) for url, calls in targets))
+        return runs, time.perf_counter() - started
+
+    runs, _ = asyncio.run(run())
+    for (url, calls), done in zip(targets, runs, strict=True):
+        if done.statuses.get(200, 0) != len(calls):
+            raise RuntimeError(f"{url}: statuses {dict(done.statuses)}")
+    merged = Run(duration_s=max(done.duration_s for done in runs))
+    for done in runs:
+        merged.latencies_ms += done.latencies_ms
+        merged.statuses.update(done.statuses)
+        merged.samples += done.samples
+        merged.input_tokens += done.input_tokens
+    return merged.summary(), [score for done in runs for score in done.flat_scores()]
+
+
+def models_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
+    """Two models from one server against one server per model (transformers backend, float32): the same
+    distinct one-sample calls, half to each model, ``MODELS_CONCURRENCY`` in flight in all."""
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    models = {"first": model, "second": build_model_like(model, seed=2)}
+    samples_of = {r: make_samples(Mix(samples=plan.samples).with_(seed=300 + r)) for r in range(plan.rounds)}
+
+    def halves(r: int) -> dict[str, list[dict]]:
+        return {"first": samples_of[r][0::2], "second": samples_of[r][1::2]}
+
+    settings = {"dtype": "float32", "max_queue": 100_000}
+    together = start_vlreward(models, "transformers", **settings)
+    apart = {name: start_vlreward(path, "transformers", **settings) for name, path in models.items()}
+    try:
+        one_server = lambda r: to_both(  # noqa: E731
+            [(together.url, [score_call([s], name) for s in part]) for name, part in halves(r).items()],
+            MODELS_CONCURRENCY,
+        )
+        two_servers = lambda r: to_both(  # noqa: E731
+            [(apart[name].url, [score_call([s]) for s in part]) for name, part in halves(r).items()],
+            MODELS_CONCURRENCY,
+        )
+        throughput, ours, theirs = alternate(
+            "two models: one server / two servers", f"one server, both models, c={MODELS_CONCURRENCY}",
+            f"two servers, one model each, c={MODELS_CONCURRENCY}", plan.rounds, one_server, two_servers,
+        )  # fmt: skip
+        memory = Comparison(
+            "two models: memory, two servers / one", "two servers, resident memory", "one server, resident"
+        )
+        memory.a_runs = [{"rss_bytes": resident_bytes(server.url)} for server in apart.values()]
+        memory.b_runs = [{"rss_bytes": resident_bytes(together.url)}]
+        memory.ratios = [sum(run["rss_bytes"] for run in memory.a_runs) / memory.b_runs[0]["rss_bytes"]]
+    finally:
+        together.stop()
+        for server in apart.values():
+            server.stop()
+    latency = Comparison("two models: two servers p99 / one server p99", "two servers, p99", "one server, p99")
+    latency.a_runs = [{"p99_e2el_ms": run["p99_e2el_ms"]} for run in throughput.b_runs]
+    latency.b_runs = [{"p99_e2el_ms": run["p99_e2el_ms"]} for run in throughput.a_runs]
+    latency.ratios = [a["p99_e2el_ms"] / b["p99_e2el_ms"] for a, b in zip(latency.a_runs, latency.b_runs, strict=True)]
+    expected = []
+    for name, part in halves(0).items():
+        backend = TransformersBackend(models[name], dtype="float32", device="cpu")
+        expected += [backend.score_sync([formatted(backend, s)])[0] for s in part]
+    checks.add("/score, two models in one server", ours, expected, SAME_BACKEND)
+    checks.add("/score, one server per model", theirs, expected, SAME_BACKEND)
+    return [throughput, latency, memory]
+
+
+def resident_bytes(url: str) -> float:
+    """A server's resident memory (``process_resident_memory_bytes`` of its /metrics)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        for sample in family.samples:
+            if sample.name == "process_resident_memory_bytes":
+                return sample.value
+    raise RuntimeError(f"{url}/metrics has no process_resident_memory_bytes")
+
+
 def vllm_in_process(model: Path, samples: list[dict]) -> tuple[dict, list[float]]:
     """vLLM's limit on this machine: AsyncLLM fed the prompts and images with no HTTP, each handed over as
     soon as it is prepared (the engine works while the rest are prepared, as behind a server)."""
@@ -370,15 +466,26 @@ def vllm_section(
 
 
 def build_model(size: str, workdir: Path) -> Path:
+    from vlreward.training.base_model import build_base_model
+
+    return reward_checkpoint(build_base_model(workdir / "base", size=size), workdir / "reward", seed=1)
+
+
+def reward_checkpoint(base: Path, destination: Path, seed: int) -> Path:
+    """A reward checkpoint on ``base`` with a seeded random head (and bias), with its probe."""
     from vlreward.service.backends.transformers import stamp_reference_probe
     from vlreward.service.model.checkpoint import save_reward_model
-    from vlreward.training.base_model import build_base_model
     from vlreward.training.model import reward_model_from_base
 
-    model, processor = reward_model_from_base(build_base_model(workdir / "base", size=size), head_bias=True, seed=1)
-    path = save_reward_model(model, processor, workdir / "reward")
+    model, processor = reward_model_from_base(base, head_bias=True, seed=seed)
+    path = save_reward_model(model, processor, destination)
     stamp_reference_probe(path)
     return path
+
+
+def build_model_like(model: Path, seed: int) -> Path:
+    """A second reward model of the same architecture as ``model``: its backbone with another head."""
+    return reward_checkpoint(model, Path(tempfile.mkdtemp(prefix="suite-")) / "second", seed=seed)
 
 
 def print_table(comparisons: list[Comparison], checks: Checks, bench_run: bool) -> None:
@@ -435,7 +542,7 @@ def main(
     model: Path | None = typer.Option(None, help="Use this reward checkpoint instead of building one."),
     smoke: bool = typer.Option(False, help="A few requests per row, one round (CI)."),
     rounds: int | None = typer.Option(None, help="Alternating rounds per comparison (default 5; smoke 1)."),
-    sections: str = typer.Option("transformers,vllm", help="Which sections to run."),
+    sections: str = typer.Option(",".join(SECTIONS), help="Which sections to run (a part writes its own file)."),
     vllm_serve_url: str | None = typer.Option(None, help="A running `vllm serve` on the same model (else started)."),
     vllm_serve_all_cores: bool = typer.Option(
         False, help="Start `vllm serve` with every core (VLLM_CPU_NUM_OF_RESERVED_CPU=0), as our engine has them."
@@ -455,11 +562,15 @@ def main(
     comparisons: list[Comparison] = []
     if "transformers" in sections:
         comparisons += transformers_section(model, plan, checks)
+    if "models" in sections:
+        comparisons += models_section(model, plan, checks)
     if "vllm" in sections:
         comparisons += vllm_section(model, plan, checks, vllm_serve_url, vllm_serve_all_cores)
     print_table(comparisons, checks, bench_run)
     output.mkdir(parents=True, exist_ok=True)
+    chosen = [section for section in SECTIONS if section in sections]
     name = f"suite_{size}" + ("_smoke" if smoke else "") + (".vllm-serve-all-cores" if vllm_serve_all_cores else "")
+    name += "" if chosen == list(SECTIONS) else "." + "-".join(chosen)  # a part of the suite: its own file
     record = {
         "command": command, "benchmark": "suite", "size": size, "smoke": smoke, "plan": plan.__dict__,
         "threads": torch.get_num_threads(),
