@@ -33,16 +33,19 @@ from vlreward.client import AsyncRewardClient, VLRewardError
 EXTRA_INFO_KEY = "vlreward_messages"
 URL_VARIABLE = "VLREWARD_URL"
 
-_clients: dict[tuple[int, str, str | None], AsyncRewardClient] = {}
+_clients: dict[tuple[int, str, str | None, str | None], AsyncRewardClient] = {}
 
 
-def shared_client(base_url: str | Sequence[str], api_key: str | None = None) -> AsyncRewardClient:
-    """The client for this event loop and server(s) (httpx's async pool belongs to one loop). ``base_url``
-    may list several replicas (a list, or URLs separated by commas): the client spreads calls over them."""
+def shared_client(
+    base_url: str | Sequence[str], api_key: str | None = None, model: str | None = None
+) -> AsyncRewardClient:
+    """The client for this event loop, server(s) and served model (httpx's async pool belongs to one loop).
+    ``base_url`` may list several replicas (a list, or URLs separated by commas): the client spreads calls
+    over them. ``model``: which of a server's models scores (None: its default)."""
     urls = base_url if isinstance(base_url, str) else ",".join(base_url)
-    key = (id(asyncio.get_running_loop()), urls, api_key)
+    key = (id(asyncio.get_running_loop()), urls, api_key, model)
     if key not in _clients:
-        _clients[key] = AsyncRewardClient(urls, api_key=api_key)
+        _clients[key] = AsyncRewardClient(urls, api_key=api_key, model=model)
     return _clients[key]
 
 
@@ -78,13 +81,15 @@ async def compute_score(
     base_url: str | None = None,
     api_key: str | None = None,
     unscored_score: float | None = None,
+    model: str | None = None,
     **_: Any,
 ) -> dict[str, float]:
-    """verl's reward function: ``{"score": reward, "vlreward_scored": 1.0}`` for one sample."""
+    """verl's reward function: ``{"score": reward, "vlreward_scored": 1.0}`` for one sample. ``model``
+    (``reward_kwargs.model``): which of the server's models scores it (default: the server's default)."""
     base_url = base_url or os.environ.get(URL_VARIABLE)
     if not base_url:
         raise ValueError(f"give reward_kwargs.base_url or set {URL_VARIABLE}")
-    client = shared_client(base_url, api_key or os.environ.get("VLREWARD_API_KEY"))
+    client = shared_client(base_url, api_key or os.environ.get("VLREWARD_API_KEY"), model)
     item = scoring_item(solution_str, extra_info)
     try:
         result = await client.score([item], on_error="fail" if unscored_score is None else "null")

@@ -156,3 +156,19 @@ def test_the_client_names_its_model_and_lists_the_served_ones(two_models, hf_bac
     with RewardClient(two_models.url, model="nope") as client, pytest.raises(InvalidRequest) as caught:
         client.score(ITEMS[:1])
     assert caught.value.status == 404 and caught.value.param == "model"
+
+
+def test_the_verl_and_trl_adapters_name_their_model(two_models, hf_backend):
+    import asyncio
+
+    from vlreward.adapters.trl import VLRewardFunction
+    from vlreward.adapters.verl import compute_score
+
+    expected = alone(hf_backend, ITEMS[2:])[0]
+    verl = asyncio.run(
+        compute_score(solution_str="Something.", extra_info={"question": "Say something."}, base_url=two_models.url,
+                      model="helpful")
+    )  # fmt: skip
+    assert verl["score"] == pytest.approx(expected, abs=1e-5)
+    trl = VLRewardFunction(two_models.url, model="helpful")
+    assert trl(prompts=["Say something."], completions=["Something."]) == pytest.approx([expected], abs=1e-5)
