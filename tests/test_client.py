@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import socket
 import threading
 import time
@@ -168,7 +169,7 @@ def test_three_replicas_one_drained_and_one_killed_mid_run_every_score_returned_
         for i, scores in results.items():
             assert len(scores) == 1 and scores[0] == pytest.approx(expected[i], abs=1e-5), i
         served_last = httpx.get(urls[2] + "/metrics").text
-        assert 'vlreward_requests_total{endpoint="/score",status="200"}' in served_last
+        assert re.search(r'vlreward_requests_total\{endpoint="/score",model="[^"]+",status="200"\}', served_last)
 
 
 def test_replicas_take_the_fewest_in_flight_skip_set_aside_ones_and_a_name_resolves_to_its_addresses(monkeypatch):

@@ -144,7 +144,7 @@ def test_draining_server_refuses_new_scoring_with_503(server):
         assert httpx.get(server.url + "/health").status_code == 200
     finally:
         server.state.draining = False
-        server.state.metrics.ready.set(1)
+        server.state.metrics.set_ready(True)
     assert score(server, [item()]).status_code == 200
 
 

@@ -21,7 +21,7 @@ from tests.helpers import LiveServer
 
 HERE = Path(__file__).parent
 ROUTES = {"POST /score", "POST /rank", "POST /get_reward", "POST /classify"}
-ROUTES |= {"GET /health", "GET /ready", "GET /info", "GET /metrics"}
+ROUTES |= {"GET /health", "GET /ready", "GET /info", "GET /v1/models", "GET /metrics"}
 
 
 def run_schemathesis(url: str, report: Path, examples: int, *extra: str) -> dict:
