@@ -44,6 +44,8 @@ PER_MODEL_SETTINGS = frozenset(
         "max_wait_ms",
         "max_tokens",
         "max_images",
+        "max_steps",
+        "max_step_tokens",
         "min_pixels",
         "max_pixels",
     }

@@ -20,9 +20,11 @@ Torch-free: only JSON is read.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vlreward.service.errors import ErrorKind, ServiceError
 
@@ -57,7 +59,16 @@ SCALAR = ModelKind(
     score="the reward head's raw output at the last token (higher is better; unbounded)",
 )
 
-KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (SCALAR,)}
+PROCESS = ModelKind(
+    name="process",
+    score="the aggregate (min, last, mean or product) of the step scores; each step score is the head's "
+    "activation at the step's tag, e.g. P(step correct)",
+    item_fields=SAMPLE_FIELDS | {"steps"},
+    request_fields=frozenset({"aggregate", "response_as_step"}),
+    details=("step_scores",),
+)
+
+KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (SCALAR, PROCESS)}
 """Every kind, by the name a checkpoint declares."""
 
 
@@ -86,9 +97,83 @@ def checkpoint_kind(directory: str | Path) -> ModelKind:
         raise UnknownKind(f"{directory}: {exc}") from None
 
 
-def declare_kind(config: dict, kind: ModelKind) -> dict:
-    """``config`` (a ``config.json`` mapping) declaring ``kind``."""
-    return config | {KIND_KEY: kind.name}
+def declare_kind(config: dict, kind: ModelKind, process: ProcessHead | None = None) -> dict:
+    """``config`` (a ``config.json`` mapping) declaring ``kind`` (a process model: with its head)."""
+    if (kind is PROCESS) != (process is not None):
+        raise ValueError("a process model declares its ProcessHead, and only a process model does")
+    declared = config | {KIND_KEY: kind.name}
+    if process is not None:
+        declared[PROCESS_KEY] = process.declaration()
+    return declared
+
+
+# -- process models ------------------------------------------------------------------------------------
+
+PROCESS_KEY = "vlreward_process"
+"""The ``config.json`` key of a process model's :class:`ProcessHead`."""
+
+DEFAULT_STEP_TAG = "<|quad_end|>"
+"""The step tag of the process models vlreward trains: a special token of the Qwen2.5-VL tokenizer that
+normal text never contains (the grounding quads it closes are not in Qwen2.5-VL's output format; the same
+id, 151651, is Qwen2.5-Math-PRM's step tag)."""
+
+
+def sigmoid(logit: float) -> float:
+    """The logistic function, without overflow for large negative logits."""
+    if logit >= 0:
+        return 1.0 / (1.0 + math.exp(-logit))
+    return math.exp(logit) / (1.0 + math.exp(logit))
+
+
+ACTIVATIONS: dict[str, Callable[[float], float]] = {"sigmoid": sigmoid, "none": lambda logit: logit}
+"""How a process head's logit at a step tag becomes its step score."""
+
+
+def _product(scores: Sequence[float]) -> float:
+    return math.prod(scores)
+
+
+AGGREGATES: dict[str, Callable[[Sequence[float]], float]] = {
+    "min": min,
+    "last": lambda scores: scores[-1],
+    "mean": lambda scores: math.fsum(scores) / len(scores),
+    "product": _product,
+}
+"""How a solution's step scores become its one ``scores[i]``."""
+
+
+@dataclass(frozen=True)
+class ProcessHead:
+    """What a process model's checkpoint declares: the tag every step ends with, the activation of the
+    head's logit there, and the aggregate ``scores[i]`` uses unless a request asks for another."""
+
+    step_tag: str = DEFAULT_STEP_TAG
+    activation: str = "sigmoid"
+    aggregate: str = "min"
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise UnknownKind(f"unknown step activation {self.activation!r}; one of {', '.join(ACTIVATIONS)}")
+        if self.aggregate not in AGGREGATES:
+            raise UnknownKind(f"unknown aggregate {self.aggregate!r}; one of {', '.join(AGGREGATES)}")
+
+    def declaration(self) -> dict[str, Any]:
+        return {"step_tag": self.step_tag, "activation": self.activation, "aggregate": self.aggregate}
+
+    def step_scores(self, logits: Sequence[float]) -> list[float]:
+        activate = ACTIVATIONS[self.activation]
+        return [activate(logit) for logit in logits]
+
+    def aggregate_of(self, step_scores: Sequence[float], aggregate: str | None = None) -> float:
+        return AGGREGATES[aggregate or self.aggregate](step_scores)
+
+
+def process_head(directory: str | Path) -> ProcessHead | None:
+    """The :class:`ProcessHead` a process checkpoint declares (None for other kinds)."""
+    if checkpoint_kind(directory) is not PROCESS:
+        return None
+    declared = json.loads((Path(directory) / "config.json").read_text()).get(PROCESS_KEY) or {}
+    return ProcessHead(**declared)
 
 
 def refuse_unaccepted(kind: ModelKind, model: str, item_fields: Iterable[tuple[str, str]] = (), request_fields=()):

@@ -8,6 +8,7 @@ the queue bound) and the lifecycle flags. The server is ready when every model i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -18,7 +19,7 @@ from vlreward.service.backends.base import Backend
 from vlreward.service.batching import CoreLanes, DirectScheduler, DynamicBatcher, ModelErrorHook, Scheduler
 from vlreward.service.catalog import ModelSpec, default_index, model_settings
 from vlreward.service.errors import EngineBroken, ErrorKind, ServiceError
-from vlreward.service.kinds import ModelKind, checkpoint_kind
+from vlreward.service.kinds import ModelKind, ProcessHead, checkpoint_kind, process_head
 from vlreward.service.media import ImageMemory, ImageMemoryFull, MediaPolicy
 from vlreward.service.metrics import Metrics, ModelMetrics
 from vlreward.service.prepare import Limits
@@ -56,7 +57,14 @@ class ServedModel:
         self.kind: ModelKind | None = None
         self.scheduler: Scheduler | None = None
         self.admission: Admission | None = None
-        self.limits = Limits(max_tokens=settings.max_tokens, max_images=settings.max_images)
+        self.limits = Limits(
+            max_tokens=settings.max_tokens,
+            max_images=settings.max_images,
+            max_steps=settings.max_steps,
+            max_step_tokens=settings.max_step_tokens,
+        )
+        self.process: ProcessHead | None = None
+        """A process model's head (step tag, activation, default aggregate); None for other kinds."""
         self.ready = False
         """Loaded, warmed up and the probe passed."""
         self._owns_backend = backend is None
@@ -72,9 +80,10 @@ class ServedModel:
             self.backend = await asyncio.to_thread(load_backend, settings)
         backend = self.backend
         self.kind = checkpoint_kind(backend.model_dir)
+        self.process = process_head(backend.model_dir)
         if backend.max_tokens is not None and backend.max_tokens < self.limits.max_tokens:
             log.info("%s: token limit lowered to the engine's context length, %d", self.name, backend.max_tokens)
-            self.limits = Limits(max_tokens=backend.max_tokens, max_images=self.limits.max_images)
+            self.limits = dataclasses.replace(self.limits, max_tokens=backend.max_tokens)
         self.scheduler = scheduler_for(backend, settings, self.metrics, on_model_error)
         self.admission = Admission(self.scheduler, self.metrics, settings.max_queue, queued)
         self.scheduler.start()

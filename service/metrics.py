@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+_STEP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _SCORE_BUCKETS = (-10.0, -5.0, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 SERVER_REJECTION_REASONS = (
     "body_too_large",
@@ -132,6 +133,13 @@ class Metrics:
         self.score = Histogram(
             "vlreward_score", "Returned rewards (for drift panels).", ["model"], buckets=_SCORE_BUCKETS, registry=r
         )
+        self.steps = Histogram(
+            "vlreward_steps",
+            "Steps per item scored by a process model.",
+            ["model"],
+            buckets=_STEP_BUCKETS,
+            registry=r,
+        )
         self.ready = Gauge(
             "vlreward_ready", "1 when the model is loaded, warmed, its probe passed and the server not draining.",
             ["model"], registry=r,
@@ -179,6 +187,7 @@ class ModelMetrics:
         self.input_tokens = metrics.input_tokens.labels(model=model)
         self.images = metrics.images.labels(model=model)
         self.score = metrics.score.labels(model=model)
+        self.steps = metrics.steps.labels(model=model)
         self.ready = metrics.ready.labels(model=model)
         for reason in MODEL_REJECTION_REASONS:
             metrics.rejected.labels(reason=reason, model=model)

@@ -50,7 +50,7 @@ def score_file(backend: Backend, input_path: Path, output_path: Path, batch_size
                 formatted = []
                 for offset, sample in enumerate(chunk):
                     try:
-                        formatted.append(prepare_sample(sample, backend.processor, policy))
+                        formatted.append(prepare_sample(sample, backend.processor, policy, step_tag=backend.step_tag))
                     except MediaError as exc:
                         raise InputError(f"{input_path}: sample {start + offset} ({exc.param}): {exc.message}") from exc
                 scores += await backend.score(formatted)

@@ -17,6 +17,7 @@ from vlreward.service.media import MediaError, MediaPolicy, load_image
 from vlreward.service.model.formatting import FormattedSample, FormattingError, format_sample, format_templated
 from vlreward.service.schemas import ImagePart, Sample, TextPart
 from vlreward.service.settings import default
+from vlreward.service.steps import check_steps
 
 if TYPE_CHECKING:
     from vlreward.service.backends.base import Backend, EncodedInput
@@ -30,6 +31,8 @@ class Limits:
 
     max_tokens: int = default("max_tokens")
     max_images: int = default("max_images")
+    max_steps: int = default("max_steps")
+    max_step_tokens: int = default("max_step_tokens")
 
 
 def load_images(
@@ -52,18 +55,25 @@ def _located(params: list[str], prefix: str) -> list[str]:
 
 
 def prepare_sample(
-    sample: Sample, processor: Any, policy: MediaPolicy, param_prefix: str = "", max_images: int = 1 << 30
+    sample: Sample,
+    processor: Any,
+    policy: MediaPolicy,
+    param_prefix: str = "",
+    max_images: int = 1 << 30,
+    step_tag: str | None = None,
 ) -> FormattedSample:
-    """Decode the sample's images in order and format it."""
+    """Decode the sample's images in order and format it (``step_tag``: a process model's)."""
     params = _located(sample.image_params(), param_prefix)
     images = load_images(sample.image_refs(), params, policy, max_images, param_prefix or None)
-    return format_sample(sample, images, processor)
+    return format_sample(sample, images, processor, step_tag)
 
 
-def prepare_request_sample(sample: dict, processor: Any, policy: MediaPolicy | None = None) -> FormattedSample:
+def prepare_request_sample(
+    sample: dict, processor: Any, policy: MediaPolicy | None = None, step_tag: str | None = None
+) -> FormattedSample:
     """A sample in the HTTP JSON shape (a dict) -> the model's input: the one path of probes, warm-up,
     offline tools and benchmarks that hold samples as dicts (images inline unless ``policy`` allows more)."""
-    return prepare_sample(Sample.model_validate(sample), processor, policy or MediaPolicy())
+    return prepare_sample(Sample.model_validate(sample), processor, policy or MediaPolicy(), step_tag=step_tag)
 
 
 def _text_slots(sample: Sample) -> list[tuple[int | None, int | None]]:
@@ -72,7 +82,7 @@ def _text_slots(sample: Sample) -> list[tuple[int | None, int | None]]:
         return [(None, None)]
     slots: list[tuple[int | None, int | None]] = []
     for m, message in enumerate(sample.messages[:-1]):
-        if message.role == "system":
+        if message.role == "system" or message.content is None:
             continue
         if isinstance(message.content, str):
             slots.append((m, None))
@@ -116,11 +126,19 @@ def truncate_prompt_left(sample: Sample, excess: int, tokenizer: Any) -> Sample 
     return sample if excess <= 0 else None
 
 
+def _encode(backend: Backend, sample: Sample, images: list, param: str) -> EncodedInput:
+    """Format and encode one sample; what cannot be formatted is a 400 at ``param``."""
+    try:
+        return backend.encode(format_sample(sample, images, backend.processor, backend.step_tag))
+    except FormattingError as exc:
+        raise ServiceError(str(exc), param=param) from exc
+
+
 def encode_within_limit(
     backend: Backend, sample: Sample, images: list, limits: Limits, truncate: Truncate, param: str
 ) -> EncodedInput:
     """Format and encode, applying the token limit (cut the prompt from the left when asked)."""
-    encoded = backend.encode(format_sample(sample, images, backend.processor))
+    encoded = _encode(backend, sample, images, param)
     for _ in range(4):  # re-tokenising cut text can shift a token or two; converge in a few rounds
         if encoded.num_tokens <= limits.max_tokens:
             return encoded
@@ -130,7 +148,7 @@ def encode_within_limit(
         if shorter is None:
             break
         sample = shorter
-        encoded = backend.encode(format_sample(sample, images, backend.processor))
+        encoded = _encode(backend, sample, images, param)
     raise too_large(
         f"sample has {encoded.num_tokens} tokens (images included); the limit is {limits.max_tokens}"
         + ("" if truncate == "prompt_left" else " (truncate: prompt_left cuts the prompt to fit)"),
@@ -139,7 +157,10 @@ def encode_within_limit(
 
 
 def prepare_item(backend: Backend, sample: Sample, policy: MediaPolicy, limits: Limits, truncate: Truncate, param: str):
-    """One /score item -> encoded model input."""
+    """One /score item -> encoded model input (a process model's: its steps checked first)."""
+    if backend.step_tag is not None:
+        tokenizer = backend.processor.tokenizer
+        check_steps(sample, backend.step_tag, tokenizer, limits.max_steps, limits.max_step_tokens, param)
     params = _located(sample.image_params(), param)
     images = load_images(sample.image_refs(), params, policy, limits.max_images, param)
     return encode_within_limit(backend, sample, images, limits, truncate, param)
@@ -178,7 +199,11 @@ def encode_sharing_images(
     first = samples[0]
     params = _located(first.image_params(), param or "")
     images = load_images(first.image_refs(), params, policy, limits.max_images, param)
-    return backend.encode_shared([format_sample(sample, images, backend.processor) for sample in samples])
+    try:
+        formatted = [format_sample(sample, images, backend.processor, backend.step_tag) for sample in samples]
+        return backend.encode_shared(formatted)
+    except FormattingError as exc:
+        raise ServiceError(str(exc), param=param) from exc
 
 
 def prepare_group(
@@ -205,7 +230,8 @@ def prepare_items(
     (the Nones left out), for the scheduler to run each group's prompt and images once.
     """
     encoded: list[EncodedInput | None] = [None] * len(samples)
-    groups = shared_prefix_groups(samples, truncate)
+    # A process model's items go one by one (their steps are checked there; it shares no prefix yet).
+    groups = [] if backend.step_tag is not None else shared_prefix_groups(samples, truncate)
     shared: list[list[int]] = []
     for group in groups:
         try:
@@ -236,6 +262,13 @@ def prepare_items(
 
 def prepare_rank(backend: Backend, candidates: list[Sample], policy: MediaPolicy, limits: Limits) -> list[EncodedInput]:
     """/rank: candidates share prompt and images, so the images are decoded and preprocessed once."""
+    if backend.step_tag is not None:
+        tokenizer = backend.processor.tokenizer
+        for index, candidate in enumerate(candidates):
+            try:
+                check_steps(candidate, backend.step_tag, tokenizer, limits.max_steps, limits.max_step_tokens, "")
+            except ServiceError as exc:  # located at the candidate: its steps are the response
+                raise exc.at(f"responses[{index}]") from exc
     encoded = encode_sharing_images(backend, candidates, policy, limits, None)
     for index, item in enumerate(encoded):
         if item.num_tokens > limits.max_tokens:
@@ -256,10 +289,9 @@ def prepare_templated(
         params = [f"images[{index}][{i}]" for i in range(len(refs))]
         images = load_images(refs, params, policy, limits.max_images, f"images[{index}]")
         try:
-            formatted = format_templated(query, images)
+            item = backend.encode(format_templated(query, images))
         except FormattingError as exc:
             raise ServiceError(str(exc), param=f"query[{index}]") from exc
-        item = backend.encode(formatted)
         if item.num_tokens > limits.max_tokens:
             raise too_large(f"query has {item.num_tokens} tokens; the limit is {limits.max_tokens}", f"query[{index}]")
         encoded.append(item)

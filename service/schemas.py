@@ -42,6 +42,18 @@ def model_field() -> Any:
     )
 
 
+Aggregate = Literal["min", "last", "mean", "product"]
+
+
+def aggregate_field() -> Any:
+    """The ``aggregate`` field of every scoring request (process models)."""
+    return Field(
+        None,
+        description="Process models: how an item's step scores become its score (min, last, mean or product; "
+        "default: the checkpoint's). Other kinds refuse it.",
+    )
+
+
 def details_field() -> Any:
     """The ``details`` field of every scoring response (the model kind's extra outputs)."""
     return Field(
@@ -97,10 +109,32 @@ ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
 class Message(_Strict):
-    """One chat message in the OpenAI shape."""
+    """One chat message in the OpenAI shape; the assistant response a process model judges may give its
+    ``steps`` instead of ``content``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                _form({"content": ["string", "array"]}, absent=("steps",)),
+                {**_form({"steps": "array"}, absent=("content",)), "properties": {
+                    "role": {"const": "assistant"}, "steps": {"type": "array"}, "content": {"type": "null"}}},
+            ]
+        }
+    )  # fmt: skip
 
     role: Literal["system", "user", "assistant"]
-    content: str | list[ContentPart]
+    content: str | list[ContentPart] | None = None
+    steps: list[str] | None = Field(
+        None, min_length=1, description="The response's steps, in order (process models; instead of `content`)."
+    )
+
+    @model_validator(mode="after")
+    def _content_or_steps(self) -> Message:
+        if (self.content is None) == (self.steps is None):
+            raise ValueError("give a message either `content` or (an assistant response) `steps`")
+        if self.steps is not None and self.role != "assistant":
+            raise ValueError("only an assistant message has `steps`")
+        return self
 
 
 class Sample(_Strict):
@@ -113,8 +147,9 @@ class Sample(_Strict):
     model_config = ConfigDict(
         json_schema_extra={
             "oneOf": [
-                _form({"prompt": "string", "response": "string"}, absent=("messages",)),
-                _form({"messages": "array"}, absent=("prompt", "response", "images", "image", "system")),
+                _form({"prompt": "string", "response": "string"}, absent=("messages", "steps")),
+                _form({"prompt": "string", "steps": "array"}, absent=("messages", "response")),
+                _form({"messages": "array"}, absent=("prompt", "response", "steps", "images", "image", "system")),
             ],
             **NOT_IMAGE_AND_IMAGES,
         }
@@ -123,6 +158,9 @@ class Sample(_Strict):
     id: str | None = None
     prompt: str | None = None
     response: str | None = None
+    steps: list[str] | None = Field(
+        None, min_length=1, description="The response as its steps, in order (process models; instead of `response`)."
+    )
     images: list[str] | None = None
     image: str | None = Field(default=None, description="Shorthand for a single image; not with `images`.")
     system: str | None = None
@@ -130,7 +168,9 @@ class Sample(_Strict):
 
     @model_validator(mode="after")
     def _one_form(self) -> Sample:
-        prompt_fields = [n for n in ("prompt", "response", "images", "image", "system") if getattr(self, n) is not None]
+        prompt_fields = [
+            n for n in ("prompt", "response", "steps", "images", "image", "system") if getattr(self, n) is not None
+        ]
         if self.messages is not None:
             if prompt_fields:
                 raise ValueError(f"give either `messages` or prompt/response fields, not both (got {prompt_fields})")
@@ -141,11 +181,15 @@ class Sample(_Strict):
             return self
         if self.prompt is None:
             raise ValueError("missing `prompt` (or give `messages`)")
-        if self.response is None:
-            raise ValueError("missing `response`")
+        if (self.response is None) == (self.steps is None):
+            raise ValueError("give `response` or (for a process model) `steps`, one of them")
         if self.image is not None and self.images is not None:
             raise ValueError("give `image` or `images`, not both")
         return self
+
+    def step_list(self) -> list[str] | None:
+        """The response's steps (prompt form, or the last message's), None when it has none."""
+        return self.steps if self.messages is None else self.messages[-1].steps
 
     def image_refs(self) -> list[str]:
         """The sample's image references in the order they appear in the conversation."""
@@ -191,6 +235,10 @@ class ScoreRequest(_Strict):
     )
     truncate: Literal["none", "prompt_left"] = Field(
         "none", description="`prompt_left`: cut the prompt from the left to fit the token limit (never the response)."
+    )
+    aggregate: Aggregate | None = aggregate_field()
+    response_as_step: bool | None = Field(
+        None, description="Process models: score an item's `response` as its one step. Other kinds refuse it."
     )
 
 
@@ -240,8 +288,12 @@ class RankRequest(_Strict):
     images: list[str] | None = None
     image: str | None = None
     system: str | None = None
-    responses: list[str] = Field(min_length=1)
+    responses: list[str | Annotated[list[str], Field(min_length=1)]] = Field(
+        min_length=1,
+        description="The candidates: texts, or (process models) each candidate's list of steps.",
+    )
     top_k: PositiveJsonInt | None = None
+    aggregate: Aggregate | None = aggregate_field()
     timeout_s: float | None = timeout_field()
 
     @model_validator(mode="after")
@@ -260,11 +312,17 @@ class RankRequest(_Strict):
     def candidates(self) -> list[Sample]:
         """One Sample per response."""
         if self.messages is not None:
-            return [Sample(messages=[*self.messages, Message(role="assistant", content=r)]) for r in self.responses]
-        return [
-            Sample(prompt=self.prompt, response=r, images=self.images, image=self.image, system=self.system)
-            for r in self.responses
-        ]
+            return [
+                Sample(messages=[*self.messages, Message(role="assistant", **_answer("content", r))])
+                for r in self.responses
+            ]
+        shared = {"prompt": self.prompt, "images": self.images, "image": self.image, "system": self.system}
+        return [Sample(**shared, **_answer("response", r)) for r in self.responses]
+
+
+def _answer(text_field: str, response: str | list[str]) -> dict[str, Any]:
+    """A /rank candidate as the fields of its sample or message: its text, or its steps."""
+    return {"steps": response} if isinstance(response, list) else {text_field: response}
 
 
 class RankResponse(BaseModel):
@@ -288,6 +346,7 @@ class GetRewardRequest(BaseModel):
     images: list[list[str]] | None = Field(
         None, description="Image references per query (extension); as many lists as queries."
     )
+    aggregate: Aggregate | None = aggregate_field()
     timeout_s: float | None = timeout_field()
 
     @model_validator(mode="after")
@@ -324,6 +383,7 @@ class ClassifyRequest(BaseModel):
     input: str | list[str] | None = Field(None, description="Chat-templated text, or a list of them.")
     messages: list[Message] | None = Field(None, min_length=1, description=LAST_MESSAGE_RULE)
     use_activation: bool | None = Field(None, description="true: sigmoid of the reward; default raw.")
+    aggregate: Aggregate | None = aggregate_field()
     timeout_s: float | None = timeout_field()
 
     @model_validator(mode="after")

@@ -21,6 +21,7 @@ from vlreward.service.lifecycle import ServedModel, ServiceState
 from vlreward.service.prepare import prepare_items, prepare_rank, prepare_templated
 from vlreward.service.schemas import ClassifyRequest, GetRewardRequest, RankRequest, ScoreRequest
 from vlreward.service.settings import Settings
+from vlreward.service.steps import as_one_step, refuse_without_steps, scored_steps
 
 
 @dataclass
@@ -34,6 +35,8 @@ class Scored:
     queue_ms: float
     inference_ms: float
     errors: list[tuple[int, ServiceError]] = field(default_factory=list)
+    details: list[dict | None] | None = None
+    """The model kind's extra outputs per item (a process model's step scores); None for scalar models."""
 
     @property
     def samples(self) -> int:
@@ -73,14 +76,45 @@ def _check_count(count: int, limit: int, what: str, param: str) -> None:
         raise too_large(f"{count} {what}; the limit is {limit}", param=param)
 
 
-def _model_for(state: ServiceState, name: str | None, items: Sequence[Any] = (), param: str = "items") -> ServedModel:
+KIND_REQUEST_FIELDS = ("aggregate", "response_as_step")
+"""Request fields only some kinds read (each kind lists the ones it accepts)."""
+
+
+def _model_for(state: ServiceState, body: Any, items: Sequence[Any] = (), param: str = "items") -> ServedModel:
     """The model a request chose (404 for an unknown name), after checking that its kind accepts every
-    field the items set (400 naming the first that it does not)."""
-    model = state.model(name)
+    kind-specific field the request and its items set (400 naming the first that it does not). Items are
+    at ``param[i]``; an empty ``param`` means the one item is the request itself."""
+    model = state.model(body.model)
     if model.kind is not None:
-        fields = ((field, f"{param}[{i}].{field}") for i, item in enumerate(items) for field in item.model_fields_set)
-        refuse_unaccepted(model.kind, model.name, fields)
+        paths = [f"{param}[{i}]" if param else "" for i in range(len(items))]
+        fields = [field for item, path in zip(items, paths, strict=True) for field in _set_fields(item, path)]
+        requested = [name for name in KIND_REQUEST_FIELDS if getattr(body, name, None) is not None]
+        refuse_unaccepted(model.kind, model.name, fields, requested)
     return model
+
+
+def _set_fields(sample: Any, param: str) -> list[tuple[str, str]]:
+    """The fields a sample sets, each with where it is; a message's steps count as the sample's."""
+    at = f"{param}." if param else ""
+    fields = [(name, f"{at}{name}") for name in sample.model_fields_set if getattr(sample, name) is not None]
+    for m, message in enumerate(getattr(sample, "messages", None) or []):
+        if message.steps is not None:
+            fields.append(("steps", f"{at}messages[{m}].steps"))
+    return fields
+
+
+def _account_scores(model: ServedModel, scored: Scored, aggregate: str | None) -> Scored:
+    """A process model's step logits become step scores (``details``) and their ``aggregate`` (None: the
+    checkpoint's); every returned score is counted (the drift histogram), and every item's steps."""
+    if model.process is not None:
+        scored.scores, scored.details = scored_steps(model.process, scored.scores, aggregate)
+        for item in scored.details:
+            if item is not None:
+                model.metrics.steps.observe(len(item["step_scores"]))
+    for score in scored.scores:
+        if score is not None:
+            model.metrics.score.observe(score)
+    return scored
 
 
 async def _schedule(
@@ -99,9 +133,6 @@ async def _schedule(
     metrics.samples(endpoint).inc(len(encoded) - len(result.failures))
     metrics.input_tokens.inc(tokens)
     metrics.images.inc(images)
-    for score in result.scores:
-        if score is not None:
-            metrics.score.observe(score)
     if result.failures:  # the model's own failures; the engine refusing a client's input is an item error
         ours = sum(not isinstance(exc, ServiceError) for exc in result.failures.values())
         metrics.reject("model_error", ours)
@@ -131,13 +162,14 @@ async def score_items(state: ServiceState, body: ScoreRequest, body_bytes: int |
     Items that share prompt and images (a GRPO group) run their prefix once, as /rank does."""
     started = time.monotonic()
     _check_timeout(body.timeout_s, state.settings)
-    model = _model_for(state, body.model, body.items)
+    model = _model_for(state, body, body.items)
+    items = [as_one_step(item) for item in body.items] if body.response_as_step else body.items
     async with state.admitted(model) as policy:
-        _check_count(len(body.items), state.settings.max_items, "items", "items")
+        _check_count(len(items), state.settings.max_items, "items", "items")
         encoded, errors, groups = await _prepare(
             body_bytes,
-            (ref for item in body.items for ref in item.image_refs()),
-            prepare_items, model.backend, body.items, policy, model.limits, body.truncate,
+            (ref for item in items for ref in item.image_refs()),
+            prepare_items, model.backend, items, policy, model.limits, body.truncate,
             body.on_error == "null",
         )  # fmt: skip
         positions = [i for i, e in enumerate(encoded) if e is not None]
@@ -149,37 +181,41 @@ async def score_items(state: ServiceState, body: ScoreRequest, body_bytes: int |
         )
         if failed and body.on_error != "null":
             raise failed[0][1]
-        scores: list[float | None] = [None] * len(encoded)
+        scores: list = [None] * len(encoded)
         for v, position in enumerate(positions):
             scores[position] = result.scores[v]
         if errors:
             model.metrics.reject("item_error", len(errors))
         errors = sorted(errors + failed, key=lambda pair: pair[0])
-        return Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms, errors)
+        scored = Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms, errors)
+        return _account_scores(model, scored, body.aggregate)
 
 
 async def rank(state: ServiceState, body: RankRequest, body_bytes: int | None = None) -> Scored:
     """/rank: the candidates share prompt and images, which are decoded, encoded and run once."""
     started = time.monotonic()
     _check_timeout(body.timeout_s, state.settings)
-    model = _model_for(state, body.model)
+    candidates = body.candidates()
+    model = _model_for(state, body, candidates, "responses")
     async with state.admitted(model) as policy:
         _check_count(len(body.responses), state.settings.max_responses, "responses", "responses")
-        candidates = body.candidates()
         encoded = await _prepare(
             body_bytes, candidates[0].image_refs(), prepare_rank, model.backend, candidates, policy, model.limits
         )
         everything = [list(range(len(encoded)))]
         result, tokens, images = await _schedule(model, "/rank", encoded, body.timeout_s, started, everything)
         scores = _scores_or_raise(result, lambda i: f"responses[{i}]")
-        return Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms)
+        scored = Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms)
+        return _account_scores(model, scored, body.aggregate)
 
 
 async def score_templated(state: ServiceState, body: GetRewardRequest, body_bytes: int | None = None) -> Scored:
     """/get_reward: already chat-templated queries (+ images per query)."""
     started = time.monotonic()
     _check_timeout(body.timeout_s, state.settings)
-    model = _model_for(state, body.model)
+    model = _model_for(state, body)
+    if model.process is not None:
+        refuse_without_steps(body.query, model.process.step_tag, "query")
     async with state.admitted(model) as policy:
         _check_count(len(body.query), state.settings.max_items, "queries", "query")
         encoded = await _prepare(
@@ -189,14 +225,17 @@ async def score_templated(state: ServiceState, body: GetRewardRequest, body_byte
         )  # fmt: skip
         result, tokens, images = await _schedule(model, "/get_reward", encoded, body.timeout_s, started)
         scores = _scores_or_raise(result, lambda i: f"query[{i}]")
-        return Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms)
+        scored = Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms)
+        return _account_scores(model, scored, body.aggregate)
 
 
 async def classify(state: ServiceState, body: ClassifyRequest, body_bytes: int | None = None) -> Scored:
     """/classify (vLLM's protocol): templated texts, or one conversation given as messages."""
     started = time.monotonic()
     _check_timeout(body.timeout_s, state.settings)
-    model = _model_for(state, body.model)
+    model = _model_for(state, body, [body.sample()] if body.messages is not None else [], "")
+    if model.process is not None and body.messages is None:
+        refuse_without_steps(body.texts(), model.process.step_tag, "input")
     async with state.admitted(model) as policy:
         if body.messages is not None:
             sample = body.sample()
@@ -211,4 +250,5 @@ async def classify(state: ServiceState, body: ClassifyRequest, body_bytes: int |
             )
         result, tokens, images = await _schedule(model, "/classify", encoded, body.timeout_s, started)
         scores = _scores_or_raise(result, lambda i: "messages" if body.messages is not None else f"input[{i}]")
-        return Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms)
+        scored = Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms)
+        return _account_scores(model, scored, body.aggregate)

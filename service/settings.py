@@ -125,6 +125,8 @@ class Settings(BaseSettings):
     max_responses: int = Field(64, description="Responses per /rank.", json_schema_extra=LIMIT)
     max_tokens: int = Field(8192, description="Tokens per sample, image tokens included.", json_schema_extra=LIMIT)
     max_images: int = Field(8, description="Images per sample (vLLM: per prompt).", json_schema_extra=LIMIT)
+    max_steps: int = Field(64, description="Steps per item (process models).", json_schema_extra=LIMIT)
+    max_step_tokens: int = Field(1024, description="Tokens per step (process models).", json_schema_extra=LIMIT)
     max_image_pixels: int = Field(
         40_000_000, description="width*height of an image, checked before decoding.", json_schema_extra=LIMIT
     )

@@ -9,21 +9,32 @@ from vlreward.service.model.probe import Probe, read_probe, verify_probe
 from vlreward.service.prepare import prepare_request_sample
 
 WARM_UP_SAMPLE = {"prompt": "warm-up", "response": "ok"}
-"""What warm-up scores when the checkpoint has no probe."""
+"""What warm-up scores when the checkpoint has no probe (a process model: with one step)."""
 
 
-def _checked(backend: Backend, probe: Probe | None, score: float) -> float | None:
+def warm_up_sample(backend: Backend) -> dict:
+    if backend.step_tag is None:
+        return WARM_UP_SAMPLE
+    return {"prompt": WARM_UP_SAMPLE["prompt"], "steps": [WARM_UP_SAMPLE["response"]]}
+
+
+def _formatted(backend: Backend, sample: dict):
+    return prepare_request_sample(sample, backend.processor, None, backend.step_tag)
+
+
+def _checked(backend: Backend, probe: Probe | None, score: float | list[float]) -> float | None:
+    """The probe's score (a process model's: its last step's) once verified; None without a probe."""
     if probe is None:
         return None
     verify_probe(probe, score, backend.dtype)
-    return score
+    return score if isinstance(score, float) else score[-1]
 
 
 async def probe_warm_up(backend: Backend) -> float | None:
     """One real request through ``backend.score``: the checkpoint's probe (verified; its score is
     returned) or, without a probe, a fixed text sample (None is returned)."""
     probe = read_probe(backend.model_dir)
-    formatted = prepare_request_sample(probe.sample if probe else WARM_UP_SAMPLE, backend.processor)
+    formatted = _formatted(backend, probe.sample if probe else warm_up_sample(backend))
     return _checked(backend, probe, (await backend.score([formatted]))[0])
 
 
@@ -33,4 +44,4 @@ def check_probe(backend: Backend) -> float | None:
     probe = read_probe(backend.model_dir)
     if probe is None:
         return None
-    return _checked(backend, probe, backend.score_sync([prepare_request_sample(probe.sample, backend.processor)])[0])
+    return _checked(backend, probe, backend.score_sync([_formatted(backend, probe.sample)])[0])

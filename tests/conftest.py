@@ -13,7 +13,7 @@ import pytest
 import torch
 from packaging.version import Version
 
-from tests.helpers import VLREWARD, build_reward_checkpoint
+from tests.helpers import VLREWARD, build_process_checkpoint, build_reward_checkpoint
 from tests.processes import Processes
 from tests.processes import pytest_sessionfinish as pytest_sessionfinish  # fails a run that leaves processes
 
@@ -93,6 +93,12 @@ def other_reward(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """A second reward checkpoint on the same base: another head (seed 2) and bias (-0.5), so its scores
     differ from ``tiny_reward``'s (a server with both must route each request to the model it names)."""
     return build_reward_checkpoint(tiny_base, tmp_path_factory.mktemp("models") / "other-reward", bias=-0.5, seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_process(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A process reward checkpoint (random head read at every step tag) on the tiny base."""
+    return build_process_checkpoint(tiny_base, tmp_path_factory.mktemp("models") / "tiny-process")
 
 
 @pytest.fixture(scope="session")

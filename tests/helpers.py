@@ -16,6 +16,7 @@ from vlreward.training.data.synthetic import COLOURS, draw_shape
 __all__ = [
     "COLOURS",
     "LiveServer",
+    "build_process_checkpoint",
     "build_reward_checkpoint",
     "copy_with_tensors",
     "free_port",
@@ -48,6 +49,20 @@ def build_reward_checkpoint(base_dir: Path, out_dir: Path, bias: float | None = 
         with torch.no_grad():
             model.score.bias.fill_(bias)
     save_reward_model(model, processor, out_dir)
+    stamp_reference_probe(out_dir)
+    return out_dir
+
+
+def build_process_checkpoint(base_dir: Path, out_dir: Path, seed: int = 3) -> Path:
+    """Base model + random head (+ zero bias) saved as a process model (the default step tag, sigmoid,
+    min), with a probe of its step scores."""
+    from vlreward.service.backends.transformers import stamp_reference_probe
+    from vlreward.service.kinds import ProcessHead
+    from vlreward.service.model.checkpoint import save_reward_model
+    from vlreward.training.model import reward_model_from_base
+
+    model, processor = reward_model_from_base(base_dir, head_bias=True, seed=seed)
+    save_reward_model(model, processor, out_dir, process=ProcessHead())
     stamp_reference_probe(out_dir)
     return out_dir
 

@@ -37,6 +37,8 @@ class Backend(Protocol):
     device: str
     processor: Any
     """Owns the chat template and the image pixel bounds."""
+    step_tag: str | None
+    """A process model's step tag (its scores are then one list of step logits per sample); None: scalar."""
     max_tokens: int | None
     """The engine's context length when it has one (the service's token limit cannot exceed it)."""
     continuous_batching: bool
@@ -58,7 +60,8 @@ class Backend(Protocol):
         ...
 
     async def run_batch(self, batch: list[EncodedInput]) -> list[float]:
-        """Score encoded inputs; cancelling the call abandons them."""
+        """Score encoded inputs; cancelling the call abandons them. (A process model gives each input its
+        list of step logits instead of one float, here and in every scoring method below.)"""
         ...
 
     async def run_shared_prefix(self, batch: list[EncodedInput]) -> list[float]:

@@ -15,7 +15,8 @@ import torch
 from vlreward.service.backends.facts import backend_facts
 from vlreward.service.batching import batch_tokens, lanes_for, plan_batches
 from vlreward.service.errors import EngineBroken, OutOfMemory
-from vlreward.service.model.checkpoint import load_reward_model
+from vlreward.service.kinds import process_head
+from vlreward.service.model.checkpoint import load_reward_model, step_tag_id
 from vlreward.service.model.devices import choose_attention_kernels, release_device_memory, torch_placement
 from vlreward.service.model.encoding import (
     EncodedSample,
@@ -25,9 +26,10 @@ from vlreward.service.model.encoding import (
     images_digest,
     opening_ids,
     set_pixel_bounds,
+    tag_positions,
     with_prefix_key,
 )
-from vlreward.service.model.formatting import FormattedSample
+from vlreward.service.model.formatting import FormattedSample, FormattingError
 from vlreward.service.model.probe import Probe, probe_sample, write_probe
 from vlreward.service.prepare import prepare_request_sample
 from vlreward.service.settings import Settings, default
@@ -83,6 +85,10 @@ class TransformersBackend:
         self.model, self.processor = load_reward_model(
             self.model_dir, TORCH_DTYPES[self.dtype], self.device, attn_implementation
         )
+        self.process = process_head(self.model_dir)
+        """A process model's head (step tag, activation, aggregate); None for a scalar model."""
+        self.step_tag = None if self.process is None else self.process.step_tag
+        self._tag_id = None if self.process is None else step_tag_id(self.processor.tokenizer, self.step_tag)
         self.model.cache_opening(opening_ids(self.processor))  # the system turn most samples start with
         mlp_bytes = self.model.config.text_config.intermediate_size * self.model.dtype.itemsize
         self.max_batch_tokens = batch_tokens(max_batch_tokens, placement.device_type, mlp_bytes)
@@ -115,12 +121,21 @@ class TransformersBackend:
 
     def encode(self, sample: FormattedSample) -> EncodedSample:
         """Tokenise and preprocess one sample (its token count and prefix key are then known)."""
-        return with_prefix_key(encode(sample, self.processor), images_digest(sample.images))
+        return self._reading_steps(with_prefix_key(encode(sample, self.processor), images_digest(sample.images)))
 
     def encode_shared(self, samples: list[FormattedSample]) -> list[EncodedSample]:
         """Encode candidates that share their images, preprocessing and hashing the images once."""
         images = images_digest(samples[0].images) if samples else None
-        return [with_prefix_key(e, images) for e in encode_shared(samples, self.processor)]
+        return [self._reading_steps(with_prefix_key(e, images)) for e in encode_shared(samples, self.processor)]
+
+    def _reading_steps(self, encoded: EncodedSample) -> EncodedSample:
+        """A process model reads its head at every step tag (and shares no prefix across requests yet)."""
+        if self._tag_id is not None:
+            encoded.read_at = tag_positions(encoded.input_ids, self._tag_id)
+            if not encoded.read_at:
+                raise FormattingError(f"no step ends with the step tag {self.step_tag!r}: nothing to score")
+            encoded.prefix_key = None
+        return encoded
 
     def plan_batches(self, lengths: list[int]) -> list[list[int]]:
         """Group sample indices into batches: sorted by length, each within size and token budget."""
@@ -175,26 +190,34 @@ class TransformersBackend:
 
     def format_request_sample(self, sample: dict) -> FormattedSample:
         """One sample in the HTTP JSON shape (inline images only), formatted for this model."""
-        return prepare_request_sample(sample, self.processor)
+        return prepare_request_sample(sample, self.processor, step_tag=self.step_tag)
 
     def score_request_sample(self, sample: dict) -> float:
         """Score one sample given in the HTTP JSON shape (inline images only)."""
         return self.score_sync([self.format_request_sample(sample)])[0]
 
     @torch.inference_mode()
-    def probe_score_and_scale(self, sample: dict) -> tuple[float, float]:
-        """A sample's score and its scale, |head weight| * |final hidden state| (see the probe module)."""
-        batch = collate([self.encode(self.format_request_sample(sample))], self.model.config.text_config.pad_token_id)
-        hidden = self.model.hidden_states(**{k: v.to(self.model.device) for k, v in batch.items()})
-        score = float(self.model.reward(hidden)[0])
-        return score, float(self.model.score.weight.norm() * hidden.float().norm())
+    def probe_score_and_scale(self, sample: dict) -> tuple[float | list[float], float]:
+        """A sample's score (a process model's: its step scores) and its scale, |head weight| * |final
+        hidden state| at the last scored token (see the probe module)."""
+        encoded = self.encode(self.format_request_sample(sample))
+        batch = collate([encoded], self.model.config.text_config.pad_token_id)
+        read_at = None if encoded.read_at is None else torch.tensor([encoded.read_at], device=self.model.device)
+        hidden = self.model.hidden_states(**{k: v.to(self.model.device) for k, v in batch.items()}, read_at=read_at)
+        scores = self.model.reward(hidden)[0]
+        last = hidden[0] if read_at is None else hidden[0, -1]
+        scale = float(self.model.score.weight.norm() * last.float().norm())
+        return (float(scores) if read_at is None else scores.float().tolist()), scale
 
     async def run_shared_prefix(self, batch: list[EncodedSample], threads: int | None = None) -> list[float]:
         """Candidates of one /rank request: the shared prompt + images run once (see loadtest/rank_prefix.py)."""
         return await self._on_model_thread(self.score_shared_sync, batch, threads=threads)
 
     def score_shared_sync(self, batch: list[EncodedSample]) -> list[float]:
-        """Blocking :meth:`run_shared_prefix`, chunked within the batch limits."""
+        """Blocking :meth:`run_shared_prefix`, chunked within the batch limits (a process model's
+        candidates run as a plain batch: its shared-prefix path reads the last token only)."""
+        if self.process is not None:
+            return self.model.score_batch(batch, self.padding_side)
         return self.model.score_shared_prefix(batch, self.max_batch_size, self.max_batch_tokens)
 
     @property
@@ -212,9 +235,11 @@ class TransformersBackend:
 
     def stamp_probe(self) -> Probe:
         """Score the standard probe sample with this backend and store it in the checkpoint."""
-        sample = probe_sample()
+        sample = probe_sample(steps=self.process is not None)
         score, scale = self.probe_score_and_scale(sample)
-        probe = Probe(sample=sample, score=score, dtype=self.dtype, device=self.device, scale=scale)
+        steps = score if isinstance(score, list) else None
+        last = score if steps is None else steps[-1]
+        probe = Probe(sample=sample, score=last, dtype=self.dtype, device=self.device, scale=scale, step_scores=steps)
         write_probe(self.model_dir, probe)
         return probe
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vlreward.service.backends.facts import backend_facts
+from vlreward.service.kinds import SCALAR, checkpoint_kind
 from vlreward.service.model.checkpoint import (
     HEAD_WEIGHT,
     REWARD_ARCHITECTURE,
@@ -144,12 +145,18 @@ def require_reward_head(model_dir: Path) -> None:
         raise CheckpointError(f"{model_dir}: architectures are {config.architectures}, not [{REWARD_ARCHITECTURE!r}]")
     if HEAD_WEIGHT not in checkpoint_tensor_names(model_dir):
         raise CheckpointError(f"{model_dir}: the reward head is missing (no tensor named {HEAD_WEIGHT!r})")
+    if checkpoint_kind(model_dir) is not SCALAR:
+        raise CheckpointError(
+            f"{model_dir}: a {checkpoint_kind(model_dir).name} model; the vLLM backend serves scalar models "
+            "(serve it with --backend transformers)"
+        )
 
 
 class VLLMBackend:
     """Scores through vLLM's AsyncLLM; results are raw logits of the one-label classifier head."""
 
     name = "vllm"
+    step_tag = None  # scalar models only (require_reward_head)
     continuous_batching = True
     max_batch_tokens = None  # the engine forms its own batches
     lanes, cores = 1, None  # and schedules its own threads

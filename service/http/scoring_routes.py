@@ -66,6 +66,7 @@ async def score(
     return ScoreResponse(
         model=scored.model,
         scores=scored.scores,
+        details=scored.details,
         usage=_account(request, response, scored),
         errors=errors or None,
     )
@@ -83,6 +84,7 @@ async def rank(
     return RankResponse(
         model=scored.model,
         scores=scored.scores,
+        details=scored.details,
         ranking=ranking[: body.top_k] if body.top_k else ranking,
         best=ranking[0],
         usage=_account(request, response, scored),

@@ -27,7 +27,15 @@ from typing import Any
 
 import torch
 
-from vlreward.service.kinds import SCALAR, ModelKind, UnknownKind, checkpoint_kind, declare_kind
+from vlreward.service.kinds import (
+    PROCESS,
+    SCALAR,
+    ModelKind,
+    ProcessHead,
+    UnknownKind,
+    checkpoint_kind,
+    declare_kind,
+)
 
 REWARD_ARCHITECTURE = "Qwen2_5_VLForSequenceClassification"
 BASE_ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
@@ -199,6 +207,15 @@ def load_weights(
 ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
 
 
+def step_tag_id(tokenizer: Any, step_tag: str) -> int:
+    """The token id of a process model's step tag: one token of the checkpoint's tokenizer, or the
+    checkpoint does not satisfy the contract."""
+    ids = tokenizer(step_tag, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise CheckpointError(f"step tag {step_tag!r} is {len(ids)} tokens of this tokenizer; it must be one token")
+    return int(ids[0])
+
+
 def load_reward_model(
     directory: str | Path,
     dtype: torch.dtype = torch.float32,
@@ -242,13 +259,14 @@ def load_reward_model(
     return model, processor
 
 
-def save_reward_model(model: Any, processor: Any, directory: str | Path) -> Path:
-    """Write a model + processor as a reward checkpoint (weights in the model's dtype)."""
+def save_reward_model(model: Any, processor: Any, directory: str | Path, process: ProcessHead | None = None) -> Path:
+    """Write a model + processor as a reward checkpoint (weights in the model's dtype); with ``process``,
+    a process model whose head is read at that step tag."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {checkpoint_key(k): v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     write_weights(state, directory)
-    write_reward_config(model.config, directory)
+    write_reward_config(model.config, directory, SCALAR if process is None else PROCESS, process)
     processor.save_pretrained(directory)
     return directory
 
@@ -262,9 +280,12 @@ def write_weights(state: dict[str, torch.Tensor], directory: Path) -> None:
     save_torch_state_dict(state, directory, max_shard_size=MAX_SHARD_SIZE)
 
 
-def write_reward_config(config: Any, directory: Path, kind: ModelKind = SCALAR) -> None:
-    """Write config.json with the reward architecture, a single label and the model's kind."""
-    data = declare_kind(config.to_dict(), kind)
+def write_reward_config(
+    config: Any, directory: Path, kind: ModelKind = SCALAR, process: ProcessHead | None = None
+) -> None:
+    """Write config.json with the reward architecture, a single label and the model's kind (a process
+    model's with its :class:`~vlreward.service.kinds.ProcessHead`)."""
+    data = declare_kind(config.to_dict(), kind, process)
     data["architectures"] = [REWARD_ARCHITECTURE]
     data["num_labels"] = 1
     data["id2label"] = {"0": REWARD_LABEL}

@@ -32,6 +32,8 @@ class EncodedSample:
     """Equal for samples that carry the same images after the same tokens (see :func:`image_prefix_key`):
     the batcher runs such samples from different requests as one shared-prefix group. Set by the
     service's backend (:func:`with_prefix_key`); training never needs it."""
+    read_at: tuple[int, ...] | None = None
+    """A process model's step-tag positions (the head is read at each); None: the last token (scalar)."""
 
     @property
     def num_tokens(self) -> int:
@@ -165,3 +167,8 @@ def collate(
         batch["pixel_values"] = torch.cat([s.pixel_values for s in with_images])
         batch["image_grid_thw"] = torch.cat([s.image_grid_thw for s in with_images])
     return batch
+
+
+def tag_positions(input_ids: torch.Tensor, tag_id: int) -> tuple[int, ...]:
+    """Where a process sample's step tags are, in order."""
+    return tuple(int(i) for i in (input_ids == tag_id).nonzero().flatten())

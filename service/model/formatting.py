@@ -35,8 +35,26 @@ class FormattingError(ValueError):
     """The sample cannot be turned into model input (e.g. image count does not match the text)."""
 
 
-def template_messages(sample: Sample) -> list[dict[str, Any]]:
-    """The sample as chat-template messages, with ``{"type": "image"}`` where each image goes."""
+STEP_SEPARATOR = "\n"
+"""Between one step's tag and the next step's text."""
+
+
+def join_steps(steps: list[str], step_tag: str) -> str:
+    """A process model's response: every step, the last included, ends with the step tag; the model reads
+    its head at each tag. A step's tag sees only the text before it, so the first k steps score the same
+    whether or not more follow (the prefix property)."""
+    return STEP_SEPARATOR.join(step + step_tag for step in steps)
+
+
+def template_messages(sample: Sample, step_tag: str | None = None) -> list[dict[str, Any]]:
+    """The sample as chat-template messages, with ``{"type": "image"}`` where each image goes and a
+    process sample's steps joined by :func:`join_steps` (``step_tag``: the model's)."""
+
+    def steps_text(steps: list[str]) -> str:
+        if step_tag is None:
+            raise FormattingError("this sample has steps, which only a process model reads")
+        return join_steps(steps, step_tag)
+
     if sample.messages is None:
         messages: list[dict[str, Any]] = []
         if sample.system is not None:
@@ -44,12 +62,15 @@ def template_messages(sample: Sample) -> list[dict[str, Any]]:
         user_parts: list[dict[str, Any]] = [{"type": "image"} for _ in sample.image_refs()]
         user_parts.append({"type": "text", "text": sample.prompt})
         messages.append({"role": "user", "content": user_parts})
-        messages.append({"role": "assistant", "content": sample.response})
+        response = sample.response if sample.steps is None else steps_text(sample.steps)
+        messages.append({"role": "assistant", "content": response})
         return messages
     converted = []
     for message in sample.messages:
-        if isinstance(message.content, str):
-            content: Any = message.content
+        if message.steps is not None:
+            content: Any = steps_text(message.steps)
+        elif isinstance(message.content, str):
+            content = message.content
         else:
             content = [
                 {"type": "image"} if isinstance(part, ImagePart) else {"type": "text", "text": part.text}
@@ -59,12 +80,16 @@ def template_messages(sample: Sample) -> list[dict[str, Any]]:
     return converted
 
 
-def format_sample(sample: Sample, images: list[Image.Image], processor: Any) -> FormattedSample:
-    """Apply the checkpoint's chat template to a Sample whose images are already decoded (in order)."""
+def format_sample(
+    sample: Sample, images: list[Image.Image], processor: Any, step_tag: str | None = None
+) -> FormattedSample:
+    """Apply the checkpoint's chat template to a Sample whose images are already decoded (in order);
+    ``step_tag``: a process model's (its steps end with it)."""
     expected = len(sample.image_refs())
     if len(images) != expected:
         raise FormattingError(f"sample references {expected} images but {len(images)} were given")
-    text = processor.apply_chat_template(template_messages(sample), tokenize=False, add_generation_prompt=False)
+    messages = template_messages(sample, step_tag)
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     return FormattedSample(text=text, images=list(images))
 
 

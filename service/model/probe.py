@@ -40,14 +40,17 @@ class Probe:
     device: str
     scale: float | None = None
     """|head weight| * |final hidden state| of the sample: the bound 16-bit errors are relative to."""
+    step_scores: list[float] | None = None
+    """A process model's head at each step tag (raw logits; ``score`` is the last); None for scalar models."""
 
 
 class ProbeMismatch(RuntimeError):
     """The backend's score for the probe differs from the stored one by more than the tolerance."""
 
 
-def probe_sample() -> dict:
-    """A fixed two-image sample; drawn here so that it needs no stored files."""
+def probe_sample(steps: bool = False) -> dict:
+    """A fixed two-image sample; drawn here so that it needs no stored files (``steps``: its response as
+    two steps, for process models)."""
     from PIL import Image, ImageDraw
 
     from vlreward.service.media import image_to_data_uri
@@ -57,11 +60,15 @@ def probe_sample() -> dict:
     second = Image.new("RGB", (64, 64), (240, 240, 240))
     ImageDraw.Draw(second).rectangle((8, 30, 20, 60), fill=(30, 160, 60))
     ImageDraw.Draw(second).rectangle((30, 10, 42, 60), fill=(30, 160, 60))
-    return {
+    sample = {
         "prompt": "What colour is the circle, and which bar is taller?",
         "response": "The circle is red, and the right bar is taller.",
         "images": [image_to_data_uri(first), image_to_data_uri(second)],
     }
+    if steps:
+        sample["steps"] = ["The circle is red.", "The right bar is taller."]
+        del sample["response"]
+    return sample
 
 
 def read_probe(directory: str | Path) -> Probe | None:
@@ -89,11 +96,17 @@ def tolerance(probe: Probe, dtype: str) -> float:
     return max(allowed(probe.dtype), allowed(dtype))
 
 
-def verify_probe(probe: Probe, actual: float, dtype: str) -> None:
-    """Raise ProbeMismatch when ``actual`` is off by more than the tolerance for ``dtype``."""
+def verify_probe(probe: Probe, actual: float | list[float], dtype: str) -> None:
+    """Raise ProbeMismatch when ``actual`` (a process model's: its step scores) is off by more than the
+    tolerance for ``dtype``."""
     allowed = tolerance(probe, dtype)
-    if not abs(actual - probe.score) <= allowed:
-        raise ProbeMismatch(
-            f"probe scored {actual:.6f}, expected {probe.score:.6f} (computed in {probe.dtype} on "
-            f"{probe.device}); tolerance {allowed:.4g} in {dtype}. The weights or head did not load as saved."
-        )
+    expected = probe.score if probe.step_scores is None else probe.step_scores
+    if isinstance(expected, list) and (not isinstance(actual, list) or len(actual) != len(expected)):
+        raise ProbeMismatch(f"probe gave {actual!r}; expected {len(expected)} step scores (the checkpoint's kind)")
+    pairs = [(actual, expected)] if isinstance(expected, float) else list(zip(actual, expected, strict=True))
+    for got, want in pairs:
+        if not abs(got - want) <= allowed:
+            raise ProbeMismatch(
+                f"probe scored {got:.6f}, expected {want:.6f} (computed in {probe.dtype} on "
+                f"{probe.device}); tolerance {allowed:.4g} in {dtype}. The weights or head did not load as saved."
+            )

@@ -45,6 +45,18 @@ class CachedOpening:
         return cache
 
 
+def read_positions(samples: list[EncodedSample], padding_side: Literal["left", "right"] = "right") -> torch.Tensor:
+    """The step-tag positions of process samples in their padded batch, [batch, most tags]; a row with
+    fewer repeats its last (its extra values are dropped)."""
+    most = max(len(s.read_at) for s in samples)
+    length = max(s.num_tokens for s in samples)
+    rows = []
+    for s in samples:
+        shift = length - s.num_tokens if padding_side == "left" else 0
+        rows.append([shift + p for p in (*s.read_at, *[s.read_at[-1]] * (most - len(s.read_at)))])
+    return torch.tensor(rows)
+
+
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last attended position per row; right or left padding alike."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
@@ -113,8 +125,10 @@ class Qwen2_5_VLRewardModel(nn.Module):
         image_grid_thw: torch.Tensor | None = None,
         plain: bool = False,
         opening: CachedOpening | None = None,
+        read_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Final hidden state of each row's last real token, shape [batch, hidden].
+        """Final hidden state of each row's last real token, shape [batch, hidden]; with ``read_at``
+        (positions [batch, k]: a process model's step tags) of those tokens, shape [batch, k, hidden].
 
         The last decoder layer runs at that token only (see :mod:`.scored_token`) and float32 linears on the
         CPU run on oneDNN (:mod:`.cpu_kernels`); ``plain`` is transformers' own forward pass instead, every
@@ -122,7 +136,7 @@ class Qwen2_5_VLRewardModel(nn.Module):
         float rounding). With ``opening`` (every row, right-padded, starts with its tokens) the rows continue
         from its cache instead of computing those tokens again.
         """
-        last = last_token_index(attention_mask)
+        last = last_token_index(attention_mask) if read_at is None else read_at
         positions = self.position_ids(input_ids, attention_mask, mm_token_type_ids, image_grid_thw)
         skip, past = 0, None
         if opening is not None and not plain:
@@ -144,8 +158,9 @@ class Qwen2_5_VLRewardModel(nn.Module):
                 use_cache=past is not None,
             )
         if every_token:
-            return out.last_hidden_state[torch.arange(len(last), device=last.device), last]
-        return out.last_hidden_state[:, 0]
+            rows = torch.arange(len(last), device=last.device)
+            return out.last_hidden_state[rows if read_at is None else rows.unsqueeze(1), last]
+        return out.last_hidden_state[:, 0] if read_at is None else out.last_hidden_state
 
     def forward(
         self,
@@ -183,6 +198,10 @@ class Qwen2_5_VLRewardModel(nn.Module):
             opening = None
         else:
             self.opening_batches += 1
+        if samples[0].read_at is not None:  # a process model: the head at every step tag of each row
+            read_at = read_positions(samples, padding_side).to(self.device)
+            rewards = self.reward(self.hidden_states(**batch, plain=plain, opening=opening, read_at=read_at))
+            return [row[: len(s.read_at)] for row, s in zip(rewards.float().cpu().tolist(), samples, strict=True)]
         return self.reward(self.hidden_states(**batch, plain=plain, opening=opening)).float().cpu().tolist()
 
     @torch.inference_mode()

@@ -56,3 +56,26 @@ def test_a_field_the_kind_does_not_accept_is_a_400_naming_the_field_and_the_mode
     with pytest.raises(ServiceError, match="does not accept `aggregate`") as caught:
         refuse_unaccepted(SCALAR, "m", request_fields=["aggregate"])
     assert caught.value.param == "aggregate"
+
+
+def test_a_process_checkpoint_declares_its_head_and_the_vllm_backend_refuses_it_before_its_engine(tiny_process):
+    from vlreward.service.backends.vllm import require_reward_head
+    from vlreward.service.kinds import PROCESS, ProcessHead, process_head
+
+    assert checkpoint_kind(tiny_process) is PROCESS and process_head(tiny_process) == ProcessHead()
+    with pytest.raises(CheckpointError, match="a process model; the vLLM backend serves scalar models"):
+        require_reward_head(tiny_process)
+
+
+def test_a_process_probe_holds_every_step_and_a_changed_head_fails_it(tiny_process, tmp_path):
+    from tests.helpers import copy_with_tensors
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.model.checkpoint import HEAD_WEIGHT
+    from vlreward.service.model.probe import ProbeMismatch, read_probe
+
+    probe = read_probe(tiny_process)
+    assert len(probe.step_scores) == len(probe.sample["steps"]) == 2 and probe.score == probe.step_scores[-1]
+    assert TransformersBackend(tiny_process).check_probe() == pytest.approx(probe.score, abs=1e-5)
+    shifted = copy_with_tensors(tiny_process, tmp_path / "shifted", lambda t: t[HEAD_WEIGHT].mul_(1.5))
+    with pytest.raises(ProbeMismatch):
+        TransformersBackend(shifted).check_probe()

@@ -39,7 +39,11 @@ def test_messages_form_collects_images_in_order_with_their_paths():
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"prompt": "p"}, "missing `response`"),
+        ({"prompt": "p"}, "give `response` or"),
+        ({"prompt": "p", "response": "r", "steps": ["s"]}, "give `response` or"),
+        ({"prompt": "p", "steps": []}, "at least 1 item"),
+        ({"messages": [{"role": "user", "steps": ["s"]}, {"role": "assistant", "content": "x"}]}, "only an assistant"),
+        ({"messages": [{"role": "assistant", "content": "x", "steps": ["s"]}]}, "either `content` or"),
         ({"response": "r"}, "missing `prompt`"),
         ({"prompt": "p", "response": "r", "image": "a", "images": ["b"]}, "not both"),
         ({"messages": [{"role": "user", "content": "hi"}]}, "last message must be the assistant"),
