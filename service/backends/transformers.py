@@ -129,12 +129,11 @@ class TransformersBackend:
         return [self._reading_steps(with_prefix_key(e, images)) for e in encode_shared(samples, self.processor)]
 
     def _reading_steps(self, encoded: EncodedSample) -> EncodedSample:
-        """A process model reads its head at every step tag (and shares no prefix across requests yet)."""
+        """A process model reads its head at every step tag."""
         if self._tag_id is not None:
             encoded.read_at = tag_positions(encoded.input_ids, self._tag_id)
             if not encoded.read_at:
                 raise FormattingError(f"no step ends with the step tag {self.step_tag!r}: nothing to score")
-            encoded.prefix_key = None
         return encoded
 
     def plan_batches(self, lengths: list[int]) -> list[list[int]]:
@@ -214,10 +213,7 @@ class TransformersBackend:
         return await self._on_model_thread(self.score_shared_sync, batch, threads=threads)
 
     def score_shared_sync(self, batch: list[EncodedSample]) -> list[float]:
-        """Blocking :meth:`run_shared_prefix`, chunked within the batch limits (a process model's
-        candidates run as a plain batch: its shared-prefix path reads the last token only)."""
-        if self.process is not None:
-            return self.model.score_batch(batch, self.padding_side)
+        """Blocking :meth:`run_shared_prefix`, chunked within the batch limits."""
         return self.model.score_shared_prefix(batch, self.max_batch_size, self.max_batch_tokens)
 
     @property

@@ -239,6 +239,9 @@ class Qwen2_5_VLRewardModel(nn.Module):
         if first.image_grid_thw is not None and int(first.mm_token_type_ids[prefix_len:].sum()) != 0:
             return self.score_batch(samples)  # images after the shared part: nothing to share safely
         prefix_len = min(prefix_len, min(s.num_tokens for s in samples) - 1)  # every candidate keeps >= 1 token
+        steps = first.read_at is not None  # a process model: every step tag is read, so none in the prefix
+        if steps:
+            prefix_len = min(prefix_len, min(s.read_at[0] for s in samples))
         if prefix_len <= 0:
             return self.score_batch(samples)
         device = self.device
@@ -261,17 +264,22 @@ class Qwen2_5_VLRewardModel(nn.Module):
         # Identical candidates (best-of-N and GRPO samples repeat) run once and tie exactly.
         keys = [tuple(s.input_ids[prefix_len:].tolist()) for s in samples]
         unique = list(dict.fromkeys(keys))
+        reads = (
+            {key: [p - prefix_len for p in s.read_at] for key, s in zip(keys, samples, strict=True)} if steps else {}
+        )
         # A chunk computes its candidates' own tokens (padded: the token budget) and holds a copy of the
         # prefix's cache per candidate (memory: PREFIX_COPY_BYTES).
         width = max(len(key) for key in unique)
         by_tokens = len(unique) if max_batch_tokens is None else max_batch_tokens // width
         by_memory = PREFIX_COPY_BYTES // (prefix_len * self.cache_bytes_per_token)
         chunk = max(1, min(max_batch_size or len(unique), by_tokens, by_memory))
-        scores: list[float] = []
+        scores: list = []
         for offset in range(0, len(unique), chunk):
-            suffixes = [torch.tensor(key, dtype=torch.long) for key in unique[offset : offset + chunk]]
+            chunk_keys = unique[offset : offset + chunk]
+            suffixes = [torch.tensor(key, dtype=torch.long) for key in chunk_keys]
             cache = copy.deepcopy(prefix_cache) if offset + chunk < len(unique) else prefix_cache
-            scores += self._score_suffixes(cache, suffixes, prefix_len, start)
+            read_at = [reads[key] for key in chunk_keys] if steps else None
+            scores += self._score_suffixes(cache, suffixes, prefix_len, start, read_at)
         by_key = dict(zip(unique, scores, strict=True))
         return [by_key[key] for key in keys]
 
@@ -282,8 +290,16 @@ class Qwen2_5_VLRewardModel(nn.Module):
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         return 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * self.dtype.itemsize
 
-    def _score_suffixes(self, cache: Any, suffixes: list[torch.Tensor], prefix_len: int, start: int) -> list[float]:
-        """Continue a one-row prefix cache with each suffix (right-padded); rewards in order."""
+    def _score_suffixes(
+        self,
+        cache: Any,
+        suffixes: list[torch.Tensor],
+        prefix_len: int,
+        start: int,
+        read_at: list[list[int]] | None = None,
+    ) -> list:
+        """Continue a one-row prefix cache with each suffix (right-padded); rewards in order (with
+        ``read_at``, a process model's step-tag positions in each suffix: each suffix's step logits)."""
         device = self.device
         rows = len(suffixes)
         cache.batch_repeat_interleave(rows)
@@ -295,7 +311,12 @@ class Qwen2_5_VLRewardModel(nn.Module):
             suffix_mask[row, : len(suffix)] = 1
         positions = (start + torch.arange(width)).view(1, 1, -1).expand(3, rows, -1)
         mask = torch.cat([torch.ones((rows, prefix_len), dtype=torch.long), suffix_mask], dim=1)
-        with scoring_at((suffix_mask.sum(-1) - 1).to(device)):
+        if read_at is None:
+            scored = suffix_mask.sum(-1) - 1
+        else:
+            most = max(len(r) for r in read_at)
+            scored = torch.tensor([[*r, *[r[-1]] * (most - len(r))] for r in read_at])
+        with scoring_at(scored.to(device)):
             hidden = self.model(
                 input_ids=suffix_ids.to(device),
                 attention_mask=mask.to(device),
@@ -303,7 +324,10 @@ class Qwen2_5_VLRewardModel(nn.Module):
                 past_key_values=cache,
                 use_cache=True,
             ).last_hidden_state
-        return self.reward(hidden[:, 0]).float().cpu().tolist()
+        if read_at is None:
+            return self.reward(hidden[:, 0]).float().cpu().tolist()
+        rows = self.reward(hidden).float().cpu().tolist()
+        return [row[: len(r)] for row, r in zip(rows, read_at, strict=True)]
 
 
 def shared_prefix_length(sequences: list[torch.Tensor]) -> int:

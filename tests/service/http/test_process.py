@@ -150,3 +150,14 @@ def test_steps_in_any_form_to_a_scalar_model_are_refused_where_they_are(server):
         response = httpx.post(server.url + route, json={"model": "scalar", **body})
         assert response.status_code == 400, (route, response.text)
         assert response.json()["error"]["param"] == param and "'scalar' is a scalar model" in response.text
+
+
+def test_a_grpo_group_of_step_lists_runs_its_prompt_and_image_once_and_scores_as_alone(server, process_backend):
+    group = [STEPS[: 1 + i % 4] + [f"Attempt {i}."] for i in range(8)]
+    before = server.metric("vlreward_shared_prefix_runs_total", model="steps")
+    body = score(server, [{"prompt": PROMPT, "image": IMAGE, "steps": steps} for steps in group]).json()
+    assert server.metric("vlreward_shared_prefix_runs_total", model="steps") > before
+    for steps, got in zip(group, body["details"], strict=True):
+        assert got["step_scores"] == pytest.approx([sigmoid(x) for x in alone(process_backend, steps)], abs=1e-5)
+    ranked = httpx.post(server.url + "/rank", json={"prompt": PROMPT, "image": IMAGE, "responses": group}).json()
+    assert ranked["scores"] == pytest.approx(body["scores"], abs=1e-5)
