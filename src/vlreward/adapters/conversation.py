@@ -84,3 +84,20 @@ def to_messages(conversation: list[dict], images: list[Any] | None = None) -> li
         text_parts = [{"type": "text", "text": text}] if isinstance(text, str) else text
         first_user["content"] = [image_part(i) for i in leftover] + text_parts
     return messages
+
+
+def with_steps(item: dict, separator: str | None) -> dict:
+    """A /score item whose response (or last message's text) is split into ``steps`` at ``separator``
+    (for a process model; empty pieces dropped, a text without one is one step). None: unchanged."""
+    if separator is None:
+        return item
+
+    def split(text: str) -> list[str]:
+        return [piece for piece in text.split(separator) if piece.strip()] or [text]
+
+    if "messages" not in item:
+        return {**{k: v for k, v in item.items() if k != "response"}, "steps": split(item["response"])}
+    *earlier, last = item["messages"]
+    if not isinstance(last.get("content"), str):
+        return item
+    return {**item, "messages": [*earlier, {"role": last["role"], "steps": split(last["content"])}]}

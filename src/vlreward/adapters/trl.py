@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from vlreward.adapters.conversation import to_messages
+from vlreward.adapters.conversation import to_messages, with_steps
 from vlreward.client import AsyncRewardClient, RewardClient, encode_image
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,18 @@ def trl_item(prompt: str | list[dict], completion: str | list[dict], images: lis
 
 
 class _RewardFunctionBase:
-    """Builds the items of a step and turns a ScoreResponse into TRL's ``list[float | None]``."""
+    """Builds the items of a step and turns a ScoreResponse into TRL's ``list[float | None]``.
+    ``step_separator`` (a process model): each completion is split into steps there, and its reward is
+    their aggregate."""
 
-    def __init__(self, base_url: str | Sequence[str], name: str = "vlreward", **client_options: Any):
+    def __init__(
+        self,
+        base_url: str | Sequence[str],
+        name: str = "vlreward",
+        step_separator: str | None = None,
+        **client_options: Any,
+    ):
+        self.step_separator = step_separator
         self.base_url = base_url
         """One server's URL, or several replicas' (a list, or separated by commas): calls are spread over them."""
         self.__name__ = name  # TRL names the reward column and its metrics after this
@@ -83,7 +92,8 @@ class _RewardFunctionBase:
         items, rows, failed = [], [], {}
         for index, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
             try:
-                items.append(trl_item(prompt, completion, _row_images(index, columns)))
+                item = trl_item(prompt, completion, _row_images(index, columns))
+                items.append(with_steps(item, self.step_separator))
                 rows.append(index)
             except (ValueError, TypeError, OSError) as error:
                 failed[index] = str(error)
@@ -113,8 +123,8 @@ class _RewardFunctionBase:
 class VLRewardFunction(_RewardFunctionBase):
     """A synchronous TRL reward function (one pooled client per instance)."""
 
-    def __init__(self, base_url: str | Sequence[str], name: str = "vlreward", **client_options: Any):
-        super().__init__(base_url, name, **client_options)
+    def __init__(self, base_url: str | Sequence[str], name: str = "vlreward", **options: Any):
+        super().__init__(base_url, name, **options)
         self._client: RewardClient | None = None
 
     def __call__(self, prompts: list, completions: list, completion_ids: list | None = None, **columns: Any):
@@ -129,8 +139,8 @@ class VLRewardFunction(_RewardFunctionBase):
 class AsyncVLRewardFunction(_RewardFunctionBase):
     """An ``async`` TRL reward function: TRL awaits it on its own event loop, beside other async ones."""
 
-    def __init__(self, base_url: str | Sequence[str], name: str = "vlreward", **client_options: Any):
-        super().__init__(base_url, name, **client_options)
+    def __init__(self, base_url: str | Sequence[str], name: str = "vlreward", **options: Any):
+        super().__init__(base_url, name, **options)
         self._client: AsyncRewardClient | None = None
 
     async def __call__(self, prompts: list, completions: list, completion_ids: list | None = None, **columns: Any):

@@ -27,7 +27,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from vlreward.adapters.conversation import to_messages
+from vlreward.adapters.conversation import to_messages, with_steps
 from vlreward.client import AsyncRewardClient, VLRewardError
 
 EXTRA_INFO_KEY = "vlreward_messages"
@@ -82,15 +82,18 @@ async def compute_score(
     api_key: str | None = None,
     unscored_score: float | None = None,
     model: str | None = None,
+    step_separator: str | None = None,
     **_: Any,
-) -> dict[str, float]:
+) -> dict[str, float | str]:
     """verl's reward function: ``{"score": reward, "vlreward_scored": 1.0}`` for one sample. ``model``
-    (``reward_kwargs.model``): which of the server's models scores it (default: the server's default)."""
+    (``reward_kwargs.model``): which of the server's models scores it (default: the server's default).
+    ``step_separator`` (a process model): the response is split into steps there; the score is their
+    aggregate and ``vlreward_step_scores`` their scores (JSON text: verl's metrics skip text values)."""
     base_url = base_url or os.environ.get(URL_VARIABLE)
     if not base_url:
         raise ValueError(f"give reward_kwargs.base_url or set {URL_VARIABLE}")
     client = shared_client(base_url, api_key or os.environ.get("VLREWARD_API_KEY"), model)
-    item = scoring_item(solution_str, extra_info)
+    item = with_steps(scoring_item(solution_str, extra_info), step_separator)
     try:
         result = await client.score([item], on_error="fail" if unscored_score is None else "null")
     except VLRewardError:
@@ -100,4 +103,7 @@ async def compute_score(
     score = result.scores[0]
     if score is None:
         return {"score": float(unscored_score), "vlreward_scored": 0.0}
-    return {"score": float(score), "vlreward_scored": 1.0}
+    scored: dict[str, float | str] = {"score": float(score), "vlreward_scored": 1.0}
+    if result.details and result.details[0] and "step_scores" in result.details[0]:
+        scored["vlreward_step_scores"] = json.dumps(result.details[0]["step_scores"])
+    return scored

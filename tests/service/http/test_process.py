@@ -161,3 +161,23 @@ def test_a_grpo_group_of_step_lists_runs_its_prompt_and_image_once_and_scores_as
         assert got["step_scores"] == pytest.approx([sigmoid(x) for x in alone(process_backend, steps)], abs=1e-5)
     ranked = httpx.post(server.url + "/rank", json={"prompt": PROMPT, "image": IMAGE, "responses": group}).json()
     assert ranked["scores"] == pytest.approx(body["scores"], abs=1e-5)
+
+
+def test_the_verl_and_trl_adapters_split_a_rollout_into_steps_and_return_the_aggregate(server, process_backend):
+    import asyncio
+    import json
+
+    from vlreward.adapters.trl import VLRewardFunction
+    from vlreward.adapters.verl import compute_score
+
+    rollout = "\n\n".join(STEPS)
+    expected = [sigmoid(x) for x in alone(process_backend, STEPS, image=None)]
+    verl = asyncio.run(
+        compute_score(solution_str=rollout, extra_info={"question": PROMPT}, base_url=server.url, step_separator="\n\n")
+    )
+    assert verl["score"] == pytest.approx(min(expected), abs=1e-5) and verl["vlreward_scored"] == 1.0
+    assert json.loads(verl["vlreward_step_scores"]) == pytest.approx(expected, abs=1e-5)
+    trl = VLRewardFunction(server.url, step_separator="\n\n")
+    conversation = [{"role": "user", "content": PROMPT}]
+    completion = [{"role": "assistant", "content": rollout}]
+    assert trl(prompts=[conversation], completions=[completion]) == pytest.approx([min(expected)], abs=1e-5)
