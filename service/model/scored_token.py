@@ -67,13 +67,15 @@ class ScoredTokenDecoderLayer(qwen.Qwen2_5_VLDecoderLayer):
             return super().forward(
                 hidden_states, attention_mask, position_ids, past_key_values, use_cache, position_embeddings, **kwargs
             )
-        if positions.dim() == 2:
-            return self._at_several(
-                hidden_states, positions, attention_mask, past_key_values, position_embeddings, **kwargs
-            )
+        # One position per row ([batch]: a reward), or k ([batch, k]: a process model's step tags).
+        several = positions.dim() == 2
         attention = self.self_attn
         rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
-        at_scored = lambda tensor: tensor[rows, positions].unsqueeze(1)  # noqa: E731  [batch, 1, ...]
+        if several:
+            rows = rows.unsqueeze(1)
+            at_scored = lambda tensor: tensor[rows, positions]  # noqa: E731  [batch, k, ...]
+        else:
+            at_scored = lambda tensor: tensor[rows, positions].unsqueeze(1)  # noqa: E731  [batch, 1, ...]
         normed = self.input_layernorm(hidden_states)
         batch, length, _ = normed.shape
         keys = attention.k_proj(normed).view(batch, length, -1, attention.head_dim).transpose(1, 2)
@@ -82,52 +84,22 @@ class ScoredTokenDecoderLayer(qwen.Qwen2_5_VLDecoderLayer):
         _, keys = qwen.apply_rotary_pos_emb(keys, keys, cos, sin)
         if past_key_values is not None:  # continuing a prefix: the cache joins its keys to these
             keys, values = past_key_values.update(keys, values, attention.layer_idx)
-        if attention_mask is not None and attention_mask.dim() == 4:  # [batch, 1, queries, keys]: the scored row
-            attention_mask = attention_mask[rows, :, positions].unsqueeze(2)
+        options: dict[str, Any] = {}
+        if attention_mask is not None and attention_mask.dim() == 4:  # [batch, 1, queries, keys]: the scored rows
+            attention_mask = attention_mask[rows, :, positions]
+            attention_mask = attention_mask.transpose(1, 2) if several else attention_mask.unsqueeze(2)
+        elif several:  # causal, no padding: the query at p sees the keys up to past + p
+            past = keys.shape[2] - length  # cached keys before this call's first token
+            seen = torch.arange(keys.shape[2], device=keys.device).view(1, 1, 1, -1)
+            attention_mask = seen <= (past + positions).view(batch, 1, -1, 1)
+        if several:
+            options["is_causal"] = False  # the mask says it all (the queries are not the last keys)
         attended, _ = attention(
             hidden_states=at_scored(normed),
             attention_mask=attention_mask,
             position_embeddings=(at_scored(cos), at_scored(sin)),
             past_key_values=_EveryTokensKeys(keys, values),
-            **kwargs,
-        )
-        hidden = at_scored(hidden_states) + attended
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
-
-    def _at_several(
-        self,
-        hidden_states: torch.Tensor,
-        positions: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        past_key_values: Any,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """The layer at ``positions`` [batch, k] of each row: the same operations as at one position, with
-        k queries per row, each seeing the keys up to its own position (and none of the padding)."""
-        attention = self.self_attn
-        rows = torch.arange(hidden_states.shape[0], device=hidden_states.device).unsqueeze(1)
-        at_scored = lambda tensor: tensor[rows, positions]  # noqa: E731  [batch, k, ...]
-        normed = self.input_layernorm(hidden_states)
-        batch, length, _ = normed.shape
-        keys = attention.k_proj(normed).view(batch, length, -1, attention.head_dim).transpose(1, 2)
-        values = attention.v_proj(normed).view(batch, length, -1, attention.head_dim).transpose(1, 2)
-        cos, sin = position_embeddings
-        _, keys = qwen.apply_rotary_pos_emb(keys, keys, cos, sin)
-        if past_key_values is not None:
-            keys, values = past_key_values.update(keys, values, attention.layer_idx)
-        past = keys.shape[2] - length  # cached keys before this call's first token
-        if attention_mask is not None and attention_mask.dim() == 4:  # [batch, 1, queries, keys]: the scored rows
-            mask = attention_mask[rows, :, positions].transpose(1, 2)  # [batch, 1, k, keys]
-        else:  # causal, no padding: query p sees keys up to past + p
-            seen = torch.arange(keys.shape[2], device=keys.device).view(1, 1, 1, -1)
-            mask = seen <= (past + positions).view(batch, 1, -1, 1)
-        attended, _ = attention(
-            hidden_states=at_scored(normed),
-            attention_mask=mask,
-            position_embeddings=(at_scored(cos), at_scored(sin)),
-            past_key_values=_EveryTokensKeys(keys, values),
-            is_causal=False,  # the mask says it all (and the queries are not the last keys)
+            **options,
             **kwargs,
         )
         hidden = at_scored(hidden_states) + attended
