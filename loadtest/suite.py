@@ -18,6 +18,9 @@ machine noise hits both sides and no round repeats another's samples into a cach
   prefix across, so this row shows what /rank adds on top);
 - p99 latency at concurrency 1 against the service model's own forward time for those samples (one at a
   time, in process, right after each c=1 round so that both see the same machine);
+- process model (a random head read at every step tag, on the same backbone): ``/score`` of step lists at
+  concurrency 8 against the in-process loop (one sample at a time through the backend), and GRPO groups
+  of 8 step lists sharing one prompt and image against the same calls with an image each;
 - two models: one ``vlreward serve`` holding both against two servers with one each, on the same machine
   and the same traffic (one-sample calls, half to each model; throughput and p99);
 - vLLM backend: ``vlreward serve --backend vllm`` against ``vllm serve`` (``/classify``, chat form with
@@ -81,6 +84,8 @@ TARGETS = {  # the targets for the bench model on a 2-core CPU (None: reported o
     "vLLM backend / vllm serve, c=1": 1.0,
     "vLLM backend / vllm serve, c=16": 1.0,
     "vLLM backend / vllm serve, c=64": 1.0,
+    "PRM service c=8 / in-process loop": None,
+    "PRM GRPO G=8 shared / own images": None,
     "two models: one server / two servers": None,
     "two models: two servers p99 / one server p99": None,
     "two models: memory, two servers / one": None,
@@ -294,7 +299,7 @@ def grpo_and_rank(server: ServerProcess, backend, plan: Plan, checks: Checks) ->
     return comparisons
 
 
-SECTIONS = ("transformers", "models", "vllm")
+SECTIONS = ("transformers", "process", "models", "vllm")
 """The suite's sections, in the order they run."""
 MODELS_CONCURRENCY = 16
 """Calls in flight in the two-models rows, half to each model."""
@@ -321,6 +326,65 @@ def to_both(targets: list[tuple[str, list[Call]]], concurrency: int) -> tuple[di
         merged.samples += done.samples
         merged.input_tokens += done.input_tokens
     return merged.summary(), [score for done in runs for score in done.flat_scores()]
+
+
+STEPS_PER_SAMPLE = 4
+"""Steps each process sample's response is cut into (by words, evenly)."""
+
+
+def as_steps(sample: dict, count: int = STEPS_PER_SAMPLE) -> dict:
+    """A workload sample whose response becomes ``count`` steps of about equal length."""
+    words = sample["response"].split()
+    size = -(-len(words) // count)
+    steps = [" ".join(words[i : i + size]) for i in range(0, len(words), size)] or [sample["response"]]
+    return {k: v for k, v in sample.items() if k != "response"} | {"steps": steps}
+
+
+def process_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
+    """A process model through ``vlreward serve`` against the in-process loop, and GRPO groups of step
+    lists sharing their prompt and image against the same calls with an image each."""
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    prm = build_model_like(model, seed=3, process=True)
+    backend = TransformersBackend(prm, dtype="float32", device="cpu")
+    head = backend.process
+    samples_of = {r: [as_steps(s) for s in make_samples(Mix(samples=plan.samples).with_(seed=400 + r))]
+                  for r in range(plan.rounds)}  # fmt: skip
+
+    def aggregate(sample: dict) -> float:
+        return head.aggregate_of(head.step_scores(backend.score_sync([backend.format_request_sample(sample)])[0]))
+
+    def in_process(r: int) -> tuple[dict, list[float]]:
+        aggregate(samples_of[r][0])  # warm-up
+        started = time.perf_counter()
+        scores = [aggregate(sample) for sample in samples_of[r]]
+        return _in_process_run(len(scores), time.perf_counter() - started), scores
+
+    grpo = Mix(samples=8 * plan.grpo_groups, group=8, image_fraction=1.0, image_size=(224, 224),
+               prompt_words=(390, 390), response_words=(48, 48))  # fmt: skip  # the scalar GRPO row's shape
+    shared = {r: [[as_steps(s) for s in g] for g in make_groups(grpo.with_(seed=500 + r))] for r in range(plan.rounds)}
+    own = {r: [[as_steps(s) for s in g] for g in make_groups(grpo.with_(seed=500 + r, shared_images=False))]
+           for r in range(plan.rounds)}  # fmt: skip
+    server = start_vlreward(prm, "transformers", dtype="float32", max_queue=100_000)
+    try:
+        service, ours, loop = alternate(
+            "PRM service c=8 / in-process loop", "vlreward serve, PRM, c=8", "in-process loop, one at a time",
+            plan.rounds, lambda r: http(server.url, [score_call([s]) for s in samples_of[r]], 8, warm_up=4),
+            in_process,
+        )  # fmt: skip
+        groups, shared_scores, own_scores = alternate(
+            "PRM GRPO G=8 shared / own images", "/score, 8 step lists sharing prompt + image",
+            "/score, 8 step lists with own images", plan.rounds,
+            lambda r: http(server.url, [score_call(g) for g in shared[r]], 1, warm_up=1),
+            lambda r: http(server.url, [score_call(g) for g in own[r]], 1, warm_up=1),
+        )  # fmt: skip
+    finally:
+        server.stop()
+    checks.add("/score, process model", ours, loop, SAME_BACKEND)
+    checks.add("/score, PRM GRPO groups (shared prefix)", shared_scores, [aggregate(s) for g in shared[0] for s in g],
+               SAME_BACKEND)  # fmt: skip
+    checks.add("/score, PRM G=8 own images", own_scores, [aggregate(s) for g in own[0] for s in g], SAME_BACKEND)
+    return [service, groups]
 
 
 def models_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
@@ -471,21 +535,23 @@ def build_model(size: str, workdir: Path) -> Path:
     return reward_checkpoint(build_base_model(workdir / "base", size=size), workdir / "reward", seed=1)
 
 
-def reward_checkpoint(base: Path, destination: Path, seed: int) -> Path:
-    """A reward checkpoint on ``base`` with a seeded random head (and bias), with its probe."""
+def reward_checkpoint(base: Path, destination: Path, seed: int, process: bool = False) -> Path:
+    """A reward checkpoint on ``base`` with a seeded random head (and bias), with its probe (``process``:
+    a process model with the default step tag, read at every step)."""
     from vlreward.service.backends.transformers import stamp_reference_probe
+    from vlreward.service.kinds import ProcessHead
     from vlreward.service.model.checkpoint import save_reward_model
     from vlreward.training.model import reward_model_from_base
 
     model, processor = reward_model_from_base(base, head_bias=True, seed=seed)
-    path = save_reward_model(model, processor, destination)
+    path = save_reward_model(model, processor, destination, process=ProcessHead() if process else None)
     stamp_reference_probe(path)
     return path
 
 
-def build_model_like(model: Path, seed: int) -> Path:
-    """A second reward model of the same architecture as ``model``: its backbone with another head."""
-    return reward_checkpoint(model, Path(tempfile.mkdtemp(prefix="suite-")) / "second", seed=seed)
+def build_model_like(model: Path, seed: int, process: bool = False) -> Path:
+    """Another reward model of the same architecture as ``model``: its backbone with another head."""
+    return reward_checkpoint(model, Path(tempfile.mkdtemp(prefix="suite-")) / "second", seed=seed, process=process)
 
 
 def print_table(comparisons: list[Comparison], checks: Checks, bench_run: bool) -> None:
@@ -562,6 +628,8 @@ def main(
     comparisons: list[Comparison] = []
     if "transformers" in sections:
         comparisons += transformers_section(model, plan, checks)
+    if "process" in sections:
+        comparisons += process_section(model, plan, checks)
     if "models" in sections:
         comparisons += models_section(model, plan, checks)
     if "vllm" in sections:
