@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from vlreward.service.backends.base import Backend
+from vlreward.service.kinds import process_head
 from vlreward.service.media import MediaError, MediaPolicy
 from vlreward.service.prepare import prepare_sample
 from vlreward.service.schemas import Sample
@@ -34,10 +35,12 @@ def read_samples(path: Path) -> list[Sample]:
 
 
 def score_file(backend: Backend, input_path: Path, output_path: Path, batch_size: int = 16) -> int:
-    """Score each line of ``input_path`` and write ``{"score"[, "id"]}`` lines in input order.
+    """Score each line of ``input_path`` and write ``{"score"[, "id"]}`` lines in input order (a process
+    model: ``score`` is the checkpoint's aggregate and ``step_scores`` the steps', as ``/score`` gives them).
 
     Image paths are resolved relative to the input file's folder. Returns the number of samples.
     """
+    process = process_head(backend.model_dir)
     samples = read_samples(input_path)
     policy = MediaPolicy(media_root=input_path.resolve().parent)
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +63,11 @@ def score_file(backend: Backend, input_path: Path, output_path: Path, batch_size
     scores = asyncio.run(run())
     with output_path.open("w") as out:
         for sample, score in zip(samples, scores, strict=True):
-            record = {"id": sample.id, "score": score} if sample.id is not None else {"score": score}
+            record = {} if sample.id is None else {"id": sample.id}
+            if process is None:
+                record["score"] = score
+            else:
+                steps = process.step_scores(score)
+                record |= {"score": process.aggregate_of(steps), "step_scores": steps}
             out.write(json.dumps(record) + "\n")
     return len(samples)

@@ -86,3 +86,21 @@ def test_score_file_refuses_paths_outside_the_input_folder(hf_backend, tmp_path)
     inputs.write_text(json.dumps({"prompt": "p", "response": "r", "image": "./../outside.png"}) + "\n")
     with pytest.raises(InputError, match="outside the media root"):
         score_file(hf_backend, inputs, tmp_path / "out.jsonl")
+
+
+def test_a_process_model_writes_the_aggregate_and_the_step_scores(tiny_process, tmp_path):
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.kinds import sigmoid
+
+    backend = TransformersBackend(tiny_process, dtype="float32", device="cpu")
+    lines = [{"id": "a", "prompt": "Which colour?", "steps": ["It is round.", "It is red."]},
+             {"prompt": "Count?", "steps": ["Two."]}]  # fmt: skip
+    inputs = tmp_path / "steps.jsonl"
+    inputs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    score_file(backend, inputs, tmp_path / "out.jsonl")
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    for line, record in zip(lines, records, strict=True):
+        logits = backend.score_sync([backend.format_request_sample({k: v for k, v in line.items() if k != "id"})])[0]
+        assert record["step_scores"] == pytest.approx([sigmoid(x) for x in logits], abs=1e-6)
+        assert record["score"] == pytest.approx(min(record["step_scores"]))
+    assert records[0]["id"] == "a" and "id" not in records[1]
