@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from vlreward.service.schemas import Message, Sample
 
@@ -52,16 +52,7 @@ class PreferenceRecord(BaseModel):
         refs = images if images is not None else self.images
         if root is not None:  # explicit file:// + absolute path: a relative one could read as base64
             refs = [f"file://{(Path(root) / ref).resolve()}" for ref in refs]
-        messages: list[Message] = []
-        placed = False
-        for turn in self.conversation:
-            if turn.role == "user" and not placed:
-                parts: list[dict] = [{"type": "image_url", "image_url": {"url": ref}} for ref in refs]
-                parts.append({"type": "text", "text": turn.content})
-                messages.append(Message.model_validate({"role": "user", "content": parts}))
-                placed = True
-            else:
-                messages.append(Message(role=turn.role, content=turn.content))
+        messages = _with_images(self.conversation, refs)
         messages.append(Message(role="assistant", content=response))
         return Sample(messages=messages)
 
@@ -71,7 +62,61 @@ class PreferenceRecord(BaseModel):
         return "\x1f".join(" ".join(p.lower().split()) for p in parts)
 
 
-def write_records(records: Iterable[PreferenceRecord], folder: Path) -> Path:
+class StepRecord(BaseModel):
+    """One multi-step solution with a label per step, for process reward models.
+
+    ``labels[i]`` is step i's: 1.0 correct, 0.0 wrong, a value between for a soft (Monte-Carlo) label, or
+    None for a step not labelled (hard-labelled sets leave the steps after the first error unlabelled, as
+    PRM800K and ProcessBench do)."""
+
+    id: str
+    source: str = Field(description="Where the solution came from (synthetic, visualprm400k, prm800k, ...).")
+    category: str = Field(description="For per-category metrics.")
+    images: list[str] = Field(default_factory=list, description="Image paths relative to the dataset folder.")
+    conversation: list[Turn] = Field(description="Turns before the solution; ends with a user turn.")
+    steps: list[str] = Field(min_length=1)
+    labels: list[float | None]
+    meta: dict[str, Any] = Field(default_factory=dict, description="Generator or source details.")
+
+    @model_validator(mode="after")
+    def _a_label_per_step(self) -> StepRecord:
+        if len(self.labels) != len(self.steps):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.steps)} steps")
+        if any(label is not None and not 0.0 <= label <= 1.0 for label in self.labels):
+            raise ValueError("labels are probabilities of a correct step (0..1) or null")
+        return self
+
+    @property
+    def first_error(self) -> int:
+        """Index of the first step labelled wrong (below 0.5), -1 when none is (ProcessBench's convention)."""
+        return next((i for i, label in enumerate(self.labels) if label is not None and label < 0.5), -1)
+
+    def sample(self, root: Path | str | None = None) -> Sample:
+        """The conversation + the steps as a Sample (the last message's ``steps``)."""
+        refs = self.images
+        if root is not None:
+            refs = [f"file://{(Path(root) / ref).resolve()}" for ref in refs]
+        messages = _with_images(self.conversation, refs)
+        messages.append(Message(role="assistant", steps=self.steps))
+        return Sample(messages=messages)
+
+
+def _with_images(conversation: list[Turn], refs: list[str]) -> list[Message]:
+    """The turns as messages, the images at the start of the first user turn."""
+    messages: list[Message] = []
+    placed = False
+    for turn in conversation:
+        if turn.role == "user" and not placed:
+            parts: list[dict] = [{"type": "image_url", "image_url": {"url": ref}} for ref in refs]
+            parts.append({"type": "text", "text": turn.content})
+            messages.append(Message.model_validate({"role": "user", "content": parts}))
+            placed = True
+        else:
+            messages.append(Message(role=turn.role, content=turn.content))
+    return messages
+
+
+def write_records(records: Iterable[PreferenceRecord | StepRecord], folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / RECORDS_FILE
     with path.open("w") as handle:
@@ -80,12 +125,13 @@ def write_records(records: Iterable[PreferenceRecord], folder: Path) -> Path:
     return path
 
 
-def read_records(folder_or_file: Path) -> Iterator[PreferenceRecord]:
+def read_records(folder_or_file: Path, kind: type[BaseModel] = PreferenceRecord) -> Iterator[Any]:
+    """The records of a dataset folder (or its records file), as ``kind`` (StepRecord: step-labelled)."""
     path = folder_or_file / RECORDS_FILE if folder_or_file.is_dir() else folder_or_file
     with path.open() as handle:
         for line in handle:
             if line.strip():
-                yield PreferenceRecord.model_validate_json(line)
+                yield kind.model_validate_json(line)
 
 
 def load_hf_dataset(folder: Path):

@@ -1,0 +1,105 @@
+"""Seeded synthetic multi-step solutions about our synthetic images, with an error at a known step.
+
+Built on the preference generators of :mod:`.synthetic` (what a tiny model can learn from 3x3 image
+tokens: a shape's colour, a caption's colour, the tallest bar, the larger shape). Each solution has
+0-2 neutral opening steps, the claim about the image, and a conclusion that restates the claim. A correct
+solution makes the true claim (every step labelled 1.0); an erroneous one makes the false claim, or
+makes the true claim and concludes the false one. Labels follow PRM800K and ProcessBench: the steps up to
+the first error are labelled (correct 1.0, the error 0.0), the steps after it are not (None). The first
+error's index therefore varies with the opening's length and with where the error sits.
+Train and held-out never share an item.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlreward.training.data.schema import IMAGES_DIR, StepRecord, Turn, write_records
+from vlreward.training.data.synthetic import GENERATORS
+
+OPENINGS = (
+    "I look at the picture first.",
+    "Let me check the image carefully.",
+    "I read the question again.",
+    "The image has a white background.",
+)
+CONCLUSION = "So my answer: {claim}"
+ERROR_PLACES = ("none", "claim", "conclusion")
+"""Where a solution's first error is: nowhere, at the claim, or at the conclusion (after a true claim)."""
+STEP_GENERATORS = {category: GENERATORS[category] for category in ("hallucination", "reasoning")}
+"""The image categories whose claims a tiny model learns (the general and text pairs have no image claim)."""
+
+
+@dataclass(frozen=True)
+class Solution:
+    """The steps and labels of one solution, and where its error is (``-1``: none)."""
+
+    steps: list[str]
+    labels: list[float | None]
+    first_error: int
+
+
+def solution(rng: random.Random, true_claim: str, false_claim: str, error: str) -> Solution:
+    """A solution whose error (``ERROR_PLACES``) sits where asked, after 0-2 opening steps."""
+    opening = rng.sample(OPENINGS, rng.randint(0, 2))
+    claim = false_claim if error == "claim" else true_claim
+    concluded = false_claim if error != "none" else true_claim
+    steps = [*opening, claim, CONCLUSION.format(claim=concluded)]
+    if error == "none":
+        return Solution(steps, [1.0] * len(steps), -1)
+    wrong = len(opening) + (0 if error == "claim" else 1)
+    labels: list[float | None] = [1.0] * wrong + [0.0] + [None] * (len(steps) - wrong - 1)
+    return Solution(steps, labels, wrong)
+
+
+def generate_steps(
+    out_dir: Path, per_category: dict[str, int], seed: int, split: str, exclude: set[tuple] | None = None
+) -> tuple[list[StepRecord], set[tuple]]:
+    """Write ``per_category`` step-labelled solutions (and their images) into ``out_dir``, the three error
+    places in turn; items in ``exclude`` are skipped. Returns the records and the item keys used."""
+    rng = random.Random(f"steps-{seed}-{split}")
+    exclude = exclude or set()
+    (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    records, keys = [], set()
+    for category, count in per_category.items():
+        made = 0
+        while made < count:
+            item = STEP_GENERATORS[category](rng)
+            if item.key in exclude or item.key in keys:
+                continue
+            keys.add(item.key)
+            record_id = f"{split}-{category}-{made:05d}"
+            paths = []
+            for index, draw in enumerate(item.draw):
+                relative = f"{IMAGES_DIR}/{record_id}-{index}.png"
+                draw().save(out_dir / relative)
+                paths.append(relative)
+            error = ERROR_PLACES[made % len(ERROR_PLACES)]
+            made_solution = solution(rng, item.chosen, item.rejected, error)
+            records.append(
+                StepRecord(
+                    id=record_id,
+                    source="synthetic",
+                    category=category,
+                    images=paths,
+                    conversation=[Turn(role="user", content=item.prompt)],
+                    steps=made_solution.steps,
+                    labels=made_solution.labels,
+                    meta={"subtype": item.subtype, "split": split, "error": error},
+                )
+            )
+            made += 1
+    write_records(records, out_dir)
+    return records, keys
+
+
+def build_synthetic_steps(
+    out_dir: Path, train_per_category: dict[str, int], heldout_per_category: dict[str, int], seed: int = 0
+) -> tuple[Path, Path]:
+    """Held-out first, then a train split that shares no item with it."""
+    heldout_dir, train_dir = out_dir / "heldout", out_dir / "train"
+    _, heldout_keys = generate_steps(heldout_dir, heldout_per_category, seed, "heldout")
+    generate_steps(train_dir, train_per_category, seed, "train", exclude=heldout_keys)
+    return train_dir, heldout_dir
