@@ -204,9 +204,9 @@ class Settings(BaseSettings):
     def url_hosts(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.url_allowlist.split(",") if h.strip())
 
-    def default_model_dir(self) -> Path:
-        """Where the embedded default model lives."""
-        return self.home.expanduser() / "models" / "default"
+    def default_model_dir(self, kind: str = "scalar") -> Path:
+        """Where the embedded default model of ``kind`` lives (the process model: ``default-process``)."""
+        return self.home.expanduser() / "models" / ("default" if kind == "scalar" else f"default-{kind}")
 
     def limits(self) -> dict[str, Any]:
         """The settings ``/info`` reports as limits (fields marked :data:`LIMIT`), by name."""

@@ -1,4 +1,5 @@
-"""`vlreward bootstrap`: tiny base -> synthetic data -> `tiny` two-stage recipe -> the embedded default model."""
+"""`vlreward bootstrap`: tiny base -> synthetic data -> `tiny` two-stage recipe -> the embedded default model
+(``--kind process``: step-labelled synthetic solutions -> the embedded default process model)."""
 
 from __future__ import annotations
 
@@ -17,22 +18,37 @@ from vlreward.training.data.synthetic import (
     build_synthetic,
 )
 
+KINDS = ("scalar", "process")
+"""The kinds of default model bootstrap builds."""
+STEP_TRAIN_PER_CATEGORY = {"hallucination": 3000, "reasoning": 3000}
+STEP_HELDOUT_PER_CATEGORY = {"hallucination": 200, "reasoning": 200}
+
 
 def bootstrap(
-    destination: Path, recipe: str = "tiny", workdir: Path | None = None, seed: int = 0, num_threads: int | None = None
+    destination: Path,
+    recipe: str = "tiny",
+    workdir: Path | None = None,
+    seed: int = 0,
+    num_threads: int | None = None,
+    kind: str = "scalar",
 ) -> dict:
-    """Build, train and export the default model into ``destination``; returns the held-out metrics.
+    """Build, train and export the default model of ``kind`` into ``destination``; returns the held-out
+    metrics.
 
     ``seed`` sets the base model's weights, the synthetic data and the recipe's seed together (0 is the
     embedded default model); ``num_threads`` overrides the recipe's torch threads.
     """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}")
     # Imported here: `vlreward` imports this module at every start (its builder of the default model),
     # and these load torch, transformers and accelerate (seconds) that --help and serve --model never need.
+    from vlreward.service.kinds import ProcessHead
     from vlreward.training.base_model import build_base_model
     from vlreward.training.config import load_recipe
+    from vlreward.training.data.synthetic_steps import build_synthetic_steps
     from vlreward.training.export import export_model
     from vlreward.training.model import reward_model_from_base
-    from vlreward.training.trainer import PairwiseTrainer
+    from vlreward.training.trainer import PairwiseTrainer, StepTrainer
 
     started = time.monotonic()
     destination = Path(destination)
@@ -41,29 +57,41 @@ def bootstrap(
     try:
         tqdm.write("[1/4] building the tiny base model")
         base = build_base_model(work / "base", size="tiny", seed=seed)
-        tqdm.write("[2/4] generating synthetic preference data")
-        train_dir, heldout_dir = build_synthetic(
-            work / "data", TRAIN_PER_CATEGORY, HELDOUT_PER_CATEGORY, seed=SYNTHETIC_SEED + seed
-        )
+        process = ProcessHead() if kind == "process" else None
+        if process is None:
+            tqdm.write("[2/4] generating synthetic preference data")
+            train_dir, heldout_dir = build_synthetic(
+                work / "data", TRAIN_PER_CATEGORY, HELDOUT_PER_CATEGORY, seed=SYNTHETIC_SEED + seed
+            )
+        else:
+            tqdm.write("[2/4] generating synthetic step-labelled solutions")
+            train_dir, heldout_dir = build_synthetic_steps(
+                work / "data", STEP_TRAIN_PER_CATEGORY, STEP_HELDOUT_PER_CATEGORY, seed=SYNTHETIC_SEED + seed
+            )
         tqdm.write(f"[3/4] training with the {recipe!r} recipe")
         config = load_recipe(recipe)
         config.seed = seed
         if num_threads is not None:
             config.num_threads = num_threads
         model, processor = reward_model_from_base(base, seed=config.seed)
-        trainer = PairwiseTrainer(config, model, processor, train_dir, work / "run", heldout_dir=heldout_dir)
+        if process is None:
+            trainer = PairwiseTrainer(config, model, processor, train_dir, work / "run", heldout_dir=heldout_dir)
+        else:
+            trainer = StepTrainer(
+                config, model, processor, train_dir, work / "run", heldout_dir=heldout_dir, process=process
+            )
         progress = trainer.train()
         metrics = trainer.evaluate()
         tqdm.write("[4/4] exporting")
         staging = work / "export"
         info = {"recipe": config.to_dict(), "heldout": metrics, "history": progress.history[-20:]}
-        export_model(trainer.unwrapped, processor, staging, info)
+        export_model(trainer.unwrapped, processor, staging, info, process=process)
         if destination.exists():
             shutil.rmtree(destination)
         shutil.move(str(staging), destination)  # appears whole or not at all
         tqdm.write(
-            f"default model ready in {destination} after {time.monotonic() - started:.0f} s: "
-            f"held-out accuracy {metrics['overall']:.3f} {json.dumps(metrics['categories'])}"
+            f"default {kind} model ready in {destination} after {time.monotonic() - started:.0f} s: "
+            f"{trainer.headline(metrics)} {json.dumps(metrics['categories'])}"
         )
         return metrics
     finally:

@@ -32,16 +32,25 @@ def bootstrap_base(
 
 @app.command()
 def bootstrap(
-    home: Annotated[Path | None, typer.Option(help="VLREWARD_HOME; the model goes to HOME/models/default.")] = None,
+    home: Annotated[
+        Path | None, typer.Option(help="VLREWARD_HOME; the model goes to HOME/models/default (-process).")
+    ] = None,
     recipe: Annotated[str, typer.Option(help="Recipe name or YAML file.")] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed of the base weights, the synthetic data and the recipe.")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: the recipe's).")] = None,
+    kind: Annotated[str, typer.Option(help="scalar (the default model) or process (the default process model).")] = (
+        "scalar"
+    ),
 ) -> None:
     """Build the tiny base, generate synthetic data, train the two-stage recipe, export the default model."""
     from vlreward.service.settings import Settings
+    from vlreward.training.bootstrap import KINDS
 
+    if kind not in KINDS:
+        raise typer.BadParameter(f"kind must be one of {', '.join(KINDS)}")
     settings = Settings(**({"home": home} if home else {}))
-    run_bootstrap(settings.default_model_dir(), recipe=recipe, seed=seed, num_threads=threads)
+    destination = settings.default_model_dir(kind)
+    run_bootstrap(destination, recipe=recipe, seed=seed, num_threads=threads, kind=kind)
 
 
 def _recipe_fields() -> str:

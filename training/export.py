@@ -8,6 +8,7 @@ from typing import Any
 
 from safetensors.torch import load_file
 
+from vlreward.service.kinds import ProcessHead
 from vlreward.service.model.checkpoint import save_reward_model
 from vlreward.service.model.probe import Probe
 from vlreward.training.model import reward_model_from_base
@@ -15,14 +16,17 @@ from vlreward.training.model import reward_model_from_base
 TRAINING_INFO_FILE = "vlreward_training.json"
 
 
-def export_model(model: Any, processor: Any, output_dir: Path, info: dict | None = None) -> Probe:
-    """Save in the contract, then score the probe with the transformers backend and store it."""
+def export_model(
+    model: Any, processor: Any, output_dir: Path, info: dict | None = None, process: ProcessHead | None = None
+) -> Probe:
+    """Save in the contract (``process``: as a process model read at that step tag), then score the probe
+    with the transformers backend and store it."""
     from vlreward.service.backends.transformers import stamp_reference_probe
 
     output_dir = Path(output_dir)
     was_training = model.training
     model.eval()
-    save_reward_model(model, processor, output_dir)
+    save_reward_model(model, processor, output_dir, process=process)
     model.train(was_training)
     if info is not None:
         (output_dir / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")

@@ -22,11 +22,13 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 from transformers import get_scheduler
 
+from vlreward.service.kinds import ProcessHead
 from vlreward.training.collator import PairCollator, PairDataset
 from vlreward.training.config import StageConfig, TrainConfig
-from vlreward.training.data.schema import PreferenceRecord, read_records
+from vlreward.training.data.schema import PreferenceRecord, StepRecord, read_records
 from vlreward.training.model import freeze_vision_encoder, parameter_groups, parameter_report
 from vlreward.training.pair_metrics import pairwise_accuracy, score_pairs
+from vlreward.training.steps import StepCollator, StepDataset, score_solutions, step_loss, step_metrics
 
 STATE_FILE = "trainer_state.json"
 
@@ -96,15 +98,24 @@ class PairwiseTrainer:
             + ", ".join(f"{part} {c['trainable']:,}/{c['total']:,}" for part, c in self.report.items())
         )
 
-        # Data: every pair encoded once with the service's own formatting and encoding.
+        self._build_data(processor, heldout_dir)
+
+    def _build_data(self, processor: Any, heldout_dir: Path | None) -> None:
+        """Every pair encoded once with the service's own formatting and encoding."""
         records = list(read_records(self.train_dir))
         self.train_data = PairDataset(records, self.train_dir, processor)
         self.collator = PairCollator(self.unwrapped.config.text_config.pad_token_id)
         self.heldout: tuple[list[PreferenceRecord], list] | None = None
         if heldout_dir is not None:
-            held = [r for r in read_records(Path(heldout_dir))][: config.eval_pairs]
+            held = [r for r in read_records(Path(heldout_dir))][: self.config.eval_pairs]
             dataset = PairDataset(held, Path(heldout_dir), processor)
             self.heldout = (held, [dataset[i] for i in range(len(held))])
+
+    def batch_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss and accuracy (here: pairs ranked right)."""
+        n = int(batch.pop("num_pairs"))
+        scores = self.model(**batch)
+        return pairwise_loss(scores[:n], scores[n:]), (scores[:n] > scores[n:]).float().mean()
 
     @property
     def unwrapped(self) -> Any:
@@ -143,7 +154,7 @@ class PairwiseTrainer:
             if self.heldout is not None:
                 metrics = self.evaluate()
                 progress.history.append({"step": progress.global_step, "stage": stage.name, "eval": metrics})
-                self.log(f"[{stage.name}] held-out accuracy {metrics['overall']:.3f} {metrics['categories']}")
+                self.log(f"[{stage.name}] {self.headline(metrics)}")
             resume_from = None
         self.save_checkpoint(progress, self.output_dir / "checkpoint-final")
         return progress
@@ -194,10 +205,8 @@ class PairwiseTrainer:
             for batch_number, batch in enumerate(loader, start=skip):
                 if progress.global_step - stage_start_step >= total_steps:
                     break
-                n = int(batch.pop("num_pairs"))
                 with accelerator.accumulate(self.model):
-                    scores = self.model(**batch)
-                    loss = pairwise_loss(scores[:n], scores[n:])
+                    loss, correct = self.batch_loss(batch)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.max_grad_norm:
                         accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
@@ -206,7 +215,6 @@ class PairwiseTrainer:
                     optimizer.zero_grad()
                 progress.epoch, progress.batch = epoch, batch_number + 1
                 # Averaged over all processes, so one- and multi-process runs log the same curve.
-                correct = (scores[:n] > scores[n:]).float().mean()
                 pair_stats = accelerator.reduce(torch.stack([loss.detach(), correct]), reduction="mean")
                 window.append((pair_stats[0].item(), pair_stats[1].item()))
                 if not accelerator.sync_gradients:
@@ -233,6 +241,11 @@ class PairwiseTrainer:
                 break
         bar.close()
 
+    @staticmethod
+    def headline(metrics: dict[str, Any]) -> str:
+        """The held-out figures a log line shows."""
+        return f"held-out accuracy {metrics['overall']:.3f} {metrics['categories']}"
+
     def evaluate(self) -> dict[str, Any]:
         """Held-out accuracy per category and mean margin (the model in eval mode, then back)."""
         records, pairs = self.heldout
@@ -254,3 +267,46 @@ class PairwiseTrainer:
             with (self.output_dir / "history.jsonl").open("w") as handle:
                 for entry in progress.history:
                     handle.write(json.dumps(entry) + "\n")
+
+
+class StepTrainer(PairwiseTrainer):
+    """Trains a process reward model on step-labelled solutions through the same stages, distributed
+    paths and checkpoints: the head is read at every step tag and trained with binary cross-entropy where
+    a step is labelled (:mod:`vlreward.training.steps`)."""
+
+    def __init__(self, *args: Any, process: ProcessHead | None = None, **kwargs: Any):
+        self.process = process or ProcessHead()
+        super().__init__(*args, **kwargs)
+
+    def _build_data(self, processor: Any, heldout_dir: Path | None) -> None:
+        records = list(read_records(self.train_dir, StepRecord))
+        self.train_data = StepDataset(records, self.train_dir, processor, self.process)
+        self.collator = StepCollator(self.unwrapped.config.text_config.pad_token_id)
+        self.heldout = None
+        if heldout_dir is not None:
+            held = list(read_records(Path(heldout_dir), StepRecord))[: self.config.eval_pairs]
+            self.heldout = (held, StepDataset(held, Path(heldout_dir), processor, self.process))
+
+    def batch_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Binary cross-entropy over the labelled steps, and the share of them on the right side of 0.5."""
+        labels = batch.pop("labels")
+        return step_loss(self.model(**batch), labels.to(self.accelerator.device))
+
+    @staticmethod
+    def headline(metrics: dict[str, Any]) -> str:
+        return (
+            f"held-out step macro-F1 {metrics['macro_f1']:.3f}, first-error accuracy "
+            f"{metrics['first_error_accuracy']:.3f}"
+        )
+
+    def evaluate(self) -> dict[str, Any]:
+        """Held-out step-level macro-F1 and first-error accuracy, overall and per category."""
+        records, dataset = self.heldout
+        model = self.unwrapped
+        was_training = model.training
+        model.eval()
+        try:
+            scores = score_solutions(model, dataset, self.process)
+        finally:
+            model.train(was_training)
+        return step_metrics(records, scores)

@@ -169,9 +169,13 @@ class Qwen2_5_VLRewardModel(nn.Module):
         mm_token_type_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.Tensor | None = None,
+        read_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Raw rewards, shape [batch]."""
-        hidden = self.hidden_states(input_ids, attention_mask, mm_token_type_ids, pixel_values, image_grid_thw)
+        """Raw rewards, shape [batch]; with ``read_at`` (step-tag positions [batch, k]) the head's logit at
+        each, shape [batch, k] (training a process model)."""
+        hidden = self.hidden_states(
+            input_ids, attention_mask, mm_token_type_ids, pixel_values, image_grid_thw, read_at=read_at
+        )
         if pixel_values is None and self.vision_in_every_step and self.training:
             hidden = hidden + 0.0 * self._dummy_vision_output()
         return self.reward(hidden)

@@ -1,0 +1,145 @@
+"""The process objective: step-labelled solutions -> the head read at every step tag, trained with binary
+cross-entropy where a step is labelled, and measured as PRM benchmarks measure (step-level macro-F1 over
+correct / wrong, and the accuracy of the first wrong step's index).
+
+Formatting and encoding are the service's (``prepare_sample`` with the model's step tag, then the
+tokenizer's tag positions), so a trained model reads exactly the input it is served with.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch.utils.data import Dataset
+
+from vlreward.service.kinds import ProcessHead
+from vlreward.service.media import MediaPolicy
+from vlreward.service.model.checkpoint import step_tag_id
+from vlreward.service.model.encoding import EncodedSample, collate, encode, tag_positions
+from vlreward.service.prepare import prepare_sample
+from vlreward.training.data.schema import StepRecord
+
+UNLABELLED = float("nan")
+"""A step without a label (after the first error, or padding): no loss, not measured."""
+
+
+def encode_solution(record: StepRecord, root: Path, processor: Any, head: ProcessHead) -> EncodedSample:
+    """A solution encoded with its step tags' positions (one per step, or the record is refused)."""
+    policy = MediaPolicy(media_root=root)
+    formatted = prepare_sample(record.sample(root=root), processor, policy, step_tag=head.step_tag)
+    encoded = encode(formatted, processor)
+    encoded.read_at = tag_positions(encoded.input_ids, step_tag_id(processor.tokenizer, head.step_tag))
+    if len(encoded.read_at) != len(record.steps):
+        raise ValueError(f"{record.id}: {len(encoded.read_at)} step tags for {len(record.steps)} steps")
+    return encoded
+
+
+class StepDataset(Dataset):
+    """Solutions of one dataset folder, each encoded on first access and kept, with its labels."""
+
+    def __init__(self, records: list[StepRecord], root: Path, processor: Any, head: ProcessHead):
+        self.records = records
+        self.root = Path(root)
+        self.processor = processor
+        self.head = head
+        self.cache: dict[int, tuple[EncodedSample, list[float | None]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[EncodedSample, list[float | None]]:
+        if index not in self.cache:
+            record = self.records[index]
+            self.cache[index] = (encode_solution(record, self.root, self.processor, self.head), record.labels)
+        return self.cache[index]
+
+
+def read_at_and_labels(items: list[tuple[EncodedSample, list[float | None]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row's step-tag positions and labels, [batch, most steps] (a shorter row repeats its last tag,
+    labelled :data:`UNLABELLED`)."""
+    most = max(len(encoded.read_at) for encoded, _ in items)
+    positions, labels = [], []
+    for encoded, row_labels in items:
+        pad = most - len(encoded.read_at)
+        positions.append([*encoded.read_at, *[encoded.read_at[-1]] * pad])
+        labels.append([UNLABELLED if label is None else label for label in row_labels] + [UNLABELLED] * pad)
+    return torch.tensor(positions), torch.tensor(labels, dtype=torch.float32)
+
+
+class StepCollator:
+    """[(solution, labels), ...] -> one right-padded batch with ``read_at`` and ``labels``."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, items: list[tuple[EncodedSample, list[float | None]]]) -> dict[str, torch.Tensor]:
+        batch = collate([encoded for encoded, _ in items], self.pad_token_id, padding_side="right")
+        batch["read_at"], batch["labels"] = read_at_and_labels(items)
+        return batch
+
+
+def step_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean binary cross-entropy over the labelled steps (soft labels as they are) and the share of them
+    the head gets on the right side of 0.5."""
+    labelled = ~torch.isnan(labels)
+    logits, labels = logits[labelled], labels[labelled].to(logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(logits, labels)
+    right = ((logits > 0) == (labels >= 0.5)).float().mean()
+    return loss, right
+
+
+def first_error(step_scores: list[float], threshold: float = 0.5) -> int:
+    """The first step scored below ``threshold``, -1 when none is (ProcessBench's convention)."""
+    return next((i for i, score in enumerate(step_scores) if score < threshold), -1)
+
+
+def _f1(true_positive: int, false_positive: int, false_negative: int) -> float:
+    denominator = 2 * true_positive + false_positive + false_negative
+    return 2 * true_positive / denominator if denominator else 0.0
+
+
+def step_metrics(records: list[StepRecord], step_scores: list[list[float]], threshold: float = 0.5) -> dict:
+    """Step-level macro-F1 over the classes correct / wrong (labelled steps; soft labels read at 0.5),
+    first-error accuracy (the predicted first wrong step equals the labelled one, -1 for none), overall
+    and per category."""
+
+    def measure(pairs: list[tuple[StepRecord, list[float]]]) -> dict[str, float]:
+        counts = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}  # "positive": a correct step
+        first_right = 0
+        for record, scores in pairs:
+            for label, score in zip(record.labels, scores, strict=True):
+                if label is None:
+                    continue
+                truth, predicted = label >= 0.5, score >= threshold
+                counts[{(True, True): "tp", (False, True): "fp", (True, False): "fn", (False, False): "tn"}[
+                    (truth, predicted)]] += 1  # fmt: skip
+            first_right += first_error(scores, threshold) == record.first_error
+        correct_f1 = _f1(counts["tp"], counts["fp"], counts["fn"])
+        wrong_f1 = _f1(counts["tn"], counts["fn"], counts["fp"])
+        return {"macro_f1": (correct_f1 + wrong_f1) / 2, "first_error_accuracy": first_right / max(len(pairs), 1)}
+
+    pairs = list(zip(records, step_scores, strict=True))
+    by_category: dict[str, list] = defaultdict(list)
+    for record, scores in pairs:
+        by_category[record.category].append((record, scores))
+    overall = measure(pairs)
+    return {
+        "n": len(pairs),
+        "steps": sum(label is not None for record in records for label in record.labels),
+        **overall,
+        "categories": {category: measure(items) for category, items in sorted(by_category.items())},
+    }
+
+
+def score_solutions(model: Any, dataset: StepDataset, head: ProcessHead, batch_size: int = 16) -> list[list[float]]:
+    """Step scores (the head's activation) of every solution of ``dataset``, in order."""
+    scores: list[list[float]] = []
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch_size):
+            batch = [dataset[i][0] for i in range(start, min(len(dataset), start + batch_size))]
+            scores += [head.step_scores(logits) for logits in model.score_batch(batch)]
+    return scores
