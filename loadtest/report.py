@@ -76,6 +76,18 @@ def sweep_runs_table(report: dict) -> str:
     return runs_table(report["runs"])
 
 
+def process_sweep_summary_table(report: dict) -> str:
+    from loadtest.process_sweep import summary_table
+
+    return summary_table(report["summary"])
+
+
+def process_sweep_runs_table(report: dict) -> str:
+    from loadtest.process_sweep import runs_table
+
+    return runs_table(report["runs"])
+
+
 def eval_table(report: dict) -> str:
     from vlreward.training.evaluate import results_markdown
 
@@ -87,6 +99,8 @@ KINDS: dict[str, Callable[..., str]] = {
     "gpu_pair": gpu_pair_table,
     "sweep_summary": sweep_summary_table,
     "sweep_runs": sweep_runs_table,
+    "process_sweep_summary": process_sweep_summary_table,
+    "process_sweep_runs": process_sweep_runs_table,
     "eval": eval_table,
 }
 """How each kind of results file becomes a table (``gpu_pair`` takes two files joined by ``+``)."""

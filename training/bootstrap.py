@@ -20,26 +20,37 @@ from vlreward.training.data.synthetic import (
 
 KINDS = ("scalar", "process")
 """The kinds of default model bootstrap builds."""
-STEP_TRAIN_PER_CATEGORY = {"hallucination": 3000, "reasoning": 3000}
+STEP_TRAIN_PER_CATEGORY = {"hallucination": 2000, "reasoning": 2000}
+"""Items per category of the process model's training split (each as three solutions: no error, a wrong
+claim, a wrong conclusion)."""
 STEP_HELDOUT_PER_CATEGORY = {"hallucination": 200, "reasoning": 200}
+
+
+RECIPES = {"scalar": "tiny", "process": "tiny-process"}
+"""Each kind's default recipe."""
 
 
 def bootstrap(
     destination: Path,
-    recipe: str = "tiny",
+    recipe: str | None = None,
     workdir: Path | None = None,
     seed: int = 0,
     num_threads: int | None = None,
     kind: str = "scalar",
+    start_from: Path | None = None,
 ) -> dict:
     """Build, train and export the default model of ``kind`` into ``destination``; returns the held-out
-    metrics.
+    metrics. The process model starts from the default scalar model of the same seed (built here first,
+    in the work folder): its backbone has learnt to read the synthetic images (see the recipe).
 
     ``seed`` sets the base model's weights, the synthetic data and the recipe's seed together (0 is the
-    embedded default model); ``num_threads`` overrides the recipe's torch threads.
+    embedded default model); ``num_threads`` overrides the recipe's torch threads; ``recipe`` defaults to
+    the kind's (:data:`RECIPES`); ``start_from``: the scalar checkpoint a process model starts from
+    instead of building one (tests reuse their session's default model).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+    recipe = recipe or RECIPES[kind]
     # Imported here: `vlreward` imports this module at every start (its builder of the default model),
     # and these load torch, transformers and accelerate (seconds) that --help and serve --model never need.
     from vlreward.service.kinds import ProcessHead
@@ -55,9 +66,16 @@ def bootstrap(
     destination.parent.mkdir(parents=True, exist_ok=True)
     work = Path(workdir or tempfile.mkdtemp(prefix=".bootstrap-", dir=destination.parent))
     try:
-        tqdm.write("[1/4] building the tiny base model")
-        base = build_base_model(work / "base", size="tiny", seed=seed)
         process = ProcessHead() if kind == "process" else None
+        if process is None:
+            tqdm.write("[1/4] building the tiny base model")
+            base = build_base_model(work / "base", size="tiny", seed=seed)
+        elif start_from is not None:
+            base = Path(start_from)
+        else:
+            tqdm.write("[1/4] building the default scalar model of this seed to start from")
+            base = work / "scalar"
+            bootstrap(base, workdir=work / "scalar-work", seed=seed, num_threads=num_threads)
         if process is None:
             tqdm.write("[2/4] generating synthetic preference data")
             train_dir, heldout_dir = build_synthetic(
@@ -73,7 +91,7 @@ def bootstrap(
         config.seed = seed
         if num_threads is not None:
             config.num_threads = num_threads
-        model, processor = reward_model_from_base(base, seed=config.seed)
+        model, processor = reward_model_from_base(base, seed=config.seed, head_bias=process is not None)
         if process is None:
             trainer = PairwiseTrainer(config, model, processor, train_dir, work / "run", heldout_dir=heldout_dir)
         else:

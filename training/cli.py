@@ -35,7 +35,9 @@ def bootstrap(
     home: Annotated[
         Path | None, typer.Option(help="VLREWARD_HOME; the model goes to HOME/models/default (-process).")
     ] = None,
-    recipe: Annotated[str, typer.Option(help="Recipe name or YAML file.")] = "tiny",
+    recipe: Annotated[
+        str | None, typer.Option(help="Recipe name or YAML file (default: tiny; tiny-process for --kind process).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the base weights, the synthetic data and the recipe.")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: the recipe's).")] = None,
     kind: Annotated[str, typer.Option(help="scalar (the default model) or process (the default process model).")] = (

@@ -7,10 +7,12 @@ import os
 import subprocess
 
 import pytest
+import yaml
 
 from tests.helpers import VLREWARD
 from vlreward.service.model.checkpoint import read_config
 from vlreward.service.model.probe import read_probe
+from vlreward.training.config import RECIPES_DIR
 from vlreward.training.data.synthetic import CATEGORIES
 from vlreward.training.export import TRAINING_INFO_FILE
 
@@ -81,3 +83,32 @@ def test_the_trained_default_model_scores_the_same_on_vllm(default_home, hf_eval
         json.loads((tmp_path / "results.json").read_text())["categories"]
         == json.loads((hf_output / "results.json").read_text())["categories"]
     )
+
+
+def test_a_process_model_bootstraps_from_the_default_model_and_serves_step_scores(default_home, tmp_path):
+    """The process path of bootstrap, on a short recipe from the session's default model (the full
+    recipe and its targets over seeds are a benchmark: loadtest/process_sweep.py)."""
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.kinds import PROCESS, ProcessHead, checkpoint_kind
+    from vlreward.training.bootstrap import bootstrap
+
+    recipe = yaml.safe_load((RECIPES_DIR / "tiny-process.yaml").read_text())
+    recipe["stages"][0] |= {"max_steps": 20, "warmup_steps": 5}
+    (tmp_path / "short.yaml").write_text(yaml.safe_dump(recipe))
+    destination = tmp_path / "home" / "models" / "default-process"
+    metrics = bootstrap(destination, recipe=str(tmp_path / "short.yaml"), kind="process",
+                        start_from=default_home.model, num_threads=1)  # fmt: skip
+    assert 0.0 <= metrics["macro_f1"] <= 1.0 and 0.0 <= metrics["first_error_accuracy"] <= 1.0
+    assert checkpoint_kind(destination) is PROCESS
+    info = json.loads((destination / TRAINING_INFO_FILE).read_text())
+    assert info["heldout"]["macro_f1"] == metrics["macro_f1"] and info["recipe"]["stages"][0]["max_steps"] == 20
+    backend = TransformersBackend(destination, dtype="float32", device="cpu")
+    assert backend.process == ProcessHead() and backend.check_probe() is not None
+    sample = {"prompt": "What colour is the circle?", "steps": ["I look at the picture.", "The circle is red."]}
+    assert len(backend.score_sync([backend.format_request_sample(sample)])[0]) == 2
+
+
+def test_bootstrap_refuses_an_unknown_kind(tmp_path):
+    done = subprocess.run([VLREWARD, "bootstrap", "--kind", "judge", "--home", str(tmp_path)], capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 2 and "kind must be one of scalar, process" in done.stderr

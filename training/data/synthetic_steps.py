@@ -55,10 +55,17 @@ def solution(rng: random.Random, true_claim: str, false_claim: str, error: str) 
 
 
 def generate_steps(
-    out_dir: Path, per_category: dict[str, int], seed: int, split: str, exclude: set[tuple] | None = None
+    out_dir: Path,
+    per_category: dict[str, int],
+    seed: int,
+    split: str,
+    exclude: set[tuple] | None = None,
+    every_place: bool = False,
 ) -> tuple[list[StepRecord], set[tuple]]:
-    """Write ``per_category`` step-labelled solutions (and their images) into ``out_dir``, the three error
-    places in turn; items in ``exclude`` are skipped. Returns the records and the item keys used."""
+    """Write ``per_category`` items' step-labelled solutions (and their images) into ``out_dir``: one per
+    item, the three error places in turn, or with ``every_place`` one per error place for every item (the
+    same image with a right and a wrong claim: what lets a tiny model learn to read the image). Items in
+    ``exclude`` are skipped. Returns the records and the item keys used."""
     rng = random.Random(f"steps-{seed}-{split}")
     exclude = exclude or set()
     (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
@@ -76,20 +83,21 @@ def generate_steps(
                 relative = f"{IMAGES_DIR}/{record_id}-{index}.png"
                 draw().save(out_dir / relative)
                 paths.append(relative)
-            error = ERROR_PLACES[made % len(ERROR_PLACES)]
-            made_solution = solution(rng, item.chosen, item.rejected, error)
-            records.append(
-                StepRecord(
-                    id=record_id,
-                    source="synthetic",
-                    category=category,
-                    images=paths,
-                    conversation=[Turn(role="user", content=item.prompt)],
-                    steps=made_solution.steps,
-                    labels=made_solution.labels,
-                    meta={"subtype": item.subtype, "split": split, "error": error},
+            places = ERROR_PLACES if every_place else (ERROR_PLACES[made % len(ERROR_PLACES)],)
+            for error in places:
+                made_solution = solution(rng, item.chosen, item.rejected, error)
+                records.append(
+                    StepRecord(
+                        id=record_id if len(places) == 1 else f"{record_id}-{error}",
+                        source="synthetic",
+                        category=category,
+                        images=paths,
+                        conversation=[Turn(role="user", content=item.prompt)],
+                        steps=made_solution.steps,
+                        labels=made_solution.labels,
+                        meta={"subtype": item.subtype, "split": split, "error": error},
+                    )
                 )
-            )
             made += 1
     write_records(records, out_dir)
     return records, keys
@@ -98,8 +106,9 @@ def generate_steps(
 def build_synthetic_steps(
     out_dir: Path, train_per_category: dict[str, int], heldout_per_category: dict[str, int], seed: int = 0
 ) -> tuple[Path, Path]:
-    """Held-out first, then a train split that shares no item with it."""
+    """Held-out first (one solution per item), then a train split that shares no item with it (every
+    error place for every item)."""
     heldout_dir, train_dir = out_dir / "heldout", out_dir / "train"
     _, heldout_keys = generate_steps(heldout_dir, heldout_per_category, seed, "heldout")
-    generate_steps(train_dir, train_per_category, seed, "train", exclude=heldout_keys)
+    generate_steps(train_dir, train_per_category, seed, "train", exclude=heldout_keys, every_place=True)
     return train_dir, heldout_dir
