@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -166,26 +167,40 @@ def main(
         raise typer.BadParameter(f"unknown CPU capability {sorted(unknown)}; choose from {', '.join(CAPABILITIES)}")
     grid = list(itertools.product(_ints(seeds), _ints(threads), capabilities))
     workdir = Path(tempfile.mkdtemp(prefix="bootstrap-sweep-"))
-    runs: list[dict] = []
-    # Runs with the same thread count go together, so that parallel runs never oversubscribe the cores.
-    for thread_count in sorted({t for _, t, _ in grid}):
-        batch = [g for g in grid if g[1] == thread_count]
-        workers = parallel or max(1, (os.cpu_count() or 1) // thread_count)
-        with ThreadPoolExecutor(workers) as pool:
-            futures = [pool.submit(run_one, s, t, c, workdir) for s, t, c in batch]
-            for future in tqdm(futures, desc=f"bootstrap runs ({thread_count} thread(s), {workers} at once)"):
-                run = future.result()
-                runs.append(run)
-                tqdm.write(json.dumps(run))
+    runs = run_by_threads(grid, lambda g: g[1], lambda s, t, c: run_one(s, t, c, workdir), parallel)
     summary = summarise(runs)
     print("\n" + runs_table(runs))
     print(summary_table(summary))
     passed = sum(meets_targets(r) for r in runs)
-    print(f"\n{passed} of {len(runs)} runs meet the targets {TARGETS}")
+    write_report(output, TARGETS, runs, summary, passed, _plot)
+
+
+def run_by_threads(
+    grid: list[tuple], threads_of: Callable[[tuple], int], run: Callable[..., dict], parallel: int | None = None
+) -> list[dict]:
+    """``run(*point)`` for every point of the grid. Points with the same thread count go together, as many
+    at once as the cores hold (or ``parallel``), so that parallel runs never oversubscribe the cores."""
+    runs: list[dict] = []
+    for thread_count in sorted({threads_of(point) for point in grid}):
+        batch = [point for point in grid if threads_of(point) == thread_count]
+        workers = parallel or max(1, (os.cpu_count() or 1) // thread_count)
+        with ThreadPoolExecutor(workers) as pool:
+            futures = [pool.submit(run, *point) for point in batch]
+            for future in tqdm(futures, desc=f"bootstrap runs ({thread_count} thread(s), {workers} at once)"):
+                runs.append(future.result())
+                tqdm.write(json.dumps(runs[-1]))
+    return runs
+
+
+def write_report(
+    output: Path, targets: dict, runs: list[dict], summary: dict, passed: int, plot: Callable[[list, Path], None]
+) -> None:
+    """How many runs met the targets, then the JSON and PNG at ``output`` (no suffix)."""
+    print(f"\n{passed} of {len(runs)} runs meet the targets {targets}")
     output.parent.mkdir(parents=True, exist_ok=True)
-    report = {"command": " ".join(sys.argv), "targets": TARGETS, "runs": runs, "summary": summary, "passed": passed}
+    report = {"command": " ".join(sys.argv), "targets": targets, "runs": runs, "summary": summary, "passed": passed}
     output.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    _plot(runs, output.with_suffix(".png"))
+    plot(runs, output.with_suffix(".png"))
     print(f"wrote {output.with_suffix('.json')} and {output.with_suffix('.png')}")
 
 

@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import typer
-from tqdm import tqdm
 
-from loadtest.bootstrap_sweep import VLREWARD, _ints
+from loadtest.bootstrap_sweep import VLREWARD, _ints, run_by_threads, write_report
 
 app = typer.Typer(add_completion=False)
 
@@ -107,26 +104,12 @@ def main(
     print("command:", " ".join(["python -m loadtest.process_sweep", *sys.argv[1:]]), flush=True)
     grid = list(itertools.product(_ints(seeds), _ints(threads)))
     workdir = Path(tempfile.mkdtemp(prefix="process-sweep-"))
-    runs: list[dict] = []
-    for thread_count in sorted({t for _, t in grid}):  # never more threads at once than cores
-        batch = [g for g in grid if g[1] == thread_count]
-        workers = max(1, (os.cpu_count() or 1) // thread_count)
-        with ThreadPoolExecutor(workers) as pool:
-            futures = [pool.submit(run_one, s, t, workdir) for s, t in batch]
-            for future in tqdm(futures, desc=f"bootstrap runs ({thread_count} thread(s), {workers} at once)"):
-                run = future.result()
-                runs.append(run)
-                tqdm.write(json.dumps(run))
+    runs = run_by_threads(grid, lambda point: point[1], lambda s, t: run_one(s, t, workdir))
     summary = summarise(runs)
     print("\n" + runs_table(runs))
     print(summary_table(summary))
     passed = sum("error" not in r and all(r[n] >= TARGETS[n] for n in FIGURES) for r in runs)
-    print(f"{passed} of {len(runs)} runs meet the targets {TARGETS}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    report = {"command": " ".join(sys.argv), "targets": TARGETS, "runs": runs, "summary": summary, "passed": passed}
-    output.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    _plot(runs, output.with_suffix(".png"))
-    print(f"wrote {output.with_suffix('.json')} and {output.with_suffix('.png')}")
+    write_report(output, TARGETS, runs, summary, passed, _plot)
 
 
 if __name__ == "__main__":

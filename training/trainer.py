@@ -6,10 +6,12 @@ Reads top to bottom: build the model (vision encoder frozen), build the data, co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,17 @@ from vlreward.training.pair_metrics import pairwise_accuracy, score_pairs
 from vlreward.training.steps import StepCollator, StepDataset, score_solutions, step_loss, step_metrics
 
 STATE_FILE = "trainer_state.json"
+
+
+@contextlib.contextmanager
+def evaluating(model: Any) -> Iterator[Any]:
+    """The model in eval mode inside the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -249,13 +262,8 @@ class PairwiseTrainer:
     def evaluate(self) -> dict[str, Any]:
         """Held-out accuracy per category and mean margin (the model in eval mode, then back)."""
         records, pairs = self.heldout
-        model = self.unwrapped
-        was_training = model.training
-        model.eval()
-        try:
+        with evaluating(self.unwrapped) as model:
             scores = score_pairs(model.score_batch, pairs, lambda pair: pair)
-        finally:
-            model.train(was_training)
         return pairwise_accuracy([r.category for r in records], scores)
 
     def save_checkpoint(self, progress: Progress, directory: Path) -> None:
@@ -302,11 +310,6 @@ class StepTrainer(PairwiseTrainer):
     def evaluate(self) -> dict[str, Any]:
         """Held-out step-level macro-F1 and first-error accuracy, overall and per category."""
         records, dataset = self.heldout
-        model = self.unwrapped
-        was_training = model.training
-        model.eval()
-        try:
+        with evaluating(self.unwrapped) as model:
             scores = score_solutions(model, dataset, self.process)
-        finally:
-            model.train(was_training)
         return step_metrics(records, scores)

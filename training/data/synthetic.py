@@ -23,7 +23,7 @@ Train and held-out never share an item.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,6 +209,36 @@ def _text(rng: random.Random) -> Item:
 GENERATORS = {"hallucination": _hallucination, "reasoning": _reasoning, "general": _general, "text": _text}
 
 
+def new_items(
+    generators: dict[str, Callable[[random.Random], Item]],
+    per_category: dict[str, int],
+    rng: random.Random,
+    exclude: set[tuple],
+    keys: set[tuple],
+) -> Iterator[tuple[str, int, Item]]:
+    """(category, index in it, item) for ``per_category`` items drawn from ``generators``, none of them in
+    ``exclude`` and none twice; ``keys`` collects the items' keys."""
+    for category, count in per_category.items():
+        made = 0
+        while made < count:
+            item = generators[category](rng)
+            if item.key in exclude or item.key in keys:
+                continue
+            keys.add(item.key)
+            yield category, made, item
+            made += 1
+
+
+def save_images(item: Item, out_dir: Path, record_id: str) -> list[str]:
+    """Draw the item's images into ``out_dir``; their paths relative to it, in order."""
+    paths = []
+    for index, draw in enumerate(item.draw):
+        relative = f"{IMAGES_DIR}/{record_id}-{index}.png"
+        draw().save(out_dir / relative)
+        paths.append(relative)
+    return paths
+
+
 def generate(
     out_dir: Path,
     per_category: dict[str, int],
@@ -223,40 +253,27 @@ def generate(
     each separately, so there is no position bias to balance.
     """
     rng = random.Random(f"{seed}-{split}")
-    exclude = exclude or set()
-    images_dir = out_dir / IMAGES_DIR
-    images_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     records, keys = [], set()
-    for category, count in per_category.items():
-        made = 0
-        while made < count:
-            item = GENERATORS[category](rng)
-            if item.key in exclude or item.key in keys:
-                continue
-            keys.add(item.key)
-            record_id = f"{split}-{category}-{made:05d}"
-            paths = []
-            for index, draw in enumerate(item.draw):
-                relative = f"{IMAGES_DIR}/{record_id}-{index}.png"
-                draw().save(out_dir / relative)
-                paths.append(relative)
-            meta = {"subtype": item.subtype, "split": split}
-            if counterfactuals and item.counter is not None:
-                meta["counter_image"] = f"{IMAGES_DIR}/{record_id}-counter.png"
-                item.counter().save(out_dir / meta["counter_image"])
-            records.append(
-                PreferenceRecord(
-                    id=record_id,
-                    source="synthetic",
-                    category=category,
-                    images=paths,
-                    conversation=[Turn(role="user", content=item.prompt)],
-                    chosen=item.chosen,
-                    rejected=item.rejected,
-                    meta=meta,
-                )
+    for category, made, item in new_items(GENERATORS, per_category, rng, exclude or set(), keys):
+        record_id = f"{split}-{category}-{made:05d}"
+        paths = save_images(item, out_dir, record_id)
+        meta = {"subtype": item.subtype, "split": split}
+        if counterfactuals and item.counter is not None:
+            meta["counter_image"] = f"{IMAGES_DIR}/{record_id}-counter.png"
+            item.counter().save(out_dir / meta["counter_image"])
+        records.append(
+            PreferenceRecord(
+                id=record_id,
+                source="synthetic",
+                category=category,
+                images=paths,
+                conversation=[Turn(role="user", content=item.prompt)],
+                chosen=item.chosen,
+                rejected=item.rejected,
+                meta=meta,
             )
-            made += 1
+        )
     write_records(records, out_dir)
     return records, keys
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlreward.training.data.schema import IMAGES_DIR, StepRecord, Turn, write_records
-from vlreward.training.data.synthetic import GENERATORS
+from vlreward.training.data.synthetic import GENERATORS, new_items, save_images
 
 OPENINGS = (
     "I look at the picture first.",
@@ -67,38 +67,26 @@ def generate_steps(
     same image with a right and a wrong claim: what lets a tiny model learn to read the image). Items in
     ``exclude`` are skipped. Returns the records and the item keys used."""
     rng = random.Random(f"steps-{seed}-{split}")
-    exclude = exclude or set()
     (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     records, keys = [], set()
-    for category, count in per_category.items():
-        made = 0
-        while made < count:
-            item = STEP_GENERATORS[category](rng)
-            if item.key in exclude or item.key in keys:
-                continue
-            keys.add(item.key)
-            record_id = f"{split}-{category}-{made:05d}"
-            paths = []
-            for index, draw in enumerate(item.draw):
-                relative = f"{IMAGES_DIR}/{record_id}-{index}.png"
-                draw().save(out_dir / relative)
-                paths.append(relative)
-            places = ERROR_PLACES if every_place else (ERROR_PLACES[made % len(ERROR_PLACES)],)
-            for error in places:
-                made_solution = solution(rng, item.chosen, item.rejected, error)
-                records.append(
-                    StepRecord(
-                        id=record_id if len(places) == 1 else f"{record_id}-{error}",
-                        source="synthetic",
-                        category=category,
-                        images=paths,
-                        conversation=[Turn(role="user", content=item.prompt)],
-                        steps=made_solution.steps,
-                        labels=made_solution.labels,
-                        meta={"subtype": item.subtype, "split": split, "error": error},
-                    )
+    for category, made, item in new_items(STEP_GENERATORS, per_category, rng, exclude or set(), keys):
+        record_id = f"{split}-{category}-{made:05d}"
+        paths = save_images(item, out_dir, record_id)
+        places = ERROR_PLACES if every_place else (ERROR_PLACES[made % len(ERROR_PLACES)],)
+        for error in places:
+            made_solution = solution(rng, item.chosen, item.rejected, error)
+            records.append(
+                StepRecord(
+                    id=record_id if len(places) == 1 else f"{record_id}-{error}",
+                    source="synthetic",
+                    category=category,
+                    images=paths,
+                    conversation=[Turn(role="user", content=item.prompt)],
+                    steps=made_solution.steps,
+                    labels=made_solution.labels,
+                    meta={"subtype": item.subtype, "split": split, "error": error},
                 )
-            made += 1
+            )
     write_records(records, out_dir)
     return records, keys
 

@@ -34,8 +34,10 @@ def test_the_built_splits_vary_the_first_error_share_no_item_and_format_as_steps
     train, heldout = build_synthetic_steps(tmp_path, {"hallucination": 9, "reasoning": 9}, {"reasoning": 6}, seed=3)
     train_records = list(read_records(train, StepRecord))
     heldout_records = list(read_records(heldout, StepRecord))
-    assert len(train_records) == 18 and len(heldout_records) == 6
-    assert Counter(r.meta["error"] for r in train_records) == {"none": 6, "claim": 6, "conclusion": 6}
+    assert len(train_records) == 3 * 18 and len(heldout_records) == 6  # training: every error place per item
+    assert Counter(r.meta["error"] for r in train_records) == {"none": 18, "claim": 18, "conclusion": 18}
+    assert Counter(r.meta["error"] for r in heldout_records) == {"none": 2, "claim": 2, "conclusion": 2}
+    assert len({r.images[0] for r in train_records}) == 18  # the three solutions of an item share its image
     assert len({r.first_error for r in train_records if r.first_error >= 0}) >= 3  # the error moves
     for record in train_records:
         assert record.first_error == (-1 if record.meta["error"] == "none" else record.labels.index(0.0))
