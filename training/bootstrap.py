@@ -108,7 +108,8 @@ def bootstrap(
             shutil.rmtree(destination)
         shutil.move(str(staging), destination)  # appears whole or not at all
         tqdm.write(
-            f"default {kind} model ready in {destination} after {time.monotonic() - started:.0f} s: "
+            f"default {'' if process is None else 'process '}model ready in {destination} after "
+            f"{time.monotonic() - started:.0f} s: "
             f"{trainer.headline(metrics)} {json.dumps(metrics['categories'])}"
         )
         return metrics
