@@ -114,8 +114,7 @@ PROCESS_KEY = "vlreward_process"
 
 DEFAULT_STEP_TAG = "<|quad_end|>"
 """The step tag of the process models vlreward trains: a special token of the Qwen2.5-VL tokenizer that
-normal text never contains (the grounding quads it closes are not in Qwen2.5-VL's output format; the same
-id, 151651, is Qwen2.5-Math-PRM's step tag)."""
+normal text never contains (the grounding quads it closes are not in Qwen2.5-VL's output format)."""
 
 
 def sigmoid(logit: float) -> float:
