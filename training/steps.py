@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from vlreward.service.kinds import ProcessHead
 from vlreward.service.media import MediaPolicy
 from vlreward.service.model.checkpoint import step_tag_id
-from vlreward.service.model.encoding import EncodedSample, collate, encode, tag_positions
+from vlreward.service.model.encoding import EncodedSample, collate, encode, padded_positions, tag_positions
 from vlreward.service.prepare import prepare_sample
 from vlreward.training.data.schema import StepRecord
 
@@ -61,13 +61,10 @@ class StepDataset(Dataset):
 def read_at_and_labels(items: list[tuple[EncodedSample, list[float | None]]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Every row's step-tag positions and labels, [batch, most steps] (a shorter row repeats its last tag,
     labelled :data:`UNLABELLED`)."""
-    most = max(len(encoded.read_at) for encoded, _ in items)
-    positions, labels = [], []
-    for encoded, row_labels in items:
-        pad = most - len(encoded.read_at)
-        positions.append([*encoded.read_at, *[encoded.read_at[-1]] * pad])
-        labels.append([UNLABELLED if label is None else label for label in row_labels] + [UNLABELLED] * pad)
-    return torch.tensor(positions), torch.tensor(labels, dtype=torch.float32)
+    positions = padded_positions([encoded.read_at for encoded, _ in items])
+    labels = [[UNLABELLED if label is None else label for label in row_labels] for _, row_labels in items]
+    labels = [row + [UNLABELLED] * (positions.shape[1] - len(row)) for row in labels]
+    return positions, torch.tensor(labels, dtype=torch.float32)
 
 
 class StepCollator:

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
 
 from vlreward.service.model.cpu_kernels import torch_kernels, use_onednn_linears
-from vlreward.service.model.encoding import EncodedSample, collate
+from vlreward.service.model.encoding import EncodedSample, collate, padded_positions
 from vlreward.service.model.scored_token import score_at_last_layer_only, scoring_at
 
 PREFIX_COPY_BYTES = 1 << 30
@@ -48,13 +48,9 @@ class CachedOpening:
 def read_positions(samples: list[EncodedSample], padding_side: Literal["left", "right"] = "right") -> torch.Tensor:
     """The step-tag positions of process samples in their padded batch, [batch, most tags]; a row with
     fewer repeats its last (its extra values are dropped)."""
-    most = max(len(s.read_at) for s in samples)
     length = max(s.num_tokens for s in samples)
-    rows = []
-    for s in samples:
-        shift = length - s.num_tokens if padding_side == "left" else 0
-        rows.append([shift + p for p in (*s.read_at, *[s.read_at[-1]] * (most - len(s.read_at)))])
-    return torch.tensor(rows)
+    shifts = [length - s.num_tokens if padding_side == "left" else 0 for s in samples]
+    return padded_positions([s.read_at for s in samples], shifts)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -318,8 +314,7 @@ class Qwen2_5_VLRewardModel(nn.Module):
         if read_at is None:
             scored = suffix_mask.sum(-1) - 1
         else:
-            most = max(len(r) for r in read_at)
-            scored = torch.tensor([[*r, *[r[-1]] * (most - len(r))] for r in read_at])
+            scored = padded_positions(read_at)
         with scoring_at(scored.to(device)):
             hidden = self.model(
                 input_ids=suffix_ids.to(device),
