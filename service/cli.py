@@ -149,6 +149,8 @@ def setting_options() -> list[inspect.Parameter]:
     options = []
     for name, field in Settings.model_fields.items():
         kinds = [t for t in typing.get_args(field.annotation) if t is not type(None)] or [field.annotation]
+        if typing.get_origin(field.annotation) is typing.Literal:  # choices: a string the settings validate
+            kinds = [str]
         shown = {None: "unset", "": "empty"}.get(field.default, field.default)
         help_text = f"{field.description} [env {env_name(name)}; default {shown}]"
         if name in REPEATABLE:

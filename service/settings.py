@@ -10,7 +10,7 @@ the limits ``/info`` reports (fields marked with :data:`LIMIT`) and the defaults
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -163,6 +163,16 @@ class Settings(BaseSettings):
     vllm_max_num_batched_tokens: int | None = Field(None, description="Tokens per engine step (unset: by device).")
     vllm_enable_prefix_caching: bool = Field(True, description="Reuse KV of shared prefixes (/rank, system prompts).")
     vllm_enforce_eager: bool | None = Field(None, description="Skip CUDA graphs (unset: on for CPU, off for GPU).")
+    vllm_block_size: int | None = Field(
+        None, description="Tokens per KV-cache block (unset: vLLM's default; 32 for a process model's per-step "
+        "scoring on the CPU).",
+    )  # fmt: skip
+    vllm_step_scoring: Literal["per_step", "step_pooling"] = Field(
+        "per_step",
+        description="Process models: one classify request per step, ending at its tag, sharing the earlier steps "
+        "through the prefix cache (per_step), or one token_classify request per item with vLLM's step pooling, "
+        "which turns prefix caching and chunked prefill off for the engine (step_pooling).",
+    )  # fmt: skip
     vllm_cpu_reserved_cores: int | None = Field(
         None, description="CPU build: cores kept from the engine's worker for its scheduler and the HTTP server "
         "(unset: none on hosts of up to 4 cores, vLLM's own choice above).",

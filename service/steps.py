@@ -9,6 +9,7 @@ from typing import Any
 
 from vlreward.service.errors import ErrorKind, ServiceError, too_large
 from vlreward.service.kinds import ProcessHead
+from vlreward.service.model.formatting import FormattingError
 from vlreward.service.schemas import Message, Sample, TextPart
 
 
@@ -75,6 +76,15 @@ def check_steps(
         tokens = len(tokenizer(step, add_special_tokens=False)["input_ids"])
         if tokens > max_step_tokens:
             raise too_large(f"step has {tokens} tokens; the limit is {max_step_tokens}", param=f"{param}.{where}[{j}]")
+
+
+def step_ends(token_ids: Sequence[int], tag_id: int, step_tag: str) -> tuple[int, ...]:
+    """Where a process sample's steps end: the positions of its step tag's token, in order (each
+    backend reads the head there). A text without the tag has nothing to score (FormattingError)."""
+    positions = tuple(index for index, token in enumerate(token_ids) if token == tag_id)
+    if not positions:
+        raise FormattingError(f"no step ends with the step tag {step_tag!r}: nothing to score")
+    return positions
 
 
 def refuse_without_steps(texts: Sequence[str], step_tag: str, param: str) -> None:

@@ -26,13 +26,13 @@ from vlreward.service.model.encoding import (
     images_digest,
     opening_ids,
     set_pixel_bounds,
-    tag_positions,
     with_prefix_key,
 )
-from vlreward.service.model.formatting import FormattedSample, FormattingError
+from vlreward.service.model.formatting import FormattedSample
 from vlreward.service.model.probe import Probe, probe_sample, write_probe
 from vlreward.service.prepare import prepare_request_sample
 from vlreward.service.settings import Settings, default
+from vlreward.service.steps import step_ends
 from vlreward.service.warmup import check_probe, probe_warm_up
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -131,9 +131,7 @@ class TransformersBackend:
     def _reading_steps(self, encoded: EncodedSample) -> EncodedSample:
         """A process model reads its head at every step tag."""
         if self._tag_id is not None:
-            encoded.read_at = tag_positions(encoded.input_ids, self._tag_id)
-            if not encoded.read_at:
-                raise FormattingError(f"no step ends with the step tag {self.step_tag!r}: nothing to score")
+            encoded.read_at = step_ends(encoded.input_ids.tolist(), self._tag_id, self.step_tag)
         return encoded
 
     def plan_batches(self, lengths: list[int]) -> list[list[int]]:

