@@ -73,8 +73,15 @@ def train(
         list[str] | None,
         typer.Option("--set", help="KEY=VALUE overriding a recipe field, stages too (stages.0.learning_rate=2e-4)."),
     ] = None,
+    kind: Annotated[
+        str, typer.Option(help="scalar (preference pairs) or process (step-labelled solutions, the default step tag).")
+    ] = "scalar",
 ) -> None:
     """Train a reward model (run under `accelerate launch` / `torchrun` for several processes)."""
+    from vlreward.training.bootstrap import KINDS
+
+    if kind not in KINDS:
+        raise typer.BadParameter(f"kind must be one of {', '.join(KINDS)}")
     from vlreward.training.config import RecipeError, load_recipe
 
     try:
@@ -82,8 +89,10 @@ def train(
     except (RecipeError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    from vlreward.service.kinds import ProcessHead
+    from vlreward.training.export import write_run_process
     from vlreward.training.model import reward_model_from_base
-    from vlreward.training.trainer import PairwiseTrainer
+    from vlreward.training.trainer import PairwiseTrainer, StepTrainer
 
     base_dir = base or Path(config.base_model)
     if str(base_dir) in ("tiny", "bench"):
@@ -91,7 +100,11 @@ def train(
 
         base_dir = build_base_model(output / "base", size=str(base_dir))
     model, processor = reward_model_from_base(base_dir, seed=config.seed)
-    trainer = PairwiseTrainer(config, model, processor, data, output, heldout_dir=heldout)
+    if kind == "process":
+        write_run_process(output, ProcessHead())
+        trainer = StepTrainer(config, model, processor, data, output, heldout_dir=heldout, process=ProcessHead())
+    else:
+        trainer = PairwiseTrainer(config, model, processor, data, output, heldout_dir=heldout)
     trainer.train(resume_from=resume)
     (output / "base_model.txt").write_text(str(base_dir) + "\n")
 

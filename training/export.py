@@ -14,6 +14,20 @@ from vlreward.service.model.probe import Probe
 from vlreward.training.model import reward_model_from_base
 
 TRAINING_INFO_FILE = "vlreward_training.json"
+RUN_PROCESS_FILE = "process_head.json"
+"""In a training run's folder: the process head a process run trains (absent: a scalar run)."""
+
+
+def write_run_process(run_dir: Path, process: ProcessHead) -> None:
+    """Record that the run in ``run_dir`` trains a process model with this head (its export reads it)."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / RUN_PROCESS_FILE).write_text(json.dumps(process.declaration()) + "\n")
+
+
+def run_process(run_dir: Path) -> ProcessHead | None:
+    """The process head the run in ``run_dir`` trained (None: a scalar run)."""
+    path = Path(run_dir) / RUN_PROCESS_FILE
+    return ProcessHead(**json.loads(path.read_text())) if path.is_file() else None
 
 
 def export_model(
@@ -34,7 +48,8 @@ def export_model(
 
 
 def export_checkpoint(base_dir: Path, checkpoint_dir: Path, output_dir: Path) -> Probe:
-    """A trainer checkpoint (accelerate state) + its base model directory -> reward checkpoint."""
+    """A trainer checkpoint (accelerate state) + its base model directory -> reward checkpoint (a process
+    model when its run trained one)."""
     model, processor = reward_model_from_base(base_dir, head_bias=False)
     state = load_file(Path(checkpoint_dir) / "model.safetensors")
     result = model.load_state_dict(state, strict=False)
@@ -47,4 +62,4 @@ def export_checkpoint(base_dir: Path, checkpoint_dir: Path, output_dir: Path) ->
     info = {"checkpoint": str(checkpoint_dir), "base_model": str(base_dir)}
     if info_path.is_file():
         info["trainer_state"] = json.loads(info_path.read_text())
-    return export_model(model, processor, output_dir, info)
+    return export_model(model, processor, output_dir, info, process=run_process(Path(checkpoint_dir).parent))

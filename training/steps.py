@@ -19,8 +19,9 @@ from torch.utils.data import Dataset
 from vlreward.service.kinds import ProcessHead
 from vlreward.service.media import MediaPolicy
 from vlreward.service.model.checkpoint import step_tag_id
-from vlreward.service.model.encoding import EncodedSample, collate, encode, padded_positions, tag_positions
+from vlreward.service.model.encoding import EncodedSample, collate, encode, padded_positions
 from vlreward.service.prepare import prepare_sample
+from vlreward.service.steps import step_ends
 from vlreward.training.data.schema import StepRecord
 
 UNLABELLED = float("nan")
@@ -32,7 +33,8 @@ def encode_solution(record: StepRecord, root: Path, processor: Any, head: Proces
     policy = MediaPolicy(media_root=root)
     formatted = prepare_sample(record.sample(root=root), processor, policy, step_tag=head.step_tag)
     encoded = encode(formatted, processor)
-    encoded.read_at = tag_positions(encoded.input_ids, step_tag_id(processor.tokenizer, head.step_tag))
+    tag_id = step_tag_id(processor.tokenizer, head.step_tag)
+    encoded.read_at = step_ends(encoded.input_ids.tolist(), tag_id, head.step_tag)
     if len(encoded.read_at) != len(record.steps):
         raise ValueError(f"{record.id}: {len(encoded.read_at)} step tags for {len(record.steps)} steps")
     return encoded
@@ -79,13 +81,21 @@ class StepCollator:
         return batch
 
 
-def step_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def step_loss(
+    logits: torch.Tensor, labels: torch.Tensor, total: torch.Tensor | None = None, processes: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean binary cross-entropy over the labelled steps (soft labels as they are) and the share of them
-    the head gets on the right side of 0.5."""
+    the head gets on the right side of 0.5. Data parallel: ``total`` is the labelled steps of every
+    process's batch; each process then returns its share of the whole batch's mean, scaled by
+    ``processes``, so that the mean over processes (what DDP averages gradients by, and what the trainer
+    logs) is the mean over all labelled steps, as one process with the whole batch computes it (ranks hold
+    different numbers of labelled steps)."""
     labelled = ~torch.isnan(labels)
     logits, labels = logits[labelled], labels[labelled].to(logits.dtype)
-    loss = F.binary_cross_entropy_with_logits(logits, labels)
-    right = ((logits > 0) == (labels >= 0.5)).float().mean()
+    count = labelled.sum() if total is None else total
+    scale = processes / count.clamp(min=1).to(logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") * scale
+    right = ((logits > 0) == (labels >= 0.5)).to(logits.dtype).sum() * scale
     return loss, right
 
 

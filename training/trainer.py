@@ -297,8 +297,9 @@ class StepTrainer(PairwiseTrainer):
 
     def batch_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Binary cross-entropy over the labelled steps, and the share of them on the right side of 0.5."""
-        labels = batch.pop("labels")
-        return step_loss(self.model(**batch), labels.to(self.accelerator.device))
+        labels = batch.pop("labels").to(self.accelerator.device)
+        total = self.accelerator.reduce((~torch.isnan(labels)).sum(), reduction="sum")  # over every process
+        return step_loss(self.model(**batch), labels, total, self.accelerator.num_processes)
 
     @staticmethod
     def headline(metrics: dict[str, Any]) -> str:
