@@ -21,6 +21,10 @@ machine noise hits both sides and no round repeats another's samples into a cach
 - process model (a random head read at every step tag, on the same backbone): ``/score`` of step lists at
   concurrency 8 against the in-process loop (one sample at a time through the backend), and GRPO groups
   of 8 step lists sharing one prompt and image against the same calls with an image each;
+- process model on the vLLM backend: one ``classify`` request per step (its prompt ends at the step's
+  tag; the prefix cache shares the earlier steps) against one ``token_classify`` request per item with
+  vLLM's step pooling (no prefix cache), each a ``vlreward serve --backend vllm``: step lists at
+  concurrency 16, and GRPO groups of 8 step lists sharing one prompt and image;
 - two models: one ``vlreward serve`` holding both against two servers with one each, on the same machine
   and the same traffic (one-sample calls, half to each model; throughput and p99);
 - vLLM backend: ``vlreward serve --backend vllm`` against ``vllm serve`` (``/classify``, chat form with
@@ -86,6 +90,8 @@ TARGETS = {  # the targets for the bench model on a 2-core CPU (None: reported o
     "vLLM backend / vllm serve, c=64": 1.0,
     "PRM service c=8 / in-process loop": None,
     "PRM GRPO G=8 shared / own images": None,
+    "vLLM PRM per-step / step pooling, c=16": None,
+    "vLLM PRM GRPO G=8 per-step / step pooling": None,
     "two models: one server / two servers": None,
     "two models: two servers p99 / one server p99": None,
     "two models: memory, two servers / one": None,
@@ -299,7 +305,7 @@ def grpo_and_rank(server: ServerProcess, backend, plan: Plan, checks: Checks) ->
     return comparisons
 
 
-SECTIONS = ("transformers", "process", "models", "vllm")
+SECTIONS = ("transformers", "process", "process-vllm", "models", "vllm")
 """The suite's sections, in the order they run."""
 MODELS_CONCURRENCY = 16
 """Calls in flight in the two-models rows, half to each model."""
@@ -340,6 +346,31 @@ def as_steps(sample: dict, count: int = STEPS_PER_SAMPLE) -> dict:
     return {k: v for k, v in sample.items() if k != "response"} | {"steps": steps}
 
 
+PRM_GRPO = Mix(group=8, image_fraction=1.0, image_size=(224, 224), prompt_words=(390, 390), response_words=(48, 48))
+"""The process rows' GRPO groups: the scalar GRPO row's shape, each response cut into steps."""
+
+
+def step_samples(plan: Plan, seed: int) -> list[dict]:
+    """``plan.samples`` distinct one-sample step lists."""
+    return [as_steps(s) for s in make_samples(Mix(samples=plan.samples).with_(seed=seed))]
+
+
+def step_groups(plan: Plan, seed: int, shared_images: bool = True) -> list[list[dict]]:
+    """``plan.grpo_groups`` GRPO groups of 8 step lists sharing a prompt (and its image, or an image each)."""
+    mix = PRM_GRPO.with_(samples=8 * plan.grpo_groups, seed=seed, shared_images=shared_images)
+    return [[as_steps(s) for s in group] for group in make_groups(mix)]
+
+
+def prm_aggregates(backend) -> Callable[[dict], float]:
+    """A process model's aggregate of one step-list sample, scored alone in process (the reference)."""
+    head = backend.process
+
+    def aggregate(sample: dict) -> float:
+        return head.aggregate_of(head.step_scores(backend.score_sync([backend.format_request_sample(sample)])[0]))
+
+    return aggregate
+
+
 def process_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
     """A process model through ``vlreward serve`` against the in-process loop, and GRPO groups of step
     lists sharing their prompt and image against the same calls with an image each."""
@@ -347,12 +378,8 @@ def process_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]
 
     prm = build_model_like(model, seed=3, process=True)
     backend = TransformersBackend(prm, dtype="float32", device="cpu")
-    head = backend.process
-    samples_of = {r: [as_steps(s) for s in make_samples(Mix(samples=plan.samples).with_(seed=400 + r))]
-                  for r in range(plan.rounds)}  # fmt: skip
-
-    def aggregate(sample: dict) -> float:
-        return head.aggregate_of(head.step_scores(backend.score_sync([backend.format_request_sample(sample)])[0]))
+    samples_of = {r: step_samples(plan, 400 + r) for r in range(plan.rounds)}
+    aggregate = prm_aggregates(backend)
 
     def in_process(r: int) -> tuple[dict, list[float]]:
         aggregate(samples_of[r][0])  # warm-up
@@ -360,11 +387,8 @@ def process_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]
         scores = [aggregate(sample) for sample in samples_of[r]]
         return _in_process_run(len(scores), time.perf_counter() - started), scores
 
-    grpo = Mix(samples=8 * plan.grpo_groups, group=8, image_fraction=1.0, image_size=(224, 224),
-               prompt_words=(390, 390), response_words=(48, 48))  # fmt: skip  # the scalar GRPO row's shape
-    shared = {r: [[as_steps(s) for s in g] for g in make_groups(grpo.with_(seed=500 + r))] for r in range(plan.rounds)}
-    own = {r: [[as_steps(s) for s in g] for g in make_groups(grpo.with_(seed=500 + r, shared_images=False))]
-           for r in range(plan.rounds)}  # fmt: skip
+    shared = {r: step_groups(plan, 500 + r) for r in range(plan.rounds)}
+    own = {r: step_groups(plan, 500 + r, shared_images=False) for r in range(plan.rounds)}
     server = start_vlreward(prm, "transformers", dtype="float32", max_queue=100_000)
     try:
         service, ours, loop = alternate(
@@ -385,6 +409,45 @@ def process_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]
                SAME_BACKEND)  # fmt: skip
     checks.add("/score, PRM G=8 own images", own_scores, [aggregate(s) for g in own[0] for s in g], SAME_BACKEND)
     return [service, groups]
+
+
+def process_vllm_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
+    """A process model on the vLLM backend, its two ways of reading the step tags side by side: one
+    classify request per step (prefix-cached) against one step-pooling request per item. vLLM caches
+    prefixes, so every round sends samples neither server has seen."""
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.backends.vllm import STEP_SCORING
+
+    prm = build_model_like(model, seed=3, process=True)
+    aggregate = prm_aggregates(TransformersBackend(prm, dtype="float32", device="cpu"))
+    samples_of = {r: step_samples(plan, 600 + r) for r in range(plan.rounds)}
+    groups_of = {r: step_groups(plan, 700 + r) for r in range(plan.rounds)}
+    servers = {mode: start_vlreward(prm, "vllm", max_queue=100_000, vllm_step_scoring=mode) for mode in STEP_SCORING}
+    per_step, pooled = servers["per_step"].url, servers["step_pooling"].url
+    concurrency = 16
+    try:
+        singles, per_step_scores, pooled_scores = alternate(
+            f"vLLM PRM per-step / step pooling, c={concurrency}", f"per-step classify, c={concurrency}",
+            f"step pooling, c={concurrency}", plan.rounds,
+            lambda r: http(per_step, [score_call([s]) for s in samples_of[r]], concurrency, warm_up=2),
+            lambda r: http(pooled, [score_call([s]) for s in samples_of[r]], concurrency, warm_up=2),
+        )  # fmt: skip
+        groups, per_step_groups, pooled_groups = alternate(
+            "vLLM PRM GRPO G=8 per-step / step pooling", "per-step classify, 8 step lists sharing prompt + image",
+            "step pooling, the same calls", plan.rounds,
+            lambda r: http(per_step, [score_call(g) for g in groups_of[r]], 1, warm_up=1),
+            lambda r: http(pooled, [score_call(g) for g in groups_of[r]], 1, warm_up=1),
+        )  # fmt: skip
+    finally:
+        for server in servers.values():
+            server.stop()
+    expected = [aggregate(s) for s in samples_of[0]]
+    expected_groups = [aggregate(s) for g in groups_of[0] for s in g]
+    checks.add("/score PRM, vLLM per-step", per_step_scores, expected, ACROSS_BACKENDS)
+    checks.add("/score PRM, vLLM step pooling", pooled_scores, expected, ACROSS_BACKENDS)
+    checks.add("/score PRM GRPO groups, vLLM per-step", per_step_groups, expected_groups, ACROSS_BACKENDS)
+    checks.add("/score PRM GRPO groups, vLLM step pooling", pooled_groups, expected_groups, ACROSS_BACKENDS)
+    return [singles, groups]
 
 
 def models_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
@@ -626,17 +689,22 @@ def main(
     model = model or build_model(size, Path(tempfile.mkdtemp(prefix="suite-")))
     checks = Checks()
     comparisons: list[Comparison] = []
-    if "transformers" in sections:
+    asked = set(sections.split(","))
+    if asked - set(SECTIONS):
+        raise typer.BadParameter(f"unknown sections {sorted(asked - set(SECTIONS))}; choose from {', '.join(SECTIONS)}")
+    chosen = [section for section in SECTIONS if section in asked]
+    if "transformers" in chosen:
         comparisons += transformers_section(model, plan, checks)
-    if "process" in sections:
+    if "process" in chosen:
         comparisons += process_section(model, plan, checks)
-    if "models" in sections:
+    if "process-vllm" in chosen:
+        comparisons += process_vllm_section(model, plan, checks)
+    if "models" in chosen:
         comparisons += models_section(model, plan, checks)
-    if "vllm" in sections:
+    if "vllm" in chosen:
         comparisons += vllm_section(model, plan, checks, vllm_serve_url, vllm_serve_all_cores)
     print_table(comparisons, checks, bench_run)
     output.mkdir(parents=True, exist_ok=True)
-    chosen = [section for section in SECTIONS if section in sections]
     name = f"suite_{size}" + ("_smoke" if smoke else "") + (".vllm-serve-all-cores" if vllm_serve_all_cores else "")
     name += "" if chosen == list(SECTIONS) else "." + "-".join(chosen)  # a part of the suite: its own file
     record = {
