@@ -125,7 +125,13 @@ def _chunks(items: list, size: int) -> list[list]:
 
 
 def run_check(
-    size: str, workdir: Path, seed: int = 0, dtype: str = "auto", profile: bool = False, cudnn_attention: bool = False
+    size: str,
+    workdir: Path,
+    seed: int = 0,
+    dtype: str = "auto",
+    profile: bool = False,
+    cudnn_attention: bool = False,
+    process: bool = False,
 ) -> dict:
     """Everything the check measures, as one JSON-able dict (see the module docstring)."""
     from vlreward.client import RewardClient
@@ -257,6 +263,12 @@ def run_check(
     http_vs_in_process = max(abs(a - b) for a, b in zip(http_scores, in_process, strict=True))
     report["http_vs_in_process_max_abs"] = http_vs_in_process
     asyncio.run(backend.close())
+    if process:
+        del backend
+        release_device_memory(device)
+        started = time.perf_counter()
+        report["process"] = _process_check(model_dir, samples, dtype, flops_per_token, peak)
+        log(f"process model: {report['process']}", time.perf_counter() - started)
     return report
 
 
@@ -345,6 +357,78 @@ def _rank_vs_score(url: str, prompts: list[dict]) -> dict:
     }
 
 
+def process_copy(model_dir: Path, destination: Path) -> Path:
+    """The same weights declared as a process model (the default step tag): the weights linked, not copied."""
+    from vlreward.service.kinds import PROCESS, ProcessHead, declare_kind
+
+    destination.mkdir(parents=True)
+    for path in model_dir.iterdir():
+        if path.name in ("vlreward_probe.json", "vlreward_hash.json"):
+            continue
+        if path.suffix == ".safetensors":
+            (destination / path.name).symlink_to(path.resolve())
+        elif path.name == "config.json":
+            config = declare_kind(json.loads(path.read_text()), PROCESS, ProcessHead())
+            (destination / path.name).write_text(json.dumps(config, indent=2))
+        else:
+            (destination / path.name).write_bytes(path.read_bytes())
+    return destination
+
+
+def _process_check(model_dir: Path, samples: list[dict], dtype: str, flops_per_token: float, peak: float) -> dict:
+    """A process model on the same weights in the served dtype: the probe's step scores against their
+    float32 stamp, step lists of 4 steps scored 32 per forward pass in process and 32 per /score call, the
+    HTTP step scores against the in-process ones, and the prefix property's largest deviation."""
+    from loadtest.suite import as_steps
+    from vlreward.client import RewardClient
+    from vlreward.service.backends.transformers import TransformersBackend, stamp_reference_probe
+    from vlreward.service.http.server import BackgroundServer
+    from vlreward.service.model.probe import ProbeMismatch, read_probe, verify_probe
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    prm_dir = process_copy(model_dir, model_dir.parent / "process")
+    probe = stamp_reference_probe(prm_dir, device=device)
+    backend = TransformersBackend(prm_dir, dtype=dtype, device="auto", max_batch_size=32, max_batch_tokens=65536)
+    result: dict[str, Any] = {"dtype": backend.dtype, "probe_step_scores_fp32": probe.step_scores}
+    served = backend.score_sync([backend.format_request_sample(probe.sample)])[0]
+    try:
+        verify_probe(read_probe(prm_dir), served, backend.dtype)
+        result["probe_passes"] = True
+    except ProbeMismatch as exc:
+        result["probe_passes"], result["probe_error"] = False, str(exc)
+    items = [as_steps(sample) for sample in samples]
+    formatted = [backend.format_request_sample(item) for item in items]
+    encoded = [backend.encode(f) for f in formatted]
+    tokens = sum(e.num_tokens for e in encoded)
+    backend.model.score_batch(encoded[:2])
+    synchronize(device)
+    started = time.perf_counter()
+    in_process = [logits for chunk in _chunks(encoded, 32) for logits in backend.model.score_batch(chunk)]
+    synchronize(device)
+    rows = [row("PRM in-process, 32 per forward", len(encoded), tokens, time.perf_counter() - started,
+                flops_per_token, peak)]  # fmt: skip
+    server = BackgroundServer(backend, max_batch_size=32, max_batch_tokens=65536, max_wait_ms=2.0)
+    with server, RewardClient(server.url, timeout_s=600) as client:
+        client.score(items[:2])  # warm-up of the HTTP path
+        started = time.perf_counter()
+        details = [d for chunk in _chunks(items, 32) for d in client.score(chunk).details]
+        rows.append(row("PRM HTTP /score, 32 per request", len(items), tokens, time.perf_counter() - started,
+                        flops_per_token, peak))  # fmt: skip
+        prefixes = [{**items[0], "steps": items[0]["steps"][:k]} for k in range(1, len(items[0]["steps"]) + 1)]
+        prefix_scores = [d["step_scores"] for d in client.score(prefixes).details]
+    head = backend.process
+    http_vs = max(abs(a - b) for d, logits in zip(details, in_process, strict=True)
+                  for a, b in zip(d["step_scores"], head.step_scores(logits), strict=True))  # fmt: skip
+    full = prefix_scores[-1]
+    prefix = max(abs(a - b) for k, got in enumerate(prefix_scores, 1) for a, b in zip(got, full[:k], strict=True))
+    result.update(
+        rows=rows, steps_per_item=len(items[0]["steps"]), http_vs_in_process_max_abs=http_vs,
+        prefix_property_max_abs=prefix,
+    )  # fmt: skip
+    asyncio.run(backend.close())
+    return result
+
+
 def _logger(report: dict) -> Any:
     started = time.perf_counter()
 
@@ -366,12 +450,13 @@ def main(
     profile: bool = typer.Option(False, help="Also profile one forward pass of 32 samples (top operators)."),
     tolerance: float = typer.Option(1e-4, help="Largest HTTP-vs-in-process score difference accepted."),
     cudnn_attention: bool = typer.Option(False, help="Let torch use cuDNN's attention (the service's default: not)."),
+    process: bool = typer.Option(False, help="Also serve the same weights as a process model (step lists)."),
 ) -> None:
     if size not in CHECK_SIZES:
         raise typer.BadParameter(f"size must be one of {', '.join(CHECK_SIZES)}")
     print("Command: python -m loadtest.gpu_check " + " ".join(sys.argv[1:]), flush=True)
     with tempfile.TemporaryDirectory(prefix="vlreward-gpu-check-", dir=workdir) as tmp:
-        report = run_check(size, Path(tmp), seed, dtype, profile, cudnn_attention)
+        report = run_check(size, Path(tmp), seed, dtype, profile, cudnn_attention, process)
     report["command"] = "python -m loadtest.gpu_check " + " ".join(sys.argv[1:])
     print_table(report)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -383,6 +468,10 @@ def main(
         raise typer.Exit(1)
     if not report["probe_check"]["passes"]:
         print("FAIL: the start-up probe's tolerance refuses this dtype's correct weights", file=sys.stderr)
+        raise typer.Exit(1)
+    prm = report.get("process")
+    if prm and (not prm["probe_passes"] or prm["http_vs_in_process_max_abs"] > tolerance):
+        print("FAIL: the process model's probe or its HTTP step scores are off", file=sys.stderr)
         raise typer.Exit(1)
     if not stamping_released_memory(report):
         print("FAIL: stamping the probe kept GPU memory a vLLM engine started next would need", file=sys.stderr)

@@ -26,6 +26,12 @@ def print_table(report: dict) -> None:
             f"{r['mode']:44} {r['samples_per_s']:10.2f} {r['tokens_per_s']:11.1f} {r['mfu']:7.1%} "
             f"{r['samples_per_s'] / naive:8.2f}x"
         )
+    prm = report.get("process")
+    for r in prm["rows"] if prm else []:  # step lists of the same samples (their naive loop: the scalar one)
+        print(
+            f"{r['mode']:44} {r['samples_per_s']:10.2f} {r['tokens_per_s']:11.1f} {r['mfu']:7.1%} "
+            f"{r['samples_per_s'] / naive:8.2f}x"
+        )
     rank = report["rank"]
     print(
         f"/rank N=8: {rank['rank_s']:.3f} s vs 8 separate /score calls {rank['separate_score_s']:.3f} s "
@@ -38,6 +44,12 @@ def print_table(report: dict) -> None:
         f"over {grpo['groups']} groups: {grpo['speed-up']:.2f}x (largest difference from solo "
         f"{grpo['max_abs_score_difference']:.2e})"
     )
+    if prm:
+        print(
+            f"process model ({prm['steps_per_item']} steps per item, {prm['dtype']}): probe "
+            f"{'passes' if prm['probe_passes'] else 'FAILS'}; HTTP vs in-process step scores max |diff| "
+            f"{prm['http_vs_in_process_max_abs']:.2e}; prefix property max |diff| {prm['prefix_property_max_abs']:.2e}"
+        )
     load = report["load"]
     print(
         f"load: {load['seconds']} s, weights {load['weights_gb']} GB, peak during load "
