@@ -29,6 +29,20 @@ def test_the_loss_is_binary_cross_entropy_over_the_labelled_steps_only():
     assert torch.isclose(loss, expected) and right.item() == pytest.approx(2 / 3)
 
 
+def test_ranks_with_different_numbers_of_labelled_steps_average_to_the_whole_batchs_loss():
+    logits = torch.tensor([[2.0, -1.0, 5.0], [0.5, 0.0, 0.0], [-0.3, 1.5, -2.0]])
+    labels = torch.tensor(
+        [[1.0, 0.0, float("nan")], [0.25, float("nan"), float("nan")], [0.0, float("nan"), float("nan")]]
+    )
+    whole, whole_right = step_loss(logits, labels)
+    total = (~torch.isnan(labels)).sum()  # 4: rank 0 holds 2 rows with 3 labelled steps, rank 1 one row with 1
+    ranks = [step_loss(logits[part], labels[part], total, processes=2) for part in (slice(0, 2), slice(2, 3))]
+    assert torch.isclose((ranks[0][0] + ranks[1][0]) / 2, whole)  # what DDP averages and the trainer logs
+    assert torch.isclose((ranks[0][1] + ranks[1][1]) / 2, whole_right)
+    plain_mean = (step_loss(logits[:2], labels[:2])[0] + step_loss(logits[2:], labels[2:])[0]) / 2
+    assert not torch.isclose(plain_mean, whole)  # each rank's own mean would weigh its steps differently
+
+
 def test_macro_f1_and_first_error_accuracy_by_hand():
     records = [record([1.0, 1.0, 0.0, None], "a"), record([1.0, 1.0], "a"), record([0.0, None], "b")]
     scores = [[0.9, 0.4, 0.2, 0.9], [0.8, 0.7], [0.6, 0.1]]
