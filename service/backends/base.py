@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from vlreward.service.kinds import ProcessHead
     from vlreward.service.model.formatting import FormattedSample
 
 
@@ -37,6 +38,8 @@ class Backend(Protocol):
     device: str
     processor: Any
     """Owns the chat template and the image pixel bounds."""
+    process: ProcessHead | None
+    """A process model's head (step tag, activation, default aggregate); None: a scalar model."""
     step_tag: str | None
     """A process model's step tag (its scores are then one list of step logits per sample); None: scalar."""
     max_tokens: int | None

@@ -43,6 +43,8 @@ def model_facts(state: ServiceState, model: ServedModel) -> dict:
     template = backend.processor.chat_template or ""
     facts = {"name": model.name, **backend.info()}
     facts["kind"] = model.kind.describe() if model.kind is not None else None
+    if model.process is not None:  # what the checkpoint declares: step tag, activation, default aggregate
+        facts["process"] = model.process.declaration()
     facts["chat_template_hash"] = hashlib.sha256(template.encode()).hexdigest()[:16]
     # In force, not as set: the engine may lower max_tokens; an unset max_batch_tokens is the device's default.
     facts["limits"] = model.settings.limits() | {

@@ -137,6 +137,8 @@ def test_v1_models_and_info_show_the_process_kind(server):
     assert cards == {"steps": "process", "scalar": "scalar"}
     info = httpx.get(server.url + "/info").json()
     assert info["kind"]["name"] == "process" and info["kind"]["details"] == ["step_scores"]
+    assert info["process"] == {"step_tag": DEFAULT_STEP_TAG, "activation": "sigmoid", "aggregate": "min"}
+    assert "process" not in info["models"]["scalar"]
     assert info["limits"]["max_steps"] == 6
 
 
