@@ -75,7 +75,7 @@ def vl_rewardbench_category(item_id: str) -> str:
     return "General"
 
 
-def _image_ref(value: Any, folder: Path) -> str | None:
+def image_ref(value: Any, folder: Path) -> str | None:
     """An image cell (path, bytes, {"bytes", "path"}, PIL image) as a data URI, so that in-process and
     server evaluation send the same bytes (a server cannot read this machine's files)."""
     if value is None:
@@ -117,7 +117,7 @@ def load_pairs(benchmark: str, path: Path) -> list[EvalPair]:
     for row in rows:
         if benchmark == "vl-rewardbench":
             ranking = list(row["human_ranking"])
-            image = _image_ref(row.get("image"), folder)
+            image = image_ref(row.get("image"), folder)
             pairs.append(
                 EvalPair(
                     id=str(row["id"]),
@@ -150,7 +150,7 @@ def load_pairs(benchmark: str, path: Path) -> list[EvalPair]:
                 subset = "safety/bias" if item_id.startswith("pairs") else "safety/toxicity"
             elif category == "reasoning":
                 subset = "reasoning/math" if item_id.startswith("math") else "reasoning/coding"
-            image = _image_ref(row.get("Image"), folder)
+            image = image_ref(row.get("Image"), folder)
             pairs.append(
                 EvalPair(
                     id=item_id,

@@ -125,7 +125,13 @@ def export(
 
 @app.command("eval")
 def evaluate(
-    benchmark: Annotated[str, typer.Option(help="vl-rewardbench, rewardbench, mm-rewardbench or synthetic.")],
+    benchmark: Annotated[
+        str,
+        typer.Option(
+            help="vl-rewardbench, rewardbench, mm-rewardbench, synthetic; processbench, visualprocessbench or "
+            "synthetic-bon (process models)."
+        ),
+    ],
     output: Annotated[Path, typer.Option(help="Folder for results.json, results.md, predictions.jsonl, PNG.")],
     data: Annotated[Path | None, typer.Option(help="Benchmark file or folder (not for synthetic).")] = None,
     model: Annotated[Path | None, typer.Option(help="Reward checkpoint directory (in-process scoring).")] = None,
@@ -135,13 +141,23 @@ def evaluate(
     predictions: Annotated[Path | None, typer.Option(help="Recompute the tables from saved predictions.")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N pairs only.")] = None,
     seed: Annotated[int, typer.Option(help="synthetic: the held-out split of `vlreward bootstrap --seed N`.")] = 0,
+    threshold_split: Annotated[
+        str | None, typer.Option(help="processbench: choose the threshold on this split (default: 0.5).")
+    ] = None,
 ) -> None:
     """Evaluate a reward model; prints the table and writes it as JSON, markdown and PNG. Resumable."""
     from vlreward.training.data.synthetic import SYNTHETIC_SEED
-    from vlreward.training.evaluate import evaluate_synthetic, recompute, run_benchmark
+    from vlreward.training.evaluate import (
+        evaluate_best_of_n,
+        evaluate_synthetic,
+        recompute,
+        run_benchmark,
+        run_step_benchmark,
+    )
+    from vlreward.training.step_benchmarks import STEP_BENCHMARKS
 
     if predictions is not None:
-        recompute(benchmark, predictions, output)
+        recompute(benchmark, predictions, output, threshold_split=threshold_split)
     elif benchmark == "synthetic":
         from vlreward.service.backends import load_backend
         from vlreward.service.settings import Settings
@@ -150,13 +166,27 @@ def evaluate(
         evaluate_synthetic(
             load_backend(Settings(backend=backend), model_dir), model_dir, output, seed=SYNTHETIC_SEED + seed
         )
+    elif benchmark == "synthetic-bon":
+        from vlreward.service.backends import load_backend
+        from vlreward.service.settings import Settings
+
+        model_dir = model or Settings().default_model_dir("process")
+        try:
+            evaluate_best_of_n(load_backend(Settings(backend=backend), model_dir), model_dir, output)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
     else:
         if data is None:
             raise typer.BadParameter("--data is required for this benchmark")
         if (model is None) == (url is None):
             raise typer.BadParameter("give exactly one of --model or --url")
-        score, label, digest = _scorer(model, url, api_key, backend)
-        run_benchmark(benchmark, data, output, score, label, digest, limit=limit)
+        if benchmark in STEP_BENCHMARKS:
+            score_steps, label, digest, step_tag = _step_scorer(model, url, api_key, backend)
+            run_step_benchmark(benchmark, data, output, score_steps, label, digest, step_tag, limit=limit,
+                               threshold_split=threshold_split)  # fmt: skip
+        else:
+            score, label, digest = _scorer(model, url, api_key, backend)
+            run_benchmark(benchmark, data, output, score, label, digest, limit=limit)
     typer.echo((output / "results.md").read_text())
 
 
@@ -184,6 +214,36 @@ def _scorer(model: Path | None, url: str | None, api_key: str | None, backend: s
     return score, model_name(model), checkpoint_hash(model)
 
 
+def _step_scorer(model: Path | None, url: str | None, api_key: str | None, backend: str):
+    """(Sample dicts with steps -> each one's step scores, model label, checkpoint hash, step tag) of a
+    process model, in-process or through a server."""
+    if url is not None:
+        from vlreward.client import RewardClient
+
+        client = RewardClient(url, api_key=api_key)
+        info = client.info()
+        if "process" not in info:
+            raise typer.BadParameter(f"{url}: its default model is a {info['kind']['name']} model, not a process model")
+        score_steps = lambda samples: [d["step_scores"] for d in client.score(samples).details]  # noqa: E731
+        return score_steps, info["model"], info.get("checkpoint_hash"), info["process"]["step_tag"]
+    from vlreward.service.backends import load_backend
+    from vlreward.service.media import MediaPolicy
+    from vlreward.service.model.checkpoint import checkpoint_hash, model_name
+    from vlreward.service.prepare import prepare_request_sample
+    from vlreward.service.settings import Settings
+
+    engine = load_backend(Settings(backend=backend), model)
+    if engine.process is None:
+        raise typer.BadParameter(f"{model} is not a process model (its config.json declares no process head)")
+    policy = MediaPolicy()
+
+    def score_steps(samples: list[dict]) -> list[list[float]]:
+        formatted = [prepare_request_sample(s, engine.processor, policy, engine.step_tag) for s in samples]
+        return [engine.process.step_scores(logits) for logits in engine.score_sync(formatted)]
+
+    return score_steps, model_name(model), checkpoint_hash(model), engine.step_tag
+
+
 data_app = typer.Typer(help="Preference data: synthetic generation, source conversion, cleaning.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -209,16 +269,27 @@ def data_synthetic(
 
 @data_app.command("convert")
 def data_convert(
-    source: Annotated[str, typer.Option(help="llava-critic, rlaif-v or skywork-80k.")],
+    source: Annotated[
+        str,
+        typer.Option(help="llava-critic, rlaif-v, skywork-80k; step-labelled: prm800k, math-shepherd, visualprm400k."),
+    ],
     input: Annotated[Path, typer.Option("--input", help="JSONL, JSON or parquet file in the source's layout.")],
     output: Annotated[Path, typer.Option(help="Dataset folder to write (records.jsonl + images/).")],
     images: Annotated[Path | None, typer.Option(help="Folder the rows' relative image paths point into.")] = None,
 ) -> None:
-    """Convert a public source's rows into preference records."""
+    """Convert a public source's rows into preference records (step-labelled sources: step records, cleaned)."""
     from vlreward.training.data.schema import write_records
     from vlreward.training.data.sources import convert
+    from vlreward.training.data.step_sources import STEP_SOURCES, clean_steps, convert_steps
 
-    records = convert(source, input, output, images_root=images)
+    if source in STEP_SOURCES:
+        from vlreward.service.kinds import DEFAULT_STEP_TAG
+
+        records, cleaning = clean_steps(convert_steps(source, input, output, images_root=images), DEFAULT_STEP_TAG)
+        typer.echo(f"cleaning: {cleaning.empty_step} with an empty step dropped, step tag removed from "
+                   f"{cleaning.tag_removed}, {cleaning.duplicates} duplicates dropped", err=True)  # fmt: skip
+    else:
+        records = convert(source, input, output, images_root=images)
     write_records(records, output)
     typer.echo(f"{source}: {len(records)} records -> {output}", err=True)
 

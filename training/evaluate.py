@@ -1,7 +1,8 @@
-"""Pairwise evaluation: per-item scores, accuracy tables (markdown + JSON), a PNG per category.
+"""Evaluation runs: per-item scores, the benchmark's tables (markdown + JSON) and a PNG.
 
-A pair is correct only when the preferred response scores strictly higher; ties count as wrong.
-Output files: ``results.json``, ``results.md``, ``predictions.jsonl`` and a PNG per category.
+Pairwise benchmarks: a pair is correct only when the preferred response scores strictly higher; ties
+count as wrong. Process benchmarks (:mod:`vlreward.training.step_benchmarks`): each solution's step scores.
+Output files: ``results.json``, ``results.md``, ``predictions.jsonl`` and ``results.png``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vlreward.training.benchmarks import COLUMNS, EvalPair, load_pairs, tables
 from vlreward.training.data.schema import PreferenceRecord, read_records
 from vlreward.training.data.synthetic import HELDOUT_PER_CATEGORY, SYNTHETIC_SEED, generate
 from vlreward.training.pair_metrics import pairwise_accuracy, score_pairs
+from vlreward.training.step_benchmarks import STEP_BENCHMARKS, StepItem, load_step_items, step_tables
 
 
 def score_records(
@@ -44,6 +46,11 @@ def score_records(
 def _table_columns(results: dict[str, Any]) -> list[tuple[str, float]]:
     """(label, value) cells of the headline table, in the benchmark paper's layout."""
     categories = results["categories"]
+    if results["benchmark"] == "synthetic-bon":  # one column per aggregate
+        return list(categories.items())
+    if results["benchmark"] in STEP_BENCHMARKS:  # the benchmark's own order; then its headline figure
+        headline = "Avg. F1" if results["benchmark"] == "processbench" else "Overall"
+        return [*categories.items(), (headline, results["overall"])]
     names = [n for n in COLUMNS.get(results["benchmark"], []) if n in categories]
     names += [n for n in sorted(categories) if n not in names]
     cells = [(n, categories[n]) for n in names]
@@ -63,7 +70,10 @@ def write_results(output_dir: Path, results: dict[str, Any]) -> None:
     (output_dir / "results.md").write_text(
         f"# {results['benchmark']} — {results['model']}\n\n" + results_markdown(results)
     )
-    _plot(_table_columns(results), f"{results['benchmark']}: {results['model']}", output_dir / "results.png")
+    label = {"synthetic-bon": "best-of-N top-1 accuracy (%)"}.get(
+        results["benchmark"], "F1 (%)" if results["benchmark"] in STEP_BENCHMARKS else "pairwise accuracy (%)"
+    )
+    _plot(_table_columns(results), f"{results['benchmark']}: {results['model']}", output_dir / "results.png", label)
 
 
 def results_markdown(results: dict[str, Any]) -> str:
@@ -75,7 +85,11 @@ def results_markdown(results: dict[str, Any]) -> str:
         "|" + "---|" * len(cells),
         "| " + " | ".join(f"{100 * value:.1f}" for _, value in cells) + " |",
         "",
-        f"{results['n']} pairs; ties (counted wrong): {results.get('ties', 0)}.",
+        f"{results['n']} pairs; ties (counted wrong): {results.get('ties', 0)}."
+        if results.get("unit", "pairs") == "pairs"
+        else f"{results['n']} {results['unit']}"
+        + (f"; threshold {results['threshold']:g}" if "threshold" in results else "")
+        + (f" (chosen on {results['threshold_from']})" if results.get("threshold_from") else ""),
     ]
     for name, value in results.get("subsets", {}).items():
         lines.append(f"- {name}: {100 * value:.1f}")
@@ -85,7 +99,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(cells: list[tuple[str, float]], title: str, path: Path) -> None:
+def _plot(cells: list[tuple[str, float]], title: str, path: Path, label: str = "pairwise accuracy (%)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,7 +111,7 @@ def _plot(cells: list[tuple[str, float]], title: str, path: Path) -> None:
     bars = axis.bar(names, values, color="#4c72b0")
     axis.bar_label(bars, fmt="%.1f", fontsize=8)
     axis.set_ylim(0, 105)
-    axis.set_ylabel("pairwise accuracy (%)")
+    axis.set_ylabel(label)
     axis.set_title(title, fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -126,6 +140,37 @@ def evaluate_synthetic(backend: Any, model_dir: Path, output_dir: Path, seed: in
     with (output_dir / PREDICTIONS_FILE).open("w") as handle:
         for record, (chosen, rejected) in zip(records, scores, strict=True):
             row = {"id": record.id, "scores": [chosen, rejected], "category": record.category, "preferred": 0}
+            handle.write(json.dumps(row) + "\n")
+    write_results(output_dir, results)
+    return results
+
+
+def evaluate_best_of_n(backend: Any, model_dir: Path, output_dir: Path, seed: int | None = None) -> dict[str, Any]:
+    """Best-of-N on the synthetic set of :mod:`vlreward.training.best_of_n`: every aggregate's top-1
+    accuracy, with each candidate's step scores as predictions."""
+    from vlreward.training.best_of_n import BON_PER_CATEGORY, BON_SEED, bon_groups, bon_tables
+
+    if backend.process is None:
+        raise ValueError(f"{model_dir} is not a process model: best-of-N aggregates step scores")
+    with tempfile.TemporaryDirectory(prefix="vlreward-bon-") as folder:
+        root = Path(folder)
+        groups = bon_groups(root, BON_PER_CATEGORY, BON_SEED if seed is None else seed)
+        records = [record for group in groups for record in group]
+        policy = MediaPolicy(media_root=root)
+        step_scores = {}
+        for start in tqdm(range(0, len(records), 48), desc="synthetic-bon", unit="batch"):
+            chunk = records[start : start + 48]
+            formatted = [prepare_sample(r.sample(root=root), backend.processor, policy, step_tag=backend.step_tag)
+                         for r in chunk]  # fmt: skip
+            for record, logits in zip(chunk, backend.score_sync(formatted), strict=True):
+                step_scores[record.id] = backend.process.step_scores(logits)
+    results = {"model": model_name(model_dir), "checkpoint_hash": checkpoint_hash(model_dir)}
+    results |= bon_tables(groups, step_scores)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with (output_dir / PREDICTIONS_FILE).open("w") as handle:
+        for record in records:
+            row = {"id": record.id, "category": record.category, "first_error": record.first_error,
+                   "step_scores": step_scores[record.id]}  # fmt: skip
             handle.write(json.dumps(row) + "\n")
     write_results(output_dir, results)
     return results
@@ -181,10 +226,53 @@ def run_benchmark(
     return results
 
 
-def recompute(benchmark: str, predictions: Path, output_dir: Path, model: str = "predictions") -> dict[str, Any]:
+def run_step_benchmark(
+    benchmark: str,
+    data: Path,
+    output_dir: Path,
+    score_steps: Callable[[list[dict]], list[list[float]]],
+    model: str,
+    checkpoint: str | None,
+    step_tag: str,
+    limit: int | None = None,
+    threshold_split: str | None = None,
+    batch: int = 16,
+) -> dict[str, Any]:
+    """Score a process benchmark's solutions (``score_steps``: Sample dicts -> each one's step scores, the
+    model's activation), resuming from saved predictions, then write its tables."""
+    items = load_step_items(benchmark, data)[:limit]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / PREDICTIONS_FILE
+    done = read_predictions(path)
+    todo = [item for item in items if item.id not in done]
+    with path.open("a") as handle, tqdm(total=len(items), initial=len(items) - len(todo), desc=benchmark) as bar:
+        for start in range(0, len(todo), batch):
+            chunk = todo[start : start + batch]
+            for item, step_scores in zip(chunk, score_steps([i.sample(step_tag) for i in chunk]), strict=True):
+                row = {"id": item.id, "category": item.category, "step_scores": step_scores, **item.answer()}
+                done[item.id] = row
+                handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            bar.update(len(chunk))
+    results = step_tables(benchmark, items, {i.id: done[i.id]["step_scores"] for i in items}, threshold_split)
+    results = {"benchmark": benchmark, "model": model, "checkpoint_hash": checkpoint, **results}
+    write_results(output_dir, results)
+    return results
+
+
+def recompute(
+    benchmark: str, predictions: Path, output_dir: Path, model: str = "predictions", threshold_split: str | None = None
+) -> dict[str, Any]:
     """All tables again from saved per-item scores; no model needed."""
 
     rows = list(read_predictions(predictions).values())
+    if benchmark in STEP_BENCHMARKS:
+        items = [StepItem(id=r["id"], category=r["category"], prompt="", steps=[""] * len(r["step_scores"]),
+                          label=r.get("label"), labels=r.get("labels")) for r in rows]  # fmt: skip
+        results = {"benchmark": benchmark, "model": model, "checkpoint_hash": None}
+        results |= step_tables(benchmark, items, {r["id"]: r["step_scores"] for r in rows}, threshold_split)
+        write_results(output_dir, results)
+        return results
     pairs = [
         EvalPair(id=r["id"], category=r["category"], prompt="", responses=("", ""), preferred=r.get("preferred", 0),
                  subset=r.get("subset"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.helpers import LiveServer, shape_image, uri
@@ -92,3 +93,39 @@ def test_pairs_command_writes_rows_trl_dpo_reads(tiny_reward, hf_backend, tmp_pa
         assert pair["chosen"] in row["responses"] and pair["rejected"] in row["responses"]
     dataset = load_dataset("json", data_files=str(tmp_path / "pairs.jsonl"), split="train")
     assert {"prompt", "chosen", "rejected", "images"} <= set(dataset.column_names)
+
+
+@pytest.mark.parametrize("benchmark", ["processbench", "visualprocessbench"])
+def test_process_benchmarks_in_process_through_a_server_and_recomputed_give_one_table(benchmark, tiny_process,
+                                                                                      tmp_path):  # fmt: skip
+    from tests.training.test_step_benchmarks import processbench_files, visualprocessbench_file
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    data = processbench_files(tmp_path / "pb") if benchmark == "processbench" else visualprocessbench_file(tmp_path)
+    _invoke("eval", "--benchmark", benchmark, "--data", str(data), "--model", str(tiny_process),
+            "--output", str(tmp_path / "local"))  # fmt: skip
+    with LiveServer(TransformersBackend(tiny_process, dtype="float32", device="cpu")) as server:
+        _invoke("eval", "--benchmark", benchmark, "--data", str(data), "--url", server.url,
+                "--output", str(tmp_path / "remote"))  # fmt: skip
+    _invoke("eval", "--benchmark", benchmark, "--predictions", str(tmp_path / "local" / "predictions.jsonl"),
+            "--output", str(tmp_path / "again"))  # fmt: skip
+    local, remote, again = (json.loads((tmp_path / run / "results.json").read_text())
+                            for run in ("local", "remote", "again"))  # fmt: skip
+    for key in ("n", "overall", "categories", "checkpoint_hash", "model"):
+        assert local[key] == remote[key], key
+    assert (local["overall"], local["categories"]) == (again["overall"], again["categories"])
+    rows = [json.loads(line) for line in (tmp_path / "local" / "predictions.jsonl").read_text().splitlines()]
+    assert all(0.0 < s < 1.0 for row in rows for s in row["step_scores"])  # sigmoid: P(step correct)
+    assert (tmp_path / "local" / "results.png").stat().st_size > 0
+    headline = "Avg. F1" if benchmark == "processbench" else "Overall"
+    assert f"| {headline} |" in (tmp_path / "local" / "results.md").read_text()
+
+
+def test_a_scalar_model_is_refused_for_a_process_benchmark(tiny_reward, tmp_path):
+    from tests.training.test_step_benchmarks import processbench_files
+
+    result = CliRunner().invoke(app, ["eval", "--benchmark", "processbench", "--data",
+                                      str(processbench_files(tmp_path / "pb")), "--model", str(tiny_reward),
+                                      "--output", str(tmp_path / "out")])  # fmt: skip
+    message = " ".join(result.output.replace("│", " ").split())  # the error box wraps its lines
+    assert result.exit_code == 2 and "is not a process model" in message
