@@ -63,7 +63,7 @@ def parse_llava_critic_verdict(answer: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _store_image(data: Any, out_dir: Path, images_root: Path | None) -> str:
+def store_image(data: Any, out_dir: Path, images_root: Path | None) -> str:
     """Copy or write an image into ``out_dir/images`` (named by content hash); returns the relative path."""
     if isinstance(data, dict):  # the hub's parquet layout: {"bytes": ..., "path": ...}
         data = data.get("bytes") or data.get("path")
@@ -103,7 +103,7 @@ def convert_llava_critic(
         if verdict is None:
             continue
         chosen, rejected = (second, first) if verdict == 2 else (first, second)
-        images = [_store_image(row["image"], out_dir, images_root)] if row.get("image") else []
+        images = [store_image(row["image"], out_dir, images_root)] if row.get("image") else []
         yield PreferenceRecord(
             id=f"llava-critic-{row['id']}",
             source="llava-critic",
@@ -125,7 +125,7 @@ def convert_rlaif_v(rows: Iterable[dict], out_dir: Path, images_root: Path | Non
             id=f"rlaif-v-{row.get('idx', number)}-{number}",
             source="rlaif-v",
             category="hallucination",
-            images=[_store_image(image, out_dir, images_root)],
+            images=[store_image(image, out_dir, images_root)],
             conversation=[Turn(role="user", content=row["question"])],
             chosen=row["chosen"],
             rejected=row["rejected"],
