@@ -14,8 +14,8 @@ scores them.
   neutral}, ``policy_model`` and ``data_source``. Neutral steps are left out; a step is predicted correct
   when scored at or above the threshold. Macro-F1 over the classes correct and wrong, per data source
   and over every step pooled ("Overall"); ``sources_weighted`` is the per-source figures' mean weighted
-  by their labelled steps. (The official script was not found in the InternVL repository: this is the
-  rule of the dataset card and of public re-implementations; docs/evaluation.md says so.)
+  by their labelled steps. (VisualPRM's evaluation script is unpublished: this is the rule of the
+  dataset card and of public re-implementations; docs/evaluation.md says so.)
 Input: JSON, JSONL or parquet (the hub's layouts), or a folder of them. Never a download.
 """
 
