@@ -192,6 +192,26 @@ def read_predictions(path: Path) -> dict[str, dict]:
     return rows
 
 
+def score_resumably(
+    items: list, output_dir: Path, desc: str, batch: int, rows_of: Callable[[list], list[dict]]
+) -> dict[str, dict]:
+    """Every item's prediction row by id, reusing the rows ``predictions.jsonl`` already holds (an
+    interrupted run resumes): ``rows_of`` scores a chunk of the others, whose rows are appended as they come."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / PREDICTIONS_FILE
+    done = read_predictions(path)
+    todo = [item for item in items if item.id not in done]
+    with path.open("a") as handle, tqdm(total=len(items), initial=len(items) - len(todo), desc=desc) as bar:
+        for start in range(0, len(todo), batch):
+            chunk = todo[start : start + batch]
+            for row in rows_of(chunk):
+                done[row["id"]] = row
+                handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            bar.update(len(chunk))
+    return done
+
+
 def run_benchmark(
     benchmark: str,
     data: Path,
@@ -204,22 +224,13 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Score a benchmark's pairs (resuming from saved predictions), then write its tables."""
 
+    def rows_of(chunk: list[EvalPair]) -> list[dict]:
+        values = score_samples([sample for pair in chunk for sample in pair.samples()])
+        return [{"id": pair.id, "scores": values[2 * index : 2 * index + 2], "category": pair.category,
+                 "preferred": pair.preferred, "subset": pair.subset} for index, pair in enumerate(chunk)]  # fmt: skip
+
     pairs = load_pairs(benchmark, data)[:limit]
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / PREDICTIONS_FILE
-    done = read_predictions(path)
-    todo = [p for p in pairs if p.id not in done]
-    with path.open("a") as handle, tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc=benchmark) as bar:
-        for start in range(0, len(todo), batch_pairs):
-            chunk = todo[start : start + batch_pairs]
-            values = score_samples([sample for pair in chunk for sample in pair.samples()])
-            for index, pair in enumerate(chunk):
-                row = {"id": pair.id, "scores": values[2 * index : 2 * index + 2], "category": pair.category,
-                       "preferred": pair.preferred, "subset": pair.subset}  # fmt: skip
-                done[pair.id] = row
-                handle.write(json.dumps(row) + "\n")
-            handle.flush()
-            bar.update(len(chunk))
+    done = score_resumably(pairs, output_dir, benchmark, batch_pairs, rows_of)
     results = tables(benchmark, pairs, {p.id: done[p.id]["scores"] for p in pairs})
     results = {"benchmark": benchmark, "model": model, "checkpoint_hash": checkpoint, **results}
     write_results(output_dir, results)
@@ -240,20 +251,14 @@ def run_step_benchmark(
 ) -> dict[str, Any]:
     """Score a process benchmark's solutions (``score_steps``: Sample dicts -> each one's step scores, the
     model's activation), resuming from saved predictions, then write its tables."""
+
+    def rows_of(chunk: list[StepItem]) -> list[dict]:
+        scored = score_steps([item.sample(step_tag) for item in chunk])
+        return [{"id": item.id, "category": item.category, "step_scores": step_scores, **item.answer()}
+                for item, step_scores in zip(chunk, scored, strict=True)]  # fmt: skip
+
     items = load_step_items(benchmark, data)[:limit]
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / PREDICTIONS_FILE
-    done = read_predictions(path)
-    todo = [item for item in items if item.id not in done]
-    with path.open("a") as handle, tqdm(total=len(items), initial=len(items) - len(todo), desc=benchmark) as bar:
-        for start in range(0, len(todo), batch):
-            chunk = todo[start : start + batch]
-            for item, step_scores in zip(chunk, score_steps([i.sample(step_tag) for i in chunk]), strict=True):
-                row = {"id": item.id, "category": item.category, "step_scores": step_scores, **item.answer()}
-                done[item.id] = row
-                handle.write(json.dumps(row) + "\n")
-            handle.flush()
-            bar.update(len(chunk))
+    done = score_resumably(items, output_dir, benchmark, batch, rows_of)
     results = step_tables(benchmark, items, {i.id: done[i.id]["step_scores"] for i in items}, threshold_split)
     results = {"benchmark": benchmark, "model": model, "checkpoint_hash": checkpoint, **results}
     write_results(output_dir, results)
