@@ -123,3 +123,26 @@ def test_a_step_tag_in_the_text_is_removed_before_scoring(tmp_path):
     items = load_step_items("processbench", processbench_files(tmp_path / "pb"))
     items[0].steps[0] = "Step <|quad_end|>one."
     assert items[0].sample("<|quad_end|>")["steps"][0] == "Step one."
+
+
+def test_step_records_in_visualprocessbench_format_score_as_the_trainers_metrics_do(tmp_path):
+    """Two implementations of step macro-F1 (the trainer's held-out metric and the benchmark's) agree on
+    the synthetic held-out split written in VisualProcessBench's format (steps after the first error:
+    neutral there, unlabelled in training)."""
+    import random
+
+    from loadtest.prm_tables import visualprocessbench_rows
+    from vlreward.training.data.synthetic_steps import generate_steps
+    from vlreward.training.steps import step_metrics
+
+    records, _ = generate_steps(tmp_path, {"hallucination": 12, "reasoning": 12}, seed=3, split="heldout")
+    rng = random.Random(0)
+    scores = [[rng.random() for _ in record.steps] for record in records]
+    path = tmp_path / "test.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in visualprocessbench_rows(records)))
+    items = load_step_items("visualprocessbench", path)
+    results = step_tables("visualprocessbench", items, {item.id: s for item, s in zip(items, scores, strict=True)})
+    expected = step_metrics(records, scores)
+    assert results["overall"] == pytest.approx(expected["macro_f1"], abs=1e-12)
+    for category, figures in expected["categories"].items():
+        assert results["categories"][category] == pytest.approx(figures["macro_f1"], abs=1e-12)
