@@ -298,26 +298,35 @@ class RankRequest(_Strict):
 
     @model_validator(mode="after")
     def _one_prompt(self) -> RankRequest:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of `prompt` or `messages`")
-        if self.messages is not None:
-            if any(v is not None for v in (self.images, self.image, self.system)):
-                raise ValueError("with `messages`, put images and the system prompt inside the messages")
-            if not self.messages or self.messages[-1].role == "assistant":
-                raise ValueError("`messages` must not end with an assistant turn: the responses are the candidates")
-        if self.image is not None and self.images is not None:
-            raise ValueError("give `image` or `images`, not both")
+        _check_shared_prompt(self)
         return self
 
     def candidates(self) -> list[Sample]:
         """One Sample per response."""
-        if self.messages is not None:
-            return [
-                Sample(messages=[*self.messages, Message(role="assistant", **_answer("content", r))])
-                for r in self.responses
-            ]
-        shared = {"prompt": self.prompt, "images": self.images, "image": self.image, "system": self.system}
-        return [Sample(**shared, **_answer("response", r)) for r in self.responses]
+        return _candidates(self, self.responses)
+
+
+def _check_shared_prompt(body: Any) -> None:
+    """Responses to one prompt: ``prompt`` (+ images, system) or ``messages`` not ending with the
+    assistant (the responses are), one of them."""
+    if (body.prompt is None) == (body.messages is None):
+        raise ValueError("give exactly one of `prompt` or `messages`")
+    if body.messages is not None:
+        if any(v is not None for v in (body.images, body.image, body.system)):
+            raise ValueError("with `messages`, put images and the system prompt inside the messages")
+        if not body.messages or body.messages[-1].role == "assistant":
+            raise ValueError("`messages` must not end with an assistant turn: the responses are the candidates")
+    if body.image is not None and body.images is not None:
+        raise ValueError("give `image` or `images`, not both")
+
+
+def _candidates(body: Any, responses: list[str | list[str]]) -> list[Sample]:
+    """One Sample per response to ``body``'s shared prompt (or messages) and images."""
+    if body.messages is not None:
+        turns = body.messages
+        return [Sample(messages=[*turns, Message(role="assistant", **_answer("content", r))]) for r in responses]
+    shared = {"prompt": body.prompt, "images": body.images, "image": body.image, "system": body.system}
+    return [Sample(**shared, **_answer("response", r)) for r in responses]
 
 
 def _answer(text_field: str, response: str | list[str]) -> dict[str, Any]:
@@ -331,6 +340,65 @@ class RankResponse(BaseModel):
     details: list[dict[str, Any] | None] | None = details_field()
     ranking: list[int] = Field(description="Response indices best to worst (cut to top_k); ties keep input order.")
     best: int
+    usage: Usage
+
+
+class ComparePair(_Strict):
+    """One /compare pair: a prompt (+ images), or messages without the final assistant turn, and two
+    responses (texts, or for process models each response's steps)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                _form({"prompt": "string"}, absent=("messages",)),
+                _form({"messages": "array"}, absent=("prompt", "images", "image", "system")),
+            ],
+            **NOT_IMAGE_AND_IMAGES,
+        }
+    )
+
+    prompt: str | None = None
+    messages: list[Message] | None = Field(
+        None, min_length=1, description="The conversation without the final assistant turn (the responses are)."
+    )
+    images: list[str] | None = None
+    image: str | None = None
+    system: str | None = None
+    a: str | Annotated[list[str], Field(min_length=1)] = Field(description="Response A (or its steps).")
+    b: str | Annotated[list[str], Field(min_length=1)] = Field(description="Response B (or its steps).")
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> ComparePair:
+        _check_shared_prompt(self)
+        return self
+
+    def samples(self) -> list[Sample]:
+        """Response A and response B as Samples sharing the pair's prompt and images."""
+        return _candidates(self, [self.a, self.b])
+
+
+class CompareRequest(_Strict):
+    """POST /compare: pairs of responses to one prompt each; which is better, as a probability."""
+
+    model: str | None = model_field()
+    pairs: list[ComparePair] = Field(min_length=1, description="Pairs to compare; results come back in this order.")
+    debias: bool = Field(
+        True,
+        description="Judges: ask in both orders and average. A scalar or process model's P(A > B) = "
+        "sigmoid(s_a - s_b) is exactly antisymmetric already.",
+    )
+    aggregate: Aggregate | None = aggregate_field()
+    timeout_s: float | None = timeout_field()
+
+
+class CompareResult(BaseModel):
+    prob_a: float = Field(description="P(A is better than B).")
+    verdict: Literal["a", "b", "tie"] = Field(description="a when prob_a > 0.5, b when < 0.5, else tie.")
+
+
+class CompareResponse(BaseModel):
+    model: str
+    results: list[CompareResult]
     usage: Usage
 
 

@@ -19,7 +19,7 @@ from vlreward.service.errors import EngineBroken, ErrorKind, ServiceError, too_l
 from vlreward.service.kinds import refuse_unaccepted
 from vlreward.service.lifecycle import ServedModel, ServiceState
 from vlreward.service.prepare import prepare_items, prepare_rank, prepare_templated
-from vlreward.service.schemas import ClassifyRequest, GetRewardRequest, RankRequest, ScoreRequest
+from vlreward.service.schemas import ClassifyRequest, CompareRequest, GetRewardRequest, RankRequest, ScoreRequest
 from vlreward.service.settings import Settings
 from vlreward.service.steps import as_one_step, refuse_without_steps, scored_steps
 
@@ -207,6 +207,41 @@ async def rank(state: ServiceState, body: RankRequest, body_bytes: int | None = 
         scores = _scores_or_raise(result, lambda i: f"responses[{i}]")
         scored = Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms)
         return _account_scores(model, scored, body.aggregate)
+
+
+async def compare(state: ServiceState, body: CompareRequest, body_bytes: int | None = None) -> Scored:
+    """/compare: each pair's responses scored as /score items (A and B share their prompt and images, so
+    they run it once); ``scores`` holds A's and B's scores in turn (a process model's: the aggregate).
+    Pairs count twice against ``max_items``."""
+    started = time.monotonic()
+    _check_timeout(body.timeout_s, state.settings)
+    samples = [sample for pair in body.pairs for sample in pair.samples()]
+    where = lambda i: f"pairs[{i // 2}].{'ab'[i % 2]}"  # noqa: E731
+    try:
+        model = _model_for(state, body, samples, "items")
+    except ServiceError as exc:
+        raise exc.at(_pair_param(exc.param, where)) from None
+    async with state.admitted(model) as policy:
+        _check_count(len(body.pairs), state.settings.max_items // 2, "pairs", "pairs")
+        try:
+            encoded, _, groups = await _prepare(
+                body_bytes, (ref for pair in body.pairs for ref in pair.samples()[0].image_refs()),
+                prepare_items, model.backend, samples, policy, model.limits, "none", False,
+            )  # fmt: skip
+        except ServiceError as exc:  # located at items[i]: say which pair and side
+            raise exc.at(_pair_param(exc.param, where)) from None
+        result, tokens, images = await _schedule(model, "/compare", encoded, body.timeout_s, started, groups)
+        scores = _scores_or_raise(result, where)
+        scored = Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms)
+        return _account_scores(model, scored, body.aggregate)
+
+
+def _pair_param(param: str | None, where: Callable[[int], str]) -> str | None:
+    """``items[i]...`` (where /score's preparation locates an error) as ``pairs[i // 2].a|b...``."""
+    if param is None or not param.startswith("items["):
+        return param
+    index, rest = param[len("items[") :].split("]", 1)
+    return where(int(index)) + rest
 
 
 async def score_templated(state: ServiceState, body: GetRewardRequest, body_bytes: int | None = None) -> Scored:

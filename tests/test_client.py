@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 import re
 import socket
 import threading
@@ -106,6 +107,26 @@ def test_images_may_be_pil_images_bytes_or_paths(hf_backend, tmp_path):
         ranked = client.rank("Colour?", ["Blue.", "Red."], images=[image]).scores
     assert max(scores) - min(scores) <= 1e-6
     assert abs(ranked[0] - scores[0]) <= 1e-4
+
+
+def test_compare_is_chunked_to_half_of_max_items_in_order_sync_and_async(hf_backend):
+    image = shape_image("red")  # a PIL image: the client encodes it
+    pairs = [{"prompt": f"Question {i}?", "a": f"Answer {i}.", "b": f"Reply number {i}."} for i in range(5)]
+    pairs.append({"prompt": "Colour?", "image": image, "a": "Red.", "b": "Blue."})
+    with LiveServer(hf_backend, max_items=4) as live, RewardClient(live.url) as client:
+        compared = client.compare(pairs)  # 6 pairs in 3 calls of 2
+        scores = client.score([{**{k: v for k, v in p.items() if k not in "ab"}, "response": p[side]}
+                               for p in pairs for side in "ab"]).scores  # fmt: skip
+
+        async def run():
+            async with AsyncRewardClient(live.url) as async_client:
+                return await async_client.compare(pairs)
+
+        async_compared = asyncio.run(run())
+    expected = [1 / (1 + math.exp(b - a)) for a, b in zip(scores[0::2], scores[1::2], strict=True)]
+    assert [r.prob_a for r in compared.results] == pytest.approx(expected, abs=1e-6)
+    assert [r.prob_a for r in async_compared.results] == pytest.approx(expected, abs=1e-6)
+    assert compared.usage.images == 2 and len(compared.results) == 6
 
 
 def test_errors_are_told_apart_by_the_type_the_server_sends_and_by_status_only_without_one():

@@ -15,7 +15,7 @@ from vlreward.service.metrics import SERVER, Metrics
 
 access_log = logging.getLogger("vlreward.access")
 KNOWN_ENDPOINTS = (
-    "/score", "/rank", "/get_reward", "/classify", "/health", "/ready", "/info", "/v1/models", "/metrics",
+    "/score", "/rank", "/compare", "/get_reward", "/classify", "/health", "/ready", "/info", "/v1/models", "/metrics",
 )  # fmt: skip
 
 

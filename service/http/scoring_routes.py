@@ -1,4 +1,5 @@
-"""POST /score, /rank, /get_reward and /classify: validate, run the scoring pipeline, shape the response."""
+"""POST /score, /rank, /compare, /get_reward and /classify: validate, run the scoring pipeline, shape the
+response."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from vlreward.service.schemas import (
     ClassifyRequest,
     ClassifyResponse,
     ClassifyUsage,
+    CompareRequest,
+    CompareResponse,
+    CompareResult,
     GetRewardRequest,
     GetRewardResponse,
     ItemError,
@@ -89,6 +93,22 @@ async def rank(
         best=ranking[0],
         usage=_account(request, response, scored),
     )
+
+
+@router.post("/compare", response_model=CompareResponse)
+@with_cancellation
+async def compare(
+    body: CompareRequest, request: Request, response: Response, state: ServiceState = Depends(service_state)
+) -> CompareResponse:
+    """Which of two responses is better, as P(A > B), per pair; a scalar or process model's is
+    sigmoid(s_a - s_b) of its scores (a process model's: the aggregate)."""
+    _label(request, state, body.model)
+    scored = await scoring.compare(state, body, body_bytes(request))
+    results = []
+    for a, b in zip(scored.scores[0::2], scored.scores[1::2], strict=True):
+        prob = 1.0 / (1.0 + math.exp(min(b - a, 700.0)))  # sigmoid(a - b), overflow-safe
+        results.append(CompareResult(prob_a=prob, verdict="a" if prob > 0.5 else "b" if prob < 0.5 else "tie"))
+    return CompareResponse(model=scored.model, results=results, usage=_account(request, response, scored))
 
 
 @router.post("/get_reward", response_model=GetRewardResponse)

@@ -47,7 +47,14 @@ from tenacity import (
 )
 
 from vlreward.service.errors import ErrorKind
-from vlreward.service.schemas import GetRewardResponse, ItemError, RankResponse, ScoreResponse, Usage
+from vlreward.service.schemas import (
+    CompareResponse,
+    GetRewardResponse,
+    ItemError,
+    RankResponse,
+    ScoreResponse,
+    Usage,
+)
 
 DEFAULT_TIMEOUT_S = 180.0
 
@@ -337,6 +344,16 @@ def _rank_body(prompt: Prompt, responses: list[str], images: Images, top_k: int 
     return body
 
 
+def _compare_body(pairs: list[dict], debias: bool) -> dict[str, Any]:
+    return {"pairs": [encode_item(pair) for pair in pairs], "debias": debias}
+
+
+def merge_compares(parts: list[CompareResponse]) -> CompareResponse:
+    """One /compare response from those of consecutive chunks of pairs."""
+    usage = Usage(input_tokens=sum(p.usage.input_tokens for p in parts), images=sum(p.usage.images for p in parts))
+    return CompareResponse(model=parts[0].model, results=[r for p in parts for r in p.results], usage=usage)
+
+
 def _reward_body(queries: list[str], images: list[list[str]] | None) -> dict[str, Any]:
     body: dict[str, Any] = {"query": queries}
     if images is not None:
@@ -435,6 +452,14 @@ class RewardClient(_ClientOptions):
         """Rank responses to one prompt (a string, or messages without the final assistant turn)."""
         return RankResponse.model_validate(self._post("/rank", _rank_body(prompt, responses, images, top_k)))
 
+    def compare(self, pairs: list[dict], debias: bool = True) -> CompareResponse:
+        """P(A > B) per pair (dicts with ``prompt`` or ``messages``, images, ``a`` and ``b``), in chunks of
+        half the server's ``max_items`` (each pair is two samples); results in order."""
+        size = max(1, self.max_items() // 2)
+        chunks = _chunks(pairs, size)
+        return merge_compares([CompareResponse.model_validate(self._post("/compare", _compare_body(c, debias)))
+                               for c in chunks])  # fmt: skip
+
     def get_reward(self, queries: list[str], images: list[list[Any]] | None = None) -> GetRewardResponse:
         """OpenRLHF's protocol: chat-templated texts -> rewards."""
         images = [[encode_image(i) for i in row] for row in images] if images is not None else None
@@ -505,6 +530,11 @@ class AsyncRewardClient(_ClientOptions):
         self, prompt: Prompt, responses: list[str], images: Images = None, top_k: int | None = None
     ) -> RankResponse:
         return RankResponse.model_validate(await self._post("/rank", _rank_body(prompt, responses, images, top_k)))
+
+    async def compare(self, pairs: list[dict], debias: bool = True) -> CompareResponse:
+        chunks = _chunks(pairs, max(1, await self.max_items() // 2))
+        answers = await asyncio.gather(*(self._post("/compare", _compare_body(c, debias)) for c in chunks))
+        return merge_compares([CompareResponse.model_validate(answer) for answer in answers])
 
     async def get_reward(self, queries: list[str], images: list[list[Any]] | None = None) -> GetRewardResponse:
         images = [[encode_image(i) for i in row] for row in images] if images is not None else None

@@ -1,7 +1,8 @@
 """schemathesis hooks for the fuzz test (loaded through SCHEMATHESIS_HOOKS).
 
 Two request rules cannot be stated in JSON Schema, so the published schema states them in words:
-the last message of a conversation to score is the assistant's (and, in /rank, is not), and
+the last message of a conversation to score is the assistant's (and, in /rank and /compare's pairs, is
+not), and
 /get_reward's ``images`` has one list per query. Positive cases that break them are dropped here, so
 the positive-data check only expects acceptance of what the schema *and* its words allow; negative
 cases are kept as generated.
@@ -31,6 +32,10 @@ def follows_unstated_rules(path: str, body: Any) -> bool:
         samples = [body]
     elif path == "/rank":
         return body.get("messages") is None or _last_role(body["messages"]) != "assistant"
+    elif path == "/compare":
+        pairs = body.get("pairs") if isinstance(body.get("pairs"), list) else []
+        return all(not isinstance(p, dict) or p.get("messages") is None or _last_role(p["messages"]) != "assistant"
+                   for p in pairs)  # fmt: skip
     elif path == "/get_reward":
         images, query = body.get("images"), body.get("query")
         return images is None or not isinstance(query, list) or len(images) == len(query)

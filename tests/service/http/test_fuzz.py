@@ -20,7 +20,7 @@ import pytest
 from tests.helpers import LiveServer
 
 HERE = Path(__file__).parent
-ROUTES = {"POST /score", "POST /rank", "POST /get_reward", "POST /classify"}
+ROUTES = {"POST /score", "POST /rank", "POST /compare", "POST /get_reward", "POST /classify"}
 ROUTES |= {"GET /health", "GET /ready", "GET /info", "GET /v1/models", "GET /metrics"}
 
 
