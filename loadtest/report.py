@@ -23,12 +23,21 @@ DOCS = ROOT / "docs"
 MARKED = re.compile(r"(<!-- table: (\w+) ([\w.\-+/]+) -->\n)(.*?)(<!-- end table -->)", re.S)
 
 
+def interquartile(ratios: list[float]) -> str:
+    """The rounds' interquartile range (the middle half of the ratios), beside the median so that a reader
+    can tell a gain from noise; a dash for fewer than two rounds."""
+    if len(ratios) < 2:
+        return "—"
+    first, _, third = statistics.quantiles(ratios, n=4, method="inclusive")
+    return f"{first:.2f}–{third:.2f}"
+
+
 def suite_table(report: dict) -> str:
-    """The performance suite's ratios: median, min-max, target (in brackets where the run is not the bench
-    model's, whose targets they are), and each side's samples/s."""
+    """The performance suite's ratios: median, interquartile range, min-max, target (in brackets where the
+    run is not the bench model's, whose targets they are), and each side's samples/s."""
     bench_run = report["size"] == "bench" and not report["smoke"]
-    lines = ["| comparison (A / B) | median | min–max | target | A samples/s | B samples/s |",
-             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = ["| comparison (A / B) | median | IQR | min–max | target | A samples/s | B samples/s |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for row in report["comparisons"]:
         target = ""
         if row["target"] is not None:
@@ -37,8 +46,8 @@ def suite_table(report: dict) -> str:
             )
         speeds = [statistics.median(r.get("samples_per_s", 0) for r in row[side]) for side in ("a_runs", "b_runs")]
         a, b = (f"{speed:.1f}" if speed else "" for speed in speeds)
-        lines.append(f"| {row['name']} | **{row['median_ratio']:.3f}** | {row['min_ratio']:.2f}–{row['max_ratio']:.2f} "
-                     f"| {target} | {a} | {b} |")  # fmt: skip
+        lines.append(f"| {row['name']} | **{row['median_ratio']:.3f}** | {interquartile(row['ratios'])} "
+                     f"| {row['min_ratio']:.2f}–{row['max_ratio']:.2f} | {target} | {a} | {b} |")  # fmt: skip
     checks = report["score_checks"]
     worst = max(c["max_abs_diff"] for c in checks if c["max_abs_diff"] is not None)
     lines.append("")

@@ -620,7 +620,9 @@ def build_model_like(model: Path, seed: int, process: bool = False) -> Path:
 def print_table(comparisons: list[Comparison], checks: Checks, bench_run: bool) -> None:
     """The ratios, then the score checks. The targets are the bench model's: on another run (tiny, smoke,
     a given checkpoint) they and their verdicts are shown in brackets, for reference."""
-    print(f"\n{'comparison (A / B)':<44} {'median':>7} {'min':>6} {'max':>6} {'target':>7} {'met':>5}"
+    from loadtest.report import interquartile
+
+    print(f"\n{'comparison (A / B)':<44} {'median':>7} {'IQR':>9} {'min':>6} {'max':>6} {'target':>7} {'met':>5}"
           "  A samples/s  B samples/s")  # fmt: skip
     verdicts = {None: "", True: "yes", False: "NO"}
     for c in comparisons:
@@ -631,8 +633,8 @@ def print_table(comparisons: list[Comparison], checks: Checks, bench_run: bool) 
             target, met = f"({target})", f"({met})"
         a, b = (statistics.median(r.get("samples_per_s", 0) for r in runs) for runs in (c.a_runs, c.b_runs))
         a, b = (f"{x:.1f}" if x else "" for x in (a, b))  # the latency row has no throughput
-        print(f"{c.name:<44} {c.median:>7.3f} {min(c.ratios):>6.2f} {max(c.ratios):>6.2f} "
-              f"{target:>7} {met:>5}  {a:>11}  {b:>11}")  # fmt: skip
+        print(f"{c.name:<44} {c.median:>7.3f} {interquartile(c.ratios):>9} {min(c.ratios):>6.2f} "
+              f"{max(c.ratios):>6.2f} {target:>7} {met:>5}  {a:>11}  {b:>11}")  # fmt: skip
     print(f"\n{'scores of':<44} {'max |diff|':>11} {'tolerance':>9}")
     for row in checks.rows:
         diff = "missing" if row["max_abs_diff"] is None else f"{row['max_abs_diff']:.2e}"

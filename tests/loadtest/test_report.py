@@ -28,4 +28,10 @@ def test_a_changed_result_changes_its_table():
     bench["comparisons"][2]["median_ratio"] = 0.5
     bench["comparisons"][2]["target_met"] = False
     after = report.suite_table(bench)
-    assert "**0.500** | 1.27–1.39 | ≥ 1.20 ✗" in after and after != before
+    quartiles = report.interquartile(bench["comparisons"][2]["ratios"])
+    assert f"**0.500** | {quartiles} | 1.27–1.39 | ≥ 1.20 ✗" in after and after != before
+
+
+def test_the_interquartile_range_is_the_middle_half_of_the_rounds():
+    assert report.interquartile([1.0, 2.0, 3.0, 4.0, 5.0]) == "2.00–4.00"
+    assert report.interquartile([1.2]) == "—"
