@@ -264,8 +264,9 @@ class ScoreResponse(BaseModel):
     errors: list[ItemError] | None = None
 
 
-class RankRequest(_Strict):
-    """POST /rank: one prompt (+ images), several responses."""
+class _SharedPrompt(_Strict):
+    """Responses to one prompt: ``prompt`` (+ images, system) or ``messages`` without the final assistant
+    turn (the responses are), one of them."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -277,7 +278,6 @@ class RankRequest(_Strict):
         }
     )
 
-    model: str | None = model_field()
     prompt: str | None = None
     messages: list[Message] | None = Field(
         None,
@@ -288,6 +288,38 @@ class RankRequest(_Strict):
     images: list[str] | None = None
     image: str | None = None
     system: str | None = None
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> _SharedPrompt:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of `prompt` or `messages`")
+        if self.messages is not None:
+            if any(v is not None for v in (self.images, self.image, self.system)):
+                raise ValueError("with `messages`, put images and the system prompt inside the messages")
+            if not self.messages or self.messages[-1].role == "assistant":
+                raise ValueError("`messages` must not end with an assistant turn: the responses are the candidates")
+        if self.image is not None and self.images is not None:
+            raise ValueError("give `image` or `images`, not both")
+        return self
+
+    def _candidates(self, responses: list[str | list[str]]) -> list[Sample]:
+        """One Sample per response (a text, or a process model's steps) to the shared prompt and images."""
+        if self.messages is not None:
+            turns = self.messages
+            return [Sample(messages=[*turns, Message(role="assistant", **_answer("content", r))]) for r in responses]
+        shared = {"prompt": self.prompt, "images": self.images, "image": self.image, "system": self.system}
+        return [Sample(**shared, **_answer("response", r)) for r in responses]
+
+
+def _answer(text_field: str, response: str | list[str]) -> dict[str, Any]:
+    """A candidate as the fields of its sample or message: its text, or its steps."""
+    return {"steps": response} if isinstance(response, list) else {text_field: response}
+
+
+class RankRequest(_SharedPrompt):
+    """POST /rank: one prompt (+ images), several responses."""
+
+    model: str | None = model_field()
     responses: list[str | Annotated[list[str], Field(min_length=1)]] = Field(
         min_length=1,
         description="The candidates: texts, or (process models) each candidate's list of steps.",
@@ -296,42 +328,9 @@ class RankRequest(_Strict):
     aggregate: Aggregate | None = aggregate_field()
     timeout_s: float | None = timeout_field()
 
-    @model_validator(mode="after")
-    def _one_prompt(self) -> RankRequest:
-        _check_shared_prompt(self)
-        return self
-
     def candidates(self) -> list[Sample]:
         """One Sample per response."""
-        return _candidates(self, self.responses)
-
-
-def _check_shared_prompt(body: Any) -> None:
-    """Responses to one prompt: ``prompt`` (+ images, system) or ``messages`` not ending with the
-    assistant (the responses are), one of them."""
-    if (body.prompt is None) == (body.messages is None):
-        raise ValueError("give exactly one of `prompt` or `messages`")
-    if body.messages is not None:
-        if any(v is not None for v in (body.images, body.image, body.system)):
-            raise ValueError("with `messages`, put images and the system prompt inside the messages")
-        if not body.messages or body.messages[-1].role == "assistant":
-            raise ValueError("`messages` must not end with an assistant turn: the responses are the candidates")
-    if body.image is not None and body.images is not None:
-        raise ValueError("give `image` or `images`, not both")
-
-
-def _candidates(body: Any, responses: list[str | list[str]]) -> list[Sample]:
-    """One Sample per response to ``body``'s shared prompt (or messages) and images."""
-    if body.messages is not None:
-        turns = body.messages
-        return [Sample(messages=[*turns, Message(role="assistant", **_answer("content", r))]) for r in responses]
-    shared = {"prompt": body.prompt, "images": body.images, "image": body.image, "system": body.system}
-    return [Sample(**shared, **_answer("response", r)) for r in responses]
-
-
-def _answer(text_field: str, response: str | list[str]) -> dict[str, Any]:
-    """A /rank candidate as the fields of its sample or message: its text, or its steps."""
-    return {"steps": response} if isinstance(response, list) else {text_field: response}
+        return self._candidates(self.responses)
 
 
 class RankResponse(BaseModel):
@@ -343,38 +342,16 @@ class RankResponse(BaseModel):
     usage: Usage
 
 
-class ComparePair(_Strict):
+class ComparePair(_SharedPrompt):
     """One /compare pair: a prompt (+ images), or messages without the final assistant turn, and two
     responses (texts, or for process models each response's steps)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "oneOf": [
-                _form({"prompt": "string"}, absent=("messages",)),
-                _form({"messages": "array"}, absent=("prompt", "images", "image", "system")),
-            ],
-            **NOT_IMAGE_AND_IMAGES,
-        }
-    )
-
-    prompt: str | None = None
-    messages: list[Message] | None = Field(
-        None, min_length=1, description="The conversation without the final assistant turn (the responses are)."
-    )
-    images: list[str] | None = None
-    image: str | None = None
-    system: str | None = None
     a: str | Annotated[list[str], Field(min_length=1)] = Field(description="Response A (or its steps).")
     b: str | Annotated[list[str], Field(min_length=1)] = Field(description="Response B (or its steps).")
 
-    @model_validator(mode="after")
-    def _one_prompt(self) -> ComparePair:
-        _check_shared_prompt(self)
-        return self
-
     def samples(self) -> list[Sample]:
         """Response A and response B as Samples sharing the pair's prompt and images."""
-        return _candidates(self, [self.a, self.b])
+        return self._candidates([self.a, self.b])
 
 
 class CompareRequest(_Strict):

@@ -225,7 +225,7 @@ async def compare(state: ServiceState, body: CompareRequest, body_bytes: int | N
         _check_count(len(body.pairs), state.settings.max_items // 2, "pairs", "pairs")
         try:
             encoded, _, groups = await _prepare(
-                body_bytes, (ref for pair in body.pairs for ref in pair.samples()[0].image_refs()),
+                body_bytes, (ref for sample in samples[0::2] for ref in sample.image_refs()),  # B shares A's
                 prepare_items, model.backend, samples, policy, model.limits, "none", False,
             )  # fmt: skip
         except ServiceError as exc:  # located at items[i]: say which pair and side

@@ -14,6 +14,7 @@ from vlreward.service import scoring
 from vlreward.service.errors import ServiceError
 from vlreward.service.http.dependencies import require_api_key, service_state, with_cancellation
 from vlreward.service.http.errors import documented_errors
+from vlreward.service.kinds import sigmoid
 from vlreward.service.lifecycle import ServiceState
 from vlreward.service.model.checkpoint import REWARD_LABEL
 from vlreward.service.schemas import (
@@ -106,7 +107,7 @@ async def compare(
     scored = await scoring.compare(state, body, body_bytes(request))
     results = []
     for a, b in zip(scored.scores[0::2], scored.scores[1::2], strict=True):
-        prob = 1.0 / (1.0 + math.exp(min(b - a, 700.0)))  # sigmoid(a - b), overflow-safe
+        prob = sigmoid(a - b)
         results.append(CompareResult(prob_a=prob, verdict="a" if prob > 0.5 else "b" if prob < 0.5 else "tie"))
     return CompareResponse(model=scored.model, results=results, usage=_account(request, response, scored))
 
