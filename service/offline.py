@@ -10,7 +10,6 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from vlreward.service.backends.base import Backend
-from vlreward.service.kinds import process_head
 from vlreward.service.media import MediaError, MediaPolicy
 from vlreward.service.prepare import prepare_sample
 from vlreward.service.schemas import Sample
@@ -40,7 +39,7 @@ def score_file(backend: Backend, input_path: Path, output_path: Path, batch_size
 
     Image paths are resolved relative to the input file's folder. Returns the number of samples.
     """
-    process = process_head(backend.model_dir)
+    process = backend.process
     samples = read_samples(input_path)
     policy = MediaPolicy(media_root=input_path.resolve().parent)
     output_path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import asyncio
 import bisect
 import contextlib
 import os
+import typing
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -166,8 +167,8 @@ def require_reward_head(model_dir: Path) -> None:
         )
 
 
-STEP_SCORING = ("per_step", "step_pooling")
-"""How the vLLM backend reads a process model's head at its step tags (``vllm_step_scoring``)."""
+STEP_SCORING: tuple[str, ...] = typing.get_args(Settings.model_fields["vllm_step_scoring"].annotation)
+"""How the vLLM backend reads a process model's head at its step tags (the choices of ``vllm_step_scoring``)."""
 CPU_STEP_BLOCK_SIZE = 32
 """KV-cache block of a process model scored per step on the CPU (its attention takes multiples of 32; its
 default is 128). The prefix cache keeps whole blocks, so each step's request recomputes the tokens after
