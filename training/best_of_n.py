@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from vlreward.service.kinds import AGGREGATES, ProcessHead
-from vlreward.training.data.schema import IMAGES_DIR, StepRecord, Turn
-from vlreward.training.data.synthetic import new_items, save_images
-from vlreward.training.data.synthetic_steps import ERROR_PLACES, STEP_GENERATORS, solution
+from vlreward.training.data.schema import StepRecord
+from vlreward.training.data.synthetic import drawn_items
+from vlreward.training.data.synthetic_steps import ERROR_PLACES, STEP_GENERATORS, solution, step_record
 
 BON_PER_CATEGORY = {"hallucination": 100, "reasoning": 100}
 """Items per category of the best-of-N set."""
@@ -31,20 +31,14 @@ BON_SEED = 1234
 def bon_groups(out_dir: Path, per_category: dict[str, int], seed: int = BON_SEED) -> list[list[StepRecord]]:
     """Each item's candidates (their images written into ``out_dir``)."""
     rng = random.Random(f"bon-{seed}")
-    (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     groups = []
-    for category, made, item in new_items(STEP_GENERATORS, per_category, rng, set(), set()):
-        item_id = f"bon-{category}-{made:05d}"
-        paths = save_images(item, out_dir, item_id)
+    for category, _, item_id, item, paths in drawn_items(out_dir, STEP_GENERATORS, per_category, rng, "bon"):
         group = []
         for error in ERROR_PLACES:
             for copy in range(PER_PLACE):
-                made_solution = solution(rng, item.chosen, item.rejected, error)
-                group.append(
-                    StepRecord(id=f"{item_id}-{error}-{copy}", source="synthetic-bon", category=category, images=paths,
-                               conversation=[Turn(role="user", content=item.prompt)], steps=made_solution.steps,
-                               labels=made_solution.labels, meta={"error": error})
-                )  # fmt: skip
+                made = solution(rng, item.chosen, item.rejected, error)
+                group.append(step_record(f"{item_id}-{error}-{copy}", category, item, paths, made, "synthetic-bon",
+                                         {"error": error}))  # fmt: skip
         groups.append(group)
     return groups
 

@@ -229,6 +229,24 @@ def new_items(
             made += 1
 
 
+def drawn_items(
+    out_dir: Path,
+    generators: dict[str, Callable[[random.Random], Item]],
+    per_category: dict[str, int],
+    rng: random.Random,
+    split: str,
+    exclude: set[tuple] | None = None,
+    keys: set[tuple] | None = None,
+) -> Iterator[tuple[str, int, str, Item, list[str]]]:
+    """(category, index in it, record id ``split-category-index``, item, image paths) of each item
+    :func:`new_items` draws, its images saved into ``out_dir`` first."""
+    (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    keys = set() if keys is None else keys
+    for category, made, item in new_items(generators, per_category, rng, exclude or set(), keys):
+        record_id = f"{split}-{category}-{made:05d}"
+        yield category, made, record_id, item, save_images(item, out_dir, record_id)
+
+
 def save_images(item: Item, out_dir: Path, record_id: str) -> list[str]:
     """Draw the item's images into ``out_dir``; their paths relative to it, in order."""
     paths = []
@@ -253,11 +271,9 @@ def generate(
     each separately, so there is no position bias to balance.
     """
     rng = random.Random(f"{seed}-{split}")
-    (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     records, keys = [], set()
-    for category, made, item in new_items(GENERATORS, per_category, rng, exclude or set(), keys):
-        record_id = f"{split}-{category}-{made:05d}"
-        paths = save_images(item, out_dir, record_id)
+    drawn = drawn_items(out_dir, GENERATORS, per_category, rng, split, exclude, keys)
+    for category, _, record_id, item, paths in drawn:
         meta = {"subtype": item.subtype, "split": split}
         if counterfactuals and item.counter is not None:
             meta["counter_image"] = f"{IMAGES_DIR}/{record_id}-counter.png"

@@ -16,8 +16,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlreward.training.data.schema import IMAGES_DIR, StepRecord, Turn, write_records
-from vlreward.training.data.synthetic import GENERATORS, new_items, save_images
+from vlreward.training.data.schema import StepRecord, Turn, write_records
+from vlreward.training.data.synthetic import GENERATORS, Item, drawn_items
 
 OPENINGS = (
     "I look at the picture first.",
@@ -54,6 +54,22 @@ def solution(rng: random.Random, true_claim: str, false_claim: str, error: str) 
     return Solution(steps, labels, wrong)
 
 
+def step_record(
+    record_id: str, category: str, item: Item, paths: list[str], made: Solution, source: str, meta: dict
+) -> StepRecord:
+    """A synthetic solution about ``item`` (its prompt, its images at ``paths``) as a step record."""
+    return StepRecord(
+        id=record_id,
+        source=source,
+        category=category,
+        images=paths,
+        conversation=[Turn(role="user", content=item.prompt)],
+        steps=made.steps,
+        labels=made.labels,
+        meta=meta,
+    )
+
+
 def generate_steps(
     out_dir: Path,
     per_category: dict[str, int],
@@ -67,26 +83,16 @@ def generate_steps(
     same image with a right and a wrong claim: what lets a tiny model learn to read the image). Items in
     ``exclude`` are skipped. Returns the records and the item keys used."""
     rng = random.Random(f"steps-{seed}-{split}")
-    (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     records, keys = [], set()
-    for category, made, item in new_items(STEP_GENERATORS, per_category, rng, exclude or set(), keys):
-        record_id = f"{split}-{category}-{made:05d}"
-        paths = save_images(item, out_dir, record_id)
+    for category, made, record_id, item, paths in drawn_items(
+        out_dir, STEP_GENERATORS, per_category, rng, split, exclude, keys
+    ):
         places = ERROR_PLACES if every_place else (ERROR_PLACES[made % len(ERROR_PLACES)],)
         for error in places:
             made_solution = solution(rng, item.chosen, item.rejected, error)
-            records.append(
-                StepRecord(
-                    id=record_id if len(places) == 1 else f"{record_id}-{error}",
-                    source="synthetic",
-                    category=category,
-                    images=paths,
-                    conversation=[Turn(role="user", content=item.prompt)],
-                    steps=made_solution.steps,
-                    labels=made_solution.labels,
-                    meta={"subtype": item.subtype, "split": split, "error": error},
-                )
-            )
+            meta = {"subtype": item.subtype, "split": split, "error": error}
+            solution_id = record_id if len(places) == 1 else f"{record_id}-{error}"
+            records.append(step_record(solution_id, category, item, paths, made_solution, "synthetic", meta))
     write_records(records, out_dir)
     return records, keys
 
