@@ -47,7 +47,7 @@ def main(
     from vlreward.training.bootstrap import STEP_HELDOUT_PER_CATEGORY
     from vlreward.training.data.synthetic import SYNTHETIC_SEED
     from vlreward.training.data.synthetic_steps import generate_steps
-    from vlreward.training.evaluate import evaluate_best_of_n, run_step_benchmark
+    from vlreward.training.evaluate import evaluate_best_of_n, in_process_scorer, run_step_benchmark
 
     model = model or Settings().default_model_dir("process")
     backend = TransformersBackend(model, dtype="float32", device="cpu")
@@ -57,12 +57,9 @@ def main(
         data = root / "test.jsonl"
         data.write_text("".join(json.dumps(row) + "\n" for row in visualprocessbench_rows(records)))
 
-        def score_steps(samples: list[dict]) -> list[list[float]]:
-            formatted = [backend.format_request_sample(sample) for sample in samples]
-            return [backend.process.step_scores(logits) for logits in backend.score_sync(formatted)]
-
         target = output / "default-process-visualprocessbench"
         (target / "predictions.jsonl").unlink(missing_ok=True)  # a fresh run, not a resumed one
+        score_steps = in_process_scorer(backend, steps=True)
         results = run_step_benchmark("visualprocessbench", data, target, score_steps, model_name(model),
                                      checkpoint_hash(model), backend.step_tag)  # fmt: skip
     print(json.dumps({k: results[k] for k in ("overall", "categories", "steps", "neutral_steps")}))

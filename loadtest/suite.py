@@ -54,6 +54,7 @@ import typer
 from tqdm import tqdm
 
 from loadtest.loadgen import Call, Run, classify_call, closed_loop, quantile, rank_call, score_call
+from loadtest.report import interquartile
 from loadtest.servers import ServerProcess, start_vllm_serve, start_vlreward
 from loadtest.workload import Mix, make_groups, make_samples
 
@@ -620,8 +621,6 @@ def build_model_like(model: Path, seed: int, process: bool = False) -> Path:
 def print_table(comparisons: list[Comparison], checks: Checks, bench_run: bool) -> None:
     """The ratios, then the score checks. The targets are the bench model's: on another run (tiny, smoke,
     a given checkpoint) they and their verdicts are shown in brackets, for reference."""
-    from loadtest.report import interquartile
-
     print(f"\n{'comparison (A / B)':<44} {'median':>7} {'IQR':>9} {'min':>6} {'max':>6} {'target':>7} {'met':>5}"
           "  A samples/s  B samples/s")  # fmt: skip
     verdicts = {None: "", True: "yes", False: "NO"}

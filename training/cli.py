@@ -181,67 +181,39 @@ def evaluate(
         if (model is None) == (url is None):
             raise typer.BadParameter("give exactly one of --model or --url")
         if benchmark in STEP_BENCHMARKS:
-            score_steps, label, digest, step_tag = _step_scorer(model, url, api_key, backend)
+            score_steps, label, digest, step_tag = _scorer(model, url, api_key, backend, steps=True)
             run_step_benchmark(benchmark, data, output, score_steps, label, digest, step_tag, limit=limit,
                                threshold_split=threshold_split)  # fmt: skip
         else:
-            score, label, digest = _scorer(model, url, api_key, backend)
+            score, label, digest, _ = _scorer(model, url, api_key, backend)
             run_benchmark(benchmark, data, output, score, label, digest, limit=limit)
     typer.echo((output / "results.md").read_text())
 
 
-def _scorer(model: Path | None, url: str | None, api_key: str | None, backend: str):
-    """(score a list of Sample dicts, model label, checkpoint hash) in-process or through a server."""
+def _scorer(model: Path | None, url: str | None, api_key: str | None, backend: str, steps: bool = False):
+    """(score a list of Sample dicts, model label, checkpoint hash, step tag) in-process or through a
+    server; with ``steps`` a process model's step scores per sample and its step tag (else None)."""
     if url is not None:
         from vlreward.client import RewardClient
 
         client = RewardClient(url, api_key=api_key)
         info = client.info()
-        return (lambda samples: client.score(samples).scores), info["model"], info.get("checkpoint_hash")
-    from vlreward.service.backends import load_backend
-    from vlreward.service.media import MediaPolicy
-    from vlreward.service.model.checkpoint import checkpoint_hash, model_name
-    from vlreward.service.prepare import prepare_request_sample
-    from vlreward.service.settings import Settings
-
-    engine = load_backend(Settings(backend=backend), model)
-    policy = MediaPolicy()
-
-    def score(samples: list[dict]) -> list[float]:
-        formatted = [prepare_request_sample(s, engine.processor, policy) for s in samples]
-        return engine.score_sync(formatted)
-
-    return score, model_name(model), checkpoint_hash(model)
-
-
-def _step_scorer(model: Path | None, url: str | None, api_key: str | None, backend: str):
-    """(Sample dicts with steps -> each one's step scores, model label, checkpoint hash, step tag) of a
-    process model, in-process or through a server."""
-    if url is not None:
-        from vlreward.client import RewardClient
-
-        client = RewardClient(url, api_key=api_key)
-        info = client.info()
+        if not steps:
+            return (lambda samples: client.score(samples).scores), info["model"], info.get("checkpoint_hash"), None
         if "process" not in info:
             raise typer.BadParameter(f"{url}: its default model is a {info['kind']['name']} model, not a process model")
         score_steps = lambda samples: [d["step_scores"] for d in client.score(samples).details]  # noqa: E731
         return score_steps, info["model"], info.get("checkpoint_hash"), info["process"]["step_tag"]
     from vlreward.service.backends import load_backend
-    from vlreward.service.media import MediaPolicy
     from vlreward.service.model.checkpoint import checkpoint_hash, model_name
-    from vlreward.service.prepare import prepare_request_sample
     from vlreward.service.settings import Settings
+    from vlreward.training.evaluate import in_process_scorer
 
     engine = load_backend(Settings(backend=backend), model)
-    if engine.process is None:
+    if steps and engine.process is None:
         raise typer.BadParameter(f"{model} is not a process model (its config.json declares no process head)")
-    policy = MediaPolicy()
-
-    def score_steps(samples: list[dict]) -> list[list[float]]:
-        formatted = [prepare_request_sample(s, engine.processor, policy, engine.step_tag) for s in samples]
-        return [engine.process.step_scores(logits) for logits in engine.score_sync(formatted)]
-
-    return score_steps, model_name(model), checkpoint_hash(model), engine.step_tag
+    step_tag = engine.step_tag if steps else None
+    return in_process_scorer(engine, steps), model_name(model), checkpoint_hash(model), step_tag
 
 
 data_app = typer.Typer(help="Preference data: synthetic generation, source conversion, cleaning.", no_args_is_help=True)
@@ -348,7 +320,7 @@ def pairs(
 
     if (model is None) == (url is None):
         raise typer.BadParameter("give exactly one of --model or --url")
-    score, _, _ = _scorer(model, url, api_key, "transformers")
+    score, _, _, _ = _scorer(model, url, api_key, "transformers")
 
     def rank(row: dict) -> list[float]:
         body = {k: v for k, v in row.items() if k != "id"}

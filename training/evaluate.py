@@ -18,7 +18,7 @@ from tqdm import tqdm
 from vlreward.service.backends.base import Backend
 from vlreward.service.media import MediaPolicy
 from vlreward.service.model.checkpoint import checkpoint_hash, model_name
-from vlreward.service.prepare import prepare_sample
+from vlreward.service.prepare import prepare_request_sample, prepare_sample
 from vlreward.training.benchmarks import COLUMNS, EvalPair, load_pairs, tables
 from vlreward.training.data.schema import PreferenceRecord, read_records
 from vlreward.training.data.synthetic import HELDOUT_PER_CATEGORY, SYNTHETIC_SEED, generate
@@ -143,6 +143,19 @@ def evaluate_synthetic(backend: Any, model_dir: Path, output_dir: Path, seed: in
             handle.write(json.dumps(row) + "\n")
     write_results(output_dir, results)
     return results
+
+
+def in_process_scorer(backend: Backend, steps: bool = False) -> Callable[[list[dict]], list]:
+    """Score Sample dicts (the HTTP JSON shape) with a loaded backend: raw scores, or with ``steps`` a
+    process model's step scores (its activation at each tag) per sample."""
+    policy = MediaPolicy()
+    step_tag = backend.step_tag if steps else None
+
+    def score(samples: list[dict]) -> list:
+        values = backend.score_sync([prepare_request_sample(s, backend.processor, policy, step_tag) for s in samples])
+        return [backend.process.step_scores(v) for v in values] if steps else values
+
+    return score
 
 
 def evaluate_best_of_n(backend: Any, model_dir: Path, output_dir: Path, seed: int | None = None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vlreward.training.benchmarks import image_ref, read_rows
-from vlreward.training.steps import first_error
+from vlreward.training.steps import first_error, macro_f1
 
 STEP_BENCHMARKS = ("processbench", "visualprocessbench")
 PROCESSBENCH_SPLITS = ("gsm8k", "math", "olympiadbench", "omnimath")
@@ -100,11 +100,6 @@ def load_step_items(benchmark: str, path: Path) -> list[StepItem]:
     return items
 
 
-def _f1(true_positive: int, false_positive: int, false_negative: int) -> float:
-    denominator = 2 * true_positive + false_positive + false_negative
-    return 2 * true_positive / denominator if denominator else 0.0
-
-
 def _mean(flags: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
@@ -131,8 +126,7 @@ def choose_threshold(items: list[StepItem], scores: dict[str, list[float]], spli
     if not chosen:
         raise ValueError(f"no ProcessBench split {split!r} in the data")
     candidates = sorted({THRESHOLD, *(s for item in chosen for s in scores[item.id])})
-    best = max(processbench_split_figures(chosen, scores, t)["f1"] for t in candidates)
-    return next(t for t in candidates if processbench_split_figures(chosen, scores, t)["f1"] == best)
+    return max(candidates, key=lambda t: processbench_split_figures(chosen, scores, t)["f1"])  # the first best
 
 
 def processbench_tables(
@@ -152,22 +146,11 @@ def processbench_tables(
     }  # fmt: skip
 
 
-def _macro_f1(pairs: list[tuple[int, bool]]) -> dict[str, float]:
-    """Macro-F1 over correct / wrong of (label 1 or -1, predicted correct) pairs."""
-    counts = {(label, predicted): 0 for label in (1, -1) for predicted in (True, False)}
-    for pair in pairs:
-        counts[pair] += 1
-    f1_correct = _f1(counts[1, True], counts[-1, True], counts[1, False])
-    f1_wrong = _f1(counts[-1, False], counts[1, False], counts[-1, True])
-    return {"macro_f1": (f1_correct + f1_wrong) / 2, "f1_correct": f1_correct, "f1_wrong": f1_wrong,
-            "steps": len(pairs)}  # fmt: skip
-
-
 def visualprocessbench_tables(
     items: list[StepItem], scores: dict[str, list[float]], threshold: float = THRESHOLD
 ) -> dict[str, Any]:
     """Macro-F1 per data source and pooled, neutral steps left out."""
-    by_source: dict[str, list[tuple[int, bool]]] = {}
+    by_source: dict[str, list[tuple[bool, bool]]] = {}
     neutral = 0
     for item in items:
         step_scores = scores[item.id]
@@ -177,9 +160,9 @@ def visualprocessbench_tables(
             if label == 0:
                 neutral += 1
                 continue
-            by_source.setdefault(item.category, []).append((1 if label > 0 else -1, score >= threshold))
-    sources = {name: _macro_f1(by_source[name]) for name in _ordered(set(by_source), VISUALPROCESSBENCH_SOURCES)}
-    pooled = _macro_f1([pair for pairs in by_source.values() for pair in pairs])
+            by_source.setdefault(item.category, []).append((label > 0, score >= threshold))
+    sources = {name: macro_f1(by_source[name]) for name in _ordered(set(by_source), VISUALPROCESSBENCH_SOURCES)}
+    pooled = macro_f1([pair for pairs in by_source.values() for pair in pairs])
     labelled = sum(s["steps"] for s in sources.values())
     weighted = sum(s["macro_f1"] * s["steps"] for s in sources.values()) / labelled if labelled else 0.0
     return {

@@ -8,7 +8,8 @@ tokenizer's tag positions), so a trained model reads exactly the input it is ser
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,13 @@ UNLABELLED = float("nan")
 """A step without a label (after the first error, or padding): no loss, not measured."""
 
 
-def encode_solution(record: StepRecord, root: Path, processor: Any, head: ProcessHead) -> EncodedSample:
-    """A solution encoded with its step tags' positions (one per step, or the record is refused)."""
-    policy = MediaPolicy(media_root=root)
+def encode_solution(
+    record: StepRecord, root: Path, processor: Any, head: ProcessHead, tag_id: int, policy: MediaPolicy
+) -> EncodedSample:
+    """A solution encoded with its step tags' positions (one per step, or the record is refused);
+    ``tag_id``: the step tag's token id, ``policy``: media read from ``root``."""
     formatted = prepare_sample(record.sample(root=root), processor, policy, step_tag=head.step_tag)
     encoded = encode(formatted, processor)
-    tag_id = step_tag_id(processor.tokenizer, head.step_tag)
     encoded.read_at = step_ends(encoded.input_ids.tolist(), tag_id, head.step_tag)
     if len(encoded.read_at) != len(record.steps):
         raise ValueError(f"{record.id}: {len(encoded.read_at)} step tags for {len(record.steps)} steps")
@@ -48,6 +50,8 @@ class StepDataset(Dataset):
         self.root = Path(root)
         self.processor = processor
         self.head = head
+        self.tag_id = step_tag_id(processor.tokenizer, head.step_tag)
+        self.policy = MediaPolicy(media_root=self.root)
         self.cache: dict[int, tuple[EncodedSample, list[float | None]]] = {}
 
     def __len__(self) -> int:
@@ -56,7 +60,8 @@ class StepDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[EncodedSample, list[float | None]]:
         if index not in self.cache:
             record = self.records[index]
-            self.cache[index] = (encode_solution(record, self.root, self.processor, self.head), record.labels)
+            encoded = encode_solution(record, self.root, self.processor, self.head, self.tag_id, self.policy)
+            self.cache[index] = (encoded, record.labels)
         return self.cache[index]
 
 
@@ -109,25 +114,26 @@ def _f1(true_positive: int, false_positive: int, false_negative: int) -> float:
     return 2 * true_positive / denominator if denominator else 0.0
 
 
+def macro_f1(pairs: Iterable[tuple[bool, bool]]) -> dict[str, float]:
+    """Step-level macro-F1 over the classes correct / wrong of (truly correct, predicted correct) pairs,
+    with each class's F1 and the number of steps."""
+    counts = Counter(pairs)
+    f1_correct = _f1(counts[True, True], counts[False, True], counts[True, False])
+    f1_wrong = _f1(counts[False, False], counts[True, False], counts[False, True])
+    return {"macro_f1": (f1_correct + f1_wrong) / 2, "f1_correct": f1_correct, "f1_wrong": f1_wrong,
+            "steps": sum(counts.values())}  # fmt: skip
+
+
 def step_metrics(records: list[StepRecord], step_scores: list[list[float]], threshold: float = 0.5) -> dict:
     """Step-level macro-F1 over the classes correct / wrong (labelled steps; soft labels read at 0.5),
     first-error accuracy (the predicted first wrong step equals the labelled one, -1 for none), overall
     and per category."""
 
     def measure(pairs: list[tuple[StepRecord, list[float]]]) -> dict[str, float]:
-        counts = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}  # "positive": a correct step
-        first_right = 0
-        for record, scores in pairs:
-            for label, score in zip(record.labels, scores, strict=True):
-                if label is None:
-                    continue
-                truth, predicted = label >= 0.5, score >= threshold
-                counts[{(True, True): "tp", (False, True): "fp", (True, False): "fn", (False, False): "tn"}[
-                    (truth, predicted)]] += 1  # fmt: skip
-            first_right += first_error(scores, threshold) == record.first_error
-        correct_f1 = _f1(counts["tp"], counts["fp"], counts["fn"])
-        wrong_f1 = _f1(counts["tn"], counts["fn"], counts["fp"])
-        return {"macro_f1": (correct_f1 + wrong_f1) / 2, "first_error_accuracy": first_right / max(len(pairs), 1)}
+        steps = [(label >= 0.5, score >= threshold) for record, scores in pairs
+                 for label, score in zip(record.labels, scores, strict=True) if label is not None]  # fmt: skip
+        first_right = sum(first_error(scores, threshold) == record.first_error for record, scores in pairs)
+        return {"macro_f1": macro_f1(steps)["macro_f1"], "first_error_accuracy": first_right / max(len(pairs), 1)}
 
     pairs = list(zip(records, step_scores, strict=True))
     by_category: dict[str, list] = defaultdict(list)

@@ -49,10 +49,7 @@ class PreferenceRecord(BaseModel):
 
     def sample(self, response: str, root: Path | str | None = None, images: list[str] | None = None) -> Sample:
         """The conversation + ``response`` as a Sample; the images go at the start of the first user turn."""
-        refs = images if images is not None else self.images
-        if root is not None:  # explicit file:// + absolute path: a relative one could read as base64
-            refs = [f"file://{(Path(root) / ref).resolve()}" for ref in refs]
-        messages = _with_images(self.conversation, refs)
+        messages = _with_images(self.conversation, images if images is not None else self.images, root)
         messages.append(Message(role="assistant", content=response))
         return Sample(messages=messages)
 
@@ -93,16 +90,16 @@ class StepRecord(BaseModel):
 
     def sample(self, root: Path | str | None = None) -> Sample:
         """The conversation + the steps as a Sample (the last message's ``steps``)."""
-        refs = self.images
-        if root is not None:
-            refs = [f"file://{(Path(root) / ref).resolve()}" for ref in refs]
-        messages = _with_images(self.conversation, refs)
+        messages = _with_images(self.conversation, self.images, root)
         messages.append(Message(role="assistant", steps=self.steps))
         return Sample(messages=messages)
 
 
-def _with_images(conversation: list[Turn], refs: list[str]) -> list[Message]:
-    """The turns as messages, the images at the start of the first user turn."""
+def _with_images(conversation: list[Turn], refs: list[str], root: Path | str | None) -> list[Message]:
+    """The turns as messages, the images at the start of the first user turn (paths relative to ``root``
+    when given)."""
+    if root is not None:  # explicit file:// + absolute path: a relative one could read as base64
+        refs = [f"file://{(Path(root) / ref).resolve()}" for ref in refs]
     messages: list[Message] = []
     placed = False
     for turn in conversation:
