@@ -33,6 +33,7 @@ PER_MODEL_SETTINGS = frozenset(
     {
         "model",
         "revision",
+        "judge",
         "backend",
         "dtype",
         "device",

@@ -68,7 +68,13 @@ PROCESS = ModelKind(
     details=("step_scores",),
 )
 
-KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (SCALAR, PROCESS)}
+JUDGE = ModelKind(
+    name="judge",
+    score="a generative judge read from logits: the expected rating under its rating tokens' probabilities "
+    "(/score, /rank); /compare gives P(A better than B) from its two answer tokens",
+)
+
+KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (SCALAR, PROCESS, JUDGE)}
 """Every kind, by the name a checkpoint declares."""
 
 
@@ -97,14 +103,23 @@ def checkpoint_kind(directory: str | Path) -> ModelKind:
         raise UnknownKind(f"{directory}: {exc}") from None
 
 
-def declare_kind(config: dict, kind: ModelKind, process: ProcessHead | None = None) -> dict:
-    """``config`` (a ``config.json`` mapping) declaring ``kind`` (a process model: with its head)."""
+def declare_kind(config: dict, kind: ModelKind, process: ProcessHead | None = None, judge: Any = None) -> dict:
+    """``config`` (a ``config.json`` mapping) declaring ``kind`` (a process model: with its head; a judge:
+    with its :class:`~vlreward.service.judge.JudgeDeclaration`)."""
     if (kind is PROCESS) != (process is not None):
         raise ValueError("a process model declares its ProcessHead, and only a process model does")
+    if (kind is JUDGE) != (judge is not None):
+        raise ValueError("a judge declares its JudgeDeclaration, and only a judge does")
     declared = config | {KIND_KEY: kind.name}
     if process is not None:
         declared[PROCESS_KEY] = process.declaration()
+    if judge is not None:
+        declared[JUDGE_KEY] = judge.declaration()
     return declared
+
+
+JUDGE_KEY = "vlreward_judge"
+"""The ``config.json`` key of a judge's declaration (:mod:`vlreward.service.judge`)."""
 
 
 # -- process models ------------------------------------------------------------------------------------

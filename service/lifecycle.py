@@ -19,7 +19,8 @@ from vlreward.service.backends.base import Backend
 from vlreward.service.batching import CoreLanes, DirectScheduler, DynamicBatcher, ModelErrorHook, Scheduler
 from vlreward.service.catalog import ModelSpec, default_index, model_settings
 from vlreward.service.errors import EngineBroken, ErrorKind, ServiceError
-from vlreward.service.kinds import ModelKind, ProcessHead, checkpoint_kind, process_head
+from vlreward.service.judge import JudgeDeclaration
+from vlreward.service.kinds import JUDGE, ModelKind, ProcessHead, checkpoint_kind, process_head
 from vlreward.service.media import ImageMemory, ImageMemoryFull, MediaPolicy
 from vlreward.service.metrics import Metrics, ModelMetrics
 from vlreward.service.prepare import Limits
@@ -65,6 +66,8 @@ class ServedModel:
         )
         self.process: ProcessHead | None = None
         """A process model's head (step tag, activation, default aggregate); None for other kinds."""
+        self.judge: JudgeDeclaration | None = None
+        """A judge's declaration (prompts, verdict tokens); None for other kinds."""
         self.ready = False
         """Loaded, warmed up and the probe passed."""
         self._owns_backend = backend is None
@@ -79,7 +82,8 @@ class ServedModel:
             log.info("loading %s (%s) with the %s backend", self.name, settings.model, settings.backend)
             self.backend = await asyncio.to_thread(load_backend, settings)
         backend = self.backend
-        self.kind = checkpoint_kind(backend.model_dir)
+        self.judge = backend.judge
+        self.kind = JUDGE if self.judge is not None else checkpoint_kind(backend.model_dir)
         self.process = process_head(backend.model_dir)
         if backend.max_tokens is not None and backend.max_tokens < self.limits.max_tokens:
             log.info("%s: token limit lowered to the engine's context length, %d", self.name, backend.max_tokens)

@@ -37,6 +37,8 @@ MODEL_REJECTION_REASONS = (
 REJECTION_REASONS = SERVER_REJECTION_REASONS + MODEL_REJECTION_REASONS
 """Every ``reason`` of ``vlreward_rejected_total``: each series exists from the start (at 0; the model
 ones for every served model), so that dashboards and alert rules see them before the first rejection."""
+JUDGE_ORDERS = ("agree", "disagree")
+"""The ``orders`` of ``vlreward_judge_debiased_pairs``."""
 SERVER = ""
 """The ``model`` label of series that belong to no one model (a request refused before it chose one)."""
 
@@ -140,6 +142,13 @@ class Metrics:
             buckets=_STEP_BUCKETS,
             registry=r,
         )
+        self.judge_pairs = Counter(
+            "vlreward_judge_debiased_pairs",
+            "Pairs a judge was asked in both orders (/compare, debias), by whether the two orders picked the same "
+            "response (orders=agree) or the same position (orders=disagree: position bias).",
+            ["model", "orders"],
+            registry=r,
+        )
         self.ready = Gauge(
             "vlreward_ready", "1 when the model is loaded, warmed, its probe passed and the server not draining.",
             ["model"], registry=r,
@@ -188,6 +197,7 @@ class ModelMetrics:
         self.images = metrics.images.labels(model=model)
         self.score = metrics.score.labels(model=model)
         self.steps = metrics.steps.labels(model=model)
+        self.judge_orders = {orders: metrics.judge_pairs.labels(model=model, orders=orders) for orders in JUDGE_ORDERS}
         self.ready = metrics.ready.labels(model=model)
         for reason in MODEL_REJECTION_REASONS:
             metrics.rejected.labels(reason=reason, model=model)

@@ -35,11 +35,14 @@ def read_samples(path: Path) -> list[Sample]:
 
 def score_file(backend: Backend, input_path: Path, output_path: Path, batch_size: int = 16) -> int:
     """Score each line of ``input_path`` and write ``{"score"[, "id"]}`` lines in input order (a process
-    model: ``score`` is the checkpoint's aggregate and ``step_scores`` the steps', as ``/score`` gives them).
+    model: ``score`` is the checkpoint's aggregate and ``step_scores`` the steps', as ``/score`` gives them; a
+    judge: its expected rating).
 
     Image paths are resolved relative to the input file's folder. Returns the number of samples.
     """
-    process = backend.process
+    process, judge = backend.process, backend.judge
+    if judge is not None and not judge.rates:
+        raise InputError(f"judge {judge.name!r} only compares (no pointwise template): it gives no score per sample")
     samples = read_samples(input_path)
     policy = MediaPolicy(media_root=input_path.resolve().parent)
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +55,8 @@ def score_file(backend: Backend, input_path: Path, output_path: Path, batch_size
                 formatted = []
                 for offset, sample in enumerate(chunk):
                     try:
-                        formatted.append(prepare_sample(sample, backend.processor, policy, step_tag=backend.step_tag))
+                        tag = backend.step_tag
+                        formatted.append(prepare_sample(sample, backend.processor, policy, step_tag=tag, judge=judge))
                     except MediaError as exc:
                         raise InputError(f"{input_path}: sample {start + offset} ({exc.param}): {exc.message}") from exc
                 scores += await backend.score(formatted)
@@ -63,7 +67,9 @@ def score_file(backend: Backend, input_path: Path, output_path: Path, batch_size
     with output_path.open("w") as out:
         for sample, score in zip(samples, scores, strict=True):
             record = {} if sample.id is None else {"id": sample.id}
-            if process is None:
+            if judge is not None:
+                record["score"] = judge.rating(score)
+            elif process is None:
                 record["score"] = score
             else:
                 steps = process.step_scores(score)

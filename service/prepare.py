@@ -14,13 +14,21 @@ from PIL import Image
 
 from vlreward.service.errors import Overloaded, ServiceError, too_large
 from vlreward.service.media import MediaError, MediaPolicy, load_image
-from vlreward.service.model.formatting import FormattedSample, FormattingError, format_sample, format_templated
+from vlreward.service.model.formatting import (
+    FormattedSample,
+    FormattingError,
+    format_judged_pair,
+    format_judged_templated,
+    format_sample,
+    format_templated,
+)
 from vlreward.service.schemas import ImagePart, Sample, TextPart
 from vlreward.service.settings import default
 from vlreward.service.steps import check_steps
 
 if TYPE_CHECKING:
     from vlreward.service.backends.base import Backend, EncodedInput
+    from vlreward.service.judge import JudgeDeclaration
 
 Truncate = Literal["none", "prompt_left"]
 
@@ -61,19 +69,36 @@ def prepare_sample(
     param_prefix: str = "",
     max_images: int = 1 << 30,
     step_tag: str | None = None,
+    judge: JudgeDeclaration | None = None,
 ) -> FormattedSample:
-    """Decode the sample's images in order and format it (``step_tag``: a process model's)."""
+    """Decode the sample's images in order and format it (``step_tag``: a process model's; ``judge``: a
+    judge's declaration)."""
     params = _located(sample.image_params(), param_prefix)
     images = load_images(sample.image_refs(), params, policy, max_images, param_prefix or None)
-    return format_sample(sample, images, processor, step_tag)
+    return format_sample(sample, images, processor, step_tag, judge)
 
 
 def prepare_request_sample(
-    sample: dict, processor: Any, policy: MediaPolicy | None = None, step_tag: str | None = None
+    sample: dict,
+    processor: Any,
+    policy: MediaPolicy | None = None,
+    step_tag: str | None = None,
+    judge: JudgeDeclaration | None = None,
 ) -> FormattedSample:
     """A sample in the HTTP JSON shape (a dict) -> the model's input: the one path of probes, warm-up,
-    offline tools and benchmarks that hold samples as dicts (images inline unless ``policy`` allows more)."""
-    return prepare_sample(Sample.model_validate(sample), processor, policy or MediaPolicy(), step_tag=step_tag)
+    offline tools and benchmarks that hold samples as dicts (images inline unless ``policy`` allows more).
+    A judge without a pointwise template is asked to compare the response with itself."""
+    parsed = Sample.model_validate(sample)
+    policy = policy or MediaPolicy()
+    if judge is not None and not judge.rates:  # a judge that only compares: the response against itself
+        images = load_images(parsed.image_refs(), parsed.image_params(), policy, 1 << 30, None)
+        return format_judged_pair(parsed, parsed, images, processor, judge)
+    return prepare_sample(parsed, processor, policy, step_tag=step_tag, judge=judge)
+
+
+def formatted(backend: Backend, sample: Sample, images: list) -> FormattedSample:
+    """A sample formatted for ``backend``'s model (its kind decides how)."""
+    return format_sample(sample, images, backend.processor, backend.step_tag, backend.judge)
 
 
 def _text_slots(sample: Sample) -> list[tuple[int | None, int | None]]:
@@ -129,7 +154,7 @@ def truncate_prompt_left(sample: Sample, excess: int, tokenizer: Any) -> Sample 
 def _encode(backend: Backend, sample: Sample, images: list, param: str) -> EncodedInput:
     """Format and encode one sample; what cannot be formatted is a 400 at ``param``."""
     try:
-        return backend.encode(format_sample(sample, images, backend.processor, backend.step_tag))
+        return backend.encode(formatted(backend, sample, images))
     except FormattingError as exc:
         raise ServiceError(str(exc), param=param) from exc
 
@@ -200,8 +225,7 @@ def encode_sharing_images(
     params = _located(first.image_params(), param or "")
     images = load_images(first.image_refs(), params, policy, limits.max_images, param)
     try:
-        formatted = [format_sample(sample, images, backend.processor, backend.step_tag) for sample in samples]
-        return backend.encode_shared(formatted)
+        return backend.encode_shared([formatted(backend, sample, images) for sample in samples])
     except FormattingError as exc:
         raise ServiceError(str(exc), param=param) from exc
 
@@ -289,10 +313,40 @@ def prepare_templated(
         params = [f"images[{index}][{i}]" for i in range(len(refs))]
         images = load_images(refs, params, policy, limits.max_images, f"images[{index}]")
         try:
-            item = backend.encode(format_templated(query, images))
+            if backend.judge is None:
+                item = backend.encode(format_templated(query, images))
+            else:
+                item = backend.encode(format_judged_templated(query, images, backend.processor, backend.judge))
         except FormattingError as exc:
             raise ServiceError(str(exc), param=f"query[{index}]") from exc
         if item.num_tokens > limits.max_tokens:
             raise too_large(f"query has {item.num_tokens} tokens; the limit is {limits.max_tokens}", f"query[{index}]")
         encoded.append(item)
     return encoded
+
+
+def prepare_pairs(
+    backend: Backend, pairs: list[tuple[Sample, Sample]], policy: MediaPolicy, limits: Limits, debias: bool
+) -> tuple[list[EncodedInput], list[list[int]]]:
+    """/compare with a judge: each pair as the judge's pairwise question, asked A first and, with
+    ``debias``, B first too (the pair's images decoded once). Returns the questions in that order and the
+    groups that share a prefix (a pair's two orders share the prompt and images)."""
+    encoded: list[EncodedInput] = []
+    groups: list[list[int]] = []
+    for index, (a, b) in enumerate(pairs):
+        param = f"pairs[{index}]"
+        images = load_images(a.image_refs(), _located(a.image_params(), param), policy, limits.max_images, param)
+        orders = [(a, b), (b, a)] if debias else [(a, b)]
+        try:
+            questions = [format_judged_pair(x, y, images, backend.processor, backend.judge) for x, y in orders]
+        except FormattingError as exc:
+            raise ServiceError(str(exc), param=param) from exc
+        items = backend.encode_shared(questions)
+        for item in items:
+            if item.num_tokens > limits.max_tokens:
+                message = f"the judge's question has {item.num_tokens} tokens; the limit is {limits.max_tokens}"
+                raise too_large(message, param=param)
+        if len(items) > 1:
+            groups.append(list(range(len(encoded), len(encoded) + len(items))))
+        encoded += items
+    return encoded, groups

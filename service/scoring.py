@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 from vlreward.service.backends.base import EncodedInput
 from vlreward.service.batching import BatchResult, Groups
 from vlreward.service.errors import EngineBroken, ErrorKind, ServiceError, too_large
-from vlreward.service.kinds import refuse_unaccepted
+from vlreward.service.judge import debiased, orders_disagree
+from vlreward.service.kinds import refuse_unaccepted, sigmoid
 from vlreward.service.lifecycle import ServedModel, ServiceState
-from vlreward.service.prepare import prepare_items, prepare_rank, prepare_templated
+from vlreward.service.prepare import prepare_items, prepare_pairs, prepare_rank, prepare_templated
 from vlreward.service.schemas import ClassifyRequest, CompareRequest, GetRewardRequest, RankRequest, ScoreRequest
 from vlreward.service.settings import Settings
 from vlreward.service.steps import as_one_step, refuse_without_steps, scored_steps
@@ -80,11 +81,21 @@ KIND_REQUEST_FIELDS = ("aggregate", "response_as_step")
 """Request fields only some kinds read (each kind lists the ones it accepts)."""
 
 
-def _model_for(state: ServiceState, body: Any, items: Sequence[Any] = (), param: str = "items") -> ServedModel:
+def _model_for(
+    state: ServiceState, body: Any, items: Sequence[Any] = (), param: str = "items", pointwise: bool = True
+) -> ServedModel:
     """The model a request chose (404 for an unknown name), after checking that its kind accepts every
     kind-specific field the request and its items set (400 naming the first that it does not). Items are
-    at ``param[i]``; an empty ``param`` means the one item is the request itself."""
+    at ``param[i]``; an empty ``param`` means the one item is the request itself. A route that scores items
+    one by one (``pointwise``) refuses a judge that only compares."""
     model = state.model(body.model)
+    if pointwise and model.judge is not None and not model.judge.rates:
+        raise ServiceError(
+            f"model {model.name!r} is a judge that only compares (its declaration {model.judge.name!r} has no "
+            "pointwise template): ask /compare",
+            kind=ErrorKind.INVALID_REQUEST,
+            param="model",
+        )
     if model.kind is not None:
         paths = [f"{param}[{i}]" if param else "" for i in range(len(items))]
         fields = [field for item, path in zip(items, paths, strict=True) for field in _set_fields(item, path)]
@@ -105,7 +116,10 @@ def _set_fields(sample: Any, param: str) -> list[tuple[str, str]]:
 
 def _account_scores(model: ServedModel, scored: Scored, aggregate: str | None) -> Scored:
     """A process model's step logits become step scores (``details``) and their ``aggregate`` (None: the
-    checkpoint's); every returned score is counted (the drift histogram), and every item's steps."""
+    checkpoint's), a judge's verdict logits its expected rating; every returned score is counted (the drift
+    histogram), and every item's steps."""
+    if model.judge is not None:
+        scored.scores = [None if logits is None else model.judge.rating(logits) for logits in scored.scores]
     if model.process is not None:
         scored.scores, scored.details = scored_steps(model.process, scored.scores, aggregate)
         for item in scored.details:
@@ -210,17 +224,20 @@ async def rank(state: ServiceState, body: RankRequest, body_bytes: int | None = 
 
 
 async def compare(state: ServiceState, body: CompareRequest, body_bytes: int | None = None) -> Scored:
-    """/compare: each pair's responses scored as /score items (A and B share their prompt and images, so
-    they run it once); ``scores`` holds A's and B's scores in turn (a process model's: the aggregate).
-    Pairs count twice against ``max_items``."""
+    """/compare: ``scores`` holds each pair's P(A > B). A judge is asked the pair (in both orders with
+    ``debias``); a scalar or process model scores A and B as /score items (they share their prompt and
+    images, so they run it once) and P(A > B) = sigmoid(s_a - s_b) of its scores (a process model's: the
+    aggregate). Pairs count twice against ``max_items``."""
     started = time.monotonic()
     _check_timeout(body.timeout_s, state.settings)
     samples = [sample for pair in body.pairs for sample in pair.samples()]
     where = lambda i: f"pairs[{i // 2}].{'ab'[i % 2]}"  # noqa: E731
     try:
-        model = _model_for(state, body, samples, "items")
+        model = _model_for(state, body, samples, "items", pointwise=False)
     except ServiceError as exc:
         raise exc.at(_pair_param(exc.param, where)) from None
+    if model.judge is not None:
+        return await _judge_compare(state, model, body, samples, body_bytes, started)
     async with state.admitted(model) as policy:
         _check_count(len(body.pairs), state.settings.max_items // 2, "pairs", "pairs")
         try:
@@ -233,7 +250,43 @@ async def compare(state: ServiceState, body: CompareRequest, body_bytes: int | N
         result, tokens, images = await _schedule(model, "/compare", encoded, body.timeout_s, started, groups)
         scores = _scores_or_raise(result, where)
         scored = Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms)
-        return _account_scores(model, scored, body.aggregate)
+        scored = _account_scores(model, scored, body.aggregate)
+        scored.scores = [sigmoid(a - b) for a, b in zip(scored.scores[0::2], scored.scores[1::2], strict=True)]
+        scored.details = None
+        return scored
+
+
+async def _judge_compare(
+    state: ServiceState, model: ServedModel, body: CompareRequest, samples: list, body_bytes: int | None, started: float
+) -> Scored:
+    """/compare with a judge: P(first better) of each question; with ``debias`` the pair's two orders
+    combined exactly antisymmetrically, and whether they agreed counted."""
+    judge = model.judge
+    if not judge.compares:
+        raise ServiceError(
+            f"model {model.name!r} is a judge that only rates (its declaration {judge.name!r} has no pairwise "
+            "template): ask /score or /rank",
+            kind=ErrorKind.INVALID_REQUEST,
+            param="model",
+        )
+    pairs = list(zip(samples[0::2], samples[1::2], strict=True))
+    async with state.admitted(model) as policy:
+        _check_count(len(body.pairs), state.settings.max_items // 2, "pairs", "pairs")
+        encoded, groups = await _prepare(
+            body_bytes, (ref for a, _ in pairs for ref in a.image_refs()),
+            prepare_pairs, model.backend, pairs, policy, model.limits, body.debias,
+        )  # fmt: skip
+        result, tokens, images = await _schedule(model, "/compare", encoded, body.timeout_s, started, groups)
+        per_pair = 2 if body.debias else 1
+        logits = _scores_or_raise(result, lambda i: f"pairs[{i // per_pair}]")
+        first = [judge.prob_first(question) for question in logits]
+        if body.debias:
+            probs = [debiased(ab, ba) for ab, ba in zip(first[0::2], first[1::2], strict=True)]
+            for ab, ba in zip(first[0::2], first[1::2], strict=True):
+                model.metrics.judge_orders["disagree" if orders_disagree(ab, ba) else "agree"].inc()
+        else:
+            probs = first
+        return Scored(model.name, probs, tokens, images, result.queue_ms, result.inference_ms)
 
 
 def _pair_param(param: str | None, where: Callable[[int], str]) -> str | None:

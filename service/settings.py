@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         description="YAML file of the models to serve: name -> model and its own settings (docs/serving.md).",
     )
     revision: str | None = Field(None, description="Branch, tag or commit when --model is a Hugging Face repo id.")
+    judge: str | None = Field(
+        None,
+        description="Serve a generative checkpoint as a judge with this declaration: a built-in one (generic, "
+        'unifiedreward-qwen, llava-critic-r1) or a YAML file (docs/serving.md, "Generative judges"); default: '
+        "what the checkpoint's config.json declares.",
+    )
     backend: str = Field("transformers", description="Scoring backend: transformers (hf also accepted) or vllm.")
     dtype: str = Field("auto", description="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")

@@ -19,7 +19,7 @@ def warm_up_sample(backend: Backend) -> dict:
 
 
 def _formatted(backend: Backend, sample: dict):
-    return prepare_request_sample(sample, backend.processor, None, backend.step_tag)
+    return prepare_request_sample(sample, backend.processor, None, backend.step_tag, backend.judge)
 
 
 def _checked(backend: Backend, probe: Probe | None, score: float | list[float]) -> float | None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from packaging.version import Version
 
-from tests.helpers import VLREWARD, build_process_checkpoint, build_reward_checkpoint
+from tests.helpers import VLREWARD, build_judge_checkpoint, build_process_checkpoint, build_reward_checkpoint
 from tests.processes import Processes
 from tests.processes import pytest_sessionfinish as pytest_sessionfinish  # fails a run that leaves processes
 
@@ -99,6 +99,26 @@ def other_reward(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def tiny_process(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A process reward checkpoint (random head read at every step tag) on the tiny base."""
     return build_process_checkpoint(tiny_base, tmp_path_factory.mktemp("models") / "tiny-process")
+
+
+@pytest.fixture(scope="session")
+def tiny_judge(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generative judge on the tiny base laid out like the published ones (untied random LM head, older
+    tensor names), its config.json declaring the generic judge, as `vlreward train --kind judge` writes."""
+    return build_judge_checkpoint(tiny_base, tmp_path_factory.mktemp("models") / "tiny-judge")
+
+
+@pytest.fixture(scope="session")
+def published_judge(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same layout with its config.json as published: nothing of ours (served with the `judge` setting)."""
+    return build_judge_checkpoint(tiny_base, tmp_path_factory.mktemp("models") / "published-judge", judge=None)
+
+
+@pytest.fixture(scope="session")
+def judge_backend(tiny_judge: Path):
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    return TransformersBackend(tiny_judge, dtype="float32", device="cpu")
 
 
 @pytest.fixture(scope="session")

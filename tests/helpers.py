@@ -16,6 +16,7 @@ from vlreward.training.data.synthetic import COLOURS, draw_shape
 __all__ = [
     "COLOURS",
     "LiveServer",
+    "build_judge_checkpoint",
     "build_process_checkpoint",
     "build_reward_checkpoint",
     "copy_with_tensors",
@@ -130,3 +131,34 @@ def wait_until(condition, seconds: float = 60, what: str = "the condition") -> N
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} did not hold within {seconds} s")
         time.sleep(0.02)
+
+
+def build_judge_checkpoint(base_dir: Path, out_dir: Path, judge: str | None = "generic", seed: int = 5) -> Path:
+    """A generative checkpoint laid out like the published Qwen2.5-VL judges (LLaVA-Critic-R1,
+    UnifiedReward-qwen): ``Qwen2_5_VLForConditionalGeneration``, an untied ``lm_head.weight`` (random, so
+    that verdicts differ from the embeddings'), the backbone under the older ``model.layers.*``/``visual.*``
+    names. With ``judge`` (a built-in declaration's name) its config.json declares it, as a judge trained
+    here does; None leaves the config as published (served with the ``judge`` setting)."""
+    import json
+    import shutil
+
+    from vlreward.service.judge import read_declaration
+    from vlreward.service.kinds import JUDGE, declare_kind
+    from vlreward.service.model.checkpoint import checkpoint_key, iter_checkpoint_tensors, module_key, write_weights
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in base_dir.iterdir():
+        if path.is_file() and not path.name.endswith(".safetensors"):
+            shutil.copy2(path, out_dir / path.name)
+    state = {checkpoint_key(module_key(name) or name): tensor for name, tensor in iter_checkpoint_tensors(base_dir)}
+    embeddings = state["model.embed_tokens.weight"]
+    generator = torch.Generator().manual_seed(seed)
+    state["lm_head.weight"] = torch.randn(embeddings.shape, generator=generator) / embeddings.shape[1] ** 0.5
+    write_weights(state, out_dir)
+    config = json.loads((base_dir / "config.json").read_text())
+    config["tie_word_embeddings"] = False
+    config["text_config"]["tie_word_embeddings"] = False
+    if judge is not None:
+        config = declare_kind(config, JUDGE, judge=read_declaration(judge))
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out_dir

@@ -187,13 +187,14 @@ def run(binary: Path, *args: str, env: dict | None = None) -> subprocess.Complet
                           env={**os.environ, **(env or {})})  # fmt: skip
 
 
-def test_the_wheel_holds_vlreward_packages_and_the_recipes_only(wheel):
+def test_the_wheel_holds_vlreward_packages_the_recipes_and_the_judge_declarations_only(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"vlreward"}
     assert "vlreward/training/recipes/tiny.yaml" in names
     assert "vlreward/training/recipes/accelerate/zero2.yaml" in names
     assert "vlreward/service/model/checkpoint.py" in names
+    assert {"vlreward/service/judges/generic.yaml", "vlreward/service/judges/llava-critic-r1.yaml"} <= set(names)
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from vlreward.service.judge import JudgeDeclaration
     from vlreward.service.kinds import ProcessHead
     from vlreward.service.model.formatting import FormattedSample
 
@@ -42,6 +43,8 @@ class Backend(Protocol):
     """A process model's head (step tag, activation, default aggregate); None: a scalar model."""
     step_tag: str | None
     """A process model's step tag (its scores are then one list of step logits per sample); None: scalar."""
+    judge: JudgeDeclaration | None
+    """A judge's declaration (its scores are then one list of verdict-token logits per sample); None: not a judge."""
     max_tokens: int | None
     """The engine's context length when it has one (the service's token limit cannot exceed it)."""
     continuous_batching: bool

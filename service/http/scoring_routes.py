@@ -14,7 +14,6 @@ from vlreward.service import scoring
 from vlreward.service.errors import ServiceError
 from vlreward.service.http.dependencies import require_api_key, service_state, with_cancellation
 from vlreward.service.http.errors import documented_errors
-from vlreward.service.kinds import sigmoid
 from vlreward.service.lifecycle import ServiceState
 from vlreward.service.model.checkpoint import REWARD_LABEL
 from vlreward.service.schemas import (
@@ -101,13 +100,13 @@ async def rank(
 async def compare(
     body: CompareRequest, request: Request, response: Response, state: ServiceState = Depends(service_state)
 ) -> CompareResponse:
-    """Which of two responses is better, as P(A > B), per pair; a scalar or process model's is
-    sigmoid(s_a - s_b) of its scores (a process model's: the aggregate)."""
+    """Which of two responses is better, as P(A > B), per pair: a judge's verdict (asked in both orders
+    unless ``debias`` is false); a scalar or process model's sigmoid(s_a - s_b) of its scores (a process
+    model's: the aggregate)."""
     _label(request, state, body.model)
     scored = await scoring.compare(state, body, body_bytes(request))
     results = []
-    for a, b in zip(scored.scores[0::2], scored.scores[1::2], strict=True):
-        prob = sigmoid(a - b)
+    for prob in scored.scores:
         results.append(CompareResult(prob_a=prob, verdict="a" if prob > 0.5 else "b" if prob < 0.5 else "tie"))
     return CompareResponse(model=scored.model, results=results, usage=_account(request, response, scored))
 

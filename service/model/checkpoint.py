@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from vlreward.service.judge import JudgeDeclaration, JudgeError, verdict_token_ids
 from vlreward.service.kinds import (
     PROCESS,
     SCALAR,
@@ -157,7 +158,11 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def build_model(
-    config: Any, head_bias: bool, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    config: Any,
+    head_bias: bool,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    outputs: int = 1,
 ) -> Any:
     """An uninitialised reward model, its backbone allocated in ``dtype`` on ``device`` (weights are
     loaded right after, so no random init is run and no float32 copy of a 16-bit model ever exists).
@@ -167,7 +172,7 @@ def build_model(
     from vlreward.service.model.reward_model import Qwen2_5_VLRewardModel
 
     with no_init_weights(), torch.device(device), default_dtype(dtype):
-        return Qwen2_5_VLRewardModel(config, head_bias=head_bias)
+        return Qwen2_5_VLRewardModel(config, head_bias=head_bias, outputs=outputs)
 
 
 def load_weights(
@@ -221,9 +226,11 @@ def load_reward_model(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
+    judge: JudgeDeclaration | None = None,
 ) -> tuple[Any, Any]:
     """Load a reward checkpoint and its processor: the model is built in ``dtype`` on ``device`` and the
-    weights streamed in one tensor at a time. Refuses a missing head or any weight mismatch."""
+    weights streamed in one tensor at a time. Refuses a missing head or any weight mismatch. With
+    ``judge``, a generative checkpoint whose head becomes its LM head's rows for the verdict tokens."""
     from transformers import AutoProcessor
 
     directory = Path(directory)
@@ -233,21 +240,34 @@ def load_reward_model(
     except UnknownKind as exc:
         raise CheckpointError(str(exc)) from None
     architectures = config.architectures or []
-    if REWARD_ARCHITECTURE not in architectures:
+    names = checkpoint_tensor_names(directory)
+    if judge is not None:
+        require_generative(directory, config, names)
+    elif REWARD_ARCHITECTURE not in architectures:
         raise CheckpointError(
             f"{directory}: config architectures are {architectures}, not [{REWARD_ARCHITECTURE!r}] "
-            "(a base model? convert it with `vlreward convert` or train a head first)"
+            "(a base model? convert it with `vlreward convert`, train a head first, or serve it as a judge "
+            "with the `judge` setting)"
         )
-    names = checkpoint_tensor_names(directory)
-    if HEAD_WEIGHT not in names:
+    elif HEAD_WEIGHT not in names:
         raise CheckpointError(f"{directory}: the reward head is missing (no tensor named {HEAD_WEIGHT!r})")
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise CheckpointError(f"attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}")
     if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         raise CheckpointError("attn_implementation flash_attention_2 needs the flash-attn package; it is not installed")
     config._attn_implementation = attn_implementation
-    model = build_model(config, head_bias=HEAD_BIAS in names, device=device, dtype=dtype)
-    load_weights(model, iter_checkpoint_tensors(directory), directory)
+    processor = AutoProcessor.from_pretrained(directory)
+    if judge is None:
+        model = build_model(config, head_bias=HEAD_BIAS in names, device=device, dtype=dtype)
+        load_weights(model, iter_checkpoint_tensors(directory), directory)
+    else:
+        try:
+            ids = verdict_token_ids(judge, processor.tokenizer)
+        except JudgeError as exc:
+            raise CheckpointError(f"{directory}: {exc}") from None
+        model = build_model(config, head_bias=False, device=device, dtype=dtype, outputs=len(ids))
+        load_weights(model, iter_checkpoint_tensors(directory), directory, allow_missing_head=True)
+        load_verdict_rows(model, directory, names, ids)
     if attn_implementation == "sdpa":
         from vlreward.service.model.causal_attention import use_blocked_causal_attention
         from vlreward.service.model.vision_attention import use_windowed_vision_attention
@@ -255,8 +275,42 @@ def load_reward_model(
         use_windowed_vision_attention(model.model.visual)  # one sdpa call per window size, not per window
         use_blocked_causal_attention(model.model.language_model)  # CPU: no work on the masked-out half
     model.eval()
-    processor = AutoProcessor.from_pretrained(directory)
     return model, processor
+
+
+LM_HEAD_WEIGHT = "lm_head.weight"
+
+
+def require_generative(directory: Path, config: Any, names: set[str]) -> None:
+    """A judge is a generative checkpoint: its LM head is a tensor, or its input embeddings (tied)."""
+    architectures = config.architectures or []
+    if BASE_ARCHITECTURE not in architectures:
+        raise CheckpointError(
+            f"{directory}: a judge is a generative checkpoint ({BASE_ARCHITECTURE}); its architectures are "
+            f"{architectures}"
+        )
+    tied = config.tie_word_embeddings or config.text_config.tie_word_embeddings
+    if LM_HEAD_WEIGHT not in names and not tied:
+        raise CheckpointError(f"{directory}: the LM head is missing (no tensor named {LM_HEAD_WEIGHT!r}, not tied)")
+
+
+def load_verdict_rows(model: Any, directory: Path, names: set[str], token_ids: list[int]) -> None:
+    """Copy the LM head's rows of the verdict tokens into the judge's head (read row by row from disk: a
+    7B LM head is 545M numbers, the head 2 to 128 rows); tied checkpoints' rows are the input embeddings'."""
+    from safetensors import safe_open
+
+    rows = []
+    if LM_HEAD_WEIGHT in names:
+        for path in weight_files(directory):
+            with safe_open(path, "pt") as handle:
+                if LM_HEAD_WEIGHT in handle.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                    head = handle.get_slice(LM_HEAD_WEIGHT)
+                    rows = [head[token : token + 1] for token in token_ids]
+    else:
+        embeddings = model.model.get_input_embeddings().weight
+        rows = [embeddings[token : token + 1] for token in token_ids]
+    with torch.no_grad():
+        model.score.weight.copy_(torch.cat([row.to(model.score.weight) for row in rows]))
 
 
 def save_reward_model(model: Any, processor: Any, directory: str | Path, process: ProcessHead | None = None) -> Path:

@@ -17,6 +17,8 @@ from vlreward.service.schemas import ImagePart, Sample
 if TYPE_CHECKING:
     from PIL import Image
 
+    from vlreward.service.judge import JudgeDeclaration
+
 IMAGE_PAD = "<|image_pad|>"
 VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"
@@ -81,13 +83,21 @@ def template_messages(sample: Sample, step_tag: str | None = None) -> list[dict[
 
 
 def format_sample(
-    sample: Sample, images: list[Image.Image], processor: Any, step_tag: str | None = None
+    sample: Sample,
+    images: list[Image.Image],
+    processor: Any,
+    step_tag: str | None = None,
+    judge: JudgeDeclaration | None = None,
 ) -> FormattedSample:
     """Apply the checkpoint's chat template to a Sample whose images are already decoded (in order);
-    ``step_tag``: a process model's (its steps end with it)."""
+    ``step_tag``: a process model's (its steps end with it); ``judge``: a judge's declaration (the sample
+    becomes its pointwise question)."""
     expected = len(sample.image_refs())
     if len(images) != expected:
         raise FormattingError(f"sample references {expected} images but {len(images)} were given")
+    if judge is not None:
+        question, response, system = judged_parts(sample)
+        return format_judge(judge, "pointwise", question, [response], system, images, processor)
     messages = template_messages(sample, step_tag)
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     return FormattedSample(text=text, images=list(images))
@@ -125,3 +135,95 @@ def format_templated(text: str, images: list[Image.Image]) -> FormattedSample:
     else:
         text = text + IM_END + "\n"
     return FormattedSample(text=text, images=list(images))
+
+
+# -- generative judges ---------------------------------------------------------------------------------
+
+ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+def _message_text(content: Any) -> str:
+    """A message's words: its text, or its text parts joined (its images go before the judge's question)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.text for part in content if not isinstance(part, ImagePart))
+
+
+def judged_parts(sample: Sample) -> tuple[str, str, str]:
+    """What a judge is asked about a sample: the question (the conversation before the response: a single
+    user turn's words, or every turn as ``Role: words`` lines), the response, and the system text."""
+    if sample.messages is None:
+        if sample.response is None:
+            raise FormattingError("a judge rates a `response`; this sample has none")
+        return sample.prompt or "", sample.response, sample.system or ""
+    *before, last = sample.messages
+    if last.role != "assistant" or last.steps is not None:
+        raise FormattingError("a judge rates the last message, an assistant's text")
+    turns = [(m.role, _message_text(m.content)) for m in before]
+    question, system = _question_of(turns)
+    return question, _message_text(last.content), system
+
+
+def _question_of(turns: list[tuple[str, str]]) -> tuple[str, str]:
+    """(question, system) of the turns before the judged response."""
+    system = "\n".join(text for role, text in turns if role == "system")
+    asked = [(role, text) for role, text in turns if role != "system"]
+    if len(asked) == 1 and asked[0][0] == "user":
+        return asked[0][1], system
+    return "\n".join(f"{ROLE_NAMES.get(role, role)}: {text}" for role, text in asked), system
+
+
+def format_judge(
+    judge: JudgeDeclaration,
+    form: str,
+    question: str,
+    responses: list[str],
+    system: str,
+    images: list[Image.Image],
+    processor: Any,
+) -> FormattedSample:
+    """A judge's question (``form``: pointwise with one response, pairwise with two) as its chat: the
+    judge's system message if it declares one, one user turn holding the images then the rendered
+    template, and the assistant's turn opened with the declared answer prefix. The judge's verdict is the
+    next token."""
+    if form == "pointwise":
+        text = judge.render(form, question=question, response=responses[0], system=system)
+    else:
+        text = judge.render(form, question=question, response_a=responses[0], response_b=responses[1], system=system)
+    messages: list[dict[str, Any]] = []
+    if judge.system is not None:
+        messages.append({"role": "system", "content": judge.system})
+    messages.append({"role": "user", "content": [*({"type": "image"} for _ in images), {"type": "text", "text": text}]})
+    chat = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return FormattedSample(text=chat + judge.answer_prefix(form), images=list(images))
+
+
+def format_judged_pair(
+    first: Sample, second: Sample, images: list[Image.Image], processor: Any, judge: JudgeDeclaration
+) -> FormattedSample:
+    """A judge's pairwise question: is ``first``'s response or ``second``'s better (they share the prompt
+    and its images, decoded once)."""
+    question, response_a, system = judged_parts(first)
+    _, response_b, _ = judged_parts(second)
+    return format_judge(judge, "pairwise", question, [response_a, response_b], system, images, processor)
+
+
+_TURN = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>\s*|$)", re.DOTALL)
+_IMAGE_RUN = re.compile(f"{re.escape(VISION_START)}(?:{re.escape(IMAGE_PAD)})+{re.escape(VISION_END)}")
+
+
+def format_judged_templated(
+    text: str, images: list[Image.Image], processor: Any, judge: JudgeDeclaration
+) -> FormattedSample:
+    """Already chat-templated text (OpenRLHF's ``query``: a conversation ending with the assistant's
+    response) as a judge's pointwise question: its turns are read back from the ChatML markers."""
+    turns = [(role, _IMAGE_RUN.sub("", content)) for role, content in _TURN.findall(text)]
+    pads = len(_IMAGE_RUN.findall(text))
+    if pads != len(images):
+        raise FormattingError(f"text has {pads} images but {len(images)} images were given")
+    if not turns or turns[-1][0] != "assistant":
+        raise FormattingError("a judge rates the last turn of the text, an assistant's (<|im_start|>assistant ...)")
+    question, system = _question_of(turns[:-1])
+    return format_judge(judge, "pointwise", question, [turns[-1][1].rstrip()], system, images, processor)

@@ -60,7 +60,8 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class Qwen2_5_VLRewardModel(nn.Module):
-    """Qwen2.5-VL with a scalar head reading the final hidden state of the last real token.
+    """Qwen2.5-VL with a scalar head reading the final hidden state of the last real token (a judge's head:
+    its LM head's rows for the verdict tokens, read at the token after its prompt).
 
     ``forward`` returns one raw reward per row (no activation). The head may have a bias (kept when
     converting published checkpoints; it cancels in the pairwise loss). The head is float32 whatever the
@@ -68,13 +69,15 @@ class Qwen2_5_VLRewardModel(nn.Module):
     numbers.
     """
 
-    def __init__(self, config: Qwen2_5_VLConfig, head_bias: bool = False):
+    def __init__(self, config: Qwen2_5_VLConfig, head_bias: bool = False, outputs: int = 1):
         super().__init__()
         self.config = config
         self.model = Qwen2_5_VLModel(config)
         score_at_last_layer_only(self.model.language_model)  # the reward reads one token: see scored_token
         use_onednn_linears(self.model)  # float32 inference on the CPU: see cpu_kernels
-        self.score = nn.Linear(config.text_config.hidden_size, 1, bias=head_bias, dtype=torch.float32)
+        self.score = nn.Linear(config.text_config.hidden_size, outputs, bias=head_bias, dtype=torch.float32)
+        """The head: one output (a reward, or a process model's step logit), or a judge's rows of its LM head,
+        one per verdict token (:mod:`vlreward.service.judge`)."""
         self.shared_prefix_runs = 0
         """Prefixes (prompt + images) computed once for several samples by :meth:`score_shared_prefix`."""
         self.opening: CachedOpening | None = None
@@ -96,8 +99,13 @@ class Qwen2_5_VLRewardModel(nn.Module):
         return self.model.get_input_embeddings().weight.dtype
 
     def reward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The head on final hidden states, in the head's precision: shape [batch]."""
-        return self.score(hidden.to(self.score.weight.dtype)).squeeze(-1)
+        """The head on final hidden states, in the head's precision: shape [batch] (a judge's: [batch,
+        verdict tokens], each logit minus the first verdict token's: only differences count, and so vLLM's
+        log-probabilities give the same numbers)."""
+        out = self.score(hidden.to(self.score.weight.dtype))
+        if self.score.out_features == 1:
+            return out.squeeze(-1)
+        return out - out[..., :1]  # a judge's: relative to its first verdict token's, as log-probabilities are
 
     def position_ids(
         self,
