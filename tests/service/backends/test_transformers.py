@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from tests.helpers import shape_image, uri
 from vlreward.service.backends import create_backend
 from vlreward.service.media import MediaPolicy
@@ -123,3 +125,48 @@ def test_the_cpu_threads_follow_omp_num_threads_as_the_helm_chart_sets_them(tiny
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
         assert json.loads(done.stdout.strip().splitlines()[-1]) == {"cpu_threads": threads, "cpu_lanes": threads}
+
+
+JUDGED = [
+    {"prompt": "What colour is the circle?", "image": uri(shape_image("red")), "response": "It is red."},
+    {"prompt": "Say hello.", "response": "Hello there!"},
+]
+
+
+@pytest.mark.parametrize("layout", ["declared", "published", "tied"])
+def test_a_judges_verdict_logits_are_its_generative_models_next_token_logits(
+    layout, tiny_judge, published_judge, tiny_base
+):
+    """The judge's head is its LM head's rows for the verdict tokens, read at the token after the prompt:
+    the same numbers transformers' own generative model gives (an untied head in the published layout, or
+    a tied one read from the embeddings), relative to the first verdict token's."""
+    import torch
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.judge import verdict_token_ids
+
+    directory, setting = {"declared": (tiny_judge, None), "published": (published_judge, "generic"),
+                          "tied": (tiny_base, "generic")}[layout]  # fmt: skip
+    backend = TransformersBackend(directory, dtype="float32", device="cpu", judge=setting)
+    formatted = [backend.format_request_sample(sample) for sample in JUDGED]
+    ours = backend.score_sync(formatted)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(directory, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(directory)
+    ids = verdict_token_ids(backend.judge, processor.tokenizer)
+    for question, got in zip(formatted, ours, strict=True):
+        inputs = processor(text=[question.text], images=question.images or None, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**inputs).logits[0, -1, ids]
+        assert got == pytest.approx((logits - logits[0]).tolist(), abs=1e-4)
+        assert question.text.endswith("<|im_start|>assistant\nRating: ")
+
+
+def test_what_is_not_a_judge_is_refused_saying_how_to_serve_it(tiny_reward, tiny_base, tiny_judge):
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.model.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="a judge is a generative checkpoint"):
+        TransformersBackend(tiny_reward, judge="generic")
+    with pytest.raises(CheckpointError, match="serve it as a judge with the `judge` setting"):
+        TransformersBackend(tiny_base)

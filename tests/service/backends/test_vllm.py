@@ -475,3 +475,63 @@ def test_on_vllm_rank_orders_step_lists_and_info_shows_how_steps_are_read(vllm_p
     assert info["engine"]["enable_prefix_caching"] is (scoring == "per_step")  # step pooling turns it off
     refused = httpx.post(vllm_process_server.url + "/score", json={"items": [{"prompt": "a", "response": "b"}]})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "items[0].response"
+
+
+# -- generative judges ------------------------------------------------------------------------------------
+
+JUDGE_PAIRS = [
+    {"prompt": "What colour is the circle?", "image": uri(shape_image("red")), "a": "Red.", "b": "Blue, surely."},
+    {"prompt": "Say hello.", "a": "Hello!", "b": "Goodbye."},
+    {"prompt": "Two shapes?", "images": [uri(shape_image("blue", "square")), uri(shape_image("green"))],
+     "a": "A square and a circle.", "b": "Two circles."},
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def vllm_judge_server(tiny_judge):
+    """A judge on a generate-runner engine (its verdict tokens' log-probabilities)."""
+    from vlreward.service.backends.vllm import EngineSettings, VLLMBackend
+
+    backend = VLLMBackend(tiny_judge, engine=EngineSettings(gpu_memory_utilization=0.05))
+    with LiveServer(backend, max_tokens=4000, max_items=64) as live:
+        yield live
+    backend.engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def hf_judge_server(judge_backend):
+    with LiveServer(judge_backend, max_items=64) as live:
+        yield live
+
+
+def judge_items() -> list[dict]:
+    items = [{"prompt": p["prompt"], **{k: p[k] for k in ("image", "images") if k in p}, "response": p[side]}
+             for p in JUDGE_PAIRS for side in "ab"]  # fmt: skip
+    return items + [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}]
+
+
+def test_a_judge_on_vllm_rates_and_compares_as_on_transformers(vllm_judge_server, hf_judge_server):
+    items = judge_items()
+    ours = httpx.post(vllm_judge_server.url + "/score", json={"items": items}, timeout=120).json()["scores"]
+    theirs = httpx.post(hf_judge_server.url + "/score", json={"items": items}, timeout=120).json()["scores"]
+    assert ours == pytest.approx(theirs, abs=TOLERANCE)
+    for debias in (True, False):
+        body = {"pairs": JUDGE_PAIRS, "debias": debias}
+        ours = httpx.post(vllm_judge_server.url + "/compare", json=body, timeout=120).json()["results"]
+        theirs = httpx.post(hf_judge_server.url + "/compare", json=body, timeout=120).json()["results"]
+        assert [r["prob_a"] for r in ours] == pytest.approx([r["prob_a"] for r in theirs], abs=TOLERANCE), debias
+    info = httpx.get(vllm_judge_server.url + "/info").json()
+    assert info["kind"]["name"] == "judge" and info["judge"]["name"] == "generic" and info["backend"] == "vllm"
+
+
+def test_on_vllm_a_judge_is_batch_invariant_deterministic_and_exactly_antisymmetric(vllm_judge_server):
+    items = judge_items()
+    url = vllm_judge_server.url
+    together = httpx.post(url + "/score", json={"items": items}, timeout=120).json()["scores"]
+    alone = [httpx.post(url + "/score", json={"items": [item]}, timeout=120).json()["scores"][0] for item in items]
+    assert together == pytest.approx(alone, abs=1e-5)
+    assert httpx.post(url + "/score", json={"items": items}, timeout=120).json()["scores"] == together
+    forward = httpx.post(url + "/compare", json={"pairs": JUDGE_PAIRS}, timeout=120).json()["results"]
+    swapped = [{**p, "a": p["b"], "b": p["a"]} for p in JUDGE_PAIRS]
+    backward = httpx.post(url + "/compare", json={"pairs": swapped}, timeout=120).json()["results"]
+    assert [b["prob_a"] for b in backward] == [1.0 - f["prob_a"] for f in forward]
