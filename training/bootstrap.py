@@ -18,7 +18,7 @@ from vlreward.training.data.synthetic import (
     build_synthetic,
 )
 
-KINDS = ("scalar", "process")
+KINDS = ("scalar", "process", "judge")
 """The kinds of default model bootstrap builds."""
 STEP_TRAIN_PER_CATEGORY = {"hallucination": 2000, "reasoning": 2000}
 """Items per category of the process model's training split (each as three solutions: no error, a wrong
@@ -26,7 +26,10 @@ claim, a wrong conclusion)."""
 STEP_HELDOUT_PER_CATEGORY = {"hallucination": 200, "reasoning": 200}
 
 
-RECIPES = {"scalar": "tiny", "process": "tiny-process"}
+JUDGE_DECLARATION = "generic"
+"""The declaration of the judges vlreward trains (its prompts and verdict tokens: service/judges/)."""
+
+RECIPES = {"scalar": "tiny", "process": "tiny-process", "judge": "tiny-judge"}
 """Each kind's default recipe."""
 
 
@@ -40,8 +43,8 @@ def bootstrap(
     start_from: Path | None = None,
 ) -> dict:
     """Build, train and export the default model of ``kind`` into ``destination``; returns the held-out
-    metrics. The process model starts from the default scalar model of the same seed (built here first,
-    in the work folder): its backbone has learnt to read the synthetic images (see the recipe).
+    metrics. The process model and the judge start from the default scalar model of the same seed (built
+    here first, in the work folder): its backbone has learnt to read the synthetic images (see the recipes).
 
     ``seed`` sets the base model's weights, the synthetic data and the recipe's seed together (0 is the
     embedded default model); ``num_threads`` overrides the recipe's torch threads; ``recipe`` defaults to
@@ -53,13 +56,16 @@ def bootstrap(
     recipe = recipe or RECIPES[kind]
     # Imported here: `vlreward` imports this module at every start (its builder of the default model),
     # and these load torch, transformers and accelerate (seconds) that --help and serve --model never need.
+    from vlreward.service.judge import read_declaration
     from vlreward.service.kinds import ProcessHead
     from vlreward.training.base_model import build_base_model
     from vlreward.training.config import load_recipe
+    from vlreward.training.data.synthetic import SYNTHETIC_RATINGS
     from vlreward.training.data.synthetic_steps import build_synthetic_steps
-    from vlreward.training.export import export_model
+    from vlreward.training.export import export_judge, export_model
+    from vlreward.training.judge import judge_model_from_base
     from vlreward.training.model import reward_model_from_base
-    from vlreward.training.trainer import PairwiseTrainer, StepTrainer
+    from vlreward.training.trainer import JudgeTrainer, PairwiseTrainer, StepTrainer
 
     started = time.monotonic()
     destination = Path(destination)
@@ -67,7 +73,8 @@ def bootstrap(
     work = Path(workdir or tempfile.mkdtemp(prefix=".bootstrap-", dir=destination.parent))
     try:
         process = ProcessHead() if kind == "process" else None
-        if process is None:
+        judge = read_declaration(JUDGE_DECLARATION) if kind == "judge" else None
+        if kind == "scalar":
             tqdm.write("[1/4] building the tiny base model")
             base = build_base_model(work / "base", size="tiny", seed=seed)
         elif start_from is not None:
@@ -77,10 +84,11 @@ def bootstrap(
             base = work / "scalar"
             bootstrap(base, workdir=work / "scalar-work", seed=seed, num_threads=num_threads)
         if process is None:
-            tqdm.write("[2/4] generating synthetic preference data")
+            tqdm.write("[2/4] generating synthetic preference data" + (" (rated)" if judge else ""))
             train_dir, heldout_dir = build_synthetic(
-                work / "data", TRAIN_PER_CATEGORY, HELDOUT_PER_CATEGORY, seed=SYNTHETIC_SEED + seed
-            )
+                work / "data", TRAIN_PER_CATEGORY, HELDOUT_PER_CATEGORY, seed=SYNTHETIC_SEED + seed,
+                ratings=SYNTHETIC_RATINGS if judge else None,
+            )  # fmt: skip
         else:
             tqdm.write("[2/4] generating synthetic step-labelled solutions")
             train_dir, heldout_dir = build_synthetic_steps(
@@ -91,10 +99,16 @@ def bootstrap(
         config.seed = seed
         if num_threads is not None:
             config.num_threads = num_threads
-        model, processor = reward_model_from_base(base, seed=config.seed, head_bias=process is not None)
-        if process is None:
+        if judge is not None:
+            model, processor = judge_model_from_base(base, judge)
+            trainer = JudgeTrainer(
+                config, model, processor, train_dir, work / "run", heldout_dir=heldout_dir, judge=judge
+            )
+        elif process is None:
+            model, processor = reward_model_from_base(base, seed=config.seed)
             trainer = PairwiseTrainer(config, model, processor, train_dir, work / "run", heldout_dir=heldout_dir)
         else:
+            model, processor = reward_model_from_base(base, seed=config.seed, head_bias=True)
             trainer = StepTrainer(
                 config, model, processor, train_dir, work / "run", heldout_dir=heldout_dir, process=process
             )
@@ -103,12 +117,15 @@ def bootstrap(
         tqdm.write("[4/4] exporting")
         staging = work / "export"
         info = {"recipe": config.to_dict(), "heldout": metrics, "history": progress.history[-20:]}
-        export_model(trainer.unwrapped, processor, staging, info, process=process)
+        if judge is not None:
+            export_judge(trainer.unwrapped, processor, staging, judge, base, info)
+        else:
+            export_model(trainer.unwrapped, processor, staging, info, process=process)
         if destination.exists():
             shutil.rmtree(destination)
         shutil.move(str(staging), destination)  # appears whole or not at all
         tqdm.write(
-            f"default {'' if process is None else 'process '}model ready in {destination} after "
+            f"default {'' if kind == 'scalar' else kind + ' '}model ready in {destination} after "
             f"{time.monotonic() - started:.0f} s: "
             f"{trainer.headline(metrics)} {json.dumps(metrics['categories'])}"
         )

@@ -74,7 +74,11 @@ def train(
         typer.Option("--set", help="KEY=VALUE overriding a recipe field, stages too (stages.0.learning_rate=2e-4)."),
     ] = None,
     kind: Annotated[
-        str, typer.Option(help="scalar (preference pairs) or process (step-labelled solutions, the default step tag).")
+        str,
+        typer.Option(
+            help="scalar (preference pairs), process (step-labelled solutions, the default step tag) or judge "
+            "(preference pairs as the generic judge's questions; the base keeps its LM head)."
+        ),
     ] = "scalar",
 ) -> None:
     """Train a reward model (run under `accelerate launch` / `torchrun` for several processes)."""
@@ -89,16 +93,27 @@ def train(
     except (RecipeError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    from vlreward.service.judge import read_declaration
     from vlreward.service.kinds import ProcessHead
-    from vlreward.training.export import write_run_process
+    from vlreward.training.bootstrap import JUDGE_DECLARATION
+    from vlreward.training.export import write_run_judge, write_run_process
+    from vlreward.training.judge import judge_model_from_base
     from vlreward.training.model import reward_model_from_base
-    from vlreward.training.trainer import PairwiseTrainer, StepTrainer
+    from vlreward.training.trainer import JudgeTrainer, PairwiseTrainer, StepTrainer
 
     base_dir = base or Path(config.base_model)
     if str(base_dir) in ("tiny", "bench"):
         from vlreward.training.base_model import build_base_model
 
         base_dir = build_base_model(output / "base", size=str(base_dir))
+    if kind == "judge":
+        judge = read_declaration(JUDGE_DECLARATION)
+        write_run_judge(output, judge)
+        model, processor = judge_model_from_base(base_dir, judge)
+        trainer = JudgeTrainer(config, model, processor, data, output, heldout_dir=heldout, judge=judge)
+        trainer.train(resume_from=resume)
+        (output / "base_model.txt").write_text(str(base_dir) + "\n")
+        return
     model, processor = reward_model_from_base(base_dir, seed=config.seed)
     if kind == "process":
         write_run_process(output, ProcessHead())

@@ -8,6 +8,7 @@ from typing import Any
 
 from safetensors.torch import load_file
 
+from vlreward.service.judge import JudgeDeclaration, from_mapping
 from vlreward.service.kinds import ProcessHead
 from vlreward.service.model.checkpoint import save_reward_model
 from vlreward.service.model.probe import Probe
@@ -22,6 +23,22 @@ def write_run_process(run_dir: Path, process: ProcessHead) -> None:
     """Record that the run in ``run_dir`` trains a process model with this head (its export reads it)."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     (Path(run_dir) / RUN_PROCESS_FILE).write_text(json.dumps(process.declaration()) + "\n")
+
+
+RUN_JUDGE_FILE = "judge.json"
+"""In a training run's folder: the declaration of the judge a judge run trains."""
+
+
+def write_run_judge(run_dir: Path, judge: JudgeDeclaration) -> None:
+    """Record that the run in ``run_dir`` trains this judge (its export reads it)."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / RUN_JUDGE_FILE).write_text(json.dumps(judge.declaration()) + "\n")
+
+
+def run_judge(run_dir: Path) -> JudgeDeclaration | None:
+    """The judge the run in ``run_dir`` trained (None: not a judge run)."""
+    path = Path(run_dir) / RUN_JUDGE_FILE
+    return from_mapping(json.loads(path.read_text()), str(path)) if path.is_file() else None
 
 
 def run_process(run_dir: Path) -> ProcessHead | None:
@@ -47,10 +64,31 @@ def export_model(
     return stamp_reference_probe(output_dir)
 
 
+def export_judge(
+    model: Any, processor: Any, output_dir: Path, judge: JudgeDeclaration, base_dir: Path, info: dict | None = None
+) -> Probe:
+    """Save a trained judge as a generative checkpoint declaring it (:func:`~vlreward.training.judge.save_judge_model`),
+    then stamp its probe (the verdict tokens' logits) with the transformers backend."""
+    from vlreward.service.backends.transformers import stamp_reference_probe
+    from vlreward.training.judge import save_judge_model
+
+    output_dir = Path(output_dir)
+    save_judge_model(model, processor, output_dir, judge, base_dir)
+    if info is not None:
+        (output_dir / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return stamp_reference_probe(output_dir)
+
+
 def export_checkpoint(base_dir: Path, checkpoint_dir: Path, output_dir: Path) -> Probe:
     """A trainer checkpoint (accelerate state) + its base model directory -> reward checkpoint (a process
-    model when its run trained one)."""
-    model, processor = reward_model_from_base(base_dir, head_bias=False)
+    model or a judge when its run trained one)."""
+    judge = run_judge(Path(checkpoint_dir).parent)
+    if judge is not None:
+        from vlreward.training.judge import judge_model_from_base
+
+        model, processor = judge_model_from_base(base_dir, judge)
+    else:
+        model, processor = reward_model_from_base(base_dir, head_bias=False)
     state = load_file(Path(checkpoint_dir) / "model.safetensors")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -62,4 +100,6 @@ def export_checkpoint(base_dir: Path, checkpoint_dir: Path, output_dir: Path) ->
     info = {"checkpoint": str(checkpoint_dir), "base_model": str(base_dir)}
     if info_path.is_file():
         info["trainer_state"] = json.loads(info_path.read_text())
+    if judge is not None:
+        return export_judge(model, processor, output_dir, judge, Path(base_dir), info)
     return export_model(model, processor, output_dir, info, process=run_process(Path(checkpoint_dir).parent))

@@ -24,10 +24,12 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 from transformers import get_scheduler
 
+from vlreward.service.judge import JudgeDeclaration
 from vlreward.service.kinds import ProcessHead
 from vlreward.training.collator import PairCollator, PairDataset
 from vlreward.training.config import StageConfig, TrainConfig
 from vlreward.training.data.schema import PreferenceRecord, StepRecord, read_records
+from vlreward.training.judge import JudgeCollator, JudgeDataset, heldout_preferences, judge_loss
 from vlreward.training.model import freeze_vision_encoder, parameter_groups, parameter_report
 from vlreward.training.pair_metrics import pairwise_accuracy, score_pairs
 from vlreward.training.steps import StepCollator, StepDataset, score_solutions, step_loss, step_metrics
@@ -314,3 +316,39 @@ class StepTrainer(PairwiseTrainer):
         with evaluating(self.unwrapped) as model:
             scores = score_solutions(model, dataset, self.process)
         return step_metrics(records, scores)
+
+
+class JudgeTrainer(PairwiseTrainer):
+    """Trains a generative judge on preference pairs through the same stages, distributed paths and
+    checkpoints: each pair asked in both orders (and rated, where the data rates), cross-entropy on the
+    verdict token only (:mod:`vlreward.training.judge`)."""
+
+    def __init__(self, *args: Any, judge: JudgeDeclaration, **kwargs: Any):
+        self.judge = judge
+        super().__init__(*args, **kwargs)
+
+    def _build_data(self, processor: Any, heldout_dir: Path | None) -> None:
+        records = list(read_records(self.train_dir))
+        self.train_data = JudgeDataset(records, self.train_dir, processor, self.judge)
+        self.collator = JudgeCollator(self.unwrapped.config.text_config.pad_token_id)
+        self.heldout = None
+        if heldout_dir is not None:
+            held = [r for r in read_records(Path(heldout_dir)) if not r.tie][: self.config.eval_pairs]
+            self.heldout = (held, JudgeDataset(held, Path(heldout_dir), processor, self.judge))
+
+    def batch_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy on the verdict token, and the share of pairwise questions answered right."""
+        targets, pointwise = batch.pop("targets"), batch.pop("pointwise")
+        logits = self.model(**batch)
+        return judge_loss(logits, targets.to(logits.device), pointwise.to(logits.device), len(self.judge.ratings))
+
+    @staticmethod
+    def headline(metrics: dict[str, Any]) -> str:
+        return f"held-out pairwise accuracy (logits, debiased) {metrics['overall']:.3f} {metrics['categories']}"
+
+    def evaluate(self) -> dict[str, Any]:
+        """Held-out pairwise accuracy per category: P(chosen > rejected) read from logits in both orders."""
+        records, dataset = self.heldout
+        with evaluating(self.unwrapped) as model:
+            scores = heldout_preferences(model, dataset)
+        return pairwise_accuracy([r.category for r in records], scores)

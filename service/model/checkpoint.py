@@ -163,6 +163,7 @@ def build_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     outputs: int = 1,
+    head_index: list[int] | None = None,
 ) -> Any:
     """An uninitialised reward model, its backbone allocated in ``dtype`` on ``device`` (weights are
     loaded right after, so no random init is run and no float32 copy of a 16-bit model ever exists).
@@ -172,7 +173,7 @@ def build_model(
     from vlreward.service.model.reward_model import Qwen2_5_VLRewardModel
 
     with no_init_weights(), torch.device(device), default_dtype(dtype):
-        return Qwen2_5_VLRewardModel(config, head_bias=head_bias, outputs=outputs)
+        return Qwen2_5_VLRewardModel(config, head_bias=head_bias, outputs=outputs, head_index=head_index)
 
 
 def load_weights(
@@ -261,13 +262,9 @@ def load_reward_model(
         model = build_model(config, head_bias=HEAD_BIAS in names, device=device, dtype=dtype)
         load_weights(model, iter_checkpoint_tensors(directory), directory)
     else:
-        try:
-            ids = verdict_token_ids(judge, processor.tokenizer)
-        except JudgeError as exc:
-            raise CheckpointError(f"{directory}: {exc}") from None
-        model = build_model(config, head_bias=False, device=device, dtype=dtype, outputs=len(ids))
+        model = build_judge_model(config, judge, processor.tokenizer, device, dtype, directory)
         load_weights(model, iter_checkpoint_tensors(directory), directory, allow_missing_head=True)
-        load_verdict_rows(model, directory, names, ids)
+        load_verdict_rows(model, directory, names, model.verdict_ids)
     if attn_implementation == "sdpa":
         from vlreward.service.model.causal_attention import use_blocked_causal_attention
         from vlreward.service.model.vision_attention import use_windowed_vision_attention
@@ -279,6 +276,22 @@ def load_reward_model(
 
 
 LM_HEAD_WEIGHT = "lm_head.weight"
+
+
+def build_judge_model(
+    config: Any, judge: JudgeDeclaration, tokenizer: Any, device: Any, dtype: torch.dtype, source: Path
+) -> Any:
+    """An uninitialised judge: its head has one row per distinct verdict token (``model.verdict_ids``) and
+    its outputs are the declaration's verdict tokens in order."""
+    try:
+        ids = verdict_token_ids(judge, tokenizer)
+    except JudgeError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    distinct = list(dict.fromkeys(ids))
+    index = [distinct.index(token) for token in ids]
+    model = build_model(config, head_bias=False, device=device, dtype=dtype, outputs=len(distinct), head_index=index)
+    model.verdict_ids = distinct
+    return model
 
 
 def require_generative(directory: Path, config: Any, names: set[str]) -> None:
@@ -295,7 +308,7 @@ def require_generative(directory: Path, config: Any, names: set[str]) -> None:
 
 
 def load_verdict_rows(model: Any, directory: Path, names: set[str], token_ids: list[int]) -> None:
-    """Copy the LM head's rows of the verdict tokens into the judge's head (read row by row from disk: a
+    """Copy the LM head's rows of the (distinct) verdict tokens into the judge's head (read row by row from disk: a
     7B LM head is 545M numbers, the head 2 to 128 rows); tied checkpoints' rows are the input embeddings'."""
     from safetensors import safe_open
 

@@ -69,7 +69,9 @@ class Qwen2_5_VLRewardModel(nn.Module):
     numbers.
     """
 
-    def __init__(self, config: Qwen2_5_VLConfig, head_bias: bool = False, outputs: int = 1):
+    def __init__(
+        self, config: Qwen2_5_VLConfig, head_bias: bool = False, outputs: int = 1, head_index: list[int] | None = None
+    ):
         super().__init__()
         self.config = config
         self.model = Qwen2_5_VLModel(config)
@@ -77,7 +79,10 @@ class Qwen2_5_VLRewardModel(nn.Module):
         use_onednn_linears(self.model)  # float32 inference on the CPU: see cpu_kernels
         self.score = nn.Linear(config.text_config.hidden_size, outputs, bias=head_bias, dtype=torch.float32)
         """The head: one output (a reward, or a process model's step logit), or a judge's rows of its LM head,
-        one per verdict token (:mod:`vlreward.service.judge`)."""
+        one per distinct verdict token (:mod:`vlreward.service.judge`)."""
+        self.head_index = head_index
+        """A judge's outputs as rows of the head: a token that is both a rating and an answer (a digit) has
+        one row, as it has in the LM head it is written back to (None: the head's outputs as they are)."""
         self.shared_prefix_runs = 0
         """Prefixes (prompt + images) computed once for several samples by :meth:`score_shared_prefix`."""
         self.opening: CachedOpening | None = None
@@ -103,8 +108,9 @@ class Qwen2_5_VLRewardModel(nn.Module):
         verdict tokens], each logit minus the first verdict token's: only differences count, and so vLLM's
         log-probabilities give the same numbers)."""
         out = self.score(hidden.to(self.score.weight.dtype))
-        if self.score.out_features == 1:
+        if self.head_index is None:
             return out.squeeze(-1)
+        out = out[..., self.head_index]
         return out - out[..., :1]  # a judge's: relative to its first verdict token's, as log-probabilities are
 
     def position_ids(

@@ -147,3 +147,25 @@ def test_items_keep_image_bytes_and_dataset_image_dicts():
     assert from_bytes == from_dict
     with pytest.raises(ValueError, match="both be strings"):
         trl_item("Q?", [{"role": "assistant", "content": "A."}], [])
+
+
+def test_with_a_judge_rewards_are_ratings_or_the_chance_of_beating_the_reference_column(judge_backend):
+    prompts, completions = ["Which colour?", "Which shape?"], ["Red.", "A circle."]
+    images, references = [shape_image("red"), shape_image("blue", "square")], ["Red", "A square."]
+    with LiveServer(judge_backend) as live, RewardClient(live.url) as client:
+        expected = [_solo(client, p, c, i) for p, c, i in zip(prompts, completions, images, strict=True)]
+        pairs = [{"prompt": p, "image": i, "a": c, "b": r}
+                 for p, c, i, r in zip(prompts, completions, images, references, strict=True)]  # fmt: skip
+        against = [result.prob_a for result in client.compare(pairs).results]
+        rated = VLRewardFunction(live.url)(prompts=prompts, completions=completions, image=images, answer=references)
+        compared = VLRewardFunction(live.url, reference_column="answer")(
+            prompts=prompts, completions=completions, image=images, answer=references
+        )
+        compared_async = asyncio.run(
+            AsyncVLRewardFunction(live.url, reference_column="answer")(
+                prompts=prompts, completions=completions, image=images, answer=references
+            )
+        )
+    assert rated == pytest.approx(expected, abs=1e-5)
+    assert compared == pytest.approx(against, abs=1e-6) and compared_async == pytest.approx(against, abs=1e-6)
+    assert all(0.0 < value < 1.0 for value in compared)

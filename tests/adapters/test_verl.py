@@ -188,3 +188,30 @@ def test_the_extra_info_helper_fails_clearly_on_too_few_images():
     assert json.loads(
         add_vlreward_extra_info({"prompt": [{"role": "user", "content": "Hi"}]})["extra_info"][EXTRA_INFO_KEY]
     ) == [{"role": "user", "content": "Hi"}]
+
+
+def test_with_a_judge_compute_score_rates_or_compares_with_the_reference_answer(judge_backend):
+    extra_info = add_vlreward_extra_info(
+        {"prompt": [{"role": "user", "content": "<image>Colour?"}], "images": [shape_image("green")]}
+    )["extra_info"] | {"reference_answer": "It is green."}
+    with LiveServer(judge_backend) as live, RewardClient(live.url) as client:
+
+        async def calls():
+            keywords = {"data_source": "x", "extra_info": extra_info, "base_url": live.url}
+            rated = await compute_score(solution_str="Green.", ground_truth="Green", **keywords)
+            truth = await compute_score(
+                solution_str="Green.", ground_truth="Green", reference="ground_truth", **keywords
+            )
+            column = await compute_score(solution_str="Green.", reference="reference_answer", **keywords)
+            with pytest.raises(KeyError, match="'nothing' is not set"):
+                await compute_score(solution_str="Green.", reference="nothing", **keywords)
+            return rated, truth, column
+
+        rated, truth, column = asyncio.run(calls())
+        item = {"prompt": "Colour?", "response": "Green.", "image": shape_image("green")}
+        pointwise = client.score([item]).scores[0]
+        pair = {"prompt": "Colour?", "image": shape_image("green"), "a": "Green."}
+        against = [r.prob_a for r in client.compare([{**pair, "b": "Green"}, {**pair, "b": "It is green."}]).results]
+    assert rated == {"score": pytest.approx(pointwise, abs=1e-5), "vlreward_scored": 1.0}
+    assert truth["score"] == truth["vlreward_prob_better"] == pytest.approx(against[0], abs=1e-6)
+    assert column["score"] == pytest.approx(against[1], abs=1e-6)

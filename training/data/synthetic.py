@@ -264,8 +264,10 @@ def generate(
     split: str,
     exclude: set[tuple] | None = None,
     counterfactuals: bool = False,
+    ratings: tuple[float, float] | None = None,
 ) -> tuple[list[PreferenceRecord], set[tuple]]:
     """Write ``per_category`` pairs (and their images) into ``out_dir``; items in ``exclude`` are skipped.
+    With ``ratings`` (chosen's, rejected's: :data:`SYNTHETIC_RATINGS`) each pair also rates its responses.
 
     Returns the records and the keys used. Chosen/rejected positions are what they are: the model sees
     each separately, so there is no position bias to balance.
@@ -287,6 +289,7 @@ def generate(
                 conversation=[Turn(role="user", content=item.prompt)],
                 chosen=item.chosen,
                 rejected=item.rejected,
+                scores=None if ratings is None else {"chosen": ratings[0], "rejected": ratings[1]},
                 meta=meta,
             )
         )
@@ -294,11 +297,24 @@ def generate(
     return records, keys
 
 
+SYNTHETIC_RATINGS = (5.0, 1.0)
+"""The ratings of a synthetic pair's chosen and rejected responses on a 1-5 scale, for the judges that learn
+pointwise rating from it: every rejected response is plainly wrong (a wrong colour, count or comparison) and
+every chosen one right."""
+
+
 def build_synthetic(
-    out_dir: Path, train_per_category: dict[str, int], heldout_per_category: dict[str, int], seed: int = 0
+    out_dir: Path,
+    train_per_category: dict[str, int],
+    heldout_per_category: dict[str, int],
+    seed: int = 0,
+    ratings: tuple[float, float] | None = None,
 ) -> tuple[Path, Path]:
-    """Held-out first (with counterfactual images), then a train split that shares no item with it."""
+    """Held-out first (with counterfactual images), then a train split that shares no item with it
+    (``ratings``: see :func:`generate`)."""
     heldout_dir, train_dir = out_dir / "heldout", out_dir / "train"
-    _, heldout_keys = generate(heldout_dir, heldout_per_category, seed, "heldout", counterfactuals=True)
-    generate(train_dir, train_per_category, seed, "train", exclude=heldout_keys)
+    _, heldout_keys = generate(
+        heldout_dir, heldout_per_category, seed, "heldout", counterfactuals=True, ratings=ratings
+    )
+    generate(train_dir, train_per_category, seed, "train", exclude=heldout_keys, ratings=ratings)
     return train_dir, heldout_dir

@@ -101,3 +101,17 @@ def with_steps(item: dict, separator: str | None) -> dict:
     if not isinstance(last.get("content"), str):
         return item
     return {**item, "messages": [*earlier, {"role": last["role"], "steps": split(last["content"])}]}
+
+
+def against_reference(item: dict, reference: str) -> dict:
+    """A ``/compare`` pair from a ``/score`` item: its response as A, ``reference`` (a reference answer) as
+    B, the same prompt and images (``prompt`` form or ``messages`` ending with the assistant's turn)."""
+    if "messages" in item:
+        *prompt, last = item["messages"]
+        if last.get("role") != "assistant" or not isinstance(last.get("content"), str):
+            raise ValueError("the last message must be the assistant's text to compare it with a reference")
+        return {"messages": prompt, "a": last["content"], "b": reference}
+    if "response" not in item:
+        raise ValueError("only a response (not steps) is compared with a reference")
+    shared = {key: value for key, value in item.items() if key != "response"}
+    return {**shared, "a": item["response"], "b": reference}

@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from vlreward.adapters.conversation import to_messages, with_steps
+from vlreward.adapters.conversation import against_reference, to_messages, with_steps
 from vlreward.client import AsyncRewardClient, RewardClient, encode_image
 
 log = logging.getLogger(__name__)
@@ -70,16 +70,19 @@ def trl_item(prompt: str | list[dict], completion: str | list[dict], images: lis
 class _RewardFunctionBase:
     """Builds the items of a step and turns a ScoreResponse into TRL's ``list[float | None]``.
     ``step_separator`` (a process model): each completion is split into steps there, and its reward is
-    their aggregate."""
+    their aggregate. ``reference_column``: the dataset column holding a reference answer per row; the reward
+    is then P(completion better than the reference) from ``/compare`` (a judge's debiased verdict)."""
 
     def __init__(
         self,
         base_url: str | Sequence[str],
         name: str = "vlreward",
         step_separator: str | None = None,
+        reference_column: str | None = None,
         **client_options: Any,
     ):
         self.step_separator = step_separator
+        self.reference_column = reference_column
         self.base_url = base_url
         """One server's URL, or several replicas' (a list, or separated by commas): calls are spread over them."""
         self.__name__ = name  # TRL names the reward column and its metrics after this
@@ -93,9 +96,12 @@ class _RewardFunctionBase:
         for index, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
             try:
                 item = trl_item(prompt, completion, _row_images(index, columns))
-                items.append(with_steps(item, self.step_separator))
+                if self.reference_column is not None:
+                    items.append(against_reference(item, str(columns[self.reference_column][index])))
+                else:
+                    items.append(with_steps(item, self.step_separator))
                 rows.append(index)
-            except (ValueError, TypeError, OSError) as error:
+            except (ValueError, TypeError, OSError, KeyError) as error:
                 failed[index] = str(error)
         return items, rows, failed
 
@@ -132,7 +138,12 @@ class VLRewardFunction(_RewardFunctionBase):
         if self._client is None:
             self._client = RewardClient(self.base_url, **self._client_options)
         items, rows, failed = self._items(prompts, completions, columns)
-        scores = self._client.score(items, on_error="null").scores if items else []
+        if not items:
+            scores = []
+        elif self.reference_column is not None:
+            scores = [result.prob_a for result in self._client.compare(items).results]
+        else:
+            scores = self._client.score(items, on_error="null").scores
         return self._rewards(len(prompts), rows, scores, failed, columns, started)
 
 
@@ -148,5 +159,10 @@ class AsyncVLRewardFunction(_RewardFunctionBase):
         if self._client is None:  # created on TRL's loop, which it keeps for the whole run
             self._client = AsyncRewardClient(self.base_url, **self._client_options)
         items, rows, failed = self._items(prompts, completions, columns)
-        scores = (await self._client.score(items, on_error="null")).scores if items else []
+        if not items:
+            scores = []
+        elif self.reference_column is not None:
+            scores = [result.prob_a for result in (await self._client.compare(items)).results]
+        else:
+            scores = (await self._client.score(items, on_error="null")).scores
         return self._rewards(len(prompts), rows, scores, failed, columns, started)

@@ -27,7 +27,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from vlreward.adapters.conversation import to_messages, with_steps
+from vlreward.adapters.conversation import against_reference, to_messages, with_steps
 from vlreward.client import AsyncRewardClient, VLRewardError
 
 EXTRA_INFO_KEY = "vlreward_messages"
@@ -83,16 +83,27 @@ async def compute_score(
     unscored_score: float | None = None,
     model: str | None = None,
     step_separator: str | None = None,
+    reference: str | None = None,
     **_: Any,
 ) -> dict[str, float | str]:
     """verl's reward function: ``{"score": reward, "vlreward_scored": 1.0}`` for one sample. ``model``
     (``reward_kwargs.model``): which of the server's models scores it (default: the server's default).
     ``step_separator`` (a process model): the response is split into steps there; the score is their
-    aggregate and ``vlreward_step_scores`` their scores (JSON text: verl's metrics skip text values)."""
+    aggregate and ``vlreward_step_scores`` their scores (JSON text: verl's metrics skip text values).
+    ``reference`` (``"ground_truth"`` or an ``extra_info`` key): the score is P(response better than that
+    reference answer) from ``/compare`` (a judge's pairwise verdict, debiased; a scalar model's sigmoid of
+    the score difference)."""
     base_url = base_url or os.environ.get(URL_VARIABLE)
     if not base_url:
         raise ValueError(f"give reward_kwargs.base_url or set {URL_VARIABLE}")
     client = shared_client(base_url, api_key or os.environ.get("VLREWARD_API_KEY"), model)
+    if reference is not None:
+        answer = ground_truth if reference == "ground_truth" else (extra_info or {}).get(reference)
+        if answer is None:
+            raise KeyError(f"no reference answer: {reference!r} is not set for this sample")
+        pair = against_reference(scoring_item(solution_str, extra_info), str(answer))
+        prob = (await client.compare([pair])).results[0].prob_a
+        return {"score": float(prob), "vlreward_scored": 1.0, "vlreward_prob_better": float(prob)}
     item = with_steps(scoring_item(solution_str, extra_info), step_separator)
     try:
         result = await client.score([item], on_error="fail" if unscored_score is None else "null")
