@@ -33,16 +33,17 @@ def bootstrap_base(
 @app.command()
 def bootstrap(
     home: Annotated[
-        Path | None, typer.Option(help="VLREWARD_HOME; the model goes to HOME/models/default (-process).")
+        Path | None, typer.Option(help="VLREWARD_HOME; the model goes to HOME/models/default (-process, -judge).")
     ] = None,
     recipe: Annotated[
-        str | None, typer.Option(help="Recipe name or YAML file (default: tiny; tiny-process for --kind process).")
+        str | None,
+        typer.Option(help="Recipe name or YAML file (default: tiny; tiny-process or tiny-judge for those kinds)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the base weights, the synthetic data and the recipe.")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: the recipe's).")] = None,
-    kind: Annotated[str, typer.Option(help="scalar (the default model) or process (the default process model).")] = (
-        "scalar"
-    ),
+    kind: Annotated[
+        str, typer.Option(help="scalar (the default model), process (the default process model) or judge.")
+    ] = "scalar",
 ) -> None:
     """Build the tiny base, generate synthetic data, train the two-stage recipe, export the default model."""
     from vlreward.service.settings import Settings

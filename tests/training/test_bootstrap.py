@@ -108,7 +108,37 @@ def test_a_process_model_bootstraps_from_the_default_model_and_serves_step_score
     assert len(backend.score_sync([backend.format_request_sample(sample)])[0]) == 2
 
 
+def test_a_judge_bootstraps_from_the_default_model_and_serves_ratings_and_verdicts(default_home, tmp_path):
+    """The judge path of bootstrap, on a short recipe from the session's default model (the full recipe
+    and its target over seeds are a benchmark: loadtest/judge_sweep.py): a generative checkpoint declaring
+    the generic judge, its probe stamped, read from logits for ratings and verdicts."""
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.judge import read_declaration
+    from vlreward.service.kinds import JUDGE, checkpoint_kind
+    from vlreward.service.model.checkpoint import BASE_ARCHITECTURE, LM_HEAD_WEIGHT, checkpoint_tensor_names
+    from vlreward.training.bootstrap import bootstrap
+
+    recipe = yaml.safe_load((RECIPES_DIR / "tiny-judge.yaml").read_text())
+    recipe["stages"][0] |= {"max_steps": 20, "warmup_steps": 5}
+    recipe["eval_pairs"] = 40
+    (tmp_path / "short.yaml").write_text(yaml.safe_dump(recipe))
+    destination = tmp_path / "home" / "models" / "default-judge"
+    metrics = bootstrap(destination, recipe=str(tmp_path / "short.yaml"), kind="judge",
+                        start_from=default_home.model, num_threads=1)  # fmt: skip
+    assert 0.0 <= metrics["overall"] <= 1.0 and metrics["n"] == 40
+    assert checkpoint_kind(destination) is JUDGE
+    config = json.loads((destination / "config.json").read_text())
+    assert config["architectures"] == [BASE_ARCHITECTURE] and not config["tie_word_embeddings"]
+    assert LM_HEAD_WEIGHT in checkpoint_tensor_names(destination)
+    backend = TransformersBackend(destination, dtype="float32", device="cpu")
+    assert backend.judge == read_declaration("generic") and backend.check_probe() is not None
+    rating = backend.judge.rating(
+        backend.score_sync([backend.format_request_sample({"prompt": "Hi", "response": "Hello"})])[0]
+    )
+    assert 1.0 <= rating <= 5.0
+
+
 def test_bootstrap_refuses_an_unknown_kind(tmp_path):
-    done = subprocess.run([VLREWARD, "bootstrap", "--kind", "judge", "--home", str(tmp_path)], capture_output=True,
+    done = subprocess.run([VLREWARD, "bootstrap", "--kind", "critic", "--home", str(tmp_path)], capture_output=True,
                           text=True)  # fmt: skip
-    assert done.returncode == 2 and "kind must be one of scalar, process" in done.stderr
+    assert done.returncode == 2 and "kind must be one of scalar, process, judge" in done.stderr

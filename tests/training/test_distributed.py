@@ -75,3 +75,21 @@ def test_two_process_step_training_matches_one_process_and_exports_a_process_mod
     assert result.returncode == 0, result.stderr[-3000:]
     served = TransformersBackend(exported, dtype="float32", device="cpu")
     assert served.process == ProcessHead() and served.check_probe() is not None
+
+
+def test_two_process_judge_training_matches_one_process_and_exports_a_judge(tiny_base, tmp_path):
+    # Rated pairs, text-only and with images: every pair is four questions (both orders, each response rated).
+    ratings = (5.0, 1.0)
+    train_dir, _ = build_synthetic(tmp_path / "data", {"hallucination": 2, "text": 10}, {"general": 1}, ratings=ratings)
+    runs = {n: _train(tmp_path, tiny_base, train_dir, n, 4 // n, "--kind", "judge") for n in (1, 2)}
+    _same_curve({n: _losses(run) for n, run in runs.items()})
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.judge import read_declaration
+
+    exported = tmp_path / "judge"
+    result = subprocess.run([sys.executable, "-m", "vlreward", "export", "--checkpoint",
+                             str(runs[2] / "checkpoint-final"), "--output", str(exported)],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = TransformersBackend(exported, dtype="float32", device="cpu")
+    assert served.judge == read_declaration("generic") and served.check_probe() is not None
