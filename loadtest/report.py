@@ -86,15 +86,16 @@ def sweep_runs_table(report: dict) -> str:
 
 
 def process_sweep_summary_table(report: dict) -> str:
-    from loadtest.process_sweep import summary_table
+    """The summary of a sweep of the models fine-tuned from the default one (a process model's, a judge's)."""
+    from loadtest.process_sweep import summary_table, sweep_of
 
-    return summary_table(report["summary"])
+    return summary_table(report["summary"], sweep_of(report))
 
 
 def process_sweep_runs_table(report: dict) -> str:
-    from loadtest.process_sweep import runs_table
+    from loadtest.process_sweep import runs_table, sweep_of
 
-    return runs_table(report["runs"])
+    return runs_table(report["runs"], sweep_of(report))
 
 
 def eval_table(report: dict) -> str:
