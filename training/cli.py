@@ -6,7 +6,7 @@ train, export, bootstrap, bootstrap-base, eval, pairs and ``data synthetic|conve
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -214,6 +214,8 @@ def _scorer(model: Path | None, url: str | None, api_key: str | None, backend: s
 
         client = RewardClient(url, api_key=api_key)
         info = client.info()
+        if not steps and info.get("judge", {}).get("pairwise"):  # samples come as (A, B) twos: /compare them
+            return _compare_twos(client), info["model"], info.get("checkpoint_hash"), None
         if not steps:
             return (lambda samples: client.score(samples).scores), info["model"], info.get("checkpoint_hash"), None
         if "process" not in info:
@@ -230,6 +232,18 @@ def _scorer(model: Path | None, url: str | None, api_key: str | None, backend: s
         raise typer.BadParameter(f"{model} is not a process model (its config.json declares no process head)")
     step_tag = engine.step_tag if steps else None
     return in_process_scorer(engine, steps), model_name(model), checkpoint_hash(model), step_tag
+
+
+def _compare_twos(client: Any):
+    """Score samples given as the (A, B) twos of pairs through /compare: P(A better), P(B better) in turn."""
+    from vlreward.adapters.conversation import against_reference
+
+    def score(samples: list[dict]) -> list[float]:
+        pairs = [against_reference(a, b.get("response") or b["messages"][-1]["content"])
+                 for a, b in zip(samples[0::2], samples[1::2], strict=True)]  # fmt: skip
+        return [value for result in client.compare(pairs).results for value in (result.prob_a, 1.0 - result.prob_a)]
+
+    return score
 
 
 data_app = typer.Typer(help="Preference data: synthetic generation, source conversion, cleaning.", no_args_is_help=True)

@@ -1,7 +1,9 @@
 """Evaluation runs: per-item scores, the benchmark's tables (markdown + JSON) and a PNG.
 
 Pairwise benchmarks: a pair is correct only when the preferred response scores strictly higher; ties
-count as wrong. Process benchmarks (:mod:`vlreward.training.step_benchmarks`): each solution's step scores.
+count as wrong. A judge that compares is asked each pair in both orders: its scores are (P, 1 - P) of the
+debiased P(first response better), read from logits as ``/compare`` reads them. Process benchmarks
+(:mod:`vlreward.training.step_benchmarks`): each solution's step scores.
 Output files: ``results.json``, ``results.md``, ``predictions.jsonl`` and ``results.png``.
 """
 
@@ -16,9 +18,12 @@ from typing import Any
 from tqdm import tqdm
 
 from vlreward.service.backends.base import Backend
+from vlreward.service.judge import debiased
 from vlreward.service.media import MediaPolicy
 from vlreward.service.model.checkpoint import checkpoint_hash, model_name
-from vlreward.service.prepare import prepare_request_sample, prepare_sample
+from vlreward.service.model.formatting import format_judged_pair
+from vlreward.service.prepare import load_images, prepare_request_sample, prepare_sample
+from vlreward.service.schemas import Sample
 from vlreward.training.benchmarks import COLUMNS, EvalPair, load_pairs, tables
 from vlreward.training.data.schema import PreferenceRecord, read_records
 from vlreward.training.data.synthetic import HELDOUT_PER_CATEGORY, SYNTHETIC_SEED, generate
@@ -40,7 +45,36 @@ def score_records(
     def as_pair(record: PreferenceRecord):
         return formatted(record, record.chosen), formatted(record, record.rejected)
 
+    if backend.judge is not None and backend.judge.compares:
+        samples = []
+        for record in records:
+            images = [record.meta["counter_image"]] if counterfactual else None
+            samples += [
+                record.sample(response, root=root, images=images) for response in (record.chosen, record.rejected)
+            ]
+        values = judge_preferences(backend, samples, policy)
+        return list(zip(values[0::2], values[1::2], strict=True))
     return score_pairs(backend.score_sync, records, as_pair, progress=True)
+
+
+def judge_preferences(
+    backend: Backend, samples: list[Sample], policy: MediaPolicy, batch_pairs: int = 8
+) -> list[float]:
+    """Samples in twos (A, B of a pair: the same prompt and images) -> P(A better), P(B better) in turn: the
+    judge asked in both orders, debiased, as ``/compare`` answers."""
+    judge = backend.judge
+    values: list[float] = []
+    for start in tqdm(range(0, len(samples), 2 * batch_pairs), desc="judging", unit="batch", leave=False):
+        chunk = samples[start : start + 2 * batch_pairs]
+        questions = []
+        for a, b in zip(chunk[0::2], chunk[1::2], strict=True):
+            images = load_images(a.image_refs(), a.image_params(), policy, 1 << 30, None)
+            questions += [format_judged_pair(x, y, images, backend.processor, judge) for x, y in ((a, b), (b, a))]
+        first = [judge.prob_first(logits) for logits in backend.score_sync(questions)]
+        for ab, ba in zip(first[0::2], first[1::2], strict=True):
+            prob = debiased(ab, ba)
+            values += [prob, 1.0 - prob]
+    return values
 
 
 def _table_columns(results: dict[str, Any]) -> list[tuple[str, float]]:
@@ -147,9 +181,12 @@ def evaluate_synthetic(backend: Any, model_dir: Path, output_dir: Path, seed: in
 
 def in_process_scorer(backend: Backend, steps: bool = False) -> Callable[[list[dict]], list]:
     """Score Sample dicts (the HTTP JSON shape) with a loaded backend: raw scores, or with ``steps`` a
-    process model's step scores (its activation at each tag) per sample."""
+    process model's step scores (its activation at each tag) per sample; a judge that compares takes the
+    samples as the (A, B) twos of pairs (as :func:`run_benchmark` gives them) and gives P(A), P(B) better."""
     policy = MediaPolicy()
     step_tag = backend.step_tag if steps else None
+    if backend.judge is not None and backend.judge.compares and not steps:  # samples come as (A, B) twos
+        return lambda samples: judge_preferences(backend, [Sample.model_validate(s) for s in samples], policy)
 
     def score(samples: list[dict]) -> list:
         values = backend.score_sync([prepare_request_sample(s, backend.processor, policy, step_tag) for s in samples])
@@ -237,7 +274,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Score a benchmark's pairs (resuming from saved predictions), then write its tables."""
 
-    def rows_of(chunk: list[EvalPair]) -> list[dict]:
+    def rows_of(chunk: list[EvalPair]) -> list[dict]:  # a pair's two samples in turn (judges rely on it)
         values = score_samples([sample for pair in chunk for sample in pair.samples()])
         return [{"id": pair.id, "scores": values[2 * index : 2 * index + 2], "category": pair.category,
                  "preferred": pair.preferred, "subset": pair.subset} for index, pair in enumerate(chunk)]  # fmt: skip

@@ -129,3 +129,21 @@ def test_a_scalar_model_is_refused_for_a_process_benchmark(tiny_reward, tmp_path
                                       "--output", str(tmp_path / "out")])  # fmt: skip
     message = " ".join(result.output.replace("│", " ").split())  # the error box wraps its lines
     assert result.exit_code == 2 and "is not a process model" in message
+
+
+def test_a_judge_is_evaluated_by_its_debiased_verdicts_in_process_and_through_a_server(judge_backend, tmp_path):
+    """A judge answers each VL-RewardBench pair as /compare does (both orders, debiased), in process and
+    through a server alike; its per-pair scores are (P, 1 - P)."""
+    from tests.helpers import LiveServer
+    from tests.training.test_benchmarks import vl_parquet
+    from vlreward.client import RewardClient
+    from vlreward.training.cli import _compare_twos
+    from vlreward.training.evaluate import in_process_scorer, run_benchmark
+
+    data = vl_parquet(tmp_path)
+    local = run_benchmark("vl-rewardbench", data, tmp_path / "local", in_process_scorer(judge_backend), "judge", None)
+    with LiveServer(judge_backend) as live, RewardClient(live.url) as client:
+        served = run_benchmark("vl-rewardbench", data, tmp_path / "served", _compare_twos(client), "judge", None)
+    rows = [json.loads(line) for line in (tmp_path / "local" / "predictions.jsonl").read_text().splitlines()]
+    assert all(row["scores"][0] + row["scores"][1] == 1.0 for row in rows)
+    assert local["categories"] == served["categories"] and local["n"] == served["n"] == 7
