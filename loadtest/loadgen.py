@@ -87,6 +87,18 @@ def score_call(items: list[dict], model: str | None = None) -> Call:
     return Call("/score", body, len(items), lambda j: j["scores"], lambda j: j["usage"]["input_tokens"])
 
 
+def compare_call(pairs: list[dict], debias: bool = True) -> Call:
+    """/compare of ``pairs``; its scores are each pair's P(A better)."""
+    body = {"pairs": pairs, "debias": debias}
+    return Call(
+        "/compare",
+        body,
+        len(pairs),
+        lambda j: [r["prob_a"] for r in j["results"]],
+        lambda j: j["usage"]["input_tokens"],
+    )
+
+
 def rank_call(group: list[dict]) -> Call:
     first = group[0]
     body = {"prompt": first["prompt"], "responses": [s["response"] for s in group]}

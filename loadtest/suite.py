@@ -25,6 +25,10 @@ machine noise hits both sides and no round repeats another's samples into a cach
   tag; the prefix cache shares the earlier steps) against one ``token_classify`` request per item with
   vLLM's step pooling (no prefix cache), each a ``vlreward serve --backend vllm``: step lists at
   concurrency 16, and GRPO groups of 8 step lists sharing one prompt and image;
+- judge (a generative checkpoint on the same backbone, the generic declaration, read from logits):
+  ``/score`` (its pointwise rating) and ``/compare`` (pairs asked in both orders) at concurrency 8 against
+  the model card's loop (``Qwen2_5_VLForConditionalGeneration``, one question at a time, the verdict
+  tokens' logits read at the last position);
 - two models: one ``vlreward serve`` holding both against two servers with one each, on the same machine
   and the same traffic (one-sample calls, half to each model; throughput and p99);
 - vLLM backend: ``vlreward serve --backend vllm`` against ``vllm serve`` (``/classify``, chat form with
@@ -53,7 +57,7 @@ import torch
 import typer
 from tqdm import tqdm
 
-from loadtest.loadgen import Call, Run, classify_call, closed_loop, quantile, rank_call, score_call
+from loadtest.loadgen import Call, Run, classify_call, closed_loop, compare_call, quantile, rank_call, score_call
 from loadtest.report import interquartile
 from loadtest.servers import ServerProcess, start_vllm_serve, start_vlreward
 from loadtest.workload import Mix, make_groups, make_samples
@@ -151,7 +155,7 @@ def formatted(backend, sample: dict):
     """A Sample dict formatted for ``backend`` (images decoded in process, as a user's own loop does)."""
     from vlreward.service.prepare import prepare_request_sample
 
-    return prepare_request_sample(sample, backend.processor)
+    return prepare_request_sample(sample, backend.processor, judge=backend.judge)
 
 
 def _in_process_run(samples: int, seconds: float) -> dict:
@@ -306,7 +310,7 @@ def grpo_and_rank(server: ServerProcess, backend, plan: Plan, checks: Checks) ->
     return comparisons
 
 
-SECTIONS = ("transformers", "process", "process-vllm", "models", "vllm")
+SECTIONS = ("transformers", "process", "process-vllm", "judge", "models", "vllm")
 """The suite's sections, in the order they run."""
 MODELS_CONCURRENCY = 16
 """Calls in flight in the two-models rows, half to each model."""
@@ -410,6 +414,107 @@ def process_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]
                SAME_BACKEND)  # fmt: skip
     checks.add("/score, PRM G=8 own images", own_scores, [aggregate(s) for g in own[0] for s in g], SAME_BACKEND)
     return [service, groups]
+
+
+def judge_like(model: Path) -> Path:
+    """A judge on ``model``'s backbone (its head dropped): a generative checkpoint declaring the generic
+    judge, its LM head the tied embeddings', with its probe."""
+    from vlreward.service.backends.transformers import stamp_reference_probe
+    from vlreward.service.judge import read_declaration
+    from vlreward.training.judge import judge_model_from_base, save_judge_model
+
+    judge = read_declaration("generic")
+    network, processor = judge_model_from_base(model, judge)
+    path = save_judge_model(network, processor, Path(tempfile.mkdtemp(prefix="suite-")) / "judge", judge, model)
+    stamp_reference_probe(path)
+    return path
+
+
+def card_judge(judge_dir: Path) -> Callable[[list], list[list[float]]]:
+    """The model card's way to read a judge: transformers' generative model, one formatted question at a
+    time, the next-token logits of the verdict tokens (relative to the first's, as the service gives them)."""
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from vlreward.service.judge import declared_judge, verdict_token_ids
+
+    network = Qwen2_5_VLForConditionalGeneration.from_pretrained(judge_dir, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(judge_dir)
+    ids = verdict_token_ids(declared_judge(judge_dir), processor.tokenizer)
+
+    @torch.inference_mode()
+    def read(questions: list) -> list[list[float]]:
+        verdicts = []
+        for question in questions:
+            inputs = processor(text=[question.text], images=question.images or None, return_tensors="pt")
+            logits = network(**inputs).logits[0, -1, ids]
+            verdicts.append((logits - logits[0]).tolist())
+        return verdicts
+
+    return read
+
+
+def judge_pairs(samples: list[dict]) -> list[dict]:
+    """Pairs of one sample's prompt and images: its response against the next sample's."""
+    pairs = []
+    for sample, other in zip(samples, samples[1:] + samples[:1], strict=True):
+        shared = {key: value for key, value in sample.items() if key != "response"}
+        pairs.append({**shared, "a": sample["response"], "b": other["response"]})
+    return pairs
+
+
+def judge_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
+    """A judge read from logits through ``vlreward serve`` against the model card's loop: pointwise
+    ratings (/score) and debiased pairwise verdicts (/compare, both orders) at concurrency 8."""
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.judge import debiased
+    from vlreward.service.media import MediaPolicy
+    from vlreward.service.model.formatting import format_judged_pair
+    from vlreward.service.prepare import load_images
+    from vlreward.service.schemas import ComparePair
+
+    judge_dir = judge_like(model)
+    backend = TransformersBackend(judge_dir, dtype="float32", device="cpu")
+    judge = backend.judge
+    read = card_judge(judge_dir)
+    samples_of = {r: make_samples(Mix(samples=plan.samples).with_(seed=600 + r)) for r in range(plan.rounds)}
+    pairs_of = {
+        r: judge_pairs(make_samples(Mix(samples=plan.samples // 2).with_(seed=700 + r))) for r in range(plan.rounds)
+    }
+
+    def card_ratings(r: int) -> tuple[dict, list[float]]:
+        read([formatted(backend, samples_of[r][0])])  # warm-up
+        started = time.perf_counter()
+        ratings = [judge.rating(read([formatted(backend, sample)])[0]) for sample in samples_of[r]]
+        return _in_process_run(len(ratings), time.perf_counter() - started), ratings
+
+    def card_verdicts(r: int) -> tuple[dict, list[float]]:
+        started = time.perf_counter()
+        probs = []
+        for pair in pairs_of[r]:
+            a, b = ComparePair.model_validate(pair).samples()
+            images = load_images(a.image_refs(), a.image_params(), MediaPolicy(), 1 << 30, None)
+            both = [format_judged_pair(x, y, images, backend.processor, judge) for x, y in ((a, b), (b, a))]
+            first = [judge.prob_first(verdict) for verdict in read(both)]
+            probs.append(debiased(*first))
+        return _in_process_run(len(probs), time.perf_counter() - started), probs
+
+    server = start_vlreward(judge_dir, "transformers", dtype="float32", max_queue=100_000)
+    try:
+        rated, ours, card = alternate(
+            "judge /score c=8 / model-card loop", "vlreward serve, judge ratings, c=8",
+            "model-card loop, one question at a time", plan.rounds,
+            lambda r: http(server.url, [score_call([s]) for s in samples_of[r]], 8, warm_up=4), card_ratings,
+        )  # fmt: skip
+        compared, ours_pairs, card_pairs = alternate(
+            "judge /compare c=8 / model-card loop", "vlreward serve, judge /compare (both orders), c=8",
+            "model-card loop, both orders", plan.rounds,
+            lambda r: http(server.url, [compare_call([p]) for p in pairs_of[r]], 8, warm_up=4), card_verdicts,
+        )  # fmt: skip
+    finally:
+        server.stop()
+    checks.add("/score, judge ratings", ours, card, ACROSS_BACKENDS)
+    checks.add("/compare, judge (debiased)", ours_pairs, card_pairs, ACROSS_BACKENDS)
+    return [rated, compared]
 
 
 def process_vllm_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
@@ -700,6 +805,8 @@ def main(
         comparisons += process_section(model, plan, checks)
     if "process-vllm" in chosen:
         comparisons += process_vllm_section(model, plan, checks)
+    if "judge" in chosen:
+        comparisons += judge_section(model, plan, checks)
     if "models" in chosen:
         comparisons += models_section(model, plan, checks)
     if "vllm" in chosen:
