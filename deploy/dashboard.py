@@ -144,6 +144,11 @@ ROWS = [
             (f"histogram_quantile(0.5, sum by (model, le) (rate(vlreward_score_bucket{S}[1h] offset 1d)))",
              "a day ago {{model}}"),
         ]),
+        PanelSpec("Judges: pairs whose two orders disagree", [
+            (f'sum by (model) (rate(vlreward_judge_debiased_pairs_total{{{SCOPE}, orders="disagree"}}[{RATE}]))'
+             f" / sum by (model) (rate(vlreward_judge_debiased_pairs_total{S}[{RATE}]))", "{{model}}"),
+        ], unit="percentunit", description="/compare with debias asks a judge both orders; a disagreement picks the "
+           "same position twice (position bias). Only judges have this series."),
     ]),
     RowSpec("Process", [
         PanelSpec("CPU (cores)", [(f"rate(process_cpu_seconds_total{SERVER}[{RATE}])", "{{instance}}")]),

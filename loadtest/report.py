@@ -98,6 +98,19 @@ def process_sweep_runs_table(report: dict) -> str:
     return runs_table(report["runs"], sweep_of(report))
 
 
+def judge_engine_table(report: dict) -> str:
+    """A judge's vLLM engine beside a reward model's on one backbone: start-up and resident memory."""
+    lines = ["| engine | start-up s (median, min–max) | engine RSS MiB (median) | rounds |",
+             "| --- | --- | --- | --- |"]  # fmt: skip
+    for name, rows in report["runs"].items():
+        starts = [r["start_s"] for r in rows]
+        memory = statistics.median(r["engine_rss_mib"] for r in rows)
+        lines.append(f"| {name} | {statistics.median(starts):.1f} ({min(starts):.1f}–{max(starts):.1f}) "
+                     f"| {memory:,.0f} | {len(rows)} |")  # fmt: skip
+    lines += ["", f"`{report['command']}`."]
+    return "\n".join(lines) + "\n"
+
+
 def eval_table(report: dict) -> str:
     from vlreward.training.evaluate import results_markdown
 
@@ -111,6 +124,7 @@ KINDS: dict[str, Callable[..., str]] = {
     "sweep_runs": sweep_runs_table,
     "process_sweep_summary": process_sweep_summary_table,
     "process_sweep_runs": process_sweep_runs_table,
+    "judge_engine": judge_engine_table,
     "eval": eval_table,
 }
 """How each kind of results file becomes a table (``gpu_pair`` takes two files joined by ``+``)."""
