@@ -170,3 +170,34 @@ def test_what_is_not_a_judge_is_refused_saying_how_to_serve_it(tiny_reward, tiny
         TransformersBackend(tiny_reward, judge="generic")
     with pytest.raises(CheckpointError, match="serve it as a judge with the `judge` setting"):
         TransformersBackend(tiny_base)
+
+
+@pytest.mark.parametrize("declaration", ["generic", "unifiedreward-qwen", "llava-critic-r1"])
+def test_each_built_in_declaration_asks_a_published_layout_judge_as_transformers_would(declaration, published_judge):
+    """Each built-in declaration's pairwise question on a checkpoint laid out like the published judges:
+    the verdict logits equal transformers' generative model's at the token after the answer prefix."""
+    import torch
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.judge import verdict_token_ids
+    from vlreward.service.media import MediaPolicy
+    from vlreward.service.model.formatting import format_judged_pair
+    from vlreward.service.prepare import load_images
+    from vlreward.service.schemas import ComparePair
+
+    backend = TransformersBackend(published_judge, dtype="float32", device="cpu", judge=declaration)
+    pair = {"prompt": "What colour is the circle?", "image": uri(shape_image("red")), "a": "Red.", "b": "Blue."}
+    a, b = ComparePair.model_validate(pair).samples()
+    images = load_images(a.image_refs(), a.image_params(), MediaPolicy(), 8, None)
+    question = format_judged_pair(a, b, images, backend.processor, backend.judge)
+    assert question.text.endswith(backend.judge.pairwise_answer) and "Red." in question.text
+    ours = backend.score_sync([question])[0]
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(published_judge, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(published_judge)
+    ids = verdict_token_ids(backend.judge, processor.tokenizer)
+    with torch.no_grad():
+        logits = model(**processor(text=[question.text], images=question.images, return_tensors="pt")).logits[
+            0, -1, ids
+        ]
+    assert ours == pytest.approx((logits - logits[0]).tolist(), abs=1e-4)

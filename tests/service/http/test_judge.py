@@ -101,6 +101,7 @@ def test_rank_get_reward_and_classify_give_the_pointwise_score(server, judge_bac
 def test_compare_debiases_exactly_antisymmetrically_and_counts_disagreeing_orders(server, judge_backend):
     before = {orders: server.metric("vlreward_judge_debiased_pairs_total", model="judge", orders=orders)
               for orders in ("agree", "disagree")}  # fmt: skip
+    shared_before = server.metric("vlreward_shared_prefix_runs_total", model="judge")
     body = post(server, "/compare", {"pairs": PAIRS}).json()
     assert body["model"] == "judge" and body["usage"]["images"] == 4  # each pair's image, in both orders
     disagreements = 0
@@ -116,6 +117,8 @@ def test_compare_debiases_exactly_antisymmetrically_and_counts_disagreeing_order
              for orders in ("agree", "disagree")}  # fmt: skip
     assert after["disagree"] - before["disagree"] == 2 * disagreements
     assert after["agree"] - before["agree"] == 2 * (len(PAIRS) - disagreements)
+    # a pair's two orders share the prompt and images: computed once for both questions
+    assert server.metric("vlreward_shared_prefix_runs_total", model="judge") - shared_before >= len(PAIRS)
 
 
 def test_without_debias_compare_asks_once_in_the_given_order(server, judge_backend):
