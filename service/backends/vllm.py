@@ -171,6 +171,9 @@ def require_reward_head(model_dir: Path) -> None:
         )
 
 
+MAX_VERDICT_TOKENS = 128
+"""The most token ids ``SamplingParams.logprob_token_ids`` takes (vLLM's ``MAX_LOGPROB_TOKEN_IDS``)."""
+
 STEP_SCORING: tuple[str, ...] = typing.get_args(Settings.model_fields["vllm_step_scoring"].annotation)
 """How the vLLM backend reads a process model's head at its step tags (the choices of ``vllm_step_scoring``)."""
 CPU_STEP_BLOCK_SIZE = 32
@@ -238,6 +241,11 @@ class VLLMBackend:
         self._tag_id = None if self.step_tag is None else step_tag_id(tokenizer, self.step_tag)
         self._image_pad_id = tokenizer.convert_tokens_to_ids(self.processor.image_token)
         self._verdict_ids = None if self.judge is None else verdict_token_ids(self.judge, tokenizer)
+        if self._verdict_ids is not None and len(set(self._verdict_ids)) > MAX_VERDICT_TOKENS:
+            raise CheckpointError(
+                f"judge {self.judge.name!r} has {len(set(self._verdict_ids))} verdict tokens; vLLM returns the "
+                f"log-probabilities of at most {MAX_VERDICT_TOKENS} (serve it with --backend transformers)"
+            )
         if engine.step_scoring not in STEP_SCORING:
             raise ValueError(f"vllm_step_scoring is {engine.step_scoring!r}; one of {', '.join(STEP_SCORING)}")
         self.step_scoring = None if self.process is None else engine.step_scoring

@@ -41,7 +41,8 @@ class Probe:
     scale: float | None = None
     """|head weight| * |final hidden state| of the sample: the bound 16-bit errors are relative to."""
     step_scores: list[float] | None = None
-    """A process model's head at each step tag (raw logits; ``score`` is the last); None for scalar models."""
+    """A process model's head at each step tag (raw logits), or a judge's verdict tokens' logits (relative to
+    the first's); ``score`` is the last. None for scalar models."""
 
 
 class ProbeMismatch(RuntimeError):
