@@ -135,7 +135,7 @@ JUDGED = [
 
 @pytest.mark.parametrize("layout", ["declared", "published", "tied"])
 def test_a_judges_verdict_logits_are_its_generative_models_next_token_logits(
-    layout, tiny_judge, published_judge, tiny_base
+    layout, tiny_judge, published_judge, tiny_base, tmp_path
 ):
     """The judge's head is its LM head's rows for the verdict tokens, read at the token after the prompt:
     the same numbers transformers' own generative model gives (an untied head in the published layout, or
@@ -146,8 +146,11 @@ def test_a_judges_verdict_logits_are_its_generative_models_next_token_logits(
     from vlreward.service.backends.transformers import TransformersBackend
     from vlreward.service.judge import verdict_token_ids
 
+    import shutil
+
+    tied = shutil.copytree(tiny_base, tmp_path / "tied")  # a copy: loading caches a hash beside the weights
     directory, setting = {"declared": (tiny_judge, None), "published": (published_judge, "generic"),
-                          "tied": (tiny_base, "generic")}[layout]  # fmt: skip
+                          "tied": (tied, "generic")}[layout]  # fmt: skip
     backend = TransformersBackend(directory, dtype="float32", device="cpu", judge=setting)
     formatted = [backend.format_request_sample(sample) for sample in JUDGED]
     ours = backend.score_sync(formatted)
