@@ -140,13 +140,13 @@ def test_a_judges_verdict_logits_are_its_generative_models_next_token_logits(
     """The judge's head is its LM head's rows for the verdict tokens, read at the token after the prompt:
     the same numbers transformers' own generative model gives (an untied head in the published layout, or
     a tied one read from the embeddings), relative to the first verdict token's."""
+    import shutil
+
     import torch
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     from vlreward.service.backends.transformers import TransformersBackend
     from vlreward.service.judge import verdict_token_ids
-
-    import shutil
 
     tied = shutil.copytree(tiny_base, tmp_path / "tied")  # a copy: loading caches a hash beside the weights
     directory, setting = {"declared": (tiny_judge, None), "published": (published_judge, "generic"),
