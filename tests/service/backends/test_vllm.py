@@ -524,7 +524,7 @@ def test_a_judge_on_vllm_rates_and_compares_as_on_transformers(vllm_judge_server
     assert info["kind"]["name"] == "judge" and info["judge"]["name"] == "generic" and info["backend"] == "vllm"
 
 
-def test_on_vllm_a_judge_is_batch_invariant_deterministic_and_exactly_antisymmetric(vllm_judge_server):
+def test_on_vllm_a_judge_is_batch_invariant_deterministic_and_antisymmetric(vllm_judge_server):
     items = judge_items()
     url = vllm_judge_server.url
     together = httpx.post(url + "/score", json={"items": items}, timeout=120).json()["scores"]
@@ -534,4 +534,6 @@ def test_on_vllm_a_judge_is_batch_invariant_deterministic_and_exactly_antisymmet
     forward = httpx.post(url + "/compare", json={"pairs": JUDGE_PAIRS}, timeout=120).json()["results"]
     swapped = [{**p, "a": p["b"], "b": p["a"]} for p in JUDGE_PAIRS]
     backward = httpx.post(url + "/compare", json={"pairs": swapped}, timeout=120).json()["results"]
-    assert [b["prob_a"] for b in backward] == [1.0 - f["prob_a"] for f in forward]
+    # The same two questions in the other roles: 1 - P up to the engine's own repeatability (a question asked
+    # again may read its prefix from the cache: ~1e-7 off); the formula's exactness is tests/service/test_judge.py's.
+    assert [b["prob_a"] for b in backward] == pytest.approx([1.0 - f["prob_a"] for f in forward], abs=1e-5)
