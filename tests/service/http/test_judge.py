@@ -98,7 +98,7 @@ def test_rank_get_reward_and_classify_give_the_pointwise_score(server, judge_bac
     assert classify["data"][0]["probs"] == pytest.approx(want, abs=1e-5)
 
 
-def test_compare_debiases_exactly_antisymmetrically_and_counts_disagreeing_orders(server, judge_backend):
+def test_compare_debiases_antisymmetrically_and_counts_disagreeing_orders(server, judge_backend):
     before = {orders: server.metric("vlreward_judge_debiased_pairs_total", model="judge", orders=orders)
               for orders in ("agree", "disagree")}  # fmt: skip
     shared_before = server.metric("vlreward_shared_prefix_runs_total", model="judge")
@@ -112,7 +112,9 @@ def test_compare_debiases_exactly_antisymmetrically_and_counts_disagreeing_order
         disagreements += (ab > 0.5) == (ba > 0.5)
     swapped = post(server, "/compare", {"pairs": [{**p, "a": p["b"], "b": p["a"]} for p in PAIRS]}).json()
     for forward, backward in zip(body["results"], swapped["results"], strict=True):
-        assert backward["prob_a"] == 1.0 - forward["prob_a"]  # exactly
+        # the same two questions in the other roles: 1 - P to the backend's batch tolerance (a question may run
+        # on another CPU lane's thread count, ~1e-8 off); the formula's exactness is tests/service/test_judge.py's
+        assert backward["prob_a"] == pytest.approx(1.0 - forward["prob_a"], abs=1e-5)
     after = {orders: server.metric("vlreward_judge_debiased_pairs_total", model="judge", orders=orders)
              for orders in ("agree", "disagree")}  # fmt: skip
     assert after["disagree"] - before["disagree"] == 2 * disagreements
