@@ -20,6 +20,7 @@ Torch-free: JSON, YAML and arithmetic.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -78,7 +79,7 @@ class JudgeDeclaration:
             template = getattr(self, form)
             if template is not None:
                 try:
-                    _environment().from_string(template)
+                    compiled(template)
                 except Exception as exc:  # jinja2's TemplateSyntaxError and its kin
                     raise JudgeError(f"judge {self.name!r}: the {form} template does not parse: {exc}") from None
 
@@ -131,17 +132,19 @@ class JudgeDeclaration:
         missing = set(TEMPLATE_VARIABLES[form]) - set(values)
         if missing:
             raise ValueError(f"{form} template values missing: {sorted(missing)}")
-        return _environment().from_string(template).render(**values)
+        return compiled(template).render(**values)
 
     def answer_prefix(self, form: str) -> str:
         return self.pointwise_answer if form == "pointwise" else self.pairwise_answer
 
 
-def _environment() -> Any:
-    """Templates come with checkpoints: rendered in jinja2's immutable sandbox, as chat templates are."""
+@functools.lru_cache(maxsize=64)
+def compiled(template: str) -> Any:
+    """A template compiled once (every question of a judge renders the same one or two). Templates come
+    with checkpoints: compiled in jinja2's immutable sandbox, as chat templates are."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    return ImmutableSandboxedEnvironment(keep_trailing_newline=True)
+    return ImmutableSandboxedEnvironment(keep_trailing_newline=True).from_string(template)
 
 
 def expected_value(logits: Sequence[float], values: Sequence[float]) -> float:
