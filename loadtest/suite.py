@@ -466,9 +466,8 @@ def judge_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
     """A judge read from logits through ``vlreward serve`` against the model card's loop: pointwise
     ratings (/score) and debiased pairwise verdicts (/compare, both orders) at concurrency 8."""
     from vlreward.service.backends.transformers import TransformersBackend
-    from vlreward.service.judge import debiased
     from vlreward.service.media import MediaPolicy
-    from vlreward.service.model.formatting import format_judged_pair
+    from vlreward.service.model.formatting import format_judged_orders
     from vlreward.service.prepare import load_images
     from vlreward.service.schemas import ComparePair
 
@@ -493,9 +492,7 @@ def judge_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
         for pair in pairs_of[r]:
             a, b = ComparePair.model_validate(pair).samples()
             images = load_images(a.image_refs(), a.image_params(), MediaPolicy(), 1 << 30, None)
-            both = [format_judged_pair(x, y, images, backend.processor, judge) for x, y in ((a, b), (b, a))]
-            first = [judge.prob_first(verdict) for verdict in read(both)]
-            probs.append(debiased(*first))
+            probs.append(judge.prob_a(read(format_judged_orders(a, b, images, backend.processor, judge))))
         return _in_process_run(len(probs), time.perf_counter() - started), probs
 
     server = start_vlreward(judge_dir, "transformers", dtype="float32", max_queue=100_000)

@@ -122,6 +122,12 @@ class JudgeDeclaration:
         n = len(self.ratings)
         return sigmoid(logits[n] - logits[n + 1])
 
+    def prob_a(self, questions: Sequence[Sequence[float]]) -> float:
+        """P(A better) of a pair from its questions' verdict logits: A first alone, or A first then B first
+        (debiased: :func:`debiased`)."""
+        first = [self.prob_first(logits) for logits in questions]
+        return first[0] if len(first) == 1 else debiased(*first)
+
     # -- prompts ------------------------------------------------------------------------------------
 
     def render(self, form: str, **values: str) -> str:

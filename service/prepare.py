@@ -17,6 +17,7 @@ from vlreward.service.media import MediaError, MediaPolicy, load_image
 from vlreward.service.model.formatting import (
     FormattedSample,
     FormattingError,
+    format_judged_orders,
     format_judged_pair,
     format_judged_templated,
     format_sample,
@@ -336,9 +337,8 @@ def prepare_pairs(
     for index, (a, b) in enumerate(pairs):
         param = f"pairs[{index}]"
         images = load_images(a.image_refs(), _located(a.image_params(), param), policy, limits.max_images, param)
-        orders = [(a, b), (b, a)] if debias else [(a, b)]
         try:
-            questions = [format_judged_pair(x, y, images, backend.processor, backend.judge) for x, y in orders]
+            questions = format_judged_orders(a, b, images, backend.processor, backend.judge, debias)
         except FormattingError as exc:
             raise ServiceError(str(exc), param=param) from exc
         items = backend.encode_shared(questions)

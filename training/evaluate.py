@@ -18,10 +18,9 @@ from typing import Any
 from tqdm import tqdm
 
 from vlreward.service.backends.base import Backend
-from vlreward.service.judge import debiased
 from vlreward.service.media import MediaPolicy
 from vlreward.service.model.checkpoint import checkpoint_hash, model_name
-from vlreward.service.model.formatting import format_judged_pair
+from vlreward.service.model.formatting import format_judged_orders
 from vlreward.service.prepare import load_images, prepare_request_sample, prepare_sample
 from vlreward.service.schemas import Sample
 from vlreward.training.benchmarks import COLUMNS, EvalPair, load_pairs, tables
@@ -69,10 +68,10 @@ def judge_preferences(
         questions = []
         for a, b in zip(chunk[0::2], chunk[1::2], strict=True):
             images = load_images(a.image_refs(), a.image_params(), policy, 1 << 30, None)
-            questions += [format_judged_pair(x, y, images, backend.processor, judge) for x, y in ((a, b), (b, a))]
-        first = [judge.prob_first(logits) for logits in backend.score_sync(questions)]
-        for ab, ba in zip(first[0::2], first[1::2], strict=True):
-            prob = debiased(ab, ba)
+            questions += format_judged_orders(a, b, images, backend.processor, judge)
+        logits = backend.score_sync(questions)
+        for start_pair in range(0, len(logits), 2):
+            prob = judge.prob_a(logits[start_pair : start_pair + 2])
             values += [prob, 1.0 - prob]
     return values
 

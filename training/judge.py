@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from vlreward.service.judge import JudgeDeclaration, debiased
+from vlreward.service.judge import JudgeDeclaration
 from vlreward.service.kinds import JUDGE, declare_kind
 from vlreward.service.media import MediaPolicy
 from vlreward.service.model.checkpoint import (
@@ -36,7 +36,7 @@ from vlreward.service.model.checkpoint import (
     write_weights,
 )
 from vlreward.service.model.encoding import EncodedSample, collate, encode_shared
-from vlreward.service.model.formatting import format_judged_pair, format_sample
+from vlreward.service.model.formatting import format_judged_orders, format_sample
 from vlreward.service.prepare import load_images
 from vlreward.training.data.schema import PreferenceRecord
 
@@ -66,9 +66,9 @@ def judge_examples(record: PreferenceRecord, root: Path, processor: Any, judge: 
     images = load_images(chosen.image_refs(), chosen.image_params(), MediaPolicy(media_root=root), 1 << 30, None)
     n = len(judge.ratings)
     questions = []
-    if judge.compares and not record.tie:
-        questions.append((format_judged_pair(chosen, rejected, images, processor, judge), PAIRWISE, n))
-        questions.append((format_judged_pair(rejected, chosen, images, processor, judge), PAIRWISE, n + 1))
+    if judge.compares and not record.tie:  # chosen first: answer 1; second: answer 2
+        orders = format_judged_orders(chosen, rejected, images, processor, judge)
+        questions += [(question, PAIRWISE, target) for question, target in zip(orders, (n, n + 1), strict=True)]
     if judge.rates:
         for side, sample in (("chosen", chosen), ("rejected", rejected)):
             if record.scores and side in record.scores:
@@ -138,7 +138,7 @@ def heldout_preferences(model: Any, dataset: JudgeDataset, batch_records: int = 
         for questions in records:
             pairwise = [logits[row + k] for k, e in enumerate(questions) if e.form == PAIRWISE]
             row += len(questions)
-            prob = debiased(judge.prob_first(pairwise[0]), judge.prob_first(pairwise[1]))
+            prob = judge.prob_a(pairwise)
             scores.append((prob, 1.0 - prob))
     return scores
 

@@ -210,6 +210,15 @@ def format_judged_pair(
     return format_judge(judge, "pairwise", question, [response_a, response_b], system, images, processor)
 
 
+def format_judged_orders(
+    a: Sample, b: Sample, images: list[Image.Image], processor: Any, judge: JudgeDeclaration, debias: bool = True
+) -> list[FormattedSample]:
+    """A pair as the judge's pairwise questions: A first and, with ``debias``, B first too (the order
+    :meth:`~vlreward.service.judge.JudgeDeclaration.prob_a` reads their verdicts in)."""
+    orders = [(a, b), (b, a)] if debias else [(a, b)]
+    return [format_judged_pair(first, second, images, processor, judge) for first, second in orders]
+
+
 _TURN = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>\s*|$)", re.DOTALL)
 _IMAGE_RUN = re.compile(f"{re.escape(VISION_START)}(?:{re.escape(IMAGE_PAD)})+{re.escape(VISION_END)}")
 
