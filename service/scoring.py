@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from vlreward.service.backends.base import EncodedInput
 from vlreward.service.batching import BatchResult, Groups
 from vlreward.service.errors import EngineBroken, ErrorKind, ServiceError, too_large
-from vlreward.service.judge import debiased, orders_disagree
+from vlreward.service.judge import orders_disagree
 from vlreward.service.kinds import refuse_unaccepted, sigmoid
 from vlreward.service.lifecycle import ServedModel, ServiceState
 from vlreward.service.prepare import prepare_items, prepare_pairs, prepare_rank, prepare_templated
@@ -81,18 +81,23 @@ KIND_REQUEST_FIELDS = ("aggregate", "response_as_step")
 """Request fields only some kinds read (each kind lists the ones it accepts)."""
 
 
+JUDGE_FORMS = {"pointwise": ("only compares", "/compare"), "pairwise": ("only rates", "/score or /rank")}
+"""A judge's two forms: what a judge without one does, and the routes that ask the other."""
+
+
 def _model_for(
-    state: ServiceState, body: Any, items: Sequence[Any] = (), param: str = "items", pointwise: bool = True
+    state: ServiceState, body: Any, items: Sequence[Any] = (), param: str = "items", form: str = "pointwise"
 ) -> ServedModel:
     """The model a request chose (404 for an unknown name), after checking that its kind accepts every
     kind-specific field the request and its items set (400 naming the first that it does not). Items are
-    at ``param[i]``; an empty ``param`` means the one item is the request itself. A route that scores items
-    one by one (``pointwise``) refuses a judge that only compares."""
+    at ``param[i]``; an empty ``param`` means the one item is the request itself. A judge must declare the
+    ``form`` the route asks in (pointwise: every route but /compare)."""
     model = state.model(body.model)
-    if pointwise and model.judge is not None and not model.judge.rates:
+    if model.judge is not None and getattr(model.judge, form) is None:
+        does, ask = JUDGE_FORMS[form]
         raise ServiceError(
-            f"model {model.name!r} is a judge that only compares (its declaration {model.judge.name!r} has no "
-            "pointwise template): ask /compare",
+            f"model {model.name!r} is a judge that {does} (its declaration {model.judge.name!r} has no {form} "
+            f"template): ask {ask}",
             kind=ErrorKind.INVALID_REQUEST,
             param="model",
         )
@@ -233,7 +238,7 @@ async def compare(state: ServiceState, body: CompareRequest, body_bytes: int | N
     samples = [sample for pair in body.pairs for sample in pair.samples()]
     where = lambda i: f"pairs[{i // 2}].{'ab'[i % 2]}"  # noqa: E731
     try:
-        model = _model_for(state, body, samples, "items", pointwise=False)
+        model = _model_for(state, body, samples, "items", form="pairwise")
     except ServiceError as exc:
         raise exc.at(_pair_param(exc.param, where)) from None
     if model.judge is not None:
@@ -262,13 +267,6 @@ async def _judge_compare(
     """/compare with a judge: P(first better) of each question; with ``debias`` the pair's two orders
     combined exactly antisymmetrically, and whether they agreed counted."""
     judge = model.judge
-    if not judge.compares:
-        raise ServiceError(
-            f"model {model.name!r} is a judge that only rates (its declaration {judge.name!r} has no pairwise "
-            "template): ask /score or /rank",
-            kind=ErrorKind.INVALID_REQUEST,
-            param="model",
-        )
     pairs = list(zip(samples[0::2], samples[1::2], strict=True))
     async with state.admitted(model) as policy:
         _check_count(len(body.pairs), state.settings.max_items // 2, "pairs", "pairs")
@@ -279,13 +277,12 @@ async def _judge_compare(
         result, tokens, images = await _schedule(model, "/compare", encoded, body.timeout_s, started, groups)
         per_pair = 2 if body.debias else 1
         logits = _scores_or_raise(result, lambda i: f"pairs[{i // per_pair}]")
-        first = [judge.prob_first(question) for question in logits]
+        questions = [logits[i : i + per_pair] for i in range(0, len(logits), per_pair)]
         if body.debias:
-            probs = [debiased(ab, ba) for ab, ba in zip(first[0::2], first[1::2], strict=True)]
-            for ab, ba in zip(first[0::2], first[1::2], strict=True):
-                model.metrics.judge_orders["disagree" if orders_disagree(ab, ba) else "agree"].inc()
-        else:
-            probs = first
+            for ab, ba in questions:
+                disagree = orders_disagree(judge.prob_first(ab), judge.prob_first(ba))
+                model.metrics.judge_orders["disagree" if disagree else "agree"].inc()
+        probs = [judge.prob_a(pair) for pair in questions]
         return Scored(model.name, probs, tokens, images, result.queue_ms, result.inference_ms)
 
 
