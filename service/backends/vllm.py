@@ -241,9 +241,12 @@ class VLLMBackend:
         self._tag_id = None if self.step_tag is None else step_tag_id(tokenizer, self.step_tag)
         self._image_pad_id = tokenizer.convert_tokens_to_ids(self.processor.image_token)
         self._verdict_ids = None if self.judge is None else verdict_token_ids(self.judge, tokenizer)
-        if self._verdict_ids is not None and len(set(self._verdict_ids)) > MAX_VERDICT_TOKENS:
+        """A judge's verdict tokens in its outputs' order."""
+        self._distinct_verdict_ids = list(dict.fromkeys(self._verdict_ids or []))
+        """The ones the engine is asked for (a digit may be both a rating and an answer)."""
+        if len(self._distinct_verdict_ids) > MAX_VERDICT_TOKENS:
             raise CheckpointError(
-                f"judge {self.judge.name!r} has {len(set(self._verdict_ids))} verdict tokens; vLLM returns the "
+                f"judge {self.judge.name!r} has {len(self._distinct_verdict_ids)} verdict tokens; vLLM returns the "
                 f"log-probabilities of at most {MAX_VERDICT_TOKENS} (serve it with --backend transformers)"
             )
         if engine.step_scoring not in STEP_SCORING:
@@ -370,7 +373,7 @@ class VLLMBackend:
         minus the first verdict token's (as the transformers backend gives them)."""
         from vllm import SamplingParams
 
-        wanted = list(dict.fromkeys(self._verdict_ids))
+        wanted = self._distinct_verdict_ids
         params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=wanted, detokenize=False)
         logprobs = (await self._request(item.token_ids, item.images, params)).outputs[0].logprobs[0]
         values = [logprobs[token].logprob for token in self._verdict_ids]
