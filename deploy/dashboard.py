@@ -149,6 +149,11 @@ ROWS = [
              f" / sum by (model) (rate(vlreward_judge_debiased_pairs_total{S}[{RATE}]))", "{{model}}"),
         ], unit="percentunit", description="/compare with debias asks a judge both orders; a disagreement picks the "
            "same position twice (position bias). Only judges have this series."),
+        PanelSpec("Judges: generated answers without a parsed verdict", [
+            (f"sum by (model, reason) (rate(vlreward_judge_parse_failures_total{S}[{RATE}]))", "{{model}} {{reason}}"),
+            (f"sum by (model) (rate(vlreward_judge_generated_tokens_total{S}[{RATE}]))", "{{model}} tokens/s"),
+        ], description="Generate mode: a verdict the declared pattern cannot read is an item error, never a default; "
+           "a rising rate means a judge that stopped following its answer format (or too few max_new_tokens)."),
     ]),
     RowSpec("Process", [
         PanelSpec("CPU (cores)", [(f"rate(process_cpu_seconds_total{SERVER}[{RATE}])", "{{instance}}")]),

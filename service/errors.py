@@ -41,6 +41,9 @@ class ErrorKind(StrEnum):
     """The request line and headers are over the header limit."""
     CLIENT_CLOSED = "client_closed"
     """The client went away before its scores were ready."""
+    UNPARSED_VERDICT = "unparsed_verdict"
+    """A judge's generated answers gave no verdict its declaration's rule could read (the request was fine;
+    another seed, more samples or more new tokens may succeed)."""
     INTERNAL = "internal"
     """A fault of the service, never a client's mistake."""
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +66,33 @@ class JudgeDeclaration:
     """Text the judge's answer starts with, before the rating token (e.g. ``Rating: ``)."""
     pairwise_answer: str = ""
     """Text the judge's answer starts with, before the answer token."""
+    mode: str = "logits"
+    """How requests that do not say are answered: ``logits`` (the verdict token read in one forward pass) or
+    ``generate`` (the judge writes a critique, then its verdict, which is parsed)."""
+    generate_prefix: str = ""
+    """Generate mode: text the judge's answer is opened with (e.g. ``<think>\\n`` for an R1-style judge)."""
+    max_new_tokens: int = 256
+    """Generate mode: new tokens when the request does not say (within the server's limit)."""
+    pointwise_verdict: str | None = None
+    """Generate mode: the regular expression whose first group is the rating token, the last match in the
+    text counting (None: the pointwise answer prefix, then the token: ``Rating:\\s*(\\S+)``)."""
+    pairwise_verdict: str | None = None
+    """Generate mode: the same for the answer token (None: from the pairwise answer prefix)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ratings", dict(self.ratings))
         object.__setattr__(self, "pair_tokens", tuple(self.pair_tokens))
+        if self.mode not in MODES:
+            raise JudgeError(f"judge {self.name!r}: mode is {self.mode!r}; one of {', '.join(MODES)}")
+        if self.max_new_tokens < 1:
+            raise JudgeError(f"judge {self.name!r}: max_new_tokens must be at least 1")
+        for form in ("pointwise", "pairwise"):
+            try:
+                pattern = self.verdict_pattern(form)
+            except re.error as exc:
+                raise JudgeError(f"judge {self.name!r}: the {form} verdict pattern does not compile: {exc}") from None
+            if pattern.groups != 1:
+                raise JudgeError(f"judge {self.name!r}: the {form} verdict pattern needs exactly one group")
         if self.pointwise is None and self.pairwise is None:
             raise JudgeError(f"judge {self.name!r} declares neither a pointwise nor a pairwise template")
         if (self.pointwise is not None) != (len(self.ratings) >= 2):
@@ -108,6 +132,7 @@ class JudgeDeclaration:
             "pairwise": self.compares,
             "ratings": {token: value for token, value in self.ratings.items()},
             "pair_tokens": list(self.pair_tokens),
+            "mode": self.mode,
         }
 
     # -- reading the head's outputs -------------------------------------------------------------------
@@ -142,6 +167,77 @@ class JudgeDeclaration:
 
     def answer_prefix(self, form: str) -> str:
         return self.pointwise_answer if form == "pointwise" else self.pairwise_answer
+
+    # -- generate mode ------------------------------------------------------------------------------
+
+    def verdict_pattern(self, form: str) -> re.Pattern[str]:
+        """The rule a generated answer's verdict is parsed by (see ``pointwise_verdict``)."""
+        declared = self.pointwise_verdict if form == "pointwise" else self.pairwise_verdict
+        if declared is None:
+            declared = re.escape(self.answer_prefix(form).strip()) + r"\s*(\S+)"
+        return _compiled_pattern(declared)
+
+    def for_generation(self) -> JudgeDeclaration:
+        """The declaration whose questions open the answer for generate mode (with ``generate_prefix``
+        instead of the verdict's answer prefix); parse verdicts with ``self``."""
+        return replace(
+            self,
+            pointwise_answer=self.generate_prefix,
+            pairwise_answer=self.generate_prefix,
+            pointwise_verdict=self.verdict_pattern("pointwise").pattern,
+            pairwise_verdict=self.verdict_pattern("pairwise").pattern,
+        )
+
+    def parse_verdict(self, form: str, text: str, truncated: bool = False) -> Verdict:
+        """A generated answer's verdict: the last match of the form's pattern, its group one of the form's
+        verdict tokens (surrounding brackets, quotes, asterisks and final punctuation ignored). Pointwise:
+        the rating's value; pairwise: 1.0 when the first response is better, 0.0 when the second."""
+        matches = list(self.verdict_pattern(form).finditer(text))
+        if not matches:
+            return Verdict(None, None, TRUNCATED if truncated else NO_VERDICT)
+        token = matches[-1].group(1).strip().strip(VERDICT_DECORATION)
+        if form == "pointwise":
+            if token in self.ratings:
+                return Verdict(float(self.ratings[token]), token, None)
+        elif token in self.pair_tokens:
+            return Verdict(1.0 if token == self.pair_tokens[0] else 0.0, token, None)
+        return Verdict(None, token, UNKNOWN_VERDICT)
+
+
+MODES = ("logits", "generate")
+"""How a judge answers: its verdict token's distribution read in one pass, or a generated critique + verdict."""
+
+NO_VERDICT, UNKNOWN_VERDICT, TRUNCATED = "no_verdict", "unknown_verdict", "truncated"
+PARSE_FAILURES = (NO_VERDICT, UNKNOWN_VERDICT, TRUNCATED)
+"""Why a generated answer gave no verdict: the pattern never matched; it matched a token that is not one of
+the form's; it never matched and the answer stopped at its token limit."""
+VERDICT_DECORATION = "[](){}*\"'`.,;:!"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One generated answer's parsed verdict (``value`` None: ``failure`` says why)."""
+
+    value: float | None
+    token: str | None
+    failure: str | None
+
+
+def vote(form: str, verdicts: Sequence[Verdict], flipped: Sequence[bool] = ()) -> float | None:
+    """The score of an item's parsed verdicts (None when none parsed). Pointwise: their mean rating.
+    Pairwise: the share of votes for A (a majority for A is > 0.5; ``flipped[k]``: verdict k was asked
+    with B first, so its 1.0 is a vote for B)."""
+    flips = list(flipped) or [False] * len(verdicts)
+    pairs = zip(verdicts, flips, strict=True)
+    values = [v.value if not flip else 1.0 - v.value for v, flip in pairs if v.value is not None]
+    if not values:
+        return None
+    return math.fsum(values) / len(values)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
 
 
 @functools.lru_cache(maxsize=64)
@@ -248,3 +344,32 @@ def verdict_token_ids(declaration: JudgeDeclaration, tokenizer: Any) -> list[int
             + " (a 1-10 scale, for one, needs another form: '10' is two tokens here)"
         )
     return ids
+
+
+# -- generate mode: what a backend is asked and answers ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """How a judge's answers are generated: ``samples`` answers per question, each at most
+    ``max_new_tokens``; ``temperature`` 0 is greedy; with ``seed`` the answers are reproducible."""
+
+    samples: int = 1
+    temperature: float = 0.0
+    max_new_tokens: int = 256
+    seed: int | None = None
+
+    def sample_seed(self, question: int, sample: int) -> int | None:
+        """The seed of one answer (None: unseeded), distinct for every question and sample of a request."""
+        if self.seed is None:
+            return None
+        return (self.seed * 1_000_003 + question * 1_009 + sample) % 2**31
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generated answer: its text, whether it stopped at ``max_new_tokens``, and its token count."""
+
+    text: str
+    truncated: bool
+    tokens: int

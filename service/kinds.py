@@ -59,6 +59,9 @@ SCALAR = ModelKind(
     score="the reward head's raw output at the last token (higher is better; unbounded)",
 )
 
+GENERATE_FIELDS = ("mode", "samples", "temperature", "max_new_tokens", "seed", "critique")
+"""The request fields of a judge's generate mode (/score, /compare)."""
+
 PROCESS = ModelKind(
     name="process",
     score="the aggregate (min, last, mean or product) of the step scores; each step score is the head's "
@@ -71,7 +74,10 @@ PROCESS = ModelKind(
 JUDGE = ModelKind(
     name="judge",
     score="a generative judge read from logits: the expected rating under its rating tokens' probabilities "
-    "(/score, /rank); /compare gives P(A better than B) from its two answer tokens",
+    "(/score, /rank); /compare gives P(A better than B) from its two answer tokens. In generate mode (mode: "
+    "generate) the mean of its parsed ratings, and on /compare the share of its votes for A",
+    request_fields=frozenset(GENERATE_FIELDS),
+    details=("verdicts", "parse_failures", "critiques"),
 )
 
 KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (SCALAR, PROCESS, JUDGE)}

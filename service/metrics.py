@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from vlreward.service.judge import PARSE_FAILURES
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
@@ -149,6 +151,20 @@ class Metrics:
             ["model", "orders"],
             registry=r,
         )
+        self.judge_parse_failures = Counter(
+            "vlreward_judge_parse_failures",
+            "Generated judge answers whose verdict could not be parsed, by reason (no_verdict: the declared pattern "
+            "never matched; unknown_verdict: it matched a token that is no verdict; truncated: no match and the "
+            "answer hit its token limit).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.judge_generated_tokens = Counter(
+            "vlreward_judge_generated_tokens",
+            "Tokens judges generated in generate mode (critiques and verdicts).",
+            ["model"],
+            registry=r,
+        )
         self.ready = Gauge(
             "vlreward_ready", "1 when the model is loaded, warmed, its probe passed and the server not draining.",
             ["model"], registry=r,
@@ -198,6 +214,10 @@ class ModelMetrics:
         self.score = metrics.score.labels(model=model)
         self.steps = metrics.steps.labels(model=model)
         self.judge_orders = {orders: metrics.judge_pairs.labels(model=model, orders=orders) for orders in JUDGE_ORDERS}
+        self.judge_parse_failures = {
+            reason: metrics.judge_parse_failures.labels(model=model, reason=reason) for reason in PARSE_FAILURES
+        }
+        self.judge_generated_tokens = metrics.judge_generated_tokens.labels(model=model)
         self.ready = metrics.ready.labels(model=model)
         for reason in MODEL_REJECTION_REASONS:
             metrics.rejected.labels(reason=reason, model=model)

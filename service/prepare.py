@@ -97,6 +97,19 @@ def prepare_request_sample(
     return prepare_sample(parsed, processor, policy, step_tag=step_tag, judge=judge)
 
 
+class GeneratingView:
+    """A judge's backend as its generate mode formats questions: the judge's answer is opened with its
+    ``generate_prefix`` (the judge writes its critique, then the verdict) instead of the verdict's answer
+    prefix. Everything else is the backend's; every ``prepare_*`` function takes it as a backend."""
+
+    def __init__(self, backend: Backend):
+        self._backend = backend
+        self.judge = backend.judge.for_generation()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+
 def formatted(backend: Backend, sample: Sample, images: list) -> FormattedSample:
     """A sample formatted for ``backend``'s model (its kind decides how)."""
     return format_sample(sample, images, backend.processor, backend.step_tag, backend.judge)

@@ -224,7 +224,37 @@ class Sample(_Strict):
 # HTTP requests and responses
 
 
-class ScoreRequest(_Strict):
+class JudgeGenerateFields(_Strict):
+    """The fields of a judge's generate mode (/score and /compare); other kinds refuse them."""
+
+    mode: Literal["logits", "generate"] | None = Field(
+        None,
+        description="Judges: `logits` reads the verdict token in one forward pass; `generate` has the judge write "
+        "a critique, then its verdict, parsed by the rule in its declaration. Default: the judge's declaration's.",
+    )
+    samples: int | None = Field(
+        None, ge=1, description="Generate mode: answers per question (pointwise: their mean; pairwise: the share of "
+        "votes for A). Default 1; at most the server's judge_max_samples.",
+    )  # fmt: skip
+    temperature: float | None = Field(
+        None, ge=0, le=2, description="Generate mode: sampling temperature (0: greedy). Default: 0 for one sample, "
+        "1 for several.",
+    )  # fmt: skip
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Generate mode: tokens per answer (default: the judge's declaration's; at most the "
+        "server's judge_max_new_tokens).",
+    )  # fmt: skip
+    seed: int | None = Field(
+        None, ge=0, lt=2**31, description="Generate mode: with a seed the same request gives the same answers "
+        "(on the same backend and build).",
+    )  # fmt: skip
+    critique: bool | None = Field(
+        None, description="Generate mode: true returns the judge's answers in `details[i].critiques` (422 in logits "
+        "mode).",
+    )  # fmt: skip
+
+
+class ScoreRequest(JudgeGenerateFields):
     """POST /score."""
 
     model: str | None = model_field()
@@ -354,7 +384,7 @@ class ComparePair(_SharedPrompt):
         return self._candidates([self.a, self.b])
 
 
-class CompareRequest(_Strict):
+class CompareRequest(JudgeGenerateFields):
     """POST /compare: pairs of responses to one prompt each; which is better, as a probability."""
 
     model: str | None = model_field()
@@ -376,6 +406,7 @@ class CompareResult(BaseModel):
 class CompareResponse(BaseModel):
     model: str
     results: list[CompareResult]
+    details: list[dict[str, Any] | None] | None = details_field()
     usage: Usage
 
 

@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 from vlreward.service.backends.base import EncodedInput
 from vlreward.service.batching import BatchResult, Groups
 from vlreward.service.errors import EngineBroken, ErrorKind, ServiceError, too_large
-from vlreward.service.judge import orders_disagree
-from vlreward.service.kinds import refuse_unaccepted, sigmoid
+from vlreward.service.judge import Generation, GenerationParams, Verdict, orders_disagree, vote
+from vlreward.service.kinds import GENERATE_FIELDS, refuse_unaccepted, sigmoid
 from vlreward.service.lifecycle import ServedModel, ServiceState
-from vlreward.service.prepare import prepare_items, prepare_pairs, prepare_rank, prepare_templated
+from vlreward.service.prepare import GeneratingView, prepare_items, prepare_pairs, prepare_rank, prepare_templated
 from vlreward.service.schemas import ClassifyRequest, CompareRequest, GetRewardRequest, RankRequest, ScoreRequest
 from vlreward.service.settings import Settings
 from vlreward.service.steps import as_one_step, refuse_without_steps, scored_steps
@@ -77,7 +77,7 @@ def _check_count(count: int, limit: int, what: str, param: str) -> None:
         raise too_large(f"{count} {what}; the limit is {limit}", param=param)
 
 
-KIND_REQUEST_FIELDS = ("aggregate", "response_as_step")
+KIND_REQUEST_FIELDS = ("aggregate", "response_as_step", *GENERATE_FIELDS)
 """Request fields only some kinds read (each kind lists the ones it accepts)."""
 
 
@@ -183,6 +183,9 @@ async def score_items(state: ServiceState, body: ScoreRequest, body_bytes: int |
     _check_timeout(body.timeout_s, state.settings)
     model = _model_for(state, body, body.items)
     items = [as_one_step(item) for item in body.items] if body.response_as_step else body.items
+    params = _generation(state.settings, model, body, len(items))
+    if params is not None:
+        return await _judge_generate_items(state, model, body, items, params, body_bytes, started)
     async with state.admitted(model) as policy:
         _check_count(len(items), state.settings.max_items, "items", "items")
         encoded, errors, groups = await _prepare(
@@ -242,6 +245,9 @@ async def compare(state: ServiceState, body: CompareRequest, body_bytes: int | N
     except ServiceError as exc:
         raise exc.at(_pair_param(exc.param, where)) from None
     if model.judge is not None:
+        params = _generation(state.settings, model, body, len(body.pairs) * (2 if body.debias else 1))
+        if params is not None:
+            return await _judge_generate_pairs(state, model, body, samples, params, body_bytes, started)
         return await _judge_compare(state, model, body, samples, body_bytes, started)
     async with state.admitted(model) as policy:
         _check_count(len(body.pairs), state.settings.max_items // 2, "pairs", "pairs")
@@ -284,6 +290,171 @@ async def _judge_compare(
                 model.metrics.judge_orders["disagree" if disagree else "agree"].inc()
         probs = [judge.prob_a(pair) for pair in questions]
         return Scored(model.name, probs, tokens, images, result.queue_ms, result.inference_ms)
+
+
+# -- a judge's generate mode ------------------------------------------------------------------------------
+
+
+def _generation(settings: Settings, model: ServedModel, body: Any, questions: int) -> GenerationParams | None:
+    """A judge request's generate mode within the server's limits (413 naming the limit), or None for logits
+    mode (where a generate-mode field is a 422). ``questions``: how many questions the request asks (items,
+    or pairs times orders)."""
+    judge = model.judge
+    if judge is None:
+        return None  # other kinds refused the fields already (_model_for)
+    asked = [name for name in GENERATE_FIELDS[1:] if getattr(body, name) not in (None, False)]
+    if (body.mode or judge.mode) == "logits":
+        if asked:
+            raise ServiceError(
+                f"`{asked[0]}` is for a judge's generate mode; this request reads its logits (send mode: generate)",
+                kind=ErrorKind.VALIDATION,
+                param=asked[0],
+            )
+        return None
+    samples = body.samples or 1
+    limits = [
+        (samples, settings.judge_max_samples, "samples", "samples per question", "judge_max_samples"),
+        (body.max_new_tokens or 0, settings.judge_max_new_tokens, "max_new_tokens", "new tokens",
+         "judge_max_new_tokens"),
+        (questions * samples, settings.judge_max_generations, "samples", "answers (questions x samples)",
+         "judge_max_generations"),
+    ]  # fmt: skip
+    for count, limit, param, what, setting in limits:
+        if count > limit:
+            raise too_large(f"{count} {what}; this server's limit is {limit} ({setting})", param=param)
+    return GenerationParams(
+        samples=samples,
+        temperature=body.temperature if body.temperature is not None else (0.0 if samples == 1 else 1.0),
+        max_new_tokens=body.max_new_tokens or min(judge.max_new_tokens, settings.judge_max_new_tokens),
+        seed=body.seed,
+    )
+
+
+async def _generate(
+    model: ServedModel, encoded: list[EncodedInput], params: GenerationParams, timeout_s: float | None, started: float
+) -> tuple[list[list[Generation]], float]:
+    """The judge's answers within what is left of the request's deadline (504 after it; the generation stops),
+    and how long they took (ms)."""
+    remaining = (timeout_s or model.settings.request_timeout_s) - (time.monotonic() - started)
+    began = time.monotonic()
+    try:
+        answers = await asyncio.wait_for(model.backend.generate(encoded, params), max(remaining, 0.001))
+    except TimeoutError:
+        message = "the request's deadline passed while the judge was writing"
+        raise ServiceError(message, kind=ErrorKind.TIMEOUT) from None
+    except EngineBroken as exc:
+        raise ServiceError(f"the scoring engine stopped: {exc}", kind=ErrorKind.UNHEALTHY) from exc
+    metrics = model.metrics
+    metrics.input_tokens.inc(sum(e.num_tokens for e in encoded))
+    metrics.images.inc(sum(e.num_images for e in encoded))
+    metrics.judge_generated_tokens.inc(sum(a.tokens for answers in answers for a in answers))
+    return answers, (time.monotonic() - began) * 1000
+
+
+def _parsed(model: ServedModel, form: str, answers: list[Generation]) -> list[Verdict]:
+    return [model.judge.parse_verdict(form, a.text, a.truncated) for a in answers]
+
+
+def _read_answers(
+    model: ServedModel, form: str, answers: list[Generation], flipped: list[bool], critique: bool, param: str
+) -> tuple[float | None, dict, ServiceError | None]:
+    """One item's answers: its score (their vote), its details, and its error when no verdict parsed."""
+    verdicts = _parsed(model, form, answers)
+    failures = [v.failure for v in verdicts if v.failure is not None]
+    for reason in failures:
+        model.metrics.judge_parse_failures[reason].inc()
+    if form == "pointwise":
+        shown = [v.value for v in verdicts]
+    else:
+        pairs = zip(verdicts, flipped, strict=True)
+        shown = [None if v.value is None else "ab"[int(v.value == flip)] for v, flip in pairs]
+    details: dict[str, Any] = {"verdicts": shown, "parse_failures": len(failures)}
+    if critique:
+        details["critiques"] = [a.text for a in answers]
+    score = vote(form, verdicts, flipped)
+    if score is not None:
+        return score, details, None
+    message = (
+        f"none of the judge's {len(answers)} answers had a verdict its declaration's rule reads "
+        f"({', '.join(sorted(set(failures)))}); try more max_new_tokens, samples or another seed"
+    )
+    return None, details, ServiceError(message, kind=ErrorKind.UNPARSED_VERDICT, param=param)
+
+
+async def _judge_generate_items(
+    state: ServiceState, model: ServedModel, body: ScoreRequest, items: list, params: GenerationParams,
+    body_bytes: int | None, started: float,
+) -> Scored:  # fmt: skip
+    """/score in a judge's generate mode: each item's pointwise question answered ``samples`` times; its
+    score is the mean parsed rating. An item without one is an item error (``on_error``)."""
+    async with state.admitted(model) as policy:
+        _check_count(len(items), state.settings.max_items, "items", "items")
+        encoded, errors, _ = await _prepare(
+            body_bytes, (ref for item in items for ref in item.image_refs()),
+            prepare_items, GeneratingView(model.backend), items, policy, model.limits, body.truncate,
+            body.on_error == "null",
+        )  # fmt: skip
+        positions = [i for i, e in enumerate(encoded) if e is not None]
+        answers, inference_ms = await _generate(model, [encoded[i] for i in positions], params, body.timeout_s, started)
+        model.metrics.samples("/score").inc(len(positions))
+        scores: list = [None] * len(items)
+        details: list = [None] * len(items)
+        for position, item_answers in zip(positions, answers, strict=True):
+            param = f"items[{position}]"
+            flipped = [False] * len(item_answers)
+            score, details[position], error = _read_answers(
+                model, "pointwise", item_answers, flipped, bool(body.critique), param
+            )
+            if error is not None:
+                errors.append((position, error))
+            scores[position] = score
+        if errors and body.on_error != "null":  # every answer read (and its failure counted) first
+            raise min(errors, key=lambda pair: pair[0])[1]
+        if errors:
+            model.metrics.reject("item_error", len(errors))
+        tokens = sum(encoded[i].num_tokens for i in positions)
+        images = sum(encoded[i].num_images for i in positions)
+        errors = sorted(errors, key=lambda pair: pair[0])
+        scored = Scored(model.name, scores, tokens, images, 0.0, inference_ms, errors, details)
+        for score in scores:
+            if score is not None:
+                model.metrics.score.observe(score)
+        return scored
+
+
+async def _judge_generate_pairs(
+    state: ServiceState, model: ServedModel, body: CompareRequest, samples: list, params: GenerationParams,
+    body_bytes: int | None, started: float,
+) -> Scored:  # fmt: skip
+    """/compare in a judge's generate mode: each pair's question (in both orders with ``debias``) answered
+    ``samples`` times; P(A > B) is the share of parsed votes for A. A pair without any fails the request."""
+    pairs = list(zip(samples[0::2], samples[1::2], strict=True))
+    per_pair = 2 if body.debias else 1
+    async with state.admitted(model) as policy:
+        _check_count(len(body.pairs), state.settings.max_items // 2, "pairs", "pairs")
+        encoded, _ = await _prepare(
+            body_bytes, (ref for a, _ in pairs for ref in a.image_refs()),
+            prepare_pairs, GeneratingView(model.backend), pairs, policy, model.limits, body.debias,
+        )  # fmt: skip
+        answers, inference_ms = await _generate(model, encoded, params, body.timeout_s, started)
+        model.metrics.samples("/compare").inc(len(encoded))
+        probs, details = [], []
+        for index in range(len(pairs)):
+            orders = answers[index * per_pair : (index + 1) * per_pair]
+            flat = [a for order in orders for a in order]
+            flipped = [k == 1 for k, order in enumerate(orders) for _ in order]
+            where = f"pairs[{index}]"
+            prob, detail, error = _read_answers(model, "pairwise", flat, flipped, bool(body.critique), where)
+            if error is not None:
+                raise error
+            if body.debias:  # each order's share of votes for its first response
+                shares = [vote("pairwise", _parsed(model, "pairwise", order)) for order in orders]
+                if None not in shares:
+                    model.metrics.judge_orders["disagree" if orders_disagree(*shares) else "agree"].inc()
+            probs.append(prob)
+            details.append(detail)
+        tokens, images = sum(e.num_tokens for e in encoded), sum(e.num_images for e in encoded)
+        return Scored(model.name, probs, tokens, images, 0.0, inference_ms, details=details)
 
 
 def _pair_param(param: str | None, where: Callable[[int], str]) -> str | None:

@@ -133,6 +133,18 @@ class Settings(BaseSettings):
     max_images: int = Field(8, description="Images per sample (vLLM: per prompt).", json_schema_extra=LIMIT)
     max_steps: int = Field(64, description="Steps per item (process models).", json_schema_extra=LIMIT)
     max_step_tokens: int = Field(1024, description="Tokens per step (process models).", json_schema_extra=LIMIT)
+    judge_max_new_tokens: int = Field(
+        1024, ge=1, description="New tokens per answer in a judge's generate mode.", json_schema_extra=LIMIT
+    )
+    judge_max_samples: int = Field(
+        16, ge=1, description="Answers per question in a judge's generate mode.", json_schema_extra=LIMIT
+    )
+    judge_max_generations: int = Field(
+        256,
+        ge=1,
+        description="Answers one generate-mode request asks for: items (or pairs x orders) x samples.",
+        json_schema_extra=LIMIT,
+    )
     max_image_pixels: int = Field(
         40_000_000, description="width*height of an image, checked before decoding.", json_schema_extra=LIMIT
     )

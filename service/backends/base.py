@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from vlreward.service.judge import JudgeDeclaration
+    from vlreward.service.judge import Generation, GenerationParams, JudgeDeclaration
     from vlreward.service.kinds import ProcessHead
     from vlreward.service.model.formatting import FormattedSample
 
@@ -76,6 +76,11 @@ class Backend(Protocol):
 
     async def score(self, samples: list[FormattedSample]) -> list[float]:
         """Raw rewards, one per sample, in order."""
+        ...
+
+    async def generate(self, questions: list[EncodedInput], params: GenerationParams) -> list[list[Generation]]:
+        """A judge's generate mode: ``params.samples`` answers to each encoded question, in order; cancelling
+        the call stops them."""
         ...
 
     def score_sync(self, samples: list[FormattedSample]) -> list[float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,9 +16,9 @@ import torch
 from vlreward.service.backends.facts import backend_facts
 from vlreward.service.batching import batch_tokens, lanes_for, plan_batches
 from vlreward.service.errors import EngineBroken, OutOfMemory
-from vlreward.service.judge import declared_judge
+from vlreward.service.judge import Generation, GenerationParams, declared_judge
 from vlreward.service.kinds import process_head
-from vlreward.service.model.checkpoint import load_reward_model, step_tag_id
+from vlreward.service.model.checkpoint import checkpoint_tensor_names, load_lm_head, load_reward_model, step_tag_id
 from vlreward.service.model.devices import choose_attention_kernels, release_device_memory, torch_placement
 from vlreward.service.model.encoding import (
     EncodedSample,
@@ -30,6 +31,7 @@ from vlreward.service.model.encoding import (
     with_prefix_key,
 )
 from vlreward.service.model.formatting import FormattedSample
+from vlreward.service.model.generation import JudgeGenerator
 from vlreward.service.model.probe import Probe, probe_sample, write_probe
 from vlreward.service.prepare import prepare_request_sample
 from vlreward.service.settings import Settings, default
@@ -94,6 +96,11 @@ class TransformersBackend:
         self.step_tag = None if self.process is None else self.process.step_tag
         self._tag_id = None if self.process is None else step_tag_id(self.processor.tokenizer, self.step_tag)
         self.model.cache_opening(opening_ids(self.processor))  # the system turn most samples start with
+        self.generator: JudgeGenerator | None = None
+        """A judge's generate mode: the backbone with the checkpoint's whole LM head (None for other kinds)."""
+        if self.judge is not None:
+            lm_head = load_lm_head(self.model, self.model_dir, checkpoint_tensor_names(self.model_dir))
+            self.generator = JudgeGenerator(self.model, lm_head, self.processor.tokenizer, max_batch_size)
         mlp_bytes = self.model.config.text_config.intermediate_size * self.model.dtype.itemsize
         self.max_batch_tokens = batch_tokens(max_batch_tokens, placement.device_type, mlp_bytes)
         """Padded tokens per forward pass: the setting, else the device's default for this model."""
@@ -189,6 +196,20 @@ class TransformersBackend:
     async def run_batch(self, batch: list[EncodedSample], threads: int | None = None) -> list[float]:
         """One forward pass over an already-formed batch (the service's batcher forms them)."""
         return await self._on_model_thread(self.model.score_batch, batch, self.padding_side, threads=threads)
+
+    async def generate(self, questions: list[EncodedSample], params: GenerationParams) -> list[list[Generation]]:
+        """A judge's answers to encoded questions (``params.samples`` each), batched on a model thread.
+        Cancelling the call stops the generation at its next token."""
+        stop = threading.Event()
+        try:
+            return await self._on_model_thread(self.generator.generate, questions, params, stop)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+
+    def generate_sync(self, questions: list[FormattedSample], params: GenerationParams) -> list[list[Generation]]:
+        """Blocking :meth:`generate` of formatted questions (evaluation, tests)."""
+        return self.generator.generate([self.encode(q) for q in questions], params)
 
     def format_request_sample(self, sample: dict) -> FormattedSample:
         """One sample in the HTTP JSON shape (inline images only), formatted for this model."""

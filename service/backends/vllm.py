@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from vlreward.service.backends.facts import backend_facts
-from vlreward.service.judge import declared_judge, verdict_token_ids
+from vlreward.service.judge import Generation, GenerationParams, declared_judge, verdict_token_ids
 from vlreward.service.kinds import PROCESS, SCALAR, checkpoint_kind, process_head
 from vlreward.service.model.checkpoint import (
     HEAD_WEIGHT,
@@ -378,6 +378,28 @@ class VLLMBackend:
         logprobs = (await self._request(item.token_ids, item.images, params)).outputs[0].logprobs[0]
         values = [logprobs[token].logprob for token in self._verdict_ids]
         return [value - values[0] for value in values]
+
+    async def generate(self, questions: list[VLLMInput], params: GenerationParams) -> list[list[Generation]]:
+        """A judge's answers to encoded questions (``params.samples`` each): every answer its own engine
+        request (seeded per answer, so a seeded request's answers do not depend on what else the engine
+        runs), batched continuously; the prefix cache shares a question's prompt between its answers.
+        Cancelling the call aborts them."""
+        answers = [
+            self._answer(item, params, params.sample_seed(q, s))
+            for q, item in enumerate(questions)
+            for s in range(params.samples)
+        ]
+        flat = await asyncio.gather(*answers)
+        return [list(flat[q * params.samples : (q + 1) * params.samples]) for q in range(len(questions))]
+
+    async def _answer(self, item: VLLMInput, params: GenerationParams, seed: int | None) -> Generation:
+        from vllm import SamplingParams
+
+        sampling = SamplingParams(
+            max_tokens=params.max_new_tokens, temperature=params.temperature, seed=seed, skip_special_tokens=True
+        )
+        output = (await self._request(item.token_ids, item.images, sampling)).outputs[0]
+        return Generation(text=output.text, truncated=output.finish_reason == "length", tokens=len(output.token_ids))
 
     async def _score_one(self, item: VLLMInput) -> float | list[float]:
         """A scalar model's logit at the last token; a process model's logits at its step tags; a judge's

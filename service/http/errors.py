@@ -29,6 +29,7 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.OVERLOADED: 429,
     ErrorKind.CLIENT_CLOSED: 499,
     ErrorKind.INTERNAL: 500,
+    ErrorKind.UNPARSED_VERDICT: 502,
     ErrorKind.NOT_READY: 503,
     ErrorKind.DRAINING: 503,
     ErrorKind.UNHEALTHY: 503,

@@ -95,7 +95,7 @@ async def rank(
     )
 
 
-@router.post("/compare", response_model=CompareResponse)
+@router.post("/compare", response_model=CompareResponse, response_model_exclude_none=True)
 @with_cancellation
 async def compare(
     body: CompareRequest, request: Request, response: Response, state: ServiceState = Depends(service_state)
@@ -108,7 +108,8 @@ async def compare(
     results = []
     for prob in scored.scores:
         results.append(CompareResult(prob_a=prob, verdict="a" if prob > 0.5 else "b" if prob < 0.5 else "tie"))
-    return CompareResponse(model=scored.model, results=results, usage=_account(request, response, scored))
+    usage = _account(request, response, scored)
+    return CompareResponse(model=scored.model, results=results, details=scored.details, usage=usage)
 
 
 @router.post("/get_reward", response_model=GetRewardResponse)

@@ -326,6 +326,21 @@ def load_verdict_rows(model: Any, directory: Path, names: set[str], token_ids: l
         model.score.weight.copy_(torch.cat([row.to(model.score.weight) for row in rows]))
 
 
+def load_lm_head(model: Any, directory: Path, names: set[str]) -> torch.Tensor:
+    """A generative checkpoint's whole LM head, [vocab, hidden], in the backbone's dtype and on its device
+    (a judge's generate mode; tied checkpoints: the input embeddings themselves, shared, not copied)."""
+    from safetensors import safe_open
+
+    embeddings = model.model.get_input_embeddings().weight
+    if LM_HEAD_WEIGHT not in names:
+        return embeddings.detach()
+    for path in weight_files(directory):
+        with safe_open(path, "pt") as handle:
+            if LM_HEAD_WEIGHT in handle.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                return handle.get_tensor(LM_HEAD_WEIGHT).to(device=embeddings.device, dtype=embeddings.dtype)
+    raise CheckpointError(f"{directory}: no tensor named {LM_HEAD_WEIGHT!r} in its weight files")
+
+
 def save_reward_model(model: Any, processor: Any, directory: str | Path, process: ProcessHead | None = None) -> Path:
     """Write a model + processor as a reward checkpoint (weights in the model's dtype); with ``process``,
     a process model whose head is read at that step tag."""
