@@ -98,7 +98,7 @@ def train(
     from vlreward.service.kinds import ProcessHead
     from vlreward.training.bootstrap import JUDGE_DECLARATION
     from vlreward.training.export import write_run_judge, write_run_process
-    from vlreward.training.judge import judge_model_from_base
+    from vlreward.training.judge import has_critiques, judge_model_from_base
     from vlreward.training.model import reward_model_from_base
     from vlreward.training.trainer import JudgeTrainer, PairwiseTrainer, StepTrainer
 
@@ -110,7 +110,7 @@ def train(
     if kind == "judge":
         judge = read_declaration(JUDGE_DECLARATION)
         write_run_judge(output, judge)
-        model, processor = judge_model_from_base(base_dir, judge)
+        model, processor = judge_model_from_base(base_dir, judge, critiques=has_critiques(data))
         trainer = JudgeTrainer(config, model, processor, data, output, heldout_dir=heldout, judge=judge)
         trainer.train(resume_from=resume)
         (output / "base_model.txt").write_text(str(base_dir) + "\n")
@@ -257,15 +257,24 @@ def data_synthetic(
     per_category: Annotated[
         int | None, typer.Option(help="Train pairs per category (held-out: a quarter); default: the default model's.")
     ] = None,
+    judge: Annotated[
+        bool, typer.Option(help="Also rate each response (1-5) and write templated critiques, for judges.")
+    ] = False,
 ) -> None:
     """Generate the synthetic preference set (the default model's data)."""
-    from vlreward.training.data.synthetic import HELDOUT_PER_CATEGORY, TRAIN_PER_CATEGORY, build_synthetic
+    from vlreward.training.data.synthetic import (
+        HELDOUT_PER_CATEGORY,
+        SYNTHETIC_RATINGS,
+        TRAIN_PER_CATEGORY,
+        build_synthetic,
+    )
 
     train, heldout = TRAIN_PER_CATEGORY, HELDOUT_PER_CATEGORY
     if per_category is not None:
         train = dict.fromkeys(TRAIN_PER_CATEGORY, per_category)
         heldout = dict.fromkeys(HELDOUT_PER_CATEGORY, max(1, per_category // 4))
-    train_dir, heldout_dir = build_synthetic(output, train, heldout, seed=seed)
+    ratings = SYNTHETIC_RATINGS if judge else None
+    train_dir, heldout_dir = build_synthetic(output, train, heldout, seed=seed, ratings=ratings, critiques=judge)
     typer.echo(f"wrote {train_dir} and {heldout_dir}", err=True)
 
 

@@ -86,10 +86,11 @@ def export_checkpoint(base_dir: Path, checkpoint_dir: Path, output_dir: Path) ->
     if judge is not None:
         from vlreward.training.judge import judge_model_from_base
 
-        model, processor = judge_model_from_base(base_dir, judge)
+        state = load_file(Path(checkpoint_dir) / "model.safetensors")
+        model, processor = judge_model_from_base(base_dir, judge, critiques="lm_head.weight" in state)
     else:
         model, processor = reward_model_from_base(base_dir, head_bias=False)
-    state = load_file(Path(checkpoint_dir) / "model.safetensors")
+        state = load_file(Path(checkpoint_dir) / "model.safetensors")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(

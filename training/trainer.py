@@ -29,7 +29,7 @@ from vlreward.service.kinds import ProcessHead
 from vlreward.training.collator import PairCollator, PairDataset
 from vlreward.training.config import StageConfig, TrainConfig
 from vlreward.training.data.schema import PreferenceRecord, StepRecord, read_records
-from vlreward.training.judge import JudgeCollator, JudgeDataset, heldout_preferences, judge_loss
+from vlreward.training.judge import JudgeCollator, JudgeDataset, answer_loss, heldout_preferences, judge_loss
 from vlreward.training.model import freeze_vision_encoder, parameter_groups, parameter_report
 from vlreward.training.pair_metrics import pairwise_accuracy, score_pairs
 from vlreward.training.steps import StepCollator, StepDataset, score_solutions, step_loss, step_metrics
@@ -336,11 +336,22 @@ class JudgeTrainer(PairwiseTrainer):
             held = [r for r in read_records(Path(heldout_dir)) if not r.tie][: self.config.eval_pairs]
             self.heldout = (held, JudgeDataset(held, Path(heldout_dir), processor, self.judge))
 
-    def batch_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-entropy on the verdict token, and the share of pairwise questions answered right."""
+    def batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy on the verdict token, and the share of pairwise questions answered right; where the
+        data has critiques, plus the cross-entropy of the answers to write (critique + verdict)."""
         targets, pointwise = batch.pop("targets"), batch.pop("pointwise")
+        answers, labels = batch.pop("answers", None), batch.pop("answer_labels", None)
         logits = self.model(**batch)
-        return judge_loss(logits, targets.to(logits.device), pointwise.to(logits.device), len(self.judge.ratings))
+        loss, accuracy = judge_loss(
+            logits, targets.to(logits.device), pointwise.to(logits.device), len(self.judge.ratings)
+        )
+        if answers is not None:
+            if self.accelerator.num_processes > 1:
+                raise RuntimeError("training a judge on critiques runs in one process (no torchrun) for now")
+            device = logits.device
+            answers = {k: v.to(device) for k, v in answers.items()}
+            loss = loss + answer_loss(self.unwrapped, answers, labels.to(device))
+        return loss, accuracy
 
     @staticmethod
     def headline(metrics: dict[str, Any]) -> str:

@@ -40,6 +40,12 @@ class PreferenceRecord(BaseModel):
     tie: bool = False
     margin: float | None = None
     scores: dict[str, float] | None = None
+    critiques: dict[str, str] | None = Field(
+        None,
+        description="What a judge writes before its verdict, per question: chosen_first and rejected_first (the "
+        "pairwise question in each order), chosen and rejected (the pointwise ones). A judge trained on them "
+        "learns critique + verdict (its generate mode).",
+    )
     meta: dict[str, Any] = Field(default_factory=dict, description="Generator or source details.")
 
     @property

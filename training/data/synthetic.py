@@ -265,9 +265,11 @@ def generate(
     exclude: set[tuple] | None = None,
     counterfactuals: bool = False,
     ratings: tuple[float, float] | None = None,
+    critiques: bool = False,
 ) -> tuple[list[PreferenceRecord], set[tuple]]:
     """Write ``per_category`` pairs (and their images) into ``out_dir``; items in ``exclude`` are skipped.
-    With ``ratings`` (chosen's, rejected's: :data:`SYNTHETIC_RATINGS`) each pair also rates its responses.
+    With ``ratings`` (chosen's, rejected's: :data:`SYNTHETIC_RATINGS`) each pair also rates its responses;
+    with ``critiques`` it carries short templated critiques (:func:`templated_critiques`).
 
     Returns the records and the keys used. Chosen/rejected positions are what they are: the model sees
     each separately, so there is no position bias to balance.
@@ -290,11 +292,27 @@ def generate(
                 chosen=item.chosen,
                 rejected=item.rejected,
                 scores=None if ratings is None else {"chosen": ratings[0], "rejected": ratings[1]},
+                critiques=templated_critiques(category) if critiques else None,
                 meta=meta,
             )
         )
     write_records(records, out_dir)
     return records, keys
+
+
+CRITIQUE_CLAIMS = {"hallucination": "matches the image", "reasoning": "reasons correctly"}
+"""What a synthetic chosen response does and its rejected one does not, by category (else: answers the question)."""
+
+
+def templated_critiques(category: str) -> dict[str, str]:
+    """A pair's short critiques, one template per question (the judge learns to write one, then its verdict)."""
+    claim = CRITIQUE_CLAIMS.get(category, "answers the question")
+    return {
+        "chosen_first": f"Response 1 {claim}; response 2 does not.",
+        "rejected_first": f"Response 2 {claim}; response 1 does not.",
+        "chosen": f"The response {claim}.",
+        "rejected": "The response does not; it is wrong.",
+    }
 
 
 SYNTHETIC_RATINGS = (5.0, 1.0)
@@ -309,12 +327,13 @@ def build_synthetic(
     heldout_per_category: dict[str, int],
     seed: int = 0,
     ratings: tuple[float, float] | None = None,
+    critiques: bool = False,
 ) -> tuple[Path, Path]:
     """Held-out first (with counterfactual images), then a train split that shares no item with it
-    (``ratings``: see :func:`generate`)."""
+    (``ratings``, ``critiques``: see :func:`generate`)."""
     heldout_dir, train_dir = out_dir / "heldout", out_dir / "train"
     _, heldout_keys = generate(
-        heldout_dir, heldout_per_category, seed, "heldout", counterfactuals=True, ratings=ratings
+        heldout_dir, heldout_per_category, seed, "heldout", counterfactuals=True, ratings=ratings, critiques=critiques
     )
-    generate(train_dir, train_per_category, seed, "train", exclude=heldout_keys, ratings=ratings)
+    generate(train_dir, train_per_category, seed, "train", exclude=heldout_keys, ratings=ratings, critiques=critiques)
     return train_dir, heldout_dir
