@@ -114,6 +114,50 @@ def published_judge(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -
     return build_judge_checkpoint(tiny_base, tmp_path_factory.mktemp("models") / "published-judge", judge=None)
 
 
+CRITIQUE_RECIPE = """
+name: critique-judge
+base_model: tiny
+batch_size: 4
+seed: 0
+log_every: 50
+eval_pairs: 40
+num_threads: 2
+stages:
+  - name: judge
+    learning_rate: 1.0e-3
+    epochs: 4
+    max_steps: 150
+    include_text: true
+    warmup_steps: 10
+"""
+
+
+@pytest.fixture(scope="session")
+def critique_judge(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny judge trained here on synthetic pairs with templated critiques (`vlreward data synthetic --judge`,
+    `vlreward train --kind judge`, `vlreward export`, as a user runs them; ~1 minute): in generate mode it
+    writes a short critique, then its verdict."""
+    root = tmp_path_factory.mktemp("critique-judge")
+    (root / "recipe.yaml").write_text(CRITIQUE_RECIPE)
+    commands = [
+        ["data", "synthetic", "--output", str(root / "data"), "--per-category", "40", "--judge"],
+        ["train", "--kind", "judge", "--recipe", str(root / "recipe.yaml"), "--data", str(root / "data" / "train"),
+         "--heldout", str(root / "data" / "heldout"), "--output", str(root / "run")],
+        ["export", "--checkpoint", str(root / "run" / "checkpoint-final"), "--output", str(root / "judge")],
+    ]  # fmt: skip
+    for command in commands:
+        done = subprocess.run([VLREWARD, *command], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return root / "judge"
+
+
+@pytest.fixture(scope="session")
+def critique_backend(critique_judge: Path):
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    return TransformersBackend(critique_judge, dtype="float32", device="cpu")
+
+
 @pytest.fixture(scope="session")
 def judge_backend(tiny_judge: Path):
     from vlreward.service.backends.transformers import TransformersBackend

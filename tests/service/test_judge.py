@@ -113,3 +113,48 @@ def test_the_setting_names_a_built_in_declaration_or_a_file_and_the_config_decla
     assert declared_judge(tmp_path) is None  # no config.json: not a judge
     with pytest.raises(JudgeError, match="name a built-in one"):
         declared_judge(tmp_path, "no-such-judge")
+
+
+# -- generate mode: the parse rule and the vote ------------------------------------------------------------
+
+
+def test_a_generated_verdict_is_the_last_match_of_the_declared_rule():
+    from vlreward.service.judge import NO_VERDICT, TRUNCATED, UNKNOWN_VERDICT, Verdict
+
+    judge = read_declaration("generic")
+    assert judge.parse_verdict("pointwise", "Rating: 2 at first.\nRating: **4**.") == Verdict(4.0, "4", None)
+    assert judge.parse_verdict("pairwise", "Better response: 2") == Verdict(0.0, "2", None)
+    assert judge.parse_verdict("pointwise", "Rating: 9").failure == UNKNOWN_VERDICT
+    assert judge.parse_verdict("pointwise", "I think it is fine.").failure == NO_VERDICT
+    assert judge.parse_verdict("pointwise", "I think it", truncated=True).failure == TRUNCATED
+    custom = from_mapping(judge.declaration() | {"pairwise_verdict": r"\[\[(\w)\]\]", "pair_tokens": ["A", "B"]}, "t")
+    assert custom.parse_verdict("pairwise", "so [[B]]") == Verdict(0.0, "B", None)
+
+
+def test_generate_mode_questions_open_with_the_generate_prefix_and_keep_the_rule():
+    judge = from_mapping(read_declaration("generic").declaration() | {"generate_prefix": "<think>\n"}, "t")
+    writer = judge.for_generation()
+    assert writer.pointwise_answer == writer.pairwise_answer == "<think>\n"
+    assert writer.verdict_pattern("pointwise").pattern == judge.verdict_pattern("pointwise").pattern
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"pointwise_verdict": "(unclosed"}, "does not compile"), ({"pairwise_verdict": "no group"}, "exactly one group"),
+     ({"mode": "sample"}, "one of logits, generate"), ({"max_new_tokens": 0}, "at least 1")],
+)  # fmt: skip
+def test_a_bad_generate_declaration_is_refused(change, message):
+    with pytest.raises(JudgeError, match=message):
+        from_mapping(read_declaration("generic").declaration() | change, "t")
+
+
+def test_the_vote_is_the_mean_rating_or_the_share_for_a_with_flipped_orders():
+    from vlreward.service.judge import Verdict, vote
+
+    ratings = [Verdict(5.0, "5", None), Verdict(None, None, "no_verdict"), Verdict(2.0, "2", None)]
+    assert vote("pointwise", ratings) == 3.5
+    first, second = Verdict(1.0, "1", None), Verdict(0.0, "2", None)
+    # A first: "1" votes A; B first: "2" (the second response, A) votes A too.
+    assert vote("pairwise", [first, second, second], [False, True, True]) == 1.0
+    assert vote("pairwise", [first, first], [False, True]) == 0.5
+    assert vote("pairwise", [Verdict(None, None, "truncated")]) is None

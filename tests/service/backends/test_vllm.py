@@ -487,15 +487,20 @@ JUDGE_PAIRS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def vllm_judge_server(tiny_judge):
-    """A judge on a generate-runner engine (its verdict tokens' log-probabilities)."""
+def judge_engine_server(model_dir):
+    """A live server of a judge on a generate-runner engine; its engine is stopped after."""
     from vlreward.service.backends.vllm import EngineSettings, VLLMBackend
 
-    backend = VLLMBackend(tiny_judge, engine=EngineSettings(gpu_memory_utilization=0.05))
+    backend = VLLMBackend(model_dir, engine=EngineSettings(gpu_memory_utilization=0.05))
     with LiveServer(backend, max_tokens=4000, max_items=64) as live:
         yield live
     backend.engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def vllm_judge_server(tiny_judge):
+    """A judge on a generate-runner engine (its verdict tokens' log-probabilities)."""
+    yield from judge_engine_server(tiny_judge)
 
 
 @pytest.fixture(scope="module")
@@ -537,3 +542,39 @@ def test_on_vllm_a_judge_is_batch_invariant_deterministic_and_antisymmetric(vllm
     # The same two questions in the other roles: 1 - P up to the engine's own repeatability (a question asked
     # again may read its prefix from the cache: ~1e-7 off); the formula's exactness is tests/service/test_judge.py's.
     assert [b["prob_a"] for b in backward] == pytest.approx([1.0 - f["prob_a"] for f in forward], abs=1e-5)
+
+
+# -- a judge's generate mode -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vllm_critique_server(critique_judge):
+    """The judge trained on critiques, on vLLM's generate engine."""
+    yield from judge_engine_server(critique_judge)
+
+
+def test_on_vllm_a_judge_writes_and_its_verdicts_are_parsed_as_on_transformers(vllm_critique_server, critique_backend):
+    items = judge_items()
+    body = {"items": items, "mode": "generate", "critique": True, "max_new_tokens": 40}
+    ours = httpx.post(vllm_critique_server.url + "/score", json=body, timeout=120).json()
+    with LiveServer(critique_backend) as hf:
+        theirs = httpx.post(hf.url + "/score", json=body, timeout=120).json()
+    assert all(d["parse_failures"] == 0 for d in ours["details"])
+    # Greedy on both engines: the same written answers (float32; a near-tie could differ, not on this model).
+    assert ours["details"] == theirs["details"] and ours["scores"] == theirs["scores"]
+    pairs = {"pairs": JUDGE_PAIRS, "mode": "generate", "max_new_tokens": 40}
+    compared = httpx.post(vllm_critique_server.url + "/compare", json=pairs, timeout=120).json()
+    assert all(None not in d["verdicts"] for d in compared["details"])
+
+
+def test_on_vllm_seeded_answers_repeat_whatever_else_the_engine_runs(vllm_critique_server):
+    url = vllm_critique_server.url + "/score"
+    body = {"items": judge_items()[:3], "mode": "generate", "samples": 3, "temperature": 1.0, "seed": 11,
+            "max_new_tokens": 40, "critique": True, "on_error": "null"}  # fmt: skip
+    alone = httpx.post(url, json=body, timeout=120).json()
+    with ThreadPoolExecutor(4) as pool:  # the same request beside others
+        others = [pool.submit(httpx.post, url, json=body | {"seed": s}, timeout=120) for s in range(3)]
+        again = pool.submit(httpx.post, url, json=body, timeout=120).result().json()
+        [other.result() for other in others]
+    assert again["details"] == alone["details"] and again["scores"] == alone["scores"]
+    assert {len(d["critiques"]) for d in alone["details"]} == {3}
