@@ -14,6 +14,8 @@ def _integral(value: Any) -> Any:
 PositiveJsonInt = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
 """An integer >= 1 as JSON Schema counts integers (``2.0`` is one), strict otherwise (no ``"2"``, no
 ``true``). The bound comes before the validator so that the schema states it as ``minimum``."""
+SeedJsonInt = Annotated[int, Field(ge=0, lt=2**31), BeforeValidator(_integral)]
+"""A seed: an integer in [0, 2^31) as JSON Schema counts integers."""
 
 MIN_TIMEOUT_S = 1.0
 """The shortest deadline a request may ask for: below it a request would time out on the server's own
@@ -232,20 +234,20 @@ class JudgeGenerateFields(_Strict):
         description="Judges: `logits` reads the verdict token in one forward pass; `generate` has the judge write "
         "a critique, then its verdict, parsed by the rule in its declaration. Default: the judge's declaration's.",
     )
-    samples: int | None = Field(
-        None, ge=1, description="Generate mode: answers per question (pointwise: their mean; pairwise: the share of "
+    samples: PositiveJsonInt | None = Field(
+        None, description="Generate mode: answers per question (pointwise: their mean; pairwise: the share of "
         "votes for A). Default 1; at most the server's judge_max_samples.",
     )  # fmt: skip
     temperature: float | None = Field(
         None, ge=0, le=2, description="Generate mode: sampling temperature (0: greedy). Default: 0 for one sample, "
         "1 for several.",
     )  # fmt: skip
-    max_new_tokens: int | None = Field(
-        None, ge=1, description="Generate mode: tokens per answer (default: the judge's declaration's; at most the "
+    max_new_tokens: PositiveJsonInt | None = Field(
+        None, description="Generate mode: tokens per answer (default: the judge's declaration's; at most the "
         "server's judge_max_new_tokens).",
     )  # fmt: skip
-    seed: int | None = Field(
-        None, ge=0, lt=2**31, description="Generate mode: with a seed the same request gives the same answers "
+    seed: SeedJsonInt | None = Field(
+        None, description="Generate mode: with a seed the same request gives the same answers "
         "(on the same backend and build).",
     )  # fmt: skip
     critique: bool | None = Field(
