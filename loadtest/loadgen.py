@@ -45,6 +45,8 @@ class Call:
     samples: int
     read_scores: Callable[[dict], list[float]]
     read_tokens: Callable[[dict], int]
+    read_written: Callable[[dict], tuple[int, list[str]]] | None = None
+    """Generating calls: the tokens written and the texts (answers) of a response."""
 
 
 @dataclass
@@ -57,6 +59,9 @@ class Run:
     scores: list[list[float] | None] = field(default_factory=list)
     samples: int = 0
     input_tokens: int = 0
+    output_tokens: int = 0
+    texts: list[list[str] | None] = field(default_factory=list)
+    """Generating calls' answers, by call."""
 
     def summary(self) -> dict:
         """vLLM's benchmark keys (latency as e2el) plus samples/s and errors by status."""
@@ -69,6 +74,7 @@ class Run:
             "request_throughput": completed / self.duration_s if self.duration_s else 0.0,
             "samples_per_s": self.samples / self.duration_s if self.duration_s else 0.0,
             "total_token_throughput": self.input_tokens / self.duration_s if self.duration_s else 0.0,
+            "output_token_throughput": self.output_tokens / self.duration_s if self.duration_s else 0.0,
             "mean_e2el_ms": statistics.fmean(latencies),
             "median_e2el_ms": statistics.median(latencies),
             "std_e2el_ms": statistics.pstdev(latencies),
@@ -97,6 +103,25 @@ def compare_call(pairs: list[dict], debias: bool = True) -> Call:
         lambda j: [r["prob_a"] for r in j["results"]],
         lambda j: j["usage"]["input_tokens"],
     )
+
+
+def generate_call(items: list[dict], max_new_tokens: int) -> Call:
+    """/score of a judge in generate mode, greedy, its answers returned (an unparsed verdict: a null score)."""
+    body = {"items": items, "mode": "generate", "max_new_tokens": max_new_tokens, "critique": True,
+            "on_error": "null"}  # fmt: skip
+    return Call(
+        "/score", body, len(items), lambda j: [], lambda j: j["usage"]["input_tokens"],
+        lambda j: (j["usage"]["output_tokens"], [c for d in j["details"] if d for c in d["critiques"]]),
+    )  # fmt: skip
+
+
+def chat_generate_call(messages: list[dict], model: str, max_new_tokens: int) -> Call:
+    """``vllm serve``'s /v1/chat/completions, greedy: what a user of vLLM's server sends a judge."""
+    body = {"model": model, "messages": messages, "max_tokens": max_new_tokens, "temperature": 0.0}
+    return Call(
+        "/v1/chat/completions", body, 1, lambda j: [], lambda j: j["usage"]["prompt_tokens"],
+        lambda j: (j["usage"]["completion_tokens"], [c["message"]["content"] for c in j["choices"]]),
+    )  # fmt: skip
 
 
 def rank_call(group: list[dict]) -> Call:
@@ -129,9 +154,12 @@ async def _send(client: httpx.AsyncClient, call: Call, run: Run, index: int, tim
     if status == 200:
         answer = response.json()
         run.scores[index] = call.read_scores(answer)
+        written = call.read_written(answer) if call.read_written else (0, None)
+        run.texts[index] = written[1]
         if timed:
             run.samples += call.samples
             run.input_tokens += call.read_tokens(answer)
+            run.output_tokens += written[0]
 
 
 async def closed_loop(
@@ -139,7 +167,7 @@ async def closed_loop(
 ) -> Run:
     """Send ``calls`` with ``concurrency`` in flight. The first ``warm_up`` calls go first, untimed (their
     scores and statuses count; they are not sent again, so no timed call finds its sample in a cache)."""
-    run = Run(scores=[None] * len(calls))
+    run = Run(scores=[None] * len(calls), texts=[None] * len(calls))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
         warm = min(warm_up, max(0, len(calls) - 1))  # at least one call is timed
@@ -160,7 +188,7 @@ async def closed_loop(
 
 async def open_loop(base_url: str, calls: list[Call], rate: float, seed: int = 0, label: str = "") -> Run:
     """Send ``calls`` as Poisson arrivals at ``rate`` requests/s, whatever the server's pace."""
-    run = Run(scores=[None] * len(calls))
+    run = Run(scores=[None] * len(calls), texts=[None] * len(calls))
     rng = random.Random(seed)
     async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=httpx.Limits(max_connections=None)) as client:
         with tqdm(total=len(calls), desc=label, file=sys.stderr, leave=False) as bar:

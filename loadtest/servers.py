@@ -27,13 +27,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def vllm_serve_command(model: Path, port: int, max_images: int = 2) -> list[str]:
-    """vLLM's own OpenAI server for a reward checkpoint: the classify runner, raw scores."""
+def vllm_serve_command(model: Path, port: int, max_images: int = 2, runner: str = "pooling") -> list[str]:
+    """vLLM's own OpenAI server: for a reward checkpoint the classify runner with raw scores; with ``runner``
+    ``generate``, for a generative checkpoint (a judge writing its answers)."""
+    pooling = ["--pooler-config", json.dumps({"use_activation": False})] if runner == "pooling" else []
     return [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-        "--runner", "pooling", "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.2",
-        "--limit-mm-per-prompt", json.dumps({"image": max_images, "video": 0}),
-        "--pooler-config", json.dumps({"use_activation": False}), "--port", str(port),
+        "--runner", runner, "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.2",
+        "--limit-mm-per-prompt", json.dumps({"image": max_images, "video": 0}), *pooling, "--port", str(port),
     ]  # fmt: skip
 
 
@@ -93,10 +94,10 @@ ALL_CORES = {RESERVED_CPU_ENV: "0"}
 as our engine worker has them on a host of 4 cores or fewer."""
 
 
-def start_vllm_serve(model: Path, all_cores: bool = False) -> ServerProcess:
+def start_vllm_serve(model: Path, all_cores: bool = False, runner: str = "pooling") -> ServerProcess:
     """``vllm serve`` as a user starts it, or with ``all_cores`` (:data:`ALL_CORES`)."""
     port = free_port()
-    return start(vllm_serve_command(model, port), port, "/health", ALL_CORES if all_cores else None)
+    return start(vllm_serve_command(model, port, runner=runner), port, "/health", ALL_CORES if all_cores else None)
 
 
 def start_vlreward(model: Path | dict[str, Path], backend: str, **settings: str) -> ServerProcess:

@@ -29,13 +29,17 @@ machine noise hits both sides and no round repeats another's samples into a cach
   ``/score`` (its pointwise rating) and ``/compare`` (pairs asked in both orders) at concurrency 8 against
   the model card's loop (``Qwen2_5_VLForConditionalGeneration``, one question at a time, the verdict
   tokens' logits read at the last position);
+- judge, generate mode: the same judge writing its answers (greedy, 32 new tokens at most) through
+  ``vlreward serve --backend vllm`` against ``vllm serve --runner generate`` sent the same prompts as chat
+  messages, at concurrency 16: tokens written per second (both answers must be the same text);
 - two models: one ``vlreward serve`` holding both against two servers with one each, on the same machine
   and the same traffic (one-sample calls, half to each model; throughput and p99);
 - vLLM backend: ``vlreward serve --backend vllm`` against ``vllm serve`` (``/classify``, chat form with
   images, raw scores) at concurrency 1 / 16 / 64, and against the in-process limit (vLLM's AsyncLLM fed
   the same prompts and images through our backend class, no HTTP).
 
-Ratios are A/B of samples/s (latency: B/A), reported as the median over rounds with min and max. Every
+Ratios are A/B of samples/s (latency: B/A; the judge's generate row: of tokens written per second),
+reported as the median over rounds with min and max. Every
 path's scores are checked against the in-process solo scores (1e-5 on the same backend, 1e-4 across
 backends); a difference fails the command. Writes ``suite_<size>.json`` and ``.png``.
 """
@@ -57,7 +61,18 @@ import torch
 import typer
 from tqdm import tqdm
 
-from loadtest.loadgen import Call, Run, classify_call, closed_loop, compare_call, quantile, rank_call, score_call
+from loadtest.loadgen import (
+    Call,
+    Run,
+    chat_generate_call,
+    classify_call,
+    closed_loop,
+    compare_call,
+    generate_call,
+    quantile,
+    rank_call,
+    score_call,
+)
 from loadtest.report import interquartile
 from loadtest.servers import ServerProcess, start_vllm_serve, start_vlreward
 from loadtest.workload import Mix, make_groups, make_samples
@@ -146,6 +161,12 @@ class Checks:
         diff = max((abs(a - b) for a, b in zip(got, expected, strict=True)), default=0.0)
         self.rows.append({"path": path, "max_abs_diff": diff, "tolerance": tolerance, "ok": diff <= tolerance})
 
+    def add_same(self, path: str, got: list[str], expected: list[str]) -> None:
+        """Texts that must be identical (generated answers): the share that differ, tolerance 0."""
+        differ = 1.0 if len(got) != len(expected) else sum(a != b for a, b in zip(got, expected, strict=True))
+        share = differ / max(1, len(expected)) if len(got) == len(expected) else None
+        self.rows.append({"path": path, "max_abs_diff": share, "tolerance": 0.0, "ok": share == 0.0})
+
     @property
     def ok(self) -> bool:
         return all(row["ok"] for row in self.rows)
@@ -198,10 +219,16 @@ def planned_batches(backend, samples: list[dict]) -> tuple[dict, list[float]]:
     return _in_process_run(len(samples), time.perf_counter() - started), scores
 
 
-def http(url: str, calls: list[Call], concurrency: int, warm_up: int = 0) -> tuple[dict, list[float]]:
+def http_run(url: str, calls: list[Call], concurrency: int, warm_up: int = 0) -> Run:
+    """The calls sent with ``concurrency`` in flight; every one must succeed."""
     run: Run = asyncio.run(closed_loop(url, calls, concurrency, warm_up=warm_up, quiet=True))
     if run.statuses.get(200, 0) != len(calls):
         raise RuntimeError(f"{url}: statuses {dict(run.statuses)}")
+    return run
+
+
+def http(url: str, calls: list[Call], concurrency: int, warm_up: int = 0) -> tuple[dict, list[float]]:
+    run = http_run(url, calls, concurrency, warm_up)
     return run.summary(), run.flat_scores()
 
 
@@ -310,7 +337,7 @@ def grpo_and_rank(server: ServerProcess, backend, plan: Plan, checks: Checks) ->
     return comparisons
 
 
-SECTIONS = ("transformers", "process", "process-vllm", "judge", "models", "vllm")
+SECTIONS = ("transformers", "process", "process-vllm", "judge", "judge-generate", "models", "vllm")
 """The suite's sections, in the order they run."""
 MODELS_CONCURRENCY = 16
 """Calls in flight in the two-models rows, half to each model."""
@@ -512,6 +539,67 @@ def judge_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
     checks.add("/score, judge ratings", ours, card, ACROSS_BACKENDS)
     checks.add("/compare, judge (debiased)", ours_pairs, card_pairs, ACROSS_BACKENDS)
     return [rated, compared]
+
+
+GENERATE_TOKENS = 32
+"""New tokens per answer in the judge-generate row (greedy; a judge built on the suite's model writes until
+its end token or this many)."""
+
+
+def judge_chat(judge, sample: dict) -> list[dict]:
+    """The judge's pointwise question about ``sample`` as chat messages, what a user of ``vllm serve`` sends:
+    one user turn, the images then the rendered template. vLLM's chat template opens the answer as ours does
+    (the generic declaration has no system message and no generate prefix): the same prompt tokens."""
+    from vlreward.service.model.formatting import judged_parts
+    from vlreward.service.schemas import Sample
+
+    question, response, system = judged_parts(Sample.model_validate(sample))
+    text = judge.render("pointwise", question=question, response=response, system=system)
+    parts = [{"type": "image_url", "image_url": {"url": ref}} for ref in sample.get("images", [])]
+    return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
+
+
+def judge_generate_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
+    """A judge writing its answers (generate mode, greedy, :data:`GENERATE_TOKENS` new tokens at most):
+    ``vlreward serve --backend vllm`` (/score, mode generate) against ``vllm serve --runner generate`` given
+    the same prompts (/v1/chat/completions): tokens written per second, one-sample requests at concurrency 16.
+    Both run vLLM's engine in float32, so their answers must be the same text."""
+    from vlreward.service.judge import read_declaration
+
+    judge_dir = judge_like(model)
+    judge = read_declaration("generic")
+    concurrency = 16 if 16 in plan.vllm_concurrency else max(plan.vllm_concurrency)
+    mix = Mix(samples=plan.vllm_requests, image_fraction=1 / 3, image_size=(84, 84), prompt_words=(8, 40),
+              response_words=(4, 60))  # fmt: skip
+    samples_of = {r: make_samples(mix.with_(seed=300 + r)) for r in range(plan.rounds)}
+    answers: dict[str, list[str]] = {}
+
+    def side(name: str, url: str, call: Callable[[dict], Call]) -> Side:
+        def run(r: int) -> tuple[dict, list]:
+            done = http_run(url, [call(s) for s in samples_of[r]], concurrency, warm_up=2)
+            if r == 0:
+                answers[name] = [text for texts in done.texts for text in texts or []]
+            return done.summary(), []
+
+        return run
+
+    asked = lambda s: chat_generate_call(judge_chat(judge, s), str(judge_dir), GENERATE_TOKENS)  # noqa: E731
+    ours = start_vlreward(judge_dir, "vllm", max_queue=100_000)
+    theirs = start_vllm_serve(judge_dir, runner="generate")
+    try:
+        comparison, _, _ = alternate(
+            f"judge generate tokens/s, vLLM backend / vllm serve, c={concurrency}",
+            f"vlreward serve --backend vllm, /score mode generate, c={concurrency}",
+            f"vllm serve --runner generate, /v1/chat/completions, c={concurrency}", plan.rounds,
+            side("ours", ours.url, lambda s: generate_call([s], GENERATE_TOKENS)),
+            side("theirs", theirs.url, asked),
+            metric="output_token_throughput",
+        )  # fmt: skip
+    finally:
+        ours.stop()
+        theirs.stop()
+    checks.add_same("judge generate: vLLM backend vs vllm serve answers", answers["ours"], answers["theirs"])
+    return [comparison]
 
 
 def process_vllm_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
@@ -804,6 +892,8 @@ def main(
         comparisons += process_vllm_section(model, plan, checks)
     if "judge" in chosen:
         comparisons += judge_section(model, plan, checks)
+    if "judge-generate" in chosen:
+        comparisons += judge_generate_section(model, plan, checks)
     if "models" in chosen:
         comparisons += models_section(model, plan, checks)
     if "vllm" in chosen:

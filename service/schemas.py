@@ -286,6 +286,7 @@ class ItemError(BaseModel):
 class Usage(BaseModel):
     input_tokens: int = Field(description="Tokens scored, image tokens included.")
     images: int
+    output_tokens: int | None = Field(None, description="Tokens a judge wrote in generate mode (absent otherwise).")
 
 
 class ScoreResponse(BaseModel):

@@ -38,6 +38,8 @@ class Scored:
     errors: list[tuple[int, ServiceError]] = field(default_factory=list)
     details: list[dict | None] | None = None
     """The model kind's extra outputs per item (a process model's step scores); None for scalar models."""
+    output_tokens: int | None = None
+    """Tokens a judge wrote (generate mode); None otherwise."""
 
     @property
     def samples(self) -> int:
@@ -347,8 +349,13 @@ async def _generate(
     metrics = model.metrics
     metrics.input_tokens.inc(sum(e.num_tokens for e in encoded))
     metrics.images.inc(sum(e.num_images for e in encoded))
-    metrics.judge_generated_tokens.inc(sum(a.tokens for answers in answers for a in answers))
+    metrics.judge_generated_tokens.inc(written(answers))
     return answers, (time.monotonic() - began) * 1000
+
+
+def written(answers: list[list[Generation]]) -> int:
+    """Tokens the judge wrote in all its answers."""
+    return sum(a.tokens for question in answers for a in question)
 
 
 def _parsed(model: ServedModel, form: str, answers: list[Generation]) -> list[Verdict]:
@@ -415,7 +422,7 @@ async def _judge_generate_items(
         tokens = sum(encoded[i].num_tokens for i in positions)
         images = sum(encoded[i].num_images for i in positions)
         errors = sorted(errors, key=lambda pair: pair[0])
-        scored = Scored(model.name, scores, tokens, images, 0.0, inference_ms, errors, details)
+        scored = Scored(model.name, scores, tokens, images, 0.0, inference_ms, errors, details, written(answers))
         for score in scores:
             if score is not None:
                 model.metrics.score.observe(score)
@@ -454,7 +461,9 @@ async def _judge_generate_pairs(
             probs.append(prob)
             details.append(detail)
         tokens, images = sum(e.num_tokens for e in encoded), sum(e.num_images for e in encoded)
-        return Scored(model.name, probs, tokens, images, 0.0, inference_ms, details=details)
+        return Scored(
+            model.name, probs, tokens, images, 0.0, inference_ms, details=details, output_tokens=written(answers)
+        )
 
 
 def _pair_param(param: str | None, where: Callable[[int], str]) -> str | None:

@@ -55,7 +55,7 @@ def _account(request: Request, response: Response, scored: scoring.Scored) -> Us
     response.headers["x-inference-time-ms"] = f"{scored.inference_ms:.3f}"
     request.state.samples, request.state.tokens = scored.samples, scored.input_tokens
     request.state.queue_ms, request.state.inference_ms = scored.queue_ms, scored.inference_ms
-    return Usage(input_tokens=scored.input_tokens, images=scored.images)
+    return Usage(input_tokens=scored.input_tokens, images=scored.images, output_tokens=scored.output_tokens)
 
 
 @router.post("/score", response_model=ScoreResponse, response_model_exclude_none=True)

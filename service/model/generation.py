@@ -124,8 +124,9 @@ class JudgeGenerator:
         return [self._answer(row[prompt_length:].tolist(), params.max_new_tokens) for row in out]
 
     def _answer(self, tokens: list[int], max_new_tokens: int) -> Generation:
-        """One row's new tokens as an answer: up to its end token (padding after it dropped)."""
+        """One row's new tokens as an answer: its text up to its end token (padding after it dropped)."""
         ended = next((i for i, token in enumerate(tokens) if token in self.eos_ids), None)
         kept = tokens if ended is None else tokens[:ended]
         text = self.tokenizer.decode(kept, skip_special_tokens=True)
-        return Generation(text=text, truncated=ended is None and len(tokens) >= max_new_tokens, tokens=len(kept))
+        written = len(tokens) if ended is None else ended + 1  # its end token counts, as vLLM counts it
+        return Generation(text=text, truncated=ended is None and len(tokens) >= max_new_tokens, tokens=written)

@@ -30,7 +30,8 @@ def test_the_suite_in_smoke_mode_runs_every_row_and_every_path_scores_the_same(
     assert {"/score, two models in one server", "/score, one server per model", "/score, process model",
             "/score, PRM GRPO groups (shared prefix)", "/score PRM, vLLM per-step", "/score PRM, vLLM step pooling",
             "/score PRM GRPO groups, vLLM per-step", "/score PRM GRPO groups, vLLM step pooling",
-            "/score, judge ratings", "/compare, judge (debiased)"} <= paths  # fmt: skip
+            "/score, judge ratings", "/compare, judge (debiased)",
+            "judge generate: vLLM backend vs vllm serve answers"} <= paths  # fmt: skip
     assert any(p.startswith("vllm serve /classify") for p in paths)
     names = [c["name"] for c in report["comparisons"]]
     for expected in ("service c=8 / naive loop", "GRPO G=8 shared / own images", "/rank N=8 / 8 sequential /score",
@@ -38,6 +39,7 @@ def test_the_suite_in_smoke_mode_runs_every_row_and_every_path_scores_the_same(
                      "PRM service c=8 / in-process loop", "PRM GRPO G=8 shared / own images",
                      "vLLM PRM per-step / step pooling, c=16", "vLLM PRM GRPO G=8 per-step / step pooling",
                      "judge /score c=8 / model-card loop", "judge /compare c=8 / model-card loop",
+                     "judge generate tokens/s, vLLM backend / vllm serve, c=8",
                      "two models: two servers p99 / one server p99", "two models: memory, two servers / one",
                      "vLLM backend / vllm serve, c=8", "forward time / p99 latency c=1"):  # fmt: skip
         assert expected in names
