@@ -34,7 +34,8 @@ def interquartile(ratios: list[float]) -> str:
 
 def suite_table(report: dict) -> str:
     """The performance suite's ratios: median, interquartile range, min-max, target (in brackets where the
-    run is not the bench model's, whose targets they are), and each side's samples/s."""
+    run is not the bench model's, whose targets they are), and each side's samples/s (tokens written per
+    second for a row that compares those)."""
     bench_run = report["size"] == "bench" and not report["smoke"]
     lines = ["| comparison (A / B) | median | IQR | min–max | target | A samples/s | B samples/s |",
              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
@@ -44,8 +45,10 @@ def suite_table(report: dict) -> str:
             target = (
                 f"≥ {row['target']:.2f} {'✓' if row['target_met'] else '✗'}" if bench_run else f"({row['target']:.2f})"
             )
-        speeds = [statistics.median(r.get("samples_per_s", 0) for r in row[side]) for side in ("a_runs", "b_runs")]
-        a, b = (f"{speed:.1f}" if speed else "" for speed in speeds)
+        metric = row.get("metric", "samples_per_s")  # a generate row: tokens written per second
+        speeds = [statistics.median(r.get(metric, 0) for r in row[side]) for side in ("a_runs", "b_runs")]
+        unit = " tok/s" if metric == "output_token_throughput" else ""
+        a, b = (f"{speed:.1f}{unit}" if speed else "" for speed in speeds)
         lines.append(f"| {row['name']} | **{row['median_ratio']:.3f}** | {interquartile(row['ratios'])} "
                      f"| {row['min_ratio']:.2f}–{row['max_ratio']:.2f} | {target} | {a} | {b} |")  # fmt: skip
     checks = report["score_checks"]

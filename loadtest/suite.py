@@ -128,6 +128,8 @@ class Comparison:
     ratios: list[float] = field(default_factory=list)
     a_runs: list[dict] = field(default_factory=list)
     b_runs: list[dict] = field(default_factory=list)
+    metric: str = "samples_per_s"
+    """What the ratio divides: a run summary's key (``output_token_throughput``: tokens written per second)."""
 
     @property
     def median(self) -> float:
@@ -143,7 +145,7 @@ class Comparison:
         return {
             "name": self.name, "a": self.a, "b": self.b, "median_ratio": self.median, "min_ratio": min(self.ratios),
             "max_ratio": max(self.ratios), "ratios": self.ratios, "target": TARGETS.get(self.name),
-            "target_met": self.target_met,
+            "target_met": self.target_met, "metric": self.metric,
             "a_runs": self.a_runs, "b_runs": self.b_runs,
         }  # fmt: skip
 
@@ -240,7 +242,7 @@ def alternate(
     name: str, a: str, b: str, rounds: int, run_a: Side, run_b: Side, metric: str = "samples_per_s"
 ) -> tuple[Comparison, list, list]:
     """A then B, ``rounds`` times (round r uses seed r on both sides); returns round 0's scores too."""
-    comparison = Comparison(name, a, b)
+    comparison = Comparison(name, a, b, metric=metric)
     first_a, first_b = [], []
     for index in tqdm(range(rounds), desc=name, file=sys.stderr, leave=False):
         summary_a, scores_a = run_a(index)
@@ -820,8 +822,9 @@ def print_table(comparisons: list[Comparison], checks: Checks, bench_run: bool) 
         met = verdicts[c.target_met]
         if not bench_run and target:  # another model's (or a smoke run's) figures: for reference only
             target, met = f"({target})", f"({met})"
-        a, b = (statistics.median(r.get("samples_per_s", 0) for r in runs) for runs in (c.a_runs, c.b_runs))
-        a, b = (f"{x:.1f}" if x else "" for x in (a, b))  # the latency row has no throughput
+        a, b = (statistics.median(r.get(c.metric, 0) for r in runs) for runs in (c.a_runs, c.b_runs))
+        unit = " tok/s" if c.metric == "output_token_throughput" else ""
+        a, b = (f"{x:.1f}{unit}" if x else "" for x in (a, b))  # the latency row has no throughput
         print(f"{c.name:<44} {c.median:>7.3f} {interquartile(c.ratios):>9} {min(c.ratios):>6.2f} "
               f"{max(c.ratios):>6.2f} {target:>7} {met:>5}  {a:>11}  {b:>11}")  # fmt: skip
     print(f"\n{'scores of':<44} {'max |diff|':>11} {'tolerance':>9}")

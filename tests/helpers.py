@@ -122,6 +122,19 @@ def wait_ready(url: str, process, seconds: float = 300) -> None:
     raise TimeoutError("server did not become ready")
 
 
+def post_and_leave(port: int, path: str, body: dict | bytes, until, what: str) -> None:
+    """POST ``body`` on a raw connection, wait until ``until()`` holds (the request is in the server), then
+    close the connection without reading the answer: a client that leaves."""
+    import json
+    import socket
+
+    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        raw.sendall(head.encode() + payload)
+        wait_until(until, what=what)
+
+
 def wait_until(condition, seconds: float = 60, what: str = "the condition") -> None:
     """Poll ``condition()`` until true (a deadline that only catches hangs, never a timing assert)."""
     import time

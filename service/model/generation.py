@@ -80,6 +80,8 @@ class JudgeGenerator:
         ends = [tokenizer.convert_tokens_to_ids(token) for token in ("<|im_end|>", "<|endoftext|>")]
         self.eos_ids = [token for token in ends if token is not None and token != tokenizer.unk_token_id]
         self.pad_id = reward_model.config.text_config.pad_token_id
+        self.stopped = 0
+        """Generations stopped before they finished (a deadline passed or a client left)."""
 
     @torch.inference_mode()
     def generate(
@@ -119,6 +121,7 @@ class JudgeGenerator:
             stopping_criteria=StoppingCriteriaList([StopWhenSet(stop)]),
         )
         if stop.is_set():
+            self.stopped += 1
             raise GenerationStopped("generation stopped")
         prompt_length = batch["input_ids"].shape[1]
         return [self._answer(row[prompt_length:].tolist(), params.max_new_tokens) for row in out]

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -19,7 +18,17 @@ import psutil
 import pytest
 from safetensors.torch import load_file, save_file
 
-from tests.helpers import COLOURS, VLREWARD, LiveServer, free_port, shape_image, uri, wait_ready, wait_until
+from tests.helpers import (
+    COLOURS,
+    VLREWARD,
+    LiveServer,
+    free_port,
+    post_and_leave,
+    shape_image,
+    uri,
+    wait_ready,
+    wait_until,
+)
 from vlreward.service.media import MediaPolicy
 from vlreward.service.model.checkpoint import HEAD_BIAS, HEAD_WEIGHT, CheckpointError
 from vlreward.service.prepare import prepare_sample
@@ -100,13 +109,7 @@ def test_a_client_that_disconnects_frees_its_engine_requests(vllm_server, vllm_b
     body = {"items": [{"prompt": f"{i} {long_prompt}", "response": "r"} for i in range(64)]}
     cancelled_before = vllm_server.metric("vlreward_rejected_total", reason="cancelled")
     engine = vllm_backend.engine.output_processor
-    payload = json.dumps(body).encode()
-    head = (
-        f"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-    )
-    with socket.create_connection(("127.0.0.1", vllm_server.port)) as raw:
-        raw.sendall(head.encode() + payload)
-        wait_until(engine.has_unfinished_requests, what="the request in the engine")
+    post_and_leave(vllm_server.port, "/score", body, engine.has_unfinished_requests, "the request in the engine")
     wait_until(lambda: not engine.has_unfinished_requests(), what="its engine requests aborted")
     assert vllm_server.metric("vlreward_rejected_total", reason="cancelled") == cancelled_before + 1
     assert httpx.post(vllm_server.url + "/score", json={"items": [{"prompt": "a", "response": "b"}]}).status_code == 200
@@ -285,7 +288,6 @@ def test_engine_death_turns_ready_503_and_exits_non_zero(tiny_reward, processes)
 
 
 def test_vlreward_score_with_the_vllm_backend_matches_transformers(tiny_reward, hf_backend, tmp_path):
-    import json
 
     samples = fifty_samples()[:9]
     inputs = tmp_path / "in.jsonl"
@@ -493,6 +495,7 @@ def judge_engine_server(model_dir):
 
     backend = VLLMBackend(model_dir, engine=EngineSettings(gpu_memory_utilization=0.05))
     with LiveServer(backend, max_tokens=4000, max_items=64) as live:
+        live.backend = backend
         yield live
     backend.engine.shutdown()
 
@@ -578,3 +581,18 @@ def test_on_vllm_seeded_answers_repeat_whatever_else_the_engine_runs(vllm_critiq
         [other.result() for other in others]
     assert again["details"] == alone["details"] and again["scores"] == alone["scores"]
     assert {len(d["critiques"]) for d in alone["details"]} == {3}
+
+
+LONG_ANSWERS = {"mode": "generate", "samples": 8, "temperature": 1.0, "seed": 3, "max_new_tokens": 1024}
+"""A random judge writing 8 answers of up to 1,024 tokens: seconds of generation on the tiny model."""
+
+
+def test_on_vllm_a_client_that_leaves_or_a_deadline_stops_the_judges_generation(vllm_judge_server):
+    engine = vllm_judge_server.backend.engine.output_processor
+    body = {"items": [{"prompt": "Hi?", "response": "Hello."}], **LONG_ANSWERS}
+    post_and_leave(vllm_judge_server.port, "/score", body, engine.has_unfinished_requests, "the answers in the engine")
+    wait_until(lambda: not engine.has_unfinished_requests(), what="the answers aborted after the client left")
+    body = {"items": [{"prompt": "Bye?", "response": "Goodbye."}], **LONG_ANSWERS, "timeout_s": 1}
+    late = httpx.post(vllm_judge_server.url + "/score", json=body, timeout=60)
+    assert late.status_code == 504 and late.json()["error"]["type"] == "timeout"
+    wait_until(lambda: not engine.has_unfinished_requests(), what="the answers aborted at the deadline")

@@ -9,7 +9,7 @@ import threading
 import httpx
 import pytest
 
-from tests.helpers import LiveServer, shape_image, uri
+from tests.helpers import LiveServer, post_and_leave, shape_image, uri, wait_until
 from vlreward.service.catalog import ModelSpec
 
 RED = uri(shape_image("red"))
@@ -129,3 +129,18 @@ def test_a_stopped_generation_raises_instead_of_returning_part_of_the_answers(cr
     stop.set()
     with pytest.raises(GenerationStopped):
         critique_backend.generator.generate([critique_backend.encode(question)], GenerationParams(), stop)
+
+
+def test_a_client_that_leaves_or_a_deadline_stops_the_generation_on_its_model_thread(judge_backend):
+    """A random judge writes up to 1,024 tokens per answer (seconds here): a client that leaves and a passed
+    deadline each stop it at the next token."""
+    generator = judge_backend.generator
+    long_answers = {"mode": "generate", "samples": 8, "temperature": 1.0, "seed": 3, "max_new_tokens": 1024}
+    with LiveServer(judge_backend) as live:
+        stopped = generator.stopped
+        in_flight = lambda: live.metric("vlreward_inflight_requests") == 1  # noqa: E731
+        post_and_leave(live.port, "/score", {"items": ITEMS[2:], **long_answers}, in_flight, "the request in flight")
+        wait_until(lambda: generator.stopped == stopped + 1, what="the generation stopped after the client left")
+        late = post(live, "/score", {"items": ITEMS[2:], **long_answers, "timeout_s": 1})
+        assert late.status_code == 504 and late.json()["error"]["type"] == "timeout"
+        wait_until(lambda: generator.stopped == stopped + 2, what="the generation stopped at the deadline")

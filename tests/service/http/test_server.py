@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.helpers import VLREWARD, LiveServer, free_port, shape_image, uri, wait_ready, wait_until
+from tests.helpers import VLREWARD, LiveServer, free_port, post_and_leave, shape_image, uri, wait_ready, wait_until
 from vlreward.service.backends.transformers import TransformersBackend
 from vlreward.service.media import MediaPolicy
 from vlreward.service.prepare import prepare_sample
@@ -46,14 +45,9 @@ def test_burst_over_a_small_queue_gets_429_with_retry_after_then_recovers(hf_bac
 def test_a_client_that_disconnects_has_its_queued_samples_dropped(hf_backend):
     with LiveServer(hf_backend, max_wait_ms=1500, max_batch_size=64) as live:
         batches_before = live.metric("vlreward_batch_size_count")
-        body = b'{"items": [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}]}'
-        request = (
-            f"POST /score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
-        with socket.create_connection(("127.0.0.1", live.port)) as raw:
-            raw.sendall(request)
-            wait_until(lambda: live.state.scheduler.queued == 2, what="both samples queued")  # the batch is filling
+        body = {"items": [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}]}
+        queued = lambda: live.state.scheduler.queued == 2  # noqa: E731  (the batch is filling)
+        post_and_leave(live.port, "/score", body, queued, "both samples queued")
         wait_until(lambda: live.metric("vlreward_rejected_total", reason="dropped_from_queue") == 2, what="dropped")
         assert live.metric("vlreward_rejected_total", reason="cancelled") == 1
         assert live.metric("vlreward_batch_size_count") == batches_before
