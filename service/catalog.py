@@ -34,6 +34,7 @@ PER_MODEL_SETTINGS = frozenset(
         "model",
         "revision",
         "judge",
+        "normalize",
         "backend",
         "dtype",
         "device",

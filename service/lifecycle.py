@@ -24,6 +24,7 @@ from vlreward.service.kinds import JUDGE, ModelKind, ProcessHead, checkpoint_kin
 from vlreward.service.media import ImageMemory, ImageMemoryFull, MediaPolicy
 from vlreward.service.metrics import Metrics, ModelMetrics
 from vlreward.service.prepare import Limits
+from vlreward.service.reference import Reference, read_reference
 from vlreward.service.settings import Settings
 
 log = logging.getLogger("vlreward")
@@ -68,6 +69,8 @@ class ServedModel:
         """A process model's head (step tag, activation, default aggregate); None for other kinds."""
         self.judge: JudgeDeclaration | None = None
         """A judge's declaration (prompts, verdict tokens); None for other kinds."""
+        self.reference: Reference | None = None
+        """The checkpoint's reference statistics and pairwise temperature (``vlreward calibrate``); None: none."""
         self.ready = False
         """Loaded, warmed up and the probe passed."""
         self._owns_backend = backend is None
@@ -85,6 +88,7 @@ class ServedModel:
         self.judge = backend.judge
         self.kind = JUDGE if self.judge is not None else checkpoint_kind(backend.model_dir)
         self.process = process_head(backend.model_dir)
+        self.reference = read_reference(backend.model_dir)
         if backend.max_tokens is not None and backend.max_tokens < self.limits.max_tokens:
             log.info("%s: token limit lowered to the engine's context length, %d", self.name, backend.max_tokens)
             self.limits = dataclasses.replace(self.limits, max_tokens=backend.max_tokens)

@@ -56,6 +56,16 @@ def aggregate_field() -> Any:
     )
 
 
+def normalize_field() -> Any:
+    """The ``normalize`` field of /score and /rank."""
+    return Field(
+        None,
+        description="`zscore`: (s - mean) / std with the model's reference statistics (GET /info shows them; "
+        "`vlreward calibrate` computes them); `none`: raw scores. Default: the model's `normalize` setting. A "
+        "normalised response names the statistics' `reference_version`.",
+    )
+
+
 def details_field() -> Any:
     """The ``details`` field of every scoring response (the model kind's extra outputs)."""
     return Field(
@@ -272,6 +282,7 @@ class ScoreRequest(JudgeGenerateFields):
     response_as_step: bool | None = Field(
         None, description="Process models: score an item's `response` as its one step. Other kinds refuse it."
     )
+    normalize: Literal["none", "zscore"] | None = normalize_field()
 
 
 class ItemError(BaseModel):
@@ -293,6 +304,7 @@ class ScoreResponse(BaseModel):
     model: str
     scores: list[float | None]
     details: list[dict[str, Any] | None] | None = details_field()
+    reference_version: str | None = Field(None, description="The reference statistics `normalize` used.")
     usage: Usage
     errors: list[ItemError] | None = None
 
@@ -360,6 +372,7 @@ class RankRequest(_SharedPrompt):
     top_k: PositiveJsonInt | None = None
     aggregate: Aggregate | None = aggregate_field()
     timeout_s: float | None = timeout_field()
+    normalize: Literal["none", "zscore"] | None = normalize_field()
 
     def candidates(self) -> list[Sample]:
         """One Sample per response."""
@@ -373,6 +386,7 @@ class RankResponse(BaseModel):
     ranking: list[int] = Field(description="Response indices best to worst (cut to top_k); ties keep input order.")
     best: int
     usage: Usage
+    reference_version: str | None = Field(None, description="The reference statistics `normalize` used.")
 
 
 class ComparePair(_SharedPrompt):

@@ -40,6 +40,8 @@ class Scored:
     """The model kind's extra outputs per item (a process model's step scores); None for scalar models."""
     output_tokens: int | None = None
     """Tokens a judge wrote (generate mode); None otherwise."""
+    reference_version: str | None = None
+    """The reference statistics the scores were normalised with; None: raw scores."""
 
     @property
     def samples(self) -> int:
@@ -85,6 +87,30 @@ KIND_REQUEST_FIELDS = ("aggregate", "response_as_step", *GENERATE_FIELDS)
 
 JUDGE_FORMS = {"pointwise": ("only compares", "/compare"), "pairwise": ("only rates", "/score or /rank")}
 """A judge's two forms: what a judge without one does, and the routes that ask the other."""
+
+
+def _normalization(model: ServedModel, asked: str | None) -> bool:
+    """Whether a request's scores are returned as z-scores (``asked``, else the model's ``normalize``
+    setting); a 400 at ``normalize`` when the model has no reference statistics."""
+    if (asked or model.settings.normalize) != "zscore":
+        return False
+    if model.reference is None:
+        raise ServiceError(
+            f"model {model.name!r} has no reference statistics to normalise with: run `vlreward calibrate` on it",
+            kind=ErrorKind.INVALID_REQUEST,
+            param="normalize",
+        )
+    return True
+
+
+def _normalized(model: ServedModel, scored: Scored, normalize: bool) -> Scored:
+    """The scores as (s - mean) / std of the model's reference statistics (after they were counted raw, so
+    the drift histogram keeps one scale), naming the statistics' version."""
+    if normalize:
+        reference = model.reference
+        scored.scores = [None if s is None else reference.zscore(s) for s in scored.scores]
+        scored.reference_version = reference.version
+    return scored
 
 
 def _model_for(
@@ -185,9 +211,11 @@ async def score_items(state: ServiceState, body: ScoreRequest, body_bytes: int |
     _check_timeout(body.timeout_s, state.settings)
     model = _model_for(state, body, body.items)
     items = [as_one_step(item) for item in body.items] if body.response_as_step else body.items
+    normalize = _normalization(model, body.normalize)
     params = _generation(state.settings, model, body, len(items))
     if params is not None:
-        return await _judge_generate_items(state, model, body, items, params, body_bytes, started)
+        scored = await _judge_generate_items(state, model, body, items, params, body_bytes, started)
+        return _normalized(model, scored, normalize)
     async with state.admitted(model) as policy:
         _check_count(len(items), state.settings.max_items, "items", "items")
         encoded, errors, groups = await _prepare(
@@ -212,7 +240,7 @@ async def score_items(state: ServiceState, body: ScoreRequest, body_bytes: int |
             model.metrics.reject("item_error", len(errors))
         errors = sorted(errors + failed, key=lambda pair: pair[0])
         scored = Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms, errors)
-        return _account_scores(model, scored, body.aggregate)
+        return _normalized(model, _account_scores(model, scored, body.aggregate), normalize)
 
 
 async def rank(state: ServiceState, body: RankRequest, body_bytes: int | None = None) -> Scored:
@@ -221,6 +249,7 @@ async def rank(state: ServiceState, body: RankRequest, body_bytes: int | None = 
     _check_timeout(body.timeout_s, state.settings)
     candidates = body.candidates()
     model = _model_for(state, body, candidates, "responses")
+    normalize = _normalization(model, body.normalize)
     async with state.admitted(model) as policy:
         _check_count(len(body.responses), state.settings.max_responses, "responses", "responses")
         encoded = await _prepare(
@@ -230,7 +259,7 @@ async def rank(state: ServiceState, body: RankRequest, body_bytes: int | None = 
         result, tokens, images = await _schedule(model, "/rank", encoded, body.timeout_s, started, everything)
         scores = _scores_or_raise(result, lambda i: f"responses[{i}]")
         scored = Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms)
-        return _account_scores(model, scored, body.aggregate)
+        return _normalized(model, _account_scores(model, scored, body.aggregate), normalize)
 
 
 async def compare(state: ServiceState, body: CompareRequest, body_bytes: int | None = None) -> Scored:
@@ -264,7 +293,9 @@ async def compare(state: ServiceState, body: CompareRequest, body_bytes: int | N
         scores = _scores_or_raise(result, where)
         scored = Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms)
         scored = _account_scores(model, scored, body.aggregate)
-        scored.scores = [sigmoid(a - b) for a, b in zip(scored.scores[0::2], scored.scores[1::2], strict=True)]
+        temperature = 1.0 if model.reference is None else model.reference.temperature  # vlreward calibrate's T
+        pairs = zip(scored.scores[0::2], scored.scores[1::2], strict=True)
+        scored.scores = [sigmoid((a - b) / temperature) for a, b in pairs]
         scored.details = None
         return scored
 

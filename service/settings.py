@@ -53,6 +53,11 @@ class Settings(BaseSettings):
         'unifiedreward-qwen, llava-critic-r1) or a YAML file (docs/serving.md, "Generative judges"); default: '
         "what the checkpoint's config.json declares.",
     )
+    normalize: Literal["none", "zscore"] = Field(
+        "none",
+        description="How /score and /rank return a request's scores when it does not say: none (raw) or zscore "
+        "((s - mean) / std with the checkpoint's reference statistics, `vlreward calibrate`).",
+    )
     backend: str = Field("transformers", description="Scoring backend: transformers (hf also accepted) or vllm.")
     dtype: str = Field("auto", description="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")

@@ -139,6 +139,25 @@ def export(
     typer.echo(f"exported {checkpoint} -> {output} (probe score {probe.score:.6f})", err=True)
 
 
+@app.command()
+def calibrate(
+    model: Annotated[Path, typer.Option(help="A scalar reward checkpoint; its reference statistics go there.")],
+    data: Annotated[Path, typer.Option(help="A preference dataset folder, as `vlreward train --data` takes.")],
+    output: Annotated[Path | None, typer.Option(help="Folder for calibration.json/.png (default: the model).")] = None,
+) -> None:
+    """Store a model's reference statistics (for `normalize: zscore`) and pairwise temperature (for /compare)."""
+    from vlreward.training.calibrate import calibrate as run
+
+    results = run(model, data, output)
+    reference, calibration = results["reference"], results["calibration"]
+    typer.echo(
+        f"reference {reference['version']}: mean {reference['mean']:.4f}, std {reference['std']:.4f} over "
+        f"{reference['count']} responses; T {reference['temperature']:.4f}: ECE {calibration['ece_before']:.4f} -> "
+        f"{calibration['ece_after']:.4f} on {calibration['pairs_measured']} held-out pairs",
+        err=True,
+    )
+
+
 @app.command("eval")
 def evaluate(
     benchmark: Annotated[

@@ -47,6 +47,7 @@ def model_facts(state: ServiceState, model: ServedModel) -> dict:
         facts["process"] = model.process.declaration()
     if model.judge is not None:  # its declaration's name, source, forms and verdict tokens
         facts["judge"] = model.judge.describe()
+    facts["reference"] = None if model.reference is None else model.reference.describe()
     facts["chat_template_hash"] = hashlib.sha256(template.encode()).hexdigest()[:16]
     # In force, not as set: the engine may lower max_tokens; an unset max_batch_tokens is the device's default.
     facts["limits"] = model.settings.limits() | {

@@ -73,6 +73,7 @@ async def score(
         details=scored.details,
         usage=_account(request, response, scored),
         errors=errors or None,
+        reference_version=scored.reference_version,
     )
 
 
@@ -92,6 +93,7 @@ async def rank(
         ranking=ranking[: body.top_k] if body.top_k else ranking,
         best=ranking[0],
         usage=_account(request, response, scored),
+        reference_version=scored.reference_version,
     )
 
 

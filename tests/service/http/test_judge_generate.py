@@ -144,3 +144,22 @@ def test_a_client_that_leaves_or_a_deadline_stops_the_generation_on_its_model_th
         late = post(live, "/score", {"items": ITEMS[2:], **long_answers, "timeout_s": 1})
         assert late.status_code == 504 and late.json()["error"]["type"] == "timeout"
         wait_until(lambda: generator.stopped == stopped + 2, what="the generation stopped at the deadline")
+
+
+def test_a_declaration_whose_mode_is_generate_makes_it_the_default(critique_judge, tmp_path):
+    """Served with a declaration saying ``mode: generate`` (the ``judge`` setting), requests that do not say
+    are answered in generate mode; ``mode: logits`` still reads the logits."""
+    import yaml
+
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.judge import read_declaration
+
+    declaration = tmp_path / "writes.yaml"
+    declaration.write_text(yaml.safe_dump(read_declaration("generic").declaration() | {"mode": "generate"}))
+    backend = TransformersBackend(critique_judge, dtype="float32", device="cpu", judge=str(declaration))
+    with LiveServer(backend) as live:
+        written = post(live, "/score", {"items": ITEMS[2:], "max_new_tokens": 40}).json()
+        assert written["details"][0]["parse_failures"] == 0 and written["usage"]["output_tokens"] > 0
+        read = post(live, "/score", {"items": ITEMS[2:], "mode": "logits"}).json()
+        assert "details" not in read and "output_tokens" not in read["usage"]
+        assert httpx.get(live.url + "/info").json()["judge"]["mode"] == "generate"

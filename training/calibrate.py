@@ -1,0 +1,87 @@
+"""``vlreward calibrate``: a reward model's reference statistics and pairwise temperature, stored in its
+checkpoint (:mod:`vlreward.service.reference`), with a reliability plot before and after.
+
+Every response of a preference dataset folder (chosen and rejected) is scored in process; their mean, std
+and quantiles are the model's scale. The pairs (ties dropped), in an order fixed by their ids' hashes, are
+split in two halves: T is fitted on the first and the expected calibration error measured on the second,
+before (T = 1) and after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from vlreward.service.kinds import sigmoid
+from vlreward.service.reference import (
+    ECE_BINS,
+    calibrated,
+    file_hash,
+    oriented,
+    reliability,
+    statistics_of,
+    write_reference,
+)
+from vlreward.training.data.schema import RECORDS_FILE, read_records
+
+RESULTS_FILE = "calibration.json"
+
+
+def calibrate(model_dir: Path, data_dir: Path, output: Path | None = None) -> dict[str, Any]:
+    """Score ``data_dir``'s pairs with the model at ``model_dir`` (a scalar reward model), store its reference
+    statistics and temperature in the checkpoint, and write ``calibration.json`` + ``calibration.png``
+    (the reliability diagram before and after) to ``output`` (default: the checkpoint)."""
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.training.evaluate import score_records
+
+    backend = TransformersBackend(model_dir, dtype="float32", device="cpu")
+    if backend.process is not None or backend.judge is not None:
+        raise ValueError(f"{model_dir}: vlreward calibrate takes a scalar reward model")
+    records = sorted(
+        (r for r in read_records(data_dir) if not r.tie), key=lambda r: hashlib.sha256(r.id.encode()).hexdigest()
+    )
+    pairs = score_records(backend, records, data_dir)
+    reference = statistics_of([s for pair in pairs for s in pair], file_hash(data_dir / RECORDS_FILE))
+    margins = [chosen - rejected for chosen, rejected in pairs]
+    reference = calibrated(reference, margins)
+    write_reference(model_dir, reference)
+    measured = margins[reference.calibration["pairs_fitted"] :]
+    signed, outcomes = oriented(measured)
+    results = {
+        "model": str(model_dir), "data": str(data_dir), "reference": reference.describe(),
+        "quantiles": reference.quantiles, "calibration": reference.calibration,
+        "reliability_before": reliability([sigmoid(m) for m in signed], outcomes),
+        "reliability_after": reliability([sigmoid(m / reference.temperature) for m in signed], outcomes),
+    }  # fmt: skip
+    output = Path(output or model_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    plot_reliability(results, output / "calibration.png")
+    return results
+
+
+def plot_reliability(results: dict[str, Any], path: Path) -> None:
+    """Observed frequency against predicted probability per bin, before and after T (the diagonal: calibrated)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+    calibration = results["calibration"]
+    fitted = f"T = {results['reference']['temperature']:.3g}"
+    for key, label in (("reliability_before", "T = 1"), ("reliability_after", fitted)):
+        rows = [r for r in results[key] if r["count"]]
+        ece = calibration["ece_before" if key.endswith("before") else "ece_after"]
+        axis.plot([r["confidence"] for r in rows], [r["frequency"] for r in rows], marker="o",
+                  label=f"{label} (ECE {ece:.3f})")  # fmt: skip
+    axis.set_xlabel(f"predicted P(A > B) ({ECE_BINS} equal-width bins)")
+    axis.set_ylabel("observed frequency")
+    axis.set_title(f"{calibration['pairs_measured']} held-out pairs", fontsize=9)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
