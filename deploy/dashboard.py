@@ -149,6 +149,11 @@ ROWS = [
              f" / sum by (model) (rate(vlreward_judge_debiased_pairs_total{S}[{RATE}]))", "{{model}}"),
         ], unit="percentunit", description="/compare with debias asks a judge both orders; a disagreement picks the "
            "same position twice (position bias). Only judges have this series."),
+        PanelSpec("Ensembles: member disagreement (p50, p90)",
+                  quantiles("vlreward_ensemble_disagreement", "model", qs=(0.5, 0.9)),
+                  description="The weighted standard deviation of an ensemble's member z-scores per item (alert "
+                  "VlrewardEnsembleDisagreementShift): rising, a policy may be gaming one member. Only ensembles "
+                  "have this series."),
         PanelSpec("Judges: generated answers without a parsed verdict", [
             (f"sum by (model, reason) (rate(vlreward_judge_parse_failures_total{S}[{RATE}]))", "{{model}} {{reason}}"),
             (f"sum by (model) (rate(vlreward_judge_generated_tokens_total{S}[{RATE}]))", "{{model}} tokens/s"),

@@ -15,6 +15,8 @@ The models file is YAML, a mapping from name to that model's settings::
       model: Skywork/Skywork-VL-Reward-Qwen2.5VL-7B
       default: true                   # requests without `model` go here (else: the first model)
       max_tokens: 4096
+    guarded:
+      ensemble: {helpful: 0.7, safety: 0.3}   # answers as one model: service/ensemble.py
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from vlreward.service.ensemble import Ensemble, EnsembleError
 from vlreward.service.settings import Settings
 
 PER_MODEL_SETTINGS = frozenset(
@@ -72,6 +75,9 @@ class ModelSpec(BaseModel):
     source: str | None = Field(None, description="Checkpoint directory or repo id; None: the embedded default.")
     default: bool = False
     settings: dict[str, Any] = Field(default_factory=dict)
+    ensemble: dict[str, float] | None = Field(
+        None, description="An ensemble of the other served models (member -> weight) instead of a checkpoint."
+    )
 
 
 def parse_model_flag(value: str) -> ModelSpec:
@@ -96,7 +102,11 @@ def read_models_file(path: str | Path) -> list[ModelSpec]:
         entry = dict(entry or {})
         default = entry.pop("default", False)
         source = entry.pop("model", None)
-        specs.append(ModelSpec(name=str(name), source=source, default=default, settings=entry))
+        ensemble = entry.pop("ensemble", None)
+        if ensemble is not None and (source is not None or entry or not isinstance(ensemble, Mapping)):
+            raise CatalogError(f"{path}: ensemble {name!r} is a mapping of member -> weight, with nothing else")
+        spec = ModelSpec(name=str(name), source=source, default=default, settings=entry, ensemble=ensemble)
+        specs.append(spec)
     return specs
 
 
@@ -135,6 +145,19 @@ def check_specs(specs: list[ModelSpec]) -> None:
     defaults = [spec.name for spec in specs if spec.default]
     if len(defaults) > 1:
         raise CatalogError(f"more than one default model: {', '.join(map(str, defaults))}")
+    served = {spec.name for spec in specs if spec.ensemble is None}
+    for spec in specs:
+        if spec.ensemble is None:
+            continue
+        if spec.default:
+            raise CatalogError(f"ensemble {spec.name!r} cannot be the default model (name it in requests)")
+        unknown = sorted(set(spec.ensemble) - served)
+        if unknown:
+            raise CatalogError(f"ensemble {spec.name!r}: {unknown[0]!r} is not a served model (ensembles hold models)")
+        try:
+            Ensemble(spec.name, spec.ensemble)
+        except EnsembleError as exc:
+            raise CatalogError(str(exc)) from None
 
 
 def model_settings(server: Settings, spec: ModelSpec) -> Settings:

@@ -18,6 +18,7 @@ from vlreward.service.admission import Admission
 from vlreward.service.backends.base import Backend
 from vlreward.service.batching import CoreLanes, DirectScheduler, DynamicBatcher, ModelErrorHook, Scheduler
 from vlreward.service.catalog import ModelSpec, default_index, model_settings
+from vlreward.service.ensemble import Ensemble
 from vlreward.service.errors import EngineBroken, ErrorKind, ServiceError
 from vlreward.service.judge import JudgeDeclaration
 from vlreward.service.kinds import JUDGE, ModelKind, ProcessHead, checkpoint_kind, process_head
@@ -126,6 +127,11 @@ class ServiceState:
         self.settings = settings
         self.metrics = metrics
         specs = list(specs or [ModelSpec(source=settings.model)])
+        self.ensembles: dict[str, Ensemble] = {
+            spec.name: Ensemble(spec.name, spec.ensemble) for spec in specs if spec.ensemble is not None
+        }
+        """Ensembles of the served models, by name (:mod:`vlreward.service.ensemble`)."""
+        specs = [spec for spec in specs if spec.ensemble is None]
         backends = dict(backends or {})
         self.models: dict[str, ServedModel] = {}
         for spec in specs:
@@ -177,6 +183,11 @@ class ServiceState:
     def model(self, name: str | None) -> ServedModel:
         """The model a request names. One model served: any name is it (clients written against other
         servers send their own names). Several: None is the default model; an unknown name is a 404."""
+        if name in self.ensembles:
+            raise ServiceError(
+                f"model {name!r} is an ensemble: it answers /score and /rank", kind=ErrorKind.INVALID_REQUEST,
+                param="model",
+            )  # fmt: skip
         if len(self.models) == 1 or name is None:
             return self.default_model
         if name not in self.models:
@@ -210,6 +221,12 @@ class ServiceState:
             except Exception as exc:  # a model that cannot load or fails its probe must never serve
                 log.exception("start-up of model %s failed", model.name)
                 self.fail(f"start-up of model {model.name!r} failed: {exc}")
+                return
+        for ensemble in self.ensembles.values():  # its members' scores are z-scores: each needs its statistics
+            missing = [m for m in ensemble.members if self.models[m].reference is None]
+            if missing:
+                self.fail(f"ensemble {ensemble.name!r}: member {missing[0]!r} has no reference statistics "
+                          "(run `vlreward calibrate` on it)")  # fmt: skip
                 return
         self._watchdog = asyncio.get_running_loop().create_task(self._watch_engines(), name="vlreward-watchdog")
 

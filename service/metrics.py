@@ -12,6 +12,7 @@ from vlreward.service.judge import PARSE_FAILURES
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_DISAGREEMENT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 _TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 _STEP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _SCORE_BUCKETS = (-10.0, -5.0, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
@@ -149,6 +150,13 @@ class Metrics:
             "Pairs a judge was asked in both orders (/compare, debias), by whether the two orders picked the same "
             "response (orders=agree) or the same position (orders=disagree: position bias).",
             ["model", "orders"],
+            registry=r,
+        )
+        self.ensemble_disagreement = Histogram(
+            "vlreward_ensemble_disagreement",
+            "Per item, the weighted standard deviation of an ensemble's member z-scores (model: the ensemble).",
+            ["model"],
+            buckets=_DISAGREEMENT_BUCKETS,
             registry=r,
         )
         self.judge_parse_failures = Counter(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -209,6 +209,8 @@ async def score_items(state: ServiceState, body: ScoreRequest, body_bytes: int |
     Items that share prompt and images (a GRPO group) run their prefix once, as /rank does."""
     started = time.monotonic()
     _check_timeout(body.timeout_s, state.settings)
+    if body.model in state.ensembles:
+        return await _ensemble(state, body, lambda member: score_items(state, member, body_bytes))
     model = _model_for(state, body, body.items)
     items = [as_one_step(item) for item in body.items] if body.response_as_step else body.items
     normalize = _normalization(model, body.normalize)
@@ -247,6 +249,8 @@ async def rank(state: ServiceState, body: RankRequest, body_bytes: int | None = 
     """/rank: the candidates share prompt and images, which are decoded, encoded and run once."""
     started = time.monotonic()
     _check_timeout(body.timeout_s, state.settings)
+    if body.model in state.ensembles:
+        return await _ensemble(state, body, lambda member: rank(state, member, body_bytes))
     candidates = body.candidates()
     model = _model_for(state, body, candidates, "responses")
     normalize = _normalization(model, body.normalize)
@@ -495,6 +499,43 @@ async def _judge_generate_pairs(
         return Scored(
             model.name, probs, tokens, images, 0.0, inference_ms, details=details, output_tokens=written(answers)
         )
+
+
+async def _ensemble(state: ServiceState, body: Any, ask: Callable[[Any], Awaitable[Scored]]) -> Scored:
+    """A request to an ensemble: asked of every member at once (normalised, as a request of its own), each
+    item's member z-scores combined (:meth:`~vlreward.service.ensemble.Ensemble.combine`). An item a member
+    could not score (``on_error: "null"``) is null with that member's error."""
+    ensemble = state.ensembles[body.model]
+    if body.normalize == "none":
+        raise ServiceError(
+            f"ensemble {ensemble.name!r} combines z-scores: its scores are normalised", param="normalize"
+        )
+    members = await asyncio.gather(
+        *(ask(body.model_copy(update={"model": m, "normalize": "zscore"})) for m in ensemble.members)
+    )
+    by_member = dict(zip(ensemble.members, members, strict=True))
+    errors: dict[int, ServiceError] = {}
+    for scored in members:
+        for index, error in scored.errors:
+            errors.setdefault(index, error)
+    scores: list[float | None] = []
+    details: list[dict | None] = []
+    histogram = state.metrics.ensemble_disagreement.labels(model=ensemble.name)
+    for index in range(len(members[0].scores)):
+        if index in errors:
+            scores.append(None)
+            details.append(None)
+            continue
+        score, detail = ensemble.combine({m: by_member[m].scores[index] for m in ensemble.members})
+        histogram.observe(detail["disagreement"])
+        scores.append(score)
+        details.append(detail)
+    versions = {m: by_member[m].reference_version for m in ensemble.members}
+    return Scored(
+        ensemble.name, scores, sum(m.input_tokens for m in members), sum(m.images for m in members),
+        max(m.queue_ms for m in members), max(m.inference_ms for m in members), sorted(errors.items()), details,
+        reference_version=",".join(f"{m}:{v}" for m, v in versions.items()),
+    )  # fmt: skip
 
 
 def _pair_param(param: str | None, where: Callable[[int], str]) -> str | None:

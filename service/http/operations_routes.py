@@ -76,6 +76,7 @@ async def info(state: ServiceState = Depends(service_state)) -> JSONResponse:
     facts["media"] = {"allow_urls": state.settings.allow_urls, "file_paths": state.settings.media_root is not None}
     facts["default_model"] = state.default_model.name
     facts["models"] = models
+    facts["ensembles"] = {name: ensemble.describe() for name, ensemble in state.ensembles.items()}
     return JSONResponse(facts)
 
 
@@ -98,6 +99,17 @@ async def list_models(state: ServiceState = Depends(service_state)) -> ModelList
                 ready=model.ready,
             )
             for name, model in state.models.items()
+        ]
+        + [
+            ModelCard(
+                id=name,
+                created=state.started,
+                kind="ensemble",
+                backend="ensemble",
+                default=False,
+                ready=all(state.models[member].ready for member in ensemble.members),
+            )
+            for name, ensemble in state.ensembles.items()
         ]
     )
 

@@ -4,6 +4,7 @@ scraping a live `vlreward serve` with the Compose stack's prometheus.yml and rul
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import yaml
 
 from deploy import dashboard
 from tests.helpers import VLREWARD, free_port, shape_image, uri, wait_ready, wait_until
+from vlreward.service.reference import statistics_of, write_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "helm" / "vlreward" / "files" / "alerts.yml"
@@ -64,18 +66,13 @@ def test_a_real_prometheus_finds_every_series_and_evaluates_every_query(
         if job["job_name"] == "vlreward":
             job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    server = processes.start(
-        [
-            VLREWARD,
-            "serve",
-            "--model",
-            f"helpful={tiny_reward}",
-            "--model",
-            f"safety={other_reward}",
-            "--port",
-            str(port),
-        ]
-    )
+    models = {}
+    for name, checkpoint in (("helpful", tiny_reward), ("safety", other_reward)):  # each with a scale
+        models[name] = {"model": str(shutil.copytree(checkpoint, tmp_path / name))}
+        write_reference(models[name]["model"], statistics_of([-1.0, 0.5, 2.0], "test"))
+    models["guarded"] = {"ensemble": {"helpful": 0.5, "safety": 0.5}}
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(models, sort_keys=False))
+    server = processes.start([VLREWARD, "serve", "--models", str(tmp_path / "models.yaml"), "--port", str(port)])
     processes.start(
         [prometheus_tools.prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
          f"--web.listen-address=127.0.0.1:{prometheus_port}"],
@@ -89,6 +86,7 @@ def test_a_real_prometheus_finds_every_series_and_evaluates_every_query(
         assert httpx.post(url + "/score", json={"items": items}, timeout=60).status_code == 200
         assert httpx.post(url + "/score", json={"model": "safety", "items": items[:2]}, timeout=60).status_code == 200
         assert httpx.post(url + "/rank", json={"prompt": "Which?", "responses": ["a", "b"]}).status_code == 200
+        assert httpx.post(url + "/score", json={"model": "guarded", "items": items[:1]}, timeout=60).status_code == 200
         assert httpx.post(url + "/score", json={"items": [{"prompt": 1}]}).status_code == 422
         time.sleep(1.5)
     deadline = time.monotonic() + 60
@@ -116,7 +114,7 @@ def test_a_real_prometheus_finds_every_series_and_evaluates_every_query(
         assert httpx.get(api + "/query", params={"query": query}).json()["data"]["result"], query
     per_model = httpx.get(api + "/query", params={"query": "sum by (model) (vlreward_samples_total)"}).json()
     samples = {series["metric"]["model"]: float(series["value"][1]) for series in per_model["data"]["result"]}
-    assert samples == {"helpful": 18.0, "safety": 6.0}, samples
+    assert samples == {"helpful": 21.0, "safety": 9.0}, samples  # the ensemble's item counts for both members
     ready = httpx.get(api + "/query", params={"query": "vlreward_ready"}).json()["data"]["result"]
     assert sorted(series["metric"]["model"] for series in ready) == ["helpful", "safety"]
     rules = httpx.get(api + "/rules").json()["data"]["groups"][0]["rules"]
