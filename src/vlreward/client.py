@@ -93,6 +93,11 @@ class Timeout(VLRewardError):
     """504: the request's deadline passed."""
 
 
+class UnparsedVerdict(VLRewardError):
+    """502 ``unparsed_verdict``: a judge's generated answers had no verdict its rule reads (not retried: the
+    same seed writes the same answers; ask with more ``max_new_tokens``, ``samples`` or another seed)."""
+
+
 ERROR_CLASSES: dict[str, type[VLRewardError]] = {
     ErrorKind.INVALID_REQUEST: InvalidRequest,
     ErrorKind.VALIDATION: InvalidRequest,
@@ -110,6 +115,7 @@ ERROR_CLASSES: dict[str, type[VLRewardError]] = {
     ErrorKind.UNHEALTHY: Unavailable,
     ErrorKind.TIMEOUT: Timeout,
     ErrorKind.INTERNAL: VLRewardError,
+    ErrorKind.UNPARSED_VERDICT: UnparsedVerdict,
 }
 """The exception for each error ``type`` the server sends (its ErrorKind values)."""
 
@@ -287,8 +293,15 @@ def merge_scores(parts: list[ScoreResponse], sizes: list[int]) -> ScoreResponse:
         model=parts[0].model,
         scores=[score for part in parts for score in part.scores],
         details=details if any(d is not None for d in details) else None,
-        usage=Usage(input_tokens=sum(p.usage.input_tokens for p in parts), images=sum(p.usage.images for p in parts)),
+        usage=Usage(
+            input_tokens=sum(p.usage.input_tokens for p in parts),
+            images=sum(p.usage.images for p in parts),
+            output_tokens=None
+            if parts[0].usage.output_tokens is None
+            else sum(p.usage.output_tokens or 0 for p in parts),
+        ),
         errors=errors or None,
+        reference_version=parts[0].reference_version,
     )
 
 
@@ -321,10 +334,14 @@ def _raise_for_error(response: httpx.Response) -> None:
     )
 
 
-def _score_body(items: list[dict], on_error: str, truncate: str, timeout_s: float | None) -> dict[str, Any]:
+def _score_body(
+    items: list[dict], on_error: str, truncate: str, timeout_s: float | None, normalize: str | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"items": items, "on_error": on_error, "truncate": truncate}
     if timeout_s is not None:
         body["timeout_s"] = timeout_s
+    if normalize is not None:
+        body["normalize"] = normalize
     return body
 
 
@@ -334,8 +351,12 @@ Images = list[Any] | None
 """Images as PIL images, bytes, paths, data URIs or URLs (:func:`encode_image`)."""
 
 
-def _rank_body(prompt: Prompt, responses: list[str], images: Images, top_k: int | None) -> dict:
+def _rank_body(
+    prompt: Prompt, responses: list[str], images: Images, top_k: int | None, normalize: str | None = None
+) -> dict:
     body: dict[str, Any] = {"responses": responses}
+    if normalize is not None:
+        body["normalize"] = normalize
     body["messages" if isinstance(prompt, list) else "prompt"] = prompt
     if images:
         body["images"] = [encode_image(image) for image in images]
@@ -434,23 +455,33 @@ class RewardClient(_ClientOptions):
         return self._max_items
 
     def score(
-        self, items: list[dict], on_error: str = "fail", truncate: str = "none", timeout_s: float | None = None
+        self,
+        items: list[dict],
+        on_error: str = "fail",
+        truncate: str = "none",
+        timeout_s: float | None = None,
+        normalize: str | None = None,
     ) -> ScoreResponse:
         """Score samples (dicts in the Sample shape), in chunks of the server's ``max_items``; scores in
-        order. ``on_error="null"``: items the server cannot score get None (see ``errors``)."""
+        order. ``on_error="null"``: items the server cannot score get None (see ``errors``);
+        ``normalize="zscore"``: z-scores with the model's reference statistics (``reference_version``)."""
         items = [encode_item(item) for item in items]
         chunks = _chunks(items, self.max_items()) if len(items) > 1 else [items]
-        parts = [
-            ScoreResponse.model_validate(self._post("/score", _score_body(chunk, on_error, truncate, timeout_s)))
-            for chunk in chunks
-        ]
+        bodies = [_score_body(chunk, on_error, truncate, timeout_s, normalize) for chunk in chunks]
+        parts = [ScoreResponse.model_validate(self._post("/score", body)) for body in bodies]
         return merge_scores(parts, [len(c) for c in chunks])
 
     def rank(
-        self, prompt: Prompt, responses: list[str], images: Images = None, top_k: int | None = None
+        self,
+        prompt: Prompt,
+        responses: list[str],
+        images: Images = None,
+        top_k: int | None = None,
+        normalize: str | None = None,
     ) -> RankResponse:
         """Rank responses to one prompt (a string, or messages without the final assistant turn)."""
-        return RankResponse.model_validate(self._post("/rank", _rank_body(prompt, responses, images, top_k)))
+        body = _rank_body(prompt, responses, images, top_k, normalize)
+        return RankResponse.model_validate(self._post("/rank", body))
 
     def compare(self, pairs: list[dict], debias: bool = True) -> CompareResponse:
         """P(A > B) per pair (dicts with ``prompt`` or ``messages``, images, ``a`` and ``b``), in chunks of
@@ -518,18 +549,29 @@ class AsyncRewardClient(_ClientOptions):
         return self._max_items
 
     async def score(
-        self, items: list[dict], on_error: str = "fail", truncate: str = "none", timeout_s: float | None = None
+        self,
+        items: list[dict],
+        on_error: str = "fail",
+        truncate: str = "none",
+        timeout_s: float | None = None,
+        normalize: str | None = None,
     ) -> ScoreResponse:
         items = [encode_item(item) for item in items]
         chunks = _chunks(items, await self.max_items()) if len(items) > 1 else [items]
-        bodies = [_score_body(chunk, on_error, truncate, timeout_s) for chunk in chunks]
+        bodies = [_score_body(chunk, on_error, truncate, timeout_s, normalize) for chunk in chunks]
         answers = await asyncio.gather(*(self._post("/score", body) for body in bodies))
         return merge_scores([ScoreResponse.model_validate(a) for a in answers], [len(c) for c in chunks])
 
     async def rank(
-        self, prompt: Prompt, responses: list[str], images: Images = None, top_k: int | None = None
+        self,
+        prompt: Prompt,
+        responses: list[str],
+        images: Images = None,
+        top_k: int | None = None,
+        normalize: str | None = None,
     ) -> RankResponse:
-        return RankResponse.model_validate(await self._post("/rank", _rank_body(prompt, responses, images, top_k)))
+        body = _rank_body(prompt, responses, images, top_k, normalize)
+        return RankResponse.model_validate(await self._post("/rank", body))
 
     async def compare(self, pairs: list[dict], debias: bool = True) -> CompareResponse:
         chunks = _chunks(pairs, max(1, await self.max_items() // 2))

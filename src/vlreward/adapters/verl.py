@@ -84,6 +84,7 @@ async def compute_score(
     model: str | None = None,
     step_separator: str | None = None,
     reference: str | None = None,
+    normalize: str | None = None,
     **_: Any,
 ) -> dict[str, float | str]:
     """verl's reward function: ``{"score": reward, "vlreward_scored": 1.0}`` for one sample. ``model``
@@ -92,7 +93,9 @@ async def compute_score(
     aggregate and ``vlreward_step_scores`` their scores (JSON text: verl's metrics skip text values).
     ``reference`` (``"ground_truth"`` or an ``extra_info`` key): the score is P(response better than that
     reference answer) from ``/compare`` (a judge's pairwise verdict, debiased; a scalar model's sigmoid of
-    the score difference)."""
+    the score difference). ``normalize="zscore"``: the score on the model's reference scale. An ensemble's
+    answer also carries ``vlreward_disagreement`` and each member's z-score (``vlreward_member_<name>``),
+    which verl logs as metrics."""
     base_url = base_url or os.environ.get(URL_VARIABLE)
     if not base_url:
         raise ValueError(f"give reward_kwargs.base_url or set {URL_VARIABLE}")
@@ -106,7 +109,7 @@ async def compute_score(
         return {"score": float(prob), "vlreward_scored": 1.0, "vlreward_prob_better": float(prob)}
     item = with_steps(scoring_item(solution_str, extra_info), step_separator)
     try:
-        result = await client.score([item], on_error="fail" if unscored_score is None else "null")
+        result = await client.score([item], on_error="fail" if unscored_score is None else "null", normalize=normalize)
     except VLRewardError:
         if unscored_score is None:
             raise
@@ -115,6 +118,10 @@ async def compute_score(
     if score is None:
         return {"score": float(unscored_score), "vlreward_scored": 0.0}
     scored: dict[str, float | str] = {"score": float(score), "vlreward_scored": 1.0}
-    if result.details and result.details[0] and "step_scores" in result.details[0]:
-        scored["vlreward_step_scores"] = json.dumps(result.details[0]["step_scores"])
+    details = (result.details or [None])[0] or {}
+    if "step_scores" in details:
+        scored["vlreward_step_scores"] = json.dumps(details["step_scores"])
+    if "disagreement" in details:  # an ensemble: its components, each a metric of its own
+        scored["vlreward_disagreement"] = float(details["disagreement"])
+        scored |= {f"vlreward_member_{name}": float(z) for name, z in details["members"].items()}
     return scored

@@ -153,7 +153,7 @@ def test_a_published_judge_that_only_compares_answers_compare_and_refuses_scores
         ("/score", {"items": ITEMS[:1], "aggregate": "min"}, 400, "aggregate"),
         ("/compare", {"pairs": []}, 422, "pairs"),
         ("/compare", {"pairs": PAIRS[1:2] * 5}, 413, "pairs"),
-        ("/compare", {"pairs": PAIRS[1:2], "mode": "generate"}, 422, "mode"),
+        ("/compare", {"pairs": PAIRS[1:2], "critique": True}, 422, "critique"),  # logits mode writes nothing
         ("/compare", {"pairs": [PAIRS[1], {**PAIRS[0], "image": "data:image/png;base64,AAAA"}]}, 400, "pairs[1]"),
         ("/get_reward", {"query": ["<|im_start|>user\nno response turn<|im_end|>\n"]}, 400, "query[0]"),
     ],
