@@ -167,3 +167,14 @@ def calibrated(reference: Reference, margins: Sequence[float], split: float = 0.
     calibration = {"pairs_fitted": len(fit), "pairs_measured": len(measure), "ece_before": before,
                    "ece_after": after, "bins": ECE_BINS}  # fmt: skip
     return Reference(**(asdict(reference) | {"temperature": temperature, "calibration": calibration}))
+
+
+def pair_calibration(pairs: Sequence[tuple[float, float]], probabilities: bool, temperature: float = 1.0) -> dict:
+    """How calibrated a model's P(chosen > rejected) is over (chosen, rejected) values: a judge's
+    probabilities as they are (``probabilities``), a score model's sigmoid((s_c - s_r) / T). ECE over the pairs
+    asked in alternating orientation (:func:`oriented`), :data:`ECE_BINS` bins."""
+    chosen = [c if probabilities else sigmoid((c - r) / temperature) for c, r in pairs]
+    asked = [p if k % 2 == 0 else 1.0 - p for k, p in enumerate(chosen)]
+    outcomes = [k % 2 == 0 for k in range(len(chosen))]
+    return {"ece": expected_calibration_error(asked, outcomes), "bins": ECE_BINS, "pairs": len(chosen),
+            "temperature": None if probabilities else temperature}  # fmt: skip

@@ -22,6 +22,7 @@ from vlreward.service.media import MediaPolicy
 from vlreward.service.model.checkpoint import checkpoint_hash, model_name
 from vlreward.service.model.formatting import format_judged_orders
 from vlreward.service.prepare import load_images, prepare_request_sample, prepare_sample
+from vlreward.service.reference import pair_calibration, read_reference
 from vlreward.service.schemas import Sample
 from vlreward.training.benchmarks import COLUMNS, EvalPair, load_pairs, tables
 from vlreward.training.data.schema import PreferenceRecord, read_records
@@ -169,6 +170,10 @@ def evaluate_synthetic(backend: Any, model_dir: Path, output_dir: Path, seed: in
         **pairwise_accuracy([r.category for r in records], scores),
     }
     results["extra_image_swap_hallucination"] = sum(r > c for c, r in swapped) / max(1, len(swapped))
+    judged = backend.judge is not None and backend.judge.compares  # its values are P(chosen better) already
+    reference = read_reference(model_dir)
+    temperature = 1.0 if reference is None else reference.temperature
+    results["calibration"] = pair_calibration(scores, probabilities=judged, temperature=temperature)
     output_dir.mkdir(parents=True, exist_ok=True)
     with (output_dir / PREDICTIONS_FILE).open("w") as handle:
         for record, (chosen, rejected) in zip(records, scores, strict=True):

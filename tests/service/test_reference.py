@@ -65,3 +65,14 @@ def test_the_fitted_temperature_recovers_the_true_one_and_lowers_held_out_ece(se
     assert calibration["ece_after"] < calibration["ece_before"]
     assert reference.version != Reference(0.0, 1.0, {}, 2, "x").version  # a new T is a new scale
     assert math.isfinite(reference.temperature)
+
+
+def test_pair_calibration_reads_a_judges_probabilities_as_they_are_and_a_scores_margin_through_t():
+    from vlreward.service.reference import pair_calibration
+
+    # Every pair at P(chosen) 0.9, asked in alternating orientation: bins 0.9 (all right) and 0.1 (all wrong):
+    # each off by 0.1.
+    assert pair_calibration([(0.9, 0.1)] * 4, probabilities=True)["ece"] == pytest.approx(0.1)
+    margin = math.log(9.0)  # sigmoid(log 9) = 0.9; with T = 2 it is 0.75
+    assert pair_calibration([(margin, 0.0)] * 4, probabilities=False)["ece"] == pytest.approx(0.1)
+    assert pair_calibration([(margin, 0.0)] * 4, probabilities=False, temperature=2.0)["ece"] == pytest.approx(0.25)

@@ -63,6 +63,9 @@ def test_default_model_meets_its_targets_and_reads_the_image(hf_eval):
     assert results["overall"] >= 0.90, results
     assert all(results["categories"][name] >= 0.85 for name in CATEGORIES), results
     assert results["extra_image_swap_hallucination"] >= 0.90, results
+    calibration = results["calibration"]  # P(chosen > rejected) = sigmoid of the margin (no T stored yet)
+    assert calibration["pairs"] == len(_predictions(output)) and 0.0 <= calibration["ece"] <= 1.0
+    assert calibration["temperature"] == 1.0 and calibration["bins"] == 15
 
 
 def test_the_trained_default_model_scores_the_same_on_vllm(default_home, hf_eval, tmp_path):
