@@ -165,8 +165,9 @@ class Checks:
 
     def add_same(self, path: str, got: list[str], expected: list[str]) -> None:
         """Texts that must be identical (generated answers): the share that differ, tolerance 0."""
-        differ = 1.0 if len(got) != len(expected) else sum(a != b for a, b in zip(got, expected, strict=True))
-        share = differ / max(1, len(expected)) if len(got) == len(expected) else None
+        share = None  # a missing answer: not comparable
+        if len(got) == len(expected):
+            share = sum(a != b for a, b in zip(got, expected, strict=True)) / max(1, len(expected))
         self.rows.append({"path": path, "max_abs_diff": share, "tolerance": 0.0, "ok": share == 0.0})
 
     @property
@@ -543,6 +544,13 @@ def judge_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
     return [rated, compared]
 
 
+def one_sample_mix(plan: Plan) -> Mix:
+    """One-sample RLHF requests, as the vLLM rows send them: a third with an 84x84 image, prompts of 8-40
+    words, responses of 4-60."""
+    return Mix(samples=plan.vllm_requests, image_fraction=1 / 3, image_size=(84, 84), prompt_words=(8, 40),
+               response_words=(4, 60))  # fmt: skip
+
+
 GENERATE_TOKENS = 32
 """New tokens per answer in the judge-generate row (greedy; a judge built on the suite's model writes until
 its end token or this many)."""
@@ -571,8 +579,7 @@ def judge_generate_section(model: Path, plan: Plan, checks: Checks) -> list[Comp
     judge_dir = judge_like(model)
     judge = read_declaration("generic")
     concurrency = 16 if 16 in plan.vllm_concurrency else max(plan.vllm_concurrency)
-    mix = Mix(samples=plan.vllm_requests, image_fraction=1 / 3, image_size=(84, 84), prompt_words=(8, 40),
-              response_words=(4, 60))  # fmt: skip
+    mix = one_sample_mix(plan)
     samples_of = {r: make_samples(mix.with_(seed=300 + r)) for r in range(plan.rounds)}
     answers: dict[str, list[str]] = {}
 
@@ -735,8 +742,7 @@ def vllm_section(
 ) -> list[Comparison]:
     from vlreward.service.backends.transformers import TransformersBackend
 
-    mix = Mix(samples=plan.vllm_requests, image_fraction=1 / 3, image_size=(84, 84), prompt_words=(8, 40),
-              response_words=(4, 60))  # fmt: skip  # one-sample RLHF requests
+    mix = one_sample_mix(plan)
     # vLLM caches prefixes: every run gets samples no server has seen (one seed per concurrency and round,
     # and one for the limit row), or a later run would be served from the cache an earlier one filled.
     runs = [(c, r) for c in plan.vllm_concurrency for r in range(plan.rounds)]

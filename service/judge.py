@@ -359,6 +359,10 @@ class GenerationParams:
     max_new_tokens: int = 256
     seed: int | None = None
 
+    def per_question(self, answers: list) -> list[list]:
+        """Answers listed question by question (``samples`` each) as one list per question."""
+        return [answers[start : start + self.samples] for start in range(0, len(answers), self.samples)]
+
     def sample_seed(self, question: int, sample: int) -> int | None:
         """The seed of one answer (None: unseeded), distinct for every question and sample of a request."""
         if self.seed is None:

@@ -22,6 +22,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from vlreward.service.kinds import sigmoid
 
@@ -29,7 +30,8 @@ REFERENCE_FILE = "vlreward_reference.json"
 """In a checkpoint: its reference statistics (and temperature), written by ``vlreward calibrate``."""
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 ECE_BINS = 15
-NORMALIZATIONS = ("none", "zscore")
+Normalize = Literal["none", "zscore"]
+"""How /score and /rank return scores: raw, or as z-scores of the model's reference statistics."""
 
 
 @dataclass(frozen=True)
@@ -97,37 +99,37 @@ def file_hash(path: str | Path) -> str:
 # -- calibration --------------------------------------------------------------------------------------------
 
 
-def expected_calibration_error(probs: Sequence[float], outcomes: Sequence[bool], bins: int = ECE_BINS) -> float:
-    """Σ_b (n_b / n) |accuracy_b - confidence_b| over ``bins`` equal-width bins of the predicted probability
-    (a probability of 1.0 goes in the last bin)."""
-    totals = [[0, 0.0, 0] for _ in range(bins)]  # count, sum of probabilities, outcomes that happened
-    for prob, outcome in zip(probs, outcomes, strict=True):
-        slot = totals[min(bins - 1, int(prob * bins))]
-        slot[0] += 1
-        slot[1] += prob
-        slot[2] += int(outcome)
-    n = len(probs)
-    return math.fsum(abs(hits / count - mass / count) * count / n for count, mass, hits in totals if count)
-
-
 def reliability(probs: Sequence[float], outcomes: Sequence[bool], bins: int = ECE_BINS) -> list[dict]:
-    """Per bin: its range, count, mean predicted probability and observed frequency (the reliability plot)."""
-    rows = []
-    for b in range(bins):
-        inside = [(p, o) for p, o in zip(probs, outcomes, strict=True) if min(bins - 1, int(p * bins)) == b]
-        rows.append({
-            "low": b / bins, "high": (b + 1) / bins, "count": len(inside),
-            "confidence": statistics.fmean(p for p, _ in inside) if inside else None,
-            "frequency": statistics.fmean(float(o) for _, o in inside) if inside else None,
-        })  # fmt: skip
-    return rows
+    """Per equal-width bin of the predicted probability (1.0 in the last): its range, count, mean predicted
+    probability and observed frequency (the reliability plot)."""
+    inside: list[list[tuple[float, bool]]] = [[] for _ in range(bins)]
+    for prob, outcome in zip(probs, outcomes, strict=True):
+        inside[min(bins - 1, int(prob * bins))].append((prob, outcome))
+    return [
+        {"low": b / bins, "high": (b + 1) / bins, "count": len(rows),
+         "confidence": statistics.fmean(p for p, _ in rows) if rows else None,
+         "frequency": statistics.fmean(float(o) for _, o in rows) if rows else None}
+        for b, rows in enumerate(inside)
+    ]  # fmt: skip
 
 
-def oriented(margins: Sequence[float]) -> tuple[list[float], list[bool]]:
-    """Pairs (chosen - rejected margins) as the questions a user asks: half of them the other way round
-    (alternating), so that the outcomes are not all "A is better" and calibration can be measured."""
-    signed = [m if k % 2 == 0 else -m for k, m in enumerate(margins)]
-    return signed, [k % 2 == 0 for k in range(len(margins))]
+def expected_calibration_error(probs: Sequence[float], outcomes: Sequence[bool], bins: int = ECE_BINS) -> float:
+    """Σ_b (n_b / n) |frequency_b - confidence_b| over the bins of :func:`reliability`."""
+    rows = [row for row in reliability(probs, outcomes, bins) if row["count"]]
+    return math.fsum(row["count"] / len(probs) * abs(row["frequency"] - row["confidence"]) for row in rows)
+
+
+def oriented(chosen: Sequence[float]) -> tuple[list[float], list[bool]]:
+    """P(chosen > rejected) of pairs as the questions a user asks: every second pair the other way round
+    (asked P(rejected > chosen) = 1 - P, which did not happen), so that the outcomes are not all "A is better"
+    and calibration can be measured. Returns the asked probabilities and whether A was better."""
+    asked = [p if k % 2 == 0 else 1.0 - p for k, p in enumerate(chosen)]
+    return asked, [k % 2 == 0 for k in range(len(chosen))]
+
+
+def margin_questions(margins: Sequence[float], temperature: float = 1.0) -> tuple[list[float], list[bool]]:
+    """Chosen-minus-rejected margins as :func:`oriented` questions, P = sigmoid(margin / T)."""
+    return oriented([sigmoid(m / temperature) for m in margins])
 
 
 def fit_temperature(margins: Sequence[float]) -> float:
@@ -161,9 +163,8 @@ def calibrated(reference: Reference, margins: Sequence[float], split: float = 0.
     if not fit or not measure:
         raise ValueError(f"calibration needs pairs to fit and to measure; got {len(margins)}")
     temperature = fit_temperature(fit)
-    signed, outcomes = oriented(measure)
-    before = expected_calibration_error([sigmoid(m) for m in signed], outcomes)
-    after = expected_calibration_error([sigmoid(m / temperature) for m in signed], outcomes)
+    before = expected_calibration_error(*margin_questions(measure))
+    after = expected_calibration_error(*margin_questions(measure, temperature))
     calibration = {"pairs_fitted": len(fit), "pairs_measured": len(measure), "ece_before": before,
                    "ece_after": after, "bins": ECE_BINS}  # fmt: skip
     return Reference(**(asdict(reference) | {"temperature": temperature, "calibration": calibration}))
@@ -174,7 +175,5 @@ def pair_calibration(pairs: Sequence[tuple[float, float]], probabilities: bool, 
     probabilities as they are (``probabilities``), a score model's sigmoid((s_c - s_r) / T). ECE over the pairs
     asked in alternating orientation (:func:`oriented`), :data:`ECE_BINS` bins."""
     chosen = [c if probabilities else sigmoid((c - r) / temperature) for c, r in pairs]
-    asked = [p if k % 2 == 0 else 1.0 - p for k, p in enumerate(chosen)]
-    outcomes = [k % 2 == 0 for k in range(len(chosen))]
-    return {"ece": expected_calibration_error(asked, outcomes), "bins": ECE_BINS, "pairs": len(chosen),
+    return {"ece": expected_calibration_error(*oriented(chosen)), "bins": ECE_BINS, "pairs": len(chosen),
             "temperature": None if probabilities else temperature}  # fmt: skip

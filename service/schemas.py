@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from vlreward.service.reference import Normalize
+
 
 def _integral(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
@@ -282,7 +284,7 @@ class ScoreRequest(JudgeGenerateFields):
     response_as_step: bool | None = Field(
         None, description="Process models: score an item's `response` as its one step. Other kinds refuse it."
     )
-    normalize: Literal["none", "zscore"] | None = normalize_field()
+    normalize: Normalize | None = normalize_field()
 
 
 class ItemError(BaseModel):
@@ -372,7 +374,7 @@ class RankRequest(_SharedPrompt):
     top_k: PositiveJsonInt | None = None
     aggregate: Aggregate | None = aggregate_field()
     timeout_s: float | None = timeout_field()
-    normalize: Literal["none", "zscore"] | None = normalize_field()
+    normalize: Normalize | None = normalize_field()
 
     def candidates(self) -> list[Sample]:
         """One Sample per response."""

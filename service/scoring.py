@@ -398,10 +398,16 @@ def _parsed(model: ServedModel, form: str, answers: list[Generation]) -> list[Ve
 
 
 def _read_answers(
-    model: ServedModel, form: str, answers: list[Generation], flipped: list[bool], critique: bool, param: str
+    model: ServedModel,
+    form: str,
+    answers: list[Generation],
+    verdicts: list[Verdict],
+    flipped: list[bool],
+    critique: bool,
+    param: str,
 ) -> tuple[float | None, dict, ServiceError | None]:
-    """One item's answers: its score (their vote), its details, and its error when no verdict parsed."""
-    verdicts = _parsed(model, form, answers)
+    """One item's answers and their parsed verdicts: its score (their vote), its details, and its error when
+    no verdict parsed."""
     failures = [v.failure for v in verdicts if v.failure is not None]
     for reason in failures:
         model.metrics.judge_parse_failures[reason].inc()
@@ -444,8 +450,9 @@ async def _judge_generate_items(
         for position, item_answers in zip(positions, answers, strict=True):
             param = f"items[{position}]"
             flipped = [False] * len(item_answers)
+            verdicts = _parsed(model, "pointwise", item_answers)
             score, details[position], error = _read_answers(
-                model, "pointwise", item_answers, flipped, bool(body.critique), param
+                model, "pointwise", item_answers, verdicts, flipped, bool(body.critique), param
             )
             if error is not None:
                 errors.append((position, error))
@@ -483,14 +490,16 @@ async def _judge_generate_pairs(
         probs, details = [], []
         for index in range(len(pairs)):
             orders = answers[index * per_pair : (index + 1) * per_pair]
+            parsed = [_parsed(model, "pairwise", order) for order in orders]
             flat = [a for order in orders for a in order]
+            verdicts = [v for order in parsed for v in order]
             flipped = [k == 1 for k, order in enumerate(orders) for _ in order]
             where = f"pairs[{index}]"
-            prob, detail, error = _read_answers(model, "pairwise", flat, flipped, bool(body.critique), where)
+            prob, detail, error = _read_answers(model, "pairwise", flat, verdicts, flipped, bool(body.critique), where)
             if error is not None:
                 raise error
             if body.debias:  # each order's share of votes for its first response
-                shares = [vote("pairwise", _parsed(model, "pairwise", order)) for order in orders]
+                shares = [vote("pairwise", order) for order in parsed]
                 if None not in shares:
                     model.metrics.judge_orders["disagree" if orders_disagree(*shares) else "agree"].inc()
             probs.append(prob)

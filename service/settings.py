@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vlreward.service.reference import Normalize
+
 ENV_PREFIX = "VLREWARD_"
 BACKENDS = ("transformers", "vllm")
 """The scoring backends, by the name users give them (``--backend``, /info, metrics)."""
@@ -53,7 +55,7 @@ class Settings(BaseSettings):
         'unifiedreward-qwen, llava-critic-r1) or a YAML file (docs/serving.md, "Generative judges"); default: '
         "what the checkpoint's config.json declares.",
     )
-    normalize: Literal["none", "zscore"] = Field(
+    normalize: Normalize = Field(
         "none",
         description="How /score and /rank return a request's scores when it does not say: none (raw) or zscore "
         "((s - mean) / std with the checkpoint's reference statistics, `vlreward calibrate`).",

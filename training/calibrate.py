@@ -14,12 +14,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vlreward.service.kinds import sigmoid
 from vlreward.service.reference import (
     ECE_BINS,
     calibrated,
     file_hash,
-    oriented,
+    margin_questions,
     reliability,
     statistics_of,
     write_reference,
@@ -48,12 +47,11 @@ def calibrate(model_dir: Path, data_dir: Path, output: Path | None = None) -> di
     reference = calibrated(reference, margins)
     write_reference(model_dir, reference)
     measured = margins[reference.calibration["pairs_fitted"] :]
-    signed, outcomes = oriented(measured)
     results = {
         "model": str(model_dir), "data": str(data_dir), "reference": reference.describe(),
         "quantiles": reference.quantiles, "calibration": reference.calibration,
-        "reliability_before": reliability([sigmoid(m) for m in signed], outcomes),
-        "reliability_after": reliability([sigmoid(m / reference.temperature) for m in signed], outcomes),
+        "reliability_before": reliability(*margin_questions(measured)),
+        "reliability_after": reliability(*margin_questions(measured, reference.temperature)),
     }  # fmt: skip
     output = Path(output or model_dir)
     output.mkdir(parents=True, exist_ok=True)

@@ -83,14 +83,13 @@ def export_checkpoint(base_dir: Path, checkpoint_dir: Path, output_dir: Path) ->
     """A trainer checkpoint (accelerate state) + its base model directory -> reward checkpoint (a process
     model or a judge when its run trained one)."""
     judge = run_judge(Path(checkpoint_dir).parent)
+    state = load_file(Path(checkpoint_dir) / "model.safetensors")
     if judge is not None:
         from vlreward.training.judge import judge_model_from_base
 
-        state = load_file(Path(checkpoint_dir) / "model.safetensors")
         model, processor = judge_model_from_base(base_dir, judge, critiques="lm_head.weight" in state)
     else:
         model, processor = reward_model_from_base(base_dir, head_bias=False)
-        state = load_file(Path(checkpoint_dir) / "model.safetensors")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(

@@ -37,7 +37,7 @@ from vlreward.service.model.checkpoint import (
     write_weights,
 )
 from vlreward.service.model.encoding import EncodedSample, collate, encode_shared
-from vlreward.service.model.formatting import format_judged_orders, format_sample
+from vlreward.service.model.formatting import IM_END, format_judged_orders, format_sample
 from vlreward.service.prepare import load_images
 from vlreward.training.data.schema import PreferenceRecord
 
@@ -58,13 +58,12 @@ class JudgeExample:
 
 CRITIQUE_KEYS = {PAIRWISE: ("chosen_first", "rejected_first"), POINTWISE: ("chosen", "rejected")}
 """A record's ``critiques`` keys: the pairwise question in each order, then the pointwise question of each side."""
-END_OF_TURN = "<|im_end|>"
 
 
 def written_answer(judge: JudgeDeclaration, form: str, critique: str, verdict: str) -> str:
     """What a judge writes in generate mode after its ``generate_prefix``: the critique, then on a line of its
     own the form's answer prefix and the verdict token (what its default parse rule reads), then the turn's end."""
-    return f"{critique}\n{judge.answer_prefix(form)}{verdict}{END_OF_TURN}"
+    return f"{critique}\n{judge.answer_prefix(form)}{verdict}{IM_END}"
 
 
 def answer_example(question: Any, answer: str, processor: Any, form: str, target: int) -> JudgeExample:

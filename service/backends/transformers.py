@@ -207,10 +207,6 @@ class TransformersBackend:
             stop.set()
             raise
 
-    def generate_sync(self, questions: list[FormattedSample], params: GenerationParams) -> list[list[Generation]]:
-        """Blocking :meth:`generate` of formatted questions (evaluation, tests)."""
-        return self.generator.generate([self.encode(q) for q in questions], params)
-
     def format_request_sample(self, sample: dict) -> FormattedSample:
         """One sample in the HTTP JSON shape (inline images only), formatted for this model."""
         return prepare_request_sample(sample, self.processor, step_tag=self.step_tag, judge=self.judge)

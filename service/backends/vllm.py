@@ -389,8 +389,7 @@ class VLLMBackend:
             for q, item in enumerate(questions)
             for s in range(params.samples)
         ]
-        flat = await asyncio.gather(*answers)
-        return [list(flat[q * params.samples : (q + 1) * params.samples]) for q in range(len(questions))]
+        return params.per_question(list(await asyncio.gather(*answers)))
 
     async def _answer(self, item: VLLMInput, params: GenerationParams, seed: int | None) -> Generation:
         from vllm import SamplingParams

@@ -18,6 +18,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 
 from vlreward.service.judge import Generation, GenerationParams
 from vlreward.service.model.encoding import EncodedSample, collate
+from vlreward.service.model.formatting import IM_END
 
 
 class GenerationStopped(Exception):
@@ -77,7 +78,7 @@ class JudgeGenerator:
         self.model = generative_model(reward_model, lm_head)
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
-        ends = [tokenizer.convert_tokens_to_ids(token) for token in ("<|im_end|>", "<|endoftext|>")]
+        ends = [tokenizer.convert_tokens_to_ids(token) for token in (IM_END, "<|endoftext|>")]
         self.eos_ids = [token for token in ends if token is not None and token != tokenizer.unk_token_id]
         self.pad_id = reward_model.config.text_config.pad_token_id
         self.stopped = 0
@@ -95,7 +96,7 @@ class JudgeGenerator:
         for start in range(0, len(rows), self.max_batch_size):
             chunk = rows[start : start + self.max_batch_size]
             answers += self._generate_rows([questions[q] for q, _ in chunk], chunk, params, stop)
-        return [answers[q * params.samples : (q + 1) * params.samples] for q in range(len(questions))]
+        return params.per_question(answers)
 
     def _generate_rows(
         self, samples: list[EncodedSample], rows: list[tuple[int, int]], params: GenerationParams, stop: threading.Event
