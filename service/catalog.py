@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from vlreward.service.ensemble import Ensemble, EnsembleError
+from vlreward.service.ensemble import Ensemble, EnsembleError, member_parts
 from vlreward.service.settings import Settings
 
 PER_MODEL_SETTINGS = frozenset(
@@ -151,7 +151,7 @@ def check_specs(specs: list[ModelSpec]) -> None:
             continue
         if spec.default:
             raise CatalogError(f"ensemble {spec.name!r} cannot be the default model (name it in requests)")
-        unknown = sorted(set(spec.ensemble) - served)
+        unknown = sorted({member_parts(m)[0] for m in spec.ensemble} - served)
         if unknown:
             raise CatalogError(f"ensemble {spec.name!r}: {unknown[0]!r} is not a served model (ensembles hold models)")
         try:

@@ -1,8 +1,9 @@
 """Ensembles: several served reward models answering as one, on one scale, with their disagreement.
 
 An ensemble is declared at start-up in the models file (``name: {ensemble: {member: weight, ...}}``); its
-members are served models of the same server, each with reference statistics (``vlreward calibrate``), so
-that their scores are z-scores on one scale. For each item:
+members are served models of the same server, or heads of a multi-head model (``model:head``), each with
+reference statistics (``vlreward calibrate``), so that their scores are z-scores on one scale. Members that
+are heads of one model share its forward pass: the model is asked once. For each item:
 
 - ``score`` = Σ_m w_m z_m (the weighted sum of the members' normalised scores);
 - ``details.members`` = {m: z_m};
@@ -18,6 +19,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+HEAD_SEPARATOR = ":"
+"""Between a multi-head model's name and its head's in a member's name (``rm:helpful``)."""
+
+
+def member_parts(member: str) -> tuple[str, str | None]:
+    """A member's served model and head (None: the model's default head, or its one head)."""
+    model, _, head = member.partition(HEAD_SEPARATOR)
+    return model, head or None
 
 
 class EnsembleError(ValueError):
@@ -42,6 +52,11 @@ class Ensemble:
     @property
     def members(self) -> list[str]:
         return list(self.weights)
+
+    @property
+    def models(self) -> list[str]:
+        """The served models its members are (or are heads of), each once: what a request asks."""
+        return list(dict.fromkeys(member_parts(m)[0] for m in self.members))
 
     def combine(self, normalised: Mapping[str, float]) -> tuple[float, dict]:
         """One item's score and details from its members' z-scores."""

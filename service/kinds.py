@@ -56,7 +56,10 @@ class ModelKind:
 
 SCALAR = ModelKind(
     name="scalar",
-    score="the reward head's raw output at the last token (higher is better; unbounded)",
+    score="the reward head's raw output at the last token (higher is better; unbounded); a multi-head model's "
+    "head the request names (`head`, default: the checkpoint's default head)",
+    request_fields=frozenset({"head"}),
+    details=("heads",),
 )
 
 GENERATE_FIELDS = ("mode", "samples", "temperature", "max_new_tokens", "seed", "critique")
@@ -109,14 +112,20 @@ def checkpoint_kind(directory: str | Path) -> ModelKind:
         raise UnknownKind(f"{directory}: {exc}") from None
 
 
-def declare_kind(config: dict, kind: ModelKind, process: ProcessHead | None = None, judge: Any = None) -> dict:
+def declare_kind(
+    config: dict, kind: ModelKind, process: ProcessHead | None = None, judge: Any = None, heads: Heads | None = None
+) -> dict:
     """``config`` (a ``config.json`` mapping) declaring ``kind`` (a process model: with its head; a judge:
-    with its :class:`~vlreward.service.judge.JudgeDeclaration`)."""
+    with its :class:`~vlreward.service.judge.JudgeDeclaration`; a multi-head scalar model: its :class:`Heads`)."""
     if (kind is PROCESS) != (process is not None):
         raise ValueError("a process model declares its ProcessHead, and only a process model does")
     if (kind is JUDGE) != (judge is not None):
         raise ValueError("a judge declares its JudgeDeclaration, and only a judge does")
-    declared = config | {KIND_KEY: kind.name}
+    if heads is not None and kind is not SCALAR:
+        raise ValueError("only a scalar model has several heads")
+    declared = {k: v for k, v in config.items() if k != HEADS_KEY} | {KIND_KEY: kind.name}
+    if heads is not None:
+        declared[HEADS_KEY] = heads.declaration()
     if process is not None:
         declared[PROCESS_KEY] = process.declaration()
     if judge is not None:
@@ -126,6 +135,63 @@ def declare_kind(config: dict, kind: ModelKind, process: ProcessHead | None = No
 
 JUDGE_KEY = "vlreward_judge"
 """The ``config.json`` key of a judge's declaration (:mod:`vlreward.service.judge`)."""
+
+
+# -- multi-head models ---------------------------------------------------------------------------------
+
+HEADS_KEY = "vlreward_heads"
+"""The ``config.json`` key of a multi-head scalar model's :class:`Heads`."""
+
+
+class HeadsError(ValueError):
+    """A multi-head declaration that cannot be served (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Heads:
+    """A scalar model with K named linear heads on one backbone: one forward pass gives every head's score
+    (``details[i].heads``); ``scores`` holds the head a request names, else :attr:`default`. The head's
+    output ``k`` is ``names[k]`` (the checkpoint's ``id2label`` says the same, for vLLM's /classify)."""
+
+    names: tuple[str, ...]
+    default: str
+
+    def __post_init__(self) -> None:
+        if len(self.names) < 2 or len(set(self.names)) != len(self.names):
+            raise HeadsError(f"a multi-head model has at least two distinct head names; got {list(self.names)}")
+        bad = [n for n in self.names if not n or not n.replace("_", "").replace("-", "").isalnum()]
+        if bad:
+            raise HeadsError(f"head name {bad[0]!r}: letters, digits, '_' and '-' only")
+        if self.default not in self.names:
+            raise HeadsError(f"the default head {self.default!r} is not one of {list(self.names)}")
+
+    def declaration(self) -> dict[str, Any]:
+        return {"names": list(self.names), "default": self.default}
+
+    def index(self, name: str | None) -> int:
+        """The output of head ``name`` (None: the default's)."""
+        return self.names.index(name or self.default)
+
+    def named(self, values: Sequence[float]) -> dict[str, float]:
+        """One item's head outputs by name."""
+        return dict(zip(self.names, values, strict=True))
+
+
+def parse_heads(spec: str) -> Heads:
+    """``helpful,safe,correct`` (the first is the default) as :class:`Heads`."""
+    names = tuple(name.strip() for name in spec.split(",") if name.strip())
+    return Heads(names, names[0] if names else "")
+
+
+def checkpoint_heads(directory: str | Path) -> Heads | None:
+    """The :class:`Heads` a multi-head checkpoint declares (None: one head, or another kind)."""
+    try:
+        declared = json.loads((Path(directory) / "config.json").read_text()).get(HEADS_KEY)
+    except (OSError, ValueError):
+        return None
+    if not declared:
+        return None
+    return Heads(tuple(declared["names"]), declared["default"])
 
 
 # -- process models ------------------------------------------------------------------------------------

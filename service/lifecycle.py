@@ -18,14 +18,14 @@ from vlreward.service.admission import Admission
 from vlreward.service.backends.base import Backend
 from vlreward.service.batching import CoreLanes, DirectScheduler, DynamicBatcher, ModelErrorHook, Scheduler
 from vlreward.service.catalog import ModelSpec, default_index, model_settings
-from vlreward.service.ensemble import Ensemble
+from vlreward.service.ensemble import Ensemble, member_parts
 from vlreward.service.errors import EngineBroken, ErrorKind, ServiceError
 from vlreward.service.judge import JudgeDeclaration
-from vlreward.service.kinds import JUDGE, ModelKind, ProcessHead, checkpoint_kind, process_head
+from vlreward.service.kinds import JUDGE, Heads, ModelKind, ProcessHead, checkpoint_heads, checkpoint_kind, process_head
 from vlreward.service.media import ImageMemory, ImageMemoryFull, MediaPolicy
 from vlreward.service.metrics import Metrics, ModelMetrics
 from vlreward.service.prepare import Limits
-from vlreward.service.reference import Reference, read_reference
+from vlreward.service.reference import Reference, read_references
 from vlreward.service.settings import Settings
 
 log = logging.getLogger("vlreward")
@@ -70,11 +70,25 @@ class ServedModel:
         """A process model's head (step tag, activation, default aggregate); None for other kinds."""
         self.judge: JudgeDeclaration | None = None
         """A judge's declaration (prompts, verdict tokens); None for other kinds."""
-        self.reference: Reference | None = None
-        """The checkpoint's reference statistics and pairwise temperature (``vlreward calibrate``); None: none."""
+        self.heads: Heads | None = None
+        """A multi-head model's heads (names, default); None: one head."""
+        self.references: dict[str | None, Reference] = {}
+        """The checkpoint's reference statistics and pairwise temperature (``vlreward calibrate``) by head (None:
+        a one-head model's); empty: none."""
         self.ready = False
         """Loaded, warmed up and the probe passed."""
         self._owns_backend = backend is None
+
+    @property
+    def reference(self) -> Reference | None:
+        """The reference statistics of the default head (a one-head model's: its own)."""
+        return self.reference_of(None)
+
+    def reference_of(self, head: str | None) -> Reference | None:
+        """The reference statistics of ``head`` (None: the default head)."""
+        if self.heads is None:
+            return self.references.get(None)
+        return self.references.get(head or self.heads.default)
 
     async def load(self, queued: Callable[[], int], on_model_error: ModelErrorHook) -> None:
         """Load the backend (unless given), start its scheduler behind the server's queue bound, and run
@@ -89,7 +103,8 @@ class ServedModel:
         self.judge = backend.judge
         self.kind = JUDGE if self.judge is not None else checkpoint_kind(backend.model_dir)
         self.process = process_head(backend.model_dir)
-        self.reference = read_reference(backend.model_dir)
+        self.heads = checkpoint_heads(backend.model_dir)
+        self.references = read_references(backend.model_dir)
         if backend.max_tokens is not None and backend.max_tokens < self.limits.max_tokens:
             log.info("%s: token limit lowered to the engine's context length, %d", self.name, backend.max_tokens)
             self.limits = dataclasses.replace(self.limits, max_tokens=backend.max_tokens)
@@ -223,11 +238,17 @@ class ServiceState:
                 self.fail(f"start-up of model {model.name!r} failed: {exc}")
                 return
         for ensemble in self.ensembles.values():  # its members' scores are z-scores: each needs its statistics
-            missing = [m for m in ensemble.members if self.models[m].reference is None]
-            if missing:
-                self.fail(f"ensemble {ensemble.name!r}: member {missing[0]!r} has no reference statistics "
-                          "(run `vlreward calibrate` on it)")  # fmt: skip
-                return
+            for member in ensemble.members:
+                name, head = member_parts(member)
+                model = self.models[name]
+                if head is not None and (model.heads is None or head not in model.heads.names):
+                    heads = "one head" if model.heads is None else f"heads {', '.join(model.heads.names)}"
+                    self.fail(f"ensemble {ensemble.name!r}: member {member!r}: model {name!r} has {heads}")
+                    return
+                if model.reference_of(head) is None:
+                    self.fail(f"ensemble {ensemble.name!r}: member {member!r} has no reference statistics "
+                              "(run `vlreward calibrate` on it)")  # fmt: skip
+                    return
         self._watchdog = asyncio.get_running_loop().create_task(self._watch_engines(), name="vlreward-watchdog")
 
     async def _watch_engines(self, interval_s: float = 0.5) -> None:

@@ -76,19 +76,35 @@ def statistics_of(scores: Sequence[float], data_hash: str) -> Reference:
     return Reference(statistics.fmean(scores), std, quantiles, len(scores), data_hash)
 
 
-def read_reference(directory: str | Path) -> Reference | None:
-    """A checkpoint's reference statistics, or None when it has none."""
+def read_references(directory: str | Path) -> dict[str | None, Reference]:
+    """A checkpoint's reference statistics by head: ``{None: ...}`` for a one-head model, ``{head: ...}`` for
+    a multi-head model (every head its own scale and temperature); empty when it has none."""
     path = Path(directory) / REFERENCE_FILE
     if not path.is_file():
-        return None
+        return {}
     data = json.loads(path.read_text())
+    if "heads" in data:
+        return {head: _reference(stats) for head, stats in data["heads"].items()}
+    return {None: _reference(data)}
+
+
+def _reference(data: dict) -> Reference:
+    data = dict(data)
     data.pop("version", None)  # derived; written for people reading the file
     return Reference(**data)
 
 
-def write_reference(directory: str | Path, reference: Reference) -> Path:
+def read_reference(directory: str | Path, head: str | None = None) -> Reference | None:
+    """A checkpoint's reference statistics (a multi-head model's: ``head``'s), or None when it has none."""
+    return read_references(directory).get(head)
+
+
+def write_reference(directory: str | Path, reference: Reference | dict[str, Reference]) -> Path:
+    """Store a model's reference statistics (a multi-head model's: a mapping head -> statistics)."""
     path = Path(directory) / REFERENCE_FILE
-    path.write_text(json.dumps(asdict(reference) | {"version": reference.version}, indent=2) + "\n")
+    shown = lambda r: asdict(r) | {"version": r.version}  # noqa: E731
+    data = {"heads": {h: shown(r) for h, r in reference.items()}} if isinstance(reference, dict) else shown(reference)
+    path.write_text(json.dumps(data, indent=2) + "\n")
     return path
 
 

@@ -58,6 +58,15 @@ def aggregate_field() -> Any:
     )
 
 
+def head_field() -> Any:
+    """The ``head`` field of /score, /rank and /compare (multi-head models)."""
+    return Field(
+        None,
+        description="Multi-head models: which head `scores` holds (GET /info lists a model's heads; default: the "
+        "checkpoint's default head); `details[i].heads` holds every head's. Other models refuse it.",
+    )
+
+
 def normalize_field() -> Any:
     """The ``normalize`` field of /score and /rank."""
     return Field(
@@ -285,6 +294,7 @@ class ScoreRequest(JudgeGenerateFields):
         None, description="Process models: score an item's `response` as its one step. Other kinds refuse it."
     )
     normalize: Normalize | None = normalize_field()
+    head: str | None = head_field()
 
 
 class ItemError(BaseModel):
@@ -375,6 +385,7 @@ class RankRequest(_SharedPrompt):
     aggregate: Aggregate | None = aggregate_field()
     timeout_s: float | None = timeout_field()
     normalize: Normalize | None = normalize_field()
+    head: str | None = head_field()
 
     def candidates(self) -> list[Sample]:
         """One Sample per response."""
@@ -415,6 +426,7 @@ class CompareRequest(JudgeGenerateFields):
     )
     aggregate: Aggregate | None = aggregate_field()
     timeout_s: float | None = timeout_field()
+    head: str | None = head_field()
 
 
 class CompareResult(BaseModel):

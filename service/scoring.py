@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from vlreward.service.backends.base import EncodedInput
 from vlreward.service.batching import BatchResult, Groups
+from vlreward.service.ensemble import member_parts
 from vlreward.service.errors import EngineBroken, ErrorKind, ServiceError, too_large
 from vlreward.service.judge import Generation, GenerationParams, Verdict, orders_disagree, vote
 from vlreward.service.kinds import GENERATE_FIELDS, refuse_unaccepted, sigmoid
@@ -81,7 +82,7 @@ def _check_count(count: int, limit: int, what: str, param: str) -> None:
         raise too_large(f"{count} {what}; the limit is {limit}", param=param)
 
 
-KIND_REQUEST_FIELDS = ("aggregate", "response_as_step", *GENERATE_FIELDS)
+KIND_REQUEST_FIELDS = ("aggregate", "response_as_step", "head", *GENERATE_FIELDS)
 """Request fields only some kinds read (each kind lists the ones it accepts)."""
 
 
@@ -89,12 +90,34 @@ JUDGE_FORMS = {"pointwise": ("only compares", "/compare"), "pairwise": ("only ra
 """A judge's two forms: what a judge without one does, and the routes that ask the other."""
 
 
+def _head(model: ServedModel, asked: str | None) -> str | None:
+    """The head a request's ``scores`` hold: the one it names, else a multi-head model's default (None: a
+    one-head model); a 400 at ``head`` for a head the model does not have."""
+    if model.heads is None:
+        if asked is not None:
+            raise ServiceError(
+                f"model {model.name!r} has one head; it does not accept `head`",
+                kind=ErrorKind.INVALID_REQUEST,
+                param="head",
+            )
+        return None
+    if asked is not None and asked not in model.heads.names:
+        raise ServiceError(
+            f"model {model.name!r} has no head {asked!r}; its heads are {', '.join(model.heads.names)}",
+            kind=ErrorKind.INVALID_REQUEST,
+            param="head",
+        )
+    return asked or model.heads.default
+
+
 def _normalization(model: ServedModel, asked: str | None) -> bool:
     """Whether a request's scores are returned as z-scores (``asked``, else the model's ``normalize``
-    setting); a 400 at ``normalize`` when the model has no reference statistics."""
+    setting); a 400 at ``normalize`` when the model (every head of a multi-head model) has no reference
+    statistics."""
     if (asked or model.settings.normalize) != "zscore":
         return False
-    if model.reference is None:
+    heads = [None] if model.heads is None else model.heads.names
+    if any(model.reference_of(head) is None for head in heads):
         raise ServiceError(
             f"model {model.name!r} has no reference statistics to normalise with: run `vlreward calibrate` on it",
             kind=ErrorKind.INVALID_REQUEST,
@@ -103,13 +126,18 @@ def _normalization(model: ServedModel, asked: str | None) -> bool:
     return True
 
 
-def _normalized(model: ServedModel, scored: Scored, normalize: bool) -> Scored:
-    """The scores as (s - mean) / std of the model's reference statistics (after they were counted raw, so
-    the drift histogram keeps one scale), naming the statistics' version."""
+def _normalized(model: ServedModel, scored: Scored, normalize: bool, head: str | None = None) -> Scored:
+    """The scores as (s - mean) / std of the model's reference statistics (``head``'s; a multi-head model's
+    ``details[i].heads`` each with its own), after they were counted raw, so the drift histogram keeps one
+    scale; naming the statistics' version."""
     if normalize:
-        reference = model.reference
+        reference = model.reference_of(head)
         scored.scores = [None if s is None else reference.zscore(s) for s in scored.scores]
         scored.reference_version = reference.version
+        if model.heads is not None:
+            for item in scored.details:
+                if item is not None:
+                    item["heads"] = {h: model.reference_of(h).zscore(v) for h, v in item["heads"].items()}
     return scored
 
 
@@ -147,10 +175,20 @@ def _set_fields(sample: Any, param: str) -> list[tuple[str, str]]:
     return fields
 
 
-def _account_scores(model: ServedModel, scored: Scored, aggregate: str | None) -> Scored:
+def _account_scores(model: ServedModel, scored: Scored, aggregate: str | None, head: str | None = None) -> Scored:
     """A process model's step logits become step scores (``details``) and their ``aggregate`` (None: the
-    checkpoint's), a judge's verdict logits its expected rating; every returned score is counted (the drift
-    histogram), and every item's steps."""
+    checkpoint's), a judge's verdict logits its expected rating, a multi-head model's outputs its ``head``'s
+    score and every head's (``details[i].heads``); every returned score is counted (the drift histogram: a
+    multi-head model's default head, one scale), and every item's steps."""
+    if model.heads is not None:
+        heads = model.heads
+        counted = [None if v is None else v[heads.index(None)] for v in scored.scores]
+        scored.details = [None if v is None else {"heads": heads.named(v)} for v in scored.scores]
+        scored.scores = [None if v is None else v[heads.index(head)] for v in scored.scores]
+        for score in counted:
+            if score is not None:
+                model.metrics.score.observe(score)
+        return scored
     if model.judge is not None:
         scored.scores = [None if logits is None else model.judge.rating(logits) for logits in scored.scores]
     if model.process is not None:
@@ -213,6 +251,7 @@ async def score_items(state: ServiceState, body: ScoreRequest, body_bytes: int |
         return await _ensemble(state, body, lambda member: score_items(state, member, body_bytes))
     model = _model_for(state, body, body.items)
     items = [as_one_step(item) for item in body.items] if body.response_as_step else body.items
+    head = _head(model, body.head)
     normalize = _normalization(model, body.normalize)
     params = _generation(state.settings, model, body, len(items))
     if params is not None:
@@ -242,7 +281,7 @@ async def score_items(state: ServiceState, body: ScoreRequest, body_bytes: int |
             model.metrics.reject("item_error", len(errors))
         errors = sorted(errors + failed, key=lambda pair: pair[0])
         scored = Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms, errors)
-        return _normalized(model, _account_scores(model, scored, body.aggregate), normalize)
+        return _normalized(model, _account_scores(model, scored, body.aggregate, head), normalize, head)
 
 
 async def rank(state: ServiceState, body: RankRequest, body_bytes: int | None = None) -> Scored:
@@ -253,6 +292,7 @@ async def rank(state: ServiceState, body: RankRequest, body_bytes: int | None = 
         return await _ensemble(state, body, lambda member: rank(state, member, body_bytes))
     candidates = body.candidates()
     model = _model_for(state, body, candidates, "responses")
+    head = _head(model, body.head)
     normalize = _normalization(model, body.normalize)
     async with state.admitted(model) as policy:
         _check_count(len(body.responses), state.settings.max_responses, "responses", "responses")
@@ -263,7 +303,7 @@ async def rank(state: ServiceState, body: RankRequest, body_bytes: int | None = 
         result, tokens, images = await _schedule(model, "/rank", encoded, body.timeout_s, started, everything)
         scores = _scores_or_raise(result, lambda i: f"responses[{i}]")
         scored = Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms)
-        return _normalized(model, _account_scores(model, scored, body.aggregate), normalize)
+        return _normalized(model, _account_scores(model, scored, body.aggregate, head), normalize, head)
 
 
 async def compare(state: ServiceState, body: CompareRequest, body_bytes: int | None = None) -> Scored:
@@ -284,6 +324,7 @@ async def compare(state: ServiceState, body: CompareRequest, body_bytes: int | N
         if params is not None:
             return await _judge_generate_pairs(state, model, body, samples, params, body_bytes, started)
         return await _judge_compare(state, model, body, samples, body_bytes, started)
+    head = _head(model, body.head)
     async with state.admitted(model) as policy:
         _check_count(len(body.pairs), state.settings.max_items // 2, "pairs", "pairs")
         try:
@@ -296,8 +337,9 @@ async def compare(state: ServiceState, body: CompareRequest, body_bytes: int | N
         result, tokens, images = await _schedule(model, "/compare", encoded, body.timeout_s, started, groups)
         scores = _scores_or_raise(result, where)
         scored = Scored(model.name, scores, tokens, images, result.queue_ms, result.inference_ms)
-        scored = _account_scores(model, scored, body.aggregate)
-        temperature = 1.0 if model.reference is None else model.reference.temperature  # vlreward calibrate's T
+        scored = _account_scores(model, scored, body.aggregate, head)
+        reference = model.reference_of(head)
+        temperature = 1.0 if reference is None else reference.temperature  # vlreward calibrate's T
         pairs = zip(scored.scores[0::2], scored.scores[1::2], strict=True)
         scored.scores = [sigmoid((a - b) / temperature) for a, b in pairs]
         scored.details = None
@@ -511,39 +553,51 @@ async def _judge_generate_pairs(
 
 
 async def _ensemble(state: ServiceState, body: Any, ask: Callable[[Any], Awaitable[Scored]]) -> Scored:
-    """A request to an ensemble: asked of every member at once (normalised, as a request of its own), each
-    item's member z-scores combined (:meth:`~vlreward.service.ensemble.Ensemble.combine`). An item a member
-    could not score (``on_error: "null"``) is null with that member's error."""
+    """A request to an ensemble: asked once of every model its members are (or are heads of: one forward pass
+    gives every head), raw, as a request of its own; each member's score normalised with its own reference
+    statistics and each item's member z-scores combined (:meth:`~vlreward.service.ensemble.Ensemble.combine`).
+    An item a model could not score (``on_error: "null"``) is null with that model's error."""
     ensemble = state.ensembles[body.model]
     if body.normalize == "none":
         raise ServiceError(
             f"ensemble {ensemble.name!r} combines z-scores: its scores are normalised", param="normalize"
         )
-    members = await asyncio.gather(
-        *(ask(body.model_copy(update={"model": m, "normalize": "zscore"})) for m in ensemble.members)
+    if body.head is not None:
+        raise ServiceError(
+            f"ensemble {ensemble.name!r} has no heads; its members name theirs", kind=ErrorKind.INVALID_REQUEST,
+            param="head",
+        )  # fmt: skip
+    asked = await asyncio.gather(
+        *(ask(body.model_copy(update={"model": m, "normalize": "none"})) for m in ensemble.models)
     )
-    by_member = dict(zip(ensemble.members, members, strict=True))
+    by_model = dict(zip(ensemble.models, asked, strict=True))
     errors: dict[int, ServiceError] = {}
-    for scored in members:
+    for scored in asked:
         for index, error in scored.errors:
             errors.setdefault(index, error)
+    references = {m: state.models[member_parts(m)[0]].reference_of(member_parts(m)[1]) for m in ensemble.members}
+
+    def raw(member: str, index: int) -> float:
+        name, head = member_parts(member)
+        scored = by_model[name]
+        return scored.scores[index] if head is None else scored.details[index]["heads"][head]
+
     scores: list[float | None] = []
     details: list[dict | None] = []
     histogram = state.metrics.ensemble_disagreement.labels(model=ensemble.name)
-    for index in range(len(members[0].scores)):
+    for index in range(len(asked[0].scores)):
         if index in errors:
             scores.append(None)
             details.append(None)
             continue
-        score, detail = ensemble.combine({m: by_member[m].scores[index] for m in ensemble.members})
+        score, detail = ensemble.combine({m: references[m].zscore(raw(m, index)) for m in ensemble.members})
         histogram.observe(detail["disagreement"])
         scores.append(score)
         details.append(detail)
-    versions = {m: by_member[m].reference_version for m in ensemble.members}
     return Scored(
-        ensemble.name, scores, sum(m.input_tokens for m in members), sum(m.images for m in members),
-        max(m.queue_ms for m in members), max(m.inference_ms for m in members), sorted(errors.items()), details,
-        reference_version=",".join(f"{m}:{v}" for m, v in versions.items()),
+        ensemble.name, scores, sum(m.input_tokens for m in asked), sum(m.images for m in asked),
+        max(m.queue_ms for m in asked), max(m.inference_ms for m in asked), sorted(errors.items()), details,
+        reference_version=",".join(f"{m}:{r.version}" for m, r in references.items()),
     )  # fmt: skip
 
 

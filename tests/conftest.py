@@ -13,7 +13,13 @@ import pytest
 import torch
 from packaging.version import Version
 
-from tests.helpers import VLREWARD, build_judge_checkpoint, build_process_checkpoint, build_reward_checkpoint
+from tests.helpers import (
+    VLREWARD,
+    build_judge_checkpoint,
+    build_multihead_checkpoint,
+    build_process_checkpoint,
+    build_reward_checkpoint,
+)
 from tests.processes import Processes
 from tests.processes import pytest_sessionfinish as pytest_sessionfinish  # fails a run that leaves processes
 
@@ -93,6 +99,13 @@ def other_reward(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """A second reward checkpoint on the same base: another head (seed 2) and bias (-0.5), so its scores
     differ from ``tiny_reward``'s (a server with both must route each request to the model it names)."""
     return build_reward_checkpoint(tiny_base, tmp_path_factory.mktemp("models") / "other-reward", bias=-0.5, seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_multihead(tiny_base: Path, tiny_reward: Path, other_reward: Path, tmp_path_factory) -> Path:
+    """A multi-head checkpoint: head `helpful` is tiny_reward's head, `safety` other_reward's (the default: the first)."""
+    out = tmp_path_factory.mktemp("models") / "tiny-multihead"
+    return build_multihead_checkpoint(tiny_base, {"helpful": tiny_reward, "safety": other_reward}, out)
 
 
 @pytest.fixture(scope="session")

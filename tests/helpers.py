@@ -17,6 +17,7 @@ __all__ = [
     "COLOURS",
     "LiveServer",
     "build_judge_checkpoint",
+    "build_multihead_checkpoint",
     "build_process_checkpoint",
     "build_reward_checkpoint",
     "copy_with_tensors",
@@ -64,6 +65,25 @@ def build_process_checkpoint(base_dir: Path, out_dir: Path, seed: int = 3) -> Pa
 
     model, processor = reward_model_from_base(base_dir, head_bias=True, seed=seed)
     save_reward_model(model, processor, out_dir, process=ProcessHead())
+    stamp_reference_probe(out_dir)
+    return out_dir
+
+
+def build_multihead_checkpoint(base_dir: Path, heads: dict[str, Path], out_dir: Path) -> Path:
+    """One multi-head checkpoint from one-head checkpoints of ``base_dir`` (their backbones are the base's): head
+    ``name`` is that checkpoint's head (weight and bias, zero where it has none), so its scores are that model's."""
+    from vlreward.service.backends.transformers import stamp_reference_probe
+    from vlreward.service.kinds import Heads
+    from vlreward.service.model.checkpoint import load_reward_model, save_reward_model
+    from vlreward.training.model import reward_model_from_base
+
+    sources = [load_reward_model(path)[0] for path in heads.values()]
+    model, processor = reward_model_from_base(base_dir, head_bias=True, heads=len(heads))
+    with torch.no_grad():
+        for row, source in enumerate(sources):
+            model.score.weight[row] = source.score.weight[0]
+            model.score.bias[row] = 0.0 if source.score.bias is None else source.score.bias[0]
+    save_reward_model(model, processor, out_dir, heads=Heads(tuple(heads), next(iter(heads))))
     stamp_reference_probe(out_dir)
     return out_dir
 

@@ -13,19 +13,20 @@ from vlreward.training.config import Part
 
 
 def reward_model_from_base(
-    base_dir: str | Path, head_bias: bool = False, seed: int = 0, device: str = "cpu"
+    base_dir: str | Path, head_bias: bool = False, seed: int = 0, device: str = "cpu", heads: int = 1
 ) -> tuple[Any, Any]:
-    """Load a Qwen2.5-VL base directory and add a new linear head (std 1/sqrt(hidden), zero bias)."""
+    """Load a Qwen2.5-VL base directory and add a new linear head (std 1/sqrt(hidden), zero bias) with
+    ``heads`` outputs (a multi-head model's: one per head)."""
     from transformers import AutoProcessor
 
     base_dir = Path(base_dir)
     config = read_config(base_dir)
-    model = build_model(config, head_bias=head_bias, device=device)
+    model = build_model(config, head_bias=head_bias, device=device, outputs=heads)
     load_weights(model, iter_checkpoint_tensors(base_dir), base_dir, allow_missing_head=True)
     generator = torch.Generator().manual_seed(seed)
     hidden = config.text_config.hidden_size
     with torch.no_grad():
-        model.score.weight.copy_(torch.randn(1, hidden, generator=generator) / hidden**0.5)
+        model.score.weight.copy_(torch.randn(heads, hidden, generator=generator) / hidden**0.5)
         if model.score.bias is not None:
             model.score.bias.zero_()
     return model, AutoProcessor.from_pretrained(base_dir)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from vlreward.service.judge import Generation, GenerationParams, JudgeDeclaration
-    from vlreward.service.kinds import ProcessHead
+    from vlreward.service.kinds import Heads, ProcessHead
     from vlreward.service.model.formatting import FormattedSample
 
 
@@ -41,6 +41,8 @@ class Backend(Protocol):
     """Owns the chat template and the image pixel bounds."""
     process: ProcessHead | None
     """A process model's head (step tag, activation, default aggregate); None: a scalar model."""
+    heads: Heads | None
+    """A multi-head scalar model's heads (its scores are then one list of head outputs per sample); None: one."""
     step_tag: str | None
     """A process model's step tag (its scores are then one list of step logits per sample); None: scalar."""
     judge: JudgeDeclaration | None

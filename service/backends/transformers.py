@@ -17,7 +17,7 @@ from vlreward.service.backends.facts import backend_facts
 from vlreward.service.batching import batch_tokens, lanes_for, plan_batches
 from vlreward.service.errors import EngineBroken, OutOfMemory
 from vlreward.service.judge import Generation, GenerationParams, declared_judge
-from vlreward.service.kinds import process_head
+from vlreward.service.kinds import checkpoint_heads, process_head
 from vlreward.service.model.checkpoint import checkpoint_tensor_names, load_lm_head, load_reward_model, step_tag_id
 from vlreward.service.model.devices import choose_attention_kernels, release_device_memory, torch_placement
 from vlreward.service.model.encoding import (
@@ -92,6 +92,8 @@ class TransformersBackend:
             self.model_dir, TORCH_DTYPES[self.dtype], self.device, attn_implementation, self.judge
         )
         self.process = process_head(self.model_dir)
+        self.heads = checkpoint_heads(self.model_dir)
+        """A multi-head model's heads (its scores are then one list of head outputs per sample); None: one head."""
         """A process model's head (step tag, activation, aggregate); None for a scalar model."""
         self.step_tag = None if self.process is None else self.process.step_tag
         self._tag_id = None if self.process is None else step_tag_id(self.processor.tokenizer, self.step_tag)

@@ -29,7 +29,7 @@ from typing import Any
 
 from vlreward.service.backends.facts import backend_facts
 from vlreward.service.judge import Generation, GenerationParams, declared_judge, verdict_token_ids
-from vlreward.service.kinds import PROCESS, SCALAR, checkpoint_kind, process_head
+from vlreward.service.kinds import PROCESS, SCALAR, checkpoint_heads, checkpoint_kind, process_head
 from vlreward.service.model.checkpoint import (
     HEAD_WEIGHT,
     REWARD_ARCHITECTURE,
@@ -235,6 +235,8 @@ class VLLMBackend:
         on_gpu = placement.device_type == "cuda"
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
         self.process = process_head(self.model_dir)
+        self.heads = checkpoint_heads(self.model_dir)
+        """A multi-head model's heads (its scores are then one list of head outputs per sample); None: one head."""
         """A process model's head (step tag, activation, aggregate); None for a scalar model."""
         self.step_tag = None if self.process is None else self.process.step_tag
         tokenizer = self.processor.tokenizer
@@ -401,12 +403,13 @@ class VLLMBackend:
         return Generation(text=output.text, truncated=output.finish_reason == "length", tokens=len(output.token_ids))
 
     async def _score_one(self, item: VLLMInput) -> float | list[float]:
-        """A scalar model's logit at the last token; a process model's logits at its step tags; a judge's
-        verdict tokens' log-probabilities."""
+        """A scalar model's logit at the last token (a multi-head model's: every head's, in one pass); a process
+        model's logits at its step tags; a judge's verdict tokens' log-probabilities."""
         if self.judge is not None:
             return await self._judge(item)
         if item.read_at is None:
-            return float((await self._pool(item.token_ids, item.images, "classify")).reshape(-1)[0])
+            logits = (await self._pool(item.token_ids, item.images, "classify")).reshape(-1)
+            return float(logits[0]) if self.heads is None else logits.tolist()
         if self.step_scoring == "step_pooling":
             logits = (await self._pool(item.token_ids, item.images, "token_classify")).reshape(-1).tolist()
             if len(logits) != len(item.read_at):

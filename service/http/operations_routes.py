@@ -48,6 +48,10 @@ def model_facts(state: ServiceState, model: ServedModel) -> dict:
     if model.judge is not None:  # its declaration's name, source, forms and verdict tokens
         facts["judge"] = model.judge.describe()
     facts["reference"] = None if model.reference is None else model.reference.describe()
+    if model.heads is not None:  # every head's name, the default, and each head's own reference statistics
+        facts["heads"] = model.heads.declaration() | {
+            "references": {h: None if (r := model.reference_of(h)) is None else r.describe() for h in model.heads.names}
+        }
     facts["chat_template_hash"] = hashlib.sha256(template.encode()).hexdigest()[:16]
     # In force, not as set: the engine may lower max_tokens; an unset max_batch_tokens is the device's default.
     facts["limits"] = model.settings.limits() | {

@@ -2,7 +2,8 @@
 
 A reward checkpoint is a Hugging Face directory with
 - ``config.json``: a Qwen2.5-VL config, ``architectures: ["Qwen2_5_VLForSequenceClassification"]``,
-  ``num_labels: 1``;
+  ``num_labels: 1`` (a multi-head model: ``num_labels`` K, ``id2label`` its head names and
+  ``vlreward_heads``, see :class:`~vlreward.service.kinds.Heads`);
 - safetensors weights: the backbone under the names transformers writes for
   ``Qwen2_5_VLForConditionalGeneration`` (old ``model.layers.*``/``visual.*`` or new
   ``model.language_model.*``/``model.visual.*``; both load) and the head as
@@ -31,9 +32,11 @@ from vlreward.service.judge import JudgeDeclaration, JudgeError, verdict_token_i
 from vlreward.service.kinds import (
     PROCESS,
     SCALAR,
+    Heads,
     ModelKind,
     ProcessHead,
     UnknownKind,
+    checkpoint_heads,
     checkpoint_kind,
     declare_kind,
 )
@@ -259,7 +262,9 @@ def load_reward_model(
     config._attn_implementation = attn_implementation
     processor = AutoProcessor.from_pretrained(directory)
     if judge is None:
-        model = build_model(config, head_bias=HEAD_BIAS in names, device=device, dtype=dtype)
+        heads = checkpoint_heads(directory)
+        outputs = 1 if heads is None else len(heads.names)
+        model = build_model(config, head_bias=HEAD_BIAS in names, device=device, dtype=dtype, outputs=outputs)
         load_weights(model, iter_checkpoint_tensors(directory), directory)
     else:
         model = build_judge_model(config, judge, processor.tokenizer, device, dtype, directory)
@@ -341,14 +346,20 @@ def load_lm_head(model: Any, directory: Path, names: set[str]) -> torch.Tensor:
     raise CheckpointError(f"{directory}: no tensor named {LM_HEAD_WEIGHT!r} in its weight files")
 
 
-def save_reward_model(model: Any, processor: Any, directory: str | Path, process: ProcessHead | None = None) -> Path:
+def save_reward_model(
+    model: Any, processor: Any, directory: str | Path, process: ProcessHead | None = None, heads: Heads | None = None
+) -> Path:
     """Write a model + processor as a reward checkpoint (weights in the model's dtype); with ``process``,
-    a process model whose head is read at that step tag."""
+    a process model whose head is read at that step tag; with ``heads``, a multi-head model (its head has one
+    output per name)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    outputs = model.score.weight.shape[0]
+    if outputs != (1 if heads is None else len(heads.names)):
+        raise CheckpointError(f"the model's head has {outputs} outputs; declared heads: {heads}")
     state = {checkpoint_key(k): v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     write_weights(state, directory)
-    write_reward_config(model.config, directory, SCALAR if process is None else PROCESS, process)
+    write_reward_config(model.config, directory, SCALAR if process is None else PROCESS, process, heads)
     processor.save_pretrained(directory)
     return directory
 
@@ -363,15 +374,17 @@ def write_weights(state: dict[str, torch.Tensor], directory: Path) -> None:
 
 
 def write_reward_config(
-    config: Any, directory: Path, kind: ModelKind = SCALAR, process: ProcessHead | None = None
-) -> None:
-    """Write config.json with the reward architecture, a single label and the model's kind (a process
-    model's with its :class:`~vlreward.service.kinds.ProcessHead`)."""
-    data = declare_kind(config.to_dict(), kind, process)
+    config: Any, directory: Path, kind: ModelKind = SCALAR, process: ProcessHead | None = None,
+    heads: Heads | None = None,
+) -> None:  # fmt: skip
+    """Write config.json with the reward architecture, its labels (one, or a multi-head model's head names)
+    and the model's kind (a process model's with its :class:`~vlreward.service.kinds.ProcessHead`)."""
+    data = declare_kind(config.to_dict(), kind, process, heads=heads)
+    labels = [REWARD_LABEL] if heads is None else list(heads.names)
     data["architectures"] = [REWARD_ARCHITECTURE]
-    data["num_labels"] = 1
-    data["id2label"] = {"0": REWARD_LABEL}
-    data["label2id"] = {REWARD_LABEL: 0}
+    data["num_labels"] = len(labels)
+    data["id2label"] = {str(k): label for k, label in enumerate(labels)}
+    data["label2id"] = {label: k for k, label in enumerate(labels)}
     (directory / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 

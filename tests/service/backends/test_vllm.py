@@ -396,6 +396,26 @@ def test_one_server_serves_a_vllm_and_a_transformers_model_each_as_alone_and_dra
 STEPS = ["I look at the picture.", "The circle is red.", "Red is a warm colour.", "So the answer is red."]
 
 
+def test_a_multihead_model_gives_every_head_in_one_request_as_on_transformers(tiny_multihead):
+    """vLLM's classify pooler returns every label's logit: one engine request per item gives every head."""
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.backends.vllm import EngineSettings, VLLMBackend
+
+    backend = VLLMBackend(tiny_multihead, engine=EngineSettings(gpu_memory_utilization=0.2))
+    items = fifty_samples()[:12]
+    try:
+        with LiveServer(backend) as ours, LiveServer(TransformersBackend(tiny_multihead)) as theirs:
+            for head in (None, "safety"):
+                body = {"items": items} | ({} if head is None else {"head": head})
+                got = httpx.post(ours.url + "/score", json=body, timeout=120).json()
+                want = httpx.post(theirs.url + "/score", json=body, timeout=120).json()
+                assert got["scores"] == pytest.approx(want["scores"], abs=TOLERANCE), head
+                for mine, other in zip(got["details"], want["details"], strict=True):
+                    assert mine["heads"] == pytest.approx(other["heads"], abs=TOLERANCE)
+    finally:
+        backend.engine.shutdown()
+
+
 def step_items() -> list[dict]:
     """Step lists of 1-4 steps: with one image, two images, none, and in the messages form."""
     red, blue = uri(shape_image("red")), uri(shape_image("blue", "square"))
