@@ -335,14 +335,16 @@ def _raise_for_error(response: httpx.Response) -> None:
 
 
 def _score_body(
-    items: list[dict], on_error: str, truncate: str, timeout_s: float | None, normalize: str | None = None
-) -> dict[str, Any]:
+    items: list[dict], on_error: str, truncate: str, timeout_s: float | None, normalize: str | None = None,
+    head: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
     body: dict[str, Any] = {"items": items, "on_error": on_error, "truncate": truncate}
-    if timeout_s is not None:
-        body["timeout_s"] = timeout_s
-    if normalize is not None:
-        body["normalize"] = normalize
-    return body
+    return body | _set(timeout_s=timeout_s, normalize=normalize, head=head)
+
+
+def _set(**fields: Any) -> dict[str, Any]:
+    """The optional fields a call set (the server's defaults apply to the rest)."""
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 Prompt = str | list[dict]
@@ -352,11 +354,10 @@ Images = list[Any] | None
 
 
 def _rank_body(
-    prompt: Prompt, responses: list[str], images: Images, top_k: int | None, normalize: str | None = None
-) -> dict:
-    body: dict[str, Any] = {"responses": responses}
-    if normalize is not None:
-        body["normalize"] = normalize
+    prompt: Prompt, responses: list[str], images: Images, top_k: int | None, normalize: str | None = None,
+    head: str | None = None,
+) -> dict:  # fmt: skip
+    body: dict[str, Any] = {"responses": responses} | _set(normalize=normalize, head=head)
     body["messages" if isinstance(prompt, list) else "prompt"] = prompt
     if images:
         body["images"] = [encode_image(image) for image in images]
@@ -461,13 +462,15 @@ class RewardClient(_ClientOptions):
         truncate: str = "none",
         timeout_s: float | None = None,
         normalize: str | None = None,
+        head: str | None = None,
     ) -> ScoreResponse:
         """Score samples (dicts in the Sample shape), in chunks of the server's ``max_items``; scores in
         order. ``on_error="null"``: items the server cannot score get None (see ``errors``);
-        ``normalize="zscore"``: z-scores with the model's reference statistics (``reference_version``)."""
+        ``normalize="zscore"``: z-scores with the model's reference statistics (``reference_version``);
+        ``head``: a multi-head model's head ``scores`` holds (``details[i]["heads"]`` has every head's)."""
         items = [encode_item(item) for item in items]
         chunks = _chunks(items, self.max_items()) if len(items) > 1 else [items]
-        bodies = [_score_body(chunk, on_error, truncate, timeout_s, normalize) for chunk in chunks]
+        bodies = [_score_body(chunk, on_error, truncate, timeout_s, normalize, head) for chunk in chunks]
         parts = [ScoreResponse.model_validate(self._post("/score", body)) for body in bodies]
         return merge_scores(parts, [len(c) for c in chunks])
 
@@ -478,9 +481,10 @@ class RewardClient(_ClientOptions):
         images: Images = None,
         top_k: int | None = None,
         normalize: str | None = None,
+        head: str | None = None,
     ) -> RankResponse:
         """Rank responses to one prompt (a string, or messages without the final assistant turn)."""
-        body = _rank_body(prompt, responses, images, top_k, normalize)
+        body = _rank_body(prompt, responses, images, top_k, normalize, head)
         return RankResponse.model_validate(self._post("/rank", body))
 
     def compare(self, pairs: list[dict], debias: bool = True) -> CompareResponse:
@@ -555,10 +559,11 @@ class AsyncRewardClient(_ClientOptions):
         truncate: str = "none",
         timeout_s: float | None = None,
         normalize: str | None = None,
+        head: str | None = None,
     ) -> ScoreResponse:
         items = [encode_item(item) for item in items]
         chunks = _chunks(items, await self.max_items()) if len(items) > 1 else [items]
-        bodies = [_score_body(chunk, on_error, truncate, timeout_s, normalize) for chunk in chunks]
+        bodies = [_score_body(chunk, on_error, truncate, timeout_s, normalize, head) for chunk in chunks]
         answers = await asyncio.gather(*(self._post("/score", body) for body in bodies))
         return merge_scores([ScoreResponse.model_validate(a) for a in answers], [len(c) for c in chunks])
 
@@ -569,8 +574,9 @@ class AsyncRewardClient(_ClientOptions):
         images: Images = None,
         top_k: int | None = None,
         normalize: str | None = None,
+        head: str | None = None,
     ) -> RankResponse:
-        body = _rank_body(prompt, responses, images, top_k, normalize)
+        body = _rank_body(prompt, responses, images, top_k, normalize, head)
         return RankResponse.model_validate(await self._post("/rank", body))
 
     async def compare(self, pairs: list[dict], debias: bool = True) -> CompareResponse:

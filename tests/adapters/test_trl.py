@@ -169,3 +169,36 @@ def test_with_a_judge_rewards_are_ratings_or_the_chance_of_beating_the_reference
     assert rated == pytest.approx(expected, abs=1e-5)
     assert compared == pytest.approx(against, abs=1e-6) and compared_async == pytest.approx(against, abs=1e-6)
     assert all(0.0 < value < 1.0 for value in compared)
+
+
+def test_one_reward_function_per_head_lets_reward_weights_weigh_them_from_one_call_per_step(
+    tiny_base, tiny_multihead, tmp_path
+):
+    from vlreward.adapters.trl import VLRewardComponents
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    rows = [{"prompt": f"Name a colour ({i}):"} for i in range(4)]
+    with LiveServer(TransformersBackend(tiny_multihead)) as live:
+        components = VLRewardComponents(live.url, ["helpful", "safety"])
+        scored: list = []
+        scorer_call = components.scorer.scored
+        components.scorer.scored = lambda *args: scored.append(args) or scorer_call(*args)
+        args = GRPOConfig(
+            output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, num_generations=4,
+            max_completion_length=8, report_to="none", use_cpu=True, logging_steps=1, save_strategy="no",
+            bf16=False, seed=0, reward_weights=[0.7, 0.3],
+        )  # fmt: skip
+        trainer = GRPOTrainer(
+            model=str(tiny_base), reward_funcs=components.reward_funcs, args=args, train_dataset=Dataset.from_list(rows)
+        )
+        trainer.train()
+        assert len(scored) == 1  # both functions of the step read one /score call
+        prompts, completions, _ = scored[0]
+        with RewardClient(live.url) as client:
+            solo = {h: [client.score([{"prompt": p, "response": c}], head=h).scores[0]
+                        for p, c in zip(prompts, completions, strict=True)] for h in ("helpful", "safety")}  # fmt: skip
+    logged = trainer.state.log_history[0]
+    for head in ("helpful", "safety"):
+        assert logged[f"rewards/vlreward_{head}/mean"] == pytest.approx(sum(solo[head]) / 4, abs=1e-5)
+    weighted = [0.7 * h + 0.3 * s for h, s in zip(solo["helpful"], solo["safety"], strict=True)]
+    assert logged["reward"] == pytest.approx(sum(weighted) / 4, abs=1e-5)

@@ -71,7 +71,8 @@ class _RewardFunctionBase:
     """Builds the items of a step and turns a ScoreResponse into TRL's ``list[float | None]``.
     ``step_separator`` (a process model): each completion is split into steps there, and its reward is
     their aggregate. ``reference_column``: the dataset column holding a reference answer per row; the reward
-    is then P(completion better than the reference) from ``/compare`` (a judge's debiased verdict)."""
+    is then P(completion better than the reference) from ``/compare`` (a judge's debiased verdict). ``head`` and
+    ``normalize`` are passed to ``/score`` (a multi-head model's head; ``zscore``)."""
 
     def __init__(
         self,
@@ -79,10 +80,16 @@ class _RewardFunctionBase:
         name: str = "vlreward",
         step_separator: str | None = None,
         reference_column: str | None = None,
+        head: str | None = None,
+        normalize: str | None = None,
         **client_options: Any,
     ):
         self.step_separator = step_separator
         self.reference_column = reference_column
+        self.head = head
+        """A multi-head model's head the reward is (None: its default)."""
+        self.normalize = normalize
+        """``zscore``: rewards on the model's reference scale (None: the server's setting)."""
         self.base_url = base_url
         """One server's URL, or several replicas' (a list, or separated by commas): calls are spread over them."""
         self.__name__ = name  # TRL names the reward column and its metrics after this
@@ -134,17 +141,69 @@ class VLRewardFunction(_RewardFunctionBase):
         self._client: RewardClient | None = None
 
     def __call__(self, prompts: list, completions: list, completion_ids: list | None = None, **columns: Any):
+        return self.scored(prompts, completions, columns)[0]
+
+    def scored(self, prompts: list, completions: list, columns: dict) -> tuple[list[float | None], list[dict | None]]:
+        """Each row's reward and its ``details`` (None where the server gave none)."""
         started = time.monotonic()
         if self._client is None:
             self._client = RewardClient(self.base_url, **self._client_options)
         items, rows, failed = self._items(prompts, completions, columns)
+        details: list[dict | None] = [None] * len(prompts)
         if not items:
             scores = []
         elif self.reference_column is not None:
             scores = [result.prob_a for result in self._client.compare(items).results]
         else:
-            scores = self._client.score(items, on_error="null").scores
-        return self._rewards(len(prompts), rows, scores, failed, columns, started)
+            response = self._client.score(items, on_error="null", normalize=self.normalize, head=self.head)
+            scores = response.scores
+            for row, detail in zip(rows, response.details or [None] * len(rows), strict=True):
+                details[row] = detail
+        return self._rewards(len(prompts), rows, scores, failed, columns, started), details
+
+
+class VLRewardComponents:
+    """One TRL reward function per component of a reward, so that ``GRPOConfig.reward_weights`` weigh them and
+    TRL logs each: a multi-head model's heads (``details[i].heads``) or an ensemble's members (their z-scores,
+    ``details[i].members``). The functions of one step share one ``/score`` call (TRL calls them one after the
+    other with the same ``prompts`` and ``completions``)::
+
+        components = VLRewardComponents("http://rm:8000", ["helpful", "safety"], model="rm")
+        trainer = GRPOTrainer(..., reward_funcs=components.reward_funcs,
+                              args=GRPOConfig(reward_weights=[0.7, 0.3], ...))
+    """
+
+    def __init__(self, base_url: str | Sequence[str], components: Sequence[str], name: str = "vlreward", **options):
+        self.components = list(components)
+        self.scorer = VLRewardFunction(base_url, name, **options)
+        self._last: tuple[list, list, list[dict | None]] | None = None
+
+    @property
+    def reward_funcs(self) -> list:
+        """The reward functions, one per component, named ``<name>_<component>`` (TRL's reward columns)."""
+        return [self._function(component) for component in self.components]
+
+    def _function(self, component: str):
+        def reward(prompts: list, completions: list, completion_ids: list | None = None, **columns: Any):
+            details = self._details(prompts, completions, columns)
+            return [None if d is None else component_of(d, component) for d in details]
+
+        reward.__name__ = f"{self.scorer.__name__}_{component}"
+        return reward
+
+    def _details(self, prompts: list, completions: list, columns: dict) -> list[dict | None]:
+        last = self._last
+        if last is None or last[0] is not prompts or last[1] is not completions:  # a new step: score it once
+            self._last = last = (prompts, completions, self.scorer.scored(prompts, completions, columns)[1])
+        return last[2]
+
+
+def component_of(details: dict, component: str) -> float:
+    """One component of an item's ``details``: a head's score, or an ensemble member's z-score."""
+    for key in ("heads", "members"):
+        if component in (details.get(key) or {}):
+            return float(details[key][component])
+    raise KeyError(f"no component {component!r} in the server's details (it has {sorted(details)})")
 
 
 class AsyncVLRewardFunction(_RewardFunctionBase):
@@ -164,5 +223,5 @@ class AsyncVLRewardFunction(_RewardFunctionBase):
         elif self.reference_column is not None:
             scores = [result.prob_a for result in (await self._client.compare(items)).results]
         else:
-            scores = (await self._client.score(items, on_error="null")).scores
+            scores = (await self._client.score(items, on_error="null", normalize=self.normalize, head=self.head)).scores
         return self._rewards(len(prompts), rows, scores, failed, columns, started)

@@ -85,6 +85,7 @@ async def compute_score(
     step_separator: str | None = None,
     reference: str | None = None,
     normalize: str | None = None,
+    head: str | None = None,
     **_: Any,
 ) -> dict[str, float | str]:
     """verl's reward function: ``{"score": reward, "vlreward_scored": 1.0}`` for one sample. ``model``
@@ -93,9 +94,10 @@ async def compute_score(
     aggregate and ``vlreward_step_scores`` their scores (JSON text: verl's metrics skip text values).
     ``reference`` (``"ground_truth"`` or an ``extra_info`` key): the score is P(response better than that
     reference answer) from ``/compare`` (a judge's pairwise verdict, debiased; a scalar model's sigmoid of
-    the score difference). ``normalize="zscore"``: the score on the model's reference scale. An ensemble's
-    answer also carries ``vlreward_disagreement`` and each member's z-score (``vlreward_member_<name>``),
-    which verl logs as metrics."""
+    the score difference). ``normalize="zscore"``: the score on the model's reference scale. ``head``: a
+    multi-head model's head the score is; the answer carries every head's score (``vlreward_head_<name>``). An
+    ensemble's answer also carries ``vlreward_disagreement`` and each member's z-score
+    (``vlreward_member_<name>``). verl logs each as a metric."""
     base_url = base_url or os.environ.get(URL_VARIABLE)
     if not base_url:
         raise ValueError(f"give reward_kwargs.base_url or set {URL_VARIABLE}")
@@ -109,7 +111,8 @@ async def compute_score(
         return {"score": float(prob), "vlreward_scored": 1.0, "vlreward_prob_better": float(prob)}
     item = with_steps(scoring_item(solution_str, extra_info), step_separator)
     try:
-        result = await client.score([item], on_error="fail" if unscored_score is None else "null", normalize=normalize)
+        on_error = "fail" if unscored_score is None else "null"
+        result = await client.score([item], on_error=on_error, normalize=normalize, head=head)
     except VLRewardError:
         if unscored_score is None:
             raise
@@ -121,6 +124,7 @@ async def compute_score(
     details = (result.details or [None])[0] or {}
     if "step_scores" in details:
         scored["vlreward_step_scores"] = json.dumps(details["step_scores"])
+    scored |= {f"vlreward_head_{name}": float(value) for name, value in (details.get("heads") or {}).items()}
     if "disagreement" in details:  # an ensemble: its components, each a metric of its own
         scored["vlreward_disagreement"] = float(details["disagreement"])
         scored |= {f"vlreward_member_{name}": float(z) for name, z in details["members"].items()}

@@ -125,3 +125,19 @@ def test_an_ensemble_member_naming_a_head_its_model_lacks_stops_the_server(multi
     stopped = pytest.raises(Exception, match="'multi:correct': model 'multi' has heads helpful, safety")
     with stopped, LiveServer(specs=specs, backends=backends):
         pass
+
+
+def test_verls_reward_function_passes_the_head_and_returns_every_heads_score(server):
+    import asyncio
+
+    from vlreward.adapters.verl import compute_score
+
+    body = post(server, "/score", {"model": "multi", "items": ITEMS[2:]}).json()
+    answer = asyncio.run(
+        compute_score(solution_str=ITEMS[2]["response"], extra_info={"question": ITEMS[2]["prompt"]},
+                      base_url=server.url, model="multi", head="safety")
+    )  # fmt: skip
+    assert answer["score"] == pytest.approx(body["details"][0]["heads"]["safety"], abs=1e-6)
+    assert {k: v for k, v in answer.items() if k.startswith("vlreward_head_")} == pytest.approx(
+        {f"vlreward_head_{h}": v for h, v in body["details"][0]["heads"].items()}, abs=1e-6
+    )
