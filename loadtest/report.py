@@ -114,6 +114,19 @@ def judge_engine_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def heads_table(report: dict) -> str:
+    """The multi-head model's held-out accuracy per head over seeds (loadtest/multihead_seeds.py)."""
+    seeds = [run["seed"] for run in report["runs"]]
+    lines = ["| head | pairs | " + " | ".join(f"seed {s}" for s in seeds) + " | median (min–max) |",
+             "| --- | --- | " + " | ".join("---" for _ in seeds) + " | --- |"]  # fmt: skip
+    for head, row in report["summary"].items():
+        values = " | ".join(f"{run['heads'][head]['accuracy']:.3f}" for run in report["runs"])
+        lines.append(f"| {head} | {row['n']} | {values} | {row['median']:.3f} ({row['min']:.3f}–{row['max']:.3f}) |")
+    seconds = [run["seconds"] for run in report["runs"]]
+    lines += ["", f"`{report['command']}` (training {min(seconds):.0f}–{max(seconds):.0f} s per seed)."]
+    return "\n".join(lines) + "\n"
+
+
 def eval_table(report: dict) -> str:
     from vlreward.training.evaluate import results_markdown
 
@@ -129,6 +142,7 @@ KINDS: dict[str, Callable[..., str]] = {
     "process_sweep_runs": process_sweep_runs_table,
     "judge_engine": judge_engine_table,
     "eval": eval_table,
+    "heads": heads_table,
 }
 """How each kind of results file becomes a table (``gpu_pair`` takes two files joined by ``+``)."""
 

@@ -105,7 +105,7 @@ def other_reward(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def tiny_multihead(tiny_base: Path, tiny_reward: Path, other_reward: Path, tmp_path_factory) -> Path:
     """A multi-head checkpoint: head `helpful` is tiny_reward's head, `safety` other_reward's (the default: the first)."""
     out = tmp_path_factory.mktemp("models") / "tiny-multihead"
-    return build_multihead_checkpoint(tiny_base, {"helpful": tiny_reward, "safety": other_reward}, out)
+    return build_multihead_checkpoint({"helpful": tiny_reward, "safety": other_reward}, out)
 
 
 @pytest.fixture(scope="session")

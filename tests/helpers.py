@@ -69,22 +69,13 @@ def build_process_checkpoint(base_dir: Path, out_dir: Path, seed: int = 3) -> Pa
     return out_dir
 
 
-def build_multihead_checkpoint(base_dir: Path, heads: dict[str, Path], out_dir: Path) -> Path:
-    """One multi-head checkpoint from one-head checkpoints of ``base_dir`` (their backbones are the base's): head
-    ``name`` is that checkpoint's head (weight and bias, zero where it has none), so its scores are that model's."""
+def build_multihead_checkpoint(heads: dict[str, Path], out_dir: Path) -> Path:
+    """One multi-head checkpoint from one-head checkpoints on one backbone (``vlreward stack-heads``), with its
+    probe: head ``name`` is that checkpoint's head, so its scores are that model's."""
     from vlreward.service.backends.transformers import stamp_reference_probe
-    from vlreward.service.kinds import Heads
-    from vlreward.service.model.checkpoint import load_reward_model, save_reward_model
-    from vlreward.training.model import reward_model_from_base
+    from vlreward.training.multihead import stack_heads
 
-    sources = [load_reward_model(path)[0] for path in heads.values()]
-    model, processor = reward_model_from_base(base_dir, head_bias=True, heads=len(heads))
-    with torch.no_grad():
-        for row, source in enumerate(sources):
-            model.score.weight[row] = source.score.weight[0]
-            model.score.bias[row] = 0.0 if source.score.bias is None else source.score.bias[0]
-    save_reward_model(model, processor, out_dir, heads=Heads(tuple(heads), next(iter(heads))))
-    stamp_reference_probe(out_dir)
+    stamp_reference_probe(stack_heads(heads, out_dir))
     return out_dir
 
 

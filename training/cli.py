@@ -81,6 +81,13 @@ def train(
             "(preference pairs as the generic judge's questions; the base keeps its LM head)."
         ),
     ] = "scalar",
+    heads: Annotated[
+        str | None,
+        typer.Option(
+            help="A multi-head scalar model's heads, e.g. helpful,safe,correct (the first is the default): each pair "
+            "trains the heads it labels (its `head`, its `attributes`)."
+        ),
+    ] = None,
 ) -> None:
     """Train a reward model (run under `accelerate launch` / `torchrun` for several processes)."""
     from vlreward.training.bootstrap import KINDS
@@ -115,6 +122,23 @@ def train(
         trainer.train(resume_from=resume)
         (output / "base_model.txt").write_text(str(base_dir) + "\n")
         return
+    if heads is not None:
+        if kind != "scalar":
+            raise typer.BadParameter("--heads trains a multi-head scalar model (--kind scalar)")
+        from vlreward.service.kinds import HeadsError, parse_heads
+        from vlreward.training.multihead import write_run_heads
+        from vlreward.training.trainer import MultiHeadTrainer
+
+        try:
+            declared = parse_heads(heads)
+        except HeadsError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        write_run_heads(output, declared)
+        model, processor = reward_model_from_base(base_dir, seed=config.seed, heads=len(declared.names))
+        trainer = MultiHeadTrainer(config, model, processor, data, output, heldout_dir=heldout, heads=declared)
+        trainer.train(resume_from=resume)
+        (output / "base_model.txt").write_text(str(base_dir) + "\n")
+        return
     model, processor = reward_model_from_base(base_dir, seed=config.seed)
     if kind == "process":
         write_run_process(output, ProcessHead())
@@ -123,6 +147,30 @@ def train(
         trainer = PairwiseTrainer(config, model, processor, data, output, heldout_dir=heldout)
     trainer.train(resume_from=resume)
     (output / "base_model.txt").write_text(str(base_dir) + "\n")
+
+
+@app.command("stack-heads")
+def stack_heads_command(
+    head: Annotated[list[str], typer.Option(help="NAME=CHECKPOINT, once per head (the first is the default).")],
+    output: Annotated[Path, typer.Option(help="The multi-head checkpoint's folder.")],
+) -> None:
+    """One multi-head checkpoint from one-head reward checkpoints that share their backbone exactly (heads
+    trained on a frozen backbone): one forward pass then gives every head's score."""
+    from vlreward.service.backends.transformers import stamp_reference_probe
+    from vlreward.service.kinds import HeadsError
+    from vlreward.service.model.checkpoint import CheckpointError
+    from vlreward.training.multihead import stack_heads
+
+    pairs = [item.partition("=") for item in head]
+    if any(not name or not path for name, _, path in pairs):
+        raise typer.BadParameter("--head takes NAME=CHECKPOINT")
+    try:
+        stack_heads({name: Path(path) for name, _, path in pairs}, output)
+    except (CheckpointError, HeadsError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    probe = stamp_reference_probe(output)
+    typer.echo(f"wrote {output} (heads {', '.join(name for name, _, _ in pairs)}; probe {probe.step_scores})")
 
 
 @app.command()
@@ -149,13 +197,15 @@ def calibrate(
     from vlreward.training.calibrate import calibrate as run
 
     results = run(model, data, output)
-    reference, calibration = results["reference"], results["calibration"]
-    typer.echo(
-        f"reference {reference['version']}: mean {reference['mean']:.4f}, std {reference['std']:.4f} over "
-        f"{reference['count']} responses; T {reference['temperature']:.4f}: ECE {calibration['ece_before']:.4f} -> "
-        f"{calibration['ece_after']:.4f} on {calibration['pairs_measured']} held-out pairs",
-        err=True,
-    )
+    for head, scale in results.get("heads", {"": results}).items():  # a multi-head model: every head's
+        reference, calibration = scale["reference"], scale["calibration"]
+        typer.echo(
+            f"{head + ': ' if head else ''}reference {reference['version']}: mean {reference['mean']:.4f}, std "
+            f"{reference['std']:.4f} over {reference['count']} responses; T {reference['temperature']:.4f}: ECE "
+            f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} on {calibration['pairs_measured']} "
+            "held-out pairs",
+            err=True,
+        )
 
 
 @app.command("eval")
@@ -279,6 +329,14 @@ def data_synthetic(
     judge: Annotated[
         bool, typer.Option(help="Also rate each response (1-5) and write templated critiques, for judges.")
     ] = False,
+    heads: Annotated[
+        bool,
+        typer.Option(
+            help="Label pairs for the multi-head model `vlreward train --heads concise,grounded,correct` trains: "
+            "hallucination pairs feed `grounded`, general and text pairs `concise` (preferences), reasoning pairs "
+            "rate `correct` (attribute ratings)."
+        ),
+    ] = False,
 ) -> None:
     """Generate the synthetic preference set (the default model's data)."""
     from vlreward.training.data.synthetic import (
@@ -293,7 +351,9 @@ def data_synthetic(
         train = dict.fromkeys(TRAIN_PER_CATEGORY, per_category)
         heldout = dict.fromkeys(HELDOUT_PER_CATEGORY, max(1, per_category // 4))
     ratings = SYNTHETIC_RATINGS if judge else None
-    train_dir, heldout_dir = build_synthetic(output, train, heldout, seed=seed, ratings=ratings, critiques=judge)
+    train_dir, heldout_dir = build_synthetic(
+        output, train, heldout, seed=seed, ratings=ratings, critiques=judge, heads=heads
+    )
     typer.echo(f"wrote {train_dir} and {heldout_dir}", err=True)
 
 

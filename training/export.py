@@ -9,10 +9,11 @@ from typing import Any
 from safetensors.torch import load_file
 
 from vlreward.service.judge import JudgeDeclaration, from_mapping
-from vlreward.service.kinds import ProcessHead
+from vlreward.service.kinds import Heads, ProcessHead
 from vlreward.service.model.checkpoint import save_reward_model
 from vlreward.service.model.probe import Probe
 from vlreward.training.model import reward_model_from_base
+from vlreward.training.multihead import run_heads
 
 TRAINING_INFO_FILE = "vlreward_training.json"
 RUN_PROCESS_FILE = "process_head.json"
@@ -48,16 +49,17 @@ def run_process(run_dir: Path) -> ProcessHead | None:
 
 
 def export_model(
-    model: Any, processor: Any, output_dir: Path, info: dict | None = None, process: ProcessHead | None = None
-) -> Probe:
-    """Save in the contract (``process``: as a process model read at that step tag), then score the probe
-    with the transformers backend and store it."""
+    model: Any, processor: Any, output_dir: Path, info: dict | None = None, process: ProcessHead | None = None,
+    heads: Heads | None = None,
+) -> Probe:  # fmt: skip
+    """Save in the contract (``process``: as a process model read at that step tag; ``heads``: a multi-head
+    model), then score the probe with the transformers backend and store it."""
     from vlreward.service.backends.transformers import stamp_reference_probe
 
     output_dir = Path(output_dir)
     was_training = model.training
     model.eval()
-    save_reward_model(model, processor, output_dir, process=process)
+    save_reward_model(model, processor, output_dir, process=process, heads=heads)
     model.train(was_training)
     if info is not None:
         (output_dir / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
@@ -82,14 +84,16 @@ def export_judge(
 def export_checkpoint(base_dir: Path, checkpoint_dir: Path, output_dir: Path) -> Probe:
     """A trainer checkpoint (accelerate state) + its base model directory -> reward checkpoint (a process
     model or a judge when its run trained one)."""
-    judge = run_judge(Path(checkpoint_dir).parent)
+    run_dir = Path(checkpoint_dir).parent
+    judge, heads = run_judge(run_dir), run_heads(run_dir)
     state = load_file(Path(checkpoint_dir) / "model.safetensors")
     if judge is not None:
         from vlreward.training.judge import judge_model_from_base
 
         model, processor = judge_model_from_base(base_dir, judge, critiques="lm_head.weight" in state)
     else:
-        model, processor = reward_model_from_base(base_dir, head_bias=False)
+        outputs = 1 if heads is None else len(heads.names)
+        model, processor = reward_model_from_base(base_dir, head_bias=False, heads=outputs)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
@@ -102,4 +106,4 @@ def export_checkpoint(base_dir: Path, checkpoint_dir: Path, output_dir: Path) ->
         info["trainer_state"] = json.loads(info_path.read_text())
     if judge is not None:
         return export_judge(model, processor, output_dir, judge, Path(base_dir), info)
-    return export_model(model, processor, output_dir, info, process=run_process(Path(checkpoint_dir).parent))
+    return export_model(model, processor, output_dir, info, process=run_process(run_dir), heads=heads)

@@ -25,12 +25,13 @@ from tqdm import tqdm
 from transformers import get_scheduler
 
 from vlreward.service.judge import JudgeDeclaration
-from vlreward.service.kinds import ProcessHead
+from vlreward.service.kinds import Heads, ProcessHead
 from vlreward.training.collator import PairCollator, PairDataset
 from vlreward.training.config import StageConfig, TrainConfig
 from vlreward.training.data.schema import PreferenceRecord, StepRecord, read_records
 from vlreward.training.judge import JudgeCollator, JudgeDataset, answer_loss, heldout_preferences, judge_loss
 from vlreward.training.model import freeze_vision_encoder, parameter_groups, parameter_report
+from vlreward.training.multihead import HeadCollator, LabelledPairs, head_accuracy, multihead_loss
 from vlreward.training.pair_metrics import pairwise_accuracy, score_pairs
 from vlreward.training.steps import StepCollator, StepDataset, score_solutions, step_loss, step_metrics
 
@@ -363,3 +364,36 @@ class JudgeTrainer(PairwiseTrainer):
         with evaluating(self.unwrapped) as model:
             scores = heldout_preferences(model, dataset)
         return pairwise_accuracy([r.category for r in records], scores)
+
+
+class MultiHeadTrainer(PairwiseTrainer):
+    """Trains a multi-head reward model on preference pairs through the same stages, distributed paths and
+    checkpoints: each pair trains the heads it has labels for (:mod:`vlreward.training.multihead`)."""
+
+    def __init__(self, *args: Any, heads: Heads, **kwargs: Any):
+        self.heads = heads
+        super().__init__(*args, **kwargs)
+
+    def _build_data(self, processor: Any, heldout_dir: Path | None) -> None:
+        super()._build_data(processor, heldout_dir)
+        self.train_data = LabelledPairs(self.train_data, self.heads)
+        self.collator = HeadCollator(self.unwrapped.config.text_config.pad_token_id)
+
+    def batch_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One loss per head where the pair has its label (:func:`~vlreward.training.multihead.multihead_loss`)."""
+        pair_heads, ratings = batch.pop("pair_heads"), batch.pop("ratings")
+        batch.pop("num_pairs")
+        scores = self.model(**batch)
+        return multihead_loss(scores, pair_heads.to(scores.device), ratings.to(scores.device))
+
+    @staticmethod
+    def headline(metrics: dict[str, Any]) -> str:
+        heads = ", ".join(f"{name} {row['accuracy']:.3f} (n={row['n']})" for name, row in metrics["heads"].items())
+        return f"held-out accuracy per head: {heads}"
+
+    def evaluate(self) -> dict[str, Any]:
+        """Each head's held-out accuracy on the pairs labelled for it (the model in eval mode, then back)."""
+        records, pairs = self.heldout
+        with evaluating(self.unwrapped) as model:
+            scores = score_pairs(model.score_batch, pairs, lambda pair: pair)
+        return head_accuracy(self.heads, records, scores)

@@ -46,6 +46,16 @@ class PreferenceRecord(BaseModel):
         "pairwise question in each order), chosen and rejected (the pointwise ones). A judge trained on them "
         "learns critique + verdict (its generate mode).",
     )
+    head: str | None = Field(
+        None,
+        description="Multi-head training: the preference head this pair trains (a source feeding its head); None: "
+        "the default head, when the pair has no `attributes`. Heads it does not name are masked.",
+    )
+    attributes: dict[str, tuple[float, float]] | None = Field(
+        None,
+        description="Multi-head training: attribute ratings (HelpSteer2-style) of chosen and rejected per head, "
+        "regression targets of those heads.",
+    )
     meta: dict[str, Any] = Field(default_factory=dict, description="Generator or source details.")
 
     @property

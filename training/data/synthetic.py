@@ -266,10 +266,12 @@ def generate(
     counterfactuals: bool = False,
     ratings: tuple[float, float] | None = None,
     critiques: bool = False,
+    heads: bool = False,
 ) -> tuple[list[PreferenceRecord], set[tuple]]:
     """Write ``per_category`` pairs (and their images) into ``out_dir``; items in ``exclude`` are skipped.
     With ``ratings`` (chosen's, rejected's: :data:`SYNTHETIC_RATINGS`) each pair also rates its responses;
-    with ``critiques`` it carries short templated critiques (:func:`templated_critiques`).
+    with ``critiques`` it carries short templated critiques (:func:`templated_critiques`); with ``heads`` it
+    labels the head of :data:`SYNTHETIC_HEADS` its category feeds.
 
     Returns the records and the keys used. Chosen/rejected positions are what they are: the model sees
     each separately, so there is no position bias to balance.
@@ -294,6 +296,7 @@ def generate(
                 scores=None if ratings is None else {"chosen": ratings[0], "rejected": ratings[1]},
                 critiques=templated_critiques(category) if critiques else None,
                 meta=meta,
+                **(head_labels(category) if heads else {}),
             )
         )
     write_records(records, out_dir)
@@ -315,6 +318,24 @@ def templated_critiques(category: str) -> dict[str, str]:
     }
 
 
+SYNTHETIC_HEADS = {
+    "general": ("concise", "preference"),
+    "text": ("concise", "preference"),
+    "hallucination": ("grounded", "preference"),
+    "reasoning": ("correct", "rating"),
+}
+"""The head each category's pairs train in a multi-head model (``vlreward data synthetic --heads``), and how:
+by the pair's preference, or by its responses' ratings (:data:`SYNTHETIC_RATINGS`)."""
+SYNTHETIC_HEAD_NAMES = ("concise", "grounded", "correct")
+"""Those heads, the default first (``vlreward train --heads concise,grounded,correct``)."""
+
+
+def head_labels(category: str) -> dict:
+    """The multi-head labels of a pair of ``category``: its preference head or its attribute ratings."""
+    head, how = SYNTHETIC_HEADS[category]
+    return {"head": head} if how == "preference" else {"attributes": {head: SYNTHETIC_RATINGS}}
+
+
 SYNTHETIC_RATINGS = (5.0, 1.0)
 """The ratings of a synthetic pair's chosen and rejected responses on a 1-5 scale, for the judges that learn
 pointwise rating from it: every rejected response is plainly wrong (a wrong colour, count or comparison) and
@@ -328,12 +349,12 @@ def build_synthetic(
     seed: int = 0,
     ratings: tuple[float, float] | None = None,
     critiques: bool = False,
+    heads: bool = False,
 ) -> tuple[Path, Path]:
     """Held-out first (with counterfactual images), then a train split that shares no item with it
-    (``ratings``, ``critiques``: see :func:`generate`)."""
+    (``ratings``, ``critiques``, ``heads``: see :func:`generate`)."""
     heldout_dir, train_dir = out_dir / "heldout", out_dir / "train"
-    _, heldout_keys = generate(
-        heldout_dir, heldout_per_category, seed, "heldout", counterfactuals=True, ratings=ratings, critiques=critiques
-    )
-    generate(train_dir, train_per_category, seed, "train", exclude=heldout_keys, ratings=ratings, critiques=critiques)
+    labels = {"ratings": ratings, "critiques": critiques, "heads": heads}
+    _, heldout_keys = generate(heldout_dir, heldout_per_category, seed, "heldout", counterfactuals=True, **labels)
+    generate(train_dir, train_per_category, seed, "train", exclude=heldout_keys, **labels)
     return train_dir, heldout_dir
