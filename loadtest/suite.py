@@ -34,6 +34,8 @@ machine noise hits both sides and no round repeats another's samples into a cach
   messages, at concurrency 16: tokens written per second (both answers must be the same text);
 - two models: one ``vlreward serve`` holding both against two servers with one each, on the same machine
   and the same traffic (one-sample calls, half to each model; throughput and p99);
+- K heads: an ensemble of a multi-head model's K heads (one forward pass) against the ensemble of K one-head
+  models with the same heads (K passes), one server each, the same one-sample calls (throughput, memory);
 - vLLM backend: ``vlreward serve --backend vllm`` against ``vllm serve`` (``/classify``, chat form with
   images, raw scores) at concurrency 1 / 16 / 64, and against the in-process limit (vLLM's AsyncLLM fed
   the same prompts and images through our backend class, no HTTP).
@@ -79,6 +81,8 @@ from loadtest.workload import Mix, make_groups, make_samples
 
 SAME_BACKEND = 1e-5
 ACROSS_BACKENDS = 1e-4
+HEADS_K = 3
+"""Heads of the multi-head model the ``heads`` section serves (and separate models it compares with)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,8 @@ TARGETS = {  # the targets for the bench model on a 2-core CPU (None: reported o
     "two models: one server / two servers": None,
     "two models: two servers p99 / one server p99": None,
     "two models: memory, two servers / one": None,
+    f"K={HEADS_K} heads one pass / K models": None,
+    f"K={HEADS_K} heads: memory, K models / heads": None,
 }
 
 
@@ -340,7 +346,7 @@ def grpo_and_rank(server: ServerProcess, backend, plan: Plan, checks: Checks) ->
     return comparisons
 
 
-SECTIONS = ("transformers", "process", "process-vllm", "judge", "judge-generate", "models", "vllm")
+SECTIONS = ("transformers", "process", "process-vllm", "judge", "judge-generate", "models", "heads", "vllm")
 """The suite's sections, in the order they run."""
 MODELS_CONCURRENCY = 16
 """Calls in flight in the two-models rows, half to each model."""
@@ -700,6 +706,54 @@ def models_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
     return [throughput, latency, memory]
 
 
+def heads_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
+    """K heads in one forward pass against K separate models (transformers backend, float32): an ensemble of a
+    multi-head model's heads (the server asks the model once) against the ensemble of K one-head models with
+    the same heads on copies of the backbone (K passes), on one server each; the same distinct one-sample
+    calls, ``MODELS_CONCURRENCY`` in flight. Both ensembles give the same scores (checked)."""
+    import yaml
+
+    from vlreward.service.backends.transformers import stamp_reference_probe
+    from vlreward.service.reference import statistics_of, write_reference
+    from vlreward.training.multihead import stack_heads
+
+    names = [f"h{k}" for k in range(HEADS_K)]
+    separate = {name: build_model_like(model, seed=20 + k) for k, name in enumerate(names)}
+    stacked = stack_heads(separate, Path(tempfile.mkdtemp(prefix="suite-")) / "multi")
+    stamp_reference_probe(stacked)
+    scale = statistics_of([-1.0, 0.0, 1.0], "suite")  # one scale for every head: the two ensembles are equal
+    write_reference(stacked, dict.fromkeys(names, scale))
+    for path in separate.values():
+        write_reference(path, scale)
+    files = Path(tempfile.mkdtemp(prefix="suite-"))
+    (files / "heads.yaml").write_text(yaml.safe_dump({"ensemble": {"ensemble": {f"multi:{n}": 1.0 for n in names}}}))
+    (files / "separate.yaml").write_text(yaml.safe_dump({"ensemble": {"ensemble": dict.fromkeys(names, 1.0)}}))
+    samples_of = {r: make_samples(Mix(samples=plan.samples).with_(seed=400 + r)) for r in range(plan.rounds)}
+    settings = {"dtype": "float32", "max_queue": 100_000}
+    one = start_vlreward({"multi": stacked}, "transformers", models=str(files / "heads.yaml"), **settings)
+    many = start_vlreward(separate, "transformers", models=str(files / "separate.yaml"), **settings)
+    try:
+
+        def side(server: ServerProcess) -> Side:
+            return lambda r: http(server.url, [score_call([x], "ensemble") for x in samples_of[r]], MODELS_CONCURRENCY)
+
+        throughput, ours, theirs = alternate(
+            f"K={HEADS_K} heads one pass / K models", f"ensemble of {HEADS_K} heads, c={MODELS_CONCURRENCY}",
+            f"ensemble of {HEADS_K} models, c={MODELS_CONCURRENCY}", plan.rounds, side(one), side(many),
+        )  # fmt: skip
+        memory = Comparison(
+            f"K={HEADS_K} heads: memory, K models / heads", f"{HEADS_K} models, resident", "multi-head, resident"
+        )
+        memory.a_runs = [{"rss_bytes": resident_bytes(many.url)}]
+        memory.b_runs = [{"rss_bytes": resident_bytes(one.url)}]
+        memory.ratios = [memory.a_runs[0]["rss_bytes"] / memory.b_runs[0]["rss_bytes"]]
+    finally:
+        one.stop()
+        many.stop()
+    checks.add(f"/score, ensemble of {HEADS_K} heads vs of {HEADS_K} models", ours, theirs, SAME_BACKEND)
+    return [throughput, memory]
+
+
 def resident_bytes(url: str) -> float:
     """A server's resident memory (``process_resident_memory_bytes`` of its /metrics)."""
     import httpx
@@ -905,6 +959,8 @@ def main(
         comparisons += judge_generate_section(model, plan, checks)
     if "models" in chosen:
         comparisons += models_section(model, plan, checks)
+    if "heads" in chosen:
+        comparisons += heads_section(model, plan, checks)
     if "vllm" in chosen:
         comparisons += vllm_section(model, plan, checks, vllm_serve_url, vllm_serve_all_cores)
     print_table(comparisons, checks, bench_run)

@@ -141,6 +141,12 @@ def run_heads(run_dir: Path) -> Heads | None:
     return Heads(tuple(declared["names"]), declared["default"])
 
 
+def different_tensors(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> list[str]:
+    """The names whose tensors differ (or that only one side has), sorted."""
+    names = set(first) | set(second)
+    return sorted(k for k in names if k not in first or k not in second or not torch.equal(first[k], second[k]))
+
+
 def stack_heads(checkpoints: dict[str, Path], output: Path, default: str | None = None) -> Path:
     """One multi-head checkpoint from one-head reward checkpoints that share their backbone exactly (heads
     trained on a frozen backbone, linear probes): head ``name`` is that checkpoint's head (weight and bias, a
@@ -165,13 +171,14 @@ def stack_heads(checkpoints: dict[str, Path], output: Path, default: str | None 
     heads = Heads(tuple(checkpoints), default or next(iter(checkpoints)))
     paths = [Path(p) for p in checkpoints.values()]
     state = dict(iter_checkpoint_tensors(paths[0]))
+    head_prefix = HEAD_WEIGHT.rsplit(".", 1)[0]
+    backbone = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
     for name, path in zip(heads.names[1:], paths[1:], strict=True):
         other = {}
         for file in weight_files(path):
             with safe_open(file, "pt") as handle:
                 other |= {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        differ = sorted(k for k in set(state) | set(other) if not k.startswith(HEAD_WEIGHT.rsplit(".", 1)[0])
-                        and (k not in state or k not in other or not torch.equal(state[k], other[k])))  # fmt: skip
+        differ = different_tensors(backbone, {k: v for k, v in other.items() if not k.startswith(head_prefix)})
         if differ:
             raise CheckpointError(f"{path} ({name!r}) has another backbone than {paths[0]} (e.g. {differ[0]}): "
                                   "heads stack only on one backbone")  # fmt: skip
