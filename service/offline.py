@@ -36,7 +36,7 @@ def read_samples(path: Path) -> list[Sample]:
 def score_file(backend: Backend, input_path: Path, output_path: Path, batch_size: int = 16) -> int:
     """Score each line of ``input_path`` and write ``{"score"[, "id"]}`` lines in input order (a process
     model: ``score`` is the checkpoint's aggregate and ``step_scores`` the steps', as ``/score`` gives them; a
-    judge: its expected rating).
+    judge: its expected rating; a multi-head model: its default head's and ``heads`` every head's).
 
     Image paths are resolved relative to the input file's folder. Returns the number of samples.
     """
@@ -69,6 +69,8 @@ def score_file(backend: Backend, input_path: Path, output_path: Path, batch_size
             record = {} if sample.id is None else {"id": sample.id}
             if judge is not None:
                 record["score"] = judge.rating(score)
+            elif backend.heads is not None:  # the default head's score, and every head's
+                record |= {"score": score[backend.heads.index(None)], "heads": backend.heads.named(score)}
             elif process is None:
                 record["score"] = score
             else:

@@ -229,6 +229,9 @@ def evaluate(
     threshold_split: Annotated[
         str | None, typer.Option(help="processbench: choose the threshold on this split (default: 0.5).")
     ] = None,
+    head: Annotated[
+        str | None, typer.Option(help="A multi-head model's head to evaluate (default: its default).")
+    ] = None,
 ) -> None:
     """Evaluate a reward model; prints the table and writes it as JSON, markdown and PNG. Resumable."""
     from vlreward.training.data.synthetic import SYNTHETIC_SEED
@@ -248,9 +251,8 @@ def evaluate(
         from vlreward.service.settings import Settings
 
         model_dir = model or Settings().default_model_dir()
-        evaluate_synthetic(
-            load_backend(Settings(backend=backend), model_dir), model_dir, output, seed=SYNTHETIC_SEED + seed
-        )
+        engine = _one_head(load_backend(Settings(backend=backend), model_dir), head)
+        evaluate_synthetic(engine, model_dir, output, seed=SYNTHETIC_SEED + seed)
     elif benchmark == "synthetic-bon":
         from vlreward.service.backends import load_backend
         from vlreward.service.settings import Settings
@@ -270,23 +272,40 @@ def evaluate(
             run_step_benchmark(benchmark, data, output, score_steps, label, digest, step_tag, limit=limit,
                                threshold_split=threshold_split)  # fmt: skip
         else:
-            score, label, digest, _ = _scorer(model, url, api_key, backend)
-            run_benchmark(benchmark, data, output, score, label, digest, limit=limit)
+            score, label, digest, calibration = _scorer(model, url, api_key, backend, head=head)
+            run_benchmark(benchmark, data, output, score, label, digest, limit=limit, calibration=calibration)
     typer.echo((output / "results.md").read_text())
 
 
-def _scorer(model: Path | None, url: str | None, api_key: str | None, backend: str, steps: bool = False):
-    """(score a list of Sample dicts, model label, checkpoint hash, step tag) in-process or through a
-    server; with ``steps`` a process model's step scores per sample and its step tag (else None)."""
+def _one_head(engine: Any, head: str | None) -> Any:
+    from vlreward.training.evaluate import one_head
+
+    try:
+        return one_head(engine, head)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _scorer(
+    model: Path | None, url: str | None, api_key: str | None, backend: str, steps: bool = False,
+    head: str | None = None,
+):  # fmt: skip
+    """(score a list of Sample dicts, model label, checkpoint hash, then the step tag or how its pair values
+    calibrate) in-process or through a server; with ``steps`` a process model's step scores per sample and its
+    step tag, else one score per sample (a multi-head model's ``head``'s) and ``calibration_of``'s keywords."""
     if url is not None:
         from vlreward.client import RewardClient
 
         client = RewardClient(url, api_key=api_key)
         info = client.info()
         if not steps and info.get("judge", {}).get("pairwise"):  # samples come as (A, B) twos: /compare them
-            return _compare_twos(client), info["model"], info.get("checkpoint_hash"), None
+            return _compare_twos(client), info["model"], info.get("checkpoint_hash"), {"probabilities": True}
         if not steps:
-            return (lambda samples: client.score(samples).scores), info["model"], info.get("checkpoint_hash"), None
+            heads = info.get("heads")
+            reference = (heads["references"][head or heads["default"]]) if heads else info.get("reference")
+            calibration = {"probabilities": False, "temperature": (reference or {}).get("temperature", 1.0)}
+            score = lambda samples: client.score(samples, head=head).scores  # noqa: E731
+            return score, info["model"], info.get("checkpoint_hash"), calibration
         if "process" not in info:
             raise typer.BadParameter(f"{url}: its default model is a {info['kind']['name']} model, not a process model")
         score_steps = lambda samples: [d["step_scores"] for d in client.score(samples).details]  # noqa: E731
@@ -299,8 +318,12 @@ def _scorer(model: Path | None, url: str | None, api_key: str | None, backend: s
     engine = load_backend(Settings(backend=backend), model)
     if steps and engine.process is None:
         raise typer.BadParameter(f"{model} is not a process model (its config.json declares no process head)")
-    step_tag = engine.step_tag if steps else None
-    return in_process_scorer(engine, steps), model_name(model), checkpoint_hash(model), step_tag
+    if steps:
+        return in_process_scorer(engine, steps), model_name(model), checkpoint_hash(model), engine.step_tag
+    from vlreward.training.evaluate import calibration_of
+
+    engine = _one_head(engine, head)
+    return in_process_scorer(engine), model_name(model), checkpoint_hash(model), calibration_of(engine, model)
 
 
 def _compare_twos(client: Any):

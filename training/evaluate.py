@@ -31,6 +31,37 @@ from vlreward.training.pair_metrics import pairwise_accuracy, score_pairs
 from vlreward.training.step_benchmarks import STEP_BENCHMARKS, StepItem, load_step_items, step_tables
 
 
+class OneHead:
+    """A multi-head model's backend seen as a one-head model: its scores are ``head``'s (None: the default
+    head's). Evaluation and the accuracy tables read one score per response."""
+
+    heads = None
+
+    def __init__(self, backend: Backend, head: str | None = None):
+        if backend.heads is None:
+            raise ValueError(f"{backend.model_dir}: one head; there is no head to choose")
+        if head is not None and head not in backend.heads.names:
+            raise ValueError(
+                f"{backend.model_dir} has no head {head!r}; its heads are {', '.join(backend.heads.names)}"
+            )
+        self.backend, self.head = backend, head or backend.heads.default
+        self.index = backend.heads.index(self.head)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+    def score_sync(self, samples: list) -> list[float]:
+        return [values[self.index] for values in self.backend.score_sync(samples)]
+
+
+def one_head(backend: Backend, head: str | None) -> Any:
+    """``backend`` scoring one head (:class:`OneHead`) when it is a multi-head model's; else itself (``head``
+    must then be None)."""
+    if backend.heads is None and head is None:
+        return backend
+    return OneHead(backend, head)
+
+
 def score_records(
     backend: Backend, records: list[PreferenceRecord], root: Path, counterfactual: bool = False
 ) -> list[tuple[float, float]]:
@@ -170,10 +201,7 @@ def evaluate_synthetic(backend: Any, model_dir: Path, output_dir: Path, seed: in
         **pairwise_accuracy([r.category for r in records], scores),
     }
     results["extra_image_swap_hallucination"] = sum(r > c for c, r in swapped) / max(1, len(swapped))
-    judged = backend.judge is not None and backend.judge.compares  # its values are P(chosen better) already
-    reference = read_reference(model_dir)
-    temperature = 1.0 if reference is None else reference.temperature
-    results["calibration"] = pair_calibration(scores, probabilities=judged, temperature=temperature)
+    results["calibration"] = pair_calibration(scores, **calibration_of(backend, model_dir))
     output_dir.mkdir(parents=True, exist_ok=True)
     with (output_dir / PREDICTIONS_FILE).open("w") as handle:
         for record, (chosen, rejected) in zip(records, scores, strict=True):
@@ -181,6 +209,16 @@ def evaluate_synthetic(backend: Any, model_dir: Path, output_dir: Path, seed: in
             handle.write(json.dumps(row) + "\n")
     write_results(output_dir, results)
     return results
+
+
+def calibration_of(backend: Any, model_dir: Path) -> dict[str, Any]:
+    """How a model's pair values read as P(chosen better) (:func:`~vlreward.service.reference.pair_calibration`'s
+    keywords): a comparing judge's are probabilities; a score model's margins go through its stored T (its
+    head's, for :class:`OneHead`)."""
+    if backend.judge is not None and backend.judge.compares:
+        return {"probabilities": True}
+    reference = read_reference(model_dir, getattr(backend, "head", None))
+    return {"probabilities": False, "temperature": 1.0 if reference is None else reference.temperature}
 
 
 def in_process_scorer(backend: Backend, steps: bool = False) -> Callable[[list[dict]], list]:
@@ -275,8 +313,10 @@ def run_benchmark(
     checkpoint: str | None,
     limit: int | None = None,
     batch_pairs: int = 16,
+    calibration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score a benchmark's pairs (resuming from saved predictions), then write its tables."""
+    """Score a benchmark's pairs (resuming from saved predictions), then write its tables; with
+    ``calibration`` (:func:`calibration_of`) also the ECE of P(preferred better)."""
 
     def rows_of(chunk: list[EvalPair]) -> list[dict]:  # a pair's two samples in turn (judges rely on it)
         values = score_samples([sample for pair in chunk for sample in pair.samples()])
@@ -287,6 +327,10 @@ def run_benchmark(
     done = score_resumably(pairs, output_dir, benchmark, batch_pairs, rows_of)
     results = tables(benchmark, pairs, {p.id: done[p.id]["scores"] for p in pairs})
     results = {"benchmark": benchmark, "model": model, "checkpoint_hash": checkpoint, **results}
+    if calibration is not None:
+        values = [done[p.id]["scores"] for p in pairs]
+        preferred = [(v[p.preferred], v[1 - p.preferred]) for v, p in zip(values, pairs, strict=True)]
+        results["calibration"] = pair_calibration(preferred, **calibration)
     write_results(output_dir, results)
     return results
 

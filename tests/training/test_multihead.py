@@ -132,3 +132,22 @@ def test_stack_heads_joins_heads_of_one_backbone_and_refuses_another(tiny_reward
                            "--output", str(tmp_path / "stacked")], capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert checkpoint_heads(tmp_path / "stacked") == Heads(("a", "b"), "a")
+
+
+def test_eval_and_offline_scoring_read_one_head_or_every_head(trained, tmp_path):
+    model = trained / "model"
+    done = subprocess.run([VLREWARD, "eval", "--benchmark", "synthetic", "--model", str(model), "--head", "grounded",
+                           "--output", str(tmp_path / "eval")], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    reference = json.loads((model / "vlreward_reference.json").read_text())["heads"]["grounded"]
+    assert results["n"] > 0 and results["calibration"]["temperature"] == pytest.approx(reference["temperature"])
+    unknown = subprocess.run([VLREWARD, "eval", "--benchmark", "synthetic", "--model", str(model), "--head", "safe",
+                              "--output", str(tmp_path / "no")], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert unknown.returncode == 2 and "no head 'safe'" in unknown.stderr
+    (tmp_path / "in.jsonl").write_text(json.dumps({"id": "a", "prompt": "Say hello.", "response": "Hello!"}) + "\n")
+    scored = subprocess.run([VLREWARD, "score", "--model", str(model), "--input", str(tmp_path / "in.jsonl"),
+                             "--output", str(tmp_path / "out.jsonl")], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    row = json.loads((tmp_path / "out.jsonl").read_text())
+    assert set(row["heads"]) == set(HEADS.names) and row["score"] == row["heads"]["concise"]
