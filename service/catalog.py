@@ -36,6 +36,7 @@ PER_MODEL_SETTINGS = frozenset(
     {
         "model",
         "revision",
+        "base",
         "judge",
         "normalize",
         "backend",
@@ -146,6 +147,10 @@ def check_specs(specs: list[ModelSpec]) -> None:
     if len(defaults) > 1:
         raise CatalogError(f"more than one default model: {', '.join(map(str, defaults))}")
     served = {spec.name for spec in specs if spec.ensemble is None}
+    adapters = {spec.name: spec.settings["base"] for spec in specs if spec.settings.get("base") is not None}
+    for name, base in adapters.items():
+        if base not in served or base in adapters:
+            raise CatalogError(f"adapter {name!r}: its base {base!r} is not a served model (adapters adapt models)")
     for spec in specs:
         if spec.ensemble is None:
             continue

@@ -75,6 +75,8 @@ class ServedModel:
         self.references: dict[str | None, Reference] = {}
         """The checkpoint's reference statistics and pairwise temperature (``vlreward calibrate``) by head (None:
         a one-head model's); empty: none."""
+        self.base: ServedModel | None = None
+        """A LoRA adapter's base model (its backend serves the adapter too); None: a model of its own."""
         self.ready = False
         """Loaded, warmed up and the probe passed."""
         self._owns_backend = backend is None
@@ -94,7 +96,12 @@ class ServedModel:
         """Load the backend (unless given), start its scheduler behind the server's queue bound, and run
         its probe. Raises what went wrong; the caller names the model."""
         settings = self.settings
-        if self.backend is None:
+        if self.backend is None and self.base is not None:  # a LoRA adapter on a model loaded before it
+            from vlreward.service.backends.adapter import AdapterBackend
+
+            log.info("loading adapter %s (%s) on %s", self.name, settings.model, self.base.name)
+            self.backend = AdapterBackend(self.base.backend, settings.model, self.name)
+        elif self.backend is None:
             from vlreward.service.backends import load_backend
 
             log.info("loading %s (%s) with the %s backend", self.name, settings.model, settings.backend)
@@ -153,6 +160,9 @@ class ServiceState:
             backend = backends.get(spec.name, backends.get(None) if len(specs) == 1 else None)
             name = spec.name or served_name(spec.source, backend)
             self.models[name] = ServedModel(name, model_settings(settings, spec), metrics.for_model(name), backend)
+        for model in self.models.values():
+            if model.settings.base is not None:
+                model.base = self.models[model.settings.base]
         self.default_model = list(self.models.values())[default_index(specs)]
         self.started = int(time.time())
         """When the server started (the ``created`` of /v1/models)."""
@@ -230,7 +240,7 @@ class ServiceState:
     async def _load_and_warm_up(self) -> None:
         """Load the models one after the other (each engine sizes its memory against what the ones before
         left), then watch their engines. A model that cannot load or fails its probe stops the server."""
-        for model in self.models.values():
+        for model in sorted(self.models.values(), key=lambda m: m.base is not None):  # adapters after bases
             try:
                 await model.load(self.queued, lambda exc, model=model: self.model_error(model, exc))
             except Exception as exc:  # a model that cannot load or fails its probe must never serve

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         description="YAML file of the models to serve: name -> model and its own settings (docs/serving.md).",
     )
     revision: str | None = Field(None, description="Branch, tag or commit when --model is a Hugging Face repo id.")
+    base: str | None = Field(
+        None,
+        description="A LoRA adapter (`model` is its folder, docs/serving.md): the served model whose backbone it "
+        "adapts; the adapter shares its weights and engine (models file).",
+    )
     judge: str | None = Field(
         None,
         description="Serve a generative checkpoint as a judge with this declaration: a built-in one (generic, "

@@ -32,6 +32,7 @@ from vlreward.service.model.encoding import (
 )
 from vlreward.service.model.formatting import FormattedSample
 from vlreward.service.model.generation import JudgeGenerator
+from vlreward.service.model.lora import AdapterError, lora_set, read_adapter
 from vlreward.service.model.probe import Probe, probe_sample, write_probe
 from vlreward.service.prepare import prepare_request_sample
 from vlreward.service.settings import Settings, default
@@ -146,6 +147,21 @@ class TransformersBackend:
         """A process model reads its head at every step tag."""
         if self._tag_id is not None:
             encoded.read_at = step_ends(encoded.input_ids.tolist(), self._tag_id, self.step_tag)
+        return encoded
+
+    def add_adapter(self, adapter_dir: Path, name: str) -> int:
+        """Serve a LoRA adapter on this model (:mod:`~vlreward.service.model.lora`): its slot, which the
+        samples scored with it carry (:meth:`for_adapter`)."""
+        if self.process is not None or self.judge is not None or self.heads is not None:
+            raise AdapterError(f"{self.model_dir}: LoRA adapters are served on a one-head scalar model")
+        return lora_set(self.model).add(read_adapter(adapter_dir, name))
+
+    @staticmethod
+    def for_adapter(encoded: EncodedSample, slot: int) -> EncodedSample:
+        """``encoded`` scored with the adapter in ``slot`` (a shared prefix is shared with its own rows only)."""
+        encoded.adapter = slot
+        if encoded.prefix_key is not None:
+            encoded.prefix_key += b"|adapter:%d" % slot
         return encoded
 
     def plan_batches(self, lengths: list[int]) -> list[list[int]]:

@@ -34,6 +34,8 @@ class EncodedSample:
     service's backend (:func:`with_prefix_key`); training never needs it."""
     read_at: tuple[int, ...] | None = None
     """A process model's step-tag positions (the head is read at each); None: the last token (scalar)."""
+    adapter: int = -1
+    """The LoRA adapter the sample is scored with (its slot, :mod:`~vlreward.service.model.lora`); -1: the base."""
 
     @property
     def num_tokens(self) -> int:

@@ -13,6 +13,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
 
 from vlreward.service.model.cpu_kernels import torch_kernels, use_onednn_linears
 from vlreward.service.model.encoding import EncodedSample, collate, padded_positions
+from vlreward.service.model.lora import LoraSet, row_slots, rows_adapters
 from vlreward.service.model.scored_token import score_at_last_layer_only, scoring_at
 
 PREFIX_COPY_BYTES = 1 << 30
@@ -89,6 +90,8 @@ class Qwen2_5_VLRewardModel(nn.Module):
         """The cached opening that :meth:`score_batch` continues from (:meth:`cache_opening`)."""
         self.opening_batches = 0
         """Batches :meth:`score_batch` ran from the cached opening."""
+        self.lora: LoraSet | None = None
+        """LoRA adapters served on this model (:mod:`.lora`); the rows of a batch name theirs."""
         self.vision_in_every_step = False
         """Training across processes: run the vision tower on a dummy image when a batch has none, so
         every rank uses the same parameters each step (ZeRO-3/FSDP hang otherwise; DDP reports unused
@@ -108,6 +111,8 @@ class Qwen2_5_VLRewardModel(nn.Module):
         verdict tokens], each logit minus the first verdict token's: only differences count, and so vLLM's
         log-probabilities give the same numbers)."""
         out = self.score(hidden.to(self.score.weight.dtype))
+        if self.lora is not None:  # rows scored with an adapter read its head
+            out = self.lora.heads(out, hidden)
         if self.head_index is None:
             return out.squeeze(-1)
         out = out[..., self.head_index]
@@ -207,16 +212,19 @@ class Qwen2_5_VLRewardModel(nn.Module):
         :meth:`hidden_states`)."""
         batch = collate(samples, self.config.text_config.pad_token_id, padding_side)
         batch = {k: v.to(self.device) for k, v in batch.items()}
+        slots = row_slots([s.adapter for s in samples])
         opening = self.opening
-        if plain or padding_side != "right" or opening is None or not opening.starts(samples):
-            opening = None
+        if plain or padding_side != "right" or opening is None or slots is not None or not opening.starts(samples):
+            opening = None  # (the opening's cache is the base's: an adapter changes its keys and values)
         else:
             self.opening_batches += 1
-        if samples[0].read_at is not None:  # a process model: the head at every step tag of each row
-            read_at = read_positions(samples, padding_side).to(self.device)
-            rewards = self.reward(self.hidden_states(**batch, plain=plain, opening=opening, read_at=read_at))
-            return [row[: len(s.read_at)] for row, s in zip(rewards.float().cpu().tolist(), samples, strict=True)]
-        return self.reward(self.hidden_states(**batch, plain=plain, opening=opening)).float().cpu().tolist()
+        with rows_adapters(slots):
+            if samples[0].read_at is not None:  # a process model: the head at every step tag of each row
+                read_at = read_positions(samples, padding_side).to(self.device)
+                rewards = self.reward(self.hidden_states(**batch, plain=plain, opening=opening, read_at=read_at))
+                rows = rewards.float().cpu().tolist()
+                return [row[: len(s.read_at)] for row, s in zip(rows, samples, strict=True)]
+            return self.reward(self.hidden_states(**batch, plain=plain, opening=opening)).float().cpu().tolist()
 
     @torch.inference_mode()
     def cache_opening(self, input_ids: torch.Tensor | None) -> None:
@@ -248,6 +256,15 @@ class Qwen2_5_VLRewardModel(nn.Module):
         repeated runs once. Gives the same scores as
         :meth:`score_batch` (within float tolerance).
         """
+        slots = row_slots([s.adapter for s in samples])
+        if isinstance(slots, torch.Tensor):  # candidates of different adapters share no computed prefix
+            return self.score_batch(samples)
+        with rows_adapters(slots):
+            return self._score_shared_prefix(samples, max_batch_size, max_batch_tokens)
+
+    def _score_shared_prefix(
+        self, samples: list[EncodedSample], max_batch_size: int | None, max_batch_tokens: int | None
+    ) -> list[float]:
         prefix_len = shared_prefix_length([s.input_ids for s in samples])
         first = samples[0]
         if first.image_grid_thw is not None and int(first.mm_token_type_ids[prefix_len:].sum()) != 0:

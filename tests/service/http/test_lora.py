@@ -1,0 +1,108 @@
+"""LoRA reward adapters on one base (transformers backend): each adapter served as a model of its own scores
+what the merged-weights model scores (1e-4, float32), the base's own scores do not move, a batch may mix
+adapters, and concurrent requests to different adapters each get their own model's scores."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.helpers import LiveServer, shape_image, uri
+from vlreward.service.catalog import CatalogError, ModelSpec, check_specs
+from vlreward.service.model.lora import AdapterError
+from vlreward.training.lora import merge_adapter, random_adapter, stamp_adapter_probe
+
+RED = uri(shape_image("red"))
+ITEMS = [
+    {"prompt": "What colour is the circle?", "image": RED, "response": "It is red."},
+    {"prompt": "What colour is the circle?", "image": RED, "response": "It is blue."},
+    {"prompt": "Say hello.", "response": "Hello!"},
+]
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_reward, tmp_path_factory):
+    """Two adapters of tiny_reward (seeded random updates of its attention and MLP, their own heads) with their
+    probes, and each merged into the base."""
+    root = tmp_path_factory.mktemp("lora")
+    made = {}
+    for seed, name in enumerate(("helpful", "safety"), start=1):
+        adapter = random_adapter(tiny_reward, root / name, seed=seed)
+        stamp_adapter_probe(tiny_reward, adapter)
+        made[name] = (adapter, merge_adapter(tiny_reward, adapter, root / f"{name}-merged"))
+    return made
+
+
+@pytest.fixture(scope="module")
+def server(tiny_reward, adapters):
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    backends = {"rm": TransformersBackend(tiny_reward, dtype="float32", device="cpu")}
+    specs = [ModelSpec(name="rm", default=True)]
+    for name, (adapter, merged) in adapters.items():
+        specs.append(ModelSpec(name=name, source=str(adapter), settings={"base": "rm"}))
+        specs.append(ModelSpec(name=f"{name}-merged"))
+        backends[f"{name}-merged"] = TransformersBackend(merged, dtype="float32", device="cpu")
+    with LiveServer(specs=specs, backends=backends) as live:
+        yield live
+
+
+def post(server, path: str, body: dict) -> httpx.Response:
+    return httpx.post(server.url + path, json=body, timeout=120)
+
+
+def test_an_adapter_scores_what_its_merged_model_scores_and_the_base_does_not_move(server, hf_backend):
+    from vlreward.service.prepare import prepare_request_sample
+
+    for name in ("helpful", "safety"):
+        got = post(server, "/score", {"model": name, "items": ITEMS}).json()["scores"]
+        merged = post(server, "/score", {"model": f"{name}-merged", "items": ITEMS}).json()["scores"]
+        assert got == pytest.approx(merged, abs=TOLERANCE)
+        ranked = post(server, "/rank", {"model": name, "prompt": ITEMS[0]["prompt"], "image": RED,
+                                        "responses": ["It is red.", "It is blue."]}).json()  # fmt: skip
+        assert ranked["scores"] == pytest.approx(merged[:2], abs=TOLERANCE)  # the shared prefix runs the adapter
+    base = post(server, "/score", {"model": "rm", "items": ITEMS}).json()["scores"]
+    alone = hf_backend.score_sync([prepare_request_sample(item, hf_backend.processor) for item in ITEMS])
+    assert base == pytest.approx(alone, abs=1e-5)
+    info = httpx.get(server.url + "/info").json()["models"]["helpful"]
+    assert info["adapter"]["path"].endswith("helpful") and info["ready"]
+
+
+def test_concurrent_requests_to_different_adapters_each_get_their_own_scores(server):
+    expected = {name: post(server, "/score", {"model": name, "items": ITEMS}).json()["scores"]
+                for name in ("rm", "helpful", "safety")}  # fmt: skip
+    calls = [name for name in expected for _ in range(6)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(lambda name: (name, post(server, "/score", {"model": name, "items": ITEMS})), calls))
+    for name, response in answers:
+        assert response.json()["scores"] == pytest.approx(expected[name], abs=1e-5), name
+
+
+def test_one_batch_mixes_adapters_and_each_row_gets_its_own(tiny_reward, adapters):
+    from vlreward.service.backends.adapter import AdapterBackend
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.prepare import prepare_request_sample
+
+    base = TransformersBackend(tiny_reward, dtype="float32", device="cpu")
+    views = [AdapterBackend(base, path, name) for name, (path, _) in adapters.items()]
+    formatted = [prepare_request_sample(item, base.processor) for item in ITEMS]
+    alone = [view.score_sync(formatted) for view in views] + [base.score_sync(formatted)]
+    rows = [(k, i) for i in range(len(ITEMS)) for k in range(3)]  # every item under both adapters and the base
+    encoded = [(views[k].encode if k < 2 else base.encode)(formatted[i]) for k, i in rows]
+    mixed = base.model.score_batch(encoded)
+    assert mixed == pytest.approx([alone[k][i] for k, i in rows], abs=1e-5)
+
+
+def test_what_cannot_be_an_adapter_is_refused(tiny_process, adapters, tmp_path):
+    from vlreward.service.backends.adapter import AdapterBackend
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    path, _ = adapters["helpful"]
+    with pytest.raises(AdapterError, match="one-head scalar"):
+        AdapterBackend(TransformersBackend(tiny_process, dtype="float32", device="cpu"), path, "x")
+    specs = [ModelSpec(name="a", source=str(path), settings={"base": "missing"})]
+    with pytest.raises(CatalogError, match="its base 'missing' is not a served model"):
+        check_specs(specs)
