@@ -88,6 +88,14 @@ def train(
             "trains the heads it labels (its `head`, its `attributes`)."
         ),
     ] = None,
+    lora: Annotated[
+        bool,
+        typer.Option(
+            help="Train a LoRA reward adapter of --base (a reward checkpoint): LoRA on its language model and its "
+            "own head (peft); `vlreward export` writes the adapter, served beside its base."
+        ),
+    ] = False,
+    lora_rank: Annotated[int, typer.Option(min=1, help="The adapter's rank r (lora_alpha = 2r).")] = 8,
 ) -> None:
     """Train a reward model (run under `accelerate launch` / `torchrun` for several processes)."""
     from vlreward.training.bootstrap import KINDS
@@ -122,6 +130,15 @@ def train(
         trainer.train(resume_from=resume)
         (output / "base_model.txt").write_text(str(base_dir) + "\n")
         return
+    if lora:
+        if kind != "scalar" or heads is not None or base is None:
+            raise typer.BadParameter("--lora trains an adapter of a one-head scalar reward checkpoint given as --base")
+        from vlreward.training.lora import lora_model_from_base, write_run_lora
+
+        write_run_lora(output, base, lora_rank, None)
+        model, processor = lora_model_from_base(base, lora_rank)
+        PairwiseTrainer(config, model, processor, data, output, heldout_dir=heldout).train(resume_from=resume)
+        return
     if heads is not None:
         if kind != "scalar":
             raise typer.BadParameter("--heads trains a multi-head scalar model (--kind scalar)")
@@ -147,6 +164,24 @@ def train(
         trainer = PairwiseTrainer(config, model, processor, data, output, heldout_dir=heldout)
     trainer.train(resume_from=resume)
     (output / "base_model.txt").write_text(str(base_dir) + "\n")
+
+
+@app.command("merge-adapter")
+def merge_adapter_command(
+    base: Annotated[Path, typer.Option(help="The adapter's base reward checkpoint.")],
+    adapter: Annotated[Path, typer.Option(help="A LoRA reward adapter folder.")],
+    output: Annotated[Path, typer.Option(help="The merged reward checkpoint's folder.")],
+) -> None:
+    """Merge a LoRA reward adapter into its base: a plain reward checkpoint that scores the same (any backend)."""
+    from vlreward.service.model.lora import AdapterError
+    from vlreward.training.lora import merge_adapter
+
+    try:
+        merge_adapter(base, adapter, output)
+    except AdapterError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {output}", err=True)
 
 
 @app.command("stack-heads")
@@ -181,7 +216,12 @@ def export(
 ) -> None:
     """Export a training checkpoint into the vlreward checkpoint contract, with its probe."""
     from vlreward.training.export import export_checkpoint
+    from vlreward.training.lora import export_adapter, run_lora
 
+    if run_lora(checkpoint.parent) is not None:  # a LoRA run: its adapter, beside its base
+        probe = export_adapter(checkpoint, output)
+        typer.echo(f"exported the adapter {checkpoint} -> {output} (probe score {probe.score:.6f})", err=True)
+        return
     base_dir = base or Path((checkpoint.parent / "base_model.txt").read_text().strip())
     probe = export_checkpoint(base_dir, checkpoint, output)
     typer.echo(f"exported {checkpoint} -> {output} (probe score {probe.score:.6f})", err=True)

@@ -109,3 +109,43 @@ def stamp_adapter_probe(base_dir: Path, adapter_dir: Path) -> Any:
         return probe
     finally:
         base.release()
+
+
+def lora_model_from_base(base_dir: Path, rank: int = 8, alpha: float | None = None) -> tuple[Any, Any]:
+    """A reward checkpoint with peft's LoRA on its language model's linear layers (:data:`TARGET_MODULES`) and
+    its head trained whole (a copy: ``modules_to_save``); only those train."""
+    from peft import LoraConfig, get_peft_model
+
+    from vlreward.service.model.checkpoint import load_reward_model
+
+    model, processor = load_reward_model(base_dir)
+    model.train()
+    config = LoraConfig(r=rank, lora_alpha=alpha or 2.0 * rank, lora_dropout=0.0, target_modules=TARGET_MODULES,
+                        modules_to_save=[HEAD_MODULE])  # fmt: skip
+    return get_peft_model(model, config), processor
+
+
+def write_run_lora(run_dir: Path, base_dir: Path, rank: int, alpha: float | None) -> None:
+    """Record that the run in ``run_dir`` trains a LoRA adapter of ``base_dir`` (its export writes the adapter)."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / RUN_LORA_FILE).write_text(json.dumps({"base": str(base_dir), "rank": rank, "alpha": alpha}) + "\n")
+
+
+def run_lora(run_dir: Path) -> dict | None:
+    """The LoRA settings the run in ``run_dir`` trained with (None: not a LoRA run)."""
+    path = Path(run_dir) / RUN_LORA_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def export_adapter(checkpoint_dir: Path, output: Path) -> Any:
+    """A LoRA run's trainer checkpoint -> its adapter folder (peft's ``save_pretrained``) with its probe."""
+    from safetensors.torch import load_file
+
+    lora = run_lora(Path(checkpoint_dir).parent)
+    model, _ = lora_model_from_base(Path(lora["base"]), lora["rank"], lora["alpha"])
+    result = model.load_state_dict(load_file(Path(checkpoint_dir) / "model.safetensors"), strict=False)
+    if result.unexpected_keys or any("lora_" in key or "modules_to_save" in key for key in result.missing_keys):
+        raise ValueError(f"{checkpoint_dir}: the checkpoint does not match a LoRA model of {lora['base']}")
+    model.save_pretrained(output)
+    read_adapter(output)  # what the server loads
+    return stamp_adapter_probe(Path(lora["base"]), Path(output))

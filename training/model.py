@@ -44,17 +44,28 @@ PARTS = dict(
 """Parameter-name prefixes of each part a learning-rate multiplier can name (the names: config.Part)."""
 
 
+PEFT_PREFIX = "base_model.model."
+"""What peft puts before the wrapped model's parameter names (a LoRA run)."""
+
+
+def part_name(name: str) -> str:
+    """A parameter's name as the reward model's own (without a peft wrapper's prefix)."""
+    return name.removeprefix(PEFT_PREFIX)
+
+
 def freeze_vision_encoder(model: Any) -> None:
-    """Freeze the patch embedding and the vision blocks (the paper's recipe); the rest stays trainable."""
+    """Freeze the patch embedding and the vision blocks (the paper's recipe); what else trains is left as it
+    is (everything, or a LoRA run's adapters and head)."""
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(not name.startswith(VISION_ENCODER_PREFIXES))
+        if part_name(name).startswith(VISION_ENCODER_PREFIXES):
+            parameter.requires_grad_(False)
 
 
 def parameter_report(model: Any) -> dict[str, dict[str, int]]:
     """Trainable and total parameters per part."""
     report = {part: {"trainable": 0, "total": 0} for part in PARTS}
     for name, parameter in model.named_parameters():
-        part = next((p for p, prefixes in PARTS.items() if name.startswith(prefixes)), None)
+        part = next((p for p, prefixes in PARTS.items() if part_name(name).startswith(prefixes)), None)
         if part is None:
             continue
         report[part]["total"] += parameter.numel()
@@ -69,7 +80,7 @@ def parameter_groups(model: Any, learning_rate: float, multipliers: dict[str, fl
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        part = next((p for p, prefixes in PARTS.items() if name.startswith(prefixes)), "other")
+        part = next((p for p, prefixes in PARTS.items() if part_name(name).startswith(prefixes)), "other")
         groups.setdefault(part, []).append(parameter)
     unknown = set(multipliers) - set(PARTS)
     if unknown:

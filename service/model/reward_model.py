@@ -70,6 +70,9 @@ class Qwen2_5_VLRewardModel(nn.Module):
     numbers.
     """
 
+    base_model_prefix = "model"
+    """Where the backbone is (transformers' convention; peft reads it to name an adapter's weights)."""
+
     def __init__(
         self, config: Qwen2_5_VLConfig, head_bias: bool = False, outputs: int = 1, head_index: list[int] | None = None
     ):
