@@ -134,6 +134,15 @@ def served_models(settings: Settings, model_flags: list[str]) -> list:
         specs = model_specs(settings, model_flags)
         resolved = []
         for spec in specs:
+            if spec.settings.get("base") is not None:  # a LoRA adapter: a local folder, served on its base
+                from vlreward.service.model.lora import is_adapter
+
+                directory = Path(spec.source or "")
+                if not is_adapter(directory):
+                    raise CatalogError(f"model {spec.name!r} names a base, so {directory} must be a LoRA adapter "
+                                       "folder (adapter_config.json)")  # fmt: skip
+                resolved.append(spec.model_copy(update={"source": str(directory)}))
+                continue
             directory = resolve_model(model_settings(settings, spec))
             name = spec.name or model_name(directory)
             resolved.append(spec.model_copy(update={"source": str(directory), "name": name}))

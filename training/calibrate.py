@@ -29,17 +29,26 @@ from vlreward.training.data.schema import RECORDS_FILE, read_records
 RESULTS_FILE = "calibration.json"
 
 
-def calibrate(model_dir: Path, data_dir: Path, output: Path | None = None) -> dict[str, Any]:
+def calibrate(model_dir: Path, data_dir: Path, output: Path | None = None, base: Path | None = None) -> dict[str, Any]:
     """Score ``data_dir``'s pairs with the model at ``model_dir`` (a scalar reward model), store its reference
     statistics and temperature in the checkpoint, and write ``calibration.json`` + ``calibration.png``
     (the reliability diagram before and after) to ``output`` (default: the checkpoint). A multi-head model
     gets statistics per head, each head's T fitted on the pairs labelled for it
-    (:func:`~vlreward.training.multihead.pair_labels`: unlabelled pairs are the default head's)."""
+    (:func:`~vlreward.training.multihead.pair_labels`: unlabelled pairs are the default head's). A LoRA adapter
+    is scored on its ``base`` and gets its own statistics (in its folder)."""
     from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.model.lora import is_adapter
     from vlreward.training.evaluate import score_records
     from vlreward.training.multihead import pair_labels
 
-    backend = TransformersBackend(model_dir, dtype="float32", device="cpu")
+    if is_adapter(model_dir):
+        from vlreward.service.backends.adapter import AdapterBackend
+
+        if base is None:
+            raise ValueError(f"{model_dir} is a LoRA adapter: give its base (--base)")
+        backend = AdapterBackend(TransformersBackend(base, dtype="float32", device="cpu"), model_dir, model_dir.name)
+    else:
+        backend = TransformersBackend(model_dir, dtype="float32", device="cpu")
     if backend.process is not None or backend.judge is not None:
         raise ValueError(f"{model_dir}: vlreward calibrate takes a scalar reward model")
     records = sorted(

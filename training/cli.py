@@ -232,11 +232,15 @@ def calibrate(
     model: Annotated[Path, typer.Option(help="A scalar reward checkpoint; its reference statistics go there.")],
     data: Annotated[Path, typer.Option(help="A preference dataset folder, as `vlreward train --data` takes.")],
     output: Annotated[Path | None, typer.Option(help="Folder for calibration.json/.png (default: the model).")] = None,
+    base: Annotated[Path | None, typer.Option(help="A LoRA adapter's base reward checkpoint.")] = None,
 ) -> None:
     """Store a model's reference statistics (for `normalize: zscore`) and pairwise temperature (for /compare)."""
     from vlreward.training.calibrate import calibrate as run
 
-    results = run(model, data, output)
+    try:
+        results = run(model, data, output, base=base)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     for head, scale in results.get("heads", {"": results}).items():  # a multi-head model: every head's
         reference, calibration = scale["reference"], scale["calibration"]
         typer.echo(

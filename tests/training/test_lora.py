@@ -49,6 +49,7 @@ def trained(tiny_reward, tmp_path_factory):
         ["export", "--checkpoint", str(root / "run" / "checkpoint-final"), "--output", str(root / "adapter")],
         ["merge-adapter", "--base", str(tiny_reward), "--adapter", str(root / "adapter"), "--output",
          str(root / "merged")],
+        ["calibrate", "--model", str(root / "adapter"), "--base", str(tiny_reward), "--data", str(data / "heldout")],
     ]  # fmt: skip
     for command in commands:
         done = subprocess.run([VLREWARD, *command], capture_output=True, text=True, timeout=600)
@@ -79,5 +80,10 @@ def test_the_trained_adapter_served_on_its_base_scores_what_the_merged_model_sco
         got = httpx.post(live.url + "/score", json={"model": "adapter", "items": ITEMS}, timeout=120).json()
         merged = httpx.post(live.url + "/score", json={"model": "merged", "items": ITEMS}, timeout=120).json()
         base = httpx.post(live.url + "/score", json={"model": "rm", "items": ITEMS}, timeout=120).json()
+        info = httpx.get(live.url + "/info").json()["models"]["adapter"]
+        z = httpx.post(live.url + "/score", json={"model": "adapter", "items": ITEMS, "normalize": "zscore"}).json()
+    reference = info["reference"]  # vlreward calibrate --base: the adapter's own statistics, in its folder
+    assert reference["version"] == json.loads((trained / "adapter" / "vlreward_reference.json").read_text())["version"]
+    assert z["scores"] == pytest.approx([(s - reference["mean"]) / reference["std"] for s in got["scores"]], abs=1e-6)
     assert got["scores"] == pytest.approx(merged["scores"], abs=1e-4)
     assert got["scores"] != pytest.approx(base["scores"], abs=1e-3)
