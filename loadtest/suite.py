@@ -36,6 +36,8 @@ machine noise hits both sides and no round repeats another's samples into a cach
   and the same traffic (one-sample calls, half to each model; throughput and p99);
 - K heads: an ensemble of a multi-head model's K heads (one forward pass) against the ensemble of K one-head
   models with the same heads (K passes), one server each, the same one-sample calls (throughput, memory);
+- K adapters: an ensemble of K LoRA adapters on one base against the ensemble of the K merged models, the same
+  way (each adapter still runs its own pass: the saving is memory);
 - vLLM backend: ``vlreward serve --backend vllm`` against ``vllm serve`` (``/classify``, chat form with
   images, raw scores) at concurrency 1 / 16 / 64, and against the in-process limit (vLLM's AsyncLLM fed
   the same prompts and images through our backend class, no HTTP).
@@ -121,6 +123,8 @@ TARGETS = {  # the targets for the bench model on a 2-core CPU (None: reported o
     "two models: memory, two servers / one": None,
     f"K={HEADS_K} heads one pass / K models": None,
     f"K={HEADS_K} heads: memory, K models / heads": None,
+    f"K={HEADS_K} adapters one base / K models": None,
+    f"K={HEADS_K} adapters: memory, K models / adapters": None,
 }
 
 
@@ -346,7 +350,9 @@ def grpo_and_rank(server: ServerProcess, backend, plan: Plan, checks: Checks) ->
     return comparisons
 
 
-SECTIONS = ("transformers", "process", "process-vllm", "judge", "judge-generate", "models", "heads", "vllm")
+SECTIONS = (
+    "transformers", "process", "process-vllm", "judge", "judge-generate", "models", "heads", "adapters", "vllm",
+)  # fmt: skip
 """The suite's sections, in the order they run."""
 MODELS_CONCURRENCY = 16
 """Calls in flight in the two-models rows, half to each model."""
@@ -754,6 +760,56 @@ def heads_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
     return [throughput, memory]
 
 
+def adapters_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
+    """An ensemble of K LoRA adapters on one base (transformers, float32: one copy of the backbone, each adapter's
+    rows through it with its low-rank updates) against the ensemble of the K merged models (K copies), one server
+    each, the same one-sample calls as the heads row. Both ensembles' scores must agree."""
+    import yaml
+
+    from vlreward.service.reference import statistics_of, write_reference
+    from vlreward.training.lora import merge_adapter, random_adapter, stamp_adapter_probe
+
+    names = [f"a{k}" for k in range(HEADS_K)]
+    root = Path(tempfile.mkdtemp(prefix="suite-"))
+    adapters = {name: random_adapter(model, root / name, seed=30 + k) for k, name in enumerate(names)}
+    merged = {name: merge_adapter(model, path, root / f"{name}-merged") for name, path in adapters.items()}
+    scale = statistics_of([-1.0, 0.0, 1.0], "suite")
+    for name in names:
+        stamp_adapter_probe(model, adapters[name])
+        write_reference(adapters[name], scale)
+        write_reference(merged[name], scale)
+    members = {"ensemble": {"ensemble": dict.fromkeys(names, 1.0)}}
+    (root / "adapters.yaml").write_text(
+        yaml.safe_dump(members | {name: {"model": str(path), "base": "base"} for name, path in adapters.items()})
+    )
+    (root / "merged.yaml").write_text(yaml.safe_dump(members))
+    samples_of = {r: make_samples(Mix(samples=plan.samples).with_(seed=500 + r)) for r in range(plan.rounds)}
+    settings = {"dtype": "float32", "max_queue": 100_000}
+    one = start_vlreward({"base": model}, "transformers", models=str(root / "adapters.yaml"), **settings)
+    many = start_vlreward(merged, "transformers", models=str(root / "merged.yaml"), **settings)
+    try:
+
+        def side(server: ServerProcess) -> Side:
+            return lambda r: http(server.url, [score_call([x], "ensemble") for x in samples_of[r]], MODELS_CONCURRENCY)
+
+        throughput, ours, theirs = alternate(
+            f"K={HEADS_K} adapters one base / K models", f"ensemble of {HEADS_K} adapters, c={MODELS_CONCURRENCY}",
+            f"ensemble of {HEADS_K} merged models, c={MODELS_CONCURRENCY}", plan.rounds, side(one), side(many),
+        )  # fmt: skip
+        memory = Comparison(
+            f"K={HEADS_K} adapters: memory, K models / adapters", f"{HEADS_K} merged models, resident",
+            "base + adapters, resident",
+        )  # fmt: skip
+        memory.a_runs = [{"rss_bytes": resident_bytes(many.url)}]
+        memory.b_runs = [{"rss_bytes": resident_bytes(one.url)}]
+        memory.ratios = [memory.a_runs[0]["rss_bytes"] / memory.b_runs[0]["rss_bytes"]]
+    finally:
+        one.stop()
+        many.stop()
+    checks.add(f"/score, ensemble of {HEADS_K} adapters vs of merged models", ours, theirs, ACROSS_BACKENDS)
+    return [throughput, memory]
+
+
 def resident_bytes(url: str) -> float:
     """A server's resident memory (``process_resident_memory_bytes`` of its /metrics)."""
     import httpx
@@ -961,6 +1017,8 @@ def main(
         comparisons += models_section(model, plan, checks)
     if "heads" in chosen:
         comparisons += heads_section(model, plan, checks)
+    if "adapters" in chosen:
+        comparisons += adapters_section(model, plan, checks)
     if "vllm" in chosen:
         comparisons += vllm_section(model, plan, checks, vllm_serve_url, vllm_serve_all_cores)
     print_table(comparisons, checks, bench_run)
