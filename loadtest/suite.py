@@ -774,8 +774,8 @@ def adapters_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison
     adapters = {name: random_adapter(model, root / name, seed=30 + k) for k, name in enumerate(names)}
     merged = {name: merge_adapter(model, path, root / f"{name}-merged") for name, path in adapters.items()}
     scale = statistics_of([-1.0, 0.0, 1.0], "suite")
+    stamp_adapter_probe(model, *adapters.values())
     for name in names:
-        stamp_adapter_probe(model, adapters[name])
         write_reference(adapters[name], scale)
         write_reference(merged[name], scale)
     members = {"ensemble": {"ensemble": dict.fromkeys(names, 1.0)}}

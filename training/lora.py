@@ -91,21 +91,22 @@ def random_adapter(base_dir: Path, output: Path, seed: int, rank: int = 4, std: 
     return write_adapter(output, layers, head, bias, config)
 
 
-def stamp_adapter_probe(base_dir: Path, adapter_dir: Path) -> Any:
-    """The adapter's probe: the probe sample scored in float32 on its base with the adapter (no scale: 16-bit
-    backends are held to the absolute tolerance)."""
+def stamp_adapter_probe(base_dir: Path, *adapter_dirs: Path) -> Any:
+    """Each adapter's probe: the probe sample scored in float32 on its base with the adapter (no scale: 16-bit
+    backends are held to the absolute tolerance); the base is loaded once. Returns the last probe."""
     from vlreward.service.backends.adapter import AdapterBackend
     from vlreward.service.backends.transformers import TransformersBackend
     from vlreward.service.model.probe import Probe, probe_sample, write_probe
     from vlreward.service.prepare import prepare_request_sample
 
     base = TransformersBackend(base_dir, dtype="float32", device="cpu")
+    sample = probe_sample()
     try:
-        backend = AdapterBackend(base, adapter_dir, Path(adapter_dir).name)
-        sample = probe_sample()
-        score = backend.score_sync([prepare_request_sample(sample, base.processor)])[0]
-        probe = Probe(sample=sample, score=score, dtype="float32", device="cpu")
-        write_probe(adapter_dir, probe)
+        for adapter_dir in adapter_dirs:
+            backend = AdapterBackend(base, adapter_dir, Path(adapter_dir).name)
+            score = backend.score_sync([prepare_request_sample(sample, base.processor)])[0]
+            probe = Probe(sample=sample, score=score, dtype="float32", device="cpu")
+            write_probe(adapter_dir, probe)
         return probe
     finally:
         base.release()

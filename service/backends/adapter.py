@@ -14,7 +14,7 @@ from typing import Any
 from vlreward.service.backends.base import Backend, EncodedInput
 from vlreward.service.model.formatting import FormattedSample
 from vlreward.service.model.lora import AdapterError
-from vlreward.service.warmup import probe_warm_up
+from vlreward.service.warmup import check_probe, probe_warm_up
 
 
 class AdapterBackend:
@@ -24,6 +24,8 @@ class AdapterBackend:
     judge = None
     heads = None
     step_tag = None
+    shared_prefix_runs = 0
+    """Its shared prefixes count under its base (one counter per engine, not summed twice)."""
 
     def __init__(self, base: Backend, adapter_dir: str | Path, name: str):
         if not hasattr(base, "add_adapter"):
@@ -57,6 +59,10 @@ class AdapterBackend:
     async def warm_up(self) -> float | None:
         """The adapter's probe (its folder's) through the base, verified."""
         return await probe_warm_up(self)
+
+    def check_probe(self) -> float | None:
+        """The adapter's probe scored with :meth:`score_sync` and verified (None without one)."""
+        return check_probe(self)
 
     def info(self) -> dict[str, Any]:
         return self.base.info() | {"adapter": {"path": str(self.model_dir), "base": str(self.base.model_dir)}}

@@ -206,23 +206,21 @@ class LoraSet:
         return next(k for k, adapter in enumerate(self.adapters) if adapter.name == name)
 
     def heads(self, out: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """The base head's outputs ``out`` [rows(, k), 1] with the rows that name an adapter read by its head."""
+        """The base head's outputs ``out`` [rows, 1] with the rows that name an adapter read by its head."""
         slots = _ACTIVE.get()
         if slots is None:
             return out
-        rows = torch.arange(len(hidden)) if isinstance(slots, int) else None
-        for slot, adapter in enumerate(self.adapters):
-            chosen = rows if isinstance(slots, int) and slots == slot else None
-            if not isinstance(slots, int):
-                chosen = (slots == slot).nonzero().squeeze(-1)
-            if chosen is None or not len(chosen):
+        per_row = slots if isinstance(slots, torch.Tensor) else torch.full((len(hidden),), slots)
+        out = out.clone()
+        for slot in per_row.unique().tolist():
+            if slot == NO_ADAPTER:
                 continue
-            weight = adapter.head_weight.to(hidden.device)
-            value = hidden[chosen].float() @ weight.T
+            rows = (per_row == slot).nonzero().squeeze(-1).to(hidden.device)
+            adapter = self.adapters[slot]
+            value = hidden[rows].float() @ adapter.head_weight.to(hidden.device).T
             if adapter.head_bias is not None:
                 value = value + adapter.head_bias.to(hidden.device)
-            out = out.clone()
-            out[chosen] = value.to(out.dtype)
+            out[rows] = value.to(out.dtype)
         return out
 
 

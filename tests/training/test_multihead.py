@@ -119,15 +119,16 @@ def test_the_trained_model_serves_every_head_with_its_own_statistics(trained):
 
 def test_stack_heads_joins_heads_of_one_backbone_and_refuses_another(tiny_reward, other_reward, tmp_path):
     from tests.helpers import copy_with_tensors
+    from vlreward.service.model.checkpoint import CheckpointError
+    from vlreward.training.multihead import stack_heads
 
     def nudge(tensors: dict) -> None:
         name = next(k for k in sorted(tensors) if "score" not in k)
         tensors[name] = tensors[name] * 1.001
 
     moved = copy_with_tensors(other_reward, tmp_path / "moved", nudge)
-    refused = subprocess.run([VLREWARD, "stack-heads", "--head", f"a={tiny_reward}", "--head", f"b={moved}",
-                              "--output", str(tmp_path / "refused")], capture_output=True, text=True)  # fmt: skip
-    assert refused.returncode == 2 and "another backbone" in refused.stderr
+    with pytest.raises(CheckpointError, match="another backbone"):
+        stack_heads({"a": tiny_reward, "b": moved}, tmp_path / "refused")
     done = subprocess.run([VLREWARD, "stack-heads", "--head", f"a={tiny_reward}", "--head", f"b={other_reward}",
                            "--output", str(tmp_path / "stacked")], capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -135,19 +136,25 @@ def test_stack_heads_joins_heads_of_one_backbone_and_refuses_another(tiny_reward
 
 
 def test_eval_and_offline_scoring_read_one_head_or_every_head(trained, tmp_path):
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.offline import score_file
+    from vlreward.training.evaluate import one_head
+
     model = trained / "model"
-    done = subprocess.run([VLREWARD, "eval", "--benchmark", "synthetic", "--model", str(model), "--head", "grounded",
-                           "--output", str(tmp_path / "eval")], capture_output=True, text=True, timeout=600)  # fmt: skip
+    rows = [{"id": f"p{i}", "prompt": "Say the word apple once.", "chosen": "The word is apple.",
+             "rejected": "The word is apple. " * (2 + i), "subset": "alpacaeval-easy"} for i in range(4)]  # fmt: skip
+    (tmp_path / "bench.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    done = subprocess.run([VLREWARD, "eval", "--benchmark", "rewardbench", "--data", str(tmp_path / "bench.jsonl"),
+                           "--model", str(model), "--head", "grounded", "--output", str(tmp_path / "eval")],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     reference = json.loads((model / "vlreward_reference.json").read_text())["heads"]["grounded"]
-    assert results["n"] > 0 and results["calibration"]["temperature"] == pytest.approx(reference["temperature"])
-    unknown = subprocess.run([VLREWARD, "eval", "--benchmark", "synthetic", "--model", str(model), "--head", "safe",
-                              "--output", str(tmp_path / "no")], capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert unknown.returncode == 2 and "no head 'safe'" in unknown.stderr
+    assert results["n"] == 4 and results["calibration"]["temperature"] == pytest.approx(reference["temperature"])
+    backend = TransformersBackend(model, dtype="float32", device="cpu")
+    with pytest.raises(ValueError, match="no head 'safe'"):
+        one_head(backend, "safe")
     (tmp_path / "in.jsonl").write_text(json.dumps({"id": "a", "prompt": "Say hello.", "response": "Hello!"}) + "\n")
-    scored = subprocess.run([VLREWARD, "score", "--model", str(model), "--input", str(tmp_path / "in.jsonl"),
-                             "--output", str(tmp_path / "out.jsonl")], capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert scored.returncode == 0, scored.stderr[-3000:]
+    score_file(backend, tmp_path / "in.jsonl", tmp_path / "out.jsonl")
     row = json.loads((tmp_path / "out.jsonl").read_text())
     assert set(row["heads"]) == set(HEADS.names) and row["score"] == row["heads"]["concise"]

@@ -41,10 +41,12 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
-def vllm_backend(tiny_reward):
+def vllm_backend(tiny_multihead):
+    """The engine most tests share, on the multi-head model whose default head is tiny_reward's: its ``scores``
+    are tiny_reward's (what the tests compare with ``hf_backend``), and its other head comes along."""
     from vlreward.service.backends.vllm import EngineSettings, VLLMBackend
 
-    backend = VLLMBackend(tiny_reward, engine=EngineSettings(gpu_memory_utilization=0.2))
+    backend = VLLMBackend(tiny_multihead, engine=EngineSettings(gpu_memory_utilization=0.2))
     yield backend
     backend.engine.shutdown()
 
@@ -396,24 +398,19 @@ def test_one_server_serves_a_vllm_and_a_transformers_model_each_as_alone_and_dra
 STEPS = ["I look at the picture.", "The circle is red.", "Red is a warm colour.", "So the answer is red."]
 
 
-def test_a_multihead_model_gives_every_head_in_one_request_as_on_transformers(tiny_multihead):
+def test_a_multihead_model_gives_every_head_in_one_request_as_on_transformers(vllm_server, tiny_multihead):
     """vLLM's classify pooler returns every label's logit: one engine request per item gives every head."""
     from vlreward.service.backends.transformers import TransformersBackend
-    from vlreward.service.backends.vllm import EngineSettings, VLLMBackend
 
-    backend = VLLMBackend(tiny_multihead, engine=EngineSettings(gpu_memory_utilization=0.2))
     items = fifty_samples()[:12]
-    try:
-        with LiveServer(backend) as ours, LiveServer(TransformersBackend(tiny_multihead)) as theirs:
-            for head in (None, "safety"):
-                body = {"items": items} | ({} if head is None else {"head": head})
-                got = httpx.post(ours.url + "/score", json=body, timeout=120).json()
-                want = httpx.post(theirs.url + "/score", json=body, timeout=120).json()
-                assert got["scores"] == pytest.approx(want["scores"], abs=TOLERANCE), head
-                for mine, other in zip(got["details"], want["details"], strict=True):
-                    assert mine["heads"] == pytest.approx(other["heads"], abs=TOLERANCE)
-    finally:
-        backend.engine.shutdown()
+    with LiveServer(TransformersBackend(tiny_multihead), max_tokens=6000, max_items=64) as theirs:
+        for head in (None, "safety"):
+            body = {"items": items} | ({} if head is None else {"head": head})
+            got = httpx.post(vllm_server.url + "/score", json=body, timeout=120).json()
+            want = httpx.post(theirs.url + "/score", json=body, timeout=120).json()
+            assert got["scores"] == pytest.approx(want["scores"], abs=TOLERANCE), head
+            for mine, other in zip(got["details"], want["details"], strict=True):
+                assert mine["heads"] == pytest.approx(other["heads"], abs=TOLERANCE)
 
 
 def step_items() -> list[dict]:

@@ -31,8 +31,8 @@ def adapters(tiny_reward, tmp_path_factory):
     made = {}
     for seed, name in enumerate(("helpful", "safety"), start=1):
         adapter = random_adapter(tiny_reward, root / name, seed=seed)
-        stamp_adapter_probe(tiny_reward, adapter)
         made[name] = (adapter, merge_adapter(tiny_reward, adapter, root / f"{name}-merged"))
+    stamp_adapter_probe(tiny_reward, *(adapter for adapter, _ in made.values()))
     return made
 
 
