@@ -22,10 +22,11 @@ import typer
 from tqdm import tqdm
 
 from loadtest.bootstrap_sweep import _ints
+from vlreward.training.data.synthetic import SYNTHETIC_HEAD_NAMES
 
 app = typer.Typer(add_completion=False)
 VLREWARD = str(Path(sys.executable).parent / "vlreward")
-HEADS = "concise,grounded,correct"
+HEADS = ",".join(SYNTHETIC_HEAD_NAMES)
 RESULTS = Path(__file__).parent / "results" / "multihead_seeds.json"
 
 

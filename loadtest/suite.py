@@ -712,13 +712,52 @@ def models_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
     return [throughput, latency, memory]
 
 
-def heads_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
-    """K heads in one forward pass against K separate models (transformers backend, float32): an ensemble of a
-    multi-head model's heads (the server asks the model once) against the ensemble of K one-head models with
-    the same heads on copies of the backbone (K passes), on one server each; the same distinct one-sample
-    calls, ``MODELS_CONCURRENCY`` in flight. Both ensembles give the same scores (checked)."""
+def compare_ensembles(
+    plan: Plan, what: str, row: str, seed: int, ours: tuple[str, dict[str, Path], dict],
+    theirs: tuple[str, dict[str, Path], dict],
+) -> tuple[list[Comparison], list, list]:  # fmt: skip
+    """Two servers (transformers, float32), each serving models (name -> checkpoint) and a models file (holding
+    an ensemble named ``ensemble``), sent the same distinct one-sample calls to their ensembles,
+    ``MODELS_CONCURRENCY`` in flight, in alternating rounds: the throughput row ``row`` and a memory row (theirs
+    over ours) of K ``what``, and round 0's scores of each side. ``ours``/``theirs``: (label, models, models
+    file mapping)."""
     import yaml
 
+    samples_of = {r: make_samples(Mix(samples=plan.samples).with_(seed=seed + r)) for r in range(plan.rounds)}
+    files = Path(tempfile.mkdtemp(prefix="suite-"))
+    servers = []
+    try:
+        for index, (_, models, entries) in enumerate((ours, theirs)):
+            (files / f"{index}.yaml").write_text(yaml.safe_dump(entries))
+            servers.append(start_vlreward(models, "transformers", models=str(files / f"{index}.yaml"),
+                                          dtype="float32", max_queue=100_000))  # fmt: skip
+
+        def side(server: ServerProcess) -> Side:
+            return lambda r: http(server.url, [score_call([x], "ensemble") for x in samples_of[r]], MODELS_CONCURRENCY)
+
+        labels = [f"{label}, c={MODELS_CONCURRENCY}" for label, _, _ in (ours, theirs)]
+        throughput, first_ours, first_theirs = alternate(row, *labels, plan.rounds, *map(side, servers))
+        memory = Comparison(
+            f"K={HEADS_K} {what}: memory, K models / {what}", f"{theirs[0]}, resident", f"{ours[0]}, resident"
+        )
+        memory.a_runs = [{"rss_bytes": resident_bytes(servers[1].url)}]
+        memory.b_runs = [{"rss_bytes": resident_bytes(servers[0].url)}]
+        memory.ratios = [memory.a_runs[0]["rss_bytes"] / memory.b_runs[0]["rss_bytes"]]
+    finally:
+        for server in servers:
+            server.stop()
+    return [throughput, memory], first_ours, first_theirs
+
+
+def ensemble_of(members: list[str]) -> dict:
+    """A models-file entry: the ensemble ``ensemble`` of ``members``, equal weights."""
+    return {"ensemble": {"ensemble": dict.fromkeys(members, 1.0)}}
+
+
+def heads_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
+    """K heads in one forward pass against K separate models: an ensemble of a multi-head model's heads (the
+    server asks the model once) against the ensemble of K one-head models with the same heads on copies of the
+    backbone (K passes) (:func:`compare_ensembles`). Both ensembles give the same scores (checked)."""
     from vlreward.service.backends.transformers import stamp_reference_probe
     from vlreward.service.reference import statistics_of, write_reference
     from vlreward.training.multihead import stack_heads
@@ -731,41 +770,19 @@ def heads_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
     write_reference(stacked, dict.fromkeys(names, scale))
     for path in separate.values():
         write_reference(path, scale)
-    files = Path(tempfile.mkdtemp(prefix="suite-"))
-    (files / "heads.yaml").write_text(yaml.safe_dump({"ensemble": {"ensemble": {f"multi:{n}": 1.0 for n in names}}}))
-    (files / "separate.yaml").write_text(yaml.safe_dump({"ensemble": {"ensemble": dict.fromkeys(names, 1.0)}}))
-    samples_of = {r: make_samples(Mix(samples=plan.samples).with_(seed=400 + r)) for r in range(plan.rounds)}
-    settings = {"dtype": "float32", "max_queue": 100_000}
-    one = start_vlreward({"multi": stacked}, "transformers", models=str(files / "heads.yaml"), **settings)
-    many = start_vlreward(separate, "transformers", models=str(files / "separate.yaml"), **settings)
-    try:
-
-        def side(server: ServerProcess) -> Side:
-            return lambda r: http(server.url, [score_call([x], "ensemble") for x in samples_of[r]], MODELS_CONCURRENCY)
-
-        throughput, ours, theirs = alternate(
-            f"K={HEADS_K} heads one pass / K models", f"ensemble of {HEADS_K} heads, c={MODELS_CONCURRENCY}",
-            f"ensemble of {HEADS_K} models, c={MODELS_CONCURRENCY}", plan.rounds, side(one), side(many),
-        )  # fmt: skip
-        memory = Comparison(
-            f"K={HEADS_K} heads: memory, K models / heads", f"{HEADS_K} models, resident", "multi-head, resident"
-        )
-        memory.a_runs = [{"rss_bytes": resident_bytes(many.url)}]
-        memory.b_runs = [{"rss_bytes": resident_bytes(one.url)}]
-        memory.ratios = [memory.a_runs[0]["rss_bytes"] / memory.b_runs[0]["rss_bytes"]]
-    finally:
-        one.stop()
-        many.stop()
+    rows, ours, theirs = compare_ensembles(
+        plan, "heads", f"K={HEADS_K} heads one pass / K models", 400,
+        (f"ensemble of {HEADS_K} heads", {"multi": stacked}, ensemble_of([f"multi:{n}" for n in names])),
+        (f"ensemble of {HEADS_K} models", separate, ensemble_of(names)),
+    )  # fmt: skip
     checks.add(f"/score, ensemble of {HEADS_K} heads vs of {HEADS_K} models", ours, theirs, SAME_BACKEND)
-    return [throughput, memory]
+    return rows
 
 
 def adapters_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
-    """An ensemble of K LoRA adapters on one base (transformers, float32: one copy of the backbone, each adapter's
-    rows through it with its low-rank updates) against the ensemble of the K merged models (K copies), one server
-    each, the same one-sample calls as the heads row. Both ensembles' scores must agree."""
-    import yaml
-
+    """An ensemble of K LoRA adapters on one base (one copy of the backbone, each adapter's rows through it with
+    its low-rank updates) against the ensemble of the K merged models (K copies) (:func:`compare_ensembles`).
+    Both ensembles' scores must agree."""
     from vlreward.service.reference import statistics_of, write_reference
     from vlreward.training.lora import merge_adapter, random_adapter, stamp_adapter_probe
 
@@ -778,36 +795,14 @@ def adapters_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison
     for name in names:
         write_reference(adapters[name], scale)
         write_reference(merged[name], scale)
-    members = {"ensemble": {"ensemble": dict.fromkeys(names, 1.0)}}
-    (root / "adapters.yaml").write_text(
-        yaml.safe_dump(members | {name: {"model": str(path), "base": "base"} for name, path in adapters.items()})
-    )
-    (root / "merged.yaml").write_text(yaml.safe_dump(members))
-    samples_of = {r: make_samples(Mix(samples=plan.samples).with_(seed=500 + r)) for r in range(plan.rounds)}
-    settings = {"dtype": "float32", "max_queue": 100_000}
-    one = start_vlreward({"base": model}, "transformers", models=str(root / "adapters.yaml"), **settings)
-    many = start_vlreward(merged, "transformers", models=str(root / "merged.yaml"), **settings)
-    try:
-
-        def side(server: ServerProcess) -> Side:
-            return lambda r: http(server.url, [score_call([x], "ensemble") for x in samples_of[r]], MODELS_CONCURRENCY)
-
-        throughput, ours, theirs = alternate(
-            f"K={HEADS_K} adapters one base / K models", f"ensemble of {HEADS_K} adapters, c={MODELS_CONCURRENCY}",
-            f"ensemble of {HEADS_K} merged models, c={MODELS_CONCURRENCY}", plan.rounds, side(one), side(many),
-        )  # fmt: skip
-        memory = Comparison(
-            f"K={HEADS_K} adapters: memory, K models / adapters", f"{HEADS_K} merged models, resident",
-            "base + adapters, resident",
-        )  # fmt: skip
-        memory.a_runs = [{"rss_bytes": resident_bytes(many.url)}]
-        memory.b_runs = [{"rss_bytes": resident_bytes(one.url)}]
-        memory.ratios = [memory.a_runs[0]["rss_bytes"] / memory.b_runs[0]["rss_bytes"]]
-    finally:
-        one.stop()
-        many.stop()
+    on_base = {name: {"model": str(path), "base": "base"} for name, path in adapters.items()}
+    rows, ours, theirs = compare_ensembles(
+        plan, "adapters", f"K={HEADS_K} adapters one base / K models", 500,
+        (f"ensemble of {HEADS_K} adapters", {"base": model}, ensemble_of(names) | on_base),
+        (f"ensemble of {HEADS_K} merged models", merged, ensemble_of(names)),
+    )  # fmt: skip
     checks.add(f"/score, ensemble of {HEADS_K} adapters vs of merged models", ours, theirs, ACROSS_BACKENDS)
-    return [throughput, memory]
+    return rows
 
 
 def resident_bytes(url: str) -> float:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from vlreward.service.model.checkpoint import build_model, iter_checkpoint_tensors, load_weights, read_config
+from vlreward.service.model.lora import PEFT_PREFIX
 from vlreward.training.config import Part
 
 
@@ -44,12 +45,8 @@ PARTS = dict(
 """Parameter-name prefixes of each part a learning-rate multiplier can name (the names: config.Part)."""
 
 
-PEFT_PREFIX = "base_model.model."
-"""What peft puts before the wrapped model's parameter names (a LoRA run)."""
-
-
 def part_name(name: str) -> str:
-    """A parameter's name as the reward model's own (without a peft wrapper's prefix)."""
+    """A parameter's name as the reward model's own (without the prefix peft's wrapper puts before it)."""
     return name.removeprefix(PEFT_PREFIX)
 
 

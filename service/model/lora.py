@@ -22,7 +22,7 @@ import json
 import math
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,6 @@ class LoraAdapter:
     head_weight: torch.Tensor
     """[1, hidden], float32."""
     head_bias: torch.Tensor | None = None
-    config: dict = field(default_factory=dict)
 
 
 def read_adapter(directory: str | Path, name: str | None = None) -> LoraAdapter:
@@ -104,7 +103,6 @@ def read_adapter(directory: str | Path, name: str | None = None) -> LoraAdapter:
         layers={m: (a.float(), b.float()) for m, (a, b) in layers.items()},
         head_weight=head["weight"].float(),
         head_bias=None if "bias" not in head else head["bias"].float(),
-        config=config,
     )
 
 
@@ -201,9 +199,6 @@ class LoraSet:
             )
         self.adapters.append(adapter)
         return slot
-
-    def slot(self, name: str) -> int:
-        return next(k for k, adapter in enumerate(self.adapters) if adapter.name == name)
 
     def heads(self, out: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """The base head's outputs ``out`` [rows, 1] with the rows that name an adapter read by its head."""
