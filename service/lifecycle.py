@@ -77,6 +77,8 @@ class ServedModel:
         a one-head model's); empty: none."""
         self.base: ServedModel | None = None
         """A LoRA adapter's base model (its backend serves the adapter too); None: a model of its own."""
+        self.adapter_dirs: list[str] = []
+        """The folders of the LoRA adapters served on this model (its engine is started for them)."""
         self.ready = False
         """Loaded, warmed up and the probe passed."""
         self._owns_backend = backend is None
@@ -105,7 +107,7 @@ class ServedModel:
             from vlreward.service.backends import load_backend
 
             log.info("loading %s (%s) with the %s backend", self.name, settings.model, settings.backend)
-            self.backend = await asyncio.to_thread(load_backend, settings)
+            self.backend = await asyncio.to_thread(load_backend, settings, None, self.adapter_dirs)
         backend = self.backend
         self.judge = backend.judge
         self.kind = JUDGE if self.judge is not None else checkpoint_kind(backend.model_dir)
@@ -163,6 +165,7 @@ class ServiceState:
         for model in self.models.values():
             if model.settings.base is not None:
                 model.base = self.models[model.settings.base]
+                model.base.adapter_dirs.append(model.settings.model)
         self.default_model = list(self.models.values())[default_index(specs)]
         self.started = int(time.time())
         """When the server started (the ``created`` of /v1/models)."""

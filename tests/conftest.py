@@ -109,6 +109,21 @@ def tiny_multihead(tiny_base: Path, tiny_reward: Path, other_reward: Path, tmp_p
 
 
 @pytest.fixture(scope="session")
+def lora_adapters(tiny_reward: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """Two LoRA adapters of tiny_reward, `helpful` and `safety` (seeded random updates of its attention and MLP,
+    their own heads) with their probes: name -> (adapter folder, the adapter merged into the base)."""
+    from vlreward.training.lora import merge_adapter, random_adapter, stamp_adapter_probe
+
+    root = tmp_path_factory.mktemp("lora")
+    made = {}
+    for seed, name in enumerate(("helpful", "safety"), start=1):
+        adapter = random_adapter(tiny_reward, root / name, seed=seed)
+        made[name] = (adapter, merge_adapter(tiny_reward, adapter, root / f"{name}-merged"))
+    stamp_adapter_probe(tiny_reward, *(adapter for adapter, _ in made.values()))
+    return made
+
+
+@pytest.fixture(scope="session")
 def tiny_process(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A process reward checkpoint (random head read at every step tag) on the tiny base."""
     return build_process_checkpoint(tiny_base, tmp_path_factory.mktemp("models") / "tiny-process")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,9 @@ def create_backend(name: str, model_dir: str | Path, **options: Any) -> Backend:
     return backend_class(name)(model_dir, **options)
 
 
-def load_backend(settings: Settings, model_dir: str | Path | None = None) -> Backend:
-    """Build the backend the settings name, configured by them, around ``model_dir`` (default: ``settings.model``)."""
-    return backend_class(settings.backend).from_settings(Path(model_dir or settings.model), settings)
+def load_backend(
+    settings: Settings, model_dir: str | Path | None = None, adapters: Sequence[str | Path] = ()
+) -> Backend:
+    """Build the backend the settings name, configured by them, around ``model_dir`` (default: ``settings.model``),
+    ready to serve the LoRA ``adapters`` folders (vLLM sizes its engine for them at start)."""
+    return backend_class(settings.backend).from_settings(Path(model_dir or settings.model), settings, adapters)

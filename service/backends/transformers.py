@@ -6,7 +6,7 @@ import asyncio
 import functools
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -119,7 +119,10 @@ class TransformersBackend:
         self._closed = False
 
     @classmethod
-    def from_settings(cls, model_dir: Path, settings: Settings) -> TransformersBackend:
+    def from_settings(
+        cls, model_dir: Path, settings: Settings, adapters: Sequence[str | Path] = ()
+    ) -> TransformersBackend:
+        """``adapters`` need no preparation here: :meth:`add_adapter` loads each."""
         return cls(
             model_dir,
             dtype=settings.dtype,

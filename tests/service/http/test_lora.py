@@ -12,7 +12,6 @@ import pytest
 from tests.helpers import LiveServer, shape_image, uri
 from vlreward.service.catalog import CatalogError, ModelSpec, check_specs
 from vlreward.service.model.lora import AdapterError
-from vlreward.training.lora import merge_adapter, random_adapter, stamp_adapter_probe
 
 RED = uri(shape_image("red"))
 ITEMS = [
@@ -24,16 +23,8 @@ TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def adapters(tiny_reward, tmp_path_factory):
-    """Two adapters of tiny_reward (seeded random updates of its attention and MLP, their own heads) with their
-    probes, and each merged into the base."""
-    root = tmp_path_factory.mktemp("lora")
-    made = {}
-    for seed, name in enumerate(("helpful", "safety"), start=1):
-        adapter = random_adapter(tiny_reward, root / name, seed=seed)
-        made[name] = (adapter, merge_adapter(tiny_reward, adapter, root / f"{name}-merged"))
-    stamp_adapter_probe(tiny_reward, *(adapter for adapter, _ in made.values()))
-    return made
+def adapters(lora_adapters):
+    return lora_adapters
 
 
 @pytest.fixture(scope="module")
