@@ -111,7 +111,9 @@ def tiny_multihead(tiny_base: Path, tiny_reward: Path, other_reward: Path, tmp_p
 @pytest.fixture(scope="session")
 def lora_adapters(tiny_reward: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     """Two LoRA adapters of tiny_reward, `helpful` and `safety` (seeded random updates of its attention and MLP,
-    their own heads) with their probes: name -> (adapter folder, the adapter merged into the base)."""
+    their own heads) with their probes and reference statistics: name -> (adapter folder, the adapter merged into
+    the base)."""
+    from vlreward.service.reference import statistics_of, write_reference
     from vlreward.training.lora import merge_adapter, random_adapter, stamp_adapter_probe
 
     root = tmp_path_factory.mktemp("lora")
@@ -120,6 +122,8 @@ def lora_adapters(tiny_reward: Path, tmp_path_factory: pytest.TempPathFactory) -
         adapter = random_adapter(tiny_reward, root / name, seed=seed)
         made[name] = (adapter, merge_adapter(tiny_reward, adapter, root / f"{name}-merged"))
     stamp_adapter_probe(tiny_reward, *(adapter for adapter, _ in made.values()))
+    for (adapter, _), scores in zip(made.values(), ([-1.0, 0.5, 2.0], [3.0, 4.5]), strict=True):
+        write_reference(adapter, statistics_of(scores, adapter.name))  # so the two can be an ensemble
     return made
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
+import httpx
+import pytest
 import torch
 from PIL import Image, ImageDraw
 
@@ -20,6 +23,7 @@ __all__ = [
     "build_multihead_checkpoint",
     "build_process_checkpoint",
     "build_reward_checkpoint",
+    "check_ensemble_formula",
     "copy_with_tensors",
     "free_port",
     "shape_image",
@@ -186,3 +190,25 @@ def build_judge_checkpoint(base_dir: Path, out_dir: Path, judge: str | None = "g
         config = declare_kind(config, JUDGE, judge=read_declaration(judge))
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out_dir
+
+
+def check_ensemble_formula(url: str, ensemble: str, weights: dict[str, float], items: list[dict]) -> dict:
+    """Check an ensemble's /score answer against its formula, recomputed from its members served alone and the
+    reference statistics /info reports: each score the weighted sum of the members' z-scores, each disagreement
+    their weighted standard deviation. Returns the ensemble's answer."""
+    info = httpx.get(url + "/info").json()
+    assert info["ensembles"][ensemble]["members"] == weights
+    references = {m: info["models"][m]["reference"] for m in weights}
+    raw = {m: httpx.post(url + "/score", json={"model": m, "items": items}, timeout=300).json()["scores"]
+           for m in weights}  # fmt: skip
+    body = httpx.post(url + "/score", json={"model": ensemble, "items": items}, timeout=300).json()
+    assert body["model"] == ensemble
+    assert body["reference_version"] == ",".join(f"{m}:{references[m]['version']}" for m in weights)
+    for i, (score, detail) in enumerate(zip(body["scores"], body["details"], strict=True)):
+        z = {m: (raw[m][i] - references[m]["mean"]) / references[m]["std"] for m in weights}
+        assert detail["members"] == pytest.approx(z, abs=1e-6)
+        assert score == pytest.approx(sum(weights[m] * z[m] for m in weights), abs=1e-6)
+        mean = sum(weights[m] * z[m] for m in weights) / sum(weights.values())
+        spread = sum(weights[m] * (z[m] - mean) ** 2 for m in weights) / sum(weights.values())
+        assert detail["disagreement"] == pytest.approx(math.sqrt(spread), abs=1e-6)
+    return body

@@ -22,6 +22,7 @@ from tests.helpers import (
     COLOURS,
     VLREWARD,
     LiveServer,
+    check_ensemble_formula,
     free_port,
     post_and_leave,
     shape_image,
@@ -38,6 +39,7 @@ from vlreward.service.schemas import Sample
 pytestmark = pytest.mark.slow  # end-to-end: real processes, minutes (make test runs them)
 
 TOLERANCE = 1e-4
+ADAPTER_WEIGHTS = {"helpful": 0.7, "safety": 0.3}
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -258,11 +260,13 @@ def test_checkpoint_without_head_is_refused_before_the_engine_starts(tiny_reward
 
 
 @pytest.fixture(scope="module")
-def lora_server(tiny_reward, lora_adapters, tmp_path_factory):
+def lora_server(tiny_reward, tiny_multihead, lora_adapters, tmp_path_factory):
     """`vlreward serve --backend vllm` with a models file: tiny_reward as `rm` and its two LoRA adapters on one
-    engine. (The engine-death test below kills this server's engine, so it runs last.)"""
+    engine, the multi-head model, and an ensemble of the two adapters. (The engine-death test below kills this
+    server's engines, so it runs last.)"""
     models = tmp_path_factory.mktemp("lora-serve") / "models.yaml"
-    lines = [f"rm: {{model: {tiny_reward}, default: true}}"]
+    lines = [f"rm: {{model: {tiny_reward}, default: true}}", f"multi: {{model: {tiny_multihead}}}",
+             f"pair: {{ensemble: {json.dumps(ADAPTER_WEIGHTS)}}}"]  # fmt: skip
     lines += [f"{name}: {{model: {path}, base: rm}}" for name, (path, _) in lora_adapters.items()]
     models.write_text("\n".join(lines) + "\n")
     port = free_port()
@@ -304,8 +308,27 @@ def test_lora_adapters_on_one_vllm_engine_score_what_their_merged_models_score(l
     assert info["rm"]["engine"]["lora"] == {"max_loras": 3, "max_lora_rank": 8}  # 2 + the CPU's empty slot; rank 4
 
 
+def test_one_vllm_server_serves_a_multi_head_model_and_an_ensemble_of_adapters_each_as_its_formula_says(
+    lora_server, tiny_reward, other_reward
+):
+    """Beside the adapters: the multi-head model's heads equal the one-head models served alone (transformers,
+    float32), and the adapters' ensemble follows its formula from the members' scores and statistics."""
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    url, _ = lora_server
+    samples = fifty_samples()[:6]
+    for head, checkpoint in (("helpful", tiny_reward), ("safety", other_reward)):
+        reference = TransformersBackend(checkpoint, dtype="float32", device="cpu")
+        alone = [solo_hf(reference, s) for s in samples]
+        reference.release()
+        body = httpx.post(url + "/score", json={"model": "multi", "items": samples, "head": head}, timeout=300).json()
+        assert body["scores"] == pytest.approx(alone, abs=TOLERANCE), head
+    check_ensemble_formula(url, "pair", ADAPTER_WEIGHTS, samples)
+
+
 def test_engine_death_turns_ready_503_and_exits_non_zero(lora_server):
-    """A server whose engine dies (here one serving a base and its adapters) turns /ready 503 and exits non-zero."""
+    """A server whose engine dies (here one of the two: a base's with its adapters, and the multi-head model's)
+    turns /ready 503 and exits non-zero."""
     url, process = lora_server
     deadline = time.monotonic() + 120
     engines = [

@@ -4,13 +4,12 @@ members served alone and the statistics /info reports; what it cannot do is refu
 
 from __future__ import annotations
 
-import math
 import shutil
 
 import httpx
 import pytest
 
-from tests.helpers import LiveServer, shape_image, uri
+from tests.helpers import LiveServer, check_ensemble_formula, shape_image, uri
 from vlreward.service.catalog import CatalogError, ModelSpec, check_specs
 from vlreward.service.reference import statistics_of, write_reference
 
@@ -44,20 +43,7 @@ def post(server, path: str, body: dict) -> httpx.Response:
 
 
 def test_the_ensemble_score_is_the_weighted_sum_of_member_zscores_and_disagreement_their_spread(server):
-    info = httpx.get(server.url + "/info").json()
-    assert info["ensembles"]["guarded"]["members"] == WEIGHTS
-    references = {m: info["models"][m]["reference"] for m in WEIGHTS}
-    raw = {m: post(server, "/score", {"model": m, "items": ITEMS}).json()["scores"] for m in WEIGHTS}
-    body = post(server, "/score", {"model": "guarded", "items": ITEMS}).json()
-    assert body["model"] == "guarded"
-    assert body["reference_version"] == ",".join(f"{m}:{references[m]['version']}" for m in WEIGHTS)
-    for i, (score, detail) in enumerate(zip(body["scores"], body["details"], strict=True)):
-        z = {m: (raw[m][i] - references[m]["mean"]) / references[m]["std"] for m in WEIGHTS}
-        assert detail["members"] == pytest.approx(z, abs=1e-6)
-        assert score == pytest.approx(sum(WEIGHTS[m] * z[m] for m in WEIGHTS), abs=1e-6)
-        mean = sum(WEIGHTS[m] * z[m] for m in WEIGHTS) / sum(WEIGHTS.values())
-        spread = sum(WEIGHTS[m] * (z[m] - mean) ** 2 for m in WEIGHTS) / sum(WEIGHTS.values())
-        assert detail["disagreement"] == pytest.approx(math.sqrt(spread), abs=1e-6)
+    body = check_ensemble_formula(server.url, "guarded", WEIGHTS, ITEMS)
     assert server.metric("vlreward_ensemble_disagreement_count", model="guarded") >= len(ITEMS)
     ranked = post(server, "/rank", {"model": "guarded", "prompt": ITEMS[0]["prompt"], "image": RED,
                                     "responses": ["It is red.", "It is blue."]}).json()  # fmt: skip

@@ -1,6 +1,8 @@
 """LoRA reward adapters on one base (transformers backend): each adapter served as a model of its own scores
 what the merged-weights model scores (1e-4, float32), the base's own scores do not move, a batch may mix
-adapters, and concurrent requests to different adapters each get their own model's scores."""
+adapters, concurrent requests to different adapters each get their own model's scores, and the adapters'
+ensemble and a multi-head model on the same server answer as their formula and the models alone say.
+(The same on the vLLM backend: tests/service/backends/test_vllm.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.helpers import LiveServer, shape_image, uri
+from tests.helpers import LiveServer, check_ensemble_formula, shape_image, uri
 from vlreward.service.catalog import CatalogError, ModelSpec, check_specs
 from vlreward.service.model.lora import AdapterError
 
@@ -20,6 +22,7 @@ ITEMS = [
     {"prompt": "Say hello.", "response": "Hello!"},
 ]
 TOLERANCE = 1e-4
+WEIGHTS = {"helpful": 0.7, "safety": 0.3}
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +31,14 @@ def adapters(lora_adapters):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_reward, adapters):
+def server(tiny_reward, tiny_multihead, adapters):
+    """The base, its two adapters, each adapter's merged model, the multi-head model and an ensemble of the two
+    adapters, on one server."""
     from vlreward.service.backends.transformers import TransformersBackend
 
-    backends = {"rm": TransformersBackend(tiny_reward, dtype="float32", device="cpu")}
-    specs = [ModelSpec(name="rm", default=True)]
+    backends = {"rm": TransformersBackend(tiny_reward, dtype="float32", device="cpu"),
+                "multi": TransformersBackend(tiny_multihead, dtype="float32", device="cpu")}  # fmt: skip
+    specs = [ModelSpec(name="rm", default=True), ModelSpec(name="multi"), ModelSpec(name="pair", ensemble=WEIGHTS)]
     for name, (adapter, merged) in adapters.items():
         specs.append(ModelSpec(name=name, source=str(adapter), settings={"base": "rm"}))
         specs.append(ModelSpec(name=f"{name}-merged"))
@@ -60,6 +66,15 @@ def test_an_adapter_scores_what_its_merged_model_scores_and_the_base_does_not_mo
     assert base == pytest.approx(alone, abs=1e-5)
     info = httpx.get(server.url + "/info").json()["models"]["helpful"]
     assert info["adapter"]["path"].endswith("helpful") and info["ready"]
+
+
+def test_the_multi_head_model_and_the_adapters_ensemble_beside_them_answer_as_served_alone(server, hf_backend):
+    from vlreward.service.prepare import prepare_request_sample
+
+    multi = post(server, "/score", {"model": "multi", "items": ITEMS}).json()["scores"]
+    alone = hf_backend.score_sync([prepare_request_sample(item, hf_backend.processor) for item in ITEMS])
+    assert multi == pytest.approx(alone, abs=1e-5)  # its default head is tiny_reward's
+    check_ensemble_formula(server.url, "pair", WEIGHTS, ITEMS)
 
 
 def test_concurrent_requests_to_different_adapters_each_get_their_own_scores(server):
