@@ -109,10 +109,12 @@ class ServedModel:
             log.info("loading %s (%s) with the %s backend", self.name, settings.model, settings.backend)
             self.backend = await asyncio.to_thread(load_backend, settings, None, self.adapter_dirs)
         backend = self.backend
+        # An adapter has its base's kind; its own folder holds its weights, probe and statistics.
+        checkpoint = backend.model_dir if self.base is None else self.base.backend.model_dir
         self.judge = backend.judge
-        self.kind = JUDGE if self.judge is not None else checkpoint_kind(backend.model_dir)
-        self.process = process_head(backend.model_dir)
-        self.heads = checkpoint_heads(backend.model_dir)
+        self.kind = JUDGE if self.judge is not None else checkpoint_kind(checkpoint)
+        self.process = process_head(checkpoint)
+        self.heads = checkpoint_heads(checkpoint)
         self.references = read_references(backend.model_dir)
         if backend.max_tokens is not None and backend.max_tokens < self.limits.max_tokens:
             log.info("%s: token limit lowered to the engine's context length, %d", self.name, backend.max_tokens)

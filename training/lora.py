@@ -53,6 +53,7 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, output: Path) -> Path:
     """The base with the adapter merged in (W + s B A in every adapted layer, the adapter's head): a reward
     checkpoint that scores what the adapter served on the base scores (float rounding apart), with its probe."""
     from vlreward.service.backends.transformers import stamp_reference_probe
+    from vlreward.service.kinds import process_head
     from vlreward.service.model.checkpoint import load_reward_model, save_reward_model
 
     adapter = read_adapter(adapter_dir)
@@ -67,7 +68,7 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, output: Path) -> Path:
             model.score.bias.copy_(adapter.head_bias if adapter.head_bias is not None else torch.zeros(1))
         elif adapter.head_bias is not None:
             model.score.bias = torch.nn.Parameter(adapter.head_bias.clone())
-    save_reward_model(model, processor, output)
+    save_reward_model(model, processor, output, process=process_head(base_dir))  # the base's kind
     stamp_reference_probe(output)
     return Path(output)
 
@@ -100,12 +101,14 @@ def stamp_adapter_probe(base_dir: Path, *adapter_dirs: Path) -> Any:
     from vlreward.service.prepare import prepare_request_sample
 
     base = TransformersBackend(base_dir, dtype="float32", device="cpu")
-    sample = probe_sample()
+    sample = probe_sample(steps=base.process is not None)
     try:
         for adapter_dir in adapter_dirs:
             backend = AdapterBackend(base, adapter_dir, Path(adapter_dir).name)
-            score = backend.score_sync([prepare_request_sample(sample, base.processor)])[0]
-            probe = Probe(sample=sample, score=score, dtype="float32", device="cpu")
+            score = backend.score_sync([prepare_request_sample(sample, base.processor, None, base.step_tag)])[0]
+            steps = score if isinstance(score, list) else None  # a process model's: every step's
+            last = score if steps is None else steps[-1]
+            probe = Probe(sample=sample, score=last, dtype="float32", device="cpu", step_scores=steps)
             write_probe(adapter_dir, probe)
         return probe
     finally:

@@ -20,10 +20,8 @@ from vlreward.service.warmup import check_probe, probe_warm_up
 class AdapterBackend:
     """The :class:`~vlreward.service.backends.base.Backend` of one adapter over a loaded base backend."""
 
-    process = None
     judge = None
     heads = None
-    step_tag = None
     shared_prefix_runs = 0
     """Its shared prefixes count under its base (one counter per engine, not summed twice)."""
 
@@ -31,6 +29,9 @@ class AdapterBackend:
         if not hasattr(base, "add_adapter"):
             raise AdapterError(f"the {base.name} backend does not serve LoRA adapters")
         self.base = base
+        self.process = base.process
+        """An adapter of a process model is a process model: its head is read at the base's step tags."""
+        self.step_tag = base.step_tag
         self.model_dir = Path(adapter_dir)
         self.adapter = name
         self.slot = base.add_adapter(self.model_dir, name)

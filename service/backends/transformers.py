@@ -155,8 +155,8 @@ class TransformersBackend:
     def add_adapter(self, adapter_dir: Path, name: str) -> int:
         """Serve a LoRA adapter on this model (:mod:`~vlreward.service.model.lora`): its slot, which the
         samples scored with it carry (:meth:`for_adapter`)."""
-        if self.process is not None or self.judge is not None or self.heads is not None:
-            raise AdapterError(f"{self.model_dir}: LoRA adapters are served on a one-head scalar model")
+        if self.judge is not None or self.heads is not None:
+            raise AdapterError(f"{self.model_dir}: LoRA adapters are served on a one-head scalar or process model")
         return lora_set(self.model).add(read_adapter(adapter_dir, name))
 
     @staticmethod

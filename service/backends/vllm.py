@@ -330,7 +330,8 @@ class VLLMBackend:
         if not self.adapter_dirs:
             return {}
         if self.process is not None or self.judge is not None or self.heads is not None:
-            raise AdapterError(f"{self.model_dir}: LoRA adapters are served on a one-head scalar model")
+            raise AdapterError(f"{self.model_dir}: on vLLM, LoRA adapters are served on a one-head scalar model "
+                               "(a process model's adapters: --backend transformers)")  # fmt: skip
         rank = max(int(json.loads((a / ADAPTER_CONFIG).read_text())["r"]) for a in self.adapter_dirs)
         fitting = [r for r in get_args(MaxLoRARanks) if r >= rank]
         if not fitting:

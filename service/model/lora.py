@@ -170,7 +170,7 @@ class LoraSet:
         modules = dict(self.model.named_modules())
         outputs, hidden = self.model.score.weight.shape
         if outputs != 1 or getattr(self.model, "head_index", None) is not None:
-            raise AdapterError(f"adapter {adapter.name!r}: adapters are served on a one-head scalar base")
+            raise AdapterError(f"adapter {adapter.name!r}: adapters are served on a one-head scalar or process base")
         if adapter.head_weight.shape != (1, hidden):
             raise AdapterError(f"adapter {adapter.name!r}: its head is {tuple(adapter.head_weight.shape)}, "
                                f"the base's hidden size is {hidden} (one output)")  # fmt: skip

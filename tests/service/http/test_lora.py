@@ -14,6 +14,7 @@ import pytest
 from tests.helpers import LiveServer, check_ensemble_formula, shape_image, uri
 from vlreward.service.catalog import CatalogError, ModelSpec, check_specs
 from vlreward.service.model.lora import AdapterError
+from vlreward.training.lora import merge_adapter, random_adapter, stamp_adapter_probe
 
 RED = uri(shape_image("red"))
 ITEMS = [
@@ -102,13 +103,34 @@ def test_one_batch_mixes_adapters_and_each_row_gets_its_own(tiny_reward, adapter
     assert mixed == pytest.approx([alone[k][i] for k, i in rows], abs=1e-5)
 
 
-def test_what_cannot_be_an_adapter_is_refused(tiny_process, adapters, tmp_path):
+def test_a_process_models_adapter_reads_its_own_head_at_every_step_as_its_merged_model_does(tiny_process, tmp_path):
+    """LoRA process models are served here (vLLM's token_classify adapters cannot carry a head): the adapter is
+    a process model (its base's kind and step tag), and its step scores equal the merged model's."""
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    adapter = random_adapter(tiny_process, tmp_path / "steps-adapter", seed=7)
+    merged = merge_adapter(tiny_process, adapter, tmp_path / "steps-merged")
+    stamp_adapter_probe(tiny_process, adapter)
+    backends = {name: TransformersBackend(path, dtype="float32", device="cpu")
+                for name, path in (("prm", tiny_process), ("merged", merged))}  # fmt: skip
+    specs = [ModelSpec(name="prm", default=True), ModelSpec(name="merged"),
+             ModelSpec(name="adapter", source=str(adapter), settings={"base": "prm"})]  # fmt: skip
+    item = {"prompt": "What colour is the circle?", "image": RED, "steps": ["I look.", "It is red.", "So: red."]}
+    with LiveServer(specs=specs, backends=backends) as live:
+        got = {name: post(live, "/score", {"model": name, "items": [item]}).json() for name in ("adapter", "merged")}
+        assert httpx.get(live.url + "/info").json()["models"]["adapter"]["kind"]["name"] == "process"
+    steps = {name: body["details"][0]["step_scores"] for name, body in got.items()}
+    assert len(steps["adapter"]) == 3 and steps["adapter"] == pytest.approx(steps["merged"], abs=TOLERANCE)
+    assert got["adapter"]["scores"] == pytest.approx(got["merged"]["scores"], abs=TOLERANCE)
+
+
+def test_what_cannot_be_an_adapter_is_refused(tiny_multihead, adapters, tmp_path):
     from vlreward.service.backends.adapter import AdapterBackend
     from vlreward.service.backends.transformers import TransformersBackend
 
     path, _ = adapters["helpful"]
-    with pytest.raises(AdapterError, match="one-head scalar"):
-        AdapterBackend(TransformersBackend(tiny_process, dtype="float32", device="cpu"), path, "x")
+    with pytest.raises(AdapterError, match="one-head scalar or process"):
+        AdapterBackend(TransformersBackend(tiny_multihead, dtype="float32", device="cpu"), path, "x")
     specs = [ModelSpec(name="a", source=str(path), settings={"base": "missing"})]
     with pytest.raises(CatalogError, match="its base 'missing' is not a served model"):
         check_specs(specs)
