@@ -38,25 +38,65 @@ def require_serve_extra(command: str) -> None:
         raise fail(f"`vlreward {command}` needs the serve extra (missing: {missing}): {extras.install_hint('serve')}")
 
 
+ENGINES = ("local", "ray")
+
+
 @app.command()
 def score(
     model: Annotated[str, typer.Option(help=describe("model"))],
-    input: Annotated[Path, typer.Option("--input", help="JSONL, one Sample per line.")],
-    output: Annotated[Path, typer.Option(help="JSONL written with one {'score'} per input line.")],
+    input: Annotated[
+        Path, typer.Option("--input", help="local: JSONL, a Sample a line; ray: JSONL, Parquet or a datasets folder.")
+    ],
+    output: Annotated[
+        Path, typer.Option(help="local: a JSONL file, one {'score'} per input line; ray: a folder of Parquet shards.")
+    ],
+    engine: Annotated[str, typer.Option(help="local: in this process; ray: on Ray Data (the ray extra).")] = "local",
     backend: Annotated[str, typer.Option(help=describe("backend"))] = default("backend"),
     batch_size: Annotated[int, typer.Option(min=1, help=describe("max_batch_size"))] = default("max_batch_size"),
     dtype: Annotated[str, typer.Option(help=describe("dtype"))] = default("dtype"),
     device: Annotated[str, typer.Option(help=describe("device"))] = default("device"),
     revision: Annotated[str | None, typer.Option(help=describe("revision"))] = None,
+    allow_urls: Annotated[bool, typer.Option(help=describe("allow_urls"))] = False,
+    address: Annotated[str | None, typer.Option(help="ray: a cluster to join (default: start a local Ray).")] = None,
+    actors: Annotated[int, typer.Option(min=1, help="ray: scoring actors, each with one backend.")] = 1,
+    actor_gpus: Annotated[float, typer.Option(min=0, help="ray: GPUs per scoring actor.")] = 0.0,
+    num_cpus: Annotated[int | None, typer.Option(min=1, help="ray: a local Ray's CPUs (default: all).")] = None,
+    rows_per_shard: Annotated[int, typer.Option(min=1, help="ray: rows per shard (the unit of resuming).")] = 256,
 ) -> None:
-    """Score a JSONL file of samples offline (images as data URIs or paths relative to the file)."""
+    """Score samples offline (images as data URIs, bytes, or paths relative to the input's folder).
+
+    With --engine ray the run is resumable: rerunning the same command skips the shards its output folder's
+    manifest holds, and rows that cannot be scored go to errors.jsonl while the rest completes."""
     require_serve_extra("score")
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    settings = Settings(backend=backend, dtype=dtype, device=device, max_batch_size=batch_size, revision=revision,
+                        allow_urls=allow_urls)  # fmt: skip
+    model_dir = checkpoint_dir(model, settings)
+    if engine == "ray":
+        if not extras.installed("ray"):
+            raise fail(f"--engine ray needs the ray extra (missing: {', '.join(extras.missing('ray'))}): "
+                       f"{extras.install_hint('ray')}")  # fmt: skip
+        from vlreward.offline.inputs import InputFileError
+        from vlreward.offline.ray_engine import RayOptions, score_with_ray
+        from vlreward.offline.shards import ResumeError
+
+        options = RayOptions(address=address, num_cpus=num_cpus, actors=actors, actor_gpus=actor_gpus)
+        backend_settings = {"backend": backend, "dtype": dtype, "device": device, "max_batch_size": batch_size,
+                            "allow_urls": allow_urls}  # fmt: skip
+        try:
+            manifest = score_with_ray(input, output, model_dir, backend_settings, options, rows_per_shard)
+        except (InputFileError, ResumeError) as exc:
+            raise fail(str(exc)) from None
+        rows = sum(done["rows"] for done in manifest.done.values())
+        errors = sum(done["errors"] for done in manifest.done.values())
+        typer.echo(f"wrote {rows} scores to {output} ({errors} rows in {output / 'errors.jsonl'})", err=True)
+        return
     from vlreward.service.backends import load_backend
     from vlreward.service.offline import score_file
 
-    settings = Settings(backend=backend, dtype=dtype, device=device, max_batch_size=batch_size, revision=revision)
-    engine = load_backend(settings, checkpoint_dir(model, settings))
-    count = score_file(engine, input, output, batch_size=batch_size)
+    engine_ = load_backend(settings, model_dir)
+    count = score_file(engine_, input, output, batch_size=batch_size)
     typer.echo(f"wrote {count} scores to {output}", err=True)
 
 

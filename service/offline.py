@@ -40,9 +40,8 @@ def score_file(backend: Backend, input_path: Path, output_path: Path, batch_size
 
     Image paths are resolved relative to the input file's folder. Returns the number of samples.
     """
-    process, judge = backend.process, backend.judge
-    if judge is not None and not judge.rates:
-        raise InputError(f"judge {judge.name!r} only compares (no pointwise template): it gives no score per sample")
+    judge = backend.judge
+    pointwise_judge_check(backend)
     samples = read_samples(input_path)
     policy = MediaPolicy(media_root=input_path.resolve().parent)
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,14 +66,26 @@ def score_file(backend: Backend, input_path: Path, output_path: Path, batch_size
     with output_path.open("w") as out:
         for sample, score in zip(samples, scores, strict=True):
             record = {} if sample.id is None else {"id": sample.id}
-            if judge is not None:
-                record["score"] = judge.rating(score)
-            elif backend.heads is not None:  # the default head's score, and every head's
-                record |= {"score": score[backend.heads.index(None)], "heads": backend.heads.named(score)}
-            elif process is None:
-                record["score"] = score
-            else:
-                steps = process.step_scores(score)
-                record |= {"score": process.aggregate_of(steps), "step_scores": steps}
-            out.write(json.dumps(record) + "\n")
+            out.write(json.dumps(record | score_record(backend, score)) + "\n")
     return len(samples)
+
+
+def score_record(backend: Backend, score: float | list[float]) -> dict:
+    """What offline scoring writes for one sample's raw output: ``score`` as ``/score`` gives it (a process
+    model: the checkpoint's aggregate, with ``step_scores``; a judge: its expected rating; a multi-head model:
+    its default head's, with ``heads``)."""
+    if backend.judge is not None:
+        return {"score": backend.judge.rating(score)}
+    if backend.heads is not None:  # the default head's score, and every head's
+        return {"score": score[backend.heads.index(None)], "heads": backend.heads.named(score)}
+    if backend.process is None:
+        return {"score": score}
+    steps = backend.process.step_scores(score)
+    return {"score": backend.process.aggregate_of(steps), "step_scores": steps}
+
+
+def pointwise_judge_check(backend: Backend) -> None:
+    """A judge scores offline only with a pointwise template (one rating per sample)."""
+    judge = backend.judge
+    if judge is not None and not judge.rates:
+        raise InputError(f"judge {judge.name!r} only compares (no pointwise template): it gives no score per sample")

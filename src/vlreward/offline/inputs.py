@@ -1,0 +1,227 @@
+"""Input rows for offline scoring: JSONL, Parquet or a Hugging Face ``datasets`` folder (``save_to_disk``).
+
+Every row has an id: its ``id`` column, or ``<file name>:<line>`` (JSONL: the line number; Parquet and
+datasets: the row number, from 1). Duplicate ids are refused before any work starts. Work is split into
+:class:`Shard` s our code defines (one file, a row range), so the output and the manifest do not depend on how
+an engine splits data. Images may be data URIs, paths (relative to the input's folder), URLs or bytes (a
+binary column, or a ``datasets`` Image feature); bytes are handed on as base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("jsonl", "parquet", "datasets")
+DEFAULT_SHARD_ROWS = 256
+"""Rows per shard: small enough that an interrupted run loses little, large enough to batch well."""
+IMAGE_FIELDS = ("image", "images")
+
+
+class InputFileError(ValueError):
+    """The input cannot be read as a whole (unknown format, duplicate ids); the message says where."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``start`` (inclusive) to ``stop`` (exclusive) of the input, by position among its rows."""
+
+    index: int
+    start: int
+    stop: int
+    offset: int = 0
+    """JSONL: the byte offset of row ``start``'s line."""
+    line: int = 0
+    """JSONL: row ``start``'s line number (rows are non-empty lines; ids fall back to line numbers)."""
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input row: its id, its columns as given (None: a line that is not a JSON object), and why it cannot
+    be read (None: it can)."""
+
+    id: str
+    columns: dict[str, Any] | None
+    problem: str | None = None
+
+
+def input_format(path: Path) -> str:
+    """The input's format, from what ``path`` is."""
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+            return "datasets"
+        raise InputFileError(f"{path}: a folder input must be a Hugging Face datasets folder (save_to_disk)")
+    if path.suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if path.suffix in (".parquet", ".pq"):
+        return "parquet"
+    raise InputFileError(f"{path}: unknown input format (choose a .jsonl or .parquet file or a datasets folder)")
+
+
+class InputSource:
+    """An input file or folder: its rows' ids, its shards, its rows by range, its hash."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).resolve()
+        if not self.path.exists():
+            raise InputFileError(f"{self.path}: no such input")
+        self.format = input_format(self.path)
+        self._offsets: list[int] | None = None
+        self._lines: list[int] | None = None
+
+    @property
+    def media_root(self) -> Path:
+        """Image paths are relative to the input's folder."""
+        return self.path if self.path.is_dir() else self.path.parent
+
+    def _scan_jsonl(self) -> list[str]:
+        """Each non-empty line's byte offset, line number and id."""
+        offsets, lines, ids = [], [], []
+        with self.path.open("rb") as handle:
+            offset = 0
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    offsets.append(offset)
+                    lines.append(number)
+                    ids.append(_jsonl_id(line, f"{self.path.name}:{number}"))
+                offset += len(line)
+        self._offsets, self._lines = offsets, lines
+        return ids
+
+    def _table(self) -> Any:
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.path, memory_map=True)
+
+    def _dataset(self) -> Any:
+        import datasets
+
+        dataset = datasets.load_from_disk(str(self.path))
+        for name, feature in dataset.features.items():  # images as their bytes/path, not decoded here
+            if isinstance(feature, datasets.Image):
+                dataset = dataset.cast_column(name, datasets.Image(decode=False))
+        return dataset
+
+    def ids(self) -> list[str]:
+        """Every row's id, in order; duplicate ids are refused (naming one and its rows)."""
+        if self.format == "jsonl":
+            ids = self._scan_jsonl()
+        else:
+            data = self._table() if self.format == "parquet" else self._dataset()
+            column = None
+            if "id" in data.column_names:
+                column = data["id"]
+                column = column.to_pylist() if hasattr(column, "to_pylist") else list(column)
+            ids = [
+                str(column[i]) if column is not None and column[i] is not None else f"{self.path.name}:{i + 1}"
+                for i in range(self.count())
+            ]
+        seen: dict[str, int] = {}
+        for position, row_id in enumerate(ids):
+            if row_id in seen:
+                first, again = seen[row_id] + 1, position + 1
+                raise InputFileError(f"{self.path}: id {row_id!r} is used by rows {first} and {again}")
+            seen[row_id] = position
+        return ids
+
+    def count(self) -> int:
+        if self.format == "jsonl":
+            if self._offsets is None:
+                self._scan_jsonl()
+            return len(self._offsets)
+        if self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(self.path).metadata.num_rows
+        return len(self._dataset())
+
+    def shards(self, rows_per_shard: int = DEFAULT_SHARD_ROWS) -> list[Shard]:
+        """The input cut into shards of ``rows_per_shard`` rows (the last may be shorter)."""
+        total = self.count()
+        shards = []
+        for index, start in enumerate(range(0, total, rows_per_shard)):
+            stop = min(start + rows_per_shard, total)
+            if self.format == "jsonl":
+                shards.append(Shard(index, start, stop, self._offsets[start], self._lines[start]))
+            else:
+                shards.append(Shard(index, start, stop))
+        return shards
+
+    def rows(self, shard: Shard) -> list[Row]:
+        """The shard's rows, each with its id (a line that is not a JSON object becomes a row with its problem)."""
+        if self.format == "jsonl":
+            return self._jsonl_rows(shard)
+        if self.format == "parquet":
+            records = self._table().slice(shard.start, shard.stop - shard.start).to_pylist()
+        else:
+            records = self._dataset().select(range(shard.start, shard.stop)).to_list()
+        return [
+            Row(_given_id(record) or f"{self.path.name}:{shard.start + i + 1}", record)
+            for i, record in enumerate(records)
+        ]
+
+    def _jsonl_rows(self, shard: Shard) -> list[Row]:
+        rows = []
+        with self.path.open("rb") as handle:
+            handle.seek(shard.offset)
+            number = shard.line
+            while len(rows) < shard.stop - shard.start:
+                line = handle.readline()
+                if not line:
+                    break
+                if line.strip():
+                    rows.append(_jsonl_row(line, f"{self.path.name}:{number}"))
+                number += 1
+        return rows
+
+    def digest(self) -> str:
+        """sha256 of the input's bytes (a folder: of its files, in name order), so a resumed run can tell the
+        input changed."""
+        digest = hashlib.sha256()
+        files = sorted(p for p in self.path.rglob("*") if p.is_file()) if self.path.is_dir() else [self.path]
+        for file in files:
+            digest.update(str(file.relative_to(self.media_root)).encode() + b"\0")
+            with file.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        return digest.hexdigest()
+
+
+def _given_id(record: dict) -> str | None:
+    value = record.get("id")
+    return None if value is None else str(value)
+
+
+def _jsonl_id(line: bytes, fallback: str) -> str:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return fallback
+    return (_given_id(record) if isinstance(record, dict) else None) or fallback
+
+
+def _jsonl_row(line: bytes, fallback: str) -> Row:
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        return Row(fallback, None, f"not valid JSON: {exc}")
+    if not isinstance(record, dict):
+        return Row(fallback, None, f"a line must hold a JSON object, not {type(record).__name__}")
+    return Row(_given_id(record) or fallback, record)
+
+
+def image_reference(value: Any) -> Any:
+    """An image column's value as the Sample schema takes it: bytes (or a ``datasets`` Image's ``{"bytes",
+    "path"}``) become base64; strings (data URI, path, URL) pass."""
+    if isinstance(value, dict) and ("bytes" in value or "path" in value):
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode()
+    return value
