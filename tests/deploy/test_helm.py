@@ -23,6 +23,7 @@ CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-v1.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-v1.json",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject-v1alpha1.json",
+    ("ray.io/v1", "RayJob"): "rayjob-v1.json",  # deploy/kuberay (tests/deploy/test_kuberay.py)
 }
 SHARED = {"accessModes": ["ReadWriteMany"]}  # a model volume several nodes can attach
 SCENARIOS = {
