@@ -38,6 +38,8 @@ machine noise hits both sides and no round repeats another's samples into a cach
   models with the same heads (K passes), one server each, the same one-sample calls (throughput, memory);
 - K adapters: an ensemble of K LoRA adapters on one base against the ensemble of the K merged models, the same
   way (each adapter still runs its own pass: the saving is memory);
+- offline: ``vlreward score --engine ray`` against the in-process engine, rows per second of whole runs on the
+  same distinct rows (Ray's overhead);
 - vLLM backend: ``vlreward serve --backend vllm`` against ``vllm serve`` (``/classify``, chat form with
   images, raw scores) at concurrency 1 / 16 / 64, and against the in-process limit (vLLM's AsyncLLM fed
   the same prompts and images through our backend class, no HTTP).
@@ -53,6 +55,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
+import os
 import statistics
 import sys
 import tempfile
@@ -99,6 +103,12 @@ class Plan:
     vllm_requests: int
 
 
+OFFLINE_ROW = "score --engine ray / in process"
+OFFLINE_ROWS_PER_SAMPLE = 4
+"""Rows per offline run: this many times the plan's samples (a run reads, scores and writes them all)."""
+OFFLINE_ROWS_PER_SHARD = 64
+
+
 PLANS = {
     "full": Plan(rounds=5, samples=96, grpo_groups=6, hf_concurrency=(1, 8, 32), vllm_concurrency=(1, 16, 64),
                  vllm_requests=192),
@@ -125,6 +135,7 @@ TARGETS = {  # the targets for the bench model on a 2-core CPU (None: reported o
     f"K={HEADS_K} heads: memory, K models / heads": None,
     f"K={HEADS_K} adapters one base / K models": None,
     f"K={HEADS_K} adapters: memory, K models / adapters": None,
+    OFFLINE_ROW: 0.85,  # Ray's overhead at most 15 %
 }
 
 
@@ -351,7 +362,8 @@ def grpo_and_rank(server: ServerProcess, backend, plan: Plan, checks: Checks) ->
 
 
 SECTIONS = (
-    "transformers", "process", "process-vllm", "judge", "judge-generate", "models", "heads", "adapters", "vllm",
+    "transformers", "process", "process-vllm", "judge", "judge-generate", "models", "heads", "adapters", "offline",
+    "vllm",
 )  # fmt: skip
 """The suite's sections, in the order they run."""
 MODELS_CONCURRENCY = 16
@@ -805,6 +817,56 @@ def adapters_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison
     return rows
 
 
+def offline_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
+    """Rows per second of offline scoring: ``vlreward score --engine ray`` against the in-process engine, each
+    run as the command runs it (the model loaded, the input read, every row scored and written), on the same
+    distinct rows (JSONL, the workload's mix, half with an image) in alternating rounds. The local Ray is
+    started once, untimed (a user's command starts it once per run of any size); each Ray run starts its
+    preparing and scoring actors, and the scoring actor loads the model, as the in-process run does. Shards of
+    ``OFFLINE_ROWS_PER_SHARD`` rows, so a run has several, as a large run has many."""
+    import ray
+
+    from vlreward.offline.ray_engine import RayOptions, score_with_ray
+    from vlreward.offline.shards import read_output
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.offline import score_file
+
+    rows = plan.samples * OFFLINE_ROWS_PER_SAMPLE
+    folder = Path(tempfile.mkdtemp(prefix="suite-offline-"))
+    inputs = {}
+    for r in range(plan.rounds):
+        samples = make_samples(Mix(samples=rows).with_(seed=700 + r))
+        inputs[r] = folder / f"in-{r}.jsonl"
+        inputs[r].write_text("".join(json.dumps({"id": f"r{i}"} | s) + "\n" for i, s in enumerate(samples)))
+
+    def in_process(r: int) -> tuple[dict, list[float]]:
+        started = time.monotonic()
+        backend = TransformersBackend(model, dtype="float32", device="cpu")
+        score_file(backend, inputs[r], folder / f"local-{r}.jsonl")
+        seconds = time.monotonic() - started
+        backend.release()
+        written = [json.loads(line) for line in (folder / f"local-{r}.jsonl").read_text().splitlines()]
+        return _in_process_run(rows, seconds), [row["score"] for row in written]
+
+    def on_ray(r: int) -> tuple[dict, list[float]]:
+        started = time.monotonic()
+        settings = {"dtype": "float32", "device": "cpu"}
+        score_with_ray(inputs[r], folder / f"ray-{r}", model, settings, RayOptions(), OFFLINE_ROWS_PER_SHARD, False)
+        seconds = time.monotonic() - started
+        scored = {row["id"]: row["score"] for row in read_output(folder / f"ray-{r}").to_pylist()}
+        return _in_process_run(rows, seconds), [scored.get(f"r{i}", math.nan) for i in range(rows)]
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    try:
+        comparison, first_ray, first_local = alternate(
+            OFFLINE_ROW, "ray engine, rows", "in-process engine, rows", plan.rounds, on_ray, in_process
+        )
+    finally:
+        ray.shutdown()
+    checks.add("vlreward score: ray engine vs in process", first_ray, first_local, SAME_BACKEND)
+    return [comparison]
+
+
 def resident_bytes(url: str) -> float:
     """A server's resident memory (``process_resident_memory_bytes`` of its /metrics)."""
     import httpx
@@ -1014,6 +1076,8 @@ def main(
         comparisons += heads_section(model, plan, checks)
     if "adapters" in chosen:
         comparisons += adapters_section(model, plan, checks)
+    if "offline" in chosen:
+        comparisons += offline_section(model, plan, checks)
     if "vllm" in chosen:
         comparisons += vllm_section(model, plan, checks, vllm_serve_url, vllm_serve_all_cores)
     print_table(comparisons, checks, bench_run)

@@ -91,6 +91,8 @@ def score(
         rows = sum(done["rows"] for done in manifest.done.values())
         errors = sum(done["errors"] for done in manifest.done.values())
         typer.echo(f"wrote {rows} scores to {output} ({errors} rows in {output / 'errors.jsonl'})", err=True)
+        if (output / "shift.json").exists():  # the input carried earlier scores (a traffic capture)
+            typer.echo(f"score shift against the captured scores: {(output / 'shift.json').read_text()}", err=True)
         return
     from vlreward.service.backends import load_backend
     from vlreward.service.offline import score_file

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from vlreward.service.admission import Admission
 from vlreward.service.backends.base import Backend
 from vlreward.service.batching import CoreLanes, DirectScheduler, DynamicBatcher, ModelErrorHook, Scheduler
+from vlreward.service.capture import TrafficCapture
 from vlreward.service.catalog import ModelSpec, default_index, model_settings
 from vlreward.service.ensemble import Ensemble, member_parts
 from vlreward.service.errors import EngineBroken, ErrorKind, ServiceError
@@ -182,6 +183,8 @@ class ServiceState:
         self.api_keys = settings.api_key_set()
         self.media_policy = MediaPolicy.from_settings(settings)
         self.image_memory = ImageMemory(settings.max_request_image_pixels, settings.max_total_image_pixels)
+        self.capture = TrafficCapture.from_settings(settings)
+        """A sampled copy of /score and /rank traffic (:mod:`vlreward.service.capture`); None: off."""
         metrics.queue_limit.set(settings.max_queue)
         self._task: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
@@ -314,6 +317,8 @@ class ServiceState:
                 task.cancel()
         for model in self.models.values():
             await model.stop()
+        if self.capture is not None:
+            await asyncio.to_thread(self.capture.close)
 
     # -- health and admission -------------------------------------------------------------------------
 

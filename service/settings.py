@@ -182,6 +182,20 @@ class Settings(BaseSettings):
     url_max_redirects: int = Field(3, description="Redirects one image download may follow.")
     media_root: Path | None = Field(None, description="Folder file references may point into; unset disables them.")
 
+    # Traffic capture (off by default): a sample of /score and /rank requests and their scores, to rescore
+    # offline with another model (`vlreward score --engine ray`); docs/security.md says what it stores.
+    capture_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of /score and /rank requests captured (0: off)."
+    )
+    capture_dir: Path | None = Field(None, description="Folder captured requests are written to (needed when on).")
+    capture_retention_hours: float = Field(
+        168.0, gt=0, description="Captured hours older than this are deleted (at each new hour's first capture)."
+    )
+    capture_redact: str | None = Field(
+        None, description="module:function called on each captured row (a dict) before it is written; it returns "
+        "the row to write, changed or not, or None to drop it.",
+    )  # fmt: skip
+
     # vLLM engine (backend "vllm"). Unset values get the device's defaults (GPU_ENGINE_DEFAULTS and
     # CPU_ENGINE_DEFAULTS in vlreward.service.backends.vllm, each with its reason); /info shows them.
     vllm_max_model_len: int | None = Field(None, description="Longest sequence (unset: the device's default).")
@@ -207,6 +221,12 @@ class Settings(BaseSettings):
         None, description="CPU build: cores kept from the engine's worker for its scheduler and the HTTP server "
         "(unset: none on hosts of up to 4 cores, vLLM's own choice above).",
     )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _capture_has_a_folder(self) -> Settings:
+        if self.capture_rate > 0 and self.capture_dir is None:
+            raise ValueError("capture_rate is above 0: set capture_dir, the folder captured requests go to")
+        return self
 
     @model_validator(mode="after")
     def _default_deadline_within_the_longest(self) -> Settings:

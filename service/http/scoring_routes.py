@@ -66,6 +66,8 @@ async def score(
     """Score samples; scores come back in item order."""
     _label(request, state, body.model)
     scored = await scoring.score_items(state, body, body_bytes(request))
+    if state.capture is not None:
+        state.capture.offer("/score", scored.model, body.items, scored.scores, scored.reference_version)
     errors = [ItemError(index=i, type=e.kind, message=e.message, param=e.param) for i, e in scored.errors]
     return ScoreResponse(
         model=scored.model,
@@ -85,6 +87,8 @@ async def rank(
     """Score several responses to one prompt and rank them (best first; ties keep input order)."""
     _label(request, state, body.model)
     scored = await scoring.rank(state, body, body_bytes(request))
+    if state.capture is not None:
+        state.capture.offer("/rank", scored.model, body.candidates(), scored.scores, scored.reference_version)
     ranking = sorted(range(len(scored.scores)), key=lambda i: (-scored.scores[i], i))
     return RankResponse(
         model=scored.model,

@@ -33,7 +33,8 @@ def test_the_suite_in_smoke_mode_runs_every_row_and_every_path_scores_the_same(
             "/score, judge ratings", "/compare, judge (debiased)",
             "judge generate: vLLM backend vs vllm serve answers",
             "/score, ensemble of 3 heads vs of 3 models",
-            "/score, ensemble of 3 adapters vs of merged models"} <= paths  # fmt: skip
+            "/score, ensemble of 3 adapters vs of merged models",
+            "vlreward score: ray engine vs in process"} <= paths  # fmt: skip
     assert any(p.startswith("vllm serve /classify") for p in paths)
     names = [c["name"] for c in report["comparisons"]]
     for expected in ("service c=8 / naive loop", "GRPO G=8 shared / own images", "/rank N=8 / 8 sequential /score",
@@ -45,7 +46,8 @@ def test_the_suite_in_smoke_mode_runs_every_row_and_every_path_scores_the_same(
                      "two models: two servers p99 / one server p99", "two models: memory, two servers / one",
                      "vLLM backend / vllm serve, c=8", "forward time / p99 latency c=1",
                      "K=3 heads one pass / K models", "K=3 heads: memory, K models / heads",
-                     "K=3 adapters one base / K models", "K=3 adapters: memory, K models / adapters"):  # fmt: skip
+                     "K=3 adapters one base / K models", "K=3 adapters: memory, K models / adapters",
+                     "score --engine ray / in process"):  # fmt: skip
         assert expected in names
     assert all(c["median_ratio"] > 0 for c in report["comparisons"])
     for c in report["comparisons"]:  # judged on the exact median, which the printed table rounds

@@ -81,3 +81,19 @@ def test_the_hash_changes_with_the_input_and_strings_pass_as_references(tmp_path
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(InputFileError, match="unknown input format"):
         InputSource(tmp_path / "x.csv")
+
+
+def test_a_folder_of_files_is_one_input_whose_shards_never_span_files(tmp_path):
+    folder = tmp_path / "capture"
+    folder.mkdir()
+    (folder / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(3)))
+    (folder / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(5)[3:]))
+    (folder / "notes.txt").write_text("not an input file")
+    source = InputSource(folder)
+    assert source.ids() == ["row-3", "a.jsonl:2", "b.jsonl:1", "row-1", "b.jsonl:3"]  # files in name order
+    shards = source.shards(2)
+    assert [(s.file, s.start, s.stop) for s in shards] == [(0, 0, 2), (1, 0, 2), (1, 2, 3)]
+    assert [row.id for shard in shards for row in source.rows(shard)] == source.ids()
+    (folder / "c.jsonl").write_text(json.dumps({"id": "row-1", "prompt": "p", "response": "r"}) + "\n")
+    with pytest.raises(InputFileError, match="id 'row-1' is used by rows 2 and 1 of b.jsonl and c.jsonl"):
+        InputSource(folder).ids()

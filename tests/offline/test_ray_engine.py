@@ -88,3 +88,38 @@ def test_a_killed_scoring_actor_is_restarted_and_every_row_still_ends_up_once(lo
     assert killed and time.monotonic() - started < 600
     assert manifest.complete and len(manifest.done) == manifest.shards
     every_row_once(output, InputSource(path).ids())
+
+
+def test_captured_traffic_is_rescored_with_another_model_and_the_score_shift_reported(
+    local_ray, tiny_reward, other_reward, tmp_path
+):
+    import httpx
+    import numpy as np
+
+    from tests.helpers import LiveServer, shape_image, uri
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.prepare import prepare_request_sample
+
+    red = uri(shape_image("red"))
+    items = [{"prompt": f"What is shape {i}?", "response": f"A circle, {i}.", **({"image": red} if i % 2 else {})}
+             for i in range(6)]  # fmt: skip
+    rank = {"prompt": "Which colour?", "image": red, "responses": ["Red.", "Blue.", "Green."]}
+    capture = tmp_path / "capture"
+    with LiveServer(TransformersBackend(tiny_reward, dtype="float32", device="cpu"), capture_rate=1.0,
+                    capture_dir=capture) as live:  # fmt: skip
+        served = httpx.post(live.url + "/score", json={"items": items}, timeout=60).json()["scores"]
+        served += httpx.post(live.url + "/rank", json=rank, timeout=60).json()["scores"]
+    assert len(list(capture.glob("capture-*.jsonl"))) == 1 and list(capture.glob("images/*/*.png"))
+
+    manifest = score_with_ray(capture, tmp_path / "rescored", other_reward, SETTINGS, RayOptions(num_cpus=2),
+                              progress=False)  # fmt: skip
+    rows = read_output(tmp_path / "rescored").to_pylist()
+    assert manifest.complete and len(rows) == 9
+    assert sorted(row["captured_score"] for row in rows) == pytest.approx(sorted(served), abs=1e-6)
+    other = TransformersBackend(other_reward, dtype="float32", device="cpu")
+    sent = items + [{"prompt": rank["prompt"], "image": red, "response": r} for r in rank["responses"]]
+    alone = other.score_sync([prepare_request_sample(sample, other.processor) for sample in sent])
+    assert sorted(row["score"] for row in rows) == pytest.approx(sorted(alone), abs=1e-5)  # images read back
+    shift = json.loads((tmp_path / "rescored" / "shift.json").read_text())
+    deltas = [row["score"] - row["captured_score"] for row in rows]
+    assert shift["rows"] == 9 and shift["mean_shift"] == pytest.approx(float(np.mean(deltas)), abs=1e-9)

@@ -40,7 +40,7 @@ MODEL MODELS REVISION BASE JUDGE NORMALIZE BACKEND DTYPE DEVICE ATTN_IMPLEMENTAT
 HEADER_TIMEOUT_S BODY_TIMEOUT_S MAX_HEADER_BYTES MAX_CONNECTIONS MAX_BATCH_TOKENS MAX_BATCH_SIZE CPU_LANES
 MAX_WAIT_MS MAX_QUEUE REQUEST_TIMEOUT_S MAX_REQUEST_TIMEOUT_S DRAIN_TIMEOUT_S MAX_BODY_BYTES MAX_ITEMS MAX_RESPONSES MAX_TOKENS
 MAX_IMAGES MAX_STEPS MAX_STEP_TOKENS JUDGE_MAX_NEW_TOKENS JUDGE_MAX_SAMPLES JUDGE_MAX_GENERATIONS MAX_IMAGE_PIXELS MAX_IMAGE_BYTES MAX_REQUEST_IMAGE_PIXELS MAX_TOTAL_IMAGE_PIXELS MIN_PIXELS MAX_PIXELS ALLOW_URLS URL_ALLOWLIST URL_ALLOW_PRIVATE
-URL_TIMEOUT_S URL_MAX_REDIRECTS MEDIA_ROOT VLLM_MAX_MODEL_LEN VLLM_GPU_MEMORY_UTILIZATION
+URL_TIMEOUT_S URL_MAX_REDIRECTS MEDIA_ROOT CAPTURE_RATE CAPTURE_DIR CAPTURE_RETENTION_HOURS CAPTURE_REDACT VLLM_MAX_MODEL_LEN VLLM_GPU_MEMORY_UTILIZATION
 VLLM_TENSOR_PARALLEL_SIZE VLLM_MAX_NUM_SEQS VLLM_MAX_NUM_BATCHED_TOKENS VLLM_ENABLE_PREFIX_CACHING
 VLLM_ENFORCE_EAGER VLLM_BLOCK_SIZE VLLM_STEP_SCORING VLLM_CPU_RESERVED_CORES
 """.split()
@@ -72,9 +72,12 @@ def test_every_setting_reads_its_environment_variable_and_has_help(monkeypatch):
         monkeypatch.setenv(env_name(name), text)
         if name == "max_request_timeout_s":  # the default deadline must fit within it
             monkeypatch.setenv(env_name("request_timeout_s"), text)
+        if name == "capture_rate":  # capturing needs its folder
+            monkeypatch.setenv(env_name("capture_dir"), "/tmp/x-capture")
         assert getattr(Settings(), name) == expected, name
         monkeypatch.delenv(env_name(name))
         monkeypatch.delenv(env_name("request_timeout_s"), raising=False)
+        monkeypatch.delenv(env_name("capture_dir"), raising=False)
 
 
 def test_every_setting_is_a_serve_flag_with_the_fields_help():

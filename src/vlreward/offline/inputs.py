@@ -1,4 +1,5 @@
-"""Input rows for offline scoring: JSONL, Parquet or a Hugging Face ``datasets`` folder (``save_to_disk``).
+"""Input rows for offline scoring: a JSONL or Parquet file, a folder of them (one format; files in name
+order, e.g. a traffic capture), or a Hugging Face ``datasets`` folder (``save_to_disk``).
 
 Every row has an id: its ``id`` column, or ``<file name>:<line>`` (JSONL: the line number; Parquet and
 datasets: the row number, from 1). Duplicate ids are refused before any work starts. Work is split into
@@ -10,6 +11,7 @@ binary column, or a ``datasets`` Image feature); bytes are handed on as base64.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -28,11 +30,13 @@ class InputFileError(ValueError):
 
 @dataclass(frozen=True)
 class Shard:
-    """Rows ``start`` (inclusive) to ``stop`` (exclusive) of the input, by position among its rows."""
+    """Rows ``start`` (inclusive) to ``stop`` (exclusive) of the input's file ``file``, by position among its
+    rows (a shard never spans files)."""
 
     index: int
     start: int
     stop: int
+    file: int = 0
     offset: int = 0
     """JSONL: the byte offset of row ``start``'s line."""
     line: int = 0
@@ -52,12 +56,15 @@ class Row:
     problem: str | None = None
 
 
+SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+
+
 def input_format(path: Path) -> str:
-    """The input's format, from what ``path`` is."""
+    """A file's (or a ``datasets`` folder's) format, from what ``path`` is."""
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
             return "datasets"
-        raise InputFileError(f"{path}: a folder input must be a Hugging Face datasets folder (save_to_disk)")
+        raise InputFileError(f"{path}: a folder input holds JSONL or Parquet files, or is a datasets folder")
     if path.suffix in (".jsonl", ".json", ".ndjson"):
         return "jsonl"
     if path.suffix in (".parquet", ".pq"):
@@ -65,21 +72,93 @@ def input_format(path: Path) -> str:
     raise InputFileError(f"{path}: unknown input format (choose a .jsonl or .parquet file or a datasets folder)")
 
 
+def input_files(path: Path) -> list[Path]:
+    """The files (or the one ``datasets`` folder) an input path stands for."""
+    if not path.exists():
+        raise InputFileError(f"{path}: no such input")
+    if path.is_file() or input_format_or_none(path) == "datasets":
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in SUFFIXES)
+    formats = {SUFFIXES[p.suffix] for p in files}
+    if not files:
+        raise InputFileError(f"{path}: a folder input holds JSONL or Parquet files, or is a datasets folder")
+    if len(formats) > 1:
+        raise InputFileError(f"{path}: the folder mixes JSONL and Parquet files; give one format")
+    return files
+
+
+def input_format_or_none(path: Path) -> str | None:
+    try:
+        return input_format(path)
+    except InputFileError:
+        return None
+
+
 class InputSource:
-    """An input file or folder: its rows' ids, its shards, its rows by range, its hash."""
+    """An input (a file, a folder of files, a ``datasets`` folder): its rows' ids, its shards, its rows by
+    shard, its hash."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path).resolve()
-        if not self.path.exists():
-            raise InputFileError(f"{self.path}: no such input")
-        self.format = input_format(self.path)
-        self._offsets: list[int] | None = None
-        self._lines: list[int] | None = None
+        self.files = [InputFile(file) for file in input_files(self.path)]
 
     @property
     def media_root(self) -> Path:
         """Image paths are relative to the input's folder."""
         return self.path if self.path.is_dir() else self.path.parent
+
+    def ids(self) -> list[str]:
+        """Every row's id, in order; duplicate ids are refused (naming one and where it is)."""
+        ids, seen = [], {}
+        for file in self.files:
+            for position, row_id in enumerate(file.ids()):
+                if row_id in seen:
+                    where, first = seen[row_id]
+                    raise InputFileError(
+                        f"{self.path}: id {row_id!r} is used by rows {first} and {position + 1}"
+                        + ("" if where is file else f" of {where.path.name} and {file.path.name}")
+                    )
+                seen[row_id] = (file, position + 1)
+                ids.append(row_id)
+        return ids
+
+    def count(self) -> int:
+        return sum(file.count() for file in self.files)
+
+    def shards(self, rows_per_shard: int = DEFAULT_SHARD_ROWS) -> list[Shard]:
+        """Each file cut into shards of ``rows_per_shard`` rows (a file's last may be shorter), numbered across
+        files."""
+        shards: list[Shard] = []
+        for number, file in enumerate(self.files):
+            for shard in file.shards(rows_per_shard):
+                shards.append(dataclasses.replace(shard, index=len(shards), file=number))
+        return shards
+
+    def rows(self, shard: Shard) -> list[Row]:
+        return self.files[shard.file].rows(shard)
+
+    def digest(self) -> str:
+        """sha256 of the input's bytes (a folder: of its files, in name order), so a resumed run can tell the
+        input changed."""
+        digest = hashlib.sha256()
+        for file in self.files:
+            paths = sorted(p for p in file.path.rglob("*") if p.is_file()) if file.path.is_dir() else [file.path]
+            for path in paths:
+                digest.update(str(path.relative_to(self.media_root)).encode() + b"\0")
+                with path.open("rb") as handle:
+                    for block in iter(lambda handle=handle: handle.read(1 << 20), b""):
+                        digest.update(block)
+        return digest.hexdigest()
+
+
+class InputFile:
+    """One JSONL or Parquet file, or a ``datasets`` folder: its ids, shards and rows."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.format = input_format(path)
+        self._offsets: list[int] | None = None
+        self._lines: list[int] | None = None
 
     def _scan_jsonl(self) -> list[str]:
         """Each non-empty line's byte offset, line number and id."""
@@ -110,7 +189,7 @@ class InputSource:
         return dataset
 
     def ids(self) -> list[str]:
-        """Every row's id, in order; duplicate ids are refused (naming one and its rows)."""
+        """Every row's id, in order."""
         if self.format == "jsonl":
             ids = self._scan_jsonl()
         else:
@@ -123,12 +202,6 @@ class InputSource:
                 str(column[i]) if column is not None and column[i] is not None else f"{self.path.name}:{i + 1}"
                 for i in range(self.count())
             ]
-        seen: dict[str, int] = {}
-        for position, row_id in enumerate(ids):
-            if row_id in seen:
-                first, again = seen[row_id] + 1, position + 1
-                raise InputFileError(f"{self.path}: id {row_id!r} is used by rows {first} and {again}")
-            seen[row_id] = position
         return ids
 
     def count(self) -> int:
@@ -149,7 +222,7 @@ class InputSource:
         for index, start in enumerate(range(0, total, rows_per_shard)):
             stop = min(start + rows_per_shard, total)
             if self.format == "jsonl":
-                shards.append(Shard(index, start, stop, self._offsets[start], self._lines[start]))
+                shards.append(Shard(index, start, stop, offset=self._offsets[start], line=self._lines[start]))
             else:
                 shards.append(Shard(index, start, stop))
         return shards
@@ -180,18 +253,6 @@ class InputSource:
                     rows.append(_jsonl_row(line, f"{self.path.name}:{number}"))
                 number += 1
         return rows
-
-    def digest(self) -> str:
-        """sha256 of the input's bytes (a folder: of its files, in name order), so a resumed run can tell the
-        input changed."""
-        digest = hashlib.sha256()
-        files = sorted(p for p in self.path.rglob("*") if p.is_file()) if self.path.is_dir() else [self.path]
-        for file in files:
-            digest.update(str(file.relative_to(self.media_root)).encode() + b"\0")
-            with file.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-        return digest.hexdigest()
 
 
 def _given_id(record: dict) -> str | None:

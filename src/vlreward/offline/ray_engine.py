@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vlreward.offline.inputs import DEFAULT_SHARD_ROWS, InputSource, Shard
-from vlreward.offline.shards import Manifest, prepare_shard, score_prepared, write_shard
+from vlreward.offline.shards import Manifest, prepare_shard, score_prepared, score_shift, write_shard
 
 
 @dataclass
@@ -70,7 +70,7 @@ class ShardPreparer:
         self.policy = dataclasses.replace(MediaPolicy.from_settings(parsed), media_root=self.source.media_root)
 
     def __call__(self, row: dict) -> dict:
-        shard = Shard(**{k: int(row[k]) for k in ("index", "start", "stop", "offset", "line")})
+        shard = Shard(**{k: int(row[k]) for k in ("index", "start", "stop", "file", "offset", "line")})
         prepared = prepare_shard(self.source, shard, self.processor, self.policy, self.step_tag, self.judge)
         return {"index": shard.index, "prepared": pickle.dumps(prepared)}
 
@@ -127,6 +127,7 @@ def score_with_ray(
                 ray.shutdown()
     if manifest.complete:
         manifest.collect_errors()
+        score_shift(output)
     return manifest
 
 

@@ -209,6 +209,50 @@ class Manifest:
         return len(lines)
 
 
+SHIFT = "shift.json"
+CAPTURED = "captured_score"
+"""The column a traffic capture stores each request's score in (:mod:`vlreward.service.capture`)."""
+
+
+def score_shift(output: Path) -> dict | None:
+    """For an input that carries scores from before (a traffic capture's ``captured_score``): how the new
+    scores moved, written to ``shift.json`` (rows, mean and median of new − old, Pearson and Spearman
+    correlation) with a scatter plot ``shift.png`` when matplotlib is installed. None: no such column."""
+    import numpy as np
+
+    table = read_output(output)
+    if CAPTURED not in table.column_names or "score" not in table.column_names:
+        return None
+    pairs = [(old, new) for old, new in zip(table[CAPTURED].to_pylist(), table["score"].to_pylist(), strict=True)
+             if old is not None and new is not None]  # fmt: skip
+    if len(pairs) < 2:
+        return None
+    old, new = np.array(pairs, dtype=float).T
+    delta = new - old
+    ranks = [np.argsort(np.argsort(values)) for values in (old, new)]
+    shift = {
+        "rows": len(pairs), "mean_shift": float(delta.mean()), "median_shift": float(np.median(delta)),
+        "mean_abs_shift": float(np.abs(delta).mean()), "pearson": float(np.corrcoef(old, new)[0, 1]),
+        "spearman": float(np.corrcoef(*ranks)[0, 1]),
+    }  # fmt: skip
+    write_atomically(output / SHIFT, (json.dumps(shift, indent=1) + "\n").encode())
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return shift
+    figure, axes = plt.subplots(figsize=(5, 5))
+    axes.scatter(old, new, s=6, alpha=0.5)
+    title = f"{len(pairs)} rows: shift {shift['mean_shift']:+.3f}, Spearman {shift['spearman']:.3f}"
+    axes.set(xlabel="captured score", ylabel="new score", title=title)
+    figure.tight_layout()
+    figure.savefig(output / "shift.png", dpi=100)
+    plt.close(figure)
+    return shift
+
+
 def read_output(output: str | Path) -> Any:
     """A finished run's scored rows as one pyarrow Table, in shard order (columns a shard lacks, or holds only
     nulls in, are unified across shards)."""
