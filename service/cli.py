@@ -60,6 +60,7 @@ def score(
     address: Annotated[str | None, typer.Option(help="ray: a cluster to join (default: start a local Ray).")] = None,
     actors: Annotated[int, typer.Option(min=1, help="ray: scoring actors, each with one backend.")] = 1,
     actor_gpus: Annotated[float, typer.Option(min=0, help="ray: GPUs per scoring actor.")] = 0.0,
+    preparers: Annotated[int, typer.Option(min=1, help="ray: CPU workers preparing rows for the actors.")] = 1,
     num_cpus: Annotated[int | None, typer.Option(min=1, help="ray: a local Ray's CPUs (default: all).")] = None,
     rows_per_shard: Annotated[int, typer.Option(min=1, help="ray: rows per shard (the unit of resuming).")] = 256,
 ) -> None:
@@ -81,7 +82,8 @@ def score(
         from vlreward.offline.ray_engine import RayOptions, score_with_ray
         from vlreward.offline.shards import ResumeError
 
-        options = RayOptions(address=address, num_cpus=num_cpus, actors=actors, actor_gpus=actor_gpus)
+        options = RayOptions(address=address, num_cpus=num_cpus, actors=actors, actor_gpus=actor_gpus,
+                             preparers=preparers)  # fmt: skip
         backend_settings = {"backend": backend, "dtype": dtype, "device": device, "max_batch_size": batch_size,
                             "allow_urls": allow_urls}  # fmt: skip
         try:

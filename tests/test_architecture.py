@@ -10,6 +10,8 @@ import sys
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {
     ROOT / "src" / "vlreward": "vlreward",
@@ -150,10 +152,17 @@ def test_the_checks_do_find_a_cycle_and_an_upward_import():
     assert layer_of("vlreward.service.backends.base", layers) < layer_of("vlreward.service.batching", layers)
 
 
-def test_importing_the_backend_protocol_or_the_client_imports_no_torch():
-    code = (
-        "import sys, vlreward.service.backends.base, vlreward.client, vlreward.adapters.trl, vlreward.adapters.verl; "
-        "sys.exit(' '.join({'torch', 'transformers', 'vllm'} & set(sys.modules)) or None)"
-    )
+@pytest.mark.parametrize(
+    ("modules", "absent"),
+    [
+        # the client and adapters install without torch (`pip install vlreward`)
+        ("vlreward.service.backends.base, vlreward.client, vlreward.adapters.trl, vlreward.adapters.verl",
+         {"torch", "transformers", "vllm"}),
+        # Ray is the offline engine's (the ray extra): the HTTP service and its command line start without it
+        ("vlreward.service.http.app, vlreward.service.lifecycle, vlreward.service.cli, vlreward.cli", {"ray"}),
+    ],
+)  # fmt: skip
+def test_what_a_module_set_must_not_import(modules: str, absent: set[str]):
+    code = f"import sys, {modules}; sys.exit(' '.join(set({sorted(absent)!r}) & set(sys.modules)) or None)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

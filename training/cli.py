@@ -461,20 +461,55 @@ def data_clean(
     margin_percentile: Annotated[float, typer.Option(help="Flag margins at or below this percentile.")] = 10.0,
     regenerate_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint for new chosen.")] = None,
     regenerate_model: Annotated[str, typer.Option(help="Model name at that endpoint.")] = "default",
+    drop_disagreeing: Annotated[
+        bool, typer.Option(help="Drop pairs the surrogate model scores against their label (chosen <= rejected).")
+    ] = False,
+    engine: Annotated[str, typer.Option(help="local, or ray: the surrogate scores on Ray Data.")] = "local",
+    num_cpus: Annotated[int | None, typer.Option(min=1, help="ray: a local Ray's CPUs (default: all).")] = None,
+    address: Annotated[str | None, typer.Option(help="ray: a cluster to join (default: a local Ray).")] = None,
+    actors: Annotated[int, typer.Option(min=1, help="ray: scoring actors.")] = 1,
 ) -> None:
-    """Drop ties, exact and near duplicates; optionally flag (and regenerate) weak pairs. Prints counts."""
+    """Drop ties, exact and near duplicates; optionally score every pair with a surrogate model, report its
+    agreement with the labels, flag (and regenerate) weak pairs. Prints counts and writes summary.json and
+    summary.png (counts kept and dropped by rule, a histogram of the surrogate's margins) to --output."""
+    from vlreward.training.curation import label_agreement, write_summary
     from vlreward.training.data.cleaning import clean, regenerate_chosen, surrogate_flags, write_flags
     from vlreward.training.data.schema import read_records, write_records
     from vlreward.training.evaluate import score_records
 
-    kept, reports = clean(list(read_records(input)), input, near_threshold)
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    records = list(read_records(input))
+    kept, reports = clean(records, input, near_threshold)
+    counts: dict[str, Any] = {"pairs": len(records), "dropped": {r.step: r.removed for r in reports}}
     for report in reports:
         typer.echo(f"{report.step}: {report.count_in} -> {report.count_out} (removed {report.removed})")
+    margins: list[float] = []
     if surrogate_model is not None:
-        from vlreward.service.backends import create_backend
+        if engine == "ray":
+            from vlreward.training.curation import pair_rows, pair_scores, score_rows
 
-        backend = create_backend("transformers", str(surrogate_model), device="auto")
-        kept, flags = surrogate_flags(kept, score_records(backend, kept, input), low_percentile, margin_percentile)
+            scoring = _ray_scoring(surrogate_model, output / "surrogate", "transformers", num_cpus, address, actors)
+            scores, _ = score_rows(pair_rows(kept, input.resolve()), scoring, input.resolve())
+            both = pair_scores(kept, scores)
+            counts["dropped"]["unscored"] = sum(pair is None for pair in both)
+            kept = [record for record, pair in zip(kept, both, strict=True) if pair is not None]
+            pair_values = [pair for pair in both if pair is not None]
+        else:
+            from vlreward.service.backends import create_backend
+
+            backend = create_backend("transformers", str(surrogate_model), device="auto")
+            pair_values = score_records(backend, kept, input)
+        agreement = label_agreement(pair_values)
+        counts["label_agreement"] = agreement
+        typer.echo(f"surrogate: agrees with the label on {agreement:.1%} of {len(pair_values)} pairs")
+        kept, flags = surrogate_flags(kept, pair_values, low_percentile, margin_percentile)
+        margins = [record.margin for record in kept]
+        if drop_disagreeing:
+            before = len(kept)
+            kept = [record for record in kept if record.margin > 0]
+            counts["dropped"]["disagrees_with_label"] = before - len(kept)
+        counts["flagged"] = len(flags)
         write_flags(flags, output / "regenerate.jsonl")
         typer.echo(f"surrogate: {len(flags)} of {len(kept)} pairs flagged -> {output / 'regenerate.jsonl'}")
         if regenerate_url is not None:
@@ -483,36 +518,86 @@ def data_clean(
                                                          regenerate_model)}  # fmt: skip
             kept = [fresh.get(r.id, r) for r in kept]
             typer.echo(f"regenerated {len(fresh)} chosen responses via {regenerate_url}")
-    records = [r.model_copy(update={"images": [str((input / p).resolve()) for p in r.images]}) for r in kept]
-    write_records(records, output)
+    counts["kept"] = len(kept)
+    written = [r.model_copy(update={"images": [str((input / p).resolve()) for p in r.images]}) for r in kept]
+    write_records(written, output)
+    write_summary(output, "summary", counts, margins, f"{input.name}: surrogate margins (chosen - rejected)")
+
+
+ENGINES = ("local", "ray")
+
+
+def _ray_scoring(model: Path | None, output: Path, backend: str, num_cpus: int | None, address: str | None,
+                 actors: int) -> Any:  # fmt: skip
+    """The Ray engine's settings for a curation command (``--engine ray``), its work folder beside ``output``."""
+    from vlreward import extras
+
+    if model is None:
+        raise typer.BadParameter("--engine ray scores with --model (a checkpoint folder)")
+    if not extras.installed("ray"):
+        raise typer.BadParameter(f"--engine ray needs the ray extra: {extras.install_hint('ray')}")
+    from vlreward.offline.ray_engine import RayOptions
+    from vlreward.training.curation import RayScoring
+
+    work = output.with_name(output.name + ".ray")
+    options = RayOptions(address=address, num_cpus=num_cpus, actors=actors)
+    return RayScoring(model, work, {"backend": backend}, options)  # dtype and device: auto, as in process
 
 
 @app.command()
 def pairs(
     input: Annotated[Path, typer.Option("--input", help="JSONL of /rank bodies (+ optional id).")],
-    output: Annotated[Path, typer.Option(help="JSONL of preference pairs for DPO/MPO.")],
+    output: Annotated[Path, typer.Option(help="JSONL of preference pairs for DPO/MPO (top-k: of responses).")],
     model: Annotated[Path | None, typer.Option(help="Reward checkpoint (in-process).")] = None,
     url: Annotated[str | None, typer.Option(help="A running vlreward server instead of --model.")] = None,
     api_key: Annotated[str | None, typer.Option(help="API key for --url.")] = None,
-    strategy: Annotated[str, typer.Option(help="best-worst or all-above-margin.")] = "best-worst",
+    strategy: Annotated[str, typer.Option(help="best-worst, all-above-margin, or top-k.")] = "best-worst",
     margin: Annotated[float, typer.Option(help="Minimum score difference of a pair.")] = 0.0,
+    k: Annotated[int, typer.Option(min=1, help="top-k: responses kept per prompt.")] = 1,
+    engine: Annotated[str, typer.Option(help="local, or ray: score on Ray Data (resumable; the ray extra).")] = "local",
+    num_cpus: Annotated[int | None, typer.Option(min=1, help="ray: a local Ray's CPUs (default: all).")] = None,
+    address: Annotated[str | None, typer.Option(help="ray: a cluster to join (default: a local Ray).")] = None,
+    actors: Annotated[int, typer.Option(min=1, help="ray: scoring actors.")] = 1,
 ) -> None:
-    """Score sampled responses and write preference pairs (prompt, chosen, rejected, images, scores)."""
+    """Score sampled responses and write preference pairs (prompt, chosen, rejected, images, scores), or the
+    top k responses per prompt; and a summary (<output>.summary.json, .png: counts, a score histogram)."""
     import json
 
     from vlreward.service.schemas import RankRequest
-    from vlreward.training.pairs import build_pairs, write_pairs
+    from vlreward.training.curation import write_summary
+    from vlreward.training.pairs import STRATEGIES, build_pairs, write_pairs
 
-    if (model is None) == (url is None):
-        raise typer.BadParameter("give exactly one of --model or --url")
-    score, _, _, _ = _scorer(model, url, api_key, "transformers")
-
-    def rank(row: dict) -> list[float]:
-        body = {k: v for k, v in row.items() if k != "id"}
-        candidates = RankRequest.model_validate(body).candidates()
-        return score([c.model_dump(exclude_none=True) for c in candidates])
-
+    if strategy not in STRATEGIES:
+        raise typer.BadParameter(f"--strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
     rows = [json.loads(line) for line in input.read_text().splitlines() if line.strip()]
-    built = build_pairs(rows, rank, strategy, margin)
+    scored: list[float] = []
+    if engine == "ray":
+        from vlreward.training.curation import candidate_rows, ranker, score_rows
+
+        if url is not None:
+            raise typer.BadParameter("--engine ray scores with --model, not --url")
+        scoring = _ray_scoring(model, output, "transformers", num_cpus, address, actors)
+        scores, _ = score_rows(candidate_rows(rows), scoring, input.resolve().parent)
+        rank = ranker(rows, scores)
+        scored = list(scores.values())
+    else:
+        if (model is None) == (url is None):
+            raise typer.BadParameter("give exactly one of --model or --url")
+        score, _, _, _ = _scorer(model, url, api_key, "transformers")
+
+        def rank(row: dict) -> list[float]:
+            body = {k: v for k, v in row.items() if k != "id"}
+            candidates = RankRequest.model_validate(body).candidates()
+            values = score([c.model_dump(exclude_none=True) for c in candidates])
+            scored.extend(values)
+            return values
+
+    counts: dict[str, int] = {}
+    built = build_pairs(rows, rank, strategy, margin, k, counts)
     write_pairs(built, output)
-    typer.echo(f"{len(built)} pairs from {len(rows)} prompts -> {output}", err=True)
+    summary = write_summary(output.parent, output.stem + ".summary", counts | {"written": len(built)}, scored,
+                            f"{input.name}: scores of {len(scored)} responses")  # fmt: skip
+    what = "rows" if strategy == "top-k" else "pairs"
+    typer.echo(f"{len(built)} {what} from {len(rows)} prompts -> {output} (summary: {summary})", err=True)

@@ -1,7 +1,9 @@
-"""`vlreward pairs`: score N sampled responses per prompt and write DPO/MPO preference pairs.
+"""`vlreward pairs`: score N sampled responses per prompt and write DPO/MPO preference pairs, or the top k
+responses per prompt (best-of-N data).
 
 Input lines are /rank bodies (``prompt`` or ``messages``, ``images``, ``responses``) plus an optional
-``id``; output lines carry what TRL's DPO trainer reads (prompt, chosen, rejected, images) and both scores.
+``id``; output lines carry what TRL's DPO trainer reads (prompt, chosen, rejected, images) and both scores
+(top-k: prompt, images, response, score, rank).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-STRATEGIES = ("best-worst", "all-above-margin")
+STRATEGIES = ("best-worst", "all-above-margin", "top-k")
 
 
 def select_pairs(scores: list[float], strategy: str, margin: float = 0.0) -> list[tuple[int, int]]:
@@ -22,8 +24,8 @@ def select_pairs(scores: list[float], strategy: str, margin: float = 0.0) -> lis
     best-worst: the top- against the bottom-scored response, if they differ by more than ``margin``;
     all-above-margin: every ordered pair whose score difference exceeds ``margin``, best pairs first.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
+    if strategy not in STRATEGIES or strategy == "top-k":
+        raise ValueError(f"pair strategies: {', '.join(STRATEGIES[:2])}")
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
     if strategy == "best-worst":
         best, worst = order[0], order[-1]
@@ -34,17 +36,37 @@ def select_pairs(scores: list[float], strategy: str, margin: float = 0.0) -> lis
 
 def build_pairs(
     rows: list[dict],
-    rank: Callable[[dict], list[float]],
+    rank: Callable[[dict], list[float] | None],
     strategy: str = "best-worst",
     margin: float = 0.0,
+    k: int = 1,
+    counts: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Score every row's responses with ``rank`` (a /rank body -> scores) and select pairs."""
+    """Score every row's responses with ``rank`` (a /rank body -> scores; None: a response could not be
+    scored, the row is skipped) and select pairs, or with ``top-k`` the ``k`` best responses. ``counts``, when
+    given, receives how many prompts were kept and dropped, by reason."""
     out = []
+    counts = {} if counts is None else counts
+    for key in ("prompts", "kept", "unscored", "no_pair_above_margin"):
+        counts.setdefault(key, 0)
     for number, row in enumerate(tqdm(rows, desc="pairs", unit="prompt")):
+        counts["prompts"] += 1
         scores = rank(row)
+        if scores is None:
+            counts["unscored"] += 1
+            continue
         prompt = row.get("prompt") if row.get("prompt") is not None else row.get("messages")
         images = row.get("images") or ([row["image"]] if row.get("image") else [])
-        for chosen, rejected in select_pairs(scores, strategy, margin):
+        if strategy == "top-k":
+            order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
+            out += [{"id": row.get("id", str(number)), "prompt": prompt, "images": images,
+                     "response": row["responses"][i], "score": scores[i], "rank": place}
+                    for place, i in enumerate(order)]  # fmt: skip
+            counts["kept"] += 1
+            continue
+        selected = select_pairs(scores, strategy, margin)
+        counts["kept" if selected else "no_pair_above_margin"] += 1
+        for chosen, rejected in selected:
             out.append(
                 {
                     "id": row.get("id", str(number)),

@@ -97,3 +97,15 @@ def test_a_folder_of_files_is_one_input_whose_shards_never_span_files(tmp_path):
     (folder / "c.jsonl").write_text(json.dumps({"id": "row-1", "prompt": "p", "response": "r"}) + "\n")
     with pytest.raises(InputFileError, match="id 'row-1' is used by rows 2 and 1 of b.jsonl and c.jsonl"):
         InputSource(folder).ids()
+
+
+def test_a_parquet_shard_reads_the_row_groups_that_hold_it(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = [{"id": f"r{i}", "prompt": f"q{i}", "response": f"a{i}"} for i in range(23)]
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "in.parquet", row_group_size=5)
+    source = InputSource(tmp_path / "in.parquet")
+    assert source.ids() == [r["id"] for r in records]
+    got = [row.columns for shard in source.shards(7) for row in source.rows(shard)]  # shards cross row groups
+    assert got == records

@@ -16,7 +16,7 @@ import pytest
 from tests.helpers import wait_until
 from tests.offline.rows import good_rows, write_rows
 from vlreward.offline.ray_engine import RayOptions, score_with_ray
-from vlreward.offline.shards import MANIFEST, read_output
+from vlreward.offline.shards import MANIFEST, read_manifest, read_output
 
 pytestmark = pytest.mark.slow  # a local Ray and its workers (make test runs them)
 
@@ -74,7 +74,7 @@ def test_a_killed_scoring_actor_is_restarted_and_every_row_still_ends_up_once(lo
     killed: list[int] = []
 
     def kill_the_scorer_after_its_first_shard() -> None:
-        wait_until(lambda: (output / MANIFEST).exists() and json.loads((output / MANIFEST).read_text())["done"],
+        wait_until(lambda: (output / MANIFEST).exists() and read_manifest(output)[1],
                    seconds=120, what="a first finished shard")  # fmt: skip
         scorer = next(p for p in psutil.process_iter(["cmdline"]) if "ShardScorer" in " ".join(p.info["cmdline"] or []))
         killed.append(scorer.pid)

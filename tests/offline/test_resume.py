@@ -14,7 +14,7 @@ from tests.helpers import VLREWARD, wait_until
 from tests.offline.rows import write_rows
 from tests.offline.test_ray_engine import every_row_once
 from vlreward.offline.inputs import InputSource
-from vlreward.offline.shards import MANIFEST, part_name
+from vlreward.offline.shards import MANIFEST, part_name, read_manifest
 
 pytestmark = pytest.mark.slow  # each command starts its own local Ray
 
@@ -30,7 +30,7 @@ def test_an_interrupted_run_resumes_with_the_same_command_and_every_row_ends_up_
     first = processes.start(command(tiny_reward, path, output), stderr=subprocess.PIPE, text=True)
 
     def finished() -> dict:
-        return json.loads((output / MANIFEST).read_text())["done"] if (output / MANIFEST).exists() else {}
+        return read_manifest(output)[1] if (output / MANIFEST).exists() else {}
 
     wait_until(lambda: len(finished()) >= 2 or first.poll() is not None, seconds=300, what="two finished shards")
     first.send_signal(signal.SIGINT)  # Ctrl-C

@@ -36,6 +36,8 @@ def test_the_manifest_resumes_the_same_run_and_refuses_another_input_or_model(tm
     path.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n")
     manifest = Manifest.open(tmp_path / "out", InputSource(path), "/m/a", 256, 1)
     manifest.finish(0, rows=1, errors=0)
+    with (tmp_path / "out" / "manifest.jsonl").open("a") as out:
+        out.write('{"shard": 1, "ro')  # a line a crash cut short: ignored
     again = Manifest.open(tmp_path / "out", InputSource(path), "/m/a", 256, 1)
     assert again.done == {0: {"rows": 1, "errors": 0}} and again.complete
     with pytest.raises(ResumeError, match="the model differ"):

@@ -174,10 +174,21 @@ class InputFile:
         self._offsets, self._lines = offsets, lines
         return ids
 
-    def _table(self) -> Any:
+    def _parquet_rows(self, start: int, stop: int) -> list[dict]:
+        """Rows ``start`` to ``stop`` of a Parquet file, reading only the row groups that hold them."""
         import pyarrow.parquet as pq
 
-        return pq.read_table(self.path, memory_map=True)
+        parquet = pq.ParquetFile(self.path, memory_map=True)
+        groups, first, position = [], None, 0
+        for group in range(parquet.num_row_groups):
+            size = parquet.metadata.row_group(group).num_rows
+            if position < stop and position + size > start:
+                groups.append(group)
+                first = position if first is None else first
+            position += size
+        if not groups:
+            return []
+        return parquet.read_row_groups(groups).slice(start - first, stop - start).to_pylist()
 
     def _dataset(self) -> Any:
         import datasets
@@ -193,11 +204,15 @@ class InputFile:
         if self.format == "jsonl":
             ids = self._scan_jsonl()
         else:
-            data = self._table() if self.format == "parquet" else self._dataset()
             column = None
-            if "id" in data.column_names:
-                column = data["id"]
-                column = column.to_pylist() if hasattr(column, "to_pylist") else list(column)
+            if self.format == "parquet":
+                import pyarrow.parquet as pq
+
+                if "id" in pq.read_schema(self.path).names:  # the id column alone
+                    column = pq.read_table(self.path, columns=["id"], memory_map=True)["id"].to_pylist()
+            else:
+                data = self._dataset()
+                column = list(data["id"]) if "id" in data.column_names else None
             ids = [
                 str(column[i]) if column is not None and column[i] is not None else f"{self.path.name}:{i + 1}"
                 for i in range(self.count())
@@ -232,7 +247,7 @@ class InputFile:
         if self.format == "jsonl":
             return self._jsonl_rows(shard)
         if self.format == "parquet":
-            records = self._table().slice(shard.start, shard.stop - shard.start).to_pylist()
+            records = self._parquet_rows(shard.start, shard.stop)
         else:
             records = self._dataset().select(range(shard.start, shard.stop)).to_list()
         return [

@@ -53,7 +53,7 @@ def settings_of(options: dict) -> Any:
 class ShardPreparer:
     """Ray Data map worker: a shard's rows → a pickled :class:`~vlreward.offline.shards.PreparedShard`."""
 
-    def __init__(self, input_path: str, model_dir: str, settings: dict):
+    def __init__(self, input_path: str, model_dir: str, settings: dict, media_root: str | None = None):
         from transformers import AutoProcessor
 
         from vlreward.service.judge import declared_judge
@@ -66,8 +66,9 @@ class ShardPreparer:
         self.step_tag = None if process is None else process.step_tag
         parsed = settings_of(settings)
         self.judge = declared_judge(Path(model_dir), parsed.judge)
-        # The service's media rules (sizes, URLs), with paths relative to the input's folder.
-        self.policy = dataclasses.replace(MediaPolicy.from_settings(parsed), media_root=self.source.media_root)
+        # The service's media rules (sizes, URLs), with paths relative to the input's folder (or media_root).
+        root = Path(media_root) if media_root else self.source.media_root
+        self.policy = dataclasses.replace(MediaPolicy.from_settings(parsed), media_root=root)
 
     def __call__(self, row: dict) -> dict:
         shard = Shard(**{k: int(row[k]) for k in ("index", "start", "stop", "file", "offset", "line")})
@@ -100,11 +101,11 @@ class ShardScorer:
 
 def score_with_ray(
     input_path: Path, output: Path, model_dir: Path, settings: dict, options: RayOptions,
-    rows_per_shard: int = DEFAULT_SHARD_ROWS, progress: bool = True,
+    rows_per_shard: int = DEFAULT_SHARD_ROWS, progress: bool = True, media_root: Path | None = None,
 ) -> Manifest:  # fmt: skip
     """Score ``input_path`` into the folder ``output`` with the model in ``model_dir`` (``settings``: the
-    backend's settings as keyword arguments), resuming the run the folder holds. Returns the manifest (complete
-    unless interrupted)."""
+    backend's settings as keyword arguments), resuming the run the folder holds. Image paths are read under
+    ``media_root`` (default: the input's folder). Returns the manifest (complete unless interrupted)."""
     import ray
     from tqdm import tqdm
 
@@ -121,7 +122,7 @@ def score_with_ray(
             else:
                 ray.init(num_cpus=options.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
         try:
-            _run(todo, source, output, model_dir, settings, options, manifest, progress, tqdm)
+            _run(todo, source, output, model_dir, settings, options, manifest, progress, tqdm, media_root)
         finally:
             if started:
                 ray.shutdown()
@@ -132,7 +133,7 @@ def score_with_ray(
 
 
 def _run(todo: list[Shard], source: InputSource, output: Path, model_dir: Path, settings: dict, options: RayOptions,
-         manifest: Manifest, progress: bool, tqdm: Any) -> None:  # fmt: skip
+         manifest: Manifest, progress: bool, tqdm: Any, media_root: Path | None) -> None:  # fmt: skip
     import ray.data
 
     context = ray.data.DataContext.get_current()
@@ -141,7 +142,7 @@ def _run(todo: list[Shard], source: InputSource, output: Path, model_dir: Path, 
     shards = ray.data.from_items([shard.as_dict() for shard in todo], override_num_blocks=len(todo))
     prepared = shards.map(
         ShardPreparer, fn_constructor_kwargs={"input_path": str(source.path), "model_dir": str(model_dir),
-                                              "settings": settings},
+                                              "settings": settings, "media_root": media_root and str(media_root)},
         compute=ray.data.ActorPoolStrategy(size=options.preparers), num_cpus=1,
     )  # fmt: skip
     scored = prepared.map(

@@ -2,7 +2,7 @@
 
 Output folder of a run::
 
-    manifest.json         the input (path, sha256), the model, rows per shard, the finished shards
+    manifest.jsonl        the input (path, sha256), the model, rows per shard; then a line per finished shard
     part-00000.parquet    shard 0's scored rows: the input's columns, then id, score and the kind's details
     errors-00000.jsonl    shard 0's rows that could not be scored: {"id", "reason"}
     errors.jsonl          every shard's errors, in shard order (written when the run completes)
@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from vlreward.offline.inputs import IMAGE_FIELDS, InputSource, Shard, image_reference
 
-MANIFEST = "manifest.json"
+MANIFEST = "manifest.jsonl"
 ERRORS = "errors.jsonl"
 MANIFEST_VERSION = 1
 
@@ -134,6 +134,17 @@ def score_prepared(backend: Any, prepared: PreparedShard, batch_size: int) -> tu
     return records, errors
 
 
+def column_array(values: list) -> Any:
+    """One output column: Arrow's type for the values, or, when Arrow cannot type them (a chat message's
+    ``content`` that is text in one row and a list of parts in another), each value as JSON text."""
+    import pyarrow as pa
+
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if value is None else json.dumps(value) for value in values], type=pa.string())
+
+
 def write_shard(output: Path, index: int, records: list[dict], errors: list[dict]) -> None:
     """Shard ``index``'s part file (when it has rows) and errors file, each written whole."""
     import io
@@ -145,14 +156,17 @@ def write_shard(output: Path, index: int, records: list[dict], errors: list[dict
     if records:
         buffer = io.BytesIO()
         names = list(dict.fromkeys(name for record in records for name in record))  # every row's columns, in order
-        pq.write_table(pa.Table.from_pydict({name: [r.get(name) for r in records] for name in names}), buffer)
+        columns = {name: column_array([r.get(name) for r in records]) for name in names}
+        pq.write_table(pa.Table.from_pydict(columns), buffer)
         write_atomically(output / part_name(index), buffer.getvalue())
     write_atomically(output / errors_name(index), "".join(json.dumps(e) + "\n" for e in errors).encode())
 
 
 @dataclass
 class Manifest:
-    """What a run scores and which of its shards are finished (``manifest.json`` in the output folder)."""
+    """What a run scores and which of its shards are finished: ``manifest.jsonl`` in the output folder, a header
+    line, then one line appended per finished shard (so recording a shard costs the same in a run of 25,000
+    shards as in one of ten; a line cut short by a crash is ignored, and its shard is done again)."""
 
     path: Path
     input: str
@@ -171,27 +185,26 @@ class Manifest:
         path = output / MANIFEST
         wanted = cls(path, str(source.path), source.digest(), model, rows_per_shard, shards)
         if not path.exists():
-            wanted.save()
+            header = {"version": MANIFEST_VERSION, "input": wanted.input, "input_sha256": wanted.input_sha256,
+                      "model": model, "rows_per_shard": rows_per_shard, "shards": shards}  # fmt: skip
+            write_atomically(path, (json.dumps(header) + "\n").encode())
             return wanted
-        held = json.loads(path.read_text())
+        held, done = read_manifest(output)
         for name, label in (("input_sha256", "the input's contents"), ("model", "the model"),
                             ("rows_per_shard", "the rows per shard")):  # fmt: skip
             if held[name] != getattr(wanted, name):
                 raise ResumeError(f"{output} holds a run whose {label} differ ({held[name]!r}, now "
                                   f"{getattr(wanted, name)!r}): give a new output folder")  # fmt: skip
-        wanted.done = {int(k): v for k, v in held["done"].items()}
+        wanted.done = done
         return wanted
 
-    def save(self) -> None:
-        body = {"version": MANIFEST_VERSION, "input": self.input, "input_sha256": self.input_sha256,
-                "model": self.model, "rows_per_shard": self.rows_per_shard, "shards": self.shards,
-                "done": {str(k): v for k, v in sorted(self.done.items())}}  # fmt: skip
-        write_atomically(self.path, (json.dumps(body, indent=1) + "\n").encode())
-
     def finish(self, index: int, rows: int, errors: int) -> None:
-        """Record shard ``index`` as finished (its files are already written)."""
+        """Record shard ``index`` as finished (its files are already written): one line appended."""
         self.done[index] = {"rows": rows, "errors": errors}
-        self.save()
+        with self.path.open("a") as out:
+            out.write(json.dumps({"shard": index, "rows": rows, "errors": errors}) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
 
     @property
     def complete(self) -> bool:
@@ -207,6 +220,19 @@ class Manifest:
                 lines += [line for line in part.read_text().splitlines() if line]
         write_atomically(output / ERRORS, "".join(line + "\n" for line in lines).encode())
         return len(lines)
+
+
+def read_manifest(output: Path) -> tuple[dict, dict[int, dict]]:
+    """An output folder's manifest: its header, and its finished shards (index -> rows, errors)."""
+    lines = (output / MANIFEST).read_text().splitlines()
+    header, done = json.loads(lines[0]), {}
+    for line in lines[1:]:
+        try:
+            entry = json.loads(line)
+        except ValueError:  # the line a crash cut short: that shard is done again
+            continue
+        done[int(entry["shard"])] = {"rows": entry["rows"], "errors": entry["errors"]}
+    return header, done
 
 
 SHIFT = "shift.json"
