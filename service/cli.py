@@ -79,7 +79,7 @@ def score(
             raise fail(f"--engine ray needs the ray extra (missing: {', '.join(extras.missing('ray'))}): "
                        f"{extras.install_hint('ray')}")  # fmt: skip
         from vlreward.offline.inputs import InputFileError
-        from vlreward.offline.ray_engine import RayOptions, score_with_ray
+        from vlreward.offline.ray_engine import RayOptions, RunInterrupted, score_with_ray
         from vlreward.offline.shards import ResumeError
 
         options = RayOptions(address=address, num_cpus=num_cpus, actors=actors, actor_gpus=actor_gpus,
@@ -90,6 +90,9 @@ def score(
             manifest = score_with_ray(input, output, model_dir, backend_settings, options, rows_per_shard)
         except (InputFileError, ResumeError) as exc:
             raise fail(str(exc)) from None
+        except RunInterrupted as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(130) from None
         rows = sum(done["rows"] for done in manifest.done.values())
         errors = sum(done["errors"] for done in manifest.done.values())
         typer.echo(f"wrote {rows} scores to {output} ({errors} rows in {output / 'errors.jsonl'})", err=True)

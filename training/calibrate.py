@@ -4,7 +4,8 @@ checkpoint (:mod:`vlreward.service.reference`), with a reliability plot before a
 Every response of a preference dataset folder (chosen and rejected) is scored in process; their mean, std
 and quantiles are the model's scale. The pairs (ties dropped), in an order fixed by their ids' hashes, are
 split in two halves: T is fitted on the first and the expected calibration error measured on the second,
-before (T = 1) and after.
+before (T = 1) and after. A process model scores each response as its one step, and its statistics and T
+are of its checkpoint's aggregate, the score its ``/compare`` compares.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ RESULTS_FILE = "calibration.json"
 
 
 def calibrate(model_dir: Path, data_dir: Path, output: Path | None = None, base: Path | None = None) -> dict[str, Any]:
-    """Score ``data_dir``'s pairs with the model at ``model_dir`` (a scalar reward model), store its reference
+    """Score ``data_dir``'s pairs with the model at ``model_dir`` (a scalar or process model), store its reference
     statistics and temperature in the checkpoint, and write ``calibration.json`` + ``calibration.png``
     (the reliability diagram before and after) to ``output`` (default: the checkpoint). A multi-head model
     gets statistics per head, each head's T fitted on the pairs labelled for it
@@ -49,8 +50,8 @@ def calibrate(model_dir: Path, data_dir: Path, output: Path | None = None, base:
         backend = AdapterBackend(TransformersBackend(base, dtype="float32", device="cpu"), model_dir, model_dir.name)
     else:
         backend = TransformersBackend(model_dir, dtype="float32", device="cpu")
-    if backend.process is not None or backend.judge is not None:
-        raise ValueError(f"{model_dir}: vlreward calibrate takes a scalar reward model")
+    if backend.judge is not None:  # a judge's /compare gives probabilities itself (vlreward eval reports their ECE)
+        raise ValueError(f"{model_dir}: vlreward calibrate takes a scalar or process reward model, not a judge")
     records = sorted(
         (r for r in read_records(data_dir) if not r.tie), key=lambda r: hashlib.sha256(r.id.encode()).hexdigest()
     )

@@ -490,7 +490,7 @@ def data_clean(
             from vlreward.training.curation import pair_rows, pair_scores, score_rows
 
             scoring = _ray_scoring(surrogate_model, output / "surrogate", "transformers", num_cpus, address, actors)
-            scores, _ = score_rows(pair_rows(kept, input.resolve()), scoring, input.resolve())
+            scores, _ = _interruptible(score_rows, pair_rows(kept, input.resolve()), scoring, input.resolve())
             both = pair_scores(kept, scores)
             counts["dropped"]["unscored"] = sum(pair is None for pair in both)
             kept = [record for record, pair in zip(kept, both, strict=True) if pair is not None]
@@ -544,6 +544,17 @@ def _ray_scoring(model: Path | None, output: Path, backend: str, num_cpus: int |
     return RayScoring(model, work, {"backend": backend}, options)  # dtype and device: auto, as in process
 
 
+def _interruptible(score: Any, *args: Any) -> Any:
+    """Run a Ray scoring call; an interrupted run ends in one line (status 130) saying how to resume."""
+    from vlreward.offline.ray_engine import RunInterrupted
+
+    try:
+        return score(*args)
+    except RunInterrupted as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(130) from None
+
+
 @app.command()
 def pairs(
     input: Annotated[Path, typer.Option("--input", help="JSONL of /rank bodies (+ optional id).")],
@@ -579,7 +590,7 @@ def pairs(
         if url is not None:
             raise typer.BadParameter("--engine ray scores with --model, not --url")
         scoring = _ray_scoring(model, output, "transformers", num_cpus, address, actors)
-        scores, _ = score_rows(candidate_rows(rows), scoring, input.resolve().parent)
+        scores, _ = _interruptible(score_rows, candidate_rows(rows), scoring, input.resolve().parent)
         rank = ranker(rows, scores)
         scored = list(scores.values())
     else:

@@ -24,6 +24,7 @@ from vlreward.service.model.formatting import format_judged_orders
 from vlreward.service.prepare import load_images, prepare_request_sample, prepare_sample
 from vlreward.service.reference import pair_calibration, read_reference
 from vlreward.service.schemas import Sample
+from vlreward.service.steps import as_one_step
 from vlreward.training.benchmarks import COLUMNS, EvalPair, load_pairs, tables
 from vlreward.training.data.schema import PreferenceRecord, read_records
 from vlreward.training.data.synthetic import HELDOUT_PER_CATEGORY, SYNTHETIC_SEED, generate
@@ -66,12 +67,17 @@ def score_records(
     backend: Backend, records: list[PreferenceRecord], root: Path, counterfactual: bool = False
 ) -> list[tuple[float, float]]:
     """(chosen, rejected) scores per record through a service backend; with ``counterfactual`` the image
-    is swapped for the one matching the rejected response (``meta["counter_image"]``)."""
+    is swapped for the one matching the rejected response (``meta["counter_image"]``). A process model scores
+    each response as its one step (``response_as_step``): its checkpoint's aggregate, as ``/compare`` uses."""
     policy = MediaPolicy(media_root=root)
+    process = backend.process
 
     def formatted(record: PreferenceRecord, response: str):
         images = [record.meta["counter_image"]] if counterfactual else None
-        return prepare_sample(record.sample(response, root=root, images=images), backend.processor, policy)
+        sample = record.sample(response, root=root, images=images)
+        if process is not None:
+            sample = as_one_step(sample)
+        return prepare_sample(sample, backend.processor, policy, step_tag=backend.step_tag)
 
     def as_pair(record: PreferenceRecord):
         return formatted(record, record.chosen), formatted(record, record.rejected)
@@ -85,7 +91,13 @@ def score_records(
             ]
         values = judge_preferences(backend, samples, policy)
         return list(zip(values[0::2], values[1::2], strict=True))
-    return score_pairs(backend.score_sync, records, as_pair, progress=True)
+    if process is None:
+        return score_pairs(backend.score_sync, records, as_pair, progress=True)
+
+    def aggregates(samples: list) -> list[float]:
+        return [process.aggregate_of(process.step_scores(raw)) for raw in backend.score_sync(samples)]
+
+    return score_pairs(aggregates, records, as_pair, progress=True)
 
 
 def judge_preferences(

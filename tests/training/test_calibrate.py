@@ -72,3 +72,26 @@ def test_the_server_normalises_and_calibrates_with_the_stored_statistics(calibra
         )
         refused = httpx.post(live.url + "/score", json={"model": "plain", "items": ITEMS, "normalize": "zscore"})
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "normalize"
+
+
+def test_a_process_model_is_calibrated_on_its_aggregate_and_its_compare_uses_that_t(tiny_process, tmp_path):
+    """Each response scored as its one step: the statistics are of the checkpoint's aggregate (what /score
+    with response_as_step gives), and /compare divides that aggregate's difference by the fitted T."""
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.reference import read_reference
+    from vlreward.training.calibrate import calibrate
+    from vlreward.training.data.synthetic import generate
+
+    model = shutil.copytree(tiny_process, tmp_path / "prm")
+    generate(tmp_path / "data", {"hallucination": 8, "general": 8, "text": 8}, seed=5, split="train")
+    results = calibrate(model, tmp_path / "data")
+    assert results["reference"]["count"] == 2 * sum(1 for _ in (tmp_path / "data" / "records.jsonl").open())
+    backend = TransformersBackend(model, dtype="float32", device="cpu")
+    with LiveServer(backend) as live:
+        (served,) = httpx.get(live.url + "/info").json()["models"].values()
+        reference = served["reference"]
+        assert reference["temperature"] == pytest.approx(read_reference(model).temperature) != 1.0
+        raw = httpx.post(live.url + "/score", json={"items": ITEMS[:2], "response_as_step": True}).json()["scores"]
+        pair = {"prompt": ITEMS[0]["prompt"], "image": RED, "a": ["It is red."], "b": ["It is blue."]}  # one step
+        prob = httpx.post(live.url + "/compare", json={"pairs": [pair]}).json()["results"][0]["prob_a"]
+    assert prob == pytest.approx(sigmoid((raw[0] - raw[1]) / reference["temperature"]), abs=1e-6)

@@ -26,6 +26,11 @@ from vlreward.offline.inputs import DEFAULT_SHARD_ROWS, InputSource, Shard
 from vlreward.offline.shards import Manifest, prepare_shard, score_prepared, score_shift, write_shard
 
 
+class RunInterrupted(RuntimeError):
+    """The run stopped before every shard finished (Ctrl-C, a signal); the manifest holds the finished ones, so
+    rerunning the same command resumes."""
+
+
 @dataclass
 class RayOptions:
     """How the run uses Ray."""
@@ -123,9 +128,14 @@ def score_with_ray(
                 ray.init(num_cpus=options.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
         try:
             _run(todo, source, output, model_dir, settings, options, manifest, progress, tqdm, media_root)
+        except KeyboardInterrupt:
+            pass  # reported below, as a run that ended early is
         finally:
             if started:
                 ray.shutdown()
+        if not manifest.complete:  # Ray Data may end the iteration early on a signal instead of raising
+            raise RunInterrupted(f"interrupted with {len(manifest.done)} of {manifest.shards} shards finished "
+                                 f"(in {output}): rerun the same command to resume")  # fmt: skip
     if manifest.complete:
         manifest.collect_errors()
         score_shift(output)

@@ -270,7 +270,7 @@ def lora_server(tiny_reward, tiny_multihead, lora_adapters, tmp_path_factory):
     lines += [f"{name}: {{model: {path}, base: rm}}" for name, (path, _) in lora_adapters.items()]
     models.write_text("\n".join(lines) + "\n")
     port = free_port()
-    env = {**os.environ, "VLREWARD_VLLM_GPU_MEMORY_UTILIZATION": "0.2"}
+    env = {**os.environ, "VLREWARD_VLLM_GPU_MEMORY_UTILIZATION": "0.05"}  # two engines beside the module's
     started = Processes()
     process = started.start([VLREWARD, "serve", "--backend", "vllm", "--models", str(models), "--port", str(port)],
                             env=env)  # fmt: skip
