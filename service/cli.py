@@ -43,13 +43,16 @@ ENGINES = ("local", "ray")
 
 @app.command()
 def score(
-    model: Annotated[str, typer.Option(help=describe("model"))],
+    model: Annotated[str, typer.Option(help=describe("model") + " With --models: a model's name in the file.")],
     input: Annotated[
         Path, typer.Option("--input", help="local: JSONL, a Sample a line; ray: JSONL, Parquet or a datasets folder.")
     ],
     output: Annotated[
         Path, typer.Option(help="local: a JSONL file, one {'score'} per input line; ray: a folder of Parquet shards.")
     ],
+    models: Annotated[
+        Path | None, typer.Option(help="A models file as serve takes: --model names one of its models (or adapters).")
+    ] = None,
     engine: Annotated[str, typer.Option(help="local: in this process; ray: on Ray Data (the ray extra).")] = "local",
     backend: Annotated[str, typer.Option(help=describe("backend"))] = default("backend"),
     batch_size: Annotated[int, typer.Option(min=1, help=describe("max_batch_size"))] = default("max_batch_size"),
@@ -73,7 +76,7 @@ def score(
         raise typer.BadParameter(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
     settings = Settings(backend=backend, dtype=dtype, device=device, max_batch_size=batch_size, revision=revision,
                         allow_urls=allow_urls)  # fmt: skip
-    model_dir = checkpoint_dir(model, settings)
+    settings, model_dir, adapter = offline_model(model, models, settings)
     if engine == "ray":
         if not extras.installed("ray"):
             raise fail(f"--engine ray needs the ray extra (missing: {', '.join(extras.missing('ray'))}): "
@@ -84,10 +87,10 @@ def score(
 
         options = RayOptions(address=address, num_cpus=num_cpus, actors=actors, actor_gpus=actor_gpus,
                              preparers=preparers)  # fmt: skip
-        backend_settings = {"backend": backend, "dtype": dtype, "device": device, "max_batch_size": batch_size,
-                            "allow_urls": allow_urls}  # fmt: skip
+        backend_settings = settings.model_dump(mode="json", exclude={"model", "models"}, exclude_none=True)
         try:
-            manifest = score_with_ray(input, output, model_dir, backend_settings, options, rows_per_shard)
+            manifest = score_with_ray(input, output, model_dir, backend_settings, options, rows_per_shard,
+                                      adapter=adapter)  # fmt: skip
         except (InputFileError, ResumeError) as exc:
             raise fail(str(exc)) from None
         except RunInterrupted as exc:
@@ -99,10 +102,9 @@ def score(
         if (output / "shift.json").exists():  # the input carried earlier scores (a traffic capture)
             typer.echo(f"score shift against the captured scores: {(output / 'shift.json').read_text()}", err=True)
         return
-    from vlreward.service.backends import load_backend
-    from vlreward.service.offline import score_file
+    from vlreward.service.offline import offline_backend, score_file
 
-    engine_ = load_backend(settings, model_dir)
+    engine_ = offline_backend(settings, model_dir, adapter)
     count = score_file(engine_, input, output, batch_size=batch_size)
     typer.echo(f"wrote {count} scores to {output}", err=True)
 
@@ -137,6 +139,34 @@ def convert(
 # Builds the embedded default model into a directory. Training owns the recipe, so :mod:`vlreward.cli`
 # sets this to training's bootstrap when the train extra is installed; the service never imports training.
 default_model_builder: Callable[[Path], object] | None = None
+
+
+def offline_model(model: str, models: Path | None, settings: Settings) -> tuple[Settings, Path, Path | None]:
+    """What ``vlreward score`` scores with: (its settings, its checkpoint folder, a LoRA adapter of it or None).
+    Without a models file ``model`` is a folder or repo id; with one, the name of one of its models (its own
+    settings on top of the flags'; an adapter: its base's). One line and exit 2 for what cannot be scored."""
+    from vlreward.service.catalog import CatalogError, check_specs, model_settings, read_models_file
+
+    if models is None:
+        return settings, checkpoint_dir(model, settings), None
+    try:
+        specs = {spec.name: spec for spec in read_models_file(models)}
+        check_specs(list(specs.values()))
+    except CatalogError as exc:
+        raise fail(str(exc)) from None
+    spec = specs.get(model)
+    if spec is None:
+        raise fail(f"--model {model!r} is not in {models} (its models: {', '.join(map(str, specs))})")
+    if spec.ensemble is not None:
+        raise fail(f"{model!r} is an ensemble: score its members, whose reference statistics its formula needs")
+    adapter = None
+    if spec.settings.get("base") is not None:
+        adapter, spec = Path(spec.source or ""), specs[spec.settings["base"]]
+    try:
+        own = model_settings(settings, spec)
+    except CatalogError as exc:
+        raise fail(str(exc)) from None
+    return own, resolve_model(own), adapter
 
 
 def checkpoint_dir(model: str, settings: Settings) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from tqdm import tqdm
@@ -68,6 +69,18 @@ def score_file(backend: Backend, input_path: Path, output_path: Path, batch_size
             record = {} if sample.id is None else {"id": sample.id}
             out.write(json.dumps(record | score_record(backend, score)) + "\n")
     return len(samples)
+
+
+def offline_backend(settings: Any, model_dir: Path, adapter: Path | None = None) -> Backend:
+    """The backend offline scoring uses: the model in ``model_dir``, or the LoRA ``adapter`` served on it."""
+    from vlreward.service.backends import load_backend
+
+    if adapter is None:
+        return load_backend(settings, model_dir)
+    from vlreward.service.backends.adapter import AdapterBackend
+
+    base = load_backend(settings, model_dir, [adapter])
+    return AdapterBackend(base, adapter, Path(adapter).name)
 
 
 def score_record(backend: Backend, score: float | list[float]) -> dict:

@@ -123,3 +123,64 @@ def test_captured_traffic_is_rescored_with_another_model_and_the_score_shift_rep
     shift = json.loads((tmp_path / "rescored" / "shift.json").read_text())
     deltas = [row["score"] - row["captured_score"] for row in rows]
     assert shift["rows"] == 9 and shift["mean_shift"] == pytest.approx(float(np.mean(deltas)), abs=1e-9)
+
+
+def test_a_models_files_adapter_scores_as_its_merged_model_on_both_engines(
+    local_ray, tiny_reward, lora_adapters, tmp_path
+):
+    """`--model NAME --models FILE` as serve takes them: here a LoRA adapter, scored on its base."""
+    from typer.testing import CliRunner
+
+    from vlreward.cli import app
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.media import MediaPolicy
+    from vlreward.service.offline import read_samples
+    from vlreward.service.prepare import prepare_sample
+
+    adapter, merged = lora_adapters["helpful"]
+    models = tmp_path / "models.yaml"
+    models.write_text(f"rm: {{model: {tiny_reward}}}\nhelpful: {{model: {adapter}, base: rm}}\n")
+    path, _ = write_rows(tmp_path, 40)
+    good = good_rows(path, 40)
+    common = ["score", "--models", str(models), "--model", "helpful", "--dtype", "float32", "--device", "cpu"]
+    for engine, source, output in (("local", good, tmp_path / "local.jsonl"), ("ray", path, tmp_path / "ray")):
+        done = CliRunner().invoke(app, [*common, "--engine", engine, "--input", str(source), "--output", str(output)])
+        assert done.exit_code == 0, done.output
+    reference = TransformersBackend(merged, dtype="float32", device="cpu")
+    policy = MediaPolicy(media_root=tmp_path)
+    expected = reference.score_sync([prepare_sample(s, reference.processor, policy) for s in read_samples(good)])
+    local = [json.loads(line)["score"] for line in (tmp_path / "local.jsonl").read_text().splitlines()]
+    ray_scores = {row["id"]: row["score"] for row in read_output(tmp_path / "ray").to_pylist()}
+    ids = [json.loads(line)["id"] for line in good.read_text().splitlines()]
+    assert local == pytest.approx(expected, abs=1e-4)
+    assert [ray_scores[i] for i in ids] == pytest.approx(expected, abs=1e-4)
+    refused = CliRunner().invoke(app, [*common[:3], "--model", "nobody", "--input", str(path), "--output", "x"])
+    assert refused.exit_code == 2 and "its models: rm, helpful" in refused.output
+
+
+def test_image_urls_are_fetched_under_the_services_url_rules(local_ray, tiny_reward, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    from tests.helpers import shape_image, uri
+
+    shape_image("red").save(tmp_path / "red.png")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/red.png"
+        rows = [{"id": f"{how}{i}", "prompt": f"Colour {i}?", "response": "Red.", "image": image}
+                for i in range(3) for how, image in (("url", url), ("inline", uri(shape_image("red"))))]  # fmt: skip
+        (tmp_path / "in.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        settings = SETTINGS | {"allow_urls": True, "url_allow_private": True}  # loopback: a test's server
+        score_with_ray(tmp_path / "in.jsonl", tmp_path / "out", tiny_reward, settings, RayOptions(), progress=False)
+        refused = score_with_ray(tmp_path / "in.jsonl", tmp_path / "off", tiny_reward, SETTINGS, RayOptions(),
+                                 progress=False)  # fmt: skip
+    finally:
+        server.shutdown()
+    scores = {row["id"]: row["score"] for row in read_output(tmp_path / "out").to_pylist()}
+    assert [scores[f"url{i}"] for i in range(3)] == pytest.approx([scores[f"inline{i}"] for i in range(3)], abs=1e-6)
+    assert sum(done["errors"] for done in refused.done.values()) == 3  # URLs off by default
+    assert "URLs are disabled" in (tmp_path / "off" / "errors.jsonl").read_text()

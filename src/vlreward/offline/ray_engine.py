@@ -84,17 +84,16 @@ class ShardPreparer:
 class ShardScorer:
     """Ray Data map worker: one backend; a prepared shard → its files written, and its counts."""
 
-    def __init__(self, output: str, model_dir: str, settings: dict, threads: int | None):
+    def __init__(self, output: str, model_dir: str, settings: dict, threads: int | None, adapter: str | None = None):
         import torch
 
-        from vlreward.service.backends import load_backend
-        from vlreward.service.offline import pointwise_judge_check
+        from vlreward.service.offline import offline_backend, pointwise_judge_check
 
         if threads:
             torch.set_num_threads(threads)
         self.output = Path(output)
         self.settings = settings_of(settings)
-        self.backend = load_backend(self.settings, model_dir)
+        self.backend = offline_backend(self.settings, Path(model_dir), adapter and Path(adapter))
         pointwise_judge_check(self.backend)
 
     def __call__(self, row: dict) -> dict:
@@ -107,17 +106,20 @@ class ShardScorer:
 def score_with_ray(
     input_path: Path, output: Path, model_dir: Path, settings: dict, options: RayOptions,
     rows_per_shard: int = DEFAULT_SHARD_ROWS, progress: bool = True, media_root: Path | None = None,
+    adapter: Path | None = None,
 ) -> Manifest:  # fmt: skip
     """Score ``input_path`` into the folder ``output`` with the model in ``model_dir`` (``settings``: the
     backend's settings as keyword arguments), resuming the run the folder holds. Image paths are read under
-    ``media_root`` (default: the input's folder). Returns the manifest (complete unless interrupted)."""
+    ``media_root`` (default: the input's folder). ``adapter``: a LoRA adapter of ``model_dir`` scores instead.
+    Returns the manifest (complete unless interrupted)."""
     import ray
     from tqdm import tqdm
 
     source = InputSource(input_path)
     source.ids()  # every id, duplicates refused, before any work
     shards = source.shards(rows_per_shard)
-    manifest = Manifest.open(output, source, str(model_dir), rows_per_shard, len(shards))
+    model = str(model_dir) if adapter is None else f"{adapter} on {model_dir}"
+    manifest = Manifest.open(output, source, model, rows_per_shard, len(shards))
     todo = [shard for shard in shards if shard.index not in manifest.done]
     if todo:
         started = not ray.is_initialized()
@@ -127,7 +129,7 @@ def score_with_ray(
             else:
                 ray.init(num_cpus=options.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
         try:
-            _run(todo, source, output, model_dir, settings, options, manifest, progress, tqdm, media_root)
+            _run(todo, source, output, model_dir, settings, options, manifest, progress, tqdm, media_root, adapter)
         except KeyboardInterrupt:
             pass  # reported below, as a run that ended early is
         finally:
@@ -143,7 +145,8 @@ def score_with_ray(
 
 
 def _run(todo: list[Shard], source: InputSource, output: Path, model_dir: Path, settings: dict, options: RayOptions,
-         manifest: Manifest, progress: bool, tqdm: Any, media_root: Path | None) -> None:  # fmt: skip
+         manifest: Manifest, progress: bool, tqdm: Any, media_root: Path | None, adapter: Path | None,
+         ) -> None:  # fmt: skip
     import ray.data
 
     context = ray.data.DataContext.get_current()
@@ -157,7 +160,8 @@ def _run(todo: list[Shard], source: InputSource, output: Path, model_dir: Path, 
     )  # fmt: skip
     scored = prepared.map(
         ShardScorer, fn_constructor_kwargs={"output": str(output), "model_dir": str(model_dir), "settings": settings,
-                                            "threads": options.threads or os.cpu_count()},
+                                            "threads": options.threads or os.cpu_count(),
+                                            "adapter": adapter and str(adapter)},
         compute=ray.data.ActorPoolStrategy(size=options.actors), num_cpus=1,
         **({"num_gpus": options.actor_gpus} if options.actor_gpus else {}),
     )  # fmt: skip
