@@ -34,10 +34,13 @@ def test_an_interrupted_run_resumes_with_the_same_command_and_every_row_ends_up_
 
     wait_until(lambda: len(finished()) >= 2 or first.poll() is not None, seconds=300, what="two finished shards")
     first.send_signal(signal.SIGINT)  # Ctrl-C
-    assert first.wait(timeout=120) != 0  # 130 with "rerun the same command to resume", or 1 if it lands at exit
-    assert any(said in first.stderr.read() for said in ("rerun the same command to resume", "Aborted"))
+    code, said = first.wait(timeout=120), first.stderr.read()
     before = finished()
-    assert 2 <= len(before) < 90, f"interrupted after {len(before)} of 90 shards"
+    if code == 0:  # the run finished before the signal landed (seen on loaded CI machines): nothing to resume
+        assert len(before) == 90, said[-3000:]
+    else:  # 130 with "rerun the same command to resume", or 1 if the signal lands as it exits
+        assert any(text in said for text in ("rerun the same command to resume", "Aborted")), said[-3000:]
+        assert 2 <= len(before) < 90, f"interrupted after {len(before)} of 90 shards"
     stamps = {index: (output / part_name(int(index))).stat().st_mtime_ns for index in before}
     again = subprocess.run(command(tiny_reward, path, output), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
