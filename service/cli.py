@@ -31,11 +31,16 @@ def describe(name: str) -> str:
     return Settings.model_fields[name].description or name
 
 
+def require_extra(extra: str, what: str) -> None:
+    """Stop with one line when ``extra`` is not installed (``what``: the command or option that needs it)."""
+    if not extras.installed(extra):
+        missing = ", ".join(extras.missing(extra))
+        raise fail(f"{what} needs the {extra} extra (missing: {missing}): {extras.install_hint(extra)}")
+
+
 def require_serve_extra(command: str) -> None:
     """Stop with one line when the serve extra (torch, transformers, FastAPI, ...) is not installed."""
-    if not extras.installed("serve"):
-        missing = ", ".join(extras.missing("serve"))
-        raise fail(f"`vlreward {command}` needs the serve extra (missing: {missing}): {extras.install_hint('serve')}")
+    require_extra("serve", f"`vlreward {command}`")
 
 
 ENGINES = ("local", "ray")
@@ -78,9 +83,7 @@ def score(
                         allow_urls=allow_urls)  # fmt: skip
     settings, model_dir, adapter = offline_model(model, models, settings)
     if engine == "ray":
-        if not extras.installed("ray"):
-            raise fail(f"--engine ray needs the ray extra (missing: {', '.join(extras.missing('ray'))}): "
-                       f"{extras.install_hint('ray')}")  # fmt: skip
+        require_extra("ray", "--engine ray")
         from vlreward.offline.inputs import InputFileError
         from vlreward.offline.ray_engine import RayOptions, RunInterrupted, score_with_ray
         from vlreward.offline.shards import ResumeError

@@ -530,12 +530,11 @@ ENGINES = ("local", "ray")
 def _ray_scoring(model: Path | None, output: Path, backend: str, num_cpus: int | None, address: str | None,
                  actors: int) -> Any:  # fmt: skip
     """The Ray engine's settings for a curation command (``--engine ray``), its work folder beside ``output``."""
-    from vlreward import extras
+    from vlreward.service.cli import require_extra
 
     if model is None:
         raise typer.BadParameter("--engine ray scores with --model (a checkpoint folder)")
-    if not extras.installed("ray"):
-        raise typer.BadParameter(f"--engine ray needs the ray extra: {extras.install_hint('ray')}")
+    require_extra("ray", "--engine ray")
     from vlreward.offline.ray_engine import RayOptions
     from vlreward.training.curation import RayScoring
 

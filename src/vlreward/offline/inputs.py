@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -176,9 +177,7 @@ class InputFile:
 
     def _parquet_rows(self, start: int, stop: int) -> list[dict]:
         """Rows ``start`` to ``stop`` of a Parquet file, reading only the row groups that hold them."""
-        import pyarrow.parquet as pq
-
-        parquet = pq.ParquetFile(self.path, memory_map=True)
+        parquet = self._parquet
         groups, first, position = [], None, 0
         for group in range(parquet.num_row_groups):
             size = parquet.metadata.row_group(group).num_rows
@@ -190,7 +189,16 @@ class InputFile:
             return []
         return parquet.read_row_groups(groups).slice(start - first, stop - start).to_pylist()
 
+    @functools.cached_property
+    def _parquet(self) -> Any:
+        """The Parquet file, opened once (its metadata read once) for every shard a worker reads from it."""
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(self.path, memory_map=True)
+
+    @functools.cached_property
     def _dataset(self) -> Any:
+        """The ``datasets`` folder, loaded (and its image columns cast to undecoded) once per worker."""
         import datasets
 
         dataset = datasets.load_from_disk(str(self.path))
@@ -211,7 +219,7 @@ class InputFile:
                 if "id" in pq.read_schema(self.path).names:  # the id column alone
                     column = pq.read_table(self.path, columns=["id"], memory_map=True)["id"].to_pylist()
             else:
-                data = self._dataset()
+                data = self._dataset
                 column = list(data["id"]) if "id" in data.column_names else None
             ids = [
                 str(column[i]) if column is not None and column[i] is not None else f"{self.path.name}:{i + 1}"
@@ -225,10 +233,8 @@ class InputFile:
                 self._scan_jsonl()
             return len(self._offsets)
         if self.format == "parquet":
-            import pyarrow.parquet as pq
-
-            return pq.ParquetFile(self.path).metadata.num_rows
-        return len(self._dataset())
+            return self._parquet.metadata.num_rows
+        return len(self._dataset)
 
     def shards(self, rows_per_shard: int = DEFAULT_SHARD_ROWS) -> list[Shard]:
         """The input cut into shards of ``rows_per_shard`` rows (the last may be shorter)."""
@@ -249,7 +255,7 @@ class InputFile:
         if self.format == "parquet":
             records = self._parquet_rows(shard.start, shard.stop)
         else:
-            records = self._dataset().select(range(shard.start, shard.stop)).to_list()
+            records = self._dataset.select(range(shard.start, shard.stop)).to_list()
         return [
             Row(_given_id(record) or f"{self.path.name}:{shard.start + i + 1}", record)
             for i, record in enumerate(records)

@@ -113,7 +113,6 @@ def score_with_ray(
     ``media_root`` (default: the input's folder). ``adapter``: a LoRA adapter of ``model_dir`` scores instead.
     Returns the manifest (complete unless interrupted)."""
     import ray
-    from tqdm import tqdm
 
     source = InputSource(input_path)
     source.ids()  # every id, duplicates refused, before any work
@@ -129,7 +128,7 @@ def score_with_ray(
             else:
                 ray.init(num_cpus=options.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
         try:
-            _run(todo, source, output, model_dir, settings, options, manifest, progress, tqdm, media_root, adapter)
+            _run(todo, source, output, model_dir, settings, options, manifest, progress, media_root, adapter)
         except KeyboardInterrupt:
             pass  # reported below, as a run that ended early is
         finally:
@@ -145,9 +144,10 @@ def score_with_ray(
 
 
 def _run(todo: list[Shard], source: InputSource, output: Path, model_dir: Path, settings: dict, options: RayOptions,
-         manifest: Manifest, progress: bool, tqdm: Any, media_root: Path | None, adapter: Path | None,
+         manifest: Manifest, progress: bool, media_root: Path | None, adapter: Path | None,
          ) -> None:  # fmt: skip
     import ray.data
+    from tqdm import tqdm
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours counts shards and rows

@@ -27,12 +27,7 @@ WEIGHTS = {"helpful": 0.7, "safety": 0.3}
 
 
 @pytest.fixture(scope="module")
-def adapters(lora_adapters):
-    return lora_adapters
-
-
-@pytest.fixture(scope="module")
-def server(tiny_reward, tiny_multihead, adapters):
+def server(tiny_reward, tiny_multihead, lora_adapters):
     """The base, its two adapters, each adapter's merged model, the multi-head model and an ensemble of the two
     adapters, on one server."""
     from vlreward.service.backends.transformers import TransformersBackend
@@ -40,7 +35,7 @@ def server(tiny_reward, tiny_multihead, adapters):
     backends = {"rm": TransformersBackend(tiny_reward, dtype="float32", device="cpu"),
                 "multi": TransformersBackend(tiny_multihead, dtype="float32", device="cpu")}  # fmt: skip
     specs = [ModelSpec(name="rm", default=True), ModelSpec(name="multi"), ModelSpec(name="pair", ensemble=WEIGHTS)]
-    for name, (adapter, merged) in adapters.items():
+    for name, (adapter, merged) in lora_adapters.items():
         specs.append(ModelSpec(name=name, source=str(adapter), settings={"base": "rm"}))
         specs.append(ModelSpec(name=f"{name}-merged"))
         backends[f"{name}-merged"] = TransformersBackend(merged, dtype="float32", device="cpu")
@@ -88,13 +83,13 @@ def test_concurrent_requests_to_different_adapters_each_get_their_own_scores(ser
         assert response.json()["scores"] == pytest.approx(expected[name], abs=1e-5), name
 
 
-def test_one_batch_mixes_adapters_and_each_row_gets_its_own(tiny_reward, adapters):
+def test_one_batch_mixes_adapters_and_each_row_gets_its_own(tiny_reward, lora_adapters):
     from vlreward.service.backends.adapter import AdapterBackend
     from vlreward.service.backends.transformers import TransformersBackend
     from vlreward.service.prepare import prepare_request_sample
 
     base = TransformersBackend(tiny_reward, dtype="float32", device="cpu")
-    views = [AdapterBackend(base, path, name) for name, (path, _) in adapters.items()]
+    views = [AdapterBackend(base, path, name) for name, (path, _) in lora_adapters.items()]
     formatted = [prepare_request_sample(item, base.processor) for item in ITEMS]
     alone = [view.score_sync(formatted) for view in views] + [base.score_sync(formatted)]
     rows = [(k, i) for i in range(len(ITEMS)) for k in range(3)]  # every item under both adapters and the base
@@ -124,11 +119,11 @@ def test_a_process_models_adapter_reads_its_own_head_at_every_step_as_its_merged
     assert got["adapter"]["scores"] == pytest.approx(got["merged"]["scores"], abs=TOLERANCE)
 
 
-def test_what_cannot_be_an_adapter_is_refused(tiny_multihead, adapters, tmp_path):
+def test_what_cannot_be_an_adapter_is_refused(tiny_multihead, lora_adapters, tmp_path):
     from vlreward.service.backends.adapter import AdapterBackend
     from vlreward.service.backends.transformers import TransformersBackend
 
-    path, _ = adapters["helpful"]
+    path, _ = lora_adapters["helpful"]
     with pytest.raises(AdapterError, match="one-head scalar or process"):
         AdapterBackend(TransformersBackend(tiny_multihead, dtype="float32", device="cpu"), path, "x")
     specs = [ModelSpec(name="a", source=str(path), settings={"base": "missing"})]
