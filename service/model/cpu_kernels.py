@@ -5,8 +5,12 @@ uses for bfloat16 and convolutions) computes the same products faster on the AMD
 is measured on (docs/performance.md, "The measurements behind the defaults"). :class:`OneDnnLinear` calls
 oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the op torch's own compiler emits for CPU
 linears) where that applies: float32 on the CPU, no gradient needed. Elsewhere (a GPU, bfloat16,
-training) it is ``nn.Linear``. The weights are not repacked (no second copy in memory); parameters, names
-and state dict are unchanged. Results differ from MKL's by float rounding only (about 1e-6 on a score).
+training) it is ``nn.Linear``. Only layers whose weight has at least :data:`ONEDNN_MIN_WEIGHT` elements
+switch: each oneDNN call costs about 13 microseconds more than MKL's, which a small layer's arithmetic does
+not pay back (docs/performance.md, "Small models"); a fixed rule, not a timing at load, so that a model
+runs the same kernels on every start and a request always gets the same score. The weights are not
+repacked (no second copy in memory); parameters, names and state dict are unchanged. Results differ from
+MKL's by float rounding only (about 1e-6 on a score).
 
 :func:`torch_kernels` turns it off on the calling thread, and with it the blocked causal attention
 (:mod:`.causal_attention`): the model card's plain forward pass (the benchmarks' naive loop) runs torch's
@@ -62,12 +66,19 @@ class OneDnnLinear(nn.Linear):
         return super().forward(input)
 
 
-def use_onednn_linears(module: nn.Module) -> int:
-    """Make every ``nn.Linear`` in ``module`` a :class:`OneDnnLinear` (its class changes, nothing else, so
-    checkpoints load and save as before); how many. Nothing changes where torch has no oneDNN linear."""
+ONEDNN_MIN_WEIGHT = 1 << 17
+"""Weight elements (in x out features) from which a linear runs on oneDNN. Measured on the 2-core AMD
+machines (float32, 16 to 1,024 tokens, one and two threads): 512x512 and larger are 4-25 % faster on oneDNN at
+every token count; 512x128 and smaller are up to 3x slower below 256 tokens (the call's fixed cost)."""
+
+
+def use_onednn_linears(module: nn.Module, min_weight: int = ONEDNN_MIN_WEIGHT) -> int:
+    """Make every ``nn.Linear`` in ``module`` with at least ``min_weight`` weight elements a
+    :class:`OneDnnLinear` (its class changes, nothing else, so checkpoints load and save as before); how
+    many. Nothing changes where torch has no oneDNN linear."""
     if not onednn_linear_available():
         return 0
-    linears = [m for m in module.modules() if type(m) is nn.Linear]
+    linears = [m for m in module.modules() if type(m) is nn.Linear and m.weight.numel() >= min_weight]
     for linear in linears:
         linear.__class__ = OneDnnLinear
     return len(linears)

@@ -1,14 +1,21 @@
-"""Float32 inference on the CPU runs the backbone's linears on oneDNN; training and the plain pass do not."""
+"""Float32 inference on the CPU runs the backbone's large linears on oneDNN; training and the plain pass do not."""
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from vlreward.service.model.cpu_kernels import OneDnnLinear, onednn_linear_available, torch_kernels
+from vlreward.service.model.cpu_kernels import (
+    ONEDNN_MIN_WEIGHT,
+    OneDnnLinear,
+    onednn_linear_available,
+    torch_kernels,
+    use_onednn_linears,
+)
 from vlreward.service.model.encoding import collate
 
 TOLERANCE = 1e-5
@@ -35,10 +42,25 @@ def test_the_locked_torch_has_onednns_linear():
     assert onednn_linear_available()  # else use_onednn_linears leaves nn.Linear: slower, not wrong
 
 
-def test_scoring_runs_every_backbone_linear_on_onednn_and_the_plain_pass_on_torchs_kernels(hf_backend, encoded):
-    model = hf_backend.model
+def test_only_linears_with_a_large_weight_switch_to_onednn():
+    large = torch.nn.Linear(512, 256)  # 131,072 weights: the threshold
+    small = torch.nn.Linear(512, 255)
+    assert large.weight.numel() == ONEDNN_MIN_WEIGHT
+    assert use_onednn_linears(torch.nn.Sequential(large, torch.nn.ReLU(), small)) == 1
+    assert type(large) is OneDnnLinear and type(small) is torch.nn.Linear
+
+
+def test_the_tiny_models_small_linears_stay_on_torchs_kernels(hf_backend):
+    backbone = [m for m in hf_backend.model.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert backbone and all(m.weight.numel() < ONEDNN_MIN_WEIGHT for m in backbone)
+    assert not any(type(m) is OneDnnLinear for m in backbone)
+
+
+def test_scoring_runs_every_switched_linear_on_onednn_and_the_plain_pass_on_torchs_kernels(hf_backend, encoded):
+    model = copy.deepcopy(hf_backend.model)  # the tiny model's linears, every one switched
     backbone = [m for m in model.model.modules() if isinstance(m, torch.nn.Linear)]
-    assert backbone and all(type(m) is OneDnnLinear for m in backbone)
+    assert use_onednn_linears(model.model, min_weight=0) == len(backbone)
+    assert all(type(m) is OneDnnLinear for m in backbone)
     assert type(model.score) is torch.nn.Linear  # the float32 head stays torch's
 
     fast = linear_ops(lambda: model.score_batch(encoded))
@@ -52,22 +74,18 @@ def test_scoring_runs_every_backbone_linear_on_onednn_and_the_plain_pass_on_torc
 
 
 def test_training_with_gradients_runs_torchs_linear_and_gradients_flow(hf_backend, encoded):
-    model = hf_backend.model
+    model = copy.deepcopy(hf_backend.model)
+    use_onednn_linears(model.model, min_weight=0)
     batch = collate(encoded, model.config.text_config.pad_token_id)
     weight = model.model.language_model.layers[0].mlp.up_proj.weight
     model.train()
-    try:
-        model.zero_grad()
 
-        def step():
-            rewards = model.reward(model.hidden_states(**batch))
-            (rewards[0] - rewards[1]).backward()
+    def step():
+        rewards = model.reward(model.hidden_states(**batch))
+        (rewards[0] - rewards[1]).backward()
 
-        counts = linear_ops(step)
-        assert counts[ONEDNN_LINEAR] == 0 and weight.grad is not None and weight.grad.abs().sum() > 0
-    finally:
-        model.eval()
-        model.zero_grad(set_to_none=True)
+    counts = linear_ops(step)
+    assert counts[ONEDNN_LINEAR] == 0 and weight.grad is not None and weight.grad.abs().sum() > 0
 
 
 def test_other_dtypes_are_torchs_linear_exactly():
