@@ -4,8 +4,9 @@
   continuously themselves (vLLM).
 - :class:`DynamicBatcher` makes samples from concurrent requests share forward passes (the
   transformers backend). One background task owns the queue (as in text-embeddings-inference):
-  requests append their samples and await a future; the task waits up to ``max_wait`` for a batch to
-  fill, takes what is pending, sorts it by length and cuts it into batches within ``max_batch_size``
+  requests append their samples and await a future; while another admitted request is still being
+  prepared, the task waits up to ``max_wait`` for a batch to fill (a lone request runs at once), takes
+  what is pending, sorts it by length and cuts it into batches within ``max_batch_size``
   and ``max_batch_tokens`` so padding stays small. Samples of a request that was cancelled (client
   gone, deadline passed) are dropped when the next batch is cut, and counted. On the CPU several
   batches may run at once (``lanes``), each on its share of the cores (:class:`CoreLanes`).
@@ -239,19 +240,23 @@ class CoreLanes:
     With work for several batches, ``lanes`` of them run side by side on ``cores // lanes`` threads each:
     a small model's forward pass does not keep two threads busy (element-wise work, attention and short
     matrix products scale poorly), so two single-thread passes finish more samples than one two-thread
-    pass (docs/performance.md, "The measurements behind the defaults"). A batch that finds the machine idle and nothing
-    else to run gets every core, so a lone request is not slowed down. Threads in use never exceed
-    ``cores``: a batch waits for its share. ``cores=None`` (one lane, a GPU): one batch at a time, and the
+    pass (docs/performance.md, "The measurements behind the defaults"). A batch that finds the machine
+    idle and nothing else to run gets ``lone`` threads: every core, so a lone request is not slowed down,
+    unless the backend measured that its model is too small for them to pay (then the spare cores serve
+    HTTP and preparation). Threads in use never exceed ``cores``: a batch waits for its share.
+    ``cores=None`` (one lane, a GPU): one batch at a time, and the
     runners are not told a thread count.
     """
 
-    def __init__(self, lanes: int = 1, cores: int | None = None):
+    def __init__(self, lanes: int = 1, cores: int | None = None, lone: int | None = None):
         if lanes < 1 or (lanes > 1 and not cores):
             raise ValueError("several lanes need the number of cores to share")
         self.lanes = lanes
         self.cores = cores
         self.width = max(1, (cores or 1) // lanes)
         """Threads of a batch that shares the machine."""
+        self.lone = lone or cores or 0
+        """Threads of a batch that finds the machine idle with nothing else to run (a small model's: fewer)."""
         self.running = 0
         self.free = cores or 0
         self._freed = asyncio.Event()
@@ -272,7 +277,7 @@ class CoreLanes:
         self.running += 1
         if self.cores is None:
             return None
-        threads = self.free if self.running == 1 and not more_work() else self.width
+        threads = min(self.free, self.lone) if self.running == 1 and not more_work() else self.width
         self.free -= threads
         return threads
 
@@ -360,6 +365,7 @@ class DynamicBatcher:
         max_wait_ms: float = default("max_wait_ms"),
         on_model_error: ModelErrorHook | None = None,
         lanes: CoreLanes | None = None,
+        requests_in_flight: Callable[[], int] | None = None,
     ):
         self.run_batch = run_batch
         self.run_group = run_group
@@ -374,6 +380,10 @@ class DynamicBatcher:
         self.lanes = lanes or CoreLanes()
         self._running: set[asyncio.Task] = set()
         self._crashed = False
+        self._requests_in_flight = requests_in_flight
+        """The model's admitted requests (None: unknown, a batch always waits up to ``max_wait``)."""
+        self._open_jobs = 0
+        """Requests that reached :meth:`run` and wait for their scores."""
 
     @property
     def queued(self) -> int:
@@ -401,12 +411,15 @@ class DynamicBatcher:
         job = _Job(items=items, future=asyncio.get_running_loop().create_future(), membership=membership)
         self._pending.extend(_Entry(job, i) for i in range(len(items)))
         self.metrics.queue_depth.set(len(self._pending))
+        self._open_jobs += 1
         self._arrived.set()
         try:
             await asyncio.shield(job.future)
         except asyncio.CancelledError:
             job.cancelled = True
             raise
+        finally:
+            self._open_jobs -= 1
         start = job.first_start or job.enqueued
         return BatchResult(
             scores=job.results,
@@ -415,10 +428,15 @@ class DynamicBatcher:
             failures=job.failures,
         )
 
+    def _more_coming(self) -> bool:
+        """Whether a request admitted to the model is still on its way here (being prepared): only then can
+        waiting fill the batch; a lone request runs at once."""
+        return self._requests_in_flight is None or self._requests_in_flight() > self._open_jobs
+
     async def _wait_to_fill(self) -> None:
         loop = asyncio.get_running_loop()
         until = loop.time() + self.max_wait_s
-        while len(self._pending) < self.max_batch_size:
+        while len(self._pending) < self.max_batch_size and self._more_coming():
             remaining = until - loop.time()
             if remaining <= 0:
                 return

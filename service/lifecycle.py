@@ -33,9 +33,11 @@ log = logging.getLogger("vlreward")
 
 
 def scheduler_for(
-    backend: Backend, settings: Settings, metrics: ModelMetrics, on_model_error: ModelErrorHook | None = None
-) -> Scheduler:
-    """Engines that batch continuously get requests as they come; the others get dynamic batches."""
+    backend: Backend, settings: Settings, metrics: ModelMetrics, on_model_error: ModelErrorHook | None = None,
+    requests_in_flight: Callable[[], int] | None = None,
+) -> Scheduler:  # fmt: skip
+    """Engines that batch continuously get requests as they come; the others get dynamic batches, which
+    wait to fill only while ``requests_in_flight`` (the model's admitted requests) says more are coming."""
     if backend.continuous_batching:
         return DirectScheduler(backend.run_batch, backend.run_shared_prefix, metrics, on_model_error)
     return DynamicBatcher(
@@ -46,7 +48,8 @@ def scheduler_for(
         max_batch_tokens=backend.max_batch_tokens,
         max_wait_ms=settings.max_wait_ms,
         on_model_error=on_model_error,
-        lanes=CoreLanes(backend.lanes, backend.cores),
+        lanes=CoreLanes(backend.lanes, backend.cores, backend.lone_threads),
+        requests_in_flight=requests_in_flight,
     )
 
 
@@ -82,6 +85,8 @@ class ServedModel:
         """The folders of the LoRA adapters served on this model (its engine is started for them)."""
         self.ready = False
         """Loaded, warmed up and the probe passed."""
+        self.requests_in_flight = 0
+        """Scoring requests admitted to this model and not yet answered (preparing, queued or running)."""
         self._owns_backend = backend is None
 
     @property
@@ -120,10 +125,12 @@ class ServedModel:
         if backend.max_tokens is not None and backend.max_tokens < self.limits.max_tokens:
             log.info("%s: token limit lowered to the engine's context length, %d", self.name, backend.max_tokens)
             self.limits = dataclasses.replace(self.limits, max_tokens=backend.max_tokens)
-        self.scheduler = scheduler_for(backend, settings, self.metrics, on_model_error)
+        probe_score = await backend.warm_up()  # before the scheduler: warm-up may choose its threads
+        self.scheduler = scheduler_for(
+            backend, settings, self.metrics, on_model_error, requests_in_flight=lambda: self.requests_in_flight
+        )
         self.admission = Admission(self.scheduler, self.metrics, settings.max_queue, queued)
         self.scheduler.start()
-        probe_score = await backend.warm_up()
         self.metrics.describe(self.kind.name, backend.info())
         self.metrics.watch_backend(backend)
         self.ready = True
@@ -355,6 +362,7 @@ class ServiceState:
             model.metrics.reject("not_ready")
             raise ServiceError(self.failure or "model is still loading", kind=ErrorKind.NOT_READY)
         self.inflight += 1
+        model.requests_in_flight += 1
         self.metrics.inflight.inc()
         try:
             with self.image_memory.request() as images:
@@ -364,6 +372,7 @@ class ServiceState:
             raise
         finally:
             self.inflight -= 1
+            model.requests_in_flight -= 1
             self.metrics.inflight.dec()
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -148,6 +150,18 @@ def post_and_leave(port: int, path: str, body: dict | bytes, until, what: str) -
     with socket.create_connection(("127.0.0.1", port)) as raw:
         raw.sendall(head.encode() + payload)
         wait_until(until, what=what)
+
+
+@contextlib.contextmanager
+def another_request_on_the_way(model) -> Iterator[None]:
+    """Count one more admitted request on ``model`` (a ServedModel) that never reaches its batcher: within the
+    block its batches wait their whole ``max_wait_ms`` to fill, as they do while a real one is being prepared
+    (a lone request does not wait)."""
+    model.requests_in_flight += 1
+    try:
+        yield
+    finally:
+        model.requests_in_flight -= 1
 
 
 def wait_until(condition, seconds: float = 60, what: str = "the condition") -> None:

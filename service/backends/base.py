@@ -58,6 +58,9 @@ class Backend(Protocol):
     """Batches the service may run through it at once (see :class:`~vlreward.service.batching.CoreLanes`)."""
     cores: int | None
     """Threads those batches share (their runners then take ``threads=``); None: the engine's own."""
+    lone_threads: int | None
+    """Threads of a batch that finds the machine idle with nothing else to run (known after warm-up); None:
+    every one of ``cores``."""
 
     def encode(self, sample: FormattedSample) -> EncodedInput:
         """The backend's input for one sample (its token count is then known)."""

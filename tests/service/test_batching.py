@@ -318,6 +318,32 @@ async def test_a_sample_arriving_within_max_wait_joins_the_waiting_batch():
 
 
 @run_async
+async def test_a_lone_request_runs_at_once_when_no_other_admitted_request_is_on_its_way():
+    runner, metrics = GatedRunner(), Metrics().for_model("m")
+    batcher = started_batcher(runner, metrics, max_wait_ms=600_000, requests_in_flight=lambda: 1)
+    runner.gate.set()
+    result = await asyncio.wait_for(batcher.run([Item("a1")]), timeout=60)  # not the 10-minute wait
+    assert result.scores == [1.0] and runner.batches == [["a1"]]
+    await batcher.close()
+
+
+@run_async
+async def test_the_batch_waits_while_another_admitted_request_is_being_prepared_and_stops_when_it_arrives():
+    runner, metrics = GatedRunner(), Metrics().for_model("m")
+    batcher = started_batcher(runner, metrics, max_wait_ms=600_000, requests_in_flight=lambda: 2)
+    runner.gate.set()
+    first = asyncio.ensure_future(batcher.run([Item("a1")]))
+    await until(lambda: batcher.queued == 1)
+    for _ in range(20):  # the loop gets many turns: it keeps waiting for the second request
+        await asyncio.sleep(0)
+    assert runner.batches == []
+    second = asyncio.ensure_future(batcher.run([Item("b2")]))
+    done = await asyncio.wait_for(asyncio.gather(first, second), timeout=60)  # both here: no more waiting
+    assert [r.scores for r in done] == [[1.0], [2.0]] and runner.batches == [["a1", "b2"]]
+    await batcher.close()
+
+
+@run_async
 async def test_the_direct_scheduler_times_the_engine_call_and_runs_a_whole_group_through_the_group_runner():
     batch_runner, group_runner, metrics = GatedRunner(), GatedRunner(), Metrics().for_model("m")
     scheduler = DirectScheduler(batch_runner, group_runner, metrics)
@@ -433,6 +459,21 @@ async def test_a_lone_batch_on_an_idle_machine_gets_every_core():
     runner.gate.set()
     assert (await batcher.run([Item("a1")])).scores == [1.0]
     assert runner.threads == [(["a1"], 2)]
+    await batcher.close()
+
+
+@run_async
+async def test_a_small_models_lone_batch_keeps_to_one_lane_and_the_next_starts_on_the_spare_core():
+    runner, metrics = LaneRunner(), Metrics().for_model("m")
+    batcher = started_batcher(runner, metrics, max_batch_size=1, lanes=CoreLanes(2, cores=2, lone=1))
+    first = asyncio.ensure_future(batcher.run([Item("a1")]))
+    await until(lambda: runner.running == 1)
+    assert runner.threads == [(["a1"], 1)]
+    second = asyncio.ensure_future(batcher.run([Item("b2")]))
+    await until(lambda: runner.running == 2)
+    runner.gate.set()
+    assert (await first).scores == [1.0] and (await second).scores == [2.0]
+    assert runner.threads == [(["a1"], 1), (["b2"], 1)] and runner.most_in_use == 2
     await batcher.close()
 
 

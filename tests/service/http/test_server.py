@@ -14,7 +14,17 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.helpers import VLREWARD, LiveServer, free_port, post_and_leave, shape_image, uri, wait_ready, wait_until
+from tests.helpers import (
+    VLREWARD,
+    LiveServer,
+    another_request_on_the_way,
+    free_port,
+    post_and_leave,
+    shape_image,
+    uri,
+    wait_ready,
+    wait_until,
+)
 from vlreward.service.backends.transformers import TransformersBackend
 from vlreward.service.media import MediaPolicy
 from vlreward.service.prepare import prepare_sample
@@ -47,7 +57,8 @@ def test_a_client_that_disconnects_has_its_queued_samples_dropped(hf_backend):
         batches_before = live.metric("vlreward_batch_size_count")
         body = {"items": [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}]}
         queued = lambda: live.state.scheduler.queued == 2  # noqa: E731  (the batch is filling)
-        post_and_leave(live.port, "/score", body, queued, "both samples queued")
+        with another_request_on_the_way(live.state.default_model):  # so the batch waits to fill
+            post_and_leave(live.port, "/score", body, queued, "both samples queued")
         wait_until(lambda: live.metric("vlreward_rejected_total", reason="dropped_from_queue") == 2, what="dropped")
         assert live.metric("vlreward_rejected_total", reason="cancelled") == 1
         assert live.metric("vlreward_batch_size_count") == batches_before

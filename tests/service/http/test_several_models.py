@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.helpers import LiveServer, copy_with_tensors, shape_image, uri, wait_until
+from tests.helpers import LiveServer, another_request_on_the_way, copy_with_tensors, shape_image, uri, wait_until
 from vlreward.service.catalog import ModelSpec
 from vlreward.service.media import MediaPolicy
 from vlreward.service.model.checkpoint import HEAD_WEIGHT
@@ -135,7 +135,7 @@ def test_the_queue_bound_covers_every_model_together(hf_backend, other_backend):
     specs = [ModelSpec(name="a"), ModelSpec(name="b")]
     settings = {"max_queue": 5, "max_wait_ms": 1500, "max_batch_size": 64}
     with LiveServer(specs=specs, backends={"a": hf_backend, "b": other_backend}, **settings) as live:
-        with ThreadPoolExecutor(1) as pool:
+        with ThreadPoolExecutor(1) as pool, another_request_on_the_way(live.state.model("a")):
             first = pool.submit(httpx.post, live.url + "/score", json={"model": "a", "items": ITEMS}, timeout=60)
             wait_until(lambda: live.state.queued() == 3, what="model a's samples waiting for their batch")
             refused = httpx.post(live.url + "/score", json={"model": "b", "items": ITEMS}, timeout=60)
