@@ -115,7 +115,10 @@ class Settings(BaseSettings):
         "2 or more threads, else 1.", ge=1,
     )  # fmt: skip
     max_wait_ms: float = Field(
-        5.0, description="How long a batch waits to fill before it runs.", json_schema_extra=LIMIT
+        5.0,
+        description="How long a batch waits to fill before it runs, while other requests to the model are "
+        "still being prepared (a lone request does not wait).",
+        json_schema_extra=LIMIT,
     )
     max_queue: int = Field(
         2048, description="Samples waiting at most; beyond it requests get 429.", json_schema_extra=LIMIT
@@ -219,7 +222,8 @@ class Settings(BaseSettings):
     )  # fmt: skip
     vllm_cpu_reserved_cores: int | None = Field(
         None, description="CPU build: cores kept from the engine's worker for its scheduler and the HTTP server "
-        "(unset: none on hosts of up to 4 cores, vLLM's own choice above).",
+        "(unset: none on hosts of up to 4 cores for a model of 4M language-model parameters or more, else vLLM's "
+        "own choice, one).",
     )  # fmt: skip
 
     @model_validator(mode="after")

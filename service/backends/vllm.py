@@ -73,11 +73,33 @@ CPU_ENGINE_DEFAULTS: dict[str, Any] = {
     "max_num_seqs": None,
     # No CUDA graphs on the CPU.
     "enforce_eager": True,
-    # vLLM keeps one core per worker away from the worker's OpenMP threads, for its scheduler process and the
-    # API server. On a 2-core host that is half the machine (the measurement: docs/performance.md, "The
-    # measurements behind the defaults"). On larger hosts one core is little.
-    "cpu_reserved_cores": 0 if (os.cpu_count() or 1) <= 4 else None,
+    # cpu_reserved_cores: chosen from the host and the model, cpu_reserved_cores_for().
 }
+
+SMALL_MODEL_PARAMETERS = 4_000_000
+"""Language-model parameters (without embeddings) below which a request's forward pass is short beside its
+handling (HTTP, template, tokens, image patches, the scheduler)."""
+
+
+def language_model_parameters(model_dir: Path) -> int:
+    """Parameters of the checkpoint's decoder layers (attention and MLP weights), from its config."""
+    from transformers import AutoConfig
+
+    text = AutoConfig.from_pretrained(model_dir).text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    attention = 2 * text.hidden_size * text.num_attention_heads * head_dim  # q and o
+    attention += 2 * text.hidden_size * text.num_key_value_heads * head_dim  # k and v
+    return text.num_hidden_layers * (attention + 3 * text.hidden_size * text.intermediate_size)
+
+
+def cpu_reserved_cores_for(parameters: int, cpus: int) -> int | None:
+    """Cores the CPU engine's worker leaves to vLLM's scheduler process and the server (None: vLLM's own
+    choice, one). vLLM keeps one core per worker from its OpenMP threads. On a host of up to 4 cores that is a
+    large share: a model of :data:`SMALL_MODEL_PARAMETERS` or more computes on every core (bench model, 24M:
+    1.5-1.7x the requests/s of one core kept), a smaller one keeps vLLM's core, where the server's and the
+    scheduler's per-request work runs beside the pass (tiny model, 0.3M: 1.04-1.13x every core's). The
+    measurements: docs/performance.md, "Small models". On larger hosts one core is little: vLLM's choice."""
+    return 0 if cpus <= 4 and parameters >= SMALL_MODEL_PARAMETERS else None
 
 
 @dataclass
@@ -207,7 +229,7 @@ class VLLMBackend:
     name = "vllm"
     continuous_batching = True
     max_batch_tokens = None  # the engine forms its own batches
-    lanes, cores = 1, None  # and schedules its own threads
+    lanes, cores, lone_threads = 1, None, None  # and schedules its own threads
 
     def __init__(
         self,
@@ -297,6 +319,9 @@ class VLLMBackend:
             disable_log_stats=False,
             **lora,
         )
+        if not on_gpu and settings["cpu_reserved_cores"] is None:
+            parameters = language_model_parameters(self.model_dir)
+            settings["cpu_reserved_cores"] = cpu_reserved_cores_for(parameters, os.cpu_count() or 1)
         reserved = settings["cpu_reserved_cores"] if not on_gpu else None
         os.environ[MULTIPROC_ENV] = ENGINE_START_METHOD  # read by vLLM when it starts the engine process
         with reserved_cpu_cores(engine.cpu_reserved_cores, reserved):

@@ -155,15 +155,18 @@ def test_the_cpu_engine_runs_fp32_with_the_cpu_defaults_and_no_video(vllm_server
     assert multimodal.get_limit_per_prompt("video") == 0 and multimodal.get_limit_per_prompt("image") == 8
 
 
-def test_on_a_small_host_the_engine_worker_computes_on_every_core(vllm_backend):
-    """vLLM keeps one core from its worker's OpenMP threads by default (half of a 2-core host); ours keeps
-    none on hosts of up to 4 cores. Read from the worker's threads' bindings, and the setting does not leak
-    into processes started later (a `vllm serve` baseline keeps vLLM's own choice)."""
-    from vlreward.service.backends.vllm import CPU_ENGINE_DEFAULTS
+def test_the_engine_worker_computes_on_the_cores_the_model_needs(vllm_backend):
+    """vLLM keeps one core from its worker's OpenMP threads by default (half of a 2-core host); ours keeps none
+    on hosts of up to 4 cores for a model large enough to use them, and vLLM's one for a small model (the
+    tiny one), where the server's per-request work runs beside the pass. Read from the worker's threads'
+    bindings, and the setting does not leak into processes started later (a `vllm serve` baseline keeps
+    vLLM's own choice)."""
+    from vlreward.service.backends.vllm import cpu_reserved_cores_for, language_model_parameters
 
     reserved = vllm_backend.engine_settings["cpu_reserved_cores"]
-    assert reserved == CPU_ENGINE_DEFAULTS["cpu_reserved_cores"]
-    assert reserved == (0 if (os.cpu_count() or 1) <= 4 else None)
+    parameters = language_model_parameters(vllm_backend.model_dir)
+    assert parameters < 1_000_000 and reserved == cpu_reserved_cores_for(parameters, os.cpu_count() or 1)
+    assert reserved == (0 if (os.cpu_count() or 1) <= 4 and parameters >= 4_000_000 else None)
     assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in os.environ
     workers = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM::Worker")]
     assert workers
@@ -174,6 +177,21 @@ def test_on_a_small_host_the_engine_worker_computes_on_every_core(vllm_backend):
             if len(cores) == 1:
                 bound |= set(cores)
     assert len(bound) == len(os.sched_getaffinity(0)) - (1 if reserved is None else reserved)
+
+
+def test_a_model_large_enough_computes_on_every_core_of_a_small_host(tmp_path):
+    from transformers import Qwen2_5_VLConfig
+
+    from vlreward.service.backends.vllm import SMALL_MODEL_PARAMETERS, cpu_reserved_cores_for, language_model_parameters
+
+    config = Qwen2_5_VLConfig(text_config={"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8,
+                                           "num_attention_heads": 8, "num_key_value_heads": 2})  # fmt: skip
+    config.save_pretrained(tmp_path)
+    bench = language_model_parameters(tmp_path)  # the bench model's shape: 8 x (q, o + k, v + MLP)
+    assert bench == 8 * (2 * 512 * 512 + 2 * 512 * 128 + 3 * 512 * 1536) > SMALL_MODEL_PARAMETERS
+    assert cpu_reserved_cores_for(bench, 2) == 0 and cpu_reserved_cores_for(bench, 4) == 0
+    assert cpu_reserved_cores_for(bench, 8) is None  # a larger host: vLLM's own one core
+    assert cpu_reserved_cores_for(SMALL_MODEL_PARAMETERS - 1, 2) is None
 
 
 def test_reserved_cores_are_set_for_the_engine_start_only(monkeypatch):
