@@ -32,13 +32,19 @@ def interquartile(ratios: list[float]) -> str:
     return f"{first:.2f}–{third:.2f}"
 
 
+def rounds(row: dict) -> str:
+    """A comparison's timed rounds, and the shortest side's round in seconds where the run recorded it."""
+    seconds = [side for pair in row.get("round_seconds", []) for side in pair if side is not None]
+    return f"{len(row['ratios'])} × ≥ {min(seconds):.0f} s" if seconds else str(len(row["ratios"]))
+
+
 def suite_table(report: dict) -> str:
-    """The performance suite's ratios: median, interquartile range, min-max, target (in brackets where the
+    """The performance suite's ratios: median, interquartile range, min-max, rounds, target (in brackets where the
     run is not the bench model's, whose targets they are), and each side's samples/s (tokens written per
     second for a row that compares those)."""
     bench_run = report["size"] == "bench" and not report["smoke"]
-    lines = ["| comparison (A / B) | median | IQR | min–max | target | A samples/s | B samples/s |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = ["| comparison (A / B) | median | IQR | min–max | rounds | target | A samples/s | B samples/s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for row in report["comparisons"]:
         target = ""
         if row["target"] is not None:
@@ -49,8 +55,8 @@ def suite_table(report: dict) -> str:
         speeds = [statistics.median(r.get(metric, 0) for r in row[side]) for side in ("a_runs", "b_runs")]
         unit = " tok/s" if metric == "output_token_throughput" else ""
         a, b = (f"{speed:.1f}{unit}" if speed else "" for speed in speeds)
-        lines.append(f"| {row['name']} | **{row['median_ratio']:.3f}** | {interquartile(row['ratios'])} "
-                     f"| {row['min_ratio']:.2f}–{row['max_ratio']:.2f} | {target} | {a} | {b} |")  # fmt: skip
+        spread = f"{interquartile(row['ratios'])} | {row['min_ratio']:.2f}–{row['max_ratio']:.2f} | {rounds(row)}"
+        lines.append(f"| {row['name']} | **{row['median_ratio']:.3f}** | {spread} | {target} | {a} | {b} |")
     checks = report["score_checks"]
     worst = max(c["max_abs_diff"] for c in checks if c["max_abs_diff"] is not None)
     lines.append("")

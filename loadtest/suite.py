@@ -44,8 +44,11 @@ machine noise hits both sides and no round repeats another's samples into a cach
   images, raw scores) at concurrency 1 / 16 / 64, and against the in-process limit (vLLM's AsyncLLM fed
   the same prompts and images through our backend class, no HTTP).
 
-Ratios are A/B of samples/s (latency: B/A; the judge's generate row: of tokens written per second),
-reported as the median over rounds with min and max. Every
+Every comparison first runs one untimed warm-up round per side, whose pace sizes the timed rounds: each
+sends enough distinct units (samples, groups, pairs, rows) that both sides' rounds last at least
+``min_round_s`` (10 s; a second-long round of a small model says little on a shared 2-core machine), and
+there are 7 of them. Ratios are A/B of samples/s (latency: B/A; the judge's generate row: of tokens
+written per second), reported as the median over rounds with the interquartile range, min and max. Every
 path's scores are checked against the in-process solo scores (1e-5 on the same backend, 1e-4 across
 backends); a difference fails the command. Writes ``suite_<size>.json`` and ``.png``.
 """
@@ -54,6 +57,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import itertools
 import json
 import math
 import os
@@ -97,10 +102,17 @@ class Plan:
 
     rounds: int
     samples: int
+    """Samples of a comparison's warm-up round (pairs: half; offline rows: 4x); the timed rounds send at least
+    as many."""
     grpo_groups: int
+    """GRPO groups of a warm-up round."""
     hf_concurrency: tuple[int, ...]
     vllm_concurrency: tuple[int, ...]
     vllm_requests: int
+    """One-sample requests of a vLLM row's warm-up round."""
+    min_round_s: float = 0.0
+    """Each timed round lasts at least this long on both sides, its units sized from the warm-up round's pace
+    (0: no warm-up round, every round sends the warm-up's units)."""
 
 
 OFFLINE_ROW = "score --engine ray / in process"
@@ -110,8 +122,8 @@ OFFLINE_ROWS_PER_SHARD = 64
 
 
 PLANS = {
-    "full": Plan(rounds=5, samples=96, grpo_groups=6, hf_concurrency=(1, 8, 32), vllm_concurrency=(1, 16, 64),
-                 vllm_requests=192),
+    "full": Plan(rounds=7, samples=96, grpo_groups=6, hf_concurrency=(1, 8, 32), vllm_concurrency=(1, 16, 64),
+                 vllm_requests=192, min_round_s=10.0),
     "smoke": Plan(rounds=1, samples=8, grpo_groups=1, hf_concurrency=(1, 8), vllm_concurrency=(1, 8), vllm_requests=8),
 }  # fmt: skip
 TARGETS = {  # the targets for the bench model on a 2-core CPU (None: reported only)
@@ -151,6 +163,10 @@ class Comparison:
     b_runs: list[dict] = field(default_factory=list)
     metric: str = "samples_per_s"
     """What the ratio divides: a run summary's key (``output_token_throughput``: tokens written per second)."""
+    units: int = 0
+    """Units (samples, groups, pairs, rows) each timed round sent (sized by the warm-up round)."""
+    warm_up: list[dict] = field(default_factory=list)
+    """The untimed warm-up round's summaries, A then B (empty: none)."""
 
     @property
     def median(self) -> float:
@@ -166,8 +182,10 @@ class Comparison:
         return {
             "name": self.name, "a": self.a, "b": self.b, "median_ratio": self.median, "min_ratio": min(self.ratios),
             "max_ratio": max(self.ratios), "ratios": self.ratios, "target": TARGETS.get(self.name),
-            "target_met": self.target_met, "metric": self.metric,
-            "a_runs": self.a_runs, "b_runs": self.b_runs,
+            "target_met": self.target_met, "metric": self.metric, "units_per_round": self.units,
+            "round_seconds": [[a.get("duration"), b.get("duration")]  # (a memory row: A's runs are its servers)
+                              for a, b in itertools.zip_longest(self.a_runs, self.b_runs, fillvalue={})],
+            "warm_up": self.warm_up, "a_runs": self.a_runs, "b_runs": self.b_runs,
         }  # fmt: skip
 
 
@@ -256,19 +274,36 @@ def http(url: str, calls: list[Call], concurrency: int, warm_up: int = 0) -> tup
     return run.summary(), run.flat_scores()
 
 
-Side = Callable[[int], tuple[dict, list]]
-"""One side of a comparison: round number -> (summary, scores)."""
+Side = Callable[[int, int], tuple[dict, list]]
+"""One side of a comparison: (round number, units to send) -> (summary, scores). Round ``plan.rounds`` is the
+warm-up round: every round's data is its own, so no round repeats another's samples into a cache."""
+ROUND_SPARE = 1.1
+"""Timed rounds are sized to last this much more than ``min_round_s`` at the warm-up round's pace."""
+
+
+def round_units(plan: Plan, units: int, warm_up_seconds: list[float]) -> int:
+    """Units per timed round: enough that the faster side's round lasts ``plan.min_round_s`` at the warm-up
+    round's pace (with :data:`ROUND_SPARE`), never fewer than the warm-up's ``units``."""
+    fastest = min(warm_up_seconds, default=0.0)
+    if plan.min_round_s <= 0 or fastest <= 0:
+        return units
+    return max(units, math.ceil(units * plan.min_round_s * ROUND_SPARE / fastest))
 
 
 def alternate(
-    name: str, a: str, b: str, rounds: int, run_a: Side, run_b: Side, metric: str = "samples_per_s"
+    name: str, a: str, b: str, plan: Plan, units: int, run_a: Side, run_b: Side, metric: str = "samples_per_s"
 ) -> tuple[Comparison, list, list]:
-    """A then B, ``rounds`` times (round r uses seed r on both sides); returns round 0's scores too."""
-    comparison = Comparison(name, a, b, metric=metric)
+    """An untimed warm-up round of ``units`` on each side (unless the plan has no minimum round length), then
+    A then B, ``plan.rounds`` times, each round the same data on both sides, sized by :func:`round_units`;
+    returns round 0's scores too."""
+    comparison = Comparison(name, a, b, metric=metric, units=units)
+    if plan.min_round_s > 0:
+        comparison.warm_up = [run_a(plan.rounds, units)[0], run_b(plan.rounds, units)[0]]
+        comparison.units = round_units(plan, units, [run["duration"] for run in comparison.warm_up])
     first_a, first_b = [], []
-    for index in tqdm(range(rounds), desc=name, file=sys.stderr, leave=False):
-        summary_a, scores_a = run_a(index)
-        summary_b, scores_b = run_b(index)
+    for index in tqdm(range(plan.rounds), desc=name, file=sys.stderr, leave=False):
+        summary_a, scores_a = run_a(index, comparison.units)
+        summary_b, scores_b = run_b(index, comparison.units)
         comparison.a_runs.append(summary_a)
         comparison.b_runs.append(summary_b)
         ratio = summary_a[metric] / summary_b[metric]
@@ -282,14 +317,10 @@ def transformers_section(model: Path, plan: Plan, checks: Checks) -> list[Compar
     from vlreward.service.backends.transformers import TransformersBackend
 
     backend = TransformersBackend(model, dtype="float32", device="cpu")
-    base = Mix(samples=plan.samples)
-    samples_of = {r: make_samples(base.with_(seed=r)) for r in range(plan.rounds)}
-    reference = {}
+    samples_of = functools.cache(lambda r, n: make_samples(Mix(samples=n).with_(seed=r)))
 
-    def naive(r: int):
-        summary, scores = naive_loop(backend, samples_of[r])
-        reference[r] = scores
-        return summary, scores
+    def naive(r: int, n: int):
+        return naive_loop(backend, samples_of(r, n))
 
     server = start_vlreward(model, "transformers", dtype="float32", max_queue=100_000, max_items=256)
     comparisons = []
@@ -297,73 +328,82 @@ def transformers_section(model: Path, plan: Plan, checks: Checks) -> list[Compar
     try:
         for concurrency in plan.hf_concurrency:
 
-            def service(r: int, c: int = concurrency):
-                calls = [score_call([s]) for s in samples_of[r]]
+            def service(r: int, n: int, c: int = concurrency):
+                calls = [score_call([s]) for s in samples_of(r, n)]
                 summary, scores = http(server.url, calls, c, warm_up=min(c, 4))
-                if c == 1:  # the same samples' own forward times, right after (the same machine noise)
-                    forward_p99 = quantile(forward_seconds(backend, samples_of[r]), 0.99) * 1000
+                if c == 1 and r < plan.rounds:  # the same samples' own forward times, right after (same noise)
+                    forward_p99 = quantile(forward_seconds(backend, samples_of(r, n)), 0.99) * 1000
                     latency.ratios.append(forward_p99 / summary["p99_e2el_ms"])
                     latency.a_runs.append({"p99_forward_ms": forward_p99})
                     latency.b_runs.append({"p99_e2el_ms": summary["p99_e2el_ms"]})
                 return summary, scores
 
             comparison, ours, naive_scores = alternate(
-                f"service c={concurrency} / naive loop", f"vlreward serve, c={concurrency}", "naive loop", plan.rounds,
-                service, naive,
+                f"service c={concurrency} / naive loop", f"vlreward serve, c={concurrency}", "naive loop", plan,
+                plan.samples, service, naive,
             )  # fmt: skip
             comparisons.append(comparison)
             checks.add(f"/score c={concurrency} (transformers)", ours, naive_scores, SAME_BACKEND)
         top = max(plan.hf_concurrency)
         comparison, ours, limit = alternate(
             f"service c={top} / in-process batches", f"vlreward serve, c={top}", "in-process planned batches",
-            plan.rounds, lambda r: http(server.url, [score_call([s]) for s in samples_of[r]], top, warm_up=4),
-            lambda r: planned_batches(backend, samples_of[r]),
+            plan, plan.samples,
+            lambda r, n: http(server.url, [score_call([s]) for s in samples_of(r, n)], top, warm_up=4),
+            lambda r, n: planned_batches(backend, samples_of(r, n)),
         )  # fmt: skip
         comparisons.append(comparison)
-        checks.add("in-process planned batches", limit, reference[0], SAME_BACKEND)
+        checks.add("in-process planned batches", limit, ours, SAME_BACKEND)
         if latency.ratios:
             comparisons.append(latency)
-        comparisons += grpo_and_rank(server, backend, plan, checks)
     finally:
         server.stop()
     return comparisons
 
 
-def grpo_and_rank(server: ServerProcess, backend, plan: Plan, checks: Checks) -> list[Comparison]:
-    """GRPO groups through /score (shared vs own images) and /rank vs separate /score calls."""
-    grpo = Mix(samples=8 * plan.grpo_groups, group=8, image_fraction=1.0, image_size=(224, 224),
-               prompt_words=(390, 390), response_words=(48, 48))  # fmt: skip
+def grpo_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
+    """GRPO groups through /score (shared vs own images) and /rank vs separate /score calls (transformers)."""
+    from vlreward.service.backends.transformers import TransformersBackend
+
+    backend = TransformersBackend(model, dtype="float32", device="cpu")
+    grpo = Mix(group=8, image_fraction=1.0, image_size=(224, 224), prompt_words=(390, 390), response_words=(48, 48))
     # 390 / 48 words: a 512-token prompt and 64-token answers in words of English text; the bench
     # model's 835-token vocabulary makes them ~1,050 and ~140 tokens (one 224x224 image: 64 more).
-    shared = {r: make_groups(grpo.with_(seed=100 + r)) for r in range(plan.rounds)}
-    own = {r: make_groups(grpo.with_(seed=100 + r, shared_images=False)) for r in range(plan.rounds)}
+    shared = functools.cache(lambda r, n: make_groups(grpo.with_(samples=8 * n, seed=100 + r)))
+    own = functools.cache(lambda r, n: make_groups(grpo.with_(samples=8 * n, seed=100 + r, shared_images=False)))
+
+    def solo(groups: list[list[dict]]) -> list[float]:
+        return [backend.score_sync([formatted(backend, s)])[0] for g in groups for s in g]
+
+    server = start_vlreward(model, "transformers", dtype="float32", max_queue=100_000, max_items=256)
     comparisons = []
-    comparison, shared_scores, own_scores = alternate(
-        "GRPO G=8 shared / own images", "/score, G=8 sharing prompt + image", "/score, G=8 with own images",
-        plan.rounds, lambda r: http(server.url, [score_call(g) for g in shared[r]], 1, warm_up=1),
-        lambda r: http(server.url, [score_call(g) for g in own[r]], 1, warm_up=1),
-    )  # fmt: skip
-    comparisons.append(comparison)
-    solo_shared = [backend.score_sync([formatted(backend, s)])[0] for g in shared[0] for s in g]
-    solo_own = [backend.score_sync([formatted(backend, s)])[0] for g in own[0] for s in g]
-    checks.add("/score GRPO groups (shared prefix)", shared_scores, solo_shared, SAME_BACKEND)
-    checks.add("/score G=8 own images", own_scores, solo_own, SAME_BACKEND)
-    rank = lambda r: http(server.url, [rank_call(g) for g in shared[r]], 1, warm_up=1)  # noqa: E731
-    for clients, concurrency in {"sequential": 1, "concurrent": 8}.items():
-        comparison, ranked, separate = alternate(
-            f"/rank N=8 / 8 {clients} /score", "/rank, N=8", f"8 one-item /score calls, {clients}", plan.rounds,
-            rank, lambda r, c=concurrency: http(
-                server.url, [score_call([s]) for g in shared[r] for s in g], c, warm_up=1),
+    try:
+        comparison, shared_scores, own_scores = alternate(
+            "GRPO G=8 shared / own images", "/score, G=8 sharing prompt + image", "/score, G=8 with own images",
+            plan, plan.grpo_groups, lambda r, n: http(server.url, [score_call(g) for g in shared(r, n)], 1, warm_up=1),
+            lambda r, n: http(server.url, [score_call(g) for g in own(r, n)], 1, warm_up=1),
         )  # fmt: skip
         comparisons.append(comparison)
-        checks.add(f"8 {clients} one-item /score", separate, solo_shared, SAME_BACKEND)
-    checks.add("/rank N=8", ranked, solo_shared, SAME_BACKEND)
+        checks.add("/score GRPO groups (shared prefix)", shared_scores, solo(shared(0, comparison.units)), SAME_BACKEND)
+        checks.add("/score G=8 own images", own_scores, solo(own(0, comparison.units)), SAME_BACKEND)
+        rank = lambda r, n: http(server.url, [rank_call(g) for g in shared(r, n)], 1, warm_up=1)  # noqa: E731
+        for clients, concurrency in {"sequential": 1, "concurrent": 8}.items():
+            comparison, ranked, separate = alternate(
+                f"/rank N=8 / 8 {clients} /score", "/rank, N=8", f"8 one-item /score calls, {clients}", plan,
+                plan.grpo_groups, rank, lambda r, n, c=concurrency: http(
+                    server.url, [score_call([s]) for g in shared(r, n) for s in g], c, warm_up=1),
+            )  # fmt: skip
+            comparisons.append(comparison)
+            expected = solo(shared(0, comparison.units))
+            checks.add(f"8 {clients} one-item /score", separate, expected, SAME_BACKEND)
+            checks.add(f"/rank N=8 ({clients} row)", ranked, expected, SAME_BACKEND)
+    finally:
+        server.stop()
     return comparisons
 
 
 SECTIONS = (
-    "transformers", "process", "process-vllm", "judge", "judge-generate", "models", "heads", "adapters", "offline",
-    "vllm",
+    "transformers", "grpo", "process", "process-vllm", "judge", "judge-generate", "models", "heads", "adapters",
+    "offline", "vllm",
 )  # fmt: skip
 """The suite's sections, in the order they run."""
 MODELS_CONCURRENCY = 16
@@ -409,14 +449,16 @@ PRM_GRPO = Mix(group=8, image_fraction=1.0, image_size=(224, 224), prompt_words=
 """The process rows' GRPO groups: the scalar GRPO row's shape, each response cut into steps."""
 
 
-def step_samples(plan: Plan, seed: int) -> list[dict]:
-    """``plan.samples`` distinct one-sample step lists."""
-    return [as_steps(s) for s in make_samples(Mix(samples=plan.samples).with_(seed=seed))]
+@functools.cache
+def step_samples(count: int, seed: int) -> list[dict]:
+    """``count`` distinct one-sample step lists."""
+    return [as_steps(s) for s in make_samples(Mix(samples=count).with_(seed=seed))]
 
 
-def step_groups(plan: Plan, seed: int, shared_images: bool = True) -> list[list[dict]]:
-    """``plan.grpo_groups`` GRPO groups of 8 step lists sharing a prompt (and its image, or an image each)."""
-    mix = PRM_GRPO.with_(samples=8 * plan.grpo_groups, seed=seed, shared_images=shared_images)
+@functools.cache
+def step_groups(count: int, seed: int, shared_images: bool = True) -> list[list[dict]]:
+    """``count`` GRPO groups of 8 step lists sharing a prompt (and its image, or an image each)."""
+    mix = PRM_GRPO.with_(samples=8 * count, seed=seed, shared_images=shared_images)
     return [[as_steps(s) for s in group] for group in make_groups(mix)]
 
 
@@ -437,36 +479,36 @@ def process_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]
 
     prm = build_model_like(model, seed=3, process=True)
     backend = TransformersBackend(prm, dtype="float32", device="cpu")
-    samples_of = {r: step_samples(plan, 400 + r) for r in range(plan.rounds)}
     aggregate = prm_aggregates(backend)
 
-    def in_process(r: int) -> tuple[dict, list[float]]:
-        aggregate(samples_of[r][0])  # warm-up
+    def in_process(r: int, n: int) -> tuple[dict, list[float]]:
+        samples = step_samples(n, 400 + r)
+        aggregate(samples[0])  # warm-up
         started = time.perf_counter()
-        scores = [aggregate(sample) for sample in samples_of[r]]
+        scores = [aggregate(sample) for sample in samples]
         return _in_process_run(len(scores), time.perf_counter() - started), scores
 
-    shared = {r: step_groups(plan, 500 + r) for r in range(plan.rounds)}
-    own = {r: step_groups(plan, 500 + r, shared_images=False) for r in range(plan.rounds)}
     server = start_vlreward(prm, "transformers", dtype="float32", max_queue=100_000)
     try:
         service, ours, loop = alternate(
             "PRM service c=8 / in-process loop", "vlreward serve, PRM, c=8", "in-process loop, one at a time",
-            plan.rounds, lambda r: http(server.url, [score_call([s]) for s in samples_of[r]], 8, warm_up=4),
+            plan, plan.samples,
+            lambda r, n: http(server.url, [score_call([s]) for s in step_samples(n, 400 + r)], 8, warm_up=4),
             in_process,
         )  # fmt: skip
         groups, shared_scores, own_scores = alternate(
             "PRM GRPO G=8 shared / own images", "/score, 8 step lists sharing prompt + image",
-            "/score, 8 step lists with own images", plan.rounds,
-            lambda r: http(server.url, [score_call(g) for g in shared[r]], 1, warm_up=1),
-            lambda r: http(server.url, [score_call(g) for g in own[r]], 1, warm_up=1),
+            "/score, 8 step lists with own images", plan, plan.grpo_groups,
+            lambda r, n: http(server.url, [score_call(g) for g in step_groups(n, 500 + r)], 1, warm_up=1),
+            lambda r, n: http(server.url, [score_call(g) for g in step_groups(n, 500 + r, False)], 1, warm_up=1),
         )  # fmt: skip
     finally:
         server.stop()
     checks.add("/score, process model", ours, loop, SAME_BACKEND)
-    checks.add("/score, PRM GRPO groups (shared prefix)", shared_scores, [aggregate(s) for g in shared[0] for s in g],
+    shared, own = step_groups(groups.units, 500), step_groups(groups.units, 500, False)
+    checks.add("/score, PRM GRPO groups (shared prefix)", shared_scores, [aggregate(s) for g in shared for s in g],
                SAME_BACKEND)  # fmt: skip
-    checks.add("/score, PRM G=8 own images", own_scores, [aggregate(s) for g in own[0] for s in g], SAME_BACKEND)
+    checks.add("/score, PRM G=8 own images", own_scores, [aggregate(s) for g in own for s in g], SAME_BACKEND)
     return [service, groups]
 
 
@@ -529,21 +571,19 @@ def judge_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
     backend = TransformersBackend(judge_dir, dtype="float32", device="cpu")
     judge = backend.judge
     read = card_judge(judge_dir)
-    samples_of = {r: make_samples(Mix(samples=plan.samples).with_(seed=600 + r)) for r in range(plan.rounds)}
-    pairs_of = {
-        r: judge_pairs(make_samples(Mix(samples=plan.samples // 2).with_(seed=700 + r))) for r in range(plan.rounds)
-    }
+    samples_of = functools.cache(lambda r, n: make_samples(Mix(samples=n).with_(seed=600 + r)))
+    pairs_of = functools.cache(lambda r, n: judge_pairs(make_samples(Mix(samples=n).with_(seed=700 + r))))
 
-    def card_ratings(r: int) -> tuple[dict, list[float]]:
-        read([formatted(backend, samples_of[r][0])])  # warm-up
+    def card_ratings(r: int, n: int) -> tuple[dict, list[float]]:
+        read([formatted(backend, samples_of(r, n)[0])])  # warm-up
         started = time.perf_counter()
-        ratings = [judge.rating(read([formatted(backend, sample)])[0]) for sample in samples_of[r]]
+        ratings = [judge.rating(read([formatted(backend, sample)])[0]) for sample in samples_of(r, n)]
         return _in_process_run(len(ratings), time.perf_counter() - started), ratings
 
-    def card_verdicts(r: int) -> tuple[dict, list[float]]:
+    def card_verdicts(r: int, n: int) -> tuple[dict, list[float]]:
         started = time.perf_counter()
         probs = []
-        for pair in pairs_of[r]:
+        for pair in pairs_of(r, n):
             a, b = ComparePair.model_validate(pair).samples()
             images = load_images(a.image_refs(), a.image_params(), MediaPolicy(), 1 << 30, None)
             probs.append(judge.prob_a(read(format_judged_orders(a, b, images, backend.processor, judge))))
@@ -553,13 +593,13 @@ def judge_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
     try:
         rated, ours, card = alternate(
             "judge /score c=8 / model-card loop", "vlreward serve, judge ratings, c=8",
-            "model-card loop, one question at a time", plan.rounds,
-            lambda r: http(server.url, [score_call([s]) for s in samples_of[r]], 8, warm_up=4), card_ratings,
+            "model-card loop, one question at a time", plan, plan.samples,
+            lambda r, n: http(server.url, [score_call([s]) for s in samples_of(r, n)], 8, warm_up=4), card_ratings,
         )  # fmt: skip
         compared, ours_pairs, card_pairs = alternate(
             "judge /compare c=8 / model-card loop", "vlreward serve, judge /compare (both orders), c=8",
-            "model-card loop, both orders", plan.rounds,
-            lambda r: http(server.url, [compare_call([p]) for p in pairs_of[r]], 8, warm_up=4), card_verdicts,
+            "model-card loop, both orders", plan, plan.samples // 2,
+            lambda r, n: http(server.url, [compare_call([p]) for p in pairs_of(r, n)], 8, warm_up=4), card_verdicts,
         )  # fmt: skip
     finally:
         server.stop()
@@ -604,12 +644,12 @@ def judge_generate_section(model: Path, plan: Plan, checks: Checks) -> list[Comp
     judge = read_declaration("generic")
     concurrency = 16 if 16 in plan.vllm_concurrency else max(plan.vllm_concurrency)
     mix = one_sample_mix(plan)
-    samples_of = {r: make_samples(mix.with_(seed=300 + r)) for r in range(plan.rounds)}
+    samples_of = functools.cache(lambda r, n: make_samples(mix.with_(samples=n, seed=300 + r)))
     answers: dict[str, list[str]] = {}
 
     def side(name: str, url: str, call: Callable[[dict], Call]) -> Side:
-        def run(r: int) -> tuple[dict, list]:
-            done = http_run(url, [call(s) for s in samples_of[r]], concurrency, warm_up=2)
+        def run(r: int, n: int) -> tuple[dict, list]:
+            done = http_run(url, [call(s) for s in samples_of(r, n)], concurrency, warm_up=2)
             if r == 0:
                 answers[name] = [text for texts in done.texts for text in texts or []]
             return done.summary(), []
@@ -623,7 +663,7 @@ def judge_generate_section(model: Path, plan: Plan, checks: Checks) -> list[Comp
         comparison, _, _ = alternate(
             f"judge generate tokens/s, vLLM backend / vllm serve, c={concurrency}",
             f"vlreward serve --backend vllm, /score mode generate, c={concurrency}",
-            f"vllm serve --runner generate, /v1/chat/completions, c={concurrency}", plan.rounds,
+            f"vllm serve --runner generate, /v1/chat/completions, c={concurrency}", plan, plan.vllm_requests,
             side("ours", ours.url, lambda s: generate_call([s], GENERATE_TOKENS)),
             side("theirs", theirs.url, asked),
             metric="output_token_throughput",
@@ -644,29 +684,27 @@ def process_vllm_section(model: Path, plan: Plan, checks: Checks) -> list[Compar
 
     prm = build_model_like(model, seed=3, process=True)
     aggregate = prm_aggregates(TransformersBackend(prm, dtype="float32", device="cpu"))
-    samples_of = {r: step_samples(plan, 600 + r) for r in range(plan.rounds)}
-    groups_of = {r: step_groups(plan, 700 + r) for r in range(plan.rounds)}
     servers = {mode: start_vlreward(prm, "vllm", max_queue=100_000, vllm_step_scoring=mode) for mode in STEP_SCORING}
     per_step, pooled = servers["per_step"].url, servers["step_pooling"].url
     concurrency = 16
     try:
         singles, per_step_scores, pooled_scores = alternate(
             f"vLLM PRM per-step / step pooling, c={concurrency}", f"per-step classify, c={concurrency}",
-            f"step pooling, c={concurrency}", plan.rounds,
-            lambda r: http(per_step, [score_call([s]) for s in samples_of[r]], concurrency, warm_up=2),
-            lambda r: http(pooled, [score_call([s]) for s in samples_of[r]], concurrency, warm_up=2),
+            f"step pooling, c={concurrency}", plan, plan.samples,
+            lambda r, n: http(per_step, [score_call([s]) for s in step_samples(n, 600 + r)], concurrency, warm_up=2),
+            lambda r, n: http(pooled, [score_call([s]) for s in step_samples(n, 600 + r)], concurrency, warm_up=2),
         )  # fmt: skip
         groups, per_step_groups, pooled_groups = alternate(
             "vLLM PRM GRPO G=8 per-step / step pooling", "per-step classify, 8 step lists sharing prompt + image",
-            "step pooling, the same calls", plan.rounds,
-            lambda r: http(per_step, [score_call(g) for g in groups_of[r]], 1, warm_up=1),
-            lambda r: http(pooled, [score_call(g) for g in groups_of[r]], 1, warm_up=1),
+            "step pooling, the same calls", plan, plan.grpo_groups,
+            lambda r, n: http(per_step, [score_call(g) for g in step_groups(n, 700 + r)], 1, warm_up=1),
+            lambda r, n: http(pooled, [score_call(g) for g in step_groups(n, 700 + r)], 1, warm_up=1),
         )  # fmt: skip
     finally:
         for server in servers.values():
             server.stop()
-    expected = [aggregate(s) for s in samples_of[0]]
-    expected_groups = [aggregate(s) for g in groups_of[0] for s in g]
+    expected = [aggregate(s) for s in step_samples(singles.units, 600)]
+    expected_groups = [aggregate(s) for g in step_groups(groups.units, 700) for s in g]
     checks.add("/score PRM, vLLM per-step", per_step_scores, expected, ACROSS_BACKENDS)
     checks.add("/score PRM, vLLM step pooling", pooled_scores, expected, ACROSS_BACKENDS)
     checks.add("/score PRM GRPO groups, vLLM per-step", per_step_groups, expected_groups, ACROSS_BACKENDS)
@@ -680,26 +718,26 @@ def models_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
     from vlreward.service.backends.transformers import TransformersBackend
 
     models = {"first": model, "second": build_model_like(model, seed=2)}
-    samples_of = {r: make_samples(Mix(samples=plan.samples).with_(seed=300 + r)) for r in range(plan.rounds)}
+    samples_of = functools.cache(lambda r, n: make_samples(Mix(samples=n).with_(seed=300 + r)))
 
-    def halves(r: int) -> dict[str, list[dict]]:
-        return {"first": samples_of[r][0::2], "second": samples_of[r][1::2]}
+    def halves(r: int, n: int) -> dict[str, list[dict]]:
+        return {"first": samples_of(r, n)[0::2], "second": samples_of(r, n)[1::2]}
 
     settings = {"dtype": "float32", "max_queue": 100_000}
     together = start_vlreward(models, "transformers", **settings)
     apart = {name: start_vlreward(path, "transformers", **settings) for name, path in models.items()}
     try:
-        one_server = lambda r: to_both(  # noqa: E731
-            [(together.url, [score_call([s], name) for s in part]) for name, part in halves(r).items()],
+        one_server = lambda r, n: to_both(  # noqa: E731
+            [(together.url, [score_call([s], name) for s in part]) for name, part in halves(r, n).items()],
             MODELS_CONCURRENCY,
         )
-        two_servers = lambda r: to_both(  # noqa: E731
-            [(apart[name].url, [score_call([s]) for s in part]) for name, part in halves(r).items()],
+        two_servers = lambda r, n: to_both(  # noqa: E731
+            [(apart[name].url, [score_call([s]) for s in part]) for name, part in halves(r, n).items()],
             MODELS_CONCURRENCY,
         )
         throughput, ours, theirs = alternate(
             "two models: one server / two servers", f"one server, both models, c={MODELS_CONCURRENCY}",
-            f"two servers, one model each, c={MODELS_CONCURRENCY}", plan.rounds, one_server, two_servers,
+            f"two servers, one model each, c={MODELS_CONCURRENCY}", plan, plan.samples, one_server, two_servers,
         )  # fmt: skip
         memory = Comparison(
             "two models: memory, two servers / one", "two servers, resident memory", "one server, resident"
@@ -716,7 +754,7 @@ def models_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
     latency.b_runs = [{"p99_e2el_ms": run["p99_e2el_ms"]} for run in throughput.a_runs]
     latency.ratios = [a["p99_e2el_ms"] / b["p99_e2el_ms"] for a, b in zip(latency.a_runs, latency.b_runs, strict=True)]
     expected = []
-    for name, part in halves(0).items():
+    for name, part in halves(0, throughput.units).items():
         backend = TransformersBackend(models[name], dtype="float32", device="cpu")
         expected += [backend.score_sync([formatted(backend, s)])[0] for s in part]
     checks.add("/score, two models in one server", ours, expected, SAME_BACKEND)
@@ -735,7 +773,7 @@ def compare_ensembles(
     file mapping)."""
     import yaml
 
-    samples_of = {r: make_samples(Mix(samples=plan.samples).with_(seed=seed + r)) for r in range(plan.rounds)}
+    samples_of = functools.cache(lambda r, n: make_samples(Mix(samples=n).with_(seed=seed + r)))
     files = Path(tempfile.mkdtemp(prefix="suite-"))
     servers = []
     try:
@@ -745,10 +783,12 @@ def compare_ensembles(
                                           dtype="float32", max_queue=100_000))  # fmt: skip
 
         def side(server: ServerProcess) -> Side:
-            return lambda r: http(server.url, [score_call([x], "ensemble") for x in samples_of[r]], MODELS_CONCURRENCY)
+            return lambda r, n: http(
+                server.url, [score_call([x], "ensemble") for x in samples_of(r, n)], MODELS_CONCURRENCY
+            )
 
         labels = [f"{label}, c={MODELS_CONCURRENCY}" for label, _, _ in (ours, theirs)]
-        throughput, first_ours, first_theirs = alternate(row, *labels, plan.rounds, *map(side, servers))
+        throughput, first_ours, first_theirs = alternate(row, *labels, plan, plan.samples, *map(side, servers))
         memory = Comparison(
             f"K={HEADS_K} {what}: memory, K models / {what}", f"{theirs[0]}, resident", f"{ours[0]}, resident"
         )
@@ -831,36 +871,41 @@ def offline_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]
     from vlreward.service.backends.transformers import TransformersBackend
     from vlreward.service.offline import score_file
 
-    rows = plan.samples * OFFLINE_ROWS_PER_SAMPLE
     folder = Path(tempfile.mkdtemp(prefix="suite-offline-"))
-    inputs = {}
-    for r in range(plan.rounds):
-        samples = make_samples(Mix(samples=rows).with_(seed=700 + r))
-        inputs[r] = folder / f"in-{r}.jsonl"
-        inputs[r].write_text("".join(json.dumps({"id": f"r{i}"} | s) + "\n" for i, s in enumerate(samples)))
 
-    def in_process(r: int) -> tuple[dict, list[float]]:
+    @functools.cache
+    def input_of(r: int, rows: int) -> Path:
+        """Round r's input file of ``rows`` distinct rows."""
+        samples = make_samples(Mix(samples=rows).with_(seed=700 + r))
+        path = folder / f"in-{r}-{rows}.jsonl"
+        path.write_text("".join(json.dumps({"id": f"r{i}"} | s) + "\n" for i, s in enumerate(samples)))
+        return path
+
+    def in_process(r: int, rows: int) -> tuple[dict, list[float]]:
+        source, output = input_of(r, rows), folder / f"local-{r}-{rows}.jsonl"
         started = time.monotonic()
         backend = TransformersBackend(model, dtype="float32", device="cpu")
-        score_file(backend, inputs[r], folder / f"local-{r}.jsonl")
+        score_file(backend, source, output)
         seconds = time.monotonic() - started
         backend.release()
-        written = [json.loads(line) for line in (folder / f"local-{r}.jsonl").read_text().splitlines()]
+        written = [json.loads(line) for line in output.read_text().splitlines()]
         return _in_process_run(rows, seconds), [row["score"] for row in written]
 
-    def on_ray(r: int) -> tuple[dict, list[float]]:
+    def on_ray(r: int, rows: int) -> tuple[dict, list[float]]:
+        source, output = input_of(r, rows), folder / f"ray-{r}-{rows}"
         started = time.monotonic()
         settings = {"dtype": "float32", "device": "cpu"}
-        score_with_ray(inputs[r], folder / f"ray-{r}", model, settings, RayOptions(), OFFLINE_ROWS_PER_SHARD, False)
+        score_with_ray(source, output, model, settings, RayOptions(), OFFLINE_ROWS_PER_SHARD, False)
         seconds = time.monotonic() - started
-        scored = {row["id"]: row["score"] for row in read_output(folder / f"ray-{r}").to_pylist()}
+        scored = {row["id"]: row["score"] for row in read_output(output).to_pylist()}
         return _in_process_run(rows, seconds), [scored.get(f"r{i}", math.nan) for i in range(rows)]
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
         comparison, first_ray, first_local = alternate(
-            OFFLINE_ROW, "ray engine, rows", "in-process engine, rows", plan.rounds, on_ray, in_process
-        )
+            OFFLINE_ROW, "ray engine, rows", "in-process engine, rows", plan, plan.samples * OFFLINE_ROWS_PER_SAMPLE,
+            on_ray, in_process,
+        )  # fmt: skip
     finally:
         ray.shutdown()
     checks.add("vlreward score: ray engine vs in process", first_ray, first_local, SAME_BACKEND)
@@ -911,9 +956,11 @@ def vllm_section(
 
     mix = one_sample_mix(plan)
     # vLLM caches prefixes: every run gets samples no server has seen (one seed per concurrency and round,
-    # and one for the limit row), or a later run would be served from the cache an earlier one filled.
-    runs = [(c, r) for c in plan.vllm_concurrency for r in range(plan.rounds)]
-    samples_of = {run: make_samples(mix.with_(seed=200 + number)) for number, run in enumerate(runs)}
+    # the warm-up round's included, and one for the limit row), or a later run would be served from the
+    # cache an earlier one filled.
+    runs = itertools.product(plan.vllm_concurrency, range(plan.rounds + 1))
+    seeds = {run: 200 + number for number, run in enumerate(runs)}
+    samples_of = functools.cache(lambda c, r, n: make_samples(mix.with_(samples=n, seed=seeds[c, r])))
     limit_samples = make_samples(mix.with_(seed=199))
     reference_backend = TransformersBackend(model, dtype="float32", device="cpu")
 
@@ -929,18 +976,18 @@ def vllm_section(
     try:
         for concurrency in plan.vllm_concurrency:
 
-            def our_side(r: int, c: int = concurrency):
-                return http(ours.url, [score_call([s]) for s in samples_of[c, r]], c, warm_up=2)
+            def our_side(r: int, n: int, c: int = concurrency):
+                return http(ours.url, [score_call([s]) for s in samples_of(c, r, n)], c, warm_up=2)
 
-            def their_side(r: int, c: int = concurrency):
-                return http(their_url, [classify_call(s, str(model)) for s in samples_of[c, r]], c, warm_up=2)
+            def their_side(r: int, n: int, c: int = concurrency):
+                return http(their_url, [classify_call(s, str(model)) for s in samples_of(c, r, n)], c, warm_up=2)
 
             comparison, our_scores, their_scores = alternate(
                 f"vLLM backend / vllm serve, c={concurrency}", f"vlreward serve --backend vllm, c={concurrency}",
-                f"vllm serve /classify, c={concurrency}", plan.rounds, our_side, their_side,
+                f"vllm serve /classify, c={concurrency}", plan, plan.vllm_requests, our_side, their_side,
             )  # fmt: skip
             comparisons.append(comparison)
-            expected = reference(samples_of[concurrency, 0])
+            expected = reference(samples_of(concurrency, 0, comparison.units))
             checks.add(f"/score c={concurrency} (vLLM backend)", our_scores, expected, ACROSS_BACKENDS)
             checks.add(f"vllm serve /classify c={concurrency}", their_scores, expected, ACROSS_BACKENDS)
         top = max(plan.vllm_concurrency)
@@ -1043,6 +1090,9 @@ def main(
     vllm_serve_all_cores: bool = typer.Option(
         False, help="Start `vllm serve` with every core (VLLM_CPU_NUM_OF_RESERVED_CPU=0), as our engine has them."
     ),
+    hf_concurrency: str | None = typer.Option(
+        None, help="The transformers rows' concurrencies, comma-separated (default 1,8,32; smoke 1,8)."
+    ),
     output: Path = typer.Option(Path("loadtest/results"), help="Folder for suite_<size>.json and .png."),
 ) -> None:
     command = " ".join(["python -m loadtest.suite", *sys.argv[1:]])
@@ -1050,6 +1100,8 @@ def main(
     plan = PLANS["smoke" if smoke else "full"]
     if rounds is not None:
         plan = dataclasses.replace(plan, rounds=rounds)
+    if hf_concurrency is not None:
+        plan = dataclasses.replace(plan, hf_concurrency=tuple(int(c) for c in hf_concurrency.split(",")))
     started = time.monotonic()
     # the run the targets are for: our model against vllm serve as a user starts it
     bench_run = size == "bench" and model is None and not smoke and not vllm_serve_all_cores
@@ -1062,6 +1114,8 @@ def main(
     chosen = [section for section in SECTIONS if section in asked]
     if "transformers" in chosen:
         comparisons += transformers_section(model, plan, checks)
+    if "grpo" in chosen:
+        comparisons += grpo_section(model, plan, checks)
     if "process" in chosen:
         comparisons += process_section(model, plan, checks)
     if "process-vllm" in chosen:
@@ -1084,6 +1138,7 @@ def main(
     output.mkdir(parents=True, exist_ok=True)
     name = f"suite_{size}" + ("_smoke" if smoke else "") + (".vllm-serve-all-cores" if vllm_serve_all_cores else "")
     name += "" if chosen == list(SECTIONS) else "." + "-".join(chosen)  # a part of the suite: its own file
+    name += "" if hf_concurrency is None else f".c{hf_concurrency.replace(',', '-')}"
     record = {
         "command": command, "benchmark": "suite", "size": size, "smoke": smoke, "plan": plan.__dict__,
         "threads": torch.get_num_threads(),

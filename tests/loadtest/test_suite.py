@@ -26,7 +26,7 @@ def test_the_suite_in_smoke_mode_runs_every_row_and_every_path_scores_the_same(
     report = json.loads((tmp_path / "suite_tiny_smoke.json").read_text())
     assert report["scores_ok"] and all(row["ok"] for row in report["score_checks"])
     paths = {row["path"] for row in report["score_checks"]}
-    assert {"/score GRPO groups (shared prefix)", "/rank N=8", "vLLM AsyncLLM in process"} <= paths
+    assert {"/score GRPO groups (shared prefix)", "/rank N=8 (sequential row)", "vLLM AsyncLLM in process"} <= paths
     assert {"/score, two models in one server", "/score, one server per model", "/score, process model",
             "/score, PRM GRPO groups (shared prefix)", "/score PRM, vLLM per-step", "/score PRM, vLLM step pooling",
             "/score PRM GRPO groups, vLLM per-step", "/score PRM GRPO groups, vLLM step pooling",
