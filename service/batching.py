@@ -242,8 +242,8 @@ class CoreLanes:
     matrix products scale poorly), so two single-thread passes finish more samples than one two-thread
     pass (docs/performance.md, "The measurements behind the defaults"). A batch that finds the machine
     idle and nothing else to run gets ``lone`` threads: every core, so a lone request is not slowed down,
-    unless the backend measured that its model is too small for them to pay (then the spare cores serve
-    HTTP and preparation). Threads in use never exceed ``cores``: a batch waits for its share.
+    unless the backend's model is too small for them to pay (then the spare cores serve HTTP and
+    preparation). Threads in use never exceed ``cores``: a batch waits for its share.
     ``cores=None`` (one lane, a GPU): one batch at a time, and the
     runners are not told a thread count.
     """

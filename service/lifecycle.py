@@ -125,12 +125,12 @@ class ServedModel:
         if backend.max_tokens is not None and backend.max_tokens < self.limits.max_tokens:
             log.info("%s: token limit lowered to the engine's context length, %d", self.name, backend.max_tokens)
             self.limits = dataclasses.replace(self.limits, max_tokens=backend.max_tokens)
-        probe_score = await backend.warm_up()  # before the scheduler: warm-up may choose its threads
         self.scheduler = scheduler_for(
             backend, settings, self.metrics, on_model_error, requests_in_flight=lambda: self.requests_in_flight
         )
         self.admission = Admission(self.scheduler, self.metrics, settings.max_queue, queued)
         self.scheduler.start()
+        probe_score = await backend.warm_up()
         self.metrics.describe(self.kind.name, backend.info())
         self.metrics.watch_backend(backend)
         self.ready = True

@@ -59,8 +59,7 @@ class Backend(Protocol):
     cores: int | None
     """Threads those batches share (their runners then take ``threads=``); None: the engine's own."""
     lone_threads: int | None
-    """Threads of a batch that finds the machine idle with nothing else to run (known after warm-up); None:
-    every one of ``cores``."""
+    """Threads of a batch that finds the machine idle with nothing else to run; None: every one of ``cores``."""
 
     def encode(self, sample: FormattedSample) -> EncodedInput:
         """The backend's input for one sample (its token count is then known)."""

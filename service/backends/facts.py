@@ -23,3 +23,18 @@ def backend_facts(name: str, model_dir: Path, dtype: str, device: str, processor
         "min_pixels": min_pixels,
         "max_pixels": max_pixels,
     }
+
+
+SMALL_MODEL_PARAMETERS = 4_000_000
+"""Language-model parameters (decoder layers, without embeddings) below which a request's forward pass on a
+CPU is short beside its handling (HTTP, template, tokens, image patches, scheduling): such a model leaves
+a core to that work (docs/performance.md, "Small models")."""
+
+
+def language_model_parameters(text_config: Any) -> int:
+    """Parameters of a Qwen2.5-VL text config's decoder layers (attention and MLP weights)."""
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    attention = 2 * text_config.hidden_size * text_config.num_attention_heads * head_dim  # q and o
+    attention += 2 * text_config.hidden_size * text_config.num_key_value_heads * head_dim  # k and v
+    mlp = 3 * text_config.hidden_size * text_config.intermediate_size
+    return text_config.num_hidden_layers * (attention + mlp)

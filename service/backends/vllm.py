@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from vlreward.service.backends.facts import backend_facts
+from vlreward.service.backends.facts import SMALL_MODEL_PARAMETERS, backend_facts, language_model_parameters
 from vlreward.service.judge import Generation, GenerationParams, declared_judge, verdict_token_ids
 from vlreward.service.kinds import PROCESS, SCALAR, checkpoint_heads, checkpoint_kind, process_head
 from vlreward.service.model.checkpoint import (
@@ -76,20 +76,12 @@ CPU_ENGINE_DEFAULTS: dict[str, Any] = {
     # cpu_reserved_cores: chosen from the host and the model, cpu_reserved_cores_for().
 }
 
-SMALL_MODEL_PARAMETERS = 4_000_000
-"""Language-model parameters (without embeddings) below which a request's forward pass is short beside its
-handling (HTTP, template, tokens, image patches, the scheduler)."""
 
-
-def language_model_parameters(model_dir: Path) -> int:
-    """Parameters of the checkpoint's decoder layers (attention and MLP weights), from its config."""
+def checkpoint_language_model_parameters(model_dir: Path) -> int:
+    """:func:`~vlreward.service.backends.facts.language_model_parameters` of a checkpoint, from its config."""
     from transformers import AutoConfig
 
-    text = AutoConfig.from_pretrained(model_dir).text_config
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    attention = 2 * text.hidden_size * text.num_attention_heads * head_dim  # q and o
-    attention += 2 * text.hidden_size * text.num_key_value_heads * head_dim  # k and v
-    return text.num_hidden_layers * (attention + 3 * text.hidden_size * text.intermediate_size)
+    return language_model_parameters(AutoConfig.from_pretrained(model_dir).text_config)
 
 
 def cpu_reserved_cores_for(parameters: int, cpus: int) -> int | None:
@@ -320,7 +312,7 @@ class VLLMBackend:
             **lora,
         )
         if not on_gpu and settings["cpu_reserved_cores"] is None:
-            parameters = language_model_parameters(self.model_dir)
+            parameters = checkpoint_language_model_parameters(self.model_dir)
             settings["cpu_reserved_cores"] = cpu_reserved_cores_for(parameters, os.cpu_count() or 1)
         reserved = settings["cpu_reserved_cores"] if not on_gpu else None
         os.environ[MULTIPROC_ENV] = ENGINE_START_METHOD  # read by vLLM when it starts the engine process

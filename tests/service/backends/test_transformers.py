@@ -127,21 +127,18 @@ def test_the_cpu_threads_follow_omp_num_threads_as_the_helm_chart_sets_them(tiny
         assert json.loads(done.stdout.strip().splitlines()[-1]) == {"cpu_threads": threads, "cpu_lanes": threads}
 
 
-def test_a_lone_batch_takes_every_core_only_where_they_pay_timed_at_warm_up(hf_backend, monkeypatch):
-    from vlreward.service.backends import transformers
+def test_a_lone_batch_takes_every_core_only_for_a_model_large_enough_to_use_them(hf_backend):
+    from vlreward.service.backends.facts import SMALL_MODEL_PARAMETERS, language_model_parameters
 
+    parameters = language_model_parameters(hf_backend.model.config.text_config)
+    assert parameters < SMALL_MODEL_PARAMETERS  # the tiny model
+    assert hf_backend.choose_lone_threads(SMALL_MODEL_PARAMETERS) is None  # large enough: every core
     if hf_backend.lanes == 1:
-        assert hf_backend.choose_lone_threads() is None  # one core: nothing to choose
-        return
-    width = hf_backend.cores // hf_backend.lanes
-    monkeypatch.setattr(transformers, "LONE_PASS_GAIN", 0.0)  # every core never pays
-    assert hf_backend.choose_lone_threads() == width
-    monkeypatch.setattr(transformers, "LONE_PASS_GAIN", 1e9)  # every core always pays
-    assert hf_backend.choose_lone_threads() is None
-    monkeypatch.setattr(transformers, "LONE_TIMING_MAX_S", 0.0)  # a large model: every core, untimed
-    monkeypatch.setattr(transformers, "LONE_PASS_GAIN", 0.0)
-    assert hf_backend.choose_lone_threads() is None
-    assert hf_backend.info()["cpu_lone_batch_threads"] in (width, hf_backend.cores)  # what warm-up chose
+        assert hf_backend.choose_lone_threads(parameters) is None  # one lane: nothing to choose
+    else:
+        assert hf_backend.choose_lone_threads(parameters) == hf_backend.cores // hf_backend.lanes
+    lone = hf_backend.info()["cpu_lone_batch_threads"]
+    assert lone == (hf_backend.lone_threads or hf_backend.cores)
 
 
 JUDGED = [

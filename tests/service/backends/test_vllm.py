@@ -161,10 +161,10 @@ def test_the_engine_worker_computes_on_the_cores_the_model_needs(vllm_backend):
     tiny one), where the server's per-request work runs beside the pass. Read from the worker's threads'
     bindings, and the setting does not leak into processes started later (a `vllm serve` baseline keeps
     vLLM's own choice)."""
-    from vlreward.service.backends.vllm import cpu_reserved_cores_for, language_model_parameters
+    from vlreward.service.backends.vllm import checkpoint_language_model_parameters, cpu_reserved_cores_for
 
     reserved = vllm_backend.engine_settings["cpu_reserved_cores"]
-    parameters = language_model_parameters(vllm_backend.model_dir)
+    parameters = checkpoint_language_model_parameters(vllm_backend.model_dir)
     assert parameters < 1_000_000 and reserved == cpu_reserved_cores_for(parameters, os.cpu_count() or 1)
     assert reserved == (0 if (os.cpu_count() or 1) <= 4 and parameters >= 4_000_000 else None)
     assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in os.environ
@@ -182,12 +182,13 @@ def test_the_engine_worker_computes_on_the_cores_the_model_needs(vllm_backend):
 def test_a_model_large_enough_computes_on_every_core_of_a_small_host(tmp_path):
     from transformers import Qwen2_5_VLConfig
 
-    from vlreward.service.backends.vllm import SMALL_MODEL_PARAMETERS, cpu_reserved_cores_for, language_model_parameters
+    from vlreward.service.backends.facts import SMALL_MODEL_PARAMETERS
+    from vlreward.service.backends.vllm import checkpoint_language_model_parameters, cpu_reserved_cores_for
 
     config = Qwen2_5_VLConfig(text_config={"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8,
                                            "num_attention_heads": 8, "num_key_value_heads": 2})  # fmt: skip
     config.save_pretrained(tmp_path)
-    bench = language_model_parameters(tmp_path)  # the bench model's shape: 8 x (q, o + k, v + MLP)
+    bench = checkpoint_language_model_parameters(tmp_path)  # the bench model's shape: 8 x (q, o + k, v + MLP)
     assert bench == 8 * (2 * 512 * 512 + 2 * 512 * 128 + 3 * 512 * 1536) > SMALL_MODEL_PARAMETERS
     assert cpu_reserved_cores_for(bench, 2) == 0 and cpu_reserved_cores_for(bench, 4) == 0
     assert cpu_reserved_cores_for(bench, 8) is None  # a larger host: vLLM's own one core
