@@ -133,6 +133,12 @@ def heads_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def linear_kernels_table(report: dict) -> str:
+    from loadtest.linear_kernels import table
+
+    return table(report)
+
+
 def eval_table(report: dict) -> str:
     from vlreward.training.evaluate import results_markdown
 
@@ -149,6 +155,7 @@ KINDS: dict[str, Callable[..., str]] = {
     "judge_engine": judge_engine_table,
     "eval": eval_table,
     "heads": heads_table,
+    "linear_kernels": linear_kernels_table,
 }
 """How each kind of results file becomes a table (``gpu_pair`` takes two files joined by ``+``)."""
 

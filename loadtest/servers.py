@@ -52,6 +52,24 @@ class ServerProcess:
     url: str
     process: subprocess.Popen
     log: Path
+    ready_path: str = "/health"
+    deadline: float = 0.0
+    """When :meth:`wait_ready` gives up (``time.monotonic()``)."""
+
+    def wait_ready(self) -> ServerProcess:
+        """Wait until ``ready_path`` answers 200 (stops the server and raises when it exits or times out)."""
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited during start-up:\n{self.log.read_text()[-3000:]}")
+            if time.monotonic() > self.deadline:
+                self.stop()
+                raise TimeoutError(f"server not ready in time:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
 
     def stop(self) -> None:
         if self.process.poll() is not None:
@@ -65,28 +83,27 @@ class ServerProcess:
 
 
 def start(
-    command: list[str], port: int, ready_path: str, env: dict | None = None, timeout_s: float = 600
+    command: list[str], port: int, ready_path: str, env: dict | None = None, timeout_s: float = 600, wait: bool = True
 ) -> ServerProcess:
-    """Start ``command`` in its own process group and wait until ``ready_path`` answers 200."""
+    """Start ``command`` in its own process group and wait until ``ready_path`` answers 200 (``wait=False``:
+    return at once; :func:`all_ready` waits for several started side by side)."""
     log = Path(tempfile.mkdtemp(prefix="server-")) / "server.log"
     with log.open("w") as handle:
         process = subprocess.Popen(
             command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
         )
-    server = ServerProcess(f"http://127.0.0.1:{port}", process, log)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited during start-up:\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
+    server = ServerProcess(f"http://127.0.0.1:{port}", process, log, ready_path, time.monotonic() + timeout_s)
+    return server.wait_ready() if wait else server
+
+
+def all_ready(*servers: ServerProcess) -> list[ServerProcess]:
+    """Wait for servers started with ``wait=False`` (their start-ups overlap); if one fails, all are stopped."""
+    try:
+        return [server.wait_ready() for server in servers]
+    except BaseException:
+        for server in servers:
             server.stop()
-            raise TimeoutError(f"server not ready in {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(server.url + ready_path, timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+        raise
 
 
 ALL_CORES = {RESERVED_CPU_ENV: "0"}
@@ -94,15 +111,18 @@ ALL_CORES = {RESERVED_CPU_ENV: "0"}
 as our engine worker has them on a host of 4 cores or fewer."""
 
 
-def start_vllm_serve(model: Path, all_cores: bool = False, runner: str = "pooling") -> ServerProcess:
+def start_vllm_serve(model: Path, all_cores: bool = False, runner: str = "pooling", wait: bool = True) -> ServerProcess:
     """``vllm serve`` as a user starts it, or with ``all_cores`` (:data:`ALL_CORES`)."""
     port = free_port()
-    return start(vllm_serve_command(model, port, runner=runner), port, "/health", ALL_CORES if all_cores else None)
+    env = ALL_CORES if all_cores else None
+    return start(vllm_serve_command(model, port, runner=runner), port, "/health", env, wait=wait)
 
 
-def start_vlreward(model: Path | dict[str, Path], backend: str, **settings: str) -> ServerProcess:
+def start_vlreward(
+    model: Path | dict[str, Path], backend: str, wait: bool = True, **settings: str | int | float
+) -> ServerProcess:
     """``vlreward serve`` (one model, or several by name) with extra settings as VLREWARD_* environment
-    variables."""
+    variables (``wait=False``: see :func:`start`)."""
     port = free_port()
     env = {**CPU_ENGINE, **{f"VLREWARD_{k.upper()}": str(v) for k, v in settings.items()}}
-    return start(vlreward_serve_command(model, port, backend), port, "/ready", env)
+    return start(vlreward_serve_command(model, port, backend), port, "/ready", env, wait=wait)

@@ -87,7 +87,7 @@ from loadtest.loadgen import (
     score_call,
 )
 from loadtest.report import interquartile
-from loadtest.servers import ServerProcess, start_vllm_serve, start_vlreward
+from loadtest.servers import ServerProcess, all_ready, start_vllm_serve, start_vlreward
 from loadtest.workload import Mix, make_groups, make_samples
 
 SAME_BACKEND = 1e-5
@@ -164,7 +164,9 @@ class Comparison:
     metric: str = "samples_per_s"
     """What the ratio divides: a run summary's key (``output_token_throughput``: tokens written per second)."""
     units: int = 0
-    """Units (samples, groups, pairs, rows) each timed round sent (sized by the warm-up round)."""
+    """Units (samples, groups, pairs, rows) the next timed round sends (sized by the rounds before it)."""
+    units_by_round: list[int] = field(default_factory=list)
+    """Units each timed round sent."""
     warm_up: list[dict] = field(default_factory=list)
     """The untimed warm-up round's summaries, A then B (empty: none)."""
 
@@ -182,7 +184,7 @@ class Comparison:
         return {
             "name": self.name, "a": self.a, "b": self.b, "median_ratio": self.median, "min_ratio": min(self.ratios),
             "max_ratio": max(self.ratios), "ratios": self.ratios, "target": TARGETS.get(self.name),
-            "target_met": self.target_met, "metric": self.metric, "units_per_round": self.units,
+            "target_met": self.target_met, "metric": self.metric, "units_per_round": self.units_by_round,
             "round_seconds": [[a.get("duration"), b.get("duration")]  # (a memory row: A's runs are its servers)
                               for a, b in itertools.zip_longest(self.a_runs, self.b_runs, fillvalue={})],
             "warm_up": self.warm_up, "a_runs": self.a_runs, "b_runs": self.b_runs,
@@ -277,15 +279,16 @@ def http(url: str, calls: list[Call], concurrency: int, warm_up: int = 0) -> tup
 Side = Callable[[int, int], tuple[dict, list]]
 """One side of a comparison: (round number, units to send) -> (summary, scores). Round ``plan.rounds`` is the
 warm-up round: every round's data is its own, so no round repeats another's samples into a cache."""
-ROUND_SPARE = 1.1
-"""Timed rounds are sized to last this much more than ``min_round_s`` at the warm-up round's pace."""
+ROUND_SPARE = 1.5
+"""Timed rounds are sized to last this much more than ``min_round_s`` at the warm-up round's pace (a warmed-up
+server runs faster than in its warm-up round: the tiny model's vLLM rounds by up to 1.3x)."""
 
 
-def round_units(plan: Plan, units: int, warm_up_seconds: list[float]) -> int:
-    """Units per timed round: enough that the faster side's round lasts ``plan.min_round_s`` at the warm-up
-    round's pace (with :data:`ROUND_SPARE`), never fewer than the warm-up's ``units``."""
-    fastest = min(warm_up_seconds, default=0.0)
-    if plan.min_round_s <= 0 or fastest <= 0:
+def round_units(plan: Plan, units: int, seconds: list[float]) -> int:
+    """Units per timed round, from a round of ``units`` that took ``seconds`` (each side's): unchanged while its
+    faster side lasted ``plan.min_round_s``, else enough for that at its pace (with :data:`ROUND_SPARE`)."""
+    fastest = min(seconds, default=0.0)
+    if plan.min_round_s <= 0 or fastest <= 0 or fastest >= plan.min_round_s:
         return units
     return max(units, math.ceil(units * plan.min_round_s * ROUND_SPARE / fastest))
 
@@ -302,8 +305,11 @@ def alternate(
         comparison.units = round_units(plan, units, [run["duration"] for run in comparison.warm_up])
     first_a, first_b = [], []
     for index in tqdm(range(plan.rounds), desc=name, file=sys.stderr, leave=False):
+        comparison.units_by_round.append(comparison.units)
         summary_a, scores_a = run_a(index, comparison.units)
         summary_b, scores_b = run_b(index, comparison.units)
+        # a round shorter than the minimum: the later ones grow (a round is never rerun: its samples are cached)
+        comparison.units = round_units(plan, comparison.units, [summary_a["duration"], summary_b["duration"]])
         comparison.a_runs.append(summary_a)
         comparison.b_runs.append(summary_b)
         ratio = summary_a[metric] / summary_b[metric]
@@ -383,8 +389,9 @@ def grpo_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
             lambda r, n: http(server.url, [score_call(g) for g in own(r, n)], 1, warm_up=1),
         )  # fmt: skip
         comparisons.append(comparison)
-        checks.add("/score GRPO groups (shared prefix)", shared_scores, solo(shared(0, comparison.units)), SAME_BACKEND)
-        checks.add("/score G=8 own images", own_scores, solo(own(0, comparison.units)), SAME_BACKEND)
+        first = comparison.units_by_round[0]
+        checks.add("/score GRPO groups (shared prefix)", shared_scores, solo(shared(0, first)), SAME_BACKEND)
+        checks.add("/score G=8 own images", own_scores, solo(own(0, first)), SAME_BACKEND)
         rank = lambda r, n: http(server.url, [rank_call(g) for g in shared(r, n)], 1, warm_up=1)  # noqa: E731
         for clients, concurrency in {"sequential": 1, "concurrent": 8}.items():
             comparison, ranked, separate = alternate(
@@ -393,7 +400,7 @@ def grpo_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
                     server.url, [score_call([s]) for g in shared(r, n) for s in g], c, warm_up=1),
             )  # fmt: skip
             comparisons.append(comparison)
-            expected = solo(shared(0, comparison.units))
+            expected = solo(shared(0, comparison.units_by_round[0]))
             checks.add(f"8 {clients} one-item /score", separate, expected, SAME_BACKEND)
             checks.add(f"/rank N=8 ({clients} row)", ranked, expected, SAME_BACKEND)
     finally:
@@ -505,7 +512,7 @@ def process_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]
     finally:
         server.stop()
     checks.add("/score, process model", ours, loop, SAME_BACKEND)
-    shared, own = step_groups(groups.units, 500), step_groups(groups.units, 500, False)
+    shared, own = step_groups(groups.units_by_round[0], 500), step_groups(groups.units_by_round[0], 500, False)
     checks.add("/score, PRM GRPO groups (shared prefix)", shared_scores, [aggregate(s) for g in shared for s in g],
                SAME_BACKEND)  # fmt: skip
     checks.add("/score, PRM G=8 own images", own_scores, [aggregate(s) for g in own for s in g], SAME_BACKEND)
@@ -657,8 +664,10 @@ def judge_generate_section(model: Path, plan: Plan, checks: Checks) -> list[Comp
         return run
 
     asked = lambda s: chat_generate_call(judge_chat(judge, s), str(judge_dir), GENERATE_TOKENS)  # noqa: E731
-    ours = start_vlreward(judge_dir, "vllm", max_queue=100_000)
-    theirs = start_vllm_serve(judge_dir, runner="generate")
+    ours, theirs = all_ready(  # their start-ups overlap
+        start_vlreward(judge_dir, "vllm", max_queue=100_000, wait=False),
+        start_vllm_serve(judge_dir, runner="generate", wait=False),
+    )
     try:
         comparison, _, _ = alternate(
             f"judge generate tokens/s, vLLM backend / vllm serve, c={concurrency}",
@@ -684,7 +693,8 @@ def process_vllm_section(model: Path, plan: Plan, checks: Checks) -> list[Compar
 
     prm = build_model_like(model, seed=3, process=True)
     aggregate = prm_aggregates(TransformersBackend(prm, dtype="float32", device="cpu"))
-    servers = {mode: start_vlreward(prm, "vllm", max_queue=100_000, vllm_step_scoring=mode) for mode in STEP_SCORING}
+    starting = [start_vlreward(prm, "vllm", max_queue=100_000, vllm_step_scoring=m, wait=False) for m in STEP_SCORING]
+    servers = dict(zip(STEP_SCORING, all_ready(*starting), strict=True))
     per_step, pooled = servers["per_step"].url, servers["step_pooling"].url
     concurrency = 16
     try:
@@ -703,8 +713,8 @@ def process_vllm_section(model: Path, plan: Plan, checks: Checks) -> list[Compar
     finally:
         for server in servers.values():
             server.stop()
-    expected = [aggregate(s) for s in step_samples(singles.units, 600)]
-    expected_groups = [aggregate(s) for g in step_groups(groups.units, 700) for s in g]
+    expected = [aggregate(s) for s in step_samples(singles.units_by_round[0], 600)]
+    expected_groups = [aggregate(s) for g in step_groups(groups.units_by_round[0], 700) for s in g]
     checks.add("/score PRM, vLLM per-step", per_step_scores, expected, ACROSS_BACKENDS)
     checks.add("/score PRM, vLLM step pooling", pooled_scores, expected, ACROSS_BACKENDS)
     checks.add("/score PRM GRPO groups, vLLM per-step", per_step_groups, expected_groups, ACROSS_BACKENDS)
@@ -724,8 +734,11 @@ def models_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
         return {"first": samples_of(r, n)[0::2], "second": samples_of(r, n)[1::2]}
 
     settings = {"dtype": "float32", "max_queue": 100_000}
-    together = start_vlreward(models, "transformers", **settings)
-    apart = {name: start_vlreward(path, "transformers", **settings) for name, path in models.items()}
+    together, *separate = all_ready(
+        start_vlreward(models, "transformers", wait=False, **settings),
+        *(start_vlreward(path, "transformers", wait=False, **settings) for path in models.values()),
+    )
+    apart = dict(zip(models, separate, strict=True))
     try:
         one_server = lambda r, n: to_both(  # noqa: E731
             [(together.url, [score_call([s], name) for s in part]) for name, part in halves(r, n).items()],
@@ -754,7 +767,7 @@ def models_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
     latency.b_runs = [{"p99_e2el_ms": run["p99_e2el_ms"]} for run in throughput.a_runs]
     latency.ratios = [a["p99_e2el_ms"] / b["p99_e2el_ms"] for a, b in zip(latency.a_runs, latency.b_runs, strict=True)]
     expected = []
-    for name, part in halves(0, throughput.units).items():
+    for name, part in halves(0, throughput.units_by_round[0]).items():
         backend = TransformersBackend(models[name], dtype="float32", device="cpu")
         expected += [backend.score_sync([formatted(backend, s)])[0] for s in part]
     checks.add("/score, two models in one server", ours, expected, SAME_BACKEND)
@@ -775,12 +788,13 @@ def compare_ensembles(
 
     samples_of = functools.cache(lambda r, n: make_samples(Mix(samples=n).with_(seed=seed + r)))
     files = Path(tempfile.mkdtemp(prefix="suite-"))
-    servers = []
+    starting = []
+    for index, (_, models, entries) in enumerate((ours, theirs)):
+        (files / f"{index}.yaml").write_text(yaml.safe_dump(entries))
+        starting.append(start_vlreward(models, "transformers", models=str(files / f"{index}.yaml"), dtype="float32",
+                                       max_queue=100_000, wait=False))  # fmt: skip
+    servers = all_ready(*starting)
     try:
-        for index, (_, models, entries) in enumerate((ours, theirs)):
-            (files / f"{index}.yaml").write_text(yaml.safe_dump(entries))
-            servers.append(start_vlreward(models, "transformers", models=str(files / f"{index}.yaml"),
-                                          dtype="float32", max_queue=100_000))  # fmt: skip
 
         def side(server: ServerProcess) -> Side:
             return lambda r, n: http(
@@ -970,8 +984,10 @@ def vllm_section(
     comparisons = []
     limit_summary, limit_scores = vllm_in_process(model, limit_samples)
     checks.add("vLLM AsyncLLM in process", limit_scores, reference(limit_samples), ACROSS_BACKENDS)
-    ours = start_vlreward(model, "vllm", max_queue=100_000)
-    theirs = None if vllm_serve_url else start_vllm_serve(model, all_cores=vllm_serve_all_cores)
+    starting = [start_vlreward(model, "vllm", max_queue=100_000, wait=False)]
+    if not vllm_serve_url:
+        starting.append(start_vllm_serve(model, all_cores=vllm_serve_all_cores, wait=False))
+    ours, theirs = [*all_ready(*starting), None][:2]
     their_url = vllm_serve_url or theirs.url
     try:
         for concurrency in plan.vllm_concurrency:
@@ -987,7 +1003,7 @@ def vllm_section(
                 f"vllm serve /classify, c={concurrency}", plan, plan.vllm_requests, our_side, their_side,
             )  # fmt: skip
             comparisons.append(comparison)
-            expected = reference(samples_of(concurrency, 0, comparison.units))
+            expected = reference(samples_of(concurrency, 0, comparison.units_by_round[0]))
             checks.add(f"/score c={concurrency} (vLLM backend)", our_scores, expected, ACROSS_BACKENDS)
             checks.add(f"vllm serve /classify c={concurrency}", their_scores, expected, ACROSS_BACKENDS)
         top = max(plan.vllm_concurrency)

@@ -29,7 +29,12 @@ def test_a_changed_result_changes_its_table():
     bench["comparisons"][2]["target_met"] = False
     after = report.suite_table(bench)
     quartiles = report.interquartile(bench["comparisons"][2]["ratios"])
-    assert f"**0.500** | {quartiles} | 1.27–1.39 | ≥ 1.20 ✗" in after and after != before
+    assert f"**0.500** | {quartiles} | 1.27–1.39 | 5 | ≥ 1.20 ✗" in after and after != before  # 5 rounds, no seconds
+
+
+def test_the_rounds_column_shows_the_shortest_sides_seconds_where_recorded():
+    row = {"ratios": [1.0] * 7, "round_seconds": [[10.4, 12.0]] * 6 + [[11.0, None]]}
+    assert report.rounds(row) == "7 × ≥ 10 s" and report.rounds({"ratios": [1.0, 1.1]}) == "2"
 
 
 def test_the_interquartile_range_is_the_middle_half_of_the_rounds():
