@@ -155,7 +155,6 @@ JSON = {"content-type": "application/json"}
 
 async def _send(session: aiohttp.ClientSession, call: Call, run: Run, index: int, timed: bool = True) -> None:
     """One call; its status and scores always count, its latency, samples and tokens only when ``timed``."""
-    answer = None
     started = time.perf_counter()
     try:
         async with session.post(call.path, data=call.payload, headers=JSON) as response:

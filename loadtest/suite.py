@@ -163,10 +163,8 @@ class Comparison:
     b_runs: list[dict] = field(default_factory=list)
     metric: str = "samples_per_s"
     """What the ratio divides: a run summary's key (``output_token_throughput``: tokens written per second)."""
-    units: int = 0
-    """Units (samples, groups, pairs, rows) the next timed round sends (sized by the rounds before it)."""
     units_by_round: list[int] = field(default_factory=list)
-    """Units each timed round sent."""
+    """Units (samples, groups, pairs, rows) each timed round sent."""
     warm_up: list[dict] = field(default_factory=list)
     """The untimed warm-up round's summaries, A then B (empty: none)."""
 
@@ -293,23 +291,28 @@ def round_units(plan: Plan, units: int, seconds: list[float]) -> int:
     return max(units, math.ceil(units * plan.min_round_s * ROUND_SPARE / fastest))
 
 
+def round_samples(mix: Mix, seed: int) -> Callable[[int, int], list[dict]]:
+    """Round r's ``n`` distinct samples of ``mix`` (seed ``seed + r``; the warm-up round's too), made once."""
+    return functools.cache(lambda r, n: make_samples(mix.with_(samples=n, seed=seed + r)))
+
+
 def alternate(
     name: str, a: str, b: str, plan: Plan, units: int, run_a: Side, run_b: Side, metric: str = "samples_per_s"
 ) -> tuple[Comparison, list, list]:
     """An untimed warm-up round of ``units`` on each side (unless the plan has no minimum round length), then
     A then B, ``plan.rounds`` times, each round the same data on both sides, sized by :func:`round_units`;
     returns round 0's scores too."""
-    comparison = Comparison(name, a, b, metric=metric, units=units)
+    comparison = Comparison(name, a, b, metric=metric)
     if plan.min_round_s > 0:
         comparison.warm_up = [run_a(plan.rounds, units)[0], run_b(plan.rounds, units)[0]]
-        comparison.units = round_units(plan, units, [run["duration"] for run in comparison.warm_up])
+        units = round_units(plan, units, [run["duration"] for run in comparison.warm_up])
     first_a, first_b = [], []
     for index in tqdm(range(plan.rounds), desc=name, file=sys.stderr, leave=False):
-        comparison.units_by_round.append(comparison.units)
-        summary_a, scores_a = run_a(index, comparison.units)
-        summary_b, scores_b = run_b(index, comparison.units)
+        comparison.units_by_round.append(units)
+        summary_a, scores_a = run_a(index, units)
+        summary_b, scores_b = run_b(index, units)
         # a round shorter than the minimum: the later ones grow (a round is never rerun: its samples are cached)
-        comparison.units = round_units(plan, comparison.units, [summary_a["duration"], summary_b["duration"]])
+        units = round_units(plan, units, [summary_a["duration"], summary_b["duration"]])
         comparison.a_runs.append(summary_a)
         comparison.b_runs.append(summary_b)
         ratio = summary_a[metric] / summary_b[metric]
@@ -323,7 +326,7 @@ def transformers_section(model: Path, plan: Plan, checks: Checks) -> list[Compar
     from vlreward.service.backends.transformers import TransformersBackend
 
     backend = TransformersBackend(model, dtype="float32", device="cpu")
-    samples_of = functools.cache(lambda r, n: make_samples(Mix(samples=n).with_(seed=r)))
+    samples_of = round_samples(Mix(), 0)
 
     def naive(r: int, n: int):
         return naive_loop(backend, samples_of(r, n))
@@ -578,7 +581,7 @@ def judge_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
     backend = TransformersBackend(judge_dir, dtype="float32", device="cpu")
     judge = backend.judge
     read = card_judge(judge_dir)
-    samples_of = functools.cache(lambda r, n: make_samples(Mix(samples=n).with_(seed=600 + r)))
+    samples_of = round_samples(Mix(), 600)
     pairs_of = functools.cache(lambda r, n: judge_pairs(make_samples(Mix(samples=n).with_(seed=700 + r))))
 
     def card_ratings(r: int, n: int) -> tuple[dict, list[float]]:
@@ -651,7 +654,7 @@ def judge_generate_section(model: Path, plan: Plan, checks: Checks) -> list[Comp
     judge = read_declaration("generic")
     concurrency = 16 if 16 in plan.vllm_concurrency else max(plan.vllm_concurrency)
     mix = one_sample_mix(plan)
-    samples_of = functools.cache(lambda r, n: make_samples(mix.with_(samples=n, seed=300 + r)))
+    samples_of = round_samples(mix, 300)
     answers: dict[str, list[str]] = {}
 
     def side(name: str, url: str, call: Callable[[dict], Call]) -> Side:
@@ -728,7 +731,7 @@ def models_section(model: Path, plan: Plan, checks: Checks) -> list[Comparison]:
     from vlreward.service.backends.transformers import TransformersBackend
 
     models = {"first": model, "second": build_model_like(model, seed=2)}
-    samples_of = functools.cache(lambda r, n: make_samples(Mix(samples=n).with_(seed=300 + r)))
+    samples_of = round_samples(Mix(), 300)
 
     def halves(r: int, n: int) -> dict[str, list[dict]]:
         return {"first": samples_of(r, n)[0::2], "second": samples_of(r, n)[1::2]}
@@ -786,7 +789,7 @@ def compare_ensembles(
     file mapping)."""
     import yaml
 
-    samples_of = functools.cache(lambda r, n: make_samples(Mix(samples=n).with_(seed=seed + r)))
+    samples_of = round_samples(Mix(), seed)
     files = Path(tempfile.mkdtemp(prefix="suite-"))
     starting = []
     for index, (_, models, entries) in enumerate((ours, theirs)):

@@ -30,17 +30,12 @@ def _checked(backend: Backend, probe: Probe | None, score: float | list[float]) 
     return score if isinstance(score, float) else score[-1]
 
 
-def warm_up_formatted(backend: Backend):
-    """What warm-up scores, formatted for ``backend``: the checkpoint's probe sample, else a fixed text sample."""
-    probe = read_probe(backend.model_dir)
-    return _formatted(backend, probe.sample if probe else warm_up_sample(backend))
-
-
 async def probe_warm_up(backend: Backend) -> float | None:
     """One real request through ``backend.score``: the checkpoint's probe (verified; its score is
     returned) or, without a probe, a fixed text sample (None is returned)."""
-    score = (await backend.score([warm_up_formatted(backend)]))[0]
-    return _checked(backend, read_probe(backend.model_dir), score)
+    probe = read_probe(backend.model_dir)
+    formatted = _formatted(backend, probe.sample if probe else warm_up_sample(backend))
+    return _checked(backend, probe, (await backend.score([formatted]))[0])
 
 
 def check_probe(backend: Backend) -> float | None:
