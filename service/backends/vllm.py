@@ -425,13 +425,16 @@ class VLLMBackend:
         """One engine request (pooling or, for a judge, generating); its final output."""
         from vllm import PoolingParams
         from vllm.exceptions import VLLMValidationError
+        from vllm.inputs.engine import tokens_input
         from vllm.v1.engine.exceptions import EngineDeadError
 
         from vlreward.service.errors import EngineBroken, ServiceError
 
-        prompt: dict[str, Any] = {"prompt_token_ids": token_ids}
-        if images:
-            prompt["multi_modal_data"] = {"image": images}
+        prompt: dict[str, Any]
+        if images:  # vLLM's multimodal processor expands the image tokens, on its renderer's threads
+            prompt = {"prompt_token_ids": token_ids, "multi_modal_data": {"image": images}}
+        else:  # already rendered: the engine takes it without a hop through the renderer's threads
+            prompt = tokens_input(token_ids)
         run = self.engine.encode if isinstance(params, PoolingParams) else self.engine.generate
         final = None
         try:
