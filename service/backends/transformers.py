@@ -41,6 +41,37 @@ from vlreward.service.warmup import check_probe, probe_warm_up
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+OTHER_THREADS_CPU_THREADS = 1
+"""Torch threads of every thread but the backend's team thread (lanes, preparation, the event loop). libgomp
+gives every OpenMP team short spin-waits (100 spins, then a futex sleep per parallel region) once the process
+holds more OpenMP threads than cores, which a second multi-threaded team anywhere in the process does: the
+bench model's lone pass took 102-112 ms instead of 80 (docs/performance.md, "Small models: the request
+path"). So the work on several cores runs on one thread, and a thread started later begins with one."""
+TEAM_THREAD_NAME = "vlreward-hf-team"
+
+
+_process_cpu_threads: int | None = None
+_team: ThreadPoolExecutor | None = None
+
+
+def process_team() -> ThreadPoolExecutor:
+    """The process's team thread: the one thread that runs a model on more than one core (every CPU
+    backend's load, lone batches and blocking callers' batches; see OTHER_THREADS_CPU_THREADS)."""
+    global _team
+    if _team is None:
+        _team = ThreadPoolExecutor(1, thread_name_prefix=TEAM_THREAD_NAME)
+    return _team
+
+
+def process_cpu_threads() -> int:
+    """The CPU threads the process's backends share: torch's count when the first one was built (the
+    chart's OMP_NUM_THREADS, a ``torch.set_num_threads`` before it, else torch's default). Read once: the
+    threads started after a backend ran begin with OTHER_THREADS_CPU_THREADS."""
+    global _process_cpu_threads
+    if _process_cpu_threads is None:
+        _process_cpu_threads = torch.get_num_threads()
+    return _process_cpu_threads
+
 
 def _with_engine_errors(work: Callable, *args: Any) -> Any:
     """``work(*args)`` with torch's failures as the schedulers need them: out of memory (CUDA, or the CPU
@@ -89,8 +120,12 @@ class TransformersBackend:
         self.padding_side = padding_side
         self.judge = declared_judge(self.model_dir, judge)
         """A judge's declaration (prompts, verdict tokens); None for other kinds."""
-        self.model, self.processor = load_reward_model(
-            self.model_dir, TORCH_DTYPES[self.dtype], self.device, attn_implementation, self.judge
+        self.cores = process_cpu_threads() if placement.device_type == "cpu" else None
+        """The CPU threads the batches share (None on a GPU: one batch at a time)."""
+        self._team = None if self.cores is None else process_team()
+        """Where the model runs on more than one core (None on a GPU)."""
+        self.model, self.processor = self.on_team(
+            load_reward_model, self.model_dir, TORCH_DTYPES[self.dtype], self.device, attn_implementation, self.judge
         )
         self.process = process_head(self.model_dir)
         self.heads = checkpoint_heads(self.model_dir)
@@ -98,19 +133,17 @@ class TransformersBackend:
         """A process model's head (step tag, activation, aggregate); None for a scalar model."""
         self.step_tag = None if self.process is None else self.process.step_tag
         self._tag_id = None if self.process is None else step_tag_id(self.processor.tokenizer, self.step_tag)
-        self.model.cache_opening(opening_ids(self.processor))  # the system turn most samples start with
+        self.on_team(self.model.cache_opening, opening_ids(self.processor))  # the system turn most samples start with
         self.generator: JudgeGenerator | None = None
         """A judge's generate mode: the backbone with the checkpoint's whole LM head (None for other kinds)."""
         if self.judge is not None:
-            lm_head = load_lm_head(self.model, self.model_dir, checkpoint_tensor_names(self.model_dir))
+            lm_head = self.on_team(load_lm_head, self.model, self.model_dir, checkpoint_tensor_names(self.model_dir))
             self.generator = JudgeGenerator(self.model, lm_head, self.processor.tokenizer, max_batch_size)
         mlp_bytes = self.model.config.text_config.intermediate_size * self.model.dtype.itemsize
         self.max_batch_tokens = batch_tokens(max_batch_tokens, placement.device_type, mlp_bytes)
         """Padded tokens per forward pass: the setting, else the device's default for this model."""
         set_pixel_bounds(self.processor, min_pixels, max_pixels)
         self._facts = backend_facts(self.name, self.model_dir, self.dtype, self.device, self.processor)
-        self.cores = torch.get_num_threads() if placement.device_type == "cpu" else None
-        """The CPU threads the batches share (None on a GPU: one batch at a time)."""
         self.lanes = lanes_for(cpu_lanes, self.cores)
         self.lone_threads = self.choose_lone_threads(language_model_parameters(self.model.config.text_config))
         """Threads of a batch that finds the CPU idle (None: every core)."""
@@ -179,7 +212,7 @@ class TransformersBackend:
         plan = self.plan_batches([e.num_tokens for e in encoded])
         batches = [[encoded[i] for i in batch] for batch in plan]
         if self.lanes == 1 or len(batches) == 1:
-            values = [self.model.score_batch(batch, self.padding_side) for batch in batches]
+            values = [self.on_team(self.model.score_batch, batch, self.padding_side) for batch in batches]
         else:
             if self._sync_lanes is None:  # its own threads: this may itself run on a model thread (warm-up)
                 self._sync_lanes = ThreadPoolExecutor(self.lanes, thread_name_prefix="vlreward-hf-sync")
@@ -197,21 +230,45 @@ class TransformersBackend:
 
     async def _on_model_thread(self, work: Callable, *args: Any, threads: int | None = None) -> Any:
         """``work(*args)`` on a model thread, never on the event loop, with torch's failures mapped; on the
-        CPU on ``threads`` threads (default: every core)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._on_threads, threads, work, *args)
+        CPU on ``threads`` threads (default: every core): the team thread when that is more than one."""
+        several = self.cores is not None and (threads or self.cores) > 1
+        executor = self._team if several else self._executor
+        return await asyncio.get_running_loop().run_in_executor(executor, self._on_threads, threads, work, *args)
 
-    def _on_threads(self, threads: int | None, work: Callable, *args: Any) -> Any:
+    def on_team(self, work: Callable, *args: Any) -> Any:
+        """Blocking ``work(*args)`` on every core: on the team thread, unless the calling thread is the one
+        the process's OpenMP team belongs to anyway (a GPU; the team thread itself; a script's main thread
+        outside an event loop, which ran torch on every core before: the model card's loop, an offline run)."""
+        if self._team is None or self._is_team_thread():
+            return work(*args)
+        return self._team.submit(self._on_threads, None, work, *args, map_errors=False).result()
+
+    @staticmethod
+    def _is_team_thread() -> bool:
+        current = threading.current_thread()
+        if current.name.startswith(TEAM_THREAD_NAME):
+            return True
+        if current is not threading.main_thread():
+            return False
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return True
+        return False
+
+    def _on_threads(self, threads: int | None, work: Callable, *args: Any, map_errors: bool = True) -> Any:
+        run = functools.partial(_with_engine_errors, work) if map_errors else work
         if self.cores is None:
-            return _with_engine_errors(work, *args)
+            return run(*args)
         # Sets the calling thread's own OpenMP and MKL teams, and the count threads started later begin
-        # with: that one goes back to every core afterwards. torch sets a thread up on its first call
+        # with: that one is OTHER_THREADS_CPU_THREADS afterwards. torch sets a thread up on its first call
         # (applying the process-wide count): done first, so that it cannot undo this thread's own.
         torch.get_num_threads()
         torch.set_num_threads(threads or self.cores)
         try:
-            return _with_engine_errors(work, *args)
+            return run(*args)
         finally:
-            torch.set_num_threads(self.cores)
+            torch.set_num_threads(OTHER_THREADS_CPU_THREADS)
 
     async def score(self, samples: list[FormattedSample]) -> list[float]:
         return await self._on_model_thread(self.score_sync, samples)
@@ -310,6 +367,8 @@ class TransformersBackend:
     def _stop_lanes(self) -> None:
         self._closed = True
         self._executor.shutdown(wait=True)
+        if self._team is not None and not threading.current_thread().name.startswith(TEAM_THREAD_NAME):
+            self._team.submit(lambda: None).result()  # the shared team thread: its work so far is done
         if self._sync_lanes is not None:
             self._sync_lanes.shutdown(wait=True)
 

@@ -141,6 +141,57 @@ def test_a_lone_batch_takes_every_core_only_for_a_model_large_enough_to_use_them
     assert lone == (hf_backend.lone_threads or hf_backend.cores)
 
 
+MULTI_CORE_WORK_ON_ONE_THREAD = """
+import asyncio, json, sys, threading
+import torch
+from vlreward.service.backends.transformers import TransformersBackend
+from vlreward.service.media import MediaPolicy
+from vlreward.service.prepare import prepare_sample
+from vlreward.service.schemas import Sample
+
+async def main():
+    # built off the event loop, as the service loads a model
+    backend = await asyncio.to_thread(TransformersBackend, sys.argv[1], dtype="float32", device="cpu", cpu_lanes=2)
+    encoded = backend.encode(prepare_sample(Sample(prompt="Hi?", response="Hello."), backend.processor, MediaPolicy()))
+    seen = []
+    original = backend.model.score_batch
+
+    def spy(batch, padding_side):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return original(batch, padding_side)
+
+    backend.model.score_batch = spy
+    await backend.run_batch([encoded])  # a lone batch on every core
+    await asyncio.gather(backend.run_batch([encoded], threads=1), backend.run_batch([encoded], threads=1))  # lanes
+    later = []
+    started = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    started.start()
+    started.join()
+    await backend.close()
+    print(json.dumps({"cores": backend.cores, "seen": seen, "later": later[0]}))
+
+asyncio.run(main())
+"""
+
+
+def test_work_on_several_cores_runs_on_one_thread_and_every_other_thread_on_one_core(tiny_reward):
+    """libgomp gives every OpenMP team short spin-waits once the process holds more OpenMP threads than cores:
+    a second multi-threaded team anywhere (the loading thread's, a second lane's) slowed the bench model's lone
+    pass from 80 to 102-112 ms. In a fresh process, as the service runs: a lone batch runs on the team
+    thread, lane batches on one thread each, and a thread started later begins with one."""
+    done = subprocess.run(
+        [sys.executable, "-c", MULTI_CORE_WORK_ON_ONE_THREAD, str(tiny_reward)],
+        env=os.environ | {"OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["cores"] == 2
+    (lone_thread, lone_threads), *lanes = result["seen"]
+    assert lone_thread.startswith("vlreward-hf-team") and lone_threads == 2
+    assert len(lanes) == 2 and all(name.startswith("vlreward-hf_") and threads == 1 for name, threads in lanes)
+    assert result["later"] == 1
+
+
 JUDGED = [
     {"prompt": "What colour is the circle?", "image": uri(shape_image("red")), "response": "It is red."},
     {"prompt": "Say hello.", "response": "Hello there!"},
