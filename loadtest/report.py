@@ -139,6 +139,12 @@ def linear_kernels_table(report: dict) -> str:
     return table(report)
 
 
+def openmp_teams_table(report: dict) -> str:
+    from loadtest.openmp_teams import table
+
+    return table(report)
+
+
 def eval_table(report: dict) -> str:
     from vlreward.training.evaluate import results_markdown
 
@@ -156,6 +162,7 @@ KINDS: dict[str, Callable[..., str]] = {
     "eval": eval_table,
     "heads": heads_table,
     "linear_kernels": linear_kernels_table,
+    "openmp_teams": openmp_teams_table,
 }
 """How each kind of results file becomes a table (``gpu_pair`` takes two files joined by ``+``)."""
 
