@@ -50,27 +50,24 @@ path"). So the work on several cores runs on one thread, and a thread started la
 TEAM_THREAD_NAME = "vlreward-hf-team"
 
 
-_process_cpu_threads: int | None = None
-_team: ThreadPoolExecutor | None = None
-
-
+@functools.cache
 def process_team() -> ThreadPoolExecutor:
     """The process's team thread: the one thread that runs a model on more than one core (every CPU
     backend's load, lone batches and blocking callers' batches; see OTHER_THREADS_CPU_THREADS)."""
-    global _team
-    if _team is None:
-        _team = ThreadPoolExecutor(1, thread_name_prefix=TEAM_THREAD_NAME)
-    return _team
+    return ThreadPoolExecutor(1, thread_name_prefix=TEAM_THREAD_NAME)
 
 
+def on_team_thread() -> bool:
+    """Whether the calling thread is :func:`process_team`'s."""
+    return threading.current_thread().name.startswith(TEAM_THREAD_NAME)
+
+
+@functools.cache
 def process_cpu_threads() -> int:
     """The CPU threads the process's backends share: torch's count when the first one was built (the
     chart's OMP_NUM_THREADS, a ``torch.set_num_threads`` before it, else torch's default). Read once: the
     threads started after a backend ran begin with OTHER_THREADS_CPU_THREADS."""
-    global _process_cpu_threads
-    if _process_cpu_threads is None:
-        _process_cpu_threads = torch.get_num_threads()
-    return _process_cpu_threads
+    return torch.get_num_threads()
 
 
 def _with_engine_errors(work: Callable, *args: Any) -> Any:
@@ -245,10 +242,9 @@ class TransformersBackend:
 
     @staticmethod
     def _is_team_thread() -> bool:
-        current = threading.current_thread()
-        if current.name.startswith(TEAM_THREAD_NAME):
+        if on_team_thread():
             return True
-        if current is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
             return False
         try:
             asyncio.get_running_loop()
@@ -367,7 +363,7 @@ class TransformersBackend:
     def _stop_lanes(self) -> None:
         self._closed = True
         self._executor.shutdown(wait=True)
-        if self._team is not None and not threading.current_thread().name.startswith(TEAM_THREAD_NAME):
+        if self._team is not None and not on_team_thread():
             self._team.submit(lambda: None).result()  # the shared team thread: its work so far is done
         if self._sync_lanes is not None:
             self._sync_lanes.shutdown(wait=True)
