@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 import time
 from dataclasses import dataclass
 
@@ -98,9 +99,35 @@ def test_plan_batches_sorts_by_length_and_respects_size_and_token_budget():
     assert plan_batches([5, 1, 3, 2, 4], max_batch_size=2, max_batch_tokens=100) == [[1, 3], [2, 4], [0]]
     assert plan_batches([10, 10, 10, 50], max_batch_size=8, max_batch_tokens=30) == [[0, 1, 2], [3]]
     assert plan_batches([500], max_batch_size=8, max_batch_tokens=30) == [[0]]  # too long: alone, not dropped
-    # the budget counts the padded batch with the newcomer in it: 4 x 10 = 40 tokens
-    assert plan_batches([10, 10, 10, 10], max_batch_size=8, max_batch_tokens=30) == [[0, 1, 2], [3]]
+    assert plan_batches([], max_batch_size=8, max_batch_tokens=30) == []
+    # the budget counts the padded batch with the newcomer in it: 4 x 10 = 40 tokens; two batches, evened
+    assert plan_batches([10, 10, 10, 10], max_batch_size=8, max_batch_tokens=30) == [[0, 1], [2, 3]]
     assert plan_batches([10, 10, 10, 10], max_batch_size=8, max_batch_tokens=40) == [[0, 1, 2, 3]]
+
+
+def test_plan_batches_evens_the_batches_out_so_no_small_one_trails():
+    # 32 samples of ~1k tokens under the GPU's 16k budget: 11 + 11 + 10, not 15 + 15 + 2
+    lengths = [1029 + i % 3 for i in range(32)]
+    assert [len(b) for b in plan_batches(lengths, max_batch_size=32, max_batch_tokens=16384)] == [11, 11, 10]
+    assert [len(b) for b in plan_batches([7] * 10, max_batch_size=4, max_batch_tokens=1000)] == [4, 3, 3]
+
+
+def test_plan_batches_uses_the_fewest_batches_within_the_limits_for_any_lengths():
+    rng = random.Random(0)
+    for _ in range(300):
+        lengths = [rng.randint(1, 400) for _ in range(rng.randint(1, 60))]
+        size, budget = rng.randint(1, 16), rng.randint(50, 3000)
+        plan = plan_batches(lengths, max_batch_size=size, max_batch_tokens=budget)
+        assert sorted(i for batch in plan for i in batch) == list(range(len(lengths)))
+        for batch in plan:
+            assert len(batch) <= size
+            assert len(batch) == 1 or max(lengths[i] for i in batch) * len(batch) <= budget
+        greedy, current = 0, 0  # the batches a greedy fill in length order makes: the plan uses no more
+        for length in sorted(lengths):
+            if current and (current >= size or length * (current + 1) > budget):
+                greedy, current = greedy + 1, 0
+            current += 1
+        assert len(plan) == greedy + 1
 
 
 def test_an_unset_token_budget_is_the_devices_default_and_on_the_cpu_fits_the_mlp_activations():
