@@ -1,4 +1,4 @@
-"""What the benchmarks measure of a device: its matrix-product rate (the MFU reference), synchronisation,
+"""What the benchmarks measure of a device: its processor, its matrix-product rate (the MFU reference), synchronisation,
 GPU memory, and one throughput row with its MFU."""
 
 from __future__ import annotations
@@ -22,6 +22,19 @@ def matmul_tflops(device: str) -> float:
         a @ b
     synchronize(device)
     return 2 * side**3 * repeats / (time.perf_counter() - started) / 1e12
+
+
+def cpu_name() -> str:
+    """The host's processor model, as /proc/cpuinfo names it (machines of one kind differ in it)."""
+    import platform
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
 
 
 def synchronize(device: str) -> None:

@@ -69,22 +69,11 @@ def passes_ms(model_dir: Path, second_team: bool, samples: int) -> list[float]:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
+    from loadtest.plots import variants_by_run
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for variant in VARIANTS:
-        medians = [run["median_ms"] for run in report["runs"] if run["variant"] == variant]
-        axis.plot(range(1, len(medians) + 1), medians, "o-", label=variant)
-    axis.set_xlabel("run (a fresh process each)")
-    axis.set_ylabel("median forward pass (ms)")
-    axis.set_title(f"{report['model']} model, {report['threads']} threads", fontsize=9)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    series = {v: [run["median_ms"] for run in report["runs"] if run["variant"] == v] for v in VARIANTS}
+    title = f"{report['model']} model, {report['threads']} threads"
+    variants_by_run(series, "run (a fresh process each)", "median forward pass (ms)", title, path)
 
 
 def table(report: dict) -> str:

@@ -145,6 +145,12 @@ def openmp_teams_table(report: dict) -> str:
     return table(report)
 
 
+def prepare_threads_table(report: dict) -> str:
+    from loadtest.prepare_threads import table
+
+    return table(report)
+
+
 def eval_table(report: dict) -> str:
     from vlreward.training.evaluate import results_markdown
 
@@ -163,6 +169,7 @@ KINDS: dict[str, Callable[..., str]] = {
     "heads": heads_table,
     "linear_kernels": linear_kernels_table,
     "openmp_teams": openmp_teams_table,
+    "prepare_threads": prepare_threads_table,
 }
 """How each kind of results file becomes a table (``gpu_pair`` takes two files joined by ``+``)."""
 

@@ -6,9 +6,13 @@ Runs in a worker thread (image decoding and preprocessing are CPU work). Every e
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from PIL import Image
 
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
     from vlreward.service.judge import JudgeDeclaration
 
 Truncate = Literal["none", "prompt_left"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -195,13 +200,19 @@ def encode_within_limit(
     )
 
 
-def prepare_item(backend: Backend, sample: Sample, policy: MediaPolicy, limits: Limits, truncate: Truncate, param: str):
-    """One /score item -> encoded model input (a process model's: its steps checked first)."""
+def load_item_images(backend: Backend, sample: Sample, policy: MediaPolicy, limits: Limits, param: str) -> list:
+    """One /score item's checks before encoding: a process model's steps, then its images decoded and
+    counted against the request's image memory."""
     if backend.step_tag is not None:
         tokenizer = backend.processor.tokenizer
         check_steps(sample, backend.step_tag, tokenizer, limits.max_steps, limits.max_step_tokens, param)
     params = _located(sample.image_params(), param)
-    images = load_images(sample.image_refs(), params, policy, limits.max_images, param)
+    return load_images(sample.image_refs(), params, policy, limits.max_images, param)
+
+
+def prepare_item(backend: Backend, sample: Sample, policy: MediaPolicy, limits: Limits, truncate: Truncate, param: str):
+    """One /score item -> encoded model input (a process model's: its steps checked first)."""
+    images = load_item_images(backend, sample, policy, limits, param)
     return encode_within_limit(backend, sample, images, limits, truncate, param)
 
 
@@ -235,23 +246,50 @@ def encode_sharing_images(
 ) -> list[EncodedInput]:
     """Samples with the same images (a /rank request, a GRPO group): the first sample's images are
     decoded and preprocessed once for all. ``param`` locates the first sample in the request."""
+    return encode_with_images(backend, samples, load_shared_images(samples, policy, limits, param), param)
+
+
+def load_shared_images(samples: list[Sample], policy: MediaPolicy, limits: Limits, param: str | None) -> list:
+    """The images samples share (the first sample's), decoded; ``param`` locates the first sample."""
     first = samples[0]
     params = _located(first.image_params(), param or "")
-    images = load_images(first.image_refs(), params, policy, limits.max_images, param)
+    return load_images(first.image_refs(), params, policy, limits.max_images, param)
+
+
+def encode_with_images(backend: Backend, samples: list[Sample], images: list, param: str | None) -> list[EncodedInput]:
+    """Samples that share ``images``, encoded with them preprocessed once."""
     try:
         return backend.encode_shared([formatted(backend, sample, images) for sample in samples])
     except FormattingError as exc:
         raise ServiceError(str(exc), param=param) from exc
 
 
-def prepare_group(
-    backend: Backend, samples: list[Sample], indices: list[int], policy: MediaPolicy, limits: Limits
-) -> dict[int, EncodedInput]:
-    """/score items that share prompt and images, encoded sharing them; items over the token limit are
-    left out (the one-by-one path reports them)."""
-    members = [samples[i] for i in indices]
-    encoded = encode_sharing_images(backend, members, policy, limits, f"items[{indices[0]}]")
-    return {i: item for i, item in zip(indices, encoded, strict=True) if item.num_tokens <= limits.max_tokens}
+ENCODING_THREADS_MAX = 8
+"""Threads that encode the items of /score requests side by side, at most (one per core below that)."""
+
+
+@functools.cache
+def encoding_pool() -> ThreadPoolExecutor:
+    """The process's threads that encode a many-item request's items side by side: encoding (the image
+    processor, the tokenizer) releases the GIL for much of its work (the measurement: docs/performance.md,
+    "The measurements behind the defaults")."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return ThreadPoolExecutor(min(ENCODING_THREADS_MAX, cores), thread_name_prefix="vlreward-encode")
+
+
+def side_by_side(works: list[Callable[[], T]]) -> list[T | ServiceError]:
+    """Each work's result in order, run on :func:`encoding_pool` when there are several; a work's
+    :class:`ServiceError` is its result (anything else is raised)."""
+
+    def outcome(work: Callable[[], T]) -> T | ServiceError:
+        try:
+            return work()
+        except ServiceError as exc:
+            return exc
+
+    if len(works) < 2:
+        return [outcome(work) for work in works]
+    return list(encoding_pool().map(outcome, works))
 
 
 def prepare_items(
@@ -262,35 +300,64 @@ def prepare_items(
     truncate: Truncate,
     collect_errors: bool,
 ) -> tuple[list[EncodedInput | None], list[tuple[int, ServiceError]], list[list[int]]]:
-    """All /score items; with ``collect_errors`` a bad item becomes None plus an error, else it raises.
+    """All /score items; with ``collect_errors`` a bad item becomes None plus an error, else the first bad
+    item's error (in item order) is raised.
 
     Also returns the groups of items that share a prefix, as indices into the items that were encoded
     (the Nones left out), for the scheduler to run each group's prompt and images once.
+
+    Images are decoded in item order on this thread (so which item meets an image limit does not depend on
+    timing); the items are then encoded side by side (:func:`side_by_side`).
     """
     encoded: list[EncodedInput | None] = [None] * len(samples)
     # A process model's items go one by one (their steps are checked there; it shares no prefix yet).
     groups = [] if backend.step_tag is not None else shared_prefix_groups(samples, truncate)
-    shared: list[list[int]] = []
+    loaded: list[tuple[list[int], list]] = []
     for group in groups:
         try:
-            members = prepare_group(backend, samples, group, policy, limits)
+            images = load_shared_images([samples[i] for i in group], policy, limits, f"items[{group[0]}]")
+            loaded.append((group, images))
         except Overloaded:
             raise  # the service's image memory is full: the whole request waits (429)
         except ServiceError:
             continue  # its images failed: each item goes the one-by-one way below, which locates the error
-        for index, item in members.items():
-            encoded[index] = item
-        shared.append(list(members))
+    group_works = [
+        functools.partial(encode_with_images, backend, [samples[i] for i in group], images, f"items[{group[0]}]")
+        for group, images in loaded
+    ]
+    shared: list[list[int]] = []
+    for (group, _), result in zip(loaded, side_by_side(group_works), strict=True):
+        if isinstance(result, ServiceError):
+            continue  # formatting failed: the one-by-one way locates it
+        members = [i for i, item in zip(group, result, strict=True) if item.num_tokens <= limits.max_tokens]
+        for index in members:  # an item over the token limit goes the one-by-one way, which reports it
+            encoded[index] = result[group.index(index)]
+        shared.append(members)
     errors: list[tuple[int, ServiceError]] = []
+    alone: list[tuple[int, list]] = []  # (item index, its decoded images)
     for index, sample in enumerate(samples):
         if encoded[index] is not None:
             continue
         try:
-            encoded[index] = prepare_item(backend, sample, policy, limits, truncate, f"items[{index}]")
+            alone.append((index, load_item_images(backend, sample, policy, limits, f"items[{index}]")))
+        except Overloaded:
+            raise  # the service's image memory is full: the whole request waits (429)
         except ServiceError as exc:
-            if not collect_errors or isinstance(exc, Overloaded):
-                raise
             errors.append((index, exc))
+            if not collect_errors:
+                break  # an earlier item's encoding error, if any, comes first (below)
+    item_works = [
+        functools.partial(encode_within_limit, backend, samples[i], images, limits, truncate, f"items[{i}]")
+        for i, images in alone
+    ]
+    for (index, _), result in zip(alone, side_by_side(item_works), strict=True):
+        if isinstance(result, ServiceError):
+            errors.append((index, result))
+        else:
+            encoded[index] = result
+    errors.sort(key=lambda pair: pair[0])
+    if errors and not collect_errors:
+        raise errors[0][1]
     position = {}  # item index -> its place among the encoded items
     for index, item in enumerate(encoded):
         if item is not None:
