@@ -14,6 +14,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
 from vlreward.service.model.cpu_kernels import torch_kernels, use_onednn_linears
 from vlreward.service.model.encoding import EncodedSample, collate, padded_positions
 from vlreward.service.model.lora import LoraSet, row_slots, rows_adapters
+from vlreward.service.model.patch_embed import embed_patches_as_linear
 from vlreward.service.model.scored_token import score_at_last_layer_only, scoring_at
 
 PREFIX_COPY_BYTES = 1 << 30
@@ -81,6 +82,7 @@ class Qwen2_5_VLRewardModel(nn.Module):
         self.model = Qwen2_5_VLModel(config)
         score_at_last_layer_only(self.model.language_model)  # the reward reads one token: see scored_token
         use_onednn_linears(self.model)  # float32 inference on the CPU: see cpu_kernels
+        embed_patches_as_linear(self.model.visual)  # a product, not a convolution, in inference: see patch_embed
         self.score = nn.Linear(config.text_config.hidden_size, outputs, bias=head_bias, dtype=torch.float32)
         """The head: one output (a reward, or a process model's step logit), or a judge's rows of its LM head,
         one per distinct verdict token (:mod:`vlreward.service.judge`)."""
