@@ -224,6 +224,8 @@ def run_check(
         row("in-process, 32 per forward, pre-encoded", len(encoded), sum(tokens), seconds, flops_per_token, peak)
     )
     log(rows[-1]["mode"], seconds)
+    report["patch_embed"] = _patch_embed_timing(backend, encoded[:32], device)
+    log(f"patch embedding, convolution against product: {report['patch_embed']}", 0)
     if profile:
         report["profile"] = _profile(backend, encoded[:32], device)
 
@@ -308,6 +310,34 @@ def _profile(backend: Any, batch: list, device: str, top: int = 15) -> dict:
         "device_busy_ms": None if kernels is None else round(kernels * 1e3, 2),
         "top": rows,
     }
+
+
+def _patch_embed_timing(backend: Any, batch: list, device: str, repeats: int = 20) -> dict:
+    """The vision tower's patch embedding of ``batch``'s images, as transformers' convolution and as the
+    service's product (:mod:`vlreward.service.model.patch_embed`): median milliseconds of each, and their
+    largest difference."""
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
+
+    embed = backend.model.model.visual.patch_embed
+    pixels = torch.cat([e.pixel_values for e in batch if e.pixel_values is not None]).to(device, backend.model.dtype)
+    ways = {
+        "convolution": lambda: qwen.Qwen2_5_VisionPatchEmbed.forward(embed, pixels),
+        "product": lambda: embed(pixels),
+    }
+    result: dict[str, Any] = {"patches": len(pixels)}
+    with torch.inference_mode():
+        outputs = {name: way() for name, way in ways.items()}  # first calls (cuDNN/cuBLAS choose a kernel)
+        for name, way in ways.items():
+            times = []
+            for _ in range(repeats):
+                synchronize(device)
+                started = time.perf_counter()
+                way()
+                synchronize(device)
+                times.append((time.perf_counter() - started) * 1000)
+            result[f"{name}_ms"] = round(statistics.median(times), 3)
+    result["max_abs_difference"] = float((outputs["convolution"].float() - outputs["product"].float()).abs().max())
+    return result
 
 
 def _check_probe(backend: Any, probe: Any) -> dict:

@@ -25,6 +25,9 @@ def test_the_gpu_check_runs_on_cpu_and_http_scores_equal_in_process_scores(tmp_p
     report = json.loads(output.with_suffix(".json").read_text())
     assert report["http_vs_in_process_max_abs"] <= 1e-5
     assert report["dtype"] == "float32" and report["device"] == "cpu"  # dtype auto on a CPU
+    embed = report["patch_embed"]
+    assert embed["patches"] > 0 and embed["convolution_ms"] > 0 and embed["product_ms"] > 0
+    assert embed["max_abs_difference"] <= 1e-4
     modes = [row["mode"] for row in report["rows"]]
     assert modes[0].startswith("naive loop") and sum("HTTP /score" in m for m in modes) == 4
     assert all(row["samples_per_s"] > 0 and row["mfu"] > 0 for row in report["rows"])
