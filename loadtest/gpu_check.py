@@ -98,15 +98,17 @@ def _grpo_groups(url: str, prompts: list[dict], pool: list[dict]) -> dict:
     }
 
 
-def make_samples(processor: Any, count: int, check: CheckSize, seed: int) -> list[dict]:
-    """Distinct samples of about ``check.sample_tokens`` tokens, each with its own image: the benchmarks'
-    workload (:mod:`loadtest.workload`) with its word counts set from this tokenizer's tokens per word."""
+def make_samples(processor: Any, count: int, check: CheckSize, seed: int, shortest: float = 1.0) -> list[dict]:
+    """Distinct samples of about ``check.sample_tokens`` tokens (with ``shortest`` below 1, of that share of
+    it up to all of it), each with its own image: the benchmarks' workload (:mod:`loadtest.workload`) with
+    its word counts set from this tokenizer's tokens per word."""
     merge = processor.image_processor.merge_size * processor.image_processor.patch_size
     image_tokens = (check.image_side // merge) ** 2
     text_budget = max(8, check.sample_tokens - image_tokens - 24)  # 24: the chat template's own tokens
     per_word = len(processor.tokenizer(" ".join(WORDS), add_special_tokens=False)["input_ids"]) / len(WORDS)
     words = max(2, int(text_budget / per_word))
-    prompt, response = (words * 9 // 10,) * 2, (max(1, words // 10),) * 2
+    prompt = (max(1, int(words * 9 // 10 * shortest)), words * 9 // 10)
+    response = (max(1, words // 10),) * 2
     mix = Mix(samples=count, image_fraction=1.0, image_size=(check.image_side,) * 2, prompt_words=prompt,
               response_words=response, seed=seed)  # fmt: skip
     return workload_samples(mix)
@@ -224,6 +226,9 @@ def run_check(
         row("in-process, 32 per forward, pre-encoded", len(encoded), sum(tokens), seconds, flops_per_token, peak)
     )
     log(rows[-1]["mode"], seconds)
+    report["packing"], packing_rows = _packing_rows(backend, check, seed, flops_per_token, peak, device)
+    rows += packing_rows
+    log(f"mixed lengths, padded against packed: {report['packing']}", 0)
     report["patch_embed"] = _patch_embed_timing(backend, encoded[:32], device)
     log(f"patch embedding, convolution against product: {report['patch_embed']}", 0)
     if profile:
@@ -310,6 +315,44 @@ def _profile(backend: Any, batch: list, device: str, top: int = 15) -> dict:
         "device_busy_ms": None if kernels is None else round(kernels * 1e3, 2),
         "top": rows,
     }
+
+
+def _packing_rows(
+    backend: Any, check: CheckSize, seed: int, flops_per_token: float, peak: float, device: str
+) -> tuple[dict, list[dict]]:
+    """Distinct samples of a quarter to twice ``check.sample_tokens`` each, 32 per forward pass in arrival
+    order, padded and packed (:mod:`vlreward.service.model.packing`): a row each (MFU on the real tokens),
+    the padding's share, and the largest score difference between the two."""
+    varied = CheckSize(check.samples, check.sample_tokens * 2, check.image_side, check.comparison_samples)
+    raw = make_samples(backend.processor, check.samples, varied, seed + 1, shortest=1 / 8)
+    encoded = [backend.encode(backend.format_request_sample(s)) for s in raw]
+    tokens = sum(e.num_tokens for e in encoded)
+    padded_tokens = sum(max(e.num_tokens for e in chunk) * len(chunk) for chunk in _chunks(encoded, 32))
+    from vlreward.service.model.packing import varlen_kernel
+
+    rows, scores = [], {}
+    saved = backend.model.pack_batches
+    try:
+        for mode in ("padded", "packed"):
+            backend.model.pack_batches = mode == "packed"
+            backend.model.score_batch(encoded[:2])  # this path's first call
+            synchronize(device)
+            started = time.perf_counter()
+            scores[mode] = [v for chunk in _chunks(encoded, 32) for v in backend.model.score_batch(chunk)]
+            synchronize(device)
+            seconds = time.perf_counter() - started
+            name = f"in-process, 32 per forward, mixed lengths, {mode}"
+            rows.append(row(name, len(encoded), tokens, seconds, flops_per_token, peak))
+    except Exception as exc:  # noqa: BLE001  the rest of the check still measures
+        return {"error": repr(exc), "varlen_kernel": varlen_kernel()}, rows
+    finally:
+        backend.model.pack_batches = saved
+    differences = [abs(a - b) for a, b in zip(scores["padded"], scores["packed"], strict=True)]
+    lengths = [e.num_tokens for e in encoded]
+    summary = {"samples": len(encoded), "shortest": min(lengths), "longest": max(lengths),
+               "padding_share": round(1 - tokens / padded_tokens, 3),
+               "max_abs_difference": max(differences), "varlen_kernel": varlen_kernel()}  # fmt: skip
+    return summary, rows
 
 
 def _patch_embed_timing(backend: Any, batch: list, device: str, repeats: int = 20) -> dict:

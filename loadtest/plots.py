@@ -1,7 +1,9 @@
-"""Plots the benchmarks share."""
+"""Plots and result files the benchmarks share."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -22,3 +24,13 @@ def variants_by_run(series: dict[str, list[float]], xlabel: str, ylabel: str, ti
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def write_results(
+    output: Path, name: str, report: dict, plot: Callable[[dict, Path], None], table: Callable[[dict], str]
+) -> None:
+    """``output/name.json`` and ``output/name.png`` of a benchmark's report, and its table on stdout."""
+    output.mkdir(parents=True, exist_ok=True)
+    (output / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, output / f"{name}.png")
+    print(table(report))

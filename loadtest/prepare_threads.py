@@ -17,7 +17,6 @@ does, alternating the variants. Writes JSON + PNG (``loadtest/results/prepare_th
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import tempfile
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import typer
 from tqdm import tqdm
+
+from loadtest.plots import variants_by_run, write_results
 
 VARIANTS = ("one thread", "side by side")
 
@@ -91,7 +92,6 @@ def measure(size: str, items: int, rounds: int) -> dict:
 
 
 def plot(report: dict, path: Path) -> None:
-    from loadtest.plots import variants_by_run
 
     series = {v: [run["request_ms"] for run in report["runs"] if run["variant"] == v] for v in VARIANTS}
     title = (f"{report['image_side']}px images, ~{report['tokens_per_sample']:.0f} tokens per sample, "
@@ -126,10 +126,7 @@ def main(
         "command": " ".join(["python -m loadtest.prepare_threads", *sys.argv[1:]]),
         **measure(size, items, rounds),
     }
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "prepare_threads.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, output / "prepare_threads.png")
-    print(table(report))
+    write_results(output, "prepare_threads", report, plot, table)
 
 
 if __name__ == "__main__":

@@ -151,6 +151,12 @@ def prepare_threads_table(report: dict) -> str:
     return table(report)
 
 
+def packing_table(report: dict) -> str:
+    from loadtest.packing import table
+
+    return table(report)
+
+
 def eval_table(report: dict) -> str:
     from vlreward.training.evaluate import results_markdown
 
@@ -170,6 +176,7 @@ KINDS: dict[str, Callable[..., str]] = {
     "linear_kernels": linear_kernels_table,
     "openmp_teams": openmp_teams_table,
     "prepare_threads": prepare_threads_table,
+    "packing": packing_table,
 }
 """How each kind of results file becomes a table (``gpu_pair`` takes two files joined by ``+``)."""
 

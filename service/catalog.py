@@ -44,6 +44,7 @@ PER_MODEL_SETTINGS = frozenset(
         "device",
         "attn_implementation",
         "cudnn_attention",
+        "pack_batches",
         "max_batch_tokens",
         "max_batch_size",
         "cpu_lanes",

@@ -77,6 +77,13 @@ class Settings(BaseSettings):
         "execution plan for each new input shape, and shared-prefix suffixes and mixed batches bring new shapes "
         "on most calls (the measurement: docs/performance.md).",
     )
+    pack_batches: bool = Field(
+        False,
+        description="Transformers backend: run a batch's samples end to end in one row instead of padded to the "
+        "longest (no work on padding; attention stays within each sample). Off by default: the batcher's "
+        "length-sorted batches carry little padding, and the GPU path is not yet measured (the measurement: "
+        "docs/performance.md).",
+    )
     home: Path = Field(Path("~/.cache/vlreward").expanduser(), description="Where the embedded model is kept.")
 
     # HTTP

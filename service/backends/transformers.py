@@ -105,6 +105,7 @@ class TransformersBackend:
         max_pixels: int | None = default("max_pixels"),
         attn_implementation: str = default("attn_implementation"),
         cudnn_attention: bool = default("cudnn_attention"),
+        pack_batches: bool = default("pack_batches"),
         cpu_lanes: int | None = default("cpu_lanes"),
         judge: str | None = default("judge"),
     ):
@@ -124,6 +125,7 @@ class TransformersBackend:
         self.model, self.processor = self.on_team(
             load_reward_model, self.model_dir, TORCH_DTYPES[self.dtype], self.device, attn_implementation, self.judge
         )
+        self.model.pack_batches = pack_batches
         self.process = process_head(self.model_dir)
         self.heads = checkpoint_heads(self.model_dir)
         """A multi-head model's heads (its scores are then one list of head outputs per sample); None: one head."""
@@ -165,6 +167,7 @@ class TransformersBackend:
             max_pixels=settings.max_pixels,
             attn_implementation=settings.attn_implementation,
             cudnn_attention=settings.cudnn_attention,
+            pack_batches=settings.pack_batches,
             cpu_lanes=settings.cpu_lanes,
             judge=settings.judge,
         )
@@ -349,7 +352,8 @@ class TransformersBackend:
 
     def info(self) -> dict[str, Any]:
         lone = None if self.cores is None else self.lone_threads or self.cores
-        return self._facts | {"cpu_lanes": self.lanes, "cpu_threads": self.cores, "cpu_lone_batch_threads": lone}
+        cpu = {"cpu_lanes": self.lanes, "cpu_threads": self.cores, "cpu_lone_batch_threads": lone}
+        return self._facts | cpu | {"pack_batches": self.model.pack_batches}
 
     def health(self) -> bool:
         return not self._closed

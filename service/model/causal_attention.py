@@ -21,6 +21,7 @@ import torch.nn.functional as F  # noqa: N812
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
 from vlreward.service.model.cpu_kernels import torch_kernels_only
+from vlreward.service.model.packing import current_segments, segment_causal_attention
 
 BLOCKED_ATTENTION = "vlreward_blocked_causal_sdpa"
 """Registered name of :func:`blocked_causal_attention` (with transformers' sdpa masks)."""
@@ -62,13 +63,35 @@ def blocked_causal_attention(
     """Causal attention of ``query`` [batch, heads, queries, dim] on ``key``/``value`` [batch, kv heads,
     keys, dim] (the queries are the last keys; earlier keys come from a cache), ``attention_mask`` None
     (causal, no padding) or transformers' 4-D mask [batch, 1, queries, keys]; returns [batch, queries,
-    heads, dim] like transformers' attention functions."""
+    heads, dim] like transformers' attention functions. A packed row (:mod:`.packing`) attends within
+    each of its samples."""
+    segments = current_segments()
+    if segments is not None and attention_mask is None and query.shape[2] == key.shape[2] == segments.tokens:
+        groups = getattr(module, "num_key_value_groups", 1)
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+        blocks = _blocks_apply(module, query, key, None, dropout, **kwargs)
+
+        def one_sample(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            if blocks and q.shape[2] > QUERY_BLOCK:
+                return _blocked(q, k, v, None, scaling)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)
+
+        output = segment_causal_attention(query, key, value, segments, scaling, one_sample)
+        return output.transpose(1, 2).contiguous(), None
     if not _blocks_apply(module, query, key, attention_mask, dropout, **kwargs):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    return _blocked(query, key, value, attention_mask, scaling).transpose(1, 2).contiguous(), None
+
+
+def _blocked(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None, scaling: Any
+) -> torch.Tensor:
+    """The attention in blocks of :data:`QUERY_BLOCK` queries (key/value heads already repeated); returns
+    [batch, heads, queries, dim]."""
     queries, keys = query.shape[2], key.shape[2]
     past = keys - queries  # cached keys before the first query
     if attention_mask is None:  # causal, no cache: query i sees keys up to i
@@ -87,7 +110,7 @@ def blocked_causal_attention(
             attn_mask=attention_mask[..., start:end, :seen],
             scale=scaling,
         )
-    return output.transpose(1, 2).contiguous(), None
+    return output
 
 
 def use_blocked_causal_attention(language_model: torch.nn.Module) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -11,9 +12,11 @@ import torch
 from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
 
+from vlreward.service.model.causal_attention import BLOCKED_ATTENTION
 from vlreward.service.model.cpu_kernels import torch_kernels, use_onednn_linears
 from vlreward.service.model.encoding import EncodedSample, collate, padded_positions
 from vlreward.service.model.lora import LoraSet, row_slots, rows_adapters
+from vlreward.service.model.packing import pack, packed_segments
 from vlreward.service.model.patch_embed import embed_patches_as_linear
 from vlreward.service.model.scored_token import score_at_last_layer_only, scoring_at
 
@@ -95,6 +98,10 @@ class Qwen2_5_VLRewardModel(nn.Module):
         """The cached opening that :meth:`score_batch` continues from (:meth:`cache_opening`)."""
         self.opening_batches = 0
         """Batches :meth:`score_batch` ran from the cached opening."""
+        self.pack_batches = False
+        """Whether :meth:`score_batch` packs a padded batch's samples end to end (:mod:`.packing`)."""
+        self.packed_batches = 0
+        """Batches :meth:`score_batch` ran packed."""
         self.lora: LoraSet | None = None
         """LoRA adapters served on this model (:mod:`.lora`); the rows of a batch name theirs."""
         self.vision_in_every_step = False
@@ -218,6 +225,8 @@ class Qwen2_5_VLRewardModel(nn.Module):
         batch = collate(samples, self.config.text_config.pad_token_id, padding_side)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         slots = row_slots([s.adapter for s in samples])
+        if self._packs(samples, padding_side, plain, slots):
+            return self._score_packed(samples, batch)
         opening = self.opening
         if plain or padding_side != "right" or opening is None or slots is not None or not opening.starts(samples):
             opening = None  # (the opening's cache is the base's: an adapter changes its keys and values)
@@ -230,6 +239,45 @@ class Qwen2_5_VLRewardModel(nn.Module):
                 rows = rewards.float().cpu().tolist()
                 return [row[: len(s.read_at)] for row, s in zip(rows, samples, strict=True)]
             return self.reward(self.hidden_states(**batch, plain=plain, opening=opening)).float().cpu().tolist()
+
+    def _packs(self, samples: list[EncodedSample], padding_side: str, plain: bool, slots: Any) -> bool:
+        """Whether to pack this batch: packing is on, the batch would carry padding, every row is the base
+        model's (an adapter is chosen per row), and the language model attends with
+        :mod:`.causal_attention` (which knows packed rows)."""
+        lengths = [s.num_tokens for s in samples]
+        return (
+            self.pack_batches
+            and not plain
+            and padding_side == "right"
+            and slots is None
+            and max(lengths) * len(lengths) > sum(lengths)
+            and self.model.language_model.config._attn_implementation == BLOCKED_ATTENTION
+        )
+
+    def _score_packed(self, samples: list[EncodedSample], batch: dict[str, torch.Tensor]) -> list:
+        """A right-padded batch's samples scored packed end to end in one row (see :mod:`.packing`)."""
+        steps = samples[0].read_at is not None
+        positions = self.position_ids(
+            batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"], batch.get("image_grid_thw")
+        )
+        packed = pack(batch, positions, [list(s.read_at) for s in samples] if steps else None)
+        pixels = batch.get("pixel_values")
+        self.packed_batches += 1
+        with packed_segments(packed.segments), scoring_at(packed.scored):
+            hidden = self.model(
+                input_ids=packed.input_ids,
+                attention_mask=None,
+                position_ids=packed.positions,
+                pixel_values=None if pixels is None else pixels.to(self.dtype),
+                image_grid_thw=batch.get("image_grid_thw"),
+                use_cache=False,
+            ).last_hidden_state[0]
+        rewards = self.reward(hidden).float().cpu().tolist()
+        if not steps:
+            return rewards
+        reads = itertools.accumulate(packed.reads_per_sample, initial=0)
+        bounds = list(reads)
+        return [rewards[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
 
     @torch.inference_mode()
     def cache_opening(self, input_ids: torch.Tensor | None) -> None:

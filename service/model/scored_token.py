@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
 
+from vlreward.service.model.packing import current_segments, segment_starts
+
 _SCORED_POSITIONS: ContextVar[torch.Tensor | None] = ContextVar("vlreward_scored_positions", default=None)
 
 
@@ -92,6 +94,10 @@ class ScoredTokenDecoderLayer(qwen.Qwen2_5_VLDecoderLayer):
             past = keys.shape[2] - length  # cached keys before this call's first token
             seen = torch.arange(keys.shape[2], device=keys.device).view(1, 1, 1, -1)
             attention_mask = seen <= (past + positions).view(batch, 1, -1, 1)
+            segments = current_segments()
+            if segments is not None:  # a packed row: each query sees its own sample's keys only
+                starts = segment_starts(segments.cu_seqlens, positions)
+                attention_mask = attention_mask & (seen >= starts.view(batch, 1, -1, 1))
         if several:
             options["is_causal"] = False  # the mask says it all (the queries are not the last keys)
         attended, _ = attention(
