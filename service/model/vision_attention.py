@@ -23,6 +23,10 @@ WINDOWED_ATTENTION = "vlreward_flash_free_windows"
 """Registered name (it must contain "flash" for transformers to pass ``cu_seqlens``; no flash-attn needed)."""
 
 
+GROUPS_ATTRIBUTE = "_vlreward_window_groups"
+"""Where :func:`window_groups` keeps its answer on the boundaries tensor (it lives as long as the tensor)."""
+
+
 def windowed_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -41,16 +45,8 @@ def windowed_attention(
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
     heads, dim = query.shape[1], query.shape[3]
-    bounds = cu_seq_lens_q.tolist()
-    by_length: dict[int, list[int]] = {}
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
-        if end > start:
-            by_length.setdefault(end - start, []).append(start)
     output = torch.empty_like(query)
-    for length, starts in by_length.items():
-        index = (torch.tensor(starts, device=query.device)[:, None] + torch.arange(length, device=query.device)).view(
-            -1
-        )
+    for length, index in window_groups(cu_seq_lens_q):
 
         def windows(tensor: torch.Tensor, index: torch.Tensor = index, length: int = length) -> torch.Tensor:
             return tensor[0, :, index].view(heads, -1, length, dim).transpose(0, 1)  # [windows, heads, length, dim]
@@ -60,6 +56,27 @@ def windowed_attention(
         )
         output[0, :, index] = attended.transpose(0, 1).reshape(heads, -1, dim)
     return output.transpose(1, 2).contiguous(), None
+
+
+def window_groups(cu_seq_lens: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """The windows of a packed sequence grouped by length: each length with the token index of its windows
+    ([windows * length], on the boundaries' device). Computed once per boundaries tensor: the tower passes
+    the same one to each of its blocks, and reading it on the host waits for the GPU."""
+    groups = getattr(cu_seq_lens, GROUPS_ATTRIBUTE, None)
+    if groups is not None:
+        return groups
+    bounds = cu_seq_lens.tolist()
+    by_length: dict[int, list[int]] = {}
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        if end > start:
+            by_length.setdefault(end - start, []).append(start)
+    device = cu_seq_lens.device
+    groups = [
+        (length, (torch.tensor(starts, device=device)[:, None] + torch.arange(length, device=device)).view(-1))
+        for length, starts in by_length.items()
+    ]
+    setattr(cu_seq_lens, GROUPS_ATTRIBUTE, groups)
+    return groups
 
 
 def use_windowed_vision_attention(vision_tower: torch.nn.Module) -> None:

@@ -42,3 +42,16 @@ def test_batched_windows_score_like_one_call_per_window(tiny_reward, monkeypatch
     assert max(abs(a - b) for a, b in zip(windowed, per_window, strict=True)) <= 1e-5
     assert len(calls) > len(windowed_calls)
     assert any(shape[0] > 1 for shape in windowed_calls)  # several windows in one call
+
+
+def test_the_window_groups_are_read_once_per_boundaries_tensor():
+    from vlreward.service.model.vision_attention import GROUPS_ATTRIBUTE, window_groups
+
+    bounds = torch.tensor([0, 4, 8, 10, 14])
+    groups = window_groups(bounds)
+    assert [(length, index.tolist()) for length, index in groups] == [
+        (4, [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13]),
+        (2, [8, 9]),
+    ]
+    assert getattr(bounds, GROUPS_ATTRIBUTE) is groups and window_groups(bounds) is groups  # the next block's call
+    assert window_groups(torch.tensor([0, 4, 8, 10, 14])) is not groups  # another tensor: its own
