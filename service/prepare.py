@@ -274,7 +274,17 @@ def encoding_pool() -> ThreadPoolExecutor:
     processor, the tokenizer) releases the GIL for much of its work (the measurement: docs/performance.md,
     "The measurements behind the defaults")."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return ThreadPoolExecutor(min(ENCODING_THREADS_MAX, cores), thread_name_prefix="vlreward-encode")
+    threads = min(ENCODING_THREADS_MAX, cores)
+    return ThreadPoolExecutor(threads, thread_name_prefix="vlreward-encode", initializer=_torch_on_one_core)
+
+
+def _torch_on_one_core() -> None:
+    """An encoding thread runs torch (the image processor) on one core: the threads already run side by
+    side, and a multi-threaded OpenMP team in each would oversubscribe the cores (on a GPU host nothing
+    else sets torch's thread count)."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def side_by_side(works: list[Callable[[], T]]) -> list[T | ServiceError]:

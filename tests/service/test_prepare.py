@@ -63,6 +63,17 @@ def test_several_items_are_encoded_on_the_encoding_threads(hf_backend, monkeypat
     assert encoding_pool()._max_workers >= 1
 
 
+def test_encoding_threads_run_torch_on_one_core_whatever_the_process_default():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # what threads started from now on begin with (a GPU host keeps every core)
+    pool = encoding_pool.__wrapped__()  # a fresh pool: its threads start now
+    try:
+        assert pool.submit(torch.get_num_threads).result() == 1  # side by side, each on one core
+    finally:
+        pool.shutdown()
+        torch.set_num_threads(before)
+
+
 def bad_items() -> list[Sample]:
     """Item 1 is over the token limit (found when encoding); item 3's image is not an image (found when
     decoding); the rest are good."""
