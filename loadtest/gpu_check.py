@@ -217,11 +217,7 @@ def run_check(
     )
     log("naive loop", rows[-1]["seconds"])
     # The model alone: pre-encoded samples, 32 per forward pass (no HTTP, no image decoding).
-    started = time.perf_counter()
-    for chunk in _chunks(encoded, 32):
-        backend.model.score_batch(chunk)
-    synchronize(device)
-    seconds = time.perf_counter() - started
+    seconds, _ = _timed_batches(backend, encoded, device)
     rows.append(
         row("in-process, 32 per forward, pre-encoded", len(encoded), sum(tokens), seconds, flops_per_token, peak)
     )
@@ -230,11 +226,7 @@ def run_check(
     # of unequal lengths do), and torch's flash kernel takes no mask on CUDA.
     opening, backend.model.opening = backend.model.opening, None
     try:
-        started = time.perf_counter()
-        for chunk in _chunks(encoded, 32):
-            backend.model.score_batch(chunk)
-        synchronize(device)
-        seconds = time.perf_counter() - started
+        seconds, _ = _timed_batches(backend, encoded, device)
     finally:
         backend.model.opening = opening
     name = "in-process, 32 per forward, pre-encoded, no cached opening"
@@ -331,12 +323,21 @@ def _profile(backend: Any, batch: list, device: str, top: int = 15) -> dict:
     }
 
 
+def _timed_batches(backend: Any, encoded: list, device: str) -> tuple[float, list]:
+    """Seconds to score ``encoded`` in process, 32 per forward pass, and the scores in order."""
+    started = time.perf_counter()
+    scores = [value for chunk in _chunks(encoded, 32) for value in backend.model.score_batch(chunk)]
+    synchronize(device)
+    return time.perf_counter() - started, scores
+
+
 def _packing_rows(
     backend: Any, check: CheckSize, seed: int, flops_per_token: float, peak: float, device: str
 ) -> tuple[dict, list[dict]]:
-    """Distinct samples of a quarter to twice ``check.sample_tokens`` each, 32 per forward pass in arrival
-    order, padded and packed (:mod:`vlreward.service.model.packing`): a row each (MFU on the real tokens),
-    the padding's share, and the largest score difference between the two."""
+    """Distinct samples whose prompts run from an eighth to all of a sample twice ``check.sample_tokens``
+    long, 32 per forward pass in arrival order, padded and packed (:mod:`vlreward.service.model.packing`):
+    a row each (MFU on the real tokens), the padding's share, and the largest score difference between
+    the two."""
     varied = CheckSize(check.samples, check.sample_tokens * 2, check.image_side, check.comparison_samples)
     raw = make_samples(backend.processor, check.samples, varied, seed + 1, shortest=1 / 8)
     encoded = [backend.encode(backend.format_request_sample(s)) for s in raw]
@@ -351,10 +352,7 @@ def _packing_rows(
             backend.model.pack_batches = mode == "packed"
             backend.model.score_batch(encoded[:2])  # this path's first call
             synchronize(device)
-            started = time.perf_counter()
-            scores[mode] = [v for chunk in _chunks(encoded, 32) for v in backend.model.score_batch(chunk)]
-            synchronize(device)
-            seconds = time.perf_counter() - started
+            seconds, scores[mode] = _timed_batches(backend, encoded, device)
             name = f"in-process, 32 per forward, mixed lengths, {mode}"
             rows.append(row(name, len(encoded), tokens, seconds, flops_per_token, peak))
     except Exception as exc:  # noqa: BLE001  the rest of the check still measures

@@ -42,7 +42,7 @@ def request_ms(backend, samples: list, threads: int | None) -> float:
 
     pool = prepare.encoding_pool
     if threads is not None:
-        capped = ThreadPoolExecutor(threads, thread_name_prefix="vlreward-encode")
+        capped = prepare.encoding_threads(threads)
         prepare.encoding_pool = lambda: capped
     try:
         with ThreadPoolExecutor(1) as caller:

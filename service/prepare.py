@@ -246,12 +246,11 @@ def encode_sharing_images(
 ) -> list[EncodedInput]:
     """Samples with the same images (a /rank request, a GRPO group): the first sample's images are
     decoded and preprocessed once for all. ``param`` locates the first sample in the request."""
-    return encode_with_images(backend, samples, load_shared_images(samples, policy, limits, param), param)
+    return encode_with_images(backend, samples, load_shared_images(samples[0], policy, limits, param), param)
 
 
-def load_shared_images(samples: list[Sample], policy: MediaPolicy, limits: Limits, param: str | None) -> list:
-    """The images samples share (the first sample's), decoded; ``param`` locates the first sample."""
-    first = samples[0]
+def load_shared_images(first: Sample, policy: MediaPolicy, limits: Limits, param: str | None) -> list:
+    """The images of samples that share them, decoded from the ``first`` one, which ``param`` locates."""
     params = _located(first.image_params(), param or "")
     return load_images(first.image_refs(), params, policy, limits.max_images, param)
 
@@ -274,7 +273,11 @@ def encoding_pool() -> ThreadPoolExecutor:
     processor, the tokenizer) releases the GIL for much of its work (the measurement: docs/performance.md,
     "The measurements behind the defaults")."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = min(ENCODING_THREADS_MAX, cores)
+    return encoding_threads(min(ENCODING_THREADS_MAX, cores))
+
+
+def encoding_threads(threads: int) -> ThreadPoolExecutor:
+    """``threads`` encoding threads, each running torch on one core (:func:`encoding_pool` is the process's)."""
     return ThreadPoolExecutor(threads, thread_name_prefix="vlreward-encode", initializer=_torch_on_one_core)
 
 
@@ -322,11 +325,10 @@ def prepare_items(
     encoded: list[EncodedInput | None] = [None] * len(samples)
     # A process model's items go one by one (their steps are checked there; it shares no prefix yet).
     groups = [] if backend.step_tag is not None else shared_prefix_groups(samples, truncate)
-    loaded: list[tuple[list[int], list]] = []
+    loaded: list[tuple[list[int], list]] = []  # (a group's item indices, their shared images)
     for group in groups:
         try:
-            images = load_shared_images([samples[i] for i in group], policy, limits, f"items[{group[0]}]")
-            loaded.append((group, images))
+            loaded.append((group, load_shared_images(samples[group[0]], policy, limits, f"items[{group[0]}]")))
         except Overloaded:
             raise  # the service's image memory is full: the whole request waits (429)
         except ServiceError:
@@ -339,9 +341,11 @@ def prepare_items(
     for (group, _), result in zip(loaded, side_by_side(group_works), strict=True):
         if isinstance(result, ServiceError):
             continue  # formatting failed: the one-by-one way locates it
-        members = [i for i, item in zip(group, result, strict=True) if item.num_tokens <= limits.max_tokens]
-        for index in members:  # an item over the token limit goes the one-by-one way, which reports it
-            encoded[index] = result[group.index(index)]
+        members = []
+        for index, item in zip(group, result, strict=True):
+            if item.num_tokens <= limits.max_tokens:  # one over the limit goes the one-by-one way, which reports it
+                encoded[index] = item
+                members.append(index)
         shared.append(members)
     errors: list[tuple[int, ServiceError]] = []
     alone: list[tuple[int, list]] = []  # (item index, its decoded images)

@@ -16,6 +16,7 @@ tower, which attends within images with its own sequence lengths, never sees the
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Iterator
@@ -39,6 +40,11 @@ class Segments:
     @property
     def tokens(self) -> int:
         return self.bounds[-1]
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """Each sample's (start, end) in the row."""
+        return list(zip(self.bounds[:-1], self.bounds[1:], strict=True))
 
 
 log = logging.getLogger(__name__)
@@ -87,7 +93,7 @@ def pack(batch: dict[str, torch.Tensor], positions: torch.Tensor, read_at: list 
     if read_at is None:
         scored, reads = [end - 1 for end in bounds[1:]], [1] * len(bounds[:-1])
     else:
-        scored = [start + p for start, row in zip(bounds, read_at, strict=False) for p in row]
+        scored = [start + p for start, row in zip(bounds[:-1], read_at, strict=True) for p in row]
         reads = [len(row) for row in read_at]
     device = positions.device
     return PackedBatch(
@@ -117,14 +123,14 @@ def segment_causal_attention(
     [1, heads, tokens, dim] (key/value heads already repeated); returns [1, heads, tokens, dim]. ``attend``
     (query, key, value) computes one sample's causal attention; on CUDA torch's variable-length flash
     kernel runs every sample in one call where this torch has one."""
-    if query.is_cuda and (varlen := _varlen_causal()) is not None:
+    if query.is_cuda and not _VARLEN_FAILED and (varlen := _torch_varlen()) is not None:
         try:
             return varlen(query, key, value, segments, scaling)
         except RuntimeError as exc:  # a GPU or dtype the kernel does not take: attend per sample
             _VARLEN_FAILED.append(repr(exc))
             log.warning("variable-length attention failed (%s); packed samples attend one by one", exc)
     output = torch.empty_like(query)
-    for start, end in zip(segments.bounds[:-1], segments.bounds[1:], strict=True):
+    for start, end in segments.spans:
         rows = slice(start, end)
         output[:, :, rows] = attend(query[:, :, rows], key[:, :, rows], value[:, :, rows])
     return output
@@ -139,15 +145,19 @@ def varlen_kernel() -> str:
     torch, or failed (and why)."""
     if _VARLEN_FAILED:
         return f"failed: {_VARLEN_FAILED[0]}"
-    return "available" if _varlen_causal() is not None else "not in this torch"
+    return "available" if _torch_varlen() is not None else "not in this torch"
+
+
+@functools.cache
+def _torch_varlen() -> Callable | None:
+    """:func:`_varlen_causal`, looked up once per process (every layer of every packed pass asks)."""
+    return _varlen_causal()
 
 
 def _varlen_causal() -> Callable | None:
     """torch's variable-length flash attention as a causal function of packed tensors, or None where this
-    torch has none (or it failed once). Its signature changed between releases: causal is ``is_causal``
-    in some and a ``(-1, 0)`` window in others."""
-    if _VARLEN_FAILED:
-        return None
+    torch has none. Its signature changed between releases: causal is ``is_causal`` in some and a
+    ``(-1, 0)`` window in others."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
@@ -161,8 +171,7 @@ def _varlen_causal() -> Callable | None:
         return None
 
     def run(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, segments: Segments, scaling: Any):
-        bounds = segments.bounds
-        longest = max(end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True))
+        longest = max(end - start for start, end in segments.spans)
         cu_seqlens = segments.cu_seqlens.to(torch.int32)
         packed = [tensor[0].transpose(0, 1) for tensor in (query, key, value)]  # [tokens, heads, dim]
         out = varlen_attn(*packed, cu_seqlens, cu_seqlens, longest, longest, scale=scaling, **causal)

@@ -275,8 +275,7 @@ class Qwen2_5_VLRewardModel(nn.Module):
         rewards = self.reward(hidden).float().cpu().tolist()
         if not steps:
             return rewards
-        reads = itertools.accumulate(packed.reads_per_sample, initial=0)
-        bounds = list(reads)
+        bounds = list(itertools.accumulate(packed.reads_per_sample, initial=0))
         return [rewards[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
 
     @torch.inference_mode()
