@@ -27,14 +27,10 @@ def matmul_tflops(device: str) -> float:
 def cpu_name() -> str:
     """The host's processor model, as /proc/cpuinfo names it (machines of one kind differ in it)."""
     import platform
-    from pathlib import Path
 
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+    from vlreward.service.model.cpu_kernels import cpuinfo_field
+
+    return cpuinfo_field("model name") or platform.processor() or "unknown"
 
 
 def synchronize(device: str) -> None:

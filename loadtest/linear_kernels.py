@@ -1,19 +1,27 @@
 """Benchmark: float32 linear layers on the CPU, MKL (torch's ``nn.Linear``) against oneDNN's linear.
 
     python -m loadtest.linear_kernels
+    python -m loadtest.linear_kernels --forward
 
 The shapes are the tiny and bench models' (language model and vision tower), at token counts from a short
 request to a batch, on one thread and on every core. Each cell is the median of 5 timings of about 20 ms
 of calls each (at most 200), after a warm-up (oneDNN's primitive cache then holds the shape, as it does in
 a serving process). :data:`vlreward.service.model.cpu_kernels.ONEDNN_MIN_WEIGHT` is read from it. Writes
 JSON + PNG (``loadtest/results/linear_kernels.*``).
+
+``--forward`` measures what decides :data:`vlreward.service.model.cpu_kernels.ONEDNN_CPU_VENDORS` instead:
+the bench model's whole forward pass as the service runs it, with the backbone's large linears on each
+kernel, alternating within each round of new samples (the suite's mix). Two paths: a lone request's pass on
+every core, and the batcher's planned batches on its one-core lanes. A layer alone in a loop keeps its
+weight in cache; in a forward pass each layer's weight comes from memory, which is where the kernels part
+on Intel processors. Writes ``loadtest/results/linear_kernels_forward.*`` with the processor's name.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +29,8 @@ from pathlib import Path
 import torch
 import typer
 from tqdm import tqdm
+
+from loadtest.plots import ms_per_round, series_of, write_results
 
 SHAPES = {  # (in, out) -> where it is
     (32, 96): "tiny vision qkv",
@@ -35,6 +45,9 @@ SHAPES = {  # (in, out) -> where it is
     (1536, 512): "bench down",
 }
 TOKENS = (16, 64, 256, 1024)
+
+FORWARD_PATHS = ("lone pass, every core", "planned batches, one-core lanes")
+KERNELS = ("onednn", "torch")
 
 app = typer.Typer(add_completion=False)
 
@@ -55,7 +68,8 @@ def microseconds(call: Callable[[], object], repeats: int = 5, timing_s: float =
     return statistics.median(times)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(report: dict, path: Path) -> None:
+    rows = report["rows"]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,11 +92,87 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def forward_passes(size: str, samples: int, rounds: int) -> dict:
+    """Milliseconds per sample of each path on each kernel, per round (round 0 a warm-up, not kept)."""
+    from loadtest.device import cpu_name
+    from loadtest.suite import build_model, formatted
+    from loadtest.workload import Mix, make_samples
+    from vlreward.service.backends.transformers import TransformersBackend
+    from vlreward.service.model.cpu_kernels import ONEDNN_MIN_WEIGHT, OneDnnLinear, cpu_linear_kernels, cpu_vendor
+
+    backend = TransformersBackend(build_model(size, Path(tempfile.mkdtemp(prefix="linears-"))), device="cpu")
+    model = backend.model
+    linears = [m for m in model.model.modules() if isinstance(m, torch.nn.Linear)]
+    large = [m for m in linears if m.weight.numel() >= ONEDNN_MIN_WEIGHT]
+
+    def on(kernel: str) -> None:
+        for linear in large:
+            linear.__class__ = OneDnnLinear if kernel == "onednn" else torch.nn.Linear
+
+    def score(path: str, encoded: list) -> list[float]:
+        if path == FORWARD_PATHS[0]:
+            return [backend.on_team(model.score_batch, [e])[0] for e in encoded]
+        return backend.score_encoded_sync(encoded)
+
+    runs, largest = [], 0.0
+    for number in tqdm(range(rounds + 1), desc="forward passes", file=sys.stderr):
+        mix = Mix(samples=samples, seed=200 + number)
+        encoded = [backend.encode(formatted(backend, s)) for s in make_samples(mix)]
+        for path in FORWARD_PATHS:
+            scores = {}
+            for kernel in KERNELS if number % 2 == 0 else KERNELS[::-1]:
+                on(kernel)
+                started = time.perf_counter()
+                scores[kernel] = score(path, encoded)
+                ms = (time.perf_counter() - started) * 1000 / len(encoded)
+                if number:
+                    runs.append({"round": number, "path": path, "kernel": kernel, "ms_per_sample": ms})
+            largest = max(largest, *(abs(a - b) for a, b in zip(*scores.values(), strict=True)))
+    return {"benchmark": "linear_kernels_forward", "model": size, "samples": samples, "rounds": rounds,
+            "linears": len(large), "threads": backend.cores, "cpu": cpu_name(), "vendor": cpu_vendor(),
+            "chosen": cpu_linear_kernels(), "largest_score_difference": largest, "torch": torch.__version__,
+            "runs": runs}  # fmt: skip
+
+
+def forward_plot(report: dict, path: Path) -> None:
+    title = f"{report['model']} model, {report['samples']} samples per round, {report['cpu']}"
+    ms_per_round(report, ("path", FORWARD_PATHS), ("kernel", KERNELS), title, path)
+
+
+def forward_table(report: dict) -> str:
+    """Per path: each kernel's median ms per sample, and torch (MKL) / oneDNN per round (> 1: oneDNN faster)."""
+    from loadtest.report import interquartile
+
+    lines = ["| path | oneDNN ms/sample | MKL ms/sample | MKL / oneDNN per round (median, IQR, range) |",
+             "| --- | --- | --- | --- |"]  # fmt: skip
+    for path in FORWARD_PATHS:
+        onednn, mkl = (series_of(report, path=path, kernel=kernel) for kernel in KERNELS)
+        ratios = sorted(a / b for a, b in zip(mkl, onednn, strict=True))
+        spread = f"{interquartile(ratios)}; {ratios[0]:.2f}–{ratios[-1]:.2f}"
+        lines.append(f"| {path} | {statistics.median(onednn):.1f} | {statistics.median(mkl):.1f} | "
+                     f"{statistics.median(ratios):.3f} ({spread}) |")  # fmt: skip
+    lines += ["", f"`{report['command']}`: {report['model']} model ({report['linears']} linears switched), "
+              f"{report['rounds']} rounds of {report['samples']} samples, {report['threads']} threads, "
+              f"{report['cpu']} ({report['vendor']}: the service chooses {report['chosen']}); largest score "
+              f"difference between the kernels {report['largest_score_difference']:.1e}."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 @app.command()
-def main(output: Path = typer.Option(Path("loadtest/results"), help="Folder for linear_kernels.json and .png.")):
+def main(
+    output: Path = typer.Option(Path("loadtest/results"), help="Folder for the JSON and PNG."),
+    forward: bool = typer.Option(False, help="Whole forward passes of a model instead of single layers."),
+    size: str = typer.Option("bench", help="--forward: the model the suite builds (tiny or bench)."),
+    samples: int = typer.Option(48, help="--forward: samples per round."),
+    rounds: int = typer.Option(7, help="--forward: rounds (new samples each; both kernels alternate within one)."),
+):
     from vlreward.service.model.cpu_kernels import ONEDNN_MIN_WEIGHT
 
     command = " ".join(["python -m loadtest.linear_kernels", *sys.argv[1:]])
+    if forward:
+        report = {"command": command, **forward_passes(size, samples, rounds)}
+        write_results(output, "linear_kernels_forward", report, forward_plot, forward_table)
+        return
     cores = torch.get_num_threads()
     rows = []
     cells = [(t, shape, m) for t in sorted({1, cores}) for shape in SHAPES for m in TOKENS]
@@ -95,12 +185,12 @@ def main(output: Path = typer.Option(Path("loadtest/results"), help="Folder for 
             rows.append({"threads": threads, "in": fan_in, "out": fan_out, "where": SHAPES[fan_in, fan_out],
                          "weight": fan_in * fan_out, "tokens": tokens, "mkl_us": mkl, "onednn_us": onednn})  # fmt: skip
     torch.set_num_threads(cores)
+    from loadtest.device import cpu_name
+
     report = {"command": command, "benchmark": "linear_kernels", "threads": cores, "torch": torch.__version__,
+              "cpu": cpu_name(),
               "onednn_min_weight": ONEDNN_MIN_WEIGHT, "rows": rows}  # fmt: skip
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "linear_kernels.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(rows, output / "linear_kernels.png")
-    print(table(report))
+    write_results(output, "linear_kernels", report, plot, table)
 
 
 def table(report: dict) -> str:
@@ -113,7 +203,8 @@ def table(report: dict) -> str:
             cells = {r["tokens"]: r for r in rows if (r["threads"], r["in"], r["out"]) == (threads, fan_in, fan_out)}
             ratios = " | ".join(f"{cells[m]['mkl_us'] / cells[m]['onednn_us']:.2f}" for m in TOKENS)
             lines.append(f"| {threads} | {fan_in} x {fan_out} | {SHAPES[fan_in, fan_out]} | {ratios} |")
-    lines += ["", f"`{report['command']}` (torch {report['torch']}; MKL time / oneDNN time, > 1: oneDNN faster; "
+    where = f"{report['cpu']}, " if "cpu" in report else ""
+    lines += ["", f"`{report['command']}` ({where}torch {report['torch']}; MKL time / oneDNN time, > 1: oneDNN faster; "
               f"oneDNN from {report['onednn_min_weight']:,} weight elements)."]  # fmt: skip
     return "\n".join(lines) + "\n"
 

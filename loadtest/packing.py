@@ -25,7 +25,7 @@ from pathlib import Path
 import typer
 from tqdm import tqdm
 
-from loadtest.plots import variants_by_run, write_results
+from loadtest.plots import ms_per_round, series_of, write_results
 
 LAYOUTS = ("arrival order", "service plan")
 MODES = ("padded", "packed")
@@ -85,15 +85,9 @@ def measure(size: str, samples: int, rounds: int) -> dict:
             "torch": torch.__version__, "runs": runs}  # fmt: skip
 
 
-def _series(report: dict, layout: str, mode: str, key: str = "ms_per_sample") -> list[float]:
-    return [r[key] for r in report["runs"] if r["layout"] == layout and r["mode"] == mode]
-
-
 def plot(report: dict, path: Path) -> None:
-
-    series = {f"{layout}, {mode}": _series(report, layout, mode) for layout in LAYOUTS for mode in MODES}
     title = f"{report['model']} model, {report['samples']} samples per round, {report['threads']} threads"
-    variants_by_run(series, "round (new samples each)", "ms per sample", title, path)
+    ms_per_round(report, ("layout", LAYOUTS), ("mode", MODES), title, path)
 
 
 def table(report: dict) -> str:
@@ -101,9 +95,9 @@ def table(report: dict) -> str:
     lines = ["| batches | padding | padded ms/sample | packed ms/sample | padded / packed per round (median, range) |",
              "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for layout in LAYOUTS:
-        padded, packed = _series(report, layout, "padded"), _series(report, layout, "packed")
+        padded, packed = (series_of(report, layout=layout, mode=mode) for mode in MODES)
         ratios = [a / b for a, b in zip(padded, packed, strict=True)]
-        share = statistics.median(_series(report, layout, "padded", "padding_share"))
+        share = statistics.median(series_of(report, "padding_share", layout=layout, mode="padded"))
         lines.append(f"| {layout} | {share:.0%} | {statistics.median(padded):.1f} | {statistics.median(packed):.1f} "
                      f"| {statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |")  # fmt: skip
     lines += ["", f"`{report['command']}`: {report['model']} model, {report['rounds']} rounds of "

@@ -26,6 +26,23 @@ def variants_by_run(series: dict[str, list[float]], xlabel: str, ylabel: str, ti
     plt.close(figure)
 
 
+def series_of(report: dict, key: str = "ms_per_sample", **match: str) -> list[float]:
+    """``key`` of the report's runs whose fields equal ``match``, in run order."""
+    return [run[key] for run in report["runs"] if all(run[field] == value for field, value in match.items())]
+
+
+def ms_per_round(report: dict, groups: tuple[str, tuple], variants: tuple[str, tuple], title: str, path: Path) -> None:
+    """A benchmark's ms per sample by round, one line per (group, variant): ``groups`` and ``variants`` are
+    (run field, its values)."""
+    (group_field, group_values), (variant_field, variant_values) = groups, variants
+    series = {
+        f"{group}, {variant}": series_of(report, **{group_field: group, variant_field: variant})
+        for group in group_values
+        for variant in variant_values
+    }
+    variants_by_run(series, "round (new samples each)", "ms per sample", title, path)
+
+
 def write_results(
     output: Path, name: str, report: dict, plot: Callable[[dict, Path], None], table: Callable[[dict], str]
 ) -> None:

@@ -10,6 +10,7 @@ fails when a committed table is not what this script writes.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import statistics
@@ -133,28 +134,13 @@ def heads_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def linear_kernels_table(report: dict) -> str:
-    from loadtest.linear_kernels import table
+def table_of(module: str, function: str = "table") -> Callable[[dict], str]:
+    """A benchmark module's own table function (``loadtest.<module>.<function>``), imported when used."""
 
-    return table(report)
+    def table(report: dict) -> str:
+        return getattr(importlib.import_module(f"loadtest.{module}"), function)(report)
 
-
-def openmp_teams_table(report: dict) -> str:
-    from loadtest.openmp_teams import table
-
-    return table(report)
-
-
-def prepare_threads_table(report: dict) -> str:
-    from loadtest.prepare_threads import table
-
-    return table(report)
-
-
-def packing_table(report: dict) -> str:
-    from loadtest.packing import table
-
-    return table(report)
+    return table
 
 
 def eval_table(report: dict) -> str:
@@ -173,10 +159,11 @@ KINDS: dict[str, Callable[..., str]] = {
     "judge_engine": judge_engine_table,
     "eval": eval_table,
     "heads": heads_table,
-    "linear_kernels": linear_kernels_table,
-    "openmp_teams": openmp_teams_table,
-    "prepare_threads": prepare_threads_table,
-    "packing": packing_table,
+    "linear_kernels": table_of("linear_kernels"),
+    "linear_kernels_forward": table_of("linear_kernels", "forward_table"),
+    "openmp_teams": table_of("openmp_teams"),
+    "prepare_threads": table_of("prepare_threads"),
+    "packing": table_of("packing"),
 }
 """How each kind of results file becomes a table (``gpu_pair`` takes two files joined by ``+``)."""
 

@@ -1,14 +1,18 @@
-"""The backbone's linear layers on oneDNN when scoring in float32 on the CPU.
+"""The backbone's linear layers on oneDNN when scoring in float32 on an AMD processor.
 
-torch sends a float32 ``nn.Linear`` on the CPU to MKL's SGEMM; oneDNN (also inside torch, the library it
-uses for bfloat16 and convolutions) computes the same products faster on the AMD processors this project
-is measured on (docs/performance.md, "The measurements behind the defaults"). :class:`OneDnnLinear` calls
+torch sends a float32 ``nn.Linear`` on the CPU to MKL's SGEMM. MKL chooses its code by the processor's
+vendor and takes a generic path on AMD's; oneDNN (also inside torch, the library it uses for bfloat16 and
+convolutions) chooses by instruction set and computes the same products faster there. On Intel's
+processors MKL's own kernels are as fast in a loop and faster in a forward pass (docs/performance.md, "The
+measurements behind the defaults"). So :func:`choose_cpu_linears` switches the backbone's large linears to
+:class:`OneDnnLinear` on the vendors of :data:`ONEDNN_CPU_VENDORS` only. :class:`OneDnnLinear` calls
 oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the op torch's own compiler emits for CPU
 linears) where that applies: float32 on the CPU, no gradient needed. Elsewhere (a GPU, bfloat16,
 training) it is ``nn.Linear``. Only layers whose weight has at least :data:`ONEDNN_MIN_WEIGHT` elements
 switch: each oneDNN call costs about 13 microseconds more than MKL's, which a small layer's arithmetic does
-not pay back (docs/performance.md, "Small models"); a fixed rule, not a timing at load, so that a model
-runs the same kernels on every start and a request always gets the same score. The weights are not
+not pay back (docs/performance.md, "Small models"). Both are fixed rules (the vendor, the weight's size),
+not a timing at load, so that a model runs the same kernels on every start of a host and a request always
+gets the same score. The weights are not
 repacked (no second copy in memory); parameters, names and state dict are unchanged. Results differ from
 MKL's by float rounding only (about 1e-6 on a score).
 
@@ -20,8 +24,10 @@ default kernels and transformers' sdpa, as a user's own transformers loop would.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from contextvars import ContextVar
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -70,6 +76,42 @@ ONEDNN_MIN_WEIGHT = 1 << 17
 """Weight elements (in x out features) from which a linear runs on oneDNN. Measured on the 2-core AMD
 machines (float32, 16 to 1,024 tokens, one and two threads): 512x512 and larger are 4-25 % faster on oneDNN at
 every token count; 512x128 and smaller are up to 3x slower below 256 tokens (the call's fixed cost)."""
+
+
+ONEDNN_CPU_VENDORS = frozenset({"AuthenticAMD"})
+"""Processor vendors (``vendor_id`` in /proc/cpuinfo) whose hosts run the backbone's large float32 linears
+on oneDNN: AMD's, where MKL takes a generic code path. On Intel's (``GenuineIntel``) and any other, torch's
+default kernels run."""
+
+
+def cpuinfo_field(name: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The first value of ``name`` in /proc/cpuinfo (``vendor_id``, ``model name``); '' where there is none."""
+    if not cpuinfo.exists():
+        return ""
+    for line in cpuinfo.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return value.strip()
+    return ""
+
+
+@functools.cache
+def cpu_vendor() -> str:
+    """This host's processor vendor, read once per process: ``AuthenticAMD``, ``GenuineIntel``, or ''."""
+    return cpuinfo_field("vendor_id")
+
+
+def cpu_linear_kernels(vendor: str | None = None) -> str:
+    """The kernels the backbone's large float32 linears run on, on a host of ``vendor`` (default: this
+    one): ``onednn`` or ``torch`` (MKL's SGEMM)."""
+    vendor = cpu_vendor() if vendor is None else vendor
+    return "onednn" if onednn_linear_available() and vendor in ONEDNN_CPU_VENDORS else "torch"
+
+
+def choose_cpu_linears(module: nn.Module) -> int:
+    """The backbone's linears on this host's kernels (:func:`cpu_linear_kernels`); how many switched to
+    oneDNN."""
+    return use_onednn_linears(module) if cpu_linear_kernels() == "onednn" else 0
 
 
 def use_onednn_linears(module: nn.Module, min_weight: int = ONEDNN_MIN_WEIGHT) -> int:

@@ -13,7 +13,7 @@ from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
 
 from vlreward.service.model.causal_attention import BLOCKED_ATTENTION
-from vlreward.service.model.cpu_kernels import torch_kernels, use_onednn_linears
+from vlreward.service.model.cpu_kernels import choose_cpu_linears, torch_kernels
 from vlreward.service.model.encoding import EncodedSample, collate, padded_positions
 from vlreward.service.model.lora import LoraSet, row_slots, rows_adapters
 from vlreward.service.model.packing import pack, packed_segments
@@ -84,7 +84,7 @@ class Qwen2_5_VLRewardModel(nn.Module):
         self.config = config
         self.model = Qwen2_5_VLModel(config)
         score_at_last_layer_only(self.model.language_model)  # the reward reads one token: see scored_token
-        use_onednn_linears(self.model)  # float32 inference on the CPU: see cpu_kernels
+        choose_cpu_linears(self.model)  # float32 inference on an AMD CPU: see cpu_kernels
         embed_patches_as_linear(self.model.visual)  # a product, not a convolution, in inference: see patch_embed
         self.score = nn.Linear(config.text_config.hidden_size, outputs, bias=head_bias, dtype=torch.float32)
         """The head: one output (a reward, or a process model's step logit), or a judge's rows of its LM head,

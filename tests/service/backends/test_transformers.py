@@ -141,6 +141,13 @@ def test_a_lone_batch_takes_every_core_only_for_a_model_large_enough_to_use_them
     assert lone == (hf_backend.lone_threads or hf_backend.cores)
 
 
+def test_info_names_the_linear_kernels_this_hosts_processor_gets(hf_backend):
+    from vlreward.service.model.cpu_kernels import ONEDNN_CPU_VENDORS, cpu_vendor
+
+    expected = "onednn" if cpu_vendor() in ONEDNN_CPU_VENDORS else "torch"
+    assert hf_backend.info()["cpu_linear_kernels"] == expected
+
+
 MULTI_CORE_WORK_ON_ONE_THREAD = """
 import asyncio, json, sys, threading
 import torch

@@ -1,4 +1,5 @@
-"""Float32 inference on the CPU runs the backbone's large linears on oneDNN; training and the plain pass do not."""
+"""Float32 inference on an AMD CPU runs the backbone's large linears on oneDNN; training, the plain pass and
+other processors do not."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from vlreward.service.model import cpu_kernels
 from vlreward.service.model.cpu_kernels import (
     ONEDNN_MIN_WEIGHT,
     OneDnnLinear,
+    choose_cpu_linears,
+    cpu_linear_kernels,
+    cpuinfo_field,
     onednn_linear_available,
     torch_kernels,
     use_onednn_linears,
@@ -48,6 +53,34 @@ def test_only_linears_with_a_large_weight_switch_to_onednn():
     assert large.weight.numel() == ONEDNN_MIN_WEIGHT
     assert use_onednn_linears(torch.nn.Sequential(large, torch.nn.ReLU(), small)) == 1
     assert type(large) is OneDnnLinear and type(small) is torch.nn.Linear
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9B14
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9B14
+"""
+
+
+def test_cpuinfo_fields_are_read_by_name(tmp_path):
+    (tmp_path / "cpuinfo").write_text(CPUINFO)
+    assert cpuinfo_field("vendor_id", tmp_path / "cpuinfo") == "AuthenticAMD"
+    assert cpuinfo_field("model name", tmp_path / "cpuinfo") == "AMD EPYC 9B14"
+    assert cpuinfo_field("microcode", tmp_path / "cpuinfo") == ""
+    assert cpuinfo_field("vendor_id", tmp_path / "missing") == ""
+
+
+def test_large_linears_go_to_onednn_on_amd_processors_only(monkeypatch):
+    assert cpu_linear_kernels("AuthenticAMD") == "onednn"
+    assert cpu_linear_kernels("GenuineIntel") == cpu_linear_kernels("") == "torch"
+    for vendor, switched in (("AuthenticAMD", 1), ("GenuineIntel", 0)):
+        monkeypatch.setattr(cpu_kernels, "cpu_vendor", lambda vendor=vendor: vendor)
+        layers = torch.nn.Sequential(torch.nn.Linear(512, 256), torch.nn.Linear(512, 255))
+        assert choose_cpu_linears(layers) == switched
+        assert sum(type(m) is OneDnnLinear for m in layers) == switched
 
 
 def test_the_tiny_models_small_linears_stay_on_torchs_kernels(hf_backend):
