@@ -61,8 +61,9 @@ def suite_table(report: dict) -> str:
     checks = report["score_checks"]
     worst = max(c["max_abs_diff"] for c in checks if c["max_abs_diff"] is not None)
     lines.append("")
-    lines.append(f"`{report['command']}`: {report['seconds']:,.0f} s; {sum(c['ok'] for c in checks)} of {len(checks)} "
-                 f"score checks ok, largest |diff| {worst:.1e}.")  # fmt: skip
+    where = f" ({report['cpu']})" if "cpu" in report else ""
+    lines.append(f"`{report['command']}`{where}: {report['seconds']:,.0f} s; {sum(c['ok'] for c in checks)} of "
+                 f"{len(checks)} score checks ok, largest |diff| {worst:.1e}.")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -74,6 +74,7 @@ import torch
 import typer
 from tqdm import tqdm
 
+from loadtest.device import cpu_name
 from loadtest.loadgen import (
     Call,
     Run,
@@ -1160,7 +1161,7 @@ def main(
     name += "" if hf_concurrency is None else f".c{hf_concurrency.replace(',', '-')}"
     record = {
         "command": command, "benchmark": "suite", "size": size, "smoke": smoke, "plan": plan.__dict__,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "cpu": cpu_name(),
         "seconds": time.monotonic() - started, "comparisons": [c.record() for c in comparisons],
         "score_checks": checks.rows, "scores_ok": checks.ok,
     }  # fmt: skip
