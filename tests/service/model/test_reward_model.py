@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.helpers import shape_image, uri
 from vlreward.service.media import MediaPolicy
@@ -179,6 +180,23 @@ def test_rank_chunks_count_the_candidates_own_tokens_and_the_prefix_copies_memor
     bounded = model.score_shared_prefix(encoded, 64, budget)
     assert seen == [2, 2, 2]
     assert max(abs(a - b) for a, b in zip(one_pass, bounded, strict=True)) <= TOLERANCE
+
+
+def test_a_batch_continues_from_a_copy_of_the_openings_keys_and_values_never_from_them(hf_backend, mixed_samples):
+    model = hf_backend.model
+    opening = model.opening
+    kept = [(k.clone(), v.clone()) for k, v in opening.layers]
+    cache = opening.for_rows(3)
+    assert len(cache.layers) == len(kept) == model.config.text_config.num_hidden_layers
+    for layer, (k, v) in zip(cache.layers, kept, strict=True):
+        assert layer.keys.shape[0] == 3 and torch.equal(layer.keys, k.expand(3, -1, -1, -1))
+        assert torch.equal(layer.values, v.expand(3, -1, -1, -1))
+        assert layer.keys.data_ptr() != k.data_ptr()
+    encoded = [hf_backend.encode(s) for s in mixed_samples if opening.starts([hf_backend.encode(s)])]
+    first = model.score_batch(encoded)
+    assert model.score_batch(encoded) == first  # the second batch starts from the same opening
+    for (k, v), (k_after, v_after) in zip(kept, opening.layers, strict=True):
+        assert torch.equal(k, k_after) and torch.equal(v, v_after) and k_after.shape[2] == opening.length
 
 
 def test_samples_continue_from_the_cached_template_opening_with_their_own_scores(hf_backend, mixed_samples):
