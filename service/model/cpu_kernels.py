@@ -12,9 +12,8 @@ training) it is ``nn.Linear``. Only layers whose weight has at least :data:`ONED
 switch: each oneDNN call costs about 13 microseconds more than MKL's, which a small layer's arithmetic does
 not pay back (docs/performance.md, "Small models"). Both are fixed rules (the vendor, the weight's size),
 not a timing at load, so that a model runs the same kernels on every start of a host and a request always
-gets the same score. The weights are not
-repacked (no second copy in memory); parameters, names and state dict are unchanged. Results differ from
-MKL's by float rounding only (about 1e-6 on a score).
+gets the same score. The weights are not repacked (no second copy in memory); parameters, names and state
+dict are unchanged. Results differ from MKL's by float rounding only (about 1e-6 on a score).
 
 :func:`torch_kernels` turns it off on the calling thread, and with it the blocked causal attention
 (:mod:`.causal_attention`): the model card's plain forward pass (the benchmarks' naive loop) runs torch's
