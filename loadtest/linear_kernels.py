@@ -165,13 +165,16 @@ def main(
     size: str = typer.Option("bench", help="--forward: the model the suite builds (tiny or bench)."),
     samples: int = typer.Option(48, help="--forward: samples per round."),
     rounds: int = typer.Option(7, help="--forward: rounds (new samples each; both kernels alternate within one)."),
+    name: str | None = typer.Option(
+        None, help="Results file name (default linear_kernels, or linear_kernels_forward with --forward)."
+    ),
 ):
     from vlreward.service.model.cpu_kernels import ONEDNN_MIN_WEIGHT
 
     command = " ".join(["python -m loadtest.linear_kernels", *sys.argv[1:]])
     if forward:
         report = {"command": command, **forward_passes(size, samples, rounds)}
-        write_results(output, "linear_kernels_forward", report, forward_plot, forward_table)
+        write_results(output, name or "linear_kernels_forward", report, forward_plot, forward_table)
         return
     cores = torch.get_num_threads()
     rows = []
@@ -190,7 +193,7 @@ def main(
     report = {"command": command, "benchmark": "linear_kernels", "threads": cores, "torch": torch.__version__,
               "cpu": cpu_name(),
               "onednn_min_weight": ONEDNN_MIN_WEIGHT, "rows": rows}  # fmt: skip
-    write_results(output, "linear_kernels", report, plot, table)
+    write_results(output, name or "linear_kernels", report, plot, table)
 
 
 def table(report: dict) -> str:

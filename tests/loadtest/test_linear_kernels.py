@@ -12,12 +12,12 @@ from loadtest import linear_kernels
 def test_one_shape_is_timed_on_both_kernels_and_tabled(tmp_path, monkeypatch):
     monkeypatch.setattr(linear_kernels, "SHAPES", {(16, 8): "a test layer"})
     monkeypatch.setattr(linear_kernels, "TOKENS", (4, 32))
-    done = CliRunner().invoke(linear_kernels.app, ["--output", str(tmp_path)])
+    done = CliRunner().invoke(linear_kernels.app, ["--output", str(tmp_path), "--name", "on_this_host"])
     assert done.exit_code == 0, done.output
-    report = json.loads((tmp_path / "linear_kernels.json").read_text())
+    report = json.loads((tmp_path / "on_this_host.json").read_text())
     assert {(r["in"], r["out"], r["tokens"]) for r in report["rows"]} == {(16, 8, 4), (16, 8, 32)}
     assert all(r["mkl_us"] > 0 and r["onednn_us"] > 0 and r["weight"] == 128 for r in report["rows"])
-    assert (tmp_path / "linear_kernels.png").stat().st_size > 0
+    assert (tmp_path / "on_this_host.png").stat().st_size > 0 and report["cpu"]
     assert "| 16 x 8 | a test layer |" in done.output and str(report["onednn_min_weight"]) not in ("", "0")
 
 
