@@ -4,6 +4,7 @@ GPU memory, and one throughput row with its MFU."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -24,13 +25,16 @@ def matmul_tflops(device: str) -> float:
     return 2 * side**3 * repeats / (time.perf_counter() - started) / 1e12
 
 
-def cpu_name() -> str:
-    """The host's processor model, as /proc/cpuinfo names it (machines of one kind differ in it)."""
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The host's processor as /proc/cpuinfo names it, with its family and model numbers (machines of one
+    kind differ in it, and a cloud's name, "AMD EPYC", does not tell one generation from the next)."""
     import platform
 
     from vlreward.service.model.cpu_kernels import cpuinfo_field
 
-    return cpuinfo_field("model name") or platform.processor() or "unknown"
+    name = cpuinfo_field("model name", cpuinfo) or platform.processor() or "unknown"
+    family, model = cpuinfo_field("cpu family", cpuinfo), cpuinfo_field("model", cpuinfo)
+    return f"{name} (family {family}, model {model})" if family and model else name
 
 
 def synchronize(device: str) -> None:
