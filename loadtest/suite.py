@@ -128,6 +128,7 @@ PLANS = {
     "smoke": Plan(rounds=1, samples=8, grpo_groups=1, hf_concurrency=(1, 8), vllm_concurrency=(1, 8), vllm_requests=8),
 }  # fmt: skip
 TARGETS = {  # the targets for the bench model on a 2-core CPU (None: reported only)
+    "service c=1 / naive loop": 1.1,
     "service c=32 / naive loop": 1.2,
     "service c=32 / in-process batches": 0.9,
     "GRPO G=8 shared / own images": 2.5,
@@ -1104,7 +1105,9 @@ def main(
     size: str = typer.Option("tiny", help="tiny or bench: the model built here (seeded)."),
     model: Path | None = typer.Option(None, help="Use this reward checkpoint instead of building one."),
     smoke: bool = typer.Option(False, help="A few requests per row, one round (CI)."),
-    rounds: int | None = typer.Option(None, help="Alternating rounds per comparison (default 5; smoke 1)."),
+    rounds: int | None = typer.Option(
+        None, help=f"Alternating rounds per comparison (default {PLANS['full'].rounds}; smoke {PLANS['smoke'].rounds})."
+    ),
     sections: str = typer.Option(",".join(SECTIONS), help="Which sections to run (a part writes its own file)."),
     vllm_serve_url: str | None = typer.Option(None, help="A running `vllm serve` on the same model (else started)."),
     vllm_serve_all_cores: bool = typer.Option(
