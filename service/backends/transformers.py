@@ -19,7 +19,7 @@ from vlreward.service.errors import EngineBroken, OutOfMemory
 from vlreward.service.judge import Generation, GenerationParams, declared_judge
 from vlreward.service.kinds import checkpoint_heads, process_head
 from vlreward.service.model.checkpoint import checkpoint_tensor_names, load_lm_head, load_reward_model, step_tag_id
-from vlreward.service.model.cpu_kernels import cpu_linear_kernels
+from vlreward.service.model.cpu_kernels import linear_kernels_of
 from vlreward.service.model.devices import choose_attention_kernels, release_device_memory, torch_placement
 from vlreward.service.model.encoding import (
     EncodedSample,
@@ -358,8 +358,9 @@ class TransformersBackend:
         return self._facts | cpu | {"pack_batches": self.model.pack_batches}
 
     def _linear_kernels(self) -> str:
-        """What the backbone's large linears run on here: oneDNN's only in float32 on a host of its vendors."""
-        return cpu_linear_kernels() if self.dtype == "float32" else "torch"
+        """What the backbone's large linears run on here: oneDNN's only in float32 where some layer switched
+        (a host of its vendors, a layer large enough)."""
+        return linear_kernels_of(self.model) if self.dtype == "float32" else "torch"
 
     def health(self) -> bool:
         return not self._closed

@@ -107,6 +107,13 @@ def cpu_linear_kernels(vendor: str | None = None) -> str:
     return "onednn" if onednn_linear_available() and vendor in ONEDNN_CPU_VENDORS else "torch"
 
 
+def linear_kernels_of(module: nn.Module) -> str:
+    """What ``module``'s large float32 linears run on: ``onednn`` where any of its layers switched
+    (:func:`choose_cpu_linears`), else ``torch``. A model whose layers are all under
+    :data:`ONEDNN_MIN_WEIGHT` reads ``torch`` on any host."""
+    return "onednn" if any(isinstance(m, OneDnnLinear) for m in module.modules()) else "torch"
+
+
 def choose_cpu_linears(module: nn.Module) -> int:
     """The backbone's linears on this host's kernels (:func:`cpu_linear_kernels`); how many switched to
     oneDNN."""

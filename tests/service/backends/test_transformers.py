@@ -141,11 +141,20 @@ def test_a_lone_batch_takes_every_core_only_for_a_model_large_enough_to_use_them
     assert lone == (hf_backend.lone_threads or hf_backend.cores)
 
 
-def test_info_names_the_linear_kernels_this_hosts_processor_gets(hf_backend):
-    from vlreward.service.model.cpu_kernels import ONEDNN_CPU_VENDORS, cpu_vendor
+def test_info_names_the_linear_kernels_the_models_layers_run_on(hf_backend):
+    import torch
 
-    expected = "onednn" if cpu_vendor() in ONEDNN_CPU_VENDORS else "torch"
-    assert hf_backend.info()["cpu_linear_kernels"] == expected
+    from vlreward.service.model import cpu_kernels
+
+    # the tiny model's layers are all under the threshold: torch's kernels on any host, AMD's included
+    assert hf_backend.info()["cpu_linear_kernels"] == "torch"
+    linears = [m for m in hf_backend.model.model.modules() if type(m) is torch.nn.Linear]
+    try:
+        assert cpu_kernels.use_onednn_linears(hf_backend.model.model, min_weight=1) == len(linears)
+        assert hf_backend.info()["cpu_linear_kernels"] == "onednn"
+    finally:
+        for linear in linears:  # the session's backend back as it was
+            linear.__class__ = torch.nn.Linear
 
 
 MULTI_CORE_WORK_ON_ONE_THREAD = """

@@ -17,6 +17,7 @@ from vlreward.service.model.cpu_kernels import (
     choose_cpu_linears,
     cpu_linear_kernels,
     cpuinfo_field,
+    linear_kernels_of,
     onednn_linear_available,
     torch_kernels,
     use_onednn_linears,
@@ -81,6 +82,7 @@ def test_large_linears_go_to_onednn_on_amd_processors_only(monkeypatch):
         layers = torch.nn.Sequential(torch.nn.Linear(512, 256), torch.nn.Linear(512, 255))
         assert choose_cpu_linears(layers) == switched
         assert sum(type(m) is OneDnnLinear for m in layers) == switched
+        assert linear_kernels_of(layers) == ("onednn" if switched else "torch")
 
 
 def test_the_tiny_models_small_linears_stay_on_torchs_kernels(hf_backend):
