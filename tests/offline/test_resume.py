@@ -39,7 +39,7 @@ def test_an_interrupted_run_resumes_with_the_same_command_and_every_row_ends_up_
     if code == 0:  # the run finished before the signal landed (seen on loaded CI machines): nothing to resume
         assert len(before) == 90, said[-3000:]
     else:  # 130 with "rerun the same command to resume", or 1 if the signal lands as it exits
-        assert any(text in said for text in ("rerun the same command to resume", "Aborted")), said[-3000:]
+        assert any(text in said for text in ("rerun the same command to resume", "Aborted")), f"{code}: {said[-3000:]}"
         assert 2 <= len(before) < 90, f"interrupted after {len(before)} of 90 shards"
     stamps = {index: (output / part_name(int(index))).stat().st_mtime_ns for index in before}
     again = subprocess.run(command(tiny_reward, path, output), capture_output=True, text=True, timeout=600)

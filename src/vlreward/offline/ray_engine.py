@@ -127,14 +127,21 @@ def score_with_ray(
                 ray.init(address=options.address, log_to_driver=False)
             else:
                 ray.init(num_cpus=options.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ended = False  # the run ended, finished or failed, rather than being interrupted
         try:
             _run(todo, source, output, model_dir, settings, options, manifest, progress, media_root, adapter)
+            ended = manifest.complete  # Ray Data may end the iteration early on a signal instead of raising
         except KeyboardInterrupt:
             pass  # reported below, as a run that ended early is
+        except BaseException:
+            ended = True
+            raise
         finally:
-            if started:
+            # After a signal, Ray's own exit hook shuts it down once the caller has said how to resume: a CI
+            # run once saw the process end inside this shutdown with that line never written.
+            if started and ended:
                 ray.shutdown()
-        if not manifest.complete:  # Ray Data may end the iteration early on a signal instead of raising
+        if not ended:
             raise RunInterrupted(f"interrupted with {len(manifest.done)} of {manifest.shards} shards finished "
                                  f"(in {output}): rerun the same command to resume")  # fmt: skip
     if manifest.complete:
