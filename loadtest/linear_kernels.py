@@ -9,7 +9,8 @@ of calls each (at most 200), after a warm-up (oneDNN's primitive cache then hold
 a serving process). :data:`vlreward.service.model.cpu_kernels.ONEDNN_MIN_WEIGHT` is read from it. Writes
 JSON + PNG (``loadtest/results/linear_kernels.*``).
 
-``--forward`` measures what decides :data:`vlreward.service.model.cpu_kernels.ONEDNN_CPU_VENDORS` instead:
+``--forward`` measures what decides :data:`vlreward.service.model.cpu_kernels.ONEDNN_CPU_VENDORS` and
+``ONEDNN_CPU_FLAGS`` instead:
 the bench model's whole forward pass as the service runs it, with the backbone's large linears on each
 kernel, alternating within each round of new samples (the suite's mix). Two paths: a lone request's pass on
 every core, and the batcher's planned batches on its one-core lanes. A layer alone in a loop keeps its

@@ -4,13 +4,15 @@ torch sends a float32 ``nn.Linear`` on the CPU to MKL's SGEMM. MKL chooses its c
 vendor and takes a generic path on AMD's; oneDNN (also inside torch, the library it uses for bfloat16 and
 convolutions) chooses by instruction set and computes the same products faster there. On Intel's
 processors MKL's own kernels are as fast in a loop and faster in a forward pass (docs/performance.md, "The
-measurements behind the defaults"). So :func:`choose_cpu_linears` switches the backbone's large linears to
-:class:`OneDnnLinear` on the vendors of :data:`ONEDNN_CPU_VENDORS` only. :class:`OneDnnLinear` calls
+measurements behind the defaults"), and on an AMD processor without AVX-512 (AVX2 only) oneDNN's kernels
+are the slower ones. So :func:`choose_cpu_linears` switches the backbone's large linears to
+:class:`OneDnnLinear` only on the vendors of :data:`ONEDNN_CPU_VENDORS` with the instruction sets of
+:data:`ONEDNN_CPU_FLAGS`. :class:`OneDnnLinear` calls
 oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the op torch's own compiler emits for CPU
 linears) where that applies: float32 on the CPU, no gradient needed. Elsewhere (a GPU, bfloat16,
 training) it is ``nn.Linear``. Only layers whose weight has at least :data:`ONEDNN_MIN_WEIGHT` elements
 switch: each oneDNN call costs about 13 microseconds more than MKL's, which a small layer's arithmetic does
-not pay back (docs/performance.md, "Small models"). Both are fixed rules (the vendor, the weight's size),
+not pay back (docs/performance.md, "Small models"). These are fixed rules (the processor, the weight's size),
 not a timing at load, so that a model runs the same kernels on every start of a host and a request always
 gets the same score. The weights are not repacked (no second copy in memory); parameters, names and state
 dict are unchanged. Results differ from MKL's by float rounding only (about 1e-6 on a score).
@@ -82,6 +84,11 @@ ONEDNN_CPU_VENDORS = frozenset({"AuthenticAMD"})
 on oneDNN: AMD's, where MKL takes a generic code path. On Intel's (``GenuineIntel``) and any other, torch's
 default kernels run."""
 
+ONEDNN_CPU_FLAGS = frozenset({"avx512f"})
+"""Instruction sets (``flags`` in /proc/cpuinfo) such a host must also have: an AMD EPYC with AVX-512
+(family 26) runs the bench model's pass faster on oneDNN, one with AVX2 only (family 25, model 1) slower
+(docs/performance.md, "The linear kernels")."""
+
 
 def cpuinfo_field(name: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The first value of ``name`` in /proc/cpuinfo (``vendor_id``, ``model name``); '' where there is none."""
@@ -100,11 +107,19 @@ def cpu_vendor() -> str:
     return cpuinfo_field("vendor_id")
 
 
-def cpu_linear_kernels(vendor: str | None = None) -> str:
-    """The kernels the backbone's large float32 linears run on, on a host of ``vendor`` (default: this
-    one): ``onednn`` or ``torch`` (MKL's SGEMM)."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This host's instruction sets (``flags`` in /proc/cpuinfo), read once per process."""
+    return frozenset(cpuinfo_field("flags").split())
+
+
+def cpu_linear_kernels(vendor: str | None = None, flags: frozenset[str] | None = None) -> str:
+    """The kernels the backbone's large float32 linears run on, on a host of ``vendor`` with the instruction
+    sets ``flags`` (default: this one's): ``onednn`` or ``torch`` (MKL's SGEMM)."""
     vendor = cpu_vendor() if vendor is None else vendor
-    return "onednn" if onednn_linear_available() and vendor in ONEDNN_CPU_VENDORS else "torch"
+    flags = cpu_flags() if flags is None else flags
+    chosen = vendor in ONEDNN_CPU_VENDORS and flags >= ONEDNN_CPU_FLAGS
+    return "onednn" if onednn_linear_available() and chosen else "torch"
 
 
 def linear_kernels_of(module: nn.Module) -> str:

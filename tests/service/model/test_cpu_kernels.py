@@ -1,4 +1,4 @@
-"""Float32 inference on an AMD CPU runs the backbone's large linears on oneDNN; training, the plain pass and
+"""Float32 inference on an AMD CPU with AVX-512 runs the backbone's large linears on oneDNN; training, the plain pass and
 other processors do not."""
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def test_only_linears_with_a_large_weight_switch_to_onednn():
 CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD
 model name\t: AMD EPYC 9B14
+flags\t\t: fpu avx2 avx512f
 
 processor\t: 1
 vendor_id\t: AuthenticAMD
@@ -69,16 +70,27 @@ model name\t: AMD EPYC 9B14
 def test_cpuinfo_fields_are_read_by_name(tmp_path):
     (tmp_path / "cpuinfo").write_text(CPUINFO)
     assert cpuinfo_field("vendor_id", tmp_path / "cpuinfo") == "AuthenticAMD"
+    assert cpuinfo_field("flags", tmp_path / "cpuinfo").split() == ["fpu", "avx2", "avx512f"]
     assert cpuinfo_field("model name", tmp_path / "cpuinfo") == "AMD EPYC 9B14"
     assert cpuinfo_field("microcode", tmp_path / "cpuinfo") == ""
     assert cpuinfo_field("vendor_id", tmp_path / "missing") == ""
 
 
-def test_large_linears_go_to_onednn_on_amd_processors_only(monkeypatch):
-    assert cpu_linear_kernels("AuthenticAMD") == "onednn"
-    assert cpu_linear_kernels("GenuineIntel") == cpu_linear_kernels("") == "torch"
-    for vendor, switched in (("AuthenticAMD", 1), ("GenuineIntel", 0)):
+AVX512 = frozenset({"avx2", "avx512f", "avx512bw"})
+AVX2 = frozenset({"avx2", "fma"})
+
+
+def test_large_linears_go_to_onednn_on_amd_processors_with_avx512_only(monkeypatch):
+    assert cpu_linear_kernels("AuthenticAMD", AVX512) == "onednn"
+    assert cpu_linear_kernels("AuthenticAMD", AVX2) == "torch"  # oneDNN is the slower one there
+    assert cpu_linear_kernels("GenuineIntel", AVX512) == cpu_linear_kernels("", AVX512) == "torch"
+    for vendor, flags, switched in (
+        ("AuthenticAMD", AVX512, 1),
+        ("AuthenticAMD", AVX2, 0),
+        ("GenuineIntel", AVX512, 0),
+    ):
         monkeypatch.setattr(cpu_kernels, "cpu_vendor", lambda vendor=vendor: vendor)
+        monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda flags=flags: flags)
         layers = torch.nn.Sequential(torch.nn.Linear(512, 256), torch.nn.Linear(512, 255))
         assert choose_cpu_linears(layers) == switched
         assert sum(type(m) is OneDnnLinear for m in layers) == switched
