@@ -1,4 +1,4 @@
-"""The backbone's linear layers on oneDNN when scoring in float32 on an AMD processor.
+"""The backbone's linear layers on oneDNN when scoring in float32 on an AMD processor with AVX-512.
 
 torch sends a float32 ``nn.Linear`` on the CPU to MKL's SGEMM. MKL chooses its code by the processor's
 vendor and takes a generic path on AMD's; oneDNN (also inside torch, the library it uses for bfloat16 and
