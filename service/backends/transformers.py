@@ -359,7 +359,7 @@ class TransformersBackend:
 
     def _linear_kernels(self) -> str:
         """What the backbone's large linears run on here: oneDNN's only in float32 where some layer switched
-        (a host of its vendors, a layer large enough)."""
+        (a host the rule in ``cpu_kernels`` picks, a layer large enough)."""
         return linear_kernels_of(self.model) if self.dtype == "float32" else "torch"
 
     def health(self) -> bool:
